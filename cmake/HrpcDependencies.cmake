@@ -1,0 +1,14 @@
+# Third-party dependencies, shared by the build and by hrpcConfig.cmake so that
+# find_package(hrpc) re-finds exactly what the build linked against.
+
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(Boost 1.74 REQUIRED COMPONENTS context)
+pkg_check_modules(hrpc_numa REQUIRED IMPORTED_TARGET numa)
+pkg_check_modules(hrpc_hwloc REQUIRED IMPORTED_TARGET hwloc)
+pkg_check_modules(hrpc_uring REQUIRED IMPORTED_TARGET liburing)
+pkg_check_modules(hrpc_ibverbs REQUIRED IMPORTED_TARGET libibverbs)
+pkg_check_modules(hrpc_rdmacm REQUIRED IMPORTED_TARGET librdmacm)
+find_package(Protobuf REQUIRED)
