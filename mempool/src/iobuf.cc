@@ -1,0 +1,149 @@
+#include "hrpc/mempool/iobuf.h"
+
+#include <algorithm>
+#include <cassert>
+
+#include "hrpc/base/crc32c.h"
+#include "hrpc/mempool/copy.h"
+#include "hrpc/mempool/pool.h"
+
+namespace hrpc::mempool {
+
+void IoBuf::Append(Buffer b) {
+  if (b.empty()) return;
+  size_ += b.size();
+  slices_.push_back(std::move(b));
+}
+
+void IoBuf::Append(IoBuf&& other) {
+  if (slices_.empty()) {
+    slices_ = std::move(other.slices_);
+  } else {
+    slices_.reserve(slices_.size() + other.slices_.size());
+    for (Buffer& b : other.slices_) slices_.push_back(std::move(b));
+  }
+  size_ += other.size_;
+  other.slices_.clear();
+  other.size_ = 0;
+}
+
+void IoBuf::Prepend(Buffer b) {
+  if (b.empty()) return;
+  size_ += b.size();
+  slices_.insert(slices_.begin(), std::move(b));
+}
+
+IoBuf IoBuf::CutFront(size_t n) {
+  assert(n <= size_);
+  n = std::min(n, size_);
+  IoBuf out;
+  size_t whole = 0;  // slices moved entirely
+  while (whole < slices_.size() && slices_[whole].size() <= n - out.size_) {
+    out.size_ += slices_[whole].size();
+    out.slices_.push_back(std::move(slices_[whole]));
+    ++whole;
+  }
+  slices_.erase(slices_.begin(), slices_.begin() + static_cast<ptrdiff_t>(whole));
+  const size_t rest = n - out.size_;
+  if (rest > 0) {
+    Buffer& first = slices_.front();
+    out.Append(first.Slice(0, rest));
+    first = first.Slice(rest, first.size() - rest);
+  }
+  size_ -= n;
+  return out;
+}
+
+IoBuf IoBuf::CutBack(size_t n) {
+  assert(n <= size_);
+  n = std::min(n, size_);
+  // Walk back to find the split point, then move the tail over in order.
+  size_t keep = slices_.size(), tail_bytes = 0;
+  while (keep > 0 && tail_bytes + slices_[keep - 1].size() <= n) {
+    tail_bytes += slices_[keep - 1].size();
+    --keep;
+  }
+  IoBuf out;
+  const size_t rest = n - tail_bytes;
+  if (rest > 0) {
+    Buffer& last = slices_[keep - 1];
+    out.Append(last.Slice(last.size() - rest, rest));
+    last = last.Slice(0, last.size() - rest);
+  }
+  for (size_t i = keep; i < slices_.size(); ++i) out.Append(std::move(slices_[i]));
+  slices_.erase(slices_.begin() + static_cast<ptrdiff_t>(keep), slices_.end());
+  size_ -= n;
+  return out;
+}
+
+void IoBuf::TrimFront(size_t n) { (void)CutFront(n); }
+void IoBuf::TrimBack(size_t n) { (void)CutBack(n); }
+
+IoBuf IoBuf::Share() const {
+  IoBuf out;
+  out.slices_ = slices_;  // Buffer copies bump refcounts
+  out.size_ = size_;
+  return out;
+}
+
+size_t IoBuf::FillIovecs(std::span<iovec> out) const {
+  const size_t n = std::min(out.size(), slices_.size());
+  for (size_t i = 0; i < n; ++i) out[i] = iovec{slices_[i].data(), slices_[i].size()};
+  return n;
+}
+
+std::vector<iovec> IoBuf::Iovecs() const {
+  std::vector<iovec> v(slices_.size());
+  FillIovecs(v);
+  return v;
+}
+
+size_t IoBuf::FillSges(RegistrarSlot slot, std::span<Sge> out) const {
+  const size_t n = std::min(out.size(), slices_.size());
+  for (size_t i = 0; i < n; ++i) {
+    const Buffer& b = slices_[i];
+    out[i] = Sge{reinterpret_cast<uint64_t>(b.data()), static_cast<uint32_t>(b.size()),
+                 b.key(slot).lkey};
+  }
+  return n;
+}
+
+void IoBuf::CopyTo(void* dst, size_t offset, size_t n) const {
+  assert(offset <= size_ && n <= size_ - offset);
+  auto* d = static_cast<char*>(dst);
+  for (const Buffer& b : slices_) {
+    if (n == 0) break;
+    if (offset >= b.size()) {
+      offset -= b.size();
+      continue;
+    }
+    const size_t take = std::min(n, b.size() - offset);
+    CountedCopy(d, b.data() + offset, take);
+    d += take;
+    n -= take;
+    offset = 0;
+  }
+}
+
+Result<IoBuf> IoBuf::CopyFrom(Pool& pool, const void* src, size_t n) {
+  IoBuf out;
+  const auto* s = static_cast<const char*>(src);
+  const size_t max_block = pool.options().max_class_bytes;
+  while (n > 0) {
+    const size_t take = std::min(n, max_block);
+    HRPC_ASSIGN_OR_RETURN(Buffer b, pool.Allocate(take));
+    CountedCopy(b.data(), s, take);
+    out.Append(std::move(b));
+    s += take;
+    n -= take;
+  }
+  return out;
+}
+
+uint32_t IoBuf::Crc32c() const {
+  uint32_t crc = 0;
+  for (const Buffer& b : slices_) crc = hrpc::Crc32c(b.data(), b.size(), crc);
+  return crc;
+}
+
+}  // namespace hrpc::mempool
