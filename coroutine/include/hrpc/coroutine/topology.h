@@ -39,6 +39,7 @@ class Topology final {
   std::string Describe() const;
 
  private:
+  static Result<Topology> Build(void* hwloc_topology, bool from_xml);  // hwloc_topology_t
   std::vector<NumaNodeInfo> nodes_;
   std::vector<CoreInfo> cores_;
   bool from_xml_ = false;
