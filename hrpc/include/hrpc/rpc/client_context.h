@@ -1,0 +1,71 @@
+// ClientContext: per-call options and side channels of one client call.
+//
+// Owned by the caller; one call at a time. It must outlive the call: for the
+// async and Future forms, until the callback ran / the future is ready.
+// Cancel() and IsCancelled() may be called from any thread; the rest belongs
+// to the calling coroutine.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "hrpc/mempool/iobuf.h"
+
+namespace hrpc {
+
+class ClientContext {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  ClientContext() = default;
+  ClientContext(const ClientContext&) = delete;
+  ClientContext& operator=(const ClientContext&) = delete;
+
+  // Deadline: absolute, or relative to now. The remaining budget travels with
+  // the request, so the server stops working on it once it expires; the call
+  // itself fails with DEADLINE_EXCEEDED. Default: none.
+  void set_deadline(Clock::time_point tp) noexcept { deadline_ = tp; }
+  void set_timeout(std::chrono::nanoseconds d) noexcept { deadline_ = Clock::now() + d; }
+  Clock::time_point deadline() const noexcept { return deadline_; }
+  bool has_deadline() const noexcept { return deadline_ != Clock::time_point::max(); }
+  bool DeadlineExpired() const noexcept { return has_deadline() && Clock::now() >= deadline_; }
+  // Remaining budget in microseconds for the wire header (wire::kNoDeadline
+  // when there is none, 0 when already expired).
+  uint64_t DeadlineBudgetMicros(Clock::time_point now = Clock::now()) const noexcept;
+
+  // Cancels the call in flight (the channel sends a cancel frame and completes
+  // the call with CANCELLED), or the next call if none is in flight. Idempotent.
+  void Cancel();
+  bool IsCancelled() const noexcept { return cancelled_.load(std::memory_order_acquire); }
+
+  // Attachment sent with the request; consumed by the call (empty afterwards).
+  mempool::IoBuf& request_attachment() noexcept { return request_attachment_; }
+  // Attachment that came back with the response (valid after a successful call).
+  mempool::IoBuf& response_attachment() noexcept { return response_attachment_; }
+
+  // Peer that served the call, set by the channel.
+  std::string_view peer() const noexcept { return peer_; }
+
+  // --- For Channel implementations ----------------------------------------
+  // Installs the function Cancel() runs (e.g. "send a cancel frame for txn 42").
+  // If the context is already cancelled, runs `hook` right away instead.
+  void SetCancelHook(std::function<void()> hook);
+  void ClearCancelHook();
+  void set_peer(std::string peer) { peer_ = std::move(peer); }
+
+ private:
+  Clock::time_point deadline_ = Clock::time_point::max();
+  std::atomic<bool> cancelled_{false};
+  std::mutex hook_mu_;  // Cancel() is rare; a plain mutex keeps the hook race-free
+  std::function<void()> cancel_hook_;
+  mempool::IoBuf request_attachment_;
+  mempool::IoBuf response_attachment_;
+  std::string peer_;
+};
+
+}  // namespace hrpc

@@ -1,0 +1,431 @@
+#include "hrpc_generator.h"
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include <google/protobuf/compiler/cpp/names.h>
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/io/printer.h>
+#include <google/protobuf/io/zero_copy_stream.h>
+
+#include "hrpc/rpc/method.h"
+
+namespace hrpc::plugin {
+namespace {
+
+namespace pb = google::protobuf;
+using Vars = std::map<std::string, std::string>;
+
+// protobuf's keyword list (src/google/protobuf/compiler/cpp/helpers.cc), plus
+// the C++20 additions, so hrpc renames exactly what protobuf renames and more.
+const std::unordered_set<std::string>& Keywords() {
+  static const std::unordered_set<std::string> kKeywords = {
+      "NULL", "alignas", "alignof", "and", "and_eq", "asm", "auto", "bitand", "bitor", "bool", "break", "case",
+      "catch", "char", "char8_t", "char16_t", "char32_t", "class", "compl", "concept", "const", "consteval",
+      "constexpr", "constinit", "const_cast", "continue", "co_await", "co_return", "co_yield", "decltype",
+      "default", "delete", "do", "double", "dynamic_cast", "else", "enum", "explicit", "export", "extern",
+      "false", "float", "for", "friend", "goto", "if", "inline", "int", "long", "mutable", "namespace", "new",
+      "noexcept", "not", "not_eq", "nullptr", "operator", "or", "or_eq", "private", "protected", "public",
+      "register", "reinterpret_cast", "requires", "return", "short", "signed", "sizeof", "static",
+      "static_assert", "static_cast", "struct", "switch", "template", "this", "thread_local", "throw", "true",
+      "try", "typedef", "typeid", "typename", "union", "unsigned", "using", "virtual", "void", "volatile",
+      "wchar_t", "while", "xor", "xor_eq"};
+  return kKeywords;
+}
+
+// Names the generated classes use for themselves; a method with one of these
+// names would collide with them.
+const std::set<std::string>& ReservedMemberNames() {
+  static const std::set<std::string> kReserved = {
+      "Service", "Stub", "StubInterface", "kServiceName", "kServiceId", "kMethods", "CallMethod",
+      "service_name", "service_id", "methods", "channel_"};
+  return kReserved;
+}
+
+std::string Hex(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "0x%08xu", v);
+  return buf;
+}
+
+std::vector<std::string> SplitPackage(const std::string& package) {
+  std::vector<std::string> parts;
+  std::string cur;
+  for (char c : package) {
+    if (c == '.') {
+      parts.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) parts.push_back(cur);
+  return parts;
+}
+
+// C++ namespace of a file's generated code: the package with '.' -> '::',
+// exactly as protobuf places the messages (protobuf does not rename keyword
+// package components either; such a package does not compile with protoc's
+// C++ output in the first place).
+std::string QualifiedNamespace(const pb::FileDescriptor* file) {
+  std::string ns;
+  for (const std::string& part : SplitPackage(file->package())) ns += "::" + part;
+  return ns;
+}
+
+struct MethodNames {
+  const pb::MethodDescriptor* method;
+  std::string cpp;     // member name of the handler / sync call
+  std::string async;   // <name>Async
+  std::string future;  // <name>Future
+  std::string request_type;
+  std::string response_type;
+  uint32_t id;
+  size_t index;
+};
+
+struct ServiceNames {
+  const pb::ServiceDescriptor* service;
+  std::string cpp;        // holder class, e.g. Echo (keyword-resolved)
+  std::string qualified;  // ::pkg::Echo
+  std::string mock;       // MockEchoStub
+  uint32_t id;
+  std::vector<MethodNames> methods;
+};
+
+bool BuildService(const pb::ServiceDescriptor* service, ServiceNames* out, std::string* error) {
+  out->service = service;
+  out->cpp = ResolveKeyword(service->name());
+  out->qualified = QualifiedNamespace(service->file()) + "::" + out->cpp;
+  out->mock = "Mock" + service->name() + "Stub";
+  out->id = ServiceIdOf(service->full_name());
+  std::map<std::string, std::string> member_owner;  // generated member -> proto method
+  std::map<uint32_t, std::string> ids;
+  for (int i = 0; i < service->method_count(); ++i) {
+    const pb::MethodDescriptor* m = service->method(i);
+    if (m->client_streaming() || m->server_streaming()) {
+      *error = "hrpc does not support streaming method " + m->full_name() + " yet (" +
+               (m->client_streaming() && m->server_streaming() ? "bidirectional"
+                : m->client_streaming()                          ? "client"
+                                                                 : "server") +
+               " streaming); only unary methods can be generated";
+      return false;
+    }
+    MethodNames mn;
+    mn.method = m;
+    mn.cpp = ResolveKeyword(m->name());
+    mn.async = m->name() + "Async";
+    mn.future = m->name() + "Future";
+    mn.request_type = pb::compiler::cpp::QualifiedClassName(m->input_type());
+    mn.response_type = pb::compiler::cpp::QualifiedClassName(m->output_type());
+    mn.id = MethodIdOf(m->name());
+    mn.index = static_cast<size_t>(i);
+    for (const std::string* name : {&mn.cpp, &mn.async, &mn.future}) {
+      if (ReservedMemberNames().count(*name) != 0 || *name == out->mock) {
+        *error = "method " + m->full_name() + " generates member " + *name +
+                 ", a name hrpc reserves in generated classes; rename the method";
+        return false;
+      }
+      auto [it, inserted] = member_owner.emplace(*name, m->name());
+      if (!inserted) {
+        *error = "methods " + it->second + " and " + m->name() + " of service " + service->full_name() +
+                 " both generate the C++ member " + *name + "; rename one";
+        return false;
+      }
+    }
+    auto [it, inserted] = ids.emplace(mn.id, m->name());
+    if (!inserted) {
+      *error = "methods " + it->second + " and " + m->name() + " of service " + service->full_name() +
+               " hash to the same method id " + Hex(mn.id) + "; rename one";
+      return false;
+    }
+    out->methods.push_back(std::move(mn));
+  }
+  return true;
+}
+
+bool CheckFile(const pb::FileDescriptor* file, const std::vector<ServiceNames>& services, std::string* error) {
+  if (services.empty()) return true;
+  if (file->options().cc_generic_services()) {
+    *error = file->name() + ": option cc_generic_services = true makes protoc emit its own classes named after "
+             "each service, which collide with hrpc's; remove the option";
+    return false;
+  }
+  std::set<std::string> taken;  // top-level C++ names protobuf generates in this file
+  for (int i = 0; i < file->message_type_count(); ++i) taken.insert(pb::compiler::cpp::ClassName(file->message_type(i)));
+  for (int i = 0; i < file->enum_type_count(); ++i) taken.insert(pb::compiler::cpp::ClassName(file->enum_type(i)));
+  std::map<uint32_t, std::string> ids;
+  for (const ServiceNames& s : services) {
+    if (taken.count(s.cpp) != 0 || taken.count(s.mock) != 0) {
+      *error = "service " + s.service->full_name() + " has the same C++ name as a message or enum of " +
+               file->name() + "; rename one";
+      return false;
+    }
+    auto [it, inserted] = ids.emplace(s.id, s.service->full_name());
+    if (!inserted) {
+      *error = "services " + it->second + " and " + s.service->full_name() + " hash to the same service id " +
+               Hex(s.id) + "; rename one";
+      return false;
+    }
+  }
+  return true;
+}
+
+void OpenNamespace(pb::io::Printer& p, const pb::FileDescriptor* file) {
+  for (const std::string& part : SplitPackage(file->package())) p.Print("namespace $ns$ {\n", "ns", part);
+  p.Print("\n");
+}
+void CloseNamespace(pb::io::Printer& p, const pb::FileDescriptor* file) {
+  std::vector<std::string> parts = SplitPackage(file->package());
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) p.Print("}  // namespace $ns$\n", "ns", *it);
+}
+
+Vars MethodVars(const ServiceNames& s, const MethodNames& m) {
+  return {{"svc", s.qualified},
+          {"Method", m.cpp},
+          {"MethodAsync", m.async},
+          {"MethodFuture", m.future},
+          {"Req", m.request_type},
+          {"Resp", m.response_type},
+          {"index", std::to_string(m.index)},
+          {"method_id", Hex(m.id)},
+          {"proto_name", m.method->name()},
+          {"full_name", m.method->full_name()}};
+}
+
+void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const std::string& base,
+                    const std::vector<ServiceNames>& services) {
+  p.Print(
+      "// Generated by protoc-gen-hrpc from $file$. DO NOT EDIT.\n"
+      "#pragma once\n\n"
+      "#include <array>\n"
+      "#include <cstdint>\n"
+      "#include <span>\n"
+      "#include <string_view>\n\n"
+      "#include \"hrpc/rpc/channel.h\"\n"
+      "#include \"hrpc/rpc/client_context.h\"\n"
+      "#include \"hrpc/rpc/method.h\"\n"
+      "#include \"hrpc/rpc/server_context.h\"\n"
+      "#include \"hrpc/rpc/service.h\"\n"
+      "#include \"$base$.pb.h\"\n\n",
+      "file", file->name(), "base", base);
+  if (services.empty()) {
+    p.Print("// $file$ declares no services.\n", "file", file->name());
+    return;
+  }
+  OpenNamespace(p, file);
+  for (const ServiceNames& s : services) {
+    Vars v = {{"Svc", s.cpp},
+              {"svc", s.qualified},
+              {"full", s.service->full_name()},
+              {"id", Hex(s.id)},
+              {"n", std::to_string(s.methods.size())}};
+    p.Print(v,
+            "// service $full$: ids, method table and the three classes below.\n"
+            "class $Svc$ final {\n"
+            " public:\n"
+            "  static constexpr std::string_view kServiceName = \"$full$\";\n"
+            "  static constexpr uint32_t kServiceId = $id$;  // ::hrpc::ServiceIdOf(kServiceName)\n"
+            "  // In .proto declaration order.\n"
+            "  static constexpr std::array<::hrpc::MethodDescriptor, $n$> kMethods = {{\n");
+    for (const MethodNames& m : s.methods) {
+      Vars mv = MethodVars(s, m);
+      mv["full"] = s.service->full_name();
+      mv["sid"] = Hex(s.id);
+      p.Print(mv, "      {\"$full$\", \"$proto_name$\", \"$full_name$\", $sid$, $method_id$},\n");
+    }
+    p.Print(v,
+            "  }};\n\n"
+            "  class Service;        // derive and implement the handlers\n"
+            "  class StubInterface;  // what clients call; mocked by $Svc$'s Mock*Stub\n"
+            "  class Stub;           // StubInterface over an ::hrpc::Channel\n\n"
+            "  $Svc$() = delete;\n"
+            "};\n"
+            "static_assert(::hrpc::ServiceIdOf($svc$::kServiceName) == $svc$::kServiceId);\n\n");
+
+    // Service.
+    p.Print(v,
+            "// Server side of $full$. Handlers run concurrently on the server's\n"
+            "// workers, each in its own coroutine; they may suspend (bulk pulls, disk,\n"
+            "// other RPCs). Return OK after filling *response, or an error Status that\n"
+            "// the client receives as is (code and message).\n"
+            "class $Svc$::Service : public ::hrpc::Service {\n"
+            " public:\n"
+            "  std::string_view service_name() const noexcept final { return $svc$::kServiceName; }\n"
+            "  uint32_t service_id() const noexcept final { return $svc$::kServiceId; }\n"
+            "  std::span<const ::hrpc::MethodDescriptor> methods() const noexcept final { return $svc$::kMethods; }\n"
+            "  ::hrpc::Status CallMethod(uint32_t method_id, ::hrpc::ServerContext& ctx, std::string_view request,\n"
+            "                            ::hrpc::ResponseWriter& response) final;\n\n");
+    for (const MethodNames& m : s.methods) {
+      p.Print(MethodVars(s, m),
+              "  // rpc $proto_name$\n"
+              "  virtual ::hrpc::Status $Method$(::hrpc::ServerContext& ctx, const $Req$& request,\n"
+              "                                  $Resp$* response) = 0;\n");
+    }
+    p.Print("};\n\n");
+
+    // StubInterface.
+    p.Print(v,
+            "// Client side of $full$. Per method: a call that suspends the calling\n"
+            "// coroutine (or blocks a plain thread), an async call with a callback, and\n"
+            "// a Future. ctx (and *response for the async form) must outlive the call.\n"
+            "class $Svc$::StubInterface {\n"
+            " public:\n"
+            "  virtual ~StubInterface() = default;\n");
+    for (const MethodNames& m : s.methods) {
+      p.Print(MethodVars(s, m),
+              "  // rpc $proto_name$\n"
+              "  virtual ::hrpc::Status $Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
+              "                                  $Resp$* response) = 0;\n"
+              "  virtual void $MethodAsync$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
+              "                             $Resp$* response, ::hrpc::DoneCallback done) = 0;\n"
+              "  virtual ::hrpc::coro::Future<$Resp$> $MethodFuture$(::hrpc::ClientContext& ctx,\n"
+              "                                                      const $Req$& request) = 0;\n");
+    }
+    p.Print("};\n\n");
+
+    // Stub.
+    p.Print(v,
+            "// Calls $full$ through a Channel, which it does not own.\n"
+            "class $Svc$::Stub final : public $svc$::StubInterface {\n"
+            " public:\n"
+            "  explicit Stub(::hrpc::Channel* channel) noexcept : channel_(channel) {}\n\n");
+    for (const MethodNames& m : s.methods) {
+      p.Print(MethodVars(s, m),
+              "  ::hrpc::Status $Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
+              "                          $Resp$* response) override;\n"
+              "  void $MethodAsync$(::hrpc::ClientContext& ctx, const $Req$& request, $Resp$* response,\n"
+              "                     ::hrpc::DoneCallback done) override;\n"
+              "  ::hrpc::coro::Future<$Resp$> $MethodFuture$(::hrpc::ClientContext& ctx,\n"
+              "                                              const $Req$& request) override;\n");
+    }
+    p.Print(
+        "\n private:\n"
+        "  ::hrpc::Channel* channel_;\n"
+        "};\n\n");
+  }
+  CloseNamespace(p, file);
+}
+
+void GenerateSource(pb::io::Printer& p, const pb::FileDescriptor* file, const std::string& base,
+                    const std::vector<ServiceNames>& services) {
+  p.Print(
+      "// Generated by protoc-gen-hrpc from $file$. DO NOT EDIT.\n"
+      "#include \"$base$.hrpc.h\"\n\n",
+      "file", file->name(), "base", base);
+  if (services.empty()) return;
+  OpenNamespace(p, file);
+  for (const ServiceNames& s : services) {
+    Vars v = {{"Svc", s.cpp}, {"svc", s.qualified}};
+    p.Print(v,
+            "::hrpc::Status $Svc$::Service::CallMethod(uint32_t method_id, ::hrpc::ServerContext& ctx,\n"
+            "                                          std::string_view request, ::hrpc::ResponseWriter& response) {\n");
+    if (s.methods.empty()) {
+      p.Print("  (void)ctx;\n  (void)request;\n  (void)response;\n");
+    }
+    p.Print("  switch (method_id) {\n");
+    for (const MethodNames& m : s.methods) {
+      p.Print(MethodVars(s, m),
+              "    case $method_id$:  // $proto_name$\n"
+              "      return ::hrpc::internal::DispatchUnary(*this, &$svc$::Service::$Method$, $svc$::kMethods[$index$],\n"
+              "                                             ctx, request, response);\n");
+    }
+    p.Print(v,
+            "    default:\n"
+            "      return ::hrpc::internal::UnknownMethod($svc$::kServiceName, method_id);\n"
+            "  }\n"
+            "}\n\n");
+    for (const MethodNames& m : s.methods) {
+      p.Print(MethodVars(s, m),
+              "::hrpc::Status $svc$::Stub::$Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
+              "                                     $Resp$* response) {\n"
+              "  return channel_->CallMethod($svc$::kMethods[$index$], ctx, request, response);\n"
+              "}\n\n"
+              "void $svc$::Stub::$MethodAsync$(::hrpc::ClientContext& ctx, const $Req$& request, $Resp$* response,\n"
+              "                                ::hrpc::DoneCallback done) {\n"
+              "  channel_->CallMethodAsync($svc$::kMethods[$index$], ctx, request, response, std::move(done));\n"
+              "}\n\n"
+              "::hrpc::coro::Future<$Resp$> $svc$::Stub::$MethodFuture$(::hrpc::ClientContext& ctx,\n"
+              "                                                         const $Req$& request) {\n"
+              "  return ::hrpc::internal::CallFuture<$Resp$>(*channel_, $svc$::kMethods[$index$], ctx, request);\n"
+              "}\n\n");
+    }
+  }
+  CloseNamespace(p, file);
+}
+
+void GenerateMock(pb::io::Printer& p, const pb::FileDescriptor* file, const std::string& base,
+                  const std::vector<ServiceNames>& services) {
+  p.Print(
+      "// Generated by protoc-gen-hrpc from $file$. DO NOT EDIT.\n"
+      "// gmock mocks of the stub interfaces; include from tests only.\n"
+      "#pragma once\n\n"
+      "#include <gmock/gmock.h>\n\n"
+      "#include \"$base$.hrpc.h\"\n\n",
+      "file", file->name(), "base", base);
+  if (services.empty()) return;
+  OpenNamespace(p, file);
+  for (const ServiceNames& s : services) {
+    p.Print({{"Mock", s.mock}, {"svc", s.qualified}},
+            "class $Mock$ : public $svc$::StubInterface {\n"
+            " public:\n");
+    for (const MethodNames& m : s.methods) {
+      p.Print(MethodVars(s, m),
+              "  MOCK_METHOD(::hrpc::Status, $Method$,\n"
+              "              (::hrpc::ClientContext & ctx, const $Req$& request, $Resp$* response), (override));\n"
+              "  MOCK_METHOD(void, $MethodAsync$,\n"
+              "              (::hrpc::ClientContext & ctx, const $Req$& request, $Resp$* response,\n"
+              "               ::hrpc::DoneCallback done),\n"
+              "              (override));\n"
+              "  MOCK_METHOD(::hrpc::coro::Future<$Resp$>, $MethodFuture$,\n"
+              "              (::hrpc::ClientContext & ctx, const $Req$& request), (override));\n");
+    }
+    p.Print("};\n\n");
+  }
+  CloseNamespace(p, file);
+}
+
+}  // namespace
+
+std::string ResolveKeyword(const std::string& name) {
+  return Keywords().count(name) != 0 ? name + "_" : name;
+}
+
+bool HrpcGenerator::Generate(const pb::FileDescriptor* file, const std::string& parameter,
+                             pb::compiler::GeneratorContext* context, std::string* error) const {
+  if (!parameter.empty()) {
+    *error = "protoc-gen-hrpc takes no options (got \"" + parameter + "\")";
+    return false;
+  }
+  std::vector<ServiceNames> services(static_cast<size_t>(file->service_count()));
+  for (int i = 0; i < file->service_count(); ++i) {
+    if (!BuildService(file->service(i), &services[static_cast<size_t>(i)], error)) return false;
+  }
+  if (!CheckFile(file, services, error)) return false;
+
+  const std::string base = pb::compiler::cpp::StripProto(file->name());
+  {
+    std::unique_ptr<pb::io::ZeroCopyOutputStream> out(context->Open(base + ".hrpc.h"));
+    pb::io::Printer p(out.get(), '$');
+    GenerateHeader(p, file, base, services);
+  }
+  {
+    std::unique_ptr<pb::io::ZeroCopyOutputStream> out(context->Open(base + ".hrpc.cc"));
+    pb::io::Printer p(out.get(), '$');
+    GenerateSource(p, file, base, services);
+  }
+  {
+    std::unique_ptr<pb::io::ZeroCopyOutputStream> out(context->Open(base + ".hrpc.mock.h"));
+    pb::io::Printer p(out.get(), '$');
+    GenerateMock(p, file, base, services);
+  }
+  return true;
+}
+
+}  // namespace hrpc::plugin

@@ -1,0 +1,20 @@
+# cmake -P script: runs protoc with protoc-gen-hrpc on PROTO and passes only if
+# protoc fails AND its stderr contains EXPECT.
+file(MAKE_DIRECTORY ${OUT_DIR})
+execute_process(
+  COMMAND ${PROTOC} -I${PROTO_DIR} --plugin=protoc-gen-hrpc=${PLUGIN} --hrpc_out=${OUT_DIR} ${PROTO}
+  RESULT_VARIABLE rc
+  ERROR_VARIABLE err
+  OUTPUT_VARIABLE out)
+message(STATUS "protoc exit code: ${rc}")
+message(STATUS "protoc stderr: ${err}")
+if(rc EQUAL 0)
+  message(FATAL_ERROR "protoc-gen-hrpc accepted ${PROTO}; expected it to fail")
+endif()
+string(FIND "${err}" "${EXPECT}" pos)
+if(pos EQUAL -1)
+  message(FATAL_ERROR "protoc failed, but stderr lacks the expected text: ${EXPECT}")
+endif()
+if(EXISTS ${OUT_DIR}/streaming.hrpc.h)
+  message(FATAL_ERROR "protoc-gen-hrpc wrote output despite the error")
+endif()
