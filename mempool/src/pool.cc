@@ -71,6 +71,7 @@ struct ClassCache {
 };
 
 struct ThreadCache {
+  uint32_t seen_pressure = 0;  // PoolCore::pressure when this cache last flushed
   std::unique_ptr<BlockMeta*[]> storage;
   std::array<ClassCache, kMaxClasses> classes;
 };
@@ -138,12 +139,17 @@ class PoolCore {
   Status Refill(ClassCache& cc, unsigned cls);
   void Flush(ClassCache& cc, unsigned cls, uint32_t n);
   Status CarveLocked(unsigned cls);  // shared[cls].mu held
+  Status CarveChunkLocked(unsigned cls);
   Result<BlockMeta*> TakeOne(unsigned cls);
   void ReturnOne(BlockMeta* m);
   void FlushAll(ThreadCache& tc);
 
   const PoolOptions opts;
   const uint64_t id;
+  // Bumped when a class runs dry; a thread that sees a new value flushes its
+  // whole cache on its next free, so blocks parked in busy threads' caches
+  // become visible to the starving thread.
+  std::atomic<uint32_t> pressure{0};
   unsigned num_classes = 0;
   size_t arena_bytes = 0;
   char* reserve_base = nullptr;
@@ -194,6 +200,7 @@ void Prefault(char* p, size_t len, size_t page) {
 
 std::unique_ptr<ThreadCache> PoolCore::NewCache() const {
   auto tc = std::make_unique<ThreadCache>();
+  tc->seen_pressure = pressure.load(std::memory_order_relaxed);
   uint32_t caps[kMaxClasses] = {};
   size_t total = 0;
   for (unsigned c = 0; c < num_classes; ++c) {
@@ -240,6 +247,12 @@ ThreadCache* PoolCore::CacheSlow() {
 }
 
 Status PoolCore::CarveLocked(unsigned cls) {
+  Status s = CarveChunkLocked(cls);
+  if (!s.ok()) pressure.fetch_add(1, std::memory_order_relaxed);
+  return s;
+}
+
+Status PoolCore::CarveChunkLocked(unsigned cls) {
   const size_t block = Pool::kSmallClassMin << cls;
   const size_t chunk = std::max(Pool::kChunkBytes, block);
   std::lock_guard lock(arena_mu);
@@ -497,6 +510,12 @@ void FreeBlock(BlockMeta* m) noexcept {
   PoolCore* core = m->pool;
   ThreadCache* tc = tls_fast.pool_id == core->id ? tls_fast.cache : core->CacheSlow();
   if (tc == nullptr) [[unlikely]] {
+    core->ReturnOne(m);
+    return;
+  }
+  if (core->pressure.load(std::memory_order_relaxed) != tc->seen_pressure) [[unlikely]] {
+    tc->seen_pressure = core->pressure.load(std::memory_order_relaxed);
+    core->FlushAll(*tc);
     core->ReturnOne(m);
     return;
   }

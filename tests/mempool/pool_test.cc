@@ -426,6 +426,57 @@ TEST(PoolTest, ThreadExitFlushesItsCache) {
   }
 }
 
+// Exhaustion makes other threads give back what their caches hold.
+TEST(PoolTest, ExhaustionDrainsOtherThreadsCaches) {
+  auto pool = MustCreate(SmallOptions(2 * kMiB));
+  ASSERT_NE(pool, nullptr);
+  const size_t total = 2 * kMiB / (64 * kKiB);
+  std::mutex mu;
+  std::condition_variable cv;
+  int phase = 0;
+  std::thread hoarder([&] {
+    Buffer small = MustAlloc(*pool, 64 * kKiB);
+    {
+      std::vector<Buffer> v;
+      for (size_t i = 1; i < total; ++i) v.push_back(MustAlloc(*pool, 64 * kKiB));
+    }  // freed into this thread's cache
+    std::unique_lock lock(mu);
+    phase = 1;
+    cv.notify_all();
+    cv.wait(lock, [&] { return phase == 2; });
+    lock.unlock();
+    small.Reset();  // any free sees the pressure and flushes the whole cache
+    lock.lock();
+    phase = 3;
+    cv.notify_all();
+    cv.wait(lock, [&] { return phase == 4; });
+  });
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return phase == 1; });
+  }
+  EXPECT_EQ(pool->Allocate(64 * kKiB).status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(StatsFor(pool->Stats(), 64 * kKiB).free, total - 1);  // parked in the hoarder's cache
+  {
+    std::unique_lock lock(mu);
+    phase = 2;
+    cv.notify_all();
+    cv.wait(lock, [&] { return phase == 3; });
+  }
+  std::vector<Buffer> v;
+  for (size_t i = 0; i < total; ++i) {
+    auto r = pool->Allocate(64 * kKiB);
+    ASSERT_TRUE(r.ok()) << i << ": " << r.status().ToString();
+    v.push_back(std::move(r).value());
+  }
+  {
+    std::lock_guard lock(mu);
+    phase = 4;
+    cv.notify_all();
+  }
+  hoarder.join();
+}
+
 TEST(PoolTest, PoolDestroyedWhileOtherThreadsHoldCaches) {
   std::mutex mu;
   std::condition_variable cv;
@@ -457,6 +508,31 @@ TEST(PoolTest, PoolDestroyedWhileOtherThreadsHoldCaches) {
     cv.notify_all();
   }
   t.join();  // thread exit with a cache entry for a dead pool
+}
+
+// Threads exit (flushing their caches) while the pool is being destroyed.
+TEST(PoolTest, ThreadExitRacesPoolDestruction) {
+  for (int round = 0; round < 20; ++round) {
+    auto pool = MustCreate(SmallOptions(8 * kMiB));
+    ASSERT_NE(pool, nullptr);
+    std::atomic<int> ready{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&] {
+        for (int i = 0; i < 100; ++i) {
+          Buffer b = MustAlloc(*pool, size_t{64} << (i % 8));
+          if (b) b.data()[0] = 1;
+        }
+        ready.fetch_add(1);
+        while (!go.load()) std::this_thread::yield();
+      });
+    }
+    while (ready.load() < 4) std::this_thread::yield();
+    go.store(true);
+    pool.reset();
+    for (auto& t : threads) t.join();
+  }
 }
 
 TEST(PoolTest, ManyPoolsCoexist) {

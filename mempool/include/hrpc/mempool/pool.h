@@ -27,8 +27,10 @@
 // Failure modes. Allocate returns RESOURCE_EXHAUSTED when the class is empty
 // and the pool may not grow (retry after frees); INVALID_ARGUMENT for 0 bytes
 // or more than max_class_bytes. Free blocks parked in another thread's cache
-// are not visible to this thread until that cache flushes (at most
-// thread_cache_bytes per class per thread).
+// (at most thread_cache_bytes per class per thread) are not visible to this
+// thread until that cache flushes: a RESOURCE_EXHAUSTED makes every thread
+// flush its cache of this pool at its next free, so a retry can succeed; a
+// thread that never frees again keeps its cache until it exits.
 #pragma once
 
 #include <cstddef>
