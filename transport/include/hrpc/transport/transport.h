@@ -1,0 +1,188 @@
+// hrpc::transport — the transport-neutral interface, shaped after RDMA.
+//
+// Two kinds of traffic travel over a Connection:
+//  * control messages (two-sided, RDMA SEND/RECV): Send() hands an IoBuf of
+//    registered memory to the transport; Recv() hands over a pool buffer that
+//    a message landed in. Flow control is by credits: a peer never has more
+//    messages in flight than the receiver has receive slots (`recv_depth`).
+//  * payloads (one-sided, RDMA READ/WRITE): Read()/Write() move bytes between a
+//    local IoBuf and a RemoteDescriptor that the peer created with Expose().
+//    The target validates key, bounds and access of every op; a refused op is
+//    a Status for the requester and the connection survives.
+//
+// Threading: a Transport, and every Listener and Connection it creates, belong
+// to one worker (coro::Scheduler). All methods must be called from a coroutine
+// on that scheduler unless said otherwise; the fast path takes no lock.
+// Methods that "suspend" park the calling coroutine, never the thread; many
+// coroutines may have operations outstanding on one connection at once and
+// each is resumed on the connection's worker when its operation completes.
+//
+// Memory: every IoBuf/Buffer handed to a Connection must come from the pool the
+// transport was created with (registered through the mempool Registrar seam;
+// on RDMA the lkey/rkey come from there). The transport keeps references to
+// the buffers of an operation for as long as the hardware (or the socket) may
+// still touch them, so nothing is freed under it. Send() takes its message:
+// do not write into those blocks afterwards (the transport may still be
+// reading them when Send() has returned, exactly like a posted RDMA SEND).
+// Read()/Write() suspend until the op is complete: after they return the
+// buffers are the caller's again.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "hrpc/base/status.h"
+#include "hrpc/mempool/buffer.h"
+#include "hrpc/mempool/iobuf.h"
+
+namespace hrpc::transport {
+
+// What a remote peer may do with an exposed range.
+enum class Access : uint8_t { kRead = 1, kWrite = 2, kReadWrite = 3 };
+constexpr bool Allows(Access granted, Access wanted) {
+  return (static_cast<uint8_t>(granted) & static_cast<uint8_t>(wanted)) ==
+         static_cast<uint8_t>(wanted);
+}
+std::string_view AccessName(Access a);
+
+// A range of a peer's memory that the peer exposed: a plain value, copied into
+// RPC headers as is. `addr` is the peer's virtual address (as RDMA uses it),
+// `key` names the exposure (RDMA: the MR/MW rkey; TCP/loopback: the exposure
+// table entry, with a generation so revoked keys are not reused soon).
+struct RemoteDescriptor {
+  uint64_t addr = 0;
+  uint32_t len = 0;
+  uint32_t key = 0;
+
+  // The sub-range [offset, offset+n). Not checked here: the target checks.
+  RemoteDescriptor Sub(uint64_t offset, uint32_t n) const { return {addr + offset, n, key}; }
+  friend bool operator==(const RemoteDescriptor&, const RemoteDescriptor&) = default;
+};
+static_assert(sizeof(RemoteDescriptor) == 16);
+
+// Limits of one connection, agreed in the handshake (both sides use the
+// minimum of what each offered).
+struct Limits {
+  uint32_t max_message_bytes = 0;  // largest control message either side may Send()
+  uint32_t recv_depth = 0;         // receive slots per side = initial send credits
+};
+
+// Options every transport understands. Defaults work on a laptop.
+struct TransportOptions {
+  uint32_t max_message_bytes = 64 * 1024;
+  uint32_t recv_depth = 64;
+  // One-sided ops a connection may have outstanding; more park the caller.
+  uint32_t max_outstanding_ops = 1024;
+  // Idle connections send a keepalive every `keepalive_interval`; a peer from
+  // which nothing arrived for `dead_peer_timeout` is declared dead: the
+  // connection fails and every outstanding op completes with UNAVAILABLE.
+  std::chrono::milliseconds keepalive_interval{1000};
+  std::chrono::milliseconds dead_peer_timeout{5000};
+  std::chrono::milliseconds connect_timeout{5000};    // Connect() incl. handshake
+  std::chrono::milliseconds handshake_timeout{5000};  // accepted socket -> handshake done
+};
+
+// One connection to a peer. Owned by its creator (unique_ptr); must not
+// outlive its Transport. Destroying it closes it; operations still parked on it
+// complete with CANCELLED (their state is kept alive by the transport).
+//
+// Errors: once a connection fails (peer gone, keepalive timeout, protocol
+// violation, local Close()) status() is non-OK forever and every outstanding
+// and later operation returns that Status: UNAVAILABLE for a peer that went
+// away or stopped answering, DATA_LOSS/INVALID_ARGUMENT for a peer that broke
+// the protocol, CANCELLED after a local Close(). A refused one-sided op
+// (PERMISSION_DENIED, OUT_OF_RANGE, NOT_FOUND) does NOT fail the connection.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+
+  // Queue a control message (1 .. limits().max_message_bytes bytes; 0 is
+  // allowed and delivers an empty message). Suspends while the peer has no
+  // receive slot for it (credits) or while too many bytes are queued for a
+  // socket the kernel does not drain (backpressure). Returns once the message
+  // is handed to the transport; messages are delivered in Send() order.
+  // INVALID_ARGUMENT: too large. Connection errors as above.
+  virtual Status Send(mempool::IoBuf message) = 0;
+
+  // Next control message, in order, in a buffer from the transport's pool that
+  // now belongs to the caller. Suspends until one arrives. Taking a message
+  // frees its receive slot (returns a credit to the peer). Several coroutines
+  // may wait; each message goes to exactly one of them, in FIFO order.
+  virtual Result<mempool::IoBuf> Recv() = 0;
+
+  // Expose a contiguous registered buffer to the peer. Valid until Revoke()
+  // or until the connection ends; the transport holds a reference to `buf`
+  // meanwhile. INVALID_ARGUMENT for an empty buffer or > 4 GiB;
+  // FAILED_PRECONDITION if `buf` is not from the transport's pool.
+  virtual Result<RemoteDescriptor> Expose(const mempool::Buffer& buf, Access access) = 0;
+
+  // End an exposure. Suspends until one-sided ops the target already accepted
+  // on it have finished, so that afterwards the peer can no longer touch the
+  // memory. Later ops on the key are refused with PERMISSION_DENIED.
+  // NOT_FOUND for a descriptor that is not (or no longer) exposed here.
+  virtual Status Revoke(const RemoteDescriptor& desc) = 0;
+
+  // One-sided READ: copy src.len bytes of the peer's exposed memory into
+  // `dst` (dst.size() must equal src.len). Suspends until the bytes are in
+  // `dst`. PERMISSION_DENIED (wrong/revoked key, no read access) or
+  // OUT_OF_RANGE (outside the exposed range) when the target refuses.
+  virtual Status Read(const RemoteDescriptor& src, const mempool::IoBuf& dst) = 0;
+
+  // One-sided WRITE: place `src` (src.size() == dst.len) into the peer's
+  // exposed memory. Suspends until the target has placed the bytes.
+  // Refusals as for Read() (write access needed).
+  virtual Status Write(const mempool::IoBuf& src, const RemoteDescriptor& dst) = 0;
+
+  // Tear down: outstanding ops complete with CANCELLED; the peer sees the
+  // connection end (UNAVAILABLE). Idempotent; does not suspend.
+  virtual void Close() = 0;
+
+  // OK while usable; the first error otherwise.
+  virtual Status status() const = 0;
+  virtual const Limits& limits() const = 0;
+  // "tcp://127.0.0.1:4711", "loop://name#3": for logs.
+  virtual std::string_view peer() const = 0;
+};
+
+// A bound endpoint accepting connections. Connections it returns belong to the
+// same worker as the listener.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  // Next connection whose handshake has completed. Suspends. CANCELLED after
+  // Close(). Failed handshakes are logged and never returned.
+  virtual Result<std::unique_ptr<Connection>> Accept() = 0;
+  // The URI actually bound ("tcp://0.0.0.0:0" -> "tcp://0.0.0.0:41234").
+  virtual std::string uri() const = 0;
+  // Stop accepting; parked Accept() calls return CANCELLED. Idempotent.
+  virtual void Close() = 0;
+};
+
+// A transport instance: one per worker (per scheme). Creates listeners and
+// connections on that worker. Must outlive everything it created.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual std::string_view scheme() const = 0;  // "tcp", "loop", "rdma"
+  virtual Result<std::unique_ptr<Listener>> Listen(std::string_view uri) = 0;
+  // Connects and completes the handshake. Suspends. UNAVAILABLE when nobody
+  // listens, DEADLINE_EXCEEDED after connect_timeout, FAILED_PRECONDITION
+  // when the peer rejects the handshake (version, limits), with its reason.
+  virtual Result<std::unique_ptr<Connection>> Connect(std::string_view uri) = 0;
+};
+
+// "tcp://host:port", "rdma://host:port", "loop://name".
+struct Uri {
+  std::string scheme;
+  std::string host;   // or the loopback name
+  uint16_t port = 0;  // 0 for loop://
+  std::string ToString() const;
+};
+// INVALID_ARGUMENT with the reason for anything else (a missing port, a port
+// out of range, an unknown scheme, an empty host).
+Result<Uri> ParseUri(std::string_view uri);
+
+}  // namespace hrpc::transport

@@ -1,0 +1,529 @@
+// loop://name — the in-process transport. Each endpoint's state is touched
+// only on its own worker; everything that crosses to the peer travels as a
+// coroutine posted to the peer's scheduler (the simulated wire), so the ends
+// may live on different workers. The simulated NIC copies with CountedCopy:
+// into a fresh receive buffer from the receiver's pool for a message, between
+// the exposed range and the requester's IoBuf for READ/WRITE.
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "exposure.h"
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/mempool/copy.h"
+#include "hrpc/transport/loopback.h"
+
+namespace hrpc::transport {
+namespace {
+
+using internal::Parked;
+
+struct FaultState {
+  std::mutex mu;
+  FaultPlan plan;
+  std::mt19937_64 rng{1};
+  std::atomic<uint64_t> dropped{0};
+  std::atomic<uint64_t> corrupted{0};
+};
+
+// Shared by the two ends of one connection.
+struct Link {
+  std::shared_ptr<FaultState> faults;
+  std::atomic<int64_t> messages{0};
+};
+
+struct MsgWaiter {
+  Parked parked;
+  mempool::IoBuf msg;
+};
+
+struct LoopEnd;
+
+struct Op {
+  uint64_t id = 0;
+  Parked parked;
+};
+
+struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
+  coro::Scheduler* sched = nullptr;
+  mempool::Pool* pool = nullptr;
+  std::string peer_name;
+  Limits limits;
+  std::uint32_t max_ops = 1;
+  std::weak_ptr<LoopEnd> peer;
+  std::shared_ptr<Link> link;
+
+  bool closed = false;
+  Status status;
+  uint32_t send_credits = 0;
+  std::deque<MsgWaiter*> send_waiters;
+  std::deque<mempool::IoBuf> rxq;
+  std::deque<MsgWaiter*> recv_waiters;
+  std::unordered_map<uint64_t, Op*> ops;
+  uint64_t next_op = 1;
+  uint32_t ops_outstanding = 0;
+  std::deque<Parked*> slot_waiters;
+  internal::ExposureTable expo;
+
+  // Own thread only.
+  void Fail(Status s) {
+    if (closed) return;
+    closed = true;
+    status = std::move(s);
+    expo.Clear();
+    auto o = std::exchange(ops, {});
+    for (auto& [id, op] : o) op->parked.Finish(status);
+    for (auto* w : std::exchange(send_waiters, {})) w->parked.Finish(status);
+    for (auto* w : std::exchange(recv_waiters, {})) w->parked.Finish(status);
+    for (auto* p : std::exchange(slot_waiters, {})) p->Finish(status);
+  }
+
+  // Any thread: fail the peer on its own worker.
+  void FailPeer(Status s) {
+    if (auto p = peer.lock()) {
+      p->sched->Post([p, s = std::move(s)]() mutable { p->Fail(std::move(s)); }, "loop-fail");
+    }
+  }
+
+  void GrantCredits(uint32_t n) {
+    if (closed) return;
+    send_credits += n;
+    while (send_credits > 0 && !send_waiters.empty()) {
+      MsgWaiter* w = send_waiters.front();
+      send_waiters.pop_front();
+      --send_credits;
+      Status s = Transmit(std::move(w->msg));
+      w->parked.Finish(std::move(s));
+    }
+  }
+
+  // Puts one message on the wire (a credit was taken for it).
+  Status Transmit(mempool::IoBuf msg) {
+    auto p = peer.lock();
+    if (!p) {
+      Fail(UnavailableError("loopback peer " + peer_name + " is gone"));
+      return status;
+    }
+    const int64_t n = link->messages.fetch_add(1) + 1;
+    bool drop = false, corrupt = false;
+    std::chrono::microseconds delay{0};
+    int64_t disconnect_after;
+    {
+      std::lock_guard lk(link->faults->mu);
+      FaultPlan& plan = link->faults->plan;
+      disconnect_after = plan.disconnect_after;
+      if (plan.drop_probability > 0) {
+        drop = std::uniform_real_distribution<double>(0, 1)(link->faults->rng) < plan.drop_probability;
+      }
+      if (!drop && plan.corrupt_next > 0) {
+        --plan.corrupt_next;
+        corrupt = true;
+      }
+      delay = plan.delay;
+    }
+    if (disconnect_after >= 0 && n > disconnect_after) {
+      Status s = UnavailableError("loopback fault: connection to " + peer_name + " broken after " +
+                                  std::to_string(disconnect_after) + " messages");
+      SPDLOG_INFO("hrpc loop: {}", s.message());
+      FailPeer(s);
+      Fail(s);
+      return status;
+    }
+    if (drop) {
+      link->faults->dropped.fetch_add(1);
+      ++send_credits;  // the receive slot was never used
+      GrantCredits(0);
+      return Status::Ok();
+    }
+    if (corrupt) link->faults->corrupted.fetch_add(1);
+    auto m = std::make_shared<mempool::IoBuf>(std::move(msg));
+    std::weak_ptr<LoopEnd> self = weak_from_this();
+    p->sched->Post(
+        [p, m, corrupt, delay, self] {
+          if (delay.count() > 0) coro::this_coro::SleepFor(delay);
+          p->Arrive(*m, corrupt, self);
+        },
+        "loop-msg");
+    return Status::Ok();
+  }
+
+  // Own thread: the simulated NIC places a message into a receive buffer.
+  void Arrive(const mempool::IoBuf& wire, bool corrupt, const std::weak_ptr<LoopEnd>& sender) {
+    if (closed) return;
+    mempool::IoBuf msg;
+    if (!wire.empty()) {
+      auto buf = pool->Allocate(wire.size());
+      if (!buf.ok()) {
+        Status s = buf.status().WithContext("loopback receive buffer");
+        SPDLOG_WARN("hrpc loop: closing connection {}: {}", peer_name, s.ToString());
+        FailPeer(s);
+        Fail(s);
+        return;
+      }
+      wire.CopyTo(buf->data(), 0, wire.size());
+      if (corrupt) buf->data()[wire.size() / 2] ^= 0x5a;
+      msg = mempool::IoBuf(std::move(*buf));
+    }
+    if (!recv_waiters.empty()) {
+      MsgWaiter* w = recv_waiters.front();
+      recv_waiters.pop_front();
+      w->msg = std::move(msg);
+      ReturnCredit(sender);
+      w->parked.Finish(Status::Ok());
+    } else {
+      rxq.push_back(std::move(msg));
+    }
+  }
+
+  void ReturnCredit(const std::weak_ptr<LoopEnd>& sender) {
+    if (auto s = sender.lock()) {
+      s->sched->Post([s] { s->GrantCredits(1); }, "loop-credit");
+    }
+  }
+
+  void CompleteOp(uint64_t id, Status s) {
+    auto it = ops.find(id);
+    if (it == ops.end()) return;
+    Op* op = it->second;
+    ops.erase(it);
+    op->parked.Finish(std::move(s));
+  }
+
+  std::chrono::microseconds Delay() const {
+    std::lock_guard lk(link->faults->mu);
+    return link->faults->plan.delay;
+  }
+};
+
+struct AcceptWaiter {
+  Parked parked;
+  std::shared_ptr<LoopEnd> end;
+};
+
+struct LoopListenerState {
+  coro::Scheduler* sched = nullptr;
+  mempool::Pool* pool = nullptr;
+  TransportOptions opt;
+  std::string name;
+  bool closed = false;  // own thread
+  std::deque<std::shared_ptr<LoopEnd>> ready;
+  std::deque<AcceptWaiter*> waiters;
+};
+
+class Net final : public LoopbackNetwork {
+ public:
+  void SetFaults(std::string_view name, const FaultPlan& plan) override {
+    auto f = Faults(name);
+    std::lock_guard lk(f->mu);
+    f->plan = plan;
+    f->rng.seed(plan.seed);
+  }
+  uint64_t dropped(std::string_view name) const override { return Faults(name)->dropped.load(); }
+  uint64_t corrupted(std::string_view name) const override { return Faults(name)->corrupted.load(); }
+
+  std::shared_ptr<FaultState> Faults(std::string_view name) const {
+    std::lock_guard lk(mu_);
+    auto& f = faults_[std::string(name)];
+    if (!f) f = std::make_shared<FaultState>();
+    return f;
+  }
+  Status Bind(const std::string& name, const std::shared_ptr<LoopListenerState>& ls) {
+    std::lock_guard lk(mu_);
+    auto& slot = listeners_[name];
+    if (slot.lock()) return AlreadyExistsError("loop://" + name + " is already listening");
+    slot = ls;
+    return Status::Ok();
+  }
+  void Unbind(const std::string& name, const LoopListenerState* ls) {
+    std::lock_guard lk(mu_);
+    auto it = listeners_.find(name);
+    if (it != listeners_.end() && (it->second.expired() || it->second.lock().get() == ls)) listeners_.erase(it);
+  }
+  std::shared_ptr<LoopListenerState> Find(const std::string& name) {
+    std::lock_guard lk(mu_);
+    auto it = listeners_.find(name);
+    return it == listeners_.end() ? nullptr : it->second.lock();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::unordered_map<std::string, std::shared_ptr<FaultState>> faults_;
+  std::unordered_map<std::string, std::weak_ptr<LoopListenerState>> listeners_;
+};
+
+class LoopConnection final : public Connection {
+ public:
+  explicit LoopConnection(std::shared_ptr<LoopEnd> e) : e_(std::move(e)) {}
+  ~LoopConnection() override { Close(); }
+
+  Status Send(mempool::IoBuf message) override {
+    auto e = e_;
+    if (e->closed) return e->status;
+    if (message.size() > e->limits.max_message_bytes) {
+      return InvalidArgumentError("Send: message of " + std::to_string(message.size()) +
+                                  " bytes exceeds the limit of " + std::to_string(e->limits.max_message_bytes));
+    }
+    if (e->send_credits > 0 && e->send_waiters.empty()) {
+      --e->send_credits;
+      return e->Transmit(std::move(message));
+    }
+    MsgWaiter w;
+    w.msg = std::move(message);
+    e->send_waiters.push_back(&w);
+    return w.parked.Wait();
+  }
+
+  Result<mempool::IoBuf> Recv() override {
+    auto e = e_;
+    if (!e->rxq.empty()) {
+      mempool::IoBuf m = std::move(e->rxq.front());
+      e->rxq.pop_front();
+      if (!e->closed) e->ReturnCredit(e->peer);
+      return m;
+    }
+    if (e->closed) return e->status;
+    MsgWaiter w;
+    e->recv_waiters.push_back(&w);
+    HRPC_TRY(w.parked.Wait());
+    return std::move(w.msg);
+  }
+
+  Result<RemoteDescriptor> Expose(const mempool::Buffer& buf, Access access) override {
+    if (e_->closed) return e_->status;
+    return e_->expo.Add(buf, access);
+  }
+  Status Revoke(const RemoteDescriptor& desc) override { return e_->expo.Revoke(desc); }
+
+  Status Read(const RemoteDescriptor& src, const mempool::IoBuf& dst) override {
+    if (dst.size() != src.len) {
+      return InvalidArgumentError("Read: destination of " + std::to_string(dst.size()) +
+                                  " bytes for a descriptor of " + std::to_string(src.len));
+    }
+    return OneSided(true, src, dst);
+  }
+  Status Write(const mempool::IoBuf& src, const RemoteDescriptor& dst) override {
+    if (src.size() != dst.len) {
+      return InvalidArgumentError("Write: source of " + std::to_string(src.size()) +
+                                  " bytes for a descriptor of " + std::to_string(dst.len));
+    }
+    return OneSided(false, dst, src);
+  }
+
+  void Close() override {
+    if (!e_ || e_->closed) return;
+    e_->FailPeer(UnavailableError("peer " + e_->peer_name + " closed the connection"));
+    e_->Fail(CancelledError("connection closed locally"));
+  }
+  Status status() const override { return e_->closed ? e_->status : Status::Ok(); }
+  const Limits& limits() const override { return e_->limits; }
+  std::string_view peer() const override { return e_->peer_name; }
+
+ private:
+  Status OneSided(bool is_read, const RemoteDescriptor& remote, const mempool::IoBuf& local) {
+    auto e = e_;
+    if (e->closed) return e->status;
+    if (remote.len == 0) return Status::Ok();
+    auto p = e->peer.lock();
+    if (!p) return UnavailableError("loopback peer is gone");
+    while (e->ops_outstanding >= e->max_ops) {
+      Parked w;
+      e->slot_waiters.push_back(&w);
+      HRPC_TRY(w.Wait());
+    }
+    ++e->ops_outstanding;
+    Op op;
+    op.id = e->next_op++;
+    e->ops[op.id] = &op;
+    auto buf = std::make_shared<mempool::IoBuf>(local.Share());
+    const auto delay = e->Delay();
+    std::weak_ptr<LoopEnd> req = e;
+    const uint64_t id = op.id;
+    p->sched->Post(
+        [p, req, buf, remote, is_read, delay, id] {
+          if (delay.count() > 0) coro::this_coro::SleepFor(delay);
+          Status s;
+          if (p->closed) {
+            s = p->status;
+          } else {
+            auto hit = p->expo.Check(remote.addr, remote.len, remote.key, is_read ? Access::kRead : Access::kWrite);
+            if (!hit.ok()) {
+              s = hit.status().WithContext("refused by " + p->peer_name);
+            } else if (is_read) {
+              // Target -> requester: scatter the exposed range into the IoBuf.
+              size_t off = 0;
+              for (size_t i = 0; i < buf->num_slices(); ++i) {
+                const mempool::Buffer& b = buf->slice(i);
+                mempool::CountedCopy(b.data(), hit->ptr + off, b.size());
+                off += b.size();
+              }
+            } else {
+              buf->CopyTo(hit->ptr, 0, buf->size());
+            }
+          }
+          if (auto r = req.lock()) {
+            r->sched->Post([r, id, s = std::move(s)]() mutable { r->CompleteOp(id, std::move(s)); }, "loop-op-done");
+          }
+        },
+        is_read ? "loop-read" : "loop-write");
+    Status done = op.parked.Wait();
+    --e->ops_outstanding;
+    if (!e->slot_waiters.empty()) {
+      Parked* w = e->slot_waiters.front();
+      e->slot_waiters.pop_front();
+      w->Finish(Status::Ok());
+    }
+    return done;
+  }
+
+  std::shared_ptr<LoopEnd> e_;
+};
+
+class LoopListener final : public Listener {
+ public:
+  LoopListener(std::shared_ptr<Net> net, std::shared_ptr<LoopListenerState> ls)
+      : net_(std::move(net)), ls_(std::move(ls)) {}
+  ~LoopListener() override { Close(); }
+
+  Result<std::unique_ptr<Connection>> Accept() override {
+    auto ls = ls_;
+    while (true) {
+      if (ls->closed) return CancelledError("listener loop://" + ls->name + " closed");
+      if (!ls->ready.empty()) {
+        auto e = std::move(ls->ready.front());
+        ls->ready.pop_front();
+        return std::unique_ptr<Connection>(new LoopConnection(std::move(e)));
+      }
+      AcceptWaiter w;
+      ls->waiters.push_back(&w);
+      HRPC_TRY(w.parked.Wait());
+      if (w.end) return std::unique_ptr<Connection>(new LoopConnection(std::move(w.end)));
+    }
+  }
+  std::string uri() const override { return "loop://" + ls_->name; }
+  void Close() override {
+    if (ls_->closed) return;
+    ls_->closed = true;
+    net_->Unbind(ls_->name, ls_.get());
+    for (auto* w : std::exchange(ls_->waiters, {})) w->parked.Finish(CancelledError("listener closed"));
+    for (auto& e : std::exchange(ls_->ready, {})) {
+      e->FailPeer(UnavailableError("listener closed"));
+      e->Fail(CancelledError("listener closed"));
+    }
+  }
+
+ private:
+  std::shared_ptr<Net> net_;
+  std::shared_ptr<LoopListenerState> ls_;
+};
+
+class LoopTransport final : public Transport {
+ public:
+  LoopTransport(std::shared_ptr<Net> net, coro::Scheduler& sched, mempool::Pool& pool, TransportOptions opt)
+      : net_(std::move(net)), sched_(&sched), pool_(&pool), opt_(opt) {}
+
+  std::string_view scheme() const override { return "loop"; }
+
+  Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override {
+    HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
+    if (u.scheme != "loop") return InvalidArgumentError("loopback transport cannot listen on '" + std::string(uri) + "'");
+    auto ls = std::make_shared<LoopListenerState>();
+    ls->sched = sched_;
+    ls->pool = pool_;
+    ls->opt = opt_;
+    ls->name = u.host;
+    HRPC_TRY(net_->Bind(u.host, ls));
+    return std::unique_ptr<Listener>(new LoopListener(net_, std::move(ls)));
+  }
+
+  Result<std::unique_ptr<Connection>> Connect(std::string_view uri) override {
+    HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
+    if (u.scheme != "loop") return InvalidArgumentError("loopback transport cannot connect to '" + std::string(uri) + "'");
+    auto ls = net_->Find(u.host);
+    if (!ls) return UnavailableError("nobody listens on loop://" + u.host);
+    Limits lim{std::min(opt_.max_message_bytes, ls->opt.max_message_bytes),
+               std::min(opt_.recv_depth, ls->opt.recv_depth)};
+    auto link = std::make_shared<Link>();
+    link->faults = net_->Faults(u.host);
+    const uint64_t n = ++counter_;
+    auto client = std::make_shared<LoopEnd>();
+    client->sched = sched_;
+    client->pool = pool_;
+    client->peer_name = "loop://" + u.host;
+    client->max_ops = opt_.max_outstanding_ops;
+    auto server = std::make_shared<LoopEnd>();
+    server->sched = ls->sched;
+    server->pool = ls->pool;
+    server->peer_name = "loop://" + u.host + "#client" + std::to_string(n);
+    server->max_ops = ls->opt.max_outstanding_ops;
+    for (auto* e : {client.get(), server.get()}) {
+      e->limits = lim;
+      e->send_credits = lim.recv_depth;
+      e->link = link;
+    }
+    client->peer = server;
+    server->peer = client;
+    std::weak_ptr<LoopListenerState> weak_ls = ls;
+    ls->sched->Post(
+        [weak_ls, server] {
+          auto l = weak_ls.lock();
+          if (!l || l->closed) {
+            server->FailPeer(UnavailableError("listener closed before accepting"));
+            server->Fail(CancelledError("listener closed"));
+            return;
+          }
+          if (!l->waiters.empty()) {
+            AcceptWaiter* w = l->waiters.front();
+            l->waiters.pop_front();
+            w->end = server;
+            w->parked.Finish(Status::Ok());
+          } else {
+            l->ready.push_back(server);
+          }
+        },
+        "loop-accept");
+    ends_.push_back(client);
+    return std::unique_ptr<Connection>(new LoopConnection(std::move(client)));
+  }
+
+  ~LoopTransport() override {
+    for (auto& w : ends_) {
+      if (auto e = w.lock(); e && !e->closed) {
+        e->FailPeer(UnavailableError("peer transport destroyed"));
+        e->Fail(CancelledError("transport destroyed"));
+      }
+    }
+  }
+
+ private:
+  std::shared_ptr<Net> net_;
+  coro::Scheduler* sched_;
+  mempool::Pool* pool_;
+  TransportOptions opt_;
+  uint64_t counter_ = 0;
+  std::vector<std::weak_ptr<LoopEnd>> ends_;
+};
+
+}  // namespace
+
+std::shared_ptr<LoopbackNetwork> LoopbackNetwork::Create() { return std::make_shared<Net>(); }
+
+Result<std::unique_ptr<Transport>> CreateLoopbackTransport(std::shared_ptr<LoopbackNetwork> network,
+                                                           coro::Scheduler& scheduler, mempool::Pool& pool,
+                                                           TransportOptions options) {
+  auto net = std::dynamic_pointer_cast<Net>(network);
+  if (!net) return InvalidArgumentError("loopback: network was not made by LoopbackNetwork::Create()");
+  if (options.recv_depth == 0 || options.max_message_bytes == 0 || options.max_outstanding_ops == 0) {
+    return InvalidArgumentError("loopback: recv_depth, max_message_bytes and max_outstanding_ops must be > 0");
+  }
+  return std::unique_ptr<Transport>(new LoopTransport(std::move(net), scheduler, pool, options));
+}
+
+}  // namespace hrpc::transport

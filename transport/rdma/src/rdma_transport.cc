@@ -1,0 +1,1487 @@
+// The RDMA transport: RC QPs over rdmacm, one CQ (+ completion channel) and one
+// rdmacm event channel per transport (= per worker), driven by two coro::Pollers.
+//
+// Wire: a control message is one SEND_WITH_IMM; imm = kind << 24 | credits the
+// sender returns. kind kData carries a message (possibly empty); kind kCredit
+// carries only credits (zero bytes). Handshake: Hello in the rdmacm private data.
+//
+// Credits: each side posts recv_depth + kCtrlSlots receive WQEs. A data message
+// costs the sender one credit; the receiver returns it when the application
+// takes the message (Recv), piggybacked on the next data message or, once
+// kCreditBatch(recv_depth) = ceil(depth/4) are owed, in a credit-only message.
+// Credit-only messages need no credit: each carries >= ceil(depth/4) credits and
+// the peer can only have `depth` outstanding, so at most 4 of them are ever
+// unprocessed at the peer — kCtrlSlots = 5 receive WQEs cover them, and a
+// receive WQE is reposted in the same poll that consumes it. RNR therefore does
+// not happen (rnr_retry stays as a backstop, e.g. when the pool cannot refill).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/mempool/copy.h"
+#include "hrpc/transport/rdma.h"
+#include "verbs.h"
+
+namespace hrpc::transport {
+namespace {
+
+using rdma::CmId;
+using Clock = std::chrono::steady_clock;
+
+constexpr uint32_t kHelloMagic = 0x4d445248;  // "HRDM"
+constexpr uint16_t kHelloVersion = 1;
+constexpr uint32_t kImmKindShift = 24;
+constexpr uint32_t kImmCreditMask = (1u << kImmKindShift) - 1;
+constexpr uint32_t kKindData = 0;
+constexpr uint32_t kKindCredit = 1;
+constexpr uint32_t kCreditDivisor = 4;                 // credit-only msg carries >= ceil(depth/4)
+constexpr uint32_t kCtrlSlots = kCreditDivisor + 1;    // receive WQEs beyond recv_depth
+static_assert(kCtrlSlots > kCreditDivisor, "credit-only messages in flight <= kCreditDivisor");
+constexpr uint32_t kMaxRecvDepth = 1u << 16;
+static_assert(kMaxRecvDepth <= kImmCreditMask, "returned credits must fit the immediate");
+
+constexpr uint64_t kRecvFlag = 1ull << 63;
+constexpr uint64_t kSrqFlag = 1ull << 62;
+constexpr uint64_t kDrainFlag = 1ull << 61;
+constexpr uint64_t kDrainSqId = kDrainFlag;
+constexpr uint64_t kDrainRqId = kRecvFlag | kDrainFlag;
+constexpr uint64_t kSlotMask = (1ull << 32) - 1;
+
+constexpr uint32_t CreditBatch(uint32_t depth) { return (depth + kCreditDivisor - 1) / kCreditDivisor; }
+static_assert(CreditBatch(1) == 1 && CreditBatch(64) == 16 && 64 / CreditBatch(64) <= kCreditDivisor);
+
+enum HelloKind : uint16_t { kHelloRequest = 0, kHelloAccept = 1, kHelloReject = 2 };
+// Fits the 56 bytes of private data an RC connect request carries.
+struct Hello {
+  uint32_t magic = kHelloMagic;
+  uint16_t version = kHelloVersion;
+  uint16_t kind = kHelloRequest;
+  uint32_t max_message_bytes = 0;
+  uint32_t recv_depth = 0;
+  char reason[40] = {};
+};
+static_assert(sizeof(Hello) <= 56);
+
+Status WcStatus(const ibv_wc& wc, std::string_view what) {
+  std::string m = std::string(what) + ": " + ibv_wc_status_str(wc.status) + " (vendor_err " +
+                  std::to_string(wc.vendor_err) + ")";
+  switch (wc.status) {
+    case IBV_WC_REM_ACCESS_ERR:
+    case IBV_WC_REM_INV_REQ_ERR:
+      return PermissionDeniedError(m + ": the target refused the key, range or access (the RC QP is now in error)");
+    case IBV_WC_LOC_PROT_ERR:
+    case IBV_WC_LOC_LEN_ERR:
+      return InvalidArgumentError(m);
+    case IBV_WC_MW_BIND_ERR:
+      return InternalError(m);
+    default:
+      return UnavailableError(m);
+  }
+}
+
+// A coroutine parked until someone hands it a Status.
+struct Parked {
+  coro::Event ev;
+  Status status;
+  bool done = false;
+  void Finish(Status s) {
+    if (done) return;
+    done = true;
+    status = std::move(s);
+    ev.Set();
+  }
+  Status Wait() {
+    (void)ev.Wait();
+    return status;
+  }
+  Status WaitUntil(Clock::time_point tp) {
+    Status s = ev.WaitUntil(tp);
+    if (!done) return s;
+    return status;
+  }
+};
+
+struct CmEv {
+  rdma_cm_event_type type;
+  int status = 0;
+  rdma_cm_id* id = nullptr;
+  rdma_cm_id* listen_id = nullptr;
+  std::optional<Hello> hello;
+};
+
+class CmTarget {
+ public:
+  virtual void OnCmEvent(const CmEv& ev) = 0;
+
+ protected:
+  ~CmTarget() = default;
+};
+
+class TransportImpl;
+class ListenerImpl;
+
+// The state of one connection. Owned by the transport (not by the user's
+// Connection handle) so that it outlives the hardware's use of its buffers:
+// it is deleted only once its QP has been drained and the user let go.
+class Conn final : public CmTarget {
+ public:
+  enum class State : uint8_t { kResolving, kConnecting, kAccepting, kEstablished, kFailed };
+
+  Conn(TransportImpl& t, bool active) : t_(t), active_(active) {}
+  ~Conn();
+
+  void OnCmEvent(const CmEv& ev) override;
+  void OnSendWc(const ibv_wc& wc);
+  void OnRecvWc(const ibv_wc& wc, mempool::Buffer buf);  // buf: the slot's buffer (SRQ or own)
+  void OnRqWc(const ibv_wc& wc);                         // per-QP receive queue completion
+
+  Status CreateQp();
+  Status PostInitialRecvs();
+  void SetLimits(uint32_t max_message_bytes, uint32_t recv_depth);
+  void Fail(Status s);
+  void Release();  // the user's handle is gone
+  void MaybeSendCredits();
+  bool Reapable() const { return !user_owned_ && !in_listener_ && drained_; }
+
+  // Connection API
+  Status Send(mempool::IoBuf message);
+  Result<mempool::IoBuf> Recv();
+  Result<RemoteDescriptor> Expose(const mempool::Buffer& buf, Access access);
+  Status Revoke(const RemoteDescriptor& desc);
+  Status OneSided(bool read, const RemoteDescriptor& rd, const mempool::IoBuf& local);
+
+  TransportImpl& t_;
+  bool active_;
+  State state_ = State::kResolving;
+  Status status_;
+  Limits limits_;
+  std::string peer_;
+  bool user_owned_ = true;
+  bool in_listener_ = false;
+  ListenerImpl* listener_ = nullptr;
+  RdmaConnectionStats stats_;
+
+  // Connection setup (active side): the coroutine waiting for the next CM event.
+  Parked* cm_waiter_ = nullptr;
+  std::optional<CmEv> cm_event_;
+
+ private:
+  friend class TransportImpl;
+  struct SendEntry {
+    uint64_t seq;
+    mempool::IoBuf hold;
+    Parked* op;
+  };
+  struct SqWaiter : Parked {
+    uint32_t n = 0;
+    bool credit = false;
+  };
+  struct RecvWaiter : Parked {
+    mempool::IoBuf msg;
+  };
+  struct Exposure {
+    uint64_t addr;
+    uint32_t len;
+    uint32_t key;
+    Access access;
+    mempool::Buffer hold;
+    rdma::MwPtr mw;
+  };
+
+  bool CanTake(uint32_t n, bool credit) const {
+    return sq_used_ + n <= sq_cap_ && (!credit || send_credits_ > 0);
+  }
+  void Take(uint32_t n, bool credit) {
+    sq_used_ += n;
+    if (credit) --send_credits_;
+  }
+  Status Reserve(uint32_t n, bool credit);
+  void WakeSqWaiters();
+  // Posts wrs[0..n) (slots already reserved). The last WR carries `hold` and
+  // `op` and is signaled when op != nullptr.
+  Status PostWrs(ibv_send_wr* wrs, uint32_t n, mempool::IoBuf hold, Parked* op);
+  void Deliver(mempool::IoBuf msg);
+  void Took();
+  Status PostRecvSlot(uint32_t idx);
+  void StartDrain();
+  void CheckDrained();
+
+  // Dependency order: memory windows, then the id + QP (destroyed first).
+  std::vector<rdma::MwPtr> free_mws_;
+  std::vector<Exposure> exposures_;
+  std::vector<mempool::Buffer> rq_slots_;
+ public:
+  CmId id_;
+
+ private:
+  uint32_t sq_cap_ = 0;  // sq_depth - 1: one WQE is kept for the drain sentinel
+  uint32_t sq_used_ = 0;
+  uint64_t next_seq_ = 1;
+  uint64_t completed_seq_ = 0;
+  uint64_t last_signaled_seq_ = 0;
+  std::deque<SendEntry> inflight_;
+  std::deque<SqWaiter*> sq_waiters_;
+  uint32_t send_credits_ = 0;
+  uint32_t owed_credits_ = 0;
+  uint32_t credit_batch_ = 1;
+  bool credit_pending_ = false;
+  uint32_t inline_threshold_ = 0;
+  uint32_t max_send_sge_ = 1;
+  uint32_t max_rd_sge_ = 1;
+  uint32_t max_wr_bytes_ = 1u << 30;
+  uint32_t recv_buf_bytes_ = 0;
+  uint32_t posted_recv_slots_ = 0;
+ public:
+  uint32_t cq_budget_ = 0;  // CQ entries this connection may need
+
+ private:
+  std::deque<mempool::IoBuf> msgs_;
+  std::deque<RecvWaiter*> recv_waiters_;
+  bool connected_ = false;  // rdma_connect/accept completed (disconnect needed)
+  bool draining_ = false;
+  bool sq_drained_ = false;
+  bool rq_drained_ = false;
+  bool drained_ = false;
+};
+
+class RdmaConnection final : public Connection {
+ public:
+  explicit RdmaConnection(Conn* c) : c_(c) {}
+  ~RdmaConnection() override { c_->Release(); }
+  Status Send(mempool::IoBuf message) override { return c_->Send(std::move(message)); }
+  Result<mempool::IoBuf> Recv() override { return c_->Recv(); }
+  Result<RemoteDescriptor> Expose(const mempool::Buffer& buf, Access access) override {
+    return c_->Expose(buf, access);
+  }
+  Status Revoke(const RemoteDescriptor& desc) override { return c_->Revoke(desc); }
+  Status Read(const RemoteDescriptor& src, const mempool::IoBuf& dst) override {
+    return c_->OneSided(true, src, dst);
+  }
+  Status Write(const mempool::IoBuf& src, const RemoteDescriptor& dst) override {
+    return c_->OneSided(false, dst, src);
+  }
+  void Close() override { c_->Fail(CancelledError("connection closed locally")); }
+  Status status() const override { return c_->status_; }
+  const Limits& limits() const override { return c_->limits_; }
+  std::string_view peer() const override { return c_->peer_; }
+  const Conn& core() const { return *c_; }
+
+ private:
+  Conn* c_;
+};
+
+class CqPoller final : public coro::Poller {
+ public:
+  explicit CqPoller(TransportImpl& t) : t_(t) {}
+  int Poll() override;
+  int fd() const override;
+
+ private:
+  TransportImpl& t_;
+};
+
+class CmPoller final : public coro::Poller {
+ public:
+  explicit CmPoller(TransportImpl& t) : t_(t) {}
+  int Poll() override;
+  int fd() const override;
+
+ private:
+  TransportImpl& t_;
+  Clock::time_point next_check_{};
+};
+
+class TransportImpl final : public Transport {
+ public:
+  TransportImpl(coro::Scheduler& sched, mempool::Pool& pool, RdmaOptions o)
+      : sched_(sched), pool_(pool), opts_(std::move(o)), cq_poller_(*this), cm_poller_(*this) {}
+  ~TransportImpl() override;
+
+  Status Init();
+  std::string_view scheme() const override { return "rdma"; }
+  Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override;
+  Result<std::unique_ptr<Connection>> Connect(std::string_view uri) override;
+
+  int PollCq();
+  int PollCm();
+  Conn* NewConn(bool active);
+  void Register(Conn* c) { by_qpn_[c->id_.qp()->qp_num] = c; }
+  void ScheduleReap(Conn* c);
+  Status EnsureCqRoom(uint32_t more);
+  Result<mempool::Buffer> AllocRecvBuffer() { return pool_.Allocate(opts_.common.max_message_bytes); }
+  Status PostSrqSlot(uint32_t idx);
+
+  coro::Scheduler& sched_;
+  mempool::Pool& pool_;
+  RdmaOptions opts_;
+  std::shared_ptr<RdmaDomain> domain_;  // context + PD + MRs: destroyed last
+  mempool::RegistrarSlot slot_ = 0;
+  rdma::EventChannelPtr cm_channel_;
+  rdma::CompChannelPtr comp_channel_;
+  rdma::CqPtr cq_;
+  rdma::SrqPtr srq_;
+  std::vector<mempool::Buffer> srq_slots_;
+  int poll_fd_ = -1;  // kPolling: an eventfd that stays readable
+  uint32_t cq_size_ = 0;
+  uint32_t cq_budget_used_ = 0;
+  bool cq_armed_ = false;
+  uint32_t idle_polls_ = 0;
+  uint32_t unacked_cq_events_ = 0;
+  uint32_t srq_starved_ = 0;
+  std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
+  std::unordered_map<uint32_t, Conn*> by_qpn_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  CqPoller cq_poller_;
+  CmPoller cm_poller_;
+  bool pollers_added_ = false;
+};
+
+// ----------------------------------------------------------------- listener
+
+class ListenerImpl final : public Listener, public CmTarget {
+ public:
+  explicit ListenerImpl(TransportImpl& t) : t_(t) {}
+  ~ListenerImpl() override {
+    Close();
+  }
+  Result<std::unique_ptr<Connection>> Accept() override;
+  std::string uri() const override { return uri_; }
+  void Close() override;
+  void OnCmEvent(const CmEv& ev) override;
+  void OnRequest(const CmEv& ev);
+  void Established(Conn* c);
+  void Forget(Conn* c) { std::erase(pending_, c); }
+
+  TransportImpl& t_;
+  CmId id_;
+  std::string uri_;
+
+ private:
+  struct AcceptWaiter : Parked {
+    Conn* conn = nullptr;
+  };
+  bool closed_ = false;
+  std::vector<Conn*> pending_;  // accepted, not established
+  std::deque<Conn*> ready_;
+  std::deque<AcceptWaiter*> waiters_;
+};
+
+// ----------------------------------------------------------------- Conn
+
+Conn::~Conn() {
+  exposures_.clear();
+  id_.Reset();       // QP, then the id
+  free_mws_.clear();  // after the QP they were bound on
+}
+
+void Conn::SetLimits(uint32_t max_message_bytes, uint32_t recv_depth) {
+  limits_.max_message_bytes = max_message_bytes;
+  limits_.recv_depth = recv_depth;
+  send_credits_ = recv_depth;
+  credit_batch_ = CreditBatch(recv_depth);
+}
+
+Status Conn::CreateQp() {
+  const RdmaOptions& o = t_.opts_;
+  const RdmaDeviceInfo& dev = t_.domain_->device();
+  if (id_->verbs != t_.domain_->context()) {
+    return FailedPreconditionError("the route to " + peer_ + " goes through device " +
+                                   std::string(ibv_get_device_name(id_->verbs->device)) +
+                                   ", this transport uses " + dev.name);
+  }
+  const uint32_t recv_slots = o.use_srq ? 0 : limits_.recv_depth + kCtrlSlots;
+  HRPC_TRY(t_.EnsureCqRoom(o.sq_depth + recv_slots + 2));
+  cq_budget_ = o.sq_depth + recv_slots + 2;
+  ibv_qp_init_attr a{};
+  a.send_cq = t_.cq_.get();
+  a.recv_cq = t_.cq_.get();
+  a.srq = o.use_srq ? t_.srq_.get() : nullptr;
+  a.qp_type = IBV_QPT_RC;
+  a.sq_sig_all = 0;
+  a.cap.max_send_wr = o.sq_depth;
+  a.cap.max_recv_wr = o.use_srq ? 0 : recv_slots + 1;
+  a.cap.max_send_sge = std::min<uint32_t>(dev.max_sge, 16);
+  a.cap.max_recv_sge = 1;
+  a.cap.max_inline_data = o.max_inline;
+  if (rdma_create_qp(id_.get(), t_.domain_->pd(), &a) != 0) {
+    // Some devices cap inline data lower: retry without it.
+    a.cap.max_inline_data = 0;
+    if (rdma_create_qp(id_.get(), t_.domain_->pd(), &a) != 0) return ErrnoStatus(errno, "rdma_create_qp");
+  }
+  id_.set_has_qp();
+  sq_cap_ = o.sq_depth - 1;
+  max_send_sge_ = std::max<uint32_t>(1, a.cap.max_send_sge);
+  max_rd_sge_ = std::max<uint32_t>(1, std::min(max_send_sge_, dev.max_sge_rd));
+  max_wr_bytes_ = std::min<uint32_t>(dev.max_msg_bytes, 1u << 30);
+  inline_threshold_ = std::min(o.max_inline, a.cap.max_inline_data);
+  recv_buf_bytes_ = o.common.max_message_bytes;
+  stats_.inline_threshold = inline_threshold_;
+  stats_.max_send_sge = max_send_sge_;
+  stats_.qp_num = id_.qp()->qp_num;
+  t_.Register(this);
+  return Status::Ok();
+}
+
+Status Conn::PostRecvSlot(uint32_t idx) {
+  mempool::Buffer& b = rq_slots_[idx];
+  ibv_sge sge{reinterpret_cast<uint64_t>(b.data()), static_cast<uint32_t>(b.size()),
+              b.key(t_.slot_).lkey};
+  ibv_recv_wr wr{};
+  wr.wr_id = kRecvFlag | idx;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  ibv_recv_wr* bad = nullptr;
+  const int rc = ibv_post_recv(id_.qp(), &wr, &bad);
+  if (rc != 0) return ErrnoStatus(rc, "ibv_post_recv");
+  return Status::Ok();
+}
+
+Status Conn::PostInitialRecvs() {
+  if (t_.opts_.use_srq) return Status::Ok();
+  const uint32_t n = limits_.recv_depth + kCtrlSlots;
+  rq_slots_.resize(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    HRPC_ASSIGN_OR_RETURN(rq_slots_[i], t_.AllocRecvBuffer());
+    HRPC_TRY(PostRecvSlot(i));
+  }
+  posted_recv_slots_ = n;
+  return Status::Ok();
+}
+
+Status Conn::Reserve(uint32_t n, bool credit) {
+  if (!status_.ok()) return status_;
+  if (sq_waiters_.empty() && CanTake(n, credit)) {
+    Take(n, credit);
+    return Status::Ok();
+  }
+  SqWaiter w;
+  w.n = n;
+  w.credit = credit;
+  sq_waiters_.push_back(&w);
+  return w.Wait();  // the waker took the slots for us; do not touch `this` on error
+}
+
+void Conn::WakeSqWaiters() {
+  while (!sq_waiters_.empty()) {
+    SqWaiter* w = sq_waiters_.front();
+    if (!CanTake(w->n, w->credit)) break;
+    Take(w->n, w->credit);
+    sq_waiters_.pop_front();
+    w->Finish(Status::Ok());
+  }
+}
+
+Status Conn::PostWrs(ibv_send_wr* wrs, uint32_t n, mempool::IoBuf hold, Parked* op) {
+  const uint32_t interval = t_.opts_.signal_interval;
+  for (uint32_t i = 0; i < n; ++i) {
+    ibv_send_wr& wr = wrs[i];
+    const uint64_t seq = next_seq_++;
+    wr.wr_id = seq;
+    wr.next = i + 1 < n ? &wrs[i + 1] : nullptr;
+    const bool last = i + 1 == n;
+    // Signal the op's last WR, at least every `interval` WRs, and whenever the
+    // SQ is full (so a completion is always coming to free it).
+    const bool sig = (last && op != nullptr) || seq - last_signaled_seq_ >= interval ||
+                     (last && sq_used_ >= sq_cap_) || (wr.send_flags & IBV_SEND_SIGNALED);
+    if (sig) {
+      wr.send_flags |= IBV_SEND_SIGNALED;
+      last_signaled_seq_ = seq;
+      ++stats_.signaled_sends;
+    }
+    if (last && (op != nullptr || !hold.empty())) {
+      inflight_.push_back(SendEntry{seq, std::move(hold), op});
+    }
+  }
+  ibv_send_wr* bad = nullptr;
+  const int rc = ibv_post_send(id_.qp(), wrs, &bad);
+  if (rc != 0) {
+    Status s = ErrnoStatus(rc, "ibv_post_send");
+    Fail(UnavailableError(s.message()));
+    return s;
+  }
+  return Status::Ok();
+}
+
+Status Conn::Send(mempool::IoBuf message) {
+  if (!status_.ok()) return status_;
+  if (message.size() > limits_.max_message_bytes) {
+    return InvalidArgumentError("Send: " + std::to_string(message.size()) + " bytes > max_message_bytes " +
+                                std::to_string(limits_.max_message_bytes));
+  }
+  if (message.num_slices() > max_send_sge_) {
+    // More slices than the device gathers in one SEND: coalesce (counted copy).
+    HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, t_.pool_.Allocate(message.size()));
+    message.CopyTo(b.data(), 0, message.size());
+    message = mempool::IoBuf(std::move(b));
+    ++stats_.coalesced_sends;
+  }
+  HRPC_TRY(Reserve(1, /*credit=*/true));
+  // Re-check: the connection may have failed while we waited (Reserve returns
+  // that Status then), so `this` is valid here.
+  ibv_sge sges[16];
+  const uint32_t nsge = static_cast<uint32_t>(
+      message.FillSges(t_.slot_, std::span<mempool::Sge>(reinterpret_cast<mempool::Sge*>(sges), max_send_sge_)));
+  ibv_send_wr wr{};
+  wr.opcode = IBV_WR_SEND_WITH_IMM;
+  wr.sg_list = nsge ? sges : nullptr;
+  wr.num_sge = static_cast<int>(nsge);
+  wr.imm_data = htonl(kKindData << kImmKindShift | owed_credits_);
+  owed_credits_ = 0;
+  const bool inl = message.size() > 0 && message.size() <= inline_threshold_;
+  if (inl) {
+    wr.send_flags = IBV_SEND_INLINE;  // the provider copies now: no buffer to hold
+    ++stats_.inline_sends;
+  }
+  ++stats_.sends;
+  return PostWrs(&wr, 1, inl ? mempool::IoBuf() : std::move(message), nullptr);
+}
+
+void Conn::MaybeSendCredits() {
+  if (!status_.ok() || state_ != State::kEstablished) return;
+  if (owed_credits_ < credit_batch_) return;
+  // Credit-only messages bypass the FIFO of senders (those may be waiting for
+  // the very credits the peer is waiting on) and need no credit themselves.
+  if (sq_used_ + 1 > sq_cap_) {
+    credit_pending_ = true;
+    return;
+  }
+  credit_pending_ = false;
+  sq_used_ += 1;
+  ibv_send_wr wr{};
+  wr.opcode = IBV_WR_SEND_WITH_IMM;
+  wr.imm_data = htonl(kKindCredit << kImmKindShift | owed_credits_);
+  wr.send_flags = IBV_SEND_INLINE;
+  owed_credits_ = 0;
+  ++stats_.credit_messages;
+  (void)PostWrs(&wr, 1, mempool::IoBuf(), nullptr);
+}
+
+void Conn::Took() {
+  ++owed_credits_;
+  MaybeSendCredits();
+}
+
+void Conn::Deliver(mempool::IoBuf msg) {
+  ++stats_.recvs;
+  if (!recv_waiters_.empty()) {
+    RecvWaiter* w = recv_waiters_.front();
+    recv_waiters_.pop_front();
+    w->msg = std::move(msg);
+    Took();
+    w->Finish(Status::Ok());
+    return;
+  }
+  msgs_.push_back(std::move(msg));
+}
+
+Result<mempool::IoBuf> Conn::Recv() {
+  if (!status_.ok()) return status_;
+  if (!msgs_.empty()) {
+    mempool::IoBuf m = std::move(msgs_.front());
+    msgs_.pop_front();
+    Took();
+    return m;
+  }
+  RecvWaiter w;
+  recv_waiters_.push_back(&w);
+  Status s = w.Wait();
+  if (!s.ok()) return s;
+  return std::move(w.msg);
+}
+
+void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
+  if (wc.status != IBV_WC_SUCCESS) {
+    if (wc.status != IBV_WC_WR_FLUSH_ERR) Fail(WcStatus(wc, "receive"));
+    return;
+  }
+  if (!status_.ok()) return;
+  if ((wc.wc_flags & IBV_WC_WITH_IMM) == 0) {
+    Fail(DataLossError("receive without immediate data: not an hrpc peer"));
+    return;
+  }
+  const uint32_t imm = ntohl(wc.imm_data);
+  const uint32_t kind = imm >> kImmKindShift;
+  const uint32_t credits = imm & kImmCreditMask;
+  if (credits > 0) {
+    send_credits_ += credits;
+    if (send_credits_ > limits_.recv_depth) {
+      Fail(DataLossError("peer returned more credits than it was given"));
+      return;
+    }
+    WakeSqWaiters();
+  }
+  if (kind == kKindCredit) return;
+  if (kind != kKindData || wc.byte_len > limits_.max_message_bytes) {
+    Fail(DataLossError("bad control message (kind " + std::to_string(kind) + ", " + std::to_string(wc.byte_len) +
+                       " bytes)"));
+    return;
+  }
+  mempool::IoBuf msg;
+  if (wc.byte_len > 0) msg.Append(buf.Slice(0, wc.byte_len));
+  Deliver(std::move(msg));
+}
+
+void Conn::OnRqWc(const ibv_wc& wc) {
+  const uint32_t idx = static_cast<uint32_t>(wc.wr_id & kSlotMask);
+  if (idx >= rq_slots_.size()) return;
+  mempool::Buffer b = rq_slots_[idx];  // shared: the message slice keeps the block alive
+  const bool handed_out = wc.status == IBV_WC_SUCCESS && wc.byte_len > 0;
+  if (wc.status == IBV_WC_SUCCESS && status_.ok()) {
+    if (handed_out) {
+      // The application keeps this block: refill the slot with a fresh one.
+      auto fresh = t_.AllocRecvBuffer();
+      if (fresh.ok()) {
+        rq_slots_[idx] = std::move(fresh).value();
+      } else {
+        SPDLOG_WARN("rdma {}: cannot refill a receive slot ({}); RNR retry is the backstop", peer_,
+                    fresh.status().ToString());
+        rq_slots_[idx].Reset();
+        --posted_recv_slots_;
+      }
+    }
+    if (rq_slots_[idx]) {
+      Status s = PostRecvSlot(idx);
+      if (!s.ok()) Fail(UnavailableError(s.message()));
+    }
+  } else {
+    --posted_recv_slots_;
+  }
+  OnRecvWc(wc, std::move(b));
+}
+
+void Conn::OnSendWc(const ibv_wc& wc) {
+  const uint64_t seq = wc.wr_id;
+  if (seq == kDrainSqId) {
+    sq_drained_ = true;
+    CheckDrained();
+    return;
+  }
+  if (wc.status != IBV_WC_SUCCESS) {
+    if (wc.status != IBV_WC_WR_FLUSH_ERR) {
+      // The op owning this WR gets the precise error; everything else the connection's.
+      Status precise = WcStatus(wc, wc.opcode == IBV_WC_RDMA_READ ? "RDMA READ" : "send queue");
+      for (SendEntry& e : inflight_) {
+        if (e.seq >= seq && e.op != nullptr) {
+          e.op->Finish(precise);
+          break;
+        }
+      }
+      Fail(UnavailableError("RC QP failed: " + std::string(precise.message())));
+    }
+    return;
+  }
+  if (seq > completed_seq_) {
+    sq_used_ -= static_cast<uint32_t>(seq - completed_seq_);
+    completed_seq_ = seq;
+  }
+  while (!inflight_.empty() && inflight_.front().seq <= seq) {
+    SendEntry e = std::move(inflight_.front());
+    inflight_.pop_front();
+    if (e.op != nullptr) e.op->Finish(Status::Ok());
+  }
+  if (credit_pending_) MaybeSendCredits();
+  WakeSqWaiters();
+}
+
+Result<RemoteDescriptor> Conn::Expose(const mempool::Buffer& buf, Access access) {
+  if (buf.empty()) return InvalidArgumentError("Expose: empty buffer");
+  if (buf.size() > UINT32_MAX) return InvalidArgumentError("Expose: buffer larger than 4 GiB");
+  const mempool::RegionKey key = buf.key(t_.slot_);
+  if (key.handle == 0) return FailedPreconditionError("Expose: buffer is not from the transport's pool");
+  if (!status_.ok()) return status_;
+  const uint64_t addr = reinterpret_cast<uint64_t>(buf.data());
+  const uint32_t len = static_cast<uint32_t>(buf.size());
+  if (!t_.domain_->memory_windows()) {
+    // The arena MR's rkey: the peer can reach the whole arena (documented).
+    exposures_.push_back(Exposure{addr, len, key.rkey, access, buf, nullptr});
+    return RemoteDescriptor{addr, len, key.rkey};
+  }
+  rdma::MwPtr mw;
+  if (!free_mws_.empty()) {
+    mw = std::move(free_mws_.back());
+    free_mws_.pop_back();
+  } else {
+    mw.reset(ibv_alloc_mw(t_.domain_->pd(), IBV_MW_TYPE_2));
+    if (!mw) return ErrnoStatus(errno, "ibv_alloc_mw(type 2)");
+  }
+  HRPC_TRY(Reserve(1, false));
+  const uint32_t rkey = ibv_inc_rkey(mw->rkey);
+  ibv_send_wr wr{};
+  wr.opcode = IBV_WR_BIND_MW;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  wr.bind_mw.mw = mw.get();
+  wr.bind_mw.rkey = rkey;
+  wr.bind_mw.bind_info.mr = reinterpret_cast<ibv_mr*>(key.handle);
+  wr.bind_mw.bind_info.addr = addr;
+  wr.bind_mw.bind_info.length = len;
+  wr.bind_mw.bind_info.mw_access_flags = (Allows(access, Access::kRead) ? IBV_ACCESS_REMOTE_READ : 0) |
+                                         (Allows(access, Access::kWrite) ? IBV_ACCESS_REMOTE_WRITE : 0);
+  Parked op;
+  Status s = PostWrs(&wr, 1, mempool::IoBuf(), &op);
+  if (!s.ok()) return s;
+  s = op.Wait();
+  if (!s.ok()) return s;  // mw (unique_ptr) is deallocated; `this` may be failed
+  mw->rkey = rkey;
+  ++stats_.mw_binds;
+  exposures_.push_back(Exposure{addr, len, rkey, access, buf, std::move(mw)});
+  return RemoteDescriptor{addr, len, rkey};
+}
+
+Status Conn::Revoke(const RemoteDescriptor& d) {
+  auto it = std::find_if(exposures_.begin(), exposures_.end(),
+                         [&](const Exposure& e) { return e.key == d.key && e.addr == d.addr && e.len == d.len; });
+  if (it == exposures_.end()) {
+    return NotFoundError("Revoke: descriptor (key " + std::to_string(d.key) + ") is not exposed here");
+  }
+  if (!it->mw) {
+    exposures_.erase(it);  // MR mode: nothing to invalidate in hardware
+    return Status::Ok();
+  }
+  const uint32_t rkey = it->key;
+  // Hide the exposure now: a concurrent Revoke of the same key finds nothing.
+  Exposure e = std::move(*it);
+  exposures_.erase(it);
+  HRPC_TRY(Reserve(1, false));
+  ibv_send_wr wr{};
+  wr.opcode = IBV_WR_LOCAL_INV;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  wr.invalidate_rkey = rkey;
+  Parked op;
+  Status s = PostWrs(&wr, 1, mempool::IoBuf(), &op);
+  if (!s.ok()) return s;
+  s = op.Wait();
+  if (!s.ok()) {
+    // The connection failed: its QP is in error, the peer can no longer reach the memory.
+    return Status::Ok();
+  }
+  ++stats_.mw_invalidates;
+  free_mws_.push_back(std::move(e.mw));
+  return Status::Ok();
+}
+
+Status Conn::OneSided(bool read, const RemoteDescriptor& rd, const mempool::IoBuf& local) {
+  if (local.size() != rd.len) {
+    return InvalidArgumentError(std::string(read ? "Read" : "Write") + ": local buffer has " +
+                                std::to_string(local.size()) + " bytes, descriptor " + std::to_string(rd.len));
+  }
+  if (!status_.ok()) return status_;
+  if (rd.len == 0) return Status::Ok();
+  // Split into WRs of at most max_sge SGEs and max_wr_bytes bytes each.
+  const uint32_t max_sge = read ? max_rd_sge_ : max_send_sge_;
+  struct WrPlan {
+    uint64_t remote;
+    uint32_t first_sge;
+    uint32_t nsge;
+  };
+  std::vector<ibv_sge> sges;
+  std::vector<WrPlan> plan;
+  sges.reserve(local.num_slices() + rd.len / max_wr_bytes_ + 1);
+  uint64_t off = 0;
+  uint32_t wr_bytes = 0;
+  for (size_t i = 0; i < local.num_slices(); ++i) {
+    const mempool::Buffer& s = local.slice(i);
+    const mempool::RegionKey k = s.key(t_.slot_);
+    if (k.handle == 0) return FailedPreconditionError("local buffer is not from the transport's pool");
+    size_t done = 0;
+    while (done < s.size()) {
+      if (plan.empty() || plan.back().nsge == max_sge || wr_bytes == max_wr_bytes_) {
+        plan.push_back(WrPlan{rd.addr + off, static_cast<uint32_t>(sges.size()), 0});
+        wr_bytes = 0;
+      }
+      const uint32_t take = static_cast<uint32_t>(std::min<size_t>(s.size() - done, max_wr_bytes_ - wr_bytes));
+      sges.push_back(ibv_sge{reinterpret_cast<uint64_t>(s.data() + done), take, k.lkey});
+      plan.back().nsge++;
+      wr_bytes += take;
+      done += take;
+      off += take;
+    }
+  }
+  ++stats_.one_sided_ops;
+  stats_.one_sided_wrs += plan.size();
+  Parked op;
+  const uint32_t batch_max = std::max<uint32_t>(1, sq_cap_ / 2);
+  size_t next = 0;
+  std::vector<ibv_send_wr> wrs;
+  while (next < plan.size()) {
+    const uint32_t n = static_cast<uint32_t>(std::min<size_t>(plan.size() - next, batch_max));
+    Status s = Reserve(n, false);
+    if (!s.ok()) {
+      // WRs of this op already posted still reference `local`: their entries hold it.
+      return s;
+    }
+    wrs.assign(n, ibv_send_wr{});
+    for (uint32_t i = 0; i < n; ++i) {
+      const WrPlan& p = plan[next + i];
+      ibv_send_wr& wr = wrs[i];
+      wr.opcode = read ? IBV_WR_RDMA_READ : IBV_WR_RDMA_WRITE;
+      wr.sg_list = &sges[p.first_sge];
+      wr.num_sge = static_cast<int>(p.nsge);
+      wr.wr.rdma.remote_addr = p.remote;
+      wr.wr.rdma.rkey = rd.key;
+    }
+    next += n;
+    const bool last = next == plan.size();
+    // Every batch holds the local buffers until its WRs complete.
+    s = PostWrs(wrs.data(), n, local.Share(), last ? &op : nullptr);
+    if (!s.ok()) return s;
+  }
+  return op.Wait();
+}
+
+void Conn::Fail(Status s) {
+  if (state_ == State::kFailed) return;
+  const bool was_established = state_ == State::kEstablished;
+  state_ = State::kFailed;
+  status_ = std::move(s);
+  SPDLOG_DEBUG("rdma {}: connection failed: {}", peer_, status_.ToString());
+  if (cm_waiter_ != nullptr) {
+    cm_waiter_->Finish(status_);
+    cm_waiter_ = nullptr;
+  }
+  for (SqWaiter* w : sq_waiters_) w->Finish(status_);
+  sq_waiters_.clear();
+  for (RecvWaiter* w : recv_waiters_) w->Finish(status_);
+  recv_waiters_.clear();
+  for (SendEntry& e : inflight_) {
+    if (e.op != nullptr) e.op->Finish(status_);
+    e.op = nullptr;  // the entry keeps holding buffers until the QP is drained
+  }
+  msgs_.clear();
+  if (listener_ != nullptr && !was_established) listener_->Forget(this);
+  if (connected_ && id_) rdma_disconnect(id_.get());  // moves the QP to error too
+  StartDrain();
+}
+
+void Conn::StartDrain() {
+  if (draining_) return;
+  draining_ = true;
+  if (!id_ || id_.qp() == nullptr) {
+    sq_drained_ = rq_drained_ = true;
+    CheckDrained();
+    return;
+  }
+  ibv_qp_attr attr{};
+  attr.qp_state = IBV_QPS_ERR;
+  ibv_modify_qp(id_.qp(), &attr, IBV_QP_STATE);
+  // The peer cannot touch exposed memory any more: drop the exposures.
+  exposures_.clear();
+  // Sentinels: flushed after everything posted before them.
+  ibv_send_wr swr{};
+  swr.wr_id = kDrainSqId;
+  swr.opcode = IBV_WR_SEND;
+  swr.send_flags = IBV_SEND_SIGNALED;
+  ibv_send_wr* sbad = nullptr;
+  if (ibv_post_send(id_.qp(), &swr, &sbad) != 0) sq_drained_ = true;
+  if (t_.opts_.use_srq) {
+    rq_drained_ = true;
+  } else {
+    ibv_recv_wr rwr{};
+    rwr.wr_id = kDrainRqId;
+    ibv_recv_wr* rbad = nullptr;
+    if (ibv_post_recv(id_.qp(), &rwr, &rbad) != 0) rq_drained_ = true;
+  }
+  CheckDrained();
+}
+
+void Conn::CheckDrained() {
+  if (drained_ || !sq_drained_ || !rq_drained_) return;
+  drained_ = true;
+  inflight_.clear();  // the hardware is done with every buffer
+  rq_slots_.clear();
+  if (Reapable()) t_.ScheduleReap(this);
+}
+
+void Conn::Release() {
+  user_owned_ = false;
+  Fail(CancelledError("connection closed locally"));
+  if (Reapable()) t_.ScheduleReap(this);
+}
+
+void Conn::OnCmEvent(const CmEv& ev) {
+  if (cm_waiter_ != nullptr) {  // active setup in progress
+    cm_event_ = ev;
+    Parked* w = cm_waiter_;
+    cm_waiter_ = nullptr;
+    w->Finish(Status::Ok());
+    return;
+  }
+  switch (ev.type) {
+    case RDMA_CM_EVENT_ESTABLISHED:
+      if (state_ == State::kAccepting) {
+        state_ = State::kEstablished;
+        connected_ = true;
+        if (listener_ != nullptr) {
+          listener_->Established(this);
+        } else {
+          Fail(CancelledError("listener closed"));
+        }
+      }
+      break;
+    case RDMA_CM_EVENT_DISCONNECTED:
+      Fail(UnavailableError("peer " + peer_ + " disconnected"));
+      break;
+    case RDMA_CM_EVENT_DEVICE_REMOVAL:
+      Fail(UnavailableError("RDMA device removed"));
+      break;
+    case RDMA_CM_EVENT_CONNECT_ERROR:
+    case RDMA_CM_EVENT_UNREACHABLE:
+    case RDMA_CM_EVENT_REJECTED:
+      Fail(UnavailableError(std::string("connection to ") + peer_ + " failed: " + rdma_event_str(ev.type)));
+      break;
+    default:
+      break;
+  }
+}
+
+// ----------------------------------------------------------------- listener
+
+void ListenerImpl::OnCmEvent(const CmEv& ev) {
+  if (ev.type == RDMA_CM_EVENT_DEVICE_REMOVAL) Close();
+}
+
+void ListenerImpl::OnRequest(const CmEv& ev) {
+  CmId id(ev.id);
+  auto reject = [&](const std::string& why) {
+    SPDLOG_WARN("rdma listener {}: rejecting a connection: {}", uri_, why);
+    Hello h;
+    h.kind = kHelloReject;
+    snprintf(h.reason, sizeof h.reason, "%s", why.c_str());
+    rdma_reject(id.get(), &h, sizeof h);
+  };
+  if (closed_) {
+    reject("listener closed");
+    return;
+  }
+  if (!ev.hello || ev.hello->kind != kHelloRequest) {
+    reject("no hrpc hello in the connect request");
+    return;
+  }
+  if (ev.hello->version != kHelloVersion) {
+    reject("version " + std::to_string(ev.hello->version) + " unsupported (want " +
+           std::to_string(kHelloVersion) + ")");
+    return;
+  }
+  const RdmaOptions& o = t_.opts_;
+  const uint32_t mmb = std::min(o.common.max_message_bytes, ev.hello->max_message_bytes);
+  const uint32_t depth = std::min(o.common.recv_depth, ev.hello->recv_depth);
+  if (mmb == 0 || depth == 0) {
+    reject("zero max_message_bytes or recv_depth");
+    return;
+  }
+  Conn* c = t_.NewConn(false);
+  c->id_ = std::move(id);
+  c->id_->context = static_cast<CmTarget*>(c);
+  char host[64] = "?";
+  sockaddr* pa = rdma_get_peer_addr(c->id_.get());
+  if (pa != nullptr && pa->sa_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(pa)->sin_addr, host, sizeof host);
+  }
+  c->peer_ = "rdma://" + std::string(host) + ":" + std::to_string(ntohs(rdma_get_dst_port(c->id_.get())));
+  c->SetLimits(mmb, depth);
+  c->state_ = Conn::State::kAccepting;
+  Status s = c->CreateQp();
+  if (s.ok()) s = c->PostInitialRecvs();
+  Hello h;
+  h.kind = kHelloAccept;
+  h.max_message_bytes = mmb;
+  h.recv_depth = depth;
+  rdma_conn_param p{};
+  p.private_data = &h;
+  p.private_data_len = sizeof h;
+  const uint32_t rd = std::min<uint32_t>(o.max_rd_atomic, t_.domain_->device().max_qp_rd_atom);
+  p.responder_resources = static_cast<uint8_t>(std::min<uint32_t>(rd, 255));
+  p.initiator_depth = p.responder_resources;
+  p.retry_count = o.retry_count;
+  p.rnr_retry_count = o.rnr_retry;
+  if (s.ok() && rdma_accept(c->id_.get(), &p) != 0) s = ErrnoStatus(errno, "rdma_accept");
+  if (!s.ok()) {
+    SPDLOG_WARN("rdma listener {}: accepting {} failed: {}", uri_, c->peer_, s.ToString());
+    Hello r;
+    r.kind = kHelloReject;
+    snprintf(r.reason, sizeof r.reason, "%s", std::string(s.message()).c_str());
+    rdma_reject(c->id_.get(), &r, sizeof r);
+    c->user_owned_ = false;
+    c->Fail(s);
+    return;
+  }
+  c->user_owned_ = false;  // until Accept() hands it out
+  c->in_listener_ = true;
+  c->listener_ = this;
+  pending_.push_back(c);
+}
+
+void ListenerImpl::Established(Conn* c) {
+  Forget(c);
+  if (!waiters_.empty()) {
+    AcceptWaiter* w = waiters_.front();
+    waiters_.pop_front();
+    c->in_listener_ = false;
+    c->listener_ = nullptr;
+    c->user_owned_ = true;
+    w->conn = c;
+    w->Finish(Status::Ok());
+    return;
+  }
+  ready_.push_back(c);
+}
+
+Result<std::unique_ptr<Connection>> ListenerImpl::Accept() {
+  if (closed_) return CancelledError("listener closed");
+  while (!ready_.empty()) {
+    Conn* c = ready_.front();
+    ready_.pop_front();
+    c->in_listener_ = false;
+    c->listener_ = nullptr;
+    c->user_owned_ = true;
+    return std::unique_ptr<Connection>(std::make_unique<RdmaConnection>(c));
+  }
+  AcceptWaiter w;
+  waiters_.push_back(&w);
+  Status s = w.Wait();
+  if (!s.ok()) return s;
+  return std::unique_ptr<Connection>(std::make_unique<RdmaConnection>(w.conn));
+}
+
+void ListenerImpl::Close() {
+  if (closed_) return;
+  closed_ = true;
+  for (AcceptWaiter* w : waiters_) w->Finish(CancelledError("listener closed"));
+  waiters_.clear();
+  std::vector<Conn*> drop(pending_.begin(), pending_.end());
+  drop.insert(drop.end(), ready_.begin(), ready_.end());
+  pending_.clear();
+  ready_.clear();
+  for (Conn* c : drop) {
+    c->listener_ = nullptr;
+    c->in_listener_ = false;
+    c->user_owned_ = false;
+    c->Fail(CancelledError("listener closed"));
+    if (c->Reapable()) t_.ScheduleReap(c);
+  }
+  id_.Reset();  // also drops connect requests still queued for it
+}
+
+// ----------------------------------------------------------------- pollers
+
+int CqPoller::Poll() { return t_.PollCq(); }
+int CqPoller::fd() const {
+  return t_.opts_.completion == CompletionMode::kPolling ? t_.poll_fd_ : t_.comp_channel_->fd;
+}
+int CmPoller::Poll() {
+  // rdmacm events are rare (connect, disconnect): look at most every 100 us so
+  // the busy loop does not pay a system call per iteration.
+  const Clock::time_point now = Clock::now();
+  if (now < next_check_) return 0;
+  next_check_ = now + std::chrono::microseconds(100);
+  return t_.PollCm();
+}
+int CmPoller::fd() const { return t_.cm_channel_->fd; }
+
+int TransportImpl::PollCq() {
+  int total = 0;
+  const bool blocking = opts_.completion == CompletionMode::kBlocking;
+  ibv_wc wcs[32];
+  for (int round = 0; round < 2; ++round) {
+    for (int iter = 0; iter < 8; ++iter) {
+      const int n = ibv_poll_cq(cq_.get(), 32, wcs);
+      if (n <= 0) break;
+      total += n;
+      for (int i = 0; i < n; ++i) {
+        const ibv_wc& wc = wcs[i];
+        if (wc.wr_id & kRecvFlag) {
+          if (wc.wr_id == kDrainRqId) {
+            auto it = by_qpn_.find(wc.qp_num);
+            if (it != by_qpn_.end()) {
+              it->second->rq_drained_ = true;
+              it->second->CheckDrained();
+            }
+            continue;
+          }
+          if (wc.wr_id & kSrqFlag) {
+            const uint32_t idx = static_cast<uint32_t>(wc.wr_id & kSlotMask);
+            mempool::Buffer b = std::move(srq_slots_[idx]);
+            const bool handed_out = wc.status == IBV_WC_SUCCESS && wc.byte_len > 0;
+            if (handed_out) {
+              auto fresh = AllocRecvBuffer();
+              if (fresh.ok()) srq_slots_[idx] = std::move(fresh).value();
+            } else {
+              srq_slots_[idx] = b;
+            }
+            if (srq_slots_[idx]) {
+              Status s = PostSrqSlot(idx);
+              if (!s.ok()) SPDLOG_WARN("rdma: SRQ repost failed: {}", s.ToString());
+            } else {
+              ++srq_starved_;
+            }
+            auto it = by_qpn_.find(wc.qp_num);
+            if (it != by_qpn_.end()) it->second->OnRecvWc(wc, std::move(b));
+            continue;
+          }
+          auto it = by_qpn_.find(wc.qp_num);
+          if (it != by_qpn_.end()) it->second->OnRqWc(wc);
+          continue;
+        }
+        auto it = by_qpn_.find(wc.qp_num);
+        if (it != by_qpn_.end()) it->second->OnSendWc(wc);
+      }
+      if (n < 32) break;
+    }
+    if (blocking && cq_armed_ && (total > 0 || (++idle_polls_ & 63) == 0)) {
+      // The armed CQ fired (or may have): consume the event so the
+      // level-triggered channel fd does not stay readable. When it has not
+      // arrived yet, a later idle poll picks it up.
+      ibv_cq* ev_cq = nullptr;
+      void* ev_ctx = nullptr;
+      if (ibv_get_cq_event(comp_channel_.get(), &ev_cq, &ev_ctx) == 0) {
+        ++unacked_cq_events_;
+        cq_armed_ = false;
+      }
+    }
+    if (!blocking || total > 0 || cq_armed_) break;
+    // Empty: arm, then poll once more — a completion that arrived between the
+    // poll and the arming raises no event.
+    ibv_req_notify_cq(cq_.get(), 0);
+    cq_armed_ = true;
+    idle_polls_ = 0;
+  }
+  if (unacked_cq_events_ >= 64) {
+    ibv_ack_cq_events(cq_.get(), unacked_cq_events_);
+    unacked_cq_events_ = 0;
+  }
+  return total;
+}
+
+int TransportImpl::PollCm() {
+  int handled = 0;
+  for (;;) {
+    rdma_cm_event* e = nullptr;
+    if (rdma_get_cm_event(cm_channel_.get(), &e) != 0) break;
+    CmEv ev;
+    ev.type = e->event;
+    ev.status = e->status;
+    ev.id = e->id;
+    ev.listen_id = e->listen_id;
+    const void* pd = e->param.conn.private_data;
+    if (pd != nullptr && e->param.conn.private_data_len >= sizeof(Hello)) {
+      Hello h;
+      std::memcpy(&h, pd, sizeof h);
+      if (h.magic == kHelloMagic) {
+        h.reason[sizeof h.reason - 1] = '\0';
+        ev.hello = h;
+      }
+    }
+    rdma_ack_cm_event(e);  // before any handler may destroy the id
+    ++handled;
+    if (ev.type == RDMA_CM_EVENT_CONNECT_REQUEST) {
+      auto* l = static_cast<ListenerImpl*>(static_cast<CmTarget*>(ev.listen_id->context));
+      l->OnRequest(ev);
+    } else if (ev.id != nullptr && ev.id->context != nullptr) {
+      static_cast<CmTarget*>(ev.id->context)->OnCmEvent(ev);
+    }
+  }
+  return handled;
+}
+
+Conn* TransportImpl::NewConn(bool active) {
+  auto c = std::make_unique<Conn>(*this, active);
+  Conn* p = c.get();
+  conns_.emplace(p, std::move(c));
+  return p;
+}
+
+void TransportImpl::ScheduleReap(Conn* c) {
+  // Deferred to a coroutine queued after every waiter this connection woke, so
+  // none of them can resume into a deleted Conn.
+  sched_.Spawn(
+      [this, c, alive = std::weak_ptr<bool>(alive_)] {
+        if (alive.expired()) return;
+        auto it = conns_.find(c);
+        if (it == conns_.end() || !c->Reapable()) return;
+        if (c->id_ && c->id_.qp() != nullptr) by_qpn_.erase(c->id_.qp()->qp_num);
+        cq_budget_used_ -= std::min(cq_budget_used_, c->cq_budget_);
+        conns_.erase(it);
+      },
+      "rdma-reap");
+}
+
+Status TransportImpl::EnsureCqRoom(uint32_t more) {
+  const uint32_t need = cq_budget_used_ + more;
+  if (need > cq_size_) {
+    const uint32_t max = domain_->device().max_cqe;
+    uint32_t want = std::max(need, std::min(cq_size_ * 2, max));
+    if (want > max) return ResourceExhaustedError("CQ would need " + std::to_string(need) + " entries (max " +
+                                                  std::to_string(max) + "): too many connections on one worker");
+    const int rc = ibv_resize_cq(cq_.get(), static_cast<int>(want));
+    if (rc != 0) return ErrnoStatus(rc, "ibv_resize_cq");
+    cq_size_ = static_cast<uint32_t>(cq_->cqe);
+  }
+  cq_budget_used_ += more;
+  return Status::Ok();
+}
+
+Status TransportImpl::PostSrqSlot(uint32_t idx) {
+  mempool::Buffer& b = srq_slots_[idx];
+  ibv_sge sge{reinterpret_cast<uint64_t>(b.data()), static_cast<uint32_t>(b.size()), b.key(slot_).lkey};
+  ibv_recv_wr wr{};
+  wr.wr_id = kRecvFlag | kSrqFlag | idx;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  ibv_recv_wr* bad = nullptr;
+  const int rc = ibv_post_srq_recv(srq_.get(), &wr, &bad);
+  if (rc != 0) return ErrnoStatus(rc, "ibv_post_srq_recv");
+  return Status::Ok();
+}
+
+Status TransportImpl::Init() {
+  const auto& c = opts_.common;
+  if (c.max_message_bytes == 0 || c.recv_depth == 0 || c.recv_depth > kMaxRecvDepth) {
+    return InvalidArgumentError("RdmaOptions: max_message_bytes must be > 0 and recv_depth in [1, 65536]");
+  }
+  if (opts_.signal_interval == 0 || opts_.sq_depth < 2 * opts_.signal_interval + 1) {
+    return InvalidArgumentError("RdmaOptions: need sq_depth >= 2 * signal_interval + 1 (unsignaled WQEs hold "
+                                "SQ slots until a later signaled one completes)");
+  }
+  if (opts_.domain) {
+    if (&opts_.domain->pool() != &pool_) return FailedPreconditionError("RdmaOptions.domain belongs to another pool");
+    domain_ = opts_.domain;
+  } else {
+    HRPC_ASSIGN_OR_RETURN(domain_, RdmaDomain::Open(pool_, opts_.domain_options));
+  }
+  slot_ = domain_->registrar_slot();
+  const RdmaDeviceInfo& dev = domain_->device();
+  cm_channel_.reset(rdma_create_event_channel());
+  if (!cm_channel_) return ErrnoStatus(errno, "rdma_create_event_channel");
+  fcntl(cm_channel_->fd, F_SETFL, fcntl(cm_channel_->fd, F_GETFL) | O_NONBLOCK);
+  comp_channel_.reset(ibv_create_comp_channel(domain_->context()));
+  if (!comp_channel_) return ErrnoStatus(errno, "ibv_create_comp_channel");
+  fcntl(comp_channel_->fd, F_SETFL, fcntl(comp_channel_->fd, F_GETFL) | O_NONBLOCK);
+  const int cqe = static_cast<int>(std::min(opts_.cq_depth, dev.max_cqe));
+  cq_.reset(ibv_create_cq(domain_->context(), cqe, nullptr, comp_channel_.get(), 0));
+  if (!cq_) return ErrnoStatus(errno, "ibv_create_cq");
+  cq_size_ = static_cast<uint32_t>(cq_->cqe);
+  if (opts_.use_srq) {
+    ibv_srq_init_attr sa{};
+    sa.attr.max_wr = std::min(opts_.srq_depth, dev.max_srq_wr);
+    sa.attr.max_sge = 1;
+    srq_.reset(ibv_create_srq(domain_->pd(), &sa));
+    if (!srq_) return ErrnoStatus(errno, "ibv_create_srq");
+    HRPC_TRY(EnsureCqRoom(sa.attr.max_wr));
+    srq_slots_.resize(sa.attr.max_wr);
+    for (uint32_t i = 0; i < sa.attr.max_wr; ++i) {
+      HRPC_ASSIGN_OR_RETURN(srq_slots_[i], AllocRecvBuffer());
+      HRPC_TRY(PostSrqSlot(i));
+    }
+  }
+  if (opts_.completion == CompletionMode::kPolling) {
+    poll_fd_ = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);  // never read: stays readable
+    if (poll_fd_ < 0) return ErrnoStatus(errno, "eventfd");
+  }
+  sched_.AddPoller(&cq_poller_);
+  sched_.AddPoller(&cm_poller_);
+  pollers_added_ = true;
+  return Status::Ok();
+}
+
+TransportImpl::~TransportImpl() {
+  *alive_ = false;
+  alive_.reset();
+  // Fail every connection still alive (the user's handles must be gone by now),
+  // then drain their QPs before freeing anything the hardware might touch.
+  for (auto& [p, c] : conns_) {
+    c->user_owned_ = false;
+    c->in_listener_ = false;
+    c->Fail(CancelledError("transport destroyed"));
+  }
+  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(2);
+  auto all_drained = [&] {
+    for (auto& [p, c] : conns_) {
+      if (!c->drained_) return false;
+    }
+    return true;
+  };
+  while (!all_drained() && Clock::now() < deadline) {
+    cq_armed_ = true;  // do not re-arm while tearing down
+    PollCq();
+    PollCm();
+  }
+  if (pollers_added_) {
+    sched_.RemovePoller(&cq_poller_);
+    sched_.RemovePoller(&cm_poller_);
+  }
+  conns_.clear();
+  by_qpn_.clear();
+  srq_.reset();
+  srq_slots_.clear();
+  if (cq_ && unacked_cq_events_ > 0) ibv_ack_cq_events(cq_.get(), unacked_cq_events_);
+  // Consume a last event if one is pending, so the count acked matches.
+  if (cq_ && comp_channel_) {
+    ibv_cq* ev_cq = nullptr;
+    void* ev_ctx = nullptr;
+    while (ibv_get_cq_event(comp_channel_.get(), &ev_cq, &ev_ctx) == 0) ibv_ack_cq_events(cq_.get(), 1);
+  }
+  cq_.reset();
+  comp_channel_.reset();
+  cm_channel_.reset();
+  if (poll_fd_ >= 0) close(poll_fd_);
+}
+
+Result<std::unique_ptr<Listener>> TransportImpl::Listen(std::string_view uri) {
+  HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
+  if (u.scheme != "rdma") return InvalidArgumentError("rdma transport: URI '" + std::string(uri) + "' is not rdma://");
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* ai = nullptr;
+  const std::string port = std::to_string(u.port);
+  const int gai = getaddrinfo(u.host == "0.0.0.0" ? nullptr : u.host.c_str(), port.c_str(), &hints, &ai);
+  if (gai != 0) return InvalidArgumentError("rdma Listen: cannot resolve '" + u.host + "': " + gai_strerror(gai));
+  auto l = std::make_unique<ListenerImpl>(*this);
+  rdma_cm_id* id = nullptr;
+  if (rdma_create_id(cm_channel_.get(), &id, static_cast<CmTarget*>(l.get()), RDMA_PS_TCP) != 0) {
+    freeaddrinfo(ai);
+    return ErrnoStatus(errno, "rdma_create_id");
+  }
+  l->id_ = CmId(id);
+  const int rc = rdma_bind_addr(id, ai->ai_addr);
+  const int err = errno;
+  freeaddrinfo(ai);
+  if (rc != 0) return ErrnoStatus(err, "rdma_bind_addr(" + u.host + ":" + port + ")");
+  if (id->verbs != nullptr && id->verbs != domain_->context()) {
+    return FailedPreconditionError(u.host + " is on device " + std::string(ibv_get_device_name(id->verbs->device)) +
+                                   ", this transport uses " + domain_->device().name);
+  }
+  if (rdma_listen(id, 1024) != 0) return ErrnoStatus(errno, "rdma_listen");
+  u.port = ntohs(rdma_get_src_port(id));
+  l->uri_ = u.ToString();
+  return std::unique_ptr<Listener>(std::move(l));
+}
+
+Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri) {
+  HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
+  if (u.scheme != "rdma") return InvalidArgumentError("rdma transport: URI '" + std::string(uri) + "' is not rdma://");
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* ai = nullptr;
+  const std::string port = std::to_string(u.port);
+  const int gai = getaddrinfo(u.host.c_str(), port.c_str(), &hints, &ai);
+  if (gai != 0) return UnavailableError("rdma Connect: cannot resolve '" + u.host + "': " + gai_strerror(gai));
+  sockaddr_storage dst{};
+  std::memcpy(&dst, ai->ai_addr, ai->ai_addrlen);
+  freeaddrinfo(ai);
+
+  const Clock::time_point deadline = Clock::now() + opts_.common.connect_timeout;
+  Conn* c = NewConn(true);
+  c->peer_ = u.ToString();
+  // On any failure below, hand the core to the reaper.
+  auto fail = [&](Status s) -> Status {
+    c->user_owned_ = false;
+    c->Fail(s);
+    if (c->Reapable()) ScheduleReap(c);
+    return s;
+  };
+  rdma_cm_id* id = nullptr;
+  if (rdma_create_id(cm_channel_.get(), &id, static_cast<CmTarget*>(c), RDMA_PS_TCP) != 0) {
+    return fail(ErrnoStatus(errno, "rdma_create_id"));
+  }
+  c->id_ = CmId(id);
+  auto wait_event = [&](rdma_cm_event_type want, std::string_view step) -> Status {
+    Parked p;
+    c->cm_waiter_ = &p;
+    c->cm_event_.reset();
+    Status s = p.WaitUntil(deadline);
+    if (!p.done) {
+      c->cm_waiter_ = nullptr;
+      return DeadlineExceededError("rdma Connect to " + c->peer_ + ": timed out in " + std::string(step));
+    }
+    if (!s.ok()) return s;
+    const CmEv& ev = *c->cm_event_;
+    if (ev.type == want) return Status::Ok();
+    if (ev.type == RDMA_CM_EVENT_REJECTED) {
+      if (ev.hello && ev.hello->kind == kHelloReject) {
+        return FailedPreconditionError("rdma Connect to " + c->peer_ + ": rejected by the peer: " + ev.hello->reason);
+      }
+      return UnavailableError("rdma Connect to " + c->peer_ + ": rejected (nobody listens?) status " +
+                              std::to_string(ev.status));
+    }
+    return UnavailableError("rdma Connect to " + c->peer_ + ": " + std::string(step) + " failed: " +
+                            rdma_event_str(ev.type) + " status " + std::to_string(ev.status));
+  };
+  const int timeout_ms =
+      static_cast<int>(std::clamp<int64_t>(opts_.common.connect_timeout.count(), 100, 5000));
+  if (rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr*>(&dst), timeout_ms) != 0) {
+    return fail(UnavailableError(ErrnoStatus(errno, "rdma_resolve_addr").message()));
+  }
+  if (Status s = wait_event(RDMA_CM_EVENT_ADDR_RESOLVED, "address resolution"); !s.ok()) return fail(s);
+  if (rdma_resolve_route(id, timeout_ms) != 0) {
+    return fail(UnavailableError(ErrnoStatus(errno, "rdma_resolve_route").message()));
+  }
+  if (Status s = wait_event(RDMA_CM_EVENT_ROUTE_RESOLVED, "route resolution"); !s.ok()) return fail(s);
+  c->SetLimits(opts_.common.max_message_bytes, opts_.common.recv_depth);
+  c->state_ = Conn::State::kConnecting;
+  if (Status s = c->CreateQp(); !s.ok()) return fail(s);
+  if (Status s = c->PostInitialRecvs(); !s.ok()) return fail(s);
+  Hello h;
+  h.kind = kHelloRequest;
+  h.max_message_bytes = opts_.common.max_message_bytes;
+  h.recv_depth = opts_.common.recv_depth;
+  rdma_conn_param p{};
+  p.private_data = &h;
+  p.private_data_len = sizeof h;
+  const uint32_t rd = std::min<uint32_t>(opts_.max_rd_atomic, domain_->device().max_qp_rd_atom);
+  p.responder_resources = static_cast<uint8_t>(std::min<uint32_t>(rd, 255));
+  p.initiator_depth = p.responder_resources;
+  p.retry_count = opts_.retry_count;
+  p.rnr_retry_count = opts_.rnr_retry;
+  if (rdma_connect(id, &p) != 0) return fail(UnavailableError(ErrnoStatus(errno, "rdma_connect").message()));
+  if (Status s = wait_event(RDMA_CM_EVENT_ESTABLISHED, "connect"); !s.ok()) {
+    return fail(s);
+  }
+  const CmEv& ev = *c->cm_event_;
+  if (!ev.hello || ev.hello->kind != kHelloAccept || ev.hello->version != kHelloVersion ||
+      ev.hello->max_message_bytes == 0 || ev.hello->recv_depth == 0 ||
+      ev.hello->max_message_bytes > opts_.common.max_message_bytes ||
+      ev.hello->recv_depth > opts_.common.recv_depth) {
+    c->connected_ = true;
+    return fail(FailedPreconditionError("rdma Connect to " + c->peer_ + ": bad hello in the accept"));
+  }
+  c->SetLimits(ev.hello->max_message_bytes, ev.hello->recv_depth);
+  c->state_ = Conn::State::kEstablished;
+  c->connected_ = true;
+  c->MaybeSendCredits();  // messages may have been taken before ESTABLISHED was seen
+  return std::unique_ptr<Connection>(std::make_unique<RdmaConnection>(c));
+}
+
+}  // namespace
+
+std::optional<RdmaConnectionStats> RdmaStatsOf(const Connection& c) {
+  const auto* r = dynamic_cast<const RdmaConnection*>(&c);
+  if (r == nullptr) return std::nullopt;
+  return r->core().stats_;
+}
+
+Result<std::unique_ptr<Transport>> CreateRdmaTransport(coro::Scheduler& scheduler, mempool::Pool& pool,
+                                                       RdmaOptions options) {
+  auto t = std::make_unique<TransportImpl>(scheduler, pool, std::move(options));
+  HRPC_TRY(t->Init());
+  return std::unique_ptr<Transport>(std::move(t));
+}
+
+}  // namespace hrpc::transport

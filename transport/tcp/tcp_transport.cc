@@ -1,0 +1,1308 @@
+// TCP transport: RDMA semantics over non-blocking sockets. See tcp.h, frame.h
+// and docs/transport.md.
+//
+// Receive path. Each connection reads with readv into exactly the bytes it
+// expects next: the 32-byte header of the next frame, then the frame's body
+// straight into its final place (a fresh pool buffer for a message, the exposed
+// target range for a WRITE, the requester's destination IoBuf for a READ
+// response) plus, in the same readv, the header of the frame after it. The
+// socket is never read past the next header, so payload bytes never land in a
+// staging buffer and are never copied. A refused WRITE's body is drained into
+// a small scratch buffer (that is discarding, not payload delivery).
+//
+// Send path. Frames queue per connection with references to their payload
+// buffers and go out in batches with one sendmsg (writev) per call; a full
+// socket enables EPOLLOUT and parks callers once the queue passes its high
+// water mark.
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "exposure.h"
+#include "frame.h"
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/transport/tcp.h"
+
+namespace hrpc::transport {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using internal::Parked;
+using tcp::FrameHeader;
+using tcp::FrameType;
+using tcp::kHeaderBytes;
+
+constexpr int kMaxIov = 256;
+constexpr size_t kScratchBytes = 64 * 1024;
+constexpr int kReadBudget = 32;    // readv calls per connection per Poll()
+constexpr int kAcceptBudget = 64;  // accepts per listener per Poll()
+constexpr uint64_t kListenerBit = 1ull << 63;
+
+int64_t Ms(std::chrono::nanoseconds d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+std::string SockName(const sockaddr_storage& ss) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    port = ntohs(a->sin_port);
+    return "tcp://" + std::string(host) + ":" + std::to_string(port);
+  }
+  if (ss.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    port = ntohs(a->sin6_port);
+    return "tcp://[" + std::string(host) + "]:" + std::to_string(port);
+  }
+  return "tcp://?";
+}
+
+// The TCP key table: registration only records the arena, so Expose() can
+// refuse memory that is not from the transport's pool.
+class TcpKeyTable final : public mempool::Registrar {
+ public:
+  std::string_view name() const override { return "tcp"; }
+  Result<mempool::RegionKey> Register(void* base, size_t len, int) override {
+    std::lock_guard lk(mu_);
+    const uint32_t id = next_++;
+    arenas_[id] = {base, len};
+    return mempool::RegionKey{id, id, id};
+  }
+  void Unregister(void*, size_t, const mempool::RegionKey& key) override {
+    std::lock_guard lk(mu_);
+    arenas_.erase(key.rkey);
+  }
+
+ private:
+  std::mutex mu_;
+  uint32_t next_ = 1;
+  std::unordered_map<uint32_t, std::pair<void*, size_t>> arenas_;
+};
+
+struct Core;
+struct ListenerState;
+
+struct OutFrame {
+  FrameHeader h;
+  uint8_t hdr[kHeaderBytes];
+  bool encoded = false;
+  mempool::IoBuf payload;
+  size_t off = 0;                     // bytes of header+payload already written
+  uint32_t expo_index = UINT32_MAX;   // READ response: exposure to End() once written
+  bool close_after = false;           // handshake refusal: close once written
+  size_t total() const { return kHeaderBytes + payload.size(); }
+};
+
+struct Op {  // a one-sided op this side requested
+  uint64_t id = 0;
+  bool is_read = false;
+  uint32_t len = 0;
+  mempool::IoBuf buf;  // READ: destination; WRITE: unused (the frame holds the source)
+  Parked parked;
+};
+
+struct MsgWaiter {  // Send() waiting for a credit, Recv() waiting for a message
+  Parked parked;
+  mempool::IoBuf msg;
+};
+
+enum class Phase : uint8_t { kConnecting, kHandshake, kOpen, kClosed };
+enum class Sink : uint8_t { kMessage, kWrite, kDrain, kReadResp, kHello, kErrorText };
+
+struct Conn : std::enable_shared_from_this<Conn> {
+  std::shared_ptr<Core> core;
+  int fd = -1;
+  uint64_t token = 0;
+  bool server = false;
+  Phase phase = Phase::kConnecting;
+  Status status;
+  std::string peer;
+  Limits limits;
+  std::chrono::milliseconds keepalive{1000};
+  Clock::time_point last_rx, last_tx, handshake_deadline;
+  std::weak_ptr<ListenerState> listener;
+  Parked* connect_waiter = nullptr;
+
+  // Send side.
+  std::deque<OutFrame> outq;
+  size_t queued_bytes = 0;
+  bool epollout = false;
+  uint32_t send_credits = 0;
+  uint32_t credits_to_return = 0;
+  uint32_t unreturned = 0;  // messages received whose credit has not been returned
+  std::deque<MsgWaiter*> send_waiters;
+  std::deque<Parked*> drain_waiters;
+
+  // Receive side.
+  uint8_t hdr_buf[kHeaderBytes];
+  size_t hdr_got = 0;
+  bool in_body = false;
+  FrameHeader cur;
+  Sink sink = Sink::kMessage;
+  std::vector<iovec> body_iov;
+  size_t body_pos = 0;
+  uint64_t body_left = 0;
+  uint64_t body_total = 0;
+  mempool::IoBuf body_hold;       // keeps the target alive while bytes land in it
+  uint32_t body_expo = UINT32_MAX;
+  Status refusal;                 // a refused WRITE's answer, sent after the drain
+  std::string small_body;         // HELLO / ERROR text
+  std::deque<mempool::IoBuf> rxq;
+  std::deque<MsgWaiter*> recv_waiters;
+
+  // One-sided ops.
+  std::unordered_map<uint64_t, Op*> ops;
+  uint64_t next_op = 1;
+  uint32_t ops_outstanding = 0;
+  std::deque<Parked*> slot_waiters;
+  internal::ExposureTable expo;
+
+  bool dirty = false;  // frames queued since the last Flush (in Core::dirty)
+
+  bool closed() const { return phase == Phase::kClosed; }
+};
+
+struct AcceptWaiter {
+  Parked parked;
+  std::shared_ptr<Conn> conn;
+};
+
+struct ListenerState {
+  int fd = -1;
+  uint64_t token = 0;
+  std::string uri;
+  bool closed = false;
+  std::deque<std::shared_ptr<Conn>> ready;
+  std::deque<AcceptWaiter*> waiters;
+};
+
+struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
+  coro::Scheduler* sched = nullptr;
+  mempool::Pool* pool = nullptr;
+  TcpOptions opt;
+  int epfd = -1;
+  std::unique_ptr<mempool::Registrar> own_registrar;
+  mempool::RegistrarSlot slot = 0;
+  bool own_slot = false;
+  bool stopped = false;
+  uint64_t next_token = 1;
+  coro::Scheduler::TimerId timer = 0;
+  std::unordered_map<uint64_t, std::shared_ptr<Conn>> conns;
+  std::unordered_map<uint64_t, std::shared_ptr<ListenerState>> listeners;
+  std::vector<char> scratch = std::vector<char>(kScratchBytes);
+  // Connections with queued frames: flushed at the end of Poll(), i.e. after
+  // the scheduler ran its batch of coroutines, so frames queued by many
+  // coroutines leave in one writev.
+  std::vector<std::shared_ptr<Conn>> dirty;
+
+  ~Core() override = default;
+  int fd() const override { return epfd; }
+  int Poll() override;
+
+  // --- connection plumbing
+  std::shared_ptr<Conn> NewConn(int fd, bool server, std::string peer);
+  void Fail(Conn& c, Status s);
+  void ProtocolError(Conn& c, std::string reason);
+  void SetEpollOut(Conn& c, bool on);
+  void Queue(Conn& c, FrameHeader h, mempool::IoBuf payload = {}, uint32_t expo_index = UINT32_MAX);
+  void QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after = false);
+  void Flush(Conn& c);
+  void MarkDirty(Conn& c) {
+    if (c.dirty || c.closed()) return;
+    c.dirty = true;
+    dirty.push_back(c.shared_from_this());
+  }
+  int FlushDirty();
+  void OnReadable(Conn& c);
+  void OnHeader(Conn& c, const FrameHeader& h);
+  void OnBodyDone(Conn& c);
+  void FinishConnect(Conn& c);
+  void OnHello(Conn& c, const tcp::Hello& hello);
+  void Deliver(Conn& c, mempool::IoBuf msg);
+  void ReturnCredit(Conn& c);
+  void GrantCredits(Conn& c, uint32_t n);
+  void CompleteOp(Conn& c, uint64_t id, Status s);
+  void OnAccept(ListenerState& ls);
+  void Tick();
+  void ArmTimer();
+  void Shutdown();
+  tcp::Hello OurHello() const {
+    tcp::Hello h;
+    h.max_message_bytes = opt.common.max_message_bytes;
+    h.recv_depth = opt.common.recv_depth;
+    h.keepalive_ms = static_cast<uint32_t>(opt.common.keepalive_interval.count());
+    h.dead_peer_ms = static_cast<uint32_t>(opt.common.dead_peer_timeout.count());
+    return h;
+  }
+};
+
+// ------------------------------------------------------------------ plumbing
+
+std::shared_ptr<Conn> Core::NewConn(int fd, bool server, std::string peer) {
+  auto c = std::make_shared<Conn>();
+  c->core = shared_from_this();
+  c->fd = fd;
+  c->token = next_token++;
+  c->server = server;
+  c->peer = std::move(peer);
+  c->last_rx = c->last_tx = Clock::now();
+  c->handshake_deadline = c->last_rx + (server ? opt.common.handshake_timeout : opt.common.connect_timeout);
+  conns[c->token] = c;
+  return c;
+}
+
+void Core::Fail(Conn& c, Status s) {
+  if (c.closed()) return;
+  auto keep = c.shared_from_this();
+  c.phase = Phase::kClosed;
+  c.status = std::move(s);
+  if (c.fd >= 0) {
+    epoll_ctl(epfd, EPOLL_CTL_DEL, c.fd, nullptr);
+    close(c.fd);
+    c.fd = -1;
+  }
+  conns.erase(c.token);
+  for (OutFrame& f : c.outq) {
+    if (f.expo_index != UINT32_MAX) c.expo.End(f.expo_index);
+  }
+  c.outq.clear();
+  c.queued_bytes = 0;
+  if (c.in_body && c.sink == Sink::kWrite && c.body_expo != UINT32_MAX) c.expo.End(c.body_expo);
+  c.in_body = false;
+  c.body_hold = mempool::IoBuf();
+  c.body_iov.clear();
+  c.expo.Clear();
+  // Move the lists out first: waking may run nothing now (same thread), but keep it simple.
+  auto ops = std::move(c.ops);
+  c.ops.clear();
+  for (auto& [id, op] : ops) op->parked.Finish(c.status);
+  for (auto* w : std::exchange(c.send_waiters, {})) w->parked.Finish(c.status);
+  for (auto* w : std::exchange(c.recv_waiters, {})) w->parked.Finish(c.status);
+  for (auto* p : std::exchange(c.drain_waiters, {})) p->Finish(c.status);
+  for (auto* p : std::exchange(c.slot_waiters, {})) p->Finish(c.status);
+  if (c.connect_waiter != nullptr) std::exchange(c.connect_waiter, nullptr)->Finish(c.status);
+}
+
+void Core::ProtocolError(Conn& c, std::string reason) {
+  SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, reason);
+  Fail(c, DataLossError("protocol violation by " + c.peer + ": " + reason));
+}
+
+void Core::SetEpollOut(Conn& c, bool on) {
+  if (c.epollout == on || c.fd < 0) return;
+  c.epollout = on;
+  epoll_event ev{};
+  ev.events = EPOLLIN | (on ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+  ev.data.u64 = c.token;
+  epoll_ctl(epfd, EPOLL_CTL_MOD, c.fd, &ev);
+}
+
+void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf payload, uint32_t expo_index) {
+  h.length = static_cast<uint32_t>(payload.size());
+  OutFrame& f = c.outq.emplace_back();
+  f.h = h;
+  f.payload = std::move(payload);
+  f.expo_index = expo_index;
+  c.queued_bytes += f.total();
+}
+
+void Core::QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after) {
+  std::string_view text = s.message().substr(0, tcp::kMaxErrorText);
+  mempool::IoBuf body;
+  if (!text.empty()) {
+    // Error text is not payload; it still travels in a pool buffer (CopyFrom counts it).
+    auto r = mempool::IoBuf::CopyFrom(*pool, text.data(), text.size());
+    if (r.ok()) body = std::move(*r);
+  }
+  FrameHeader h;
+  h.type = FrameType::kError;
+  h.op_id = op_id;
+  h.aux = static_cast<uint32_t>(s.code());
+  Queue(c, h, std::move(body));
+  c.outq.back().close_after = close_after;
+}
+
+void Core::Flush(Conn& c) {
+  while (!c.closed() && !c.outq.empty()) {
+    iovec iov[kMaxIov];
+    int n = 0;
+    for (size_t i = 0; i < c.outq.size() && n < kMaxIov; ++i) {
+      OutFrame& f = c.outq[i];
+      if (!f.encoded) {
+        const uint32_t give = std::min<uint32_t>(c.credits_to_return, UINT16_MAX);
+        f.h.credits = static_cast<uint16_t>(give);
+        c.credits_to_return -= give;
+        tcp::EncodeHeader(f.h, f.hdr);
+        f.encoded = true;
+      }
+      size_t skip = f.off;
+      if (skip < kHeaderBytes) {
+        iov[n++] = {f.hdr + skip, kHeaderBytes - skip};
+        skip = 0;
+      } else {
+        skip -= kHeaderBytes;
+      }
+      for (size_t s = 0; s < f.payload.num_slices() && n < kMaxIov; ++s) {
+        const mempool::Buffer& b = f.payload.slice(s);
+        if (skip >= b.size()) {
+          skip -= b.size();
+          continue;
+        }
+        iov[n++] = {b.data() + skip, b.size() - skip};
+        skip = 0;
+      }
+    }
+    msghdr mh{};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = n;
+    ssize_t w = sendmsg(c.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        SetEpollOut(c, true);
+        return;
+      }
+      const int err = errno;
+      SPDLOG_INFO("hrpc tcp: send to {} failed: {}", c.peer, strerror(err));
+      Fail(c, ErrnoStatus(err, "send to " + c.peer));
+      return;
+    }
+    c.last_tx = Clock::now();
+    size_t left = static_cast<size_t>(w);
+    c.queued_bytes -= left;
+    while (left > 0) {
+      OutFrame& f = c.outq.front();
+      const size_t take = std::min(left, f.total() - f.off);
+      f.off += take;
+      left -= take;
+      if (f.off < f.total()) break;
+      const uint32_t expo = f.expo_index;
+      const bool close_after = f.close_after;
+      c.outq.pop_front();
+      if (expo != UINT32_MAX) c.expo.End(expo);
+      if (close_after) {
+        Fail(c, FailedPreconditionError("handshake refused"));
+        return;
+      }
+    }
+  }
+  if (c.closed()) return;
+  if (c.outq.empty()) SetEpollOut(c, false);
+  if (c.queued_bytes <= opt.send_queue_high_water / 2) {
+    for (auto* p : std::exchange(c.drain_waiters, {})) p->Finish(Status::Ok());
+  }
+}
+
+// ------------------------------------------------------------------ receive
+
+void Core::OnReadable(Conn& c) {
+  for (int round = 0; round < kReadBudget && !c.closed(); ++round) {
+    iovec iov[kMaxIov];
+    int n = 0;
+    size_t want = 0;
+    if (c.in_body) {
+      if (c.sink == Sink::kDrain) {
+        iov[n++] = {scratch.data(), static_cast<size_t>(std::min<uint64_t>(c.body_left, scratch.size()))};
+      } else {
+        for (size_t i = c.body_pos; i < c.body_iov.size() && n < kMaxIov - 1; ++i) iov[n++] = c.body_iov[i];
+      }
+      for (int i = 0; i < n; ++i) want += iov[i].iov_len;
+      // Read the next frame's header in the same call, never beyond it.
+      if (want >= c.body_left) iov[n++] = {c.hdr_buf, kHeaderBytes};
+    } else {
+      iov[n++] = {c.hdr_buf + c.hdr_got, kHeaderBytes - c.hdr_got};
+    }
+    size_t asked = 0;
+    for (int i = 0; i < n; ++i) asked += iov[i].iov_len;
+    ssize_t r = readv(c.fd, iov, n);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      const int err = errno;
+      SPDLOG_INFO("hrpc tcp: connection {} failed: {}", c.peer, strerror(err));
+      Fail(c, ErrnoStatus(err, "receive from " + c.peer));
+      return;
+    }
+    if (r == 0) {
+      if (c.in_body || c.hdr_got > 0) {
+        const std::string reason =
+            c.in_body ? "truncated frame: peer closed after " + std::to_string(c.body_total - c.body_left) +
+                            " of " + std::to_string(c.body_total) + " body bytes"
+                      : "truncated frame: peer closed after " + std::to_string(c.hdr_got) + " of " +
+                            std::to_string(kHeaderBytes) + " header bytes";
+        SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, reason);
+        Fail(c, UnavailableError("connection " + c.peer + " lost: " + reason));
+      } else {
+        SPDLOG_INFO("hrpc tcp: peer {} closed the connection", c.peer);
+        Fail(c, UnavailableError("peer " + c.peer + " closed the connection"));
+      }
+      return;
+    }
+    c.last_rx = Clock::now();
+    size_t got = static_cast<size_t>(r);
+    if (c.in_body) {
+      const size_t take = static_cast<size_t>(std::min<uint64_t>(got, c.body_left));
+      if (c.sink != Sink::kDrain) {
+        size_t t = take;
+        while (t > 0) {
+          iovec& v = c.body_iov[c.body_pos];
+          const size_t s = std::min(t, v.iov_len);
+          v.iov_base = static_cast<char*>(v.iov_base) + s;
+          v.iov_len -= s;
+          t -= s;
+          if (v.iov_len == 0) ++c.body_pos;
+        }
+      }
+      c.body_left -= take;
+      got -= take;
+      if (c.body_left == 0) {
+        c.in_body = false;
+        OnBodyDone(c);
+        if (c.closed()) return;
+      }
+      c.hdr_got = got;  // the rest landed in hdr_buf
+    } else {
+      c.hdr_got += got;
+    }
+    while (!c.closed() && !c.in_body && c.hdr_got == kHeaderBytes) {
+      c.hdr_got = 0;
+      OnHeader(c, tcp::DecodeHeader(c.hdr_buf));
+    }
+    if (static_cast<size_t>(r) < asked) return;  // socket drained
+  }
+}
+
+void Core::GrantCredits(Conn& c, uint32_t n) {
+  c.send_credits += n;
+  if (c.send_credits > c.limits.recv_depth) {
+    ProtocolError(c, "peer returned more credits than it has receive slots (" + std::to_string(c.send_credits) +
+                         " > " + std::to_string(c.limits.recv_depth) + ")");
+    return;
+  }
+  while (c.send_credits > 0 && !c.send_waiters.empty()) {
+    MsgWaiter* w = c.send_waiters.front();
+    c.send_waiters.pop_front();
+    --c.send_credits;
+    FrameHeader h;
+    h.type = FrameType::kMessage;
+    Queue(c, h, std::move(w->msg));
+    w->parked.Finish(Status::Ok());
+  }
+}
+
+void Core::OnHeader(Conn& c, const FrameHeader& h) {
+  if (h.magic != tcp::kFrameMagic) {
+    ProtocolError(c, "bad frame magic " + internal::ExposureTable::Hex(h.magic) + " (garbage on the stream?)");
+    return;
+  }
+  const uint8_t type = static_cast<uint8_t>(h.type);
+  if (type == 0 || type > tcp::kMaxFrameType) {
+    ProtocolError(c, "unknown frame type " + std::to_string(type));
+    return;
+  }
+  c.cur = h;
+  c.body_total = c.body_left = h.length;
+  c.body_iov.clear();
+  c.body_pos = 0;
+  c.body_expo = UINT32_MAX;
+  auto small = [&](Sink s) {
+    c.small_body.assign(h.length, '\0');
+    c.sink = s;
+    c.body_iov.push_back({c.small_body.data(), c.small_body.size()});
+  };
+  if (c.phase != Phase::kOpen) {
+    const bool ok = c.server ? h.type == FrameType::kHello
+                             : (h.type == FrameType::kHelloAck || h.type == FrameType::kError);
+    if (!ok) {
+      ProtocolError(c, "handshake: unexpected frame type " + std::to_string(type));
+      return;
+    }
+  } else if (h.credits > 0) {
+    GrantCredits(c, h.credits);
+    if (c.closed()) return;
+  }
+  switch (h.type) {
+    case FrameType::kHello:
+    case FrameType::kHelloAck:
+      if (c.phase == Phase::kOpen) {
+        ProtocolError(c, "HELLO after the handshake");
+        return;
+      }
+      if (h.length != sizeof(tcp::Hello)) {
+        ProtocolError(c, "handshake: HELLO of " + std::to_string(h.length) + " bytes (want " +
+                             std::to_string(sizeof(tcp::Hello)) + ")");
+        return;
+      }
+      small(Sink::kHello);
+      break;
+    case FrameType::kMessage: {
+      if (h.length > c.limits.max_message_bytes) {
+        ProtocolError(c, "message of " + std::to_string(h.length) + " bytes exceeds the limit of " +
+                             std::to_string(c.limits.max_message_bytes));
+        return;
+      }
+      if (c.unreturned >= c.limits.recv_depth) {
+        ProtocolError(c, "message without a credit (" + std::to_string(c.unreturned) + " receive slots in use)");
+        return;
+      }
+      if (h.length == 0) {
+        Deliver(c, mempool::IoBuf());
+        return;
+      }
+      auto buf = pool->Allocate(h.length);
+      if (!buf.ok()) {
+        SPDLOG_WARN("hrpc tcp: closing connection {}: no receive buffer: {}", c.peer, buf.status().ToString());
+        Fail(c, buf.status().WithContext("receive buffer for " + c.peer));
+        return;
+      }
+      c.sink = Sink::kMessage;
+      c.body_iov.push_back({buf->data(), buf->size()});
+      c.body_hold = mempool::IoBuf(std::move(*buf));
+      break;
+    }
+    case FrameType::kWrite: {
+      auto hit = c.expo.Check(h.addr, h.length, h.key, Access::kWrite);
+      if (!hit.ok()) {
+        SPDLOG_DEBUG("hrpc tcp: refused WRITE from {}: {}", c.peer, hit.status().ToString());
+        c.refusal = hit.status();
+        c.sink = Sink::kDrain;
+      } else {
+        c.expo.Begin(hit->index);
+        c.body_expo = hit->index;
+        c.sink = Sink::kWrite;
+        c.body_iov.push_back({hit->ptr, h.length});
+        c.body_hold = mempool::IoBuf(std::move(hit->hold));
+      }
+      if (h.length == 0) {
+        c.in_body = false;
+        OnBodyDone(c);
+        return;
+      }
+      break;
+    }
+    case FrameType::kReadReq: {
+      if (h.length != 0) {
+        ProtocolError(c, "READ request with a body");
+        return;
+      }
+      auto hit = c.expo.Check(h.addr, h.aux, h.key, Access::kRead);
+      if (!hit.ok()) {
+        SPDLOG_DEBUG("hrpc tcp: refused READ from {}: {}", c.peer, hit.status().ToString());
+        QueueError(c, h.op_id, hit.status());
+        return;
+      }
+      c.expo.Begin(hit->index);
+      FrameHeader r;
+      r.type = FrameType::kReadResp;
+      r.op_id = h.op_id;
+      Queue(c, r, mempool::IoBuf(std::move(hit->hold)), hit->index);
+      return;
+    }
+    case FrameType::kReadResp: {
+      auto it = c.ops.find(h.op_id);
+      if (it == c.ops.end() || !it->second->is_read || it->second->len != h.length) {
+        ProtocolError(c, "READ response for unknown op " + std::to_string(h.op_id) + " or of the wrong length");
+        return;
+      }
+      c.sink = Sink::kReadResp;
+      c.body_iov = it->second->buf.Iovecs();
+      c.body_hold = it->second->buf.Share();
+      break;
+    }
+    case FrameType::kWriteAck: {
+      if (h.length != 0) {
+        ProtocolError(c, "WRITE ack with a body");
+        return;
+      }
+      auto it = c.ops.find(h.op_id);
+      if (it == c.ops.end() || it->second->is_read) {
+        ProtocolError(c, "WRITE ack for unknown op " + std::to_string(h.op_id));
+        return;
+      }
+      CompleteOp(c, h.op_id, Status::Ok());
+      return;
+    }
+    case FrameType::kError:
+      if (h.length > tcp::kMaxErrorText) {
+        ProtocolError(c, "ERROR frame with " + std::to_string(h.length) + " bytes of text");
+        return;
+      }
+      if (h.aux == 0 || h.aux >= static_cast<uint32_t>(kStatusCodeCount)) {
+        ProtocolError(c, "ERROR frame with status code " + std::to_string(h.aux));
+        return;
+      }
+      if (h.op_id != 0 && c.ops.find(h.op_id) == c.ops.end()) {
+        ProtocolError(c, "ERROR frame for unknown op " + std::to_string(h.op_id));
+        return;
+      }
+      small(Sink::kErrorText);
+      break;
+    case FrameType::kCredit:
+    case FrameType::kPing:
+      if (h.length != 0) {
+        ProtocolError(c, "CREDIT/PING frame with a body");
+        return;
+      }
+      return;
+  }
+  if (c.body_left == 0) {
+    OnBodyDone(c);
+  } else {
+    c.in_body = true;
+  }
+}
+
+void Core::OnBodyDone(Conn& c) {
+  const FrameHeader& h = c.cur;
+  switch (c.sink) {
+    case Sink::kMessage:
+      Deliver(c, std::move(c.body_hold));
+      c.body_hold = mempool::IoBuf();
+      break;
+    case Sink::kWrite: {
+      c.body_hold = mempool::IoBuf();
+      c.expo.End(c.body_expo);
+      c.body_expo = UINT32_MAX;
+      FrameHeader a;
+      a.type = FrameType::kWriteAck;
+      a.op_id = h.op_id;
+      Queue(c, a);
+      break;
+    }
+    case Sink::kDrain:
+      QueueError(c, h.op_id, c.refusal);
+      c.refusal = Status::Ok();
+      break;
+    case Sink::kReadResp:
+      c.body_hold = mempool::IoBuf();
+      CompleteOp(c, h.op_id, Status::Ok());
+      break;
+    case Sink::kHello: {
+      tcp::Hello hello;
+      std::memcpy(&hello, c.small_body.data(), sizeof hello);
+      OnHello(c, hello);
+      break;
+    }
+    case Sink::kErrorText: {
+      Status s(static_cast<StatusCode>(h.aux), c.small_body);
+      if (h.op_id == 0) {
+        SPDLOG_WARN("hrpc tcp: peer {} closed the connection with an error: {}", c.peer, s.ToString());
+        Fail(c, s.WithContext("peer " + c.peer + " refused the connection"));
+      } else {
+        CompleteOp(c, h.op_id, s.WithContext("refused by " + c.peer));
+      }
+      break;
+    }
+  }
+}
+
+void Core::OnHello(Conn& c, const tcp::Hello& hello) {
+  Status bad;
+  if (hello.magic != tcp::kHelloMagic) {
+    bad = DataLossError("not an hrpc tcp peer (bad hello magic " + internal::ExposureTable::Hex(hello.magic) + ")");
+  } else if (hello.version != tcp::kProtocolVersion) {
+    bad = FailedPreconditionError("protocol version " + std::to_string(hello.version) +
+                                  " not supported (this side speaks " + std::to_string(tcp::kProtocolVersion) + ")");
+  } else if (hello.max_message_bytes == 0 || hello.recv_depth == 0 || hello.recv_depth > tcp::kMaxRecvDepth ||
+             hello.dead_peer_ms == 0) {
+    bad = InvalidArgumentError("bad limits in hello: max_message_bytes=" + std::to_string(hello.max_message_bytes) +
+                               " recv_depth=" + std::to_string(hello.recv_depth) +
+                               " dead_peer_ms=" + std::to_string(hello.dead_peer_ms));
+  }
+  if (!bad.ok()) {
+    SPDLOG_WARN("hrpc tcp: handshake with {} failed: {}", c.peer, bad.ToString());
+    if (c.server) {
+      QueueError(c, 0, bad, /*close_after=*/true);
+      Flush(c);  // closes once the error frame is out
+    } else {
+      Fail(c, bad.WithContext("handshake with " + c.peer));
+    }
+    return;
+  }
+  c.limits.max_message_bytes = std::min(opt.common.max_message_bytes, hello.max_message_bytes);
+  c.limits.recv_depth = std::min(opt.common.recv_depth, hello.recv_depth);
+  c.send_credits = c.limits.recv_depth;
+  // Ping often enough for the peer's dead-peer timeout too.
+  c.keepalive = std::min(opt.common.keepalive_interval, std::chrono::milliseconds(hello.dead_peer_ms / 3 + 1));
+  if (c.server) {
+    FrameHeader a;
+    a.type = FrameType::kHelloAck;
+    const tcp::Hello ours = OurHello();
+    auto body = mempool::IoBuf::CopyFrom(*pool, &ours, sizeof ours);
+    if (!body.ok()) {
+      Fail(c, body.status());
+      return;
+    }
+    Queue(c, a, std::move(*body));
+    c.phase = Phase::kOpen;
+    auto ls = c.listener.lock();
+    if (!ls || ls->closed) {
+      Fail(c, CancelledError("listener closed"));
+      return;
+    }
+    if (!ls->waiters.empty()) {
+      AcceptWaiter* w = ls->waiters.front();
+      ls->waiters.pop_front();
+      w->conn = c.shared_from_this();
+      w->parked.Finish(Status::Ok());
+    } else {
+      ls->ready.push_back(c.shared_from_this());
+    }
+  } else {
+    c.phase = Phase::kOpen;
+    if (c.connect_waiter != nullptr) std::exchange(c.connect_waiter, nullptr)->Finish(Status::Ok());
+  }
+}
+
+void Core::Deliver(Conn& c, mempool::IoBuf msg) {
+  ++c.unreturned;
+  if (!c.recv_waiters.empty()) {
+    MsgWaiter* w = c.recv_waiters.front();
+    c.recv_waiters.pop_front();
+    w->msg = std::move(msg);
+    ReturnCredit(c);
+    w->parked.Finish(Status::Ok());
+  } else {
+    c.rxq.push_back(std::move(msg));
+  }
+}
+
+void Core::ReturnCredit(Conn& c) {
+  --c.unreturned;
+  ++c.credits_to_return;
+  const uint32_t threshold = std::max<uint32_t>(1, c.limits.recv_depth / 4);
+  if (c.credits_to_return >= threshold && (c.outq.empty() || c.outq.back().encoded)) {
+    FrameHeader h;
+    h.type = FrameType::kCredit;
+    Queue(c, h);
+  }
+}
+
+void Core::CompleteOp(Conn& c, uint64_t id, Status s) {
+  auto it = c.ops.find(id);
+  if (it == c.ops.end()) return;
+  Op* op = it->second;
+  c.ops.erase(it);
+  op->parked.Finish(std::move(s));
+}
+
+// ------------------------------------------------------------------ connect / accept
+
+void Core::FinishConnect(Conn& c) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  if (err != 0) {
+    Fail(c, ErrnoStatus(err, "connect to " + c.peer));
+    return;
+  }
+  c.phase = Phase::kHandshake;
+  FrameHeader h;
+  h.type = FrameType::kHello;
+  const tcp::Hello ours = OurHello();
+  auto body = mempool::IoBuf::CopyFrom(*pool, &ours, sizeof ours);
+  if (!body.ok()) {
+    Fail(c, body.status());
+    return;
+  }
+  Queue(c, h, std::move(*body));
+  Flush(c);
+}
+
+void Core::OnAccept(ListenerState& ls) {
+  for (int i = 0; i < kAcceptBudget && !ls.closed; ++i) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    int fd = accept4(ls.fd, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        SPDLOG_WARN("hrpc tcp: accept on {} failed: {}", ls.uri, strerror(errno));
+      }
+      return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    auto c = NewConn(fd, /*server=*/true, SockName(ss));
+    c->phase = Phase::kHandshake;
+    for (auto& [tok, l] : listeners) {
+      if (l.get() == &ls) c->listener = l;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = c->token;
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      Fail(*c, ErrnoStatus(errno, "epoll_ctl"));
+    }
+  }
+}
+
+// ------------------------------------------------------------------ poll / timers
+
+int Core::Poll() {
+  if (stopped) return 0;
+  epoll_event evs[64];
+  const int n = epoll_wait(epfd, evs, 64, 0);
+  for (int i = 0; i < n; ++i) {
+    const uint64_t token = evs[i].data.u64;
+    if (token & kListenerBit) {
+      auto it = listeners.find(token);
+      if (it != listeners.end()) {
+        auto ls = it->second;
+        OnAccept(*ls);
+      }
+      continue;
+    }
+    auto it = conns.find(token);
+    if (it == conns.end()) continue;
+    std::shared_ptr<Conn> c = it->second;
+    const uint32_t e = evs[i].events;
+    if (c->phase == Phase::kConnecting) {
+      if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) FinishConnect(*c);
+      if (c->closed()) continue;
+      SetEpollOut(*c, !c->outq.empty());
+      continue;
+    }
+    if (e & EPOLLOUT) Flush(*c);
+    if (e & (EPOLLIN | EPOLLERR | EPOLLHUP)) OnReadable(*c);
+    if (!c->closed() && !c->outq.empty()) MarkDirty(*c);
+  }
+  return (n > 0 ? n : 0) + FlushDirty();
+}
+
+int Core::FlushDirty() {
+  int flushed = 0;
+  while (!dirty.empty()) {
+    auto list = std::exchange(dirty, {});
+    for (auto& c : list) {
+      c->dirty = false;
+      if (!c->closed() && !c->outq.empty()) {
+        Flush(*c);
+        ++flushed;
+      }
+    }
+  }
+  return flushed;
+}
+
+void Core::Tick() {
+  const auto now = Clock::now();
+  std::vector<std::shared_ptr<Conn>> all;
+  all.reserve(conns.size());
+  for (auto& [t, c] : conns) all.push_back(c);
+  for (auto& c : all) {
+    if (c->closed()) continue;
+    if (c->phase != Phase::kOpen) {
+      if (now > c->handshake_deadline) {
+        const std::string reason = "handshake not completed within " +
+                                   std::to_string(Ms(c->server ? opt.common.handshake_timeout
+                                                               : opt.common.connect_timeout)) + " ms";
+        SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c->peer, reason);
+        Fail(*c, DeadlineExceededError("connection " + c->peer + ": " + reason));
+      }
+      continue;
+    }
+    if (now - c->last_rx > opt.common.dead_peer_timeout) {
+      const std::string reason = "nothing received for " + std::to_string(Ms(now - c->last_rx)) +
+                                 " ms (dead-peer timeout " + std::to_string(opt.common.dead_peer_timeout.count()) +
+                                 " ms)";
+      SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c->peer, reason);
+      Fail(*c, UnavailableError("peer " + c->peer + " is dead: " + reason));
+      continue;
+    }
+    if (now - c->last_tx >= c->keepalive && c->outq.empty()) {
+      FrameHeader h;
+      h.type = FrameType::kPing;
+      Queue(*c, h);
+      Flush(*c);
+    }
+  }
+}
+
+void Core::ArmTimer() {
+  using std::chrono::milliseconds;
+  milliseconds tick = std::min({opt.common.keepalive_interval, opt.common.dead_peer_timeout / 4,
+                                opt.common.handshake_timeout / 4, opt.common.connect_timeout / 4});
+  tick = std::max(tick, milliseconds(5));
+  std::weak_ptr<Core> weak = weak_from_this();
+  timer = sched->AddTimer(Clock::now() + tick, [weak] {
+    auto core = weak.lock();
+    if (!core || core->stopped) return;
+    core->Tick();
+    if (!core->stopped) core->ArmTimer();
+  });
+}
+
+void Core::Shutdown() {
+  if (stopped) return;
+  std::vector<std::shared_ptr<Conn>> all;
+  for (auto& [t, c] : conns) all.push_back(c);
+  for (auto& c : all) Fail(*c, CancelledError("transport destroyed"));
+  std::vector<std::shared_ptr<ListenerState>> ls;
+  for (auto& [t, l] : listeners) ls.push_back(l);
+  for (auto& l : ls) {
+    l->closed = true;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, nullptr);
+    close(l->fd);
+    for (auto* w : std::exchange(l->waiters, {})) w->parked.Finish(CancelledError("transport destroyed"));
+    l->ready.clear();
+  }
+  listeners.clear();
+  stopped = true;
+  sched->CancelTimer(timer);
+  sched->RemovePoller(this);
+  close(epfd);
+  epfd = -1;
+  if (own_slot) pool->DetachRegistrar(slot);
+}
+
+// ------------------------------------------------------------------ public objects
+
+class TcpConnection final : public Connection {
+ public:
+  explicit TcpConnection(std::shared_ptr<Conn> c) : c_(std::move(c)) {}
+  ~TcpConnection() override { Close(); }
+
+  Status Send(mempool::IoBuf message) override {
+    auto c = c_;
+    if (c->closed()) return c->status;
+    if (message.size() > c->limits.max_message_bytes) {
+      return InvalidArgumentError("Send: message of " + std::to_string(message.size()) +
+                                  " bytes exceeds the limit of " + std::to_string(c->limits.max_message_bytes));
+    }
+    Core& core = *c->core;
+    if (c->send_credits > 0 && c->send_waiters.empty()) {
+      --c->send_credits;
+      FrameHeader h;
+      h.type = FrameType::kMessage;
+      core.Queue(*c, h, std::move(message));
+    } else {
+      MsgWaiter w;
+      w.msg = std::move(message);
+      c->send_waiters.push_back(&w);
+      core.MarkDirty(*c);
+      HRPC_TRY(w.parked.Wait());
+    }
+    core.MarkDirty(*c);
+    return WaitDrained(*c);
+  }
+
+  Result<mempool::IoBuf> Recv() override {
+    auto c = c_;
+    if (!c->rxq.empty()) {
+      mempool::IoBuf m = std::move(c->rxq.front());
+      c->rxq.pop_front();
+      if (!c->closed()) {
+        c->core->ReturnCredit(*c);
+        if (!c->outq.empty()) c->core->MarkDirty(*c);
+      }
+      return m;
+    }
+    if (c->closed()) return c->status;
+    MsgWaiter w;
+    c->recv_waiters.push_back(&w);
+    HRPC_TRY(w.parked.Wait());
+    return std::move(w.msg);
+  }
+
+  Result<RemoteDescriptor> Expose(const mempool::Buffer& buf, Access access) override {
+    auto c = c_;
+    if (c->closed()) return c->status;
+    if (!buf) return InvalidArgumentError("Expose: empty buffer");
+    auto key = c->core->pool->KeyFor(c->core->slot, buf.data());
+    if (!key.ok()) {
+      return FailedPreconditionError("Expose: buffer is not from the transport's registered pool (" +
+                                     key.status().ToString() + ")");
+    }
+    return c->expo.Add(buf, access);
+  }
+
+  Status Revoke(const RemoteDescriptor& desc) override {
+    auto c = c_;
+    return c->expo.Revoke(desc);
+  }
+
+  Status Read(const RemoteDescriptor& src, const mempool::IoBuf& dst) override {
+    if (dst.size() != src.len) {
+      return InvalidArgumentError("Read: destination of " + std::to_string(dst.size()) +
+                                  " bytes for a descriptor of " + std::to_string(src.len));
+    }
+    return OneSided(/*is_read=*/true, src, dst);
+  }
+
+  Status Write(const mempool::IoBuf& src, const RemoteDescriptor& dst) override {
+    if (src.size() != dst.len) {
+      return InvalidArgumentError("Write: source of " + std::to_string(src.size()) +
+                                  " bytes for a descriptor of " + std::to_string(dst.len));
+    }
+    return OneSided(/*is_read=*/false, dst, src);
+  }
+
+  void Close() override {
+    if (c_ && !c_->closed()) c_->core->Fail(*c_, CancelledError("connection closed locally"));
+  }
+  Status status() const override { return c_->closed() ? c_->status : Status::Ok(); }
+  const Limits& limits() const override { return c_->limits; }
+  std::string_view peer() const override { return c_->peer; }
+
+ private:
+  Status WaitDrained(Conn& c) {
+    if (c.closed()) return c.status;
+    if (c.queued_bytes <= c.core->opt.send_queue_high_water) return Status::Ok();
+    c.core->Flush(c);
+    if (c.closed()) return c.status;
+    if (c.queued_bytes <= c.core->opt.send_queue_high_water) return Status::Ok();
+    Parked p;
+    c.drain_waiters.push_back(&p);
+    return p.Wait();
+  }
+
+  Status OneSided(bool is_read, const RemoteDescriptor& remote, const mempool::IoBuf& local) {
+    auto c = c_;
+    if (c->closed()) return c->status;
+    if (remote.len == 0) return Status::Ok();
+    Core& core = *c->core;
+    while (c->ops_outstanding >= core.opt.common.max_outstanding_ops) {
+      Parked p;
+      c->slot_waiters.push_back(&p);
+      HRPC_TRY(p.Wait());
+    }
+    ++c->ops_outstanding;
+    Op op;
+    op.id = c->next_op++;
+    op.is_read = is_read;
+    op.len = remote.len;
+    FrameHeader h;
+    h.op_id = op.id;
+    h.addr = remote.addr;
+    h.key = remote.key;
+    if (is_read) {
+      op.buf = local.Share();
+      h.type = FrameType::kReadReq;
+      h.aux = remote.len;
+      core.Queue(*c, h);
+    } else {
+      h.type = FrameType::kWrite;
+      core.Queue(*c, h, local.Share());
+    }
+    c->ops[op.id] = &op;
+    core.MarkDirty(*c);
+    Status s = WaitDrained(*c);
+    Status done = op.parked.Wait();
+    --c->ops_outstanding;
+    if (!c->slot_waiters.empty()) {
+      Parked* p = c->slot_waiters.front();
+      c->slot_waiters.pop_front();
+      p->Finish(Status::Ok());
+    }
+    (void)s;  // a connection failure also completes the op with that Status
+    return done;
+  }
+
+  std::shared_ptr<Conn> c_;
+};
+
+class TcpListener final : public Listener {
+ public:
+  TcpListener(std::shared_ptr<Core> core, std::shared_ptr<ListenerState> ls)
+      : core_(std::move(core)), ls_(std::move(ls)) {}
+  ~TcpListener() override { Close(); }
+
+  Result<std::unique_ptr<Connection>> Accept() override {
+    auto ls = ls_;
+    while (true) {
+      if (ls->closed) return CancelledError("listener " + ls->uri + " closed");
+      if (!ls->ready.empty()) {
+        auto c = std::move(ls->ready.front());
+        ls->ready.pop_front();
+        if (c->closed()) continue;  // died between handshake and Accept()
+        return std::unique_ptr<Connection>(new TcpConnection(std::move(c)));
+      }
+      AcceptWaiter w;
+      ls->waiters.push_back(&w);
+      HRPC_TRY(w.parked.Wait());
+      if (w.conn && !w.conn->closed()) return std::unique_ptr<Connection>(new TcpConnection(std::move(w.conn)));
+    }
+  }
+
+  std::string uri() const override { return ls_->uri; }
+
+  void Close() override {
+    if (ls_->closed) return;
+    ls_->closed = true;
+    if (!core_->stopped) {
+      epoll_ctl(core_->epfd, EPOLL_CTL_DEL, ls_->fd, nullptr);
+      close(ls_->fd);
+      core_->listeners.erase(ls_->token);
+    }
+    for (auto* w : std::exchange(ls_->waiters, {})) w->parked.Finish(CancelledError("listener closed"));
+    for (auto& c : std::exchange(ls_->ready, {})) core_->Fail(*c, CancelledError("listener closed"));
+  }
+
+ private:
+  std::shared_ptr<Core> core_;
+  std::shared_ptr<ListenerState> ls_;
+};
+
+Result<std::pair<sockaddr_storage, socklen_t>> Resolve(const Uri& u, bool passive) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  addrinfo* res = nullptr;
+  const std::string port = std::to_string(u.port);
+  const int rc = getaddrinfo(u.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    return UnavailableError("cannot resolve '" + u.host + "': " + gai_strerror(rc));
+  }
+  std::pair<sockaddr_storage, socklen_t> out{};
+  std::memcpy(&out.first, res->ai_addr, res->ai_addrlen);
+  out.second = res->ai_addrlen;
+  freeaddrinfo(res);
+  return out;
+}
+
+class TcpTransport final : public Transport {
+ public:
+  explicit TcpTransport(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+  ~TcpTransport() override { core_->Shutdown(); }
+
+  std::string_view scheme() const override { return "tcp"; }
+
+  Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override {
+    HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
+    if (u.scheme != "tcp") return InvalidArgumentError("tcp transport cannot listen on '" + std::string(uri) + "'");
+    HRPC_ASSIGN_OR_RETURN(auto addr, Resolve(u, /*passive=*/true));
+    int fd = socket(addr.first.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return ErrnoStatus(errno, "socket");
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (core_->opt.reuse_port) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&addr.first), addr.second) < 0 ||
+        listen(fd, core_->opt.listen_backlog) < 0) {
+      const int err = errno;
+      close(fd);
+      return ErrnoStatus(err, "listen on " + std::string(uri));
+    }
+    sockaddr_storage bound{};
+    socklen_t len = sizeof bound;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
+    auto ls = std::make_shared<ListenerState>();
+    ls->fd = fd;
+    ls->token = kListenerBit | core_->next_token++;
+    ls->uri = SockName(bound);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = ls->token;
+    if (epoll_ctl(core_->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      const int err = errno;
+      close(fd);
+      return ErrnoStatus(err, "epoll_ctl");
+    }
+    core_->listeners[ls->token] = ls;
+    SPDLOG_INFO("hrpc tcp: listening on {}", ls->uri);
+    return std::unique_ptr<Listener>(new TcpListener(core_, std::move(ls)));
+  }
+
+  Result<std::unique_ptr<Connection>> Connect(std::string_view uri) override {
+    HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
+    if (u.scheme != "tcp") return InvalidArgumentError("tcp transport cannot connect to '" + std::string(uri) + "'");
+    HRPC_ASSIGN_OR_RETURN(auto addr, Resolve(u, /*passive=*/false));
+    int fd = socket(addr.first.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return ErrnoStatus(errno, "socket");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    auto c = core_->NewConn(fd, /*server=*/false, u.ToString());
+    int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr.first), addr.second);
+    if (rc < 0 && errno != EINPROGRESS) {
+      const int err = errno;
+      core_->Fail(*c, ErrnoStatus(err, "connect to " + c->peer));
+      return c->status;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLOUT;
+    ev.data.u64 = c->token;
+    c->epollout = true;
+    if (epoll_ctl(core_->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      core_->Fail(*c, ErrnoStatus(errno, "epoll_ctl"));
+      return c->status;
+    }
+    Parked p;
+    c->connect_waiter = &p;
+    Status s = p.WaitUntil(c->handshake_deadline);
+    if (s.code() == StatusCode::kDeadlineExceeded && c->connect_waiter == &p) {
+      c->connect_waiter = nullptr;
+      core_->Fail(*c, DeadlineExceededError("connect to " + c->peer + ": no handshake within " +
+                                            std::to_string(core_->opt.common.connect_timeout.count()) + " ms"));
+      return c->status;
+    }
+    if (!s.ok()) return s;
+    return std::unique_ptr<Connection>(new TcpConnection(std::move(c)));
+  }
+
+ private:
+  std::shared_ptr<Core> core_;
+};
+
+}  // namespace
+
+std::unique_ptr<mempool::Registrar> MakeTcpRegistrar() { return std::make_unique<TcpKeyTable>(); }
+
+Result<std::unique_ptr<Transport>> CreateTcpTransport(coro::Scheduler& scheduler, mempool::Pool& pool,
+                                                      TcpOptions options) {
+  const TransportOptions& o = options.common;
+  if (o.recv_depth == 0 || o.recv_depth > tcp::kMaxRecvDepth) {
+    return InvalidArgumentError("tcp: recv_depth must be in [1, 65535]");
+  }
+  if (o.max_message_bytes == 0) return InvalidArgumentError("tcp: max_message_bytes must be > 0");
+  if (o.max_outstanding_ops == 0) return InvalidArgumentError("tcp: max_outstanding_ops must be > 0");
+  if (o.keepalive_interval.count() <= 0 || o.dead_peer_timeout <= o.keepalive_interval) {
+    return InvalidArgumentError("tcp: need 0 < keepalive_interval < dead_peer_timeout");
+  }
+  if (o.connect_timeout.count() <= 0 || o.handshake_timeout.count() <= 0) {
+    return InvalidArgumentError("tcp: connect/handshake timeouts must be > 0");
+  }
+  auto core = std::make_shared<Core>();
+  core->sched = &scheduler;
+  core->pool = &pool;
+  core->opt = options;
+  if (options.registrar_slot) {
+    core->slot = *options.registrar_slot;
+  } else {
+    core->own_registrar = MakeTcpRegistrar();
+    HRPC_ASSIGN_OR_RETURN(core->slot, pool.AttachRegistrar(core->own_registrar.get()));
+    core->own_slot = true;
+  }
+  core->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (core->epfd < 0) {
+    const int err = errno;
+    if (core->own_slot) pool.DetachRegistrar(core->slot);
+    return ErrnoStatus(err, "epoll_create1");
+  }
+  scheduler.AddPoller(core.get());
+  core->ArmTimer();
+  return std::unique_ptr<Transport>(new TcpTransport(std::move(core)));
+}
+
+}  // namespace hrpc::transport
