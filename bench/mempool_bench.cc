@@ -95,8 +95,8 @@ class SpscRing {
 void BM_PoolCrossThreadFree(benchmark::State& state) {
   auto pool = MakePool();
   const auto bytes = static_cast<size_t>(state.range(0));
-  // Keep the blocks in flight well inside the pool: 16 MiB worth, 8..256 slots.
-  const size_t ring_slots = std::clamp<size_t>(16 * hrpc::mempool::kMiB / bytes, 8, 256);
+  // Keep the blocks in flight well inside the 64 MiB pool: 32 MiB worth, 8..256 slots.
+  const size_t ring_slots = std::clamp<size_t>(32 * hrpc::mempool::kMiB / bytes, 8, 256);
   SpscRing ring(ring_slots);
   std::atomic<bool> stop{false};
   std::thread consumer([&] {

@@ -9,28 +9,82 @@
 
 namespace hrpc::mempool {
 
+void IoBuf::SliceVec::Spill() {
+  heap_.reserve(2 * kInline);
+  for (size_t i = 0; i < n_; ++i) heap_.push_back(std::move(inline_[i]));
+  spilled_ = true;
+}
+
+void IoBuf::SliceVec::PushBack(Buffer b) {
+  if (!spilled_) {
+    if (n_ < kInline) {
+      inline_[n_++] = std::move(b);
+      return;
+    }
+    Spill();
+  }
+  heap_.push_back(std::move(b));
+  ++n_;
+}
+
+void IoBuf::SliceVec::PushFront(Buffer b) {
+  if (!spilled_ && n_ < kInline) {
+    for (size_t i = n_; i > 0; --i) inline_[i] = std::move(inline_[i - 1]);
+    inline_[0] = std::move(b);
+    ++n_;
+    return;
+  }
+  if (!spilled_) Spill();
+  heap_.insert(heap_.begin(), std::move(b));
+  ++n_;
+}
+
+void IoBuf::SliceVec::EraseFront(size_t k) {
+  k = std::min(k, n_);
+  if (spilled_) {
+    heap_.erase(heap_.begin(), heap_.begin() + static_cast<ptrdiff_t>(k));
+  } else {
+    for (size_t i = 0; i + k < n_; ++i) inline_[i] = std::move(inline_[i + k]);
+    for (size_t i = n_ - k; i < n_; ++i) inline_[i].Reset();
+  }
+  n_ -= k;
+}
+
+void IoBuf::SliceVec::Truncate(size_t k) {
+  if (k >= n_) return;
+  if (spilled_) {
+    heap_.erase(heap_.begin() + static_cast<ptrdiff_t>(k), heap_.end());
+  } else {
+    for (size_t i = k; i < n_; ++i) inline_[i].Reset();
+  }
+  n_ = k;
+}
+
+void IoBuf::SliceVec::Clear() noexcept {
+  for (Buffer& b : inline_) b.Reset();
+  heap_.clear();  // keeps its capacity
+  spilled_ = false;
+  n_ = 0;
+}
+
 void IoBuf::Append(Buffer b) {
   if (b.empty()) return;
   size_ += b.size();
-  slices_.push_back(std::move(b));
+  slices_.PushBack(std::move(b));
 }
 
 void IoBuf::Append(IoBuf&& other) {
-  if (slices_.empty()) {
-    slices_ = std::move(other.slices_);
-  } else {
-    slices_.reserve(slices_.size() + other.slices_.size());
-    for (Buffer& b : other.slices_) slices_.push_back(std::move(b));
-  }
+  if (&other == this) return;
+  for (Buffer& b : other.slices_) slices_.PushBack(std::move(b));
   size_ += other.size_;
-  other.slices_.clear();
+  other.slices_.Clear();
   other.size_ = 0;
 }
 
 void IoBuf::Prepend(Buffer b) {
   if (b.empty()) return;
   size_ += b.size();
-  slices_.insert(slices_.begin(), std::move(b));
+  slices_.PushFront(std::move(b));
 }
 
 IoBuf IoBuf::CutFront(size_t n) {
@@ -40,13 +94,13 @@ IoBuf IoBuf::CutFront(size_t n) {
   size_t whole = 0;  // slices moved entirely
   while (whole < slices_.size() && slices_[whole].size() <= n - out.size_) {
     out.size_ += slices_[whole].size();
-    out.slices_.push_back(std::move(slices_[whole]));
+    out.slices_.PushBack(std::move(slices_[whole]));
     ++whole;
   }
-  slices_.erase(slices_.begin(), slices_.begin() + static_cast<ptrdiff_t>(whole));
+  slices_.EraseFront(whole);
   const size_t rest = n - out.size_;
   if (rest > 0) {
-    Buffer& first = slices_.front();
+    Buffer& first = slices_[0];
     out.Append(first.Slice(0, rest));
     first = first.Slice(rest, first.size() - rest);
   }
@@ -71,7 +125,7 @@ IoBuf IoBuf::CutBack(size_t n) {
     last = last.Slice(0, last.size() - rest);
   }
   for (size_t i = keep; i < slices_.size(); ++i) out.Append(std::move(slices_[i]));
-  slices_.erase(slices_.begin() + static_cast<ptrdiff_t>(keep), slices_.end());
+  slices_.Truncate(keep);
   size_ -= n;
   return out;
 }
@@ -81,7 +135,7 @@ void IoBuf::TrimBack(size_t n) { (void)CutBack(n); }
 
 IoBuf IoBuf::Share() const {
   IoBuf out;
-  out.slices_ = slices_;  // Buffer copies bump refcounts
+  for (const Buffer& b : slices_) out.slices_.PushBack(b);  // copies bump refcounts
   out.size_ = size_;
   return out;
 }

@@ -124,6 +124,42 @@ TEST_F(IoBufTest, OperationsKeepPointerIdentityAndCopyNothing) {
   EXPECT_EQ(CopiedBytesThisThread(), 0u);
 }
 
+// More slices than fit inline; prepend/cut/move across the spill.
+TEST_F(IoBufTest, LongChainsAndMovedFromState) {
+  std::vector<Buffer> parts;
+  for (int i = 0; i < 9; ++i) parts.push_back(Filled(100 + i, static_cast<uint8_t>(i)));
+  IoBuf io;
+  for (int i = 1; i < 9; ++i) io.Append(parts[i]);
+  io.Prepend(parts[0]);
+  ASSERT_EQ(io.num_slices(), 9u);
+  for (size_t i = 0; i < 9; ++i) EXPECT_EQ(io.slice(i).data(), parts[i].data());
+  const std::vector<const char*> all = Addresses(io);
+  IoBuf front = io.CutFront(250);  // 2 whole slices + 49 bytes of the third
+  EXPECT_EQ(front.num_slices(), 3u);
+  IoBuf back = io.CutBack(300);
+  std::vector<const char*> rejoined = Addresses(front);
+  for (const char* p : Addresses(io)) rejoined.push_back(p);
+  for (const char* p : Addresses(back)) rejoined.push_back(p);
+  EXPECT_EQ(rejoined, all);
+
+  IoBuf moved = std::move(io);
+  EXPECT_EQ(io.size(), 0u);  // NOLINT(bugprone-use-after-move): moved-from is empty
+  EXPECT_EQ(io.num_slices(), 0u);
+  io.Append(parts[0]);  // and usable
+  EXPECT_EQ(io.slice(0).data(), parts[0].data());
+  IoBuf small(parts[1]);
+  small = std::move(moved);
+  EXPECT_EQ(small.size(), 9u * 100 + 36 - 250 - 300);
+  io.Append(std::move(small));
+  EXPECT_EQ(small.num_slices(), 0u);
+  EXPECT_EQ(parts[0].use_count(), 3u);  // parts, `io`, `front`
+  front = IoBuf();
+  back = IoBuf();
+  io = IoBuf();
+  for (const Buffer& b : parts) EXPECT_EQ(b.use_count(), 1u);
+  EXPECT_EQ(CopiedBytesThisThread(), 0u);
+}
+
 TEST_F(IoBufTest, FillSgesCarriesTheRegistrarLkey) {
   testing::FakeRegistrar r(7000);
   auto slot = pool_->AttachRegistrar(&r);

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "hrpc/base/status.h"
@@ -35,8 +36,13 @@ class IoBuf {
  public:
   IoBuf() = default;
   explicit IoBuf(Buffer b) { Append(std::move(b)); }
-  IoBuf(IoBuf&&) noexcept = default;
-  IoBuf& operator=(IoBuf&&) noexcept = default;
+  // A moved-from IoBuf is empty.
+  IoBuf(IoBuf&& o) noexcept : slices_(std::move(o.slices_)), size_(std::exchange(o.size_, 0)) {}
+  IoBuf& operator=(IoBuf&& o) noexcept {
+    slices_ = std::move(o.slices_);
+    size_ = std::exchange(o.size_, 0);
+    return *this;
+  }
   // Copying would silently share; say Share() instead.
   IoBuf(const IoBuf&) = delete;
   IoBuf& operator=(const IoBuf&) = delete;
@@ -58,7 +64,7 @@ class IoBuf {
   size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
   size_t num_slices() const noexcept { return slices_.size(); }
-  const Buffer& slice(size_t i) const noexcept { return slices_[i]; }
+  const Buffer& slice(size_t i) const noexcept { return slices_.data()[i]; }
 
   // Writes min(num_slices(), out.size()) entries; returns how many.
   size_t FillIovecs(std::span<iovec> out) const;
@@ -76,7 +82,49 @@ class IoBuf {
   uint32_t Crc32c() const;
 
  private:
-  std::vector<Buffer> slices_;
+  // Slices: up to kInline in place (no heap allocation for short chains),
+  // then all of them in a vector.
+  class SliceVec {
+   public:
+    static constexpr size_t kInline = 4;
+    SliceVec() = default;
+    SliceVec(SliceVec&& o) noexcept { *this = std::move(o); }
+    SliceVec& operator=(SliceVec&& o) noexcept {
+      if (this != &o) {
+        Clear();
+        for (size_t i = 0; i < kInline; ++i) inline_[i] = std::move(o.inline_[i]);
+        heap_ = std::move(o.heap_);
+        n_ = std::exchange(o.n_, 0);
+        spilled_ = std::exchange(o.spilled_, false);
+        o.heap_.clear();
+      }
+      return *this;
+    }
+    size_t size() const noexcept { return n_; }
+    bool empty() const noexcept { return n_ == 0; }
+    Buffer* data() noexcept { return spilled_ ? heap_.data() : inline_; }
+    const Buffer* data() const noexcept { return spilled_ ? heap_.data() : inline_; }
+    Buffer& operator[](size_t i) noexcept { return data()[i]; }
+    const Buffer& operator[](size_t i) const noexcept { return data()[i]; }
+    Buffer* begin() noexcept { return data(); }
+    Buffer* end() noexcept { return data() + n_; }
+    const Buffer* begin() const noexcept { return data(); }
+    const Buffer* end() const noexcept { return data() + n_; }
+    void PushBack(Buffer b);
+    void PushFront(Buffer b);
+    void EraseFront(size_t k);  // drop the first k
+    void Truncate(size_t k);    // keep the first k
+    void Clear() noexcept;
+
+   private:
+    void Spill();
+    Buffer inline_[kInline];
+    std::vector<Buffer> heap_;
+    size_t n_ = 0;
+    bool spilled_ = false;
+  };
+
+  SliceVec slices_;
   size_t size_ = 0;
 };
 
