@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -48,6 +49,15 @@ class ClientContext {
   // Attachment that came back with the response (valid after a successful call).
   mempool::IoBuf& response_attachment() noexcept { return response_attachment_; }
 
+  // Room for a response attachment that is too large to travel inline (above
+  // the eager threshold): the channel exposes this many bytes of registered
+  // memory for the server to WRITE into (rendezvous push), and
+  // response_attachment() then holds slices of it. 0 (default): only inline
+  // response attachments; a larger one fails the call with RESOURCE_EXHAUSTED.
+  // Sticky across calls on this context.
+  void set_response_attachment_capacity(size_t bytes) noexcept { response_attachment_capacity_ = bytes; }
+  size_t response_attachment_capacity() const noexcept { return response_attachment_capacity_; }
+
   // Peer that served the call, set by the channel.
   std::string_view peer() const noexcept { return peer_; }
 
@@ -66,6 +76,7 @@ class ClientContext {
   mempool::IoBuf request_attachment_;
   mempool::IoBuf response_attachment_;
   std::string peer_;
+  size_t response_attachment_capacity_ = 0;
 };
 
 }  // namespace hrpc
