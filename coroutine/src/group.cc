@@ -3,7 +3,7 @@
 #include "hrpc/coroutine/group.h"
 
 #include <numa.h>
-#include <sched.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -22,7 +22,16 @@ std::string CpuList(const std::vector<int>& v) {
   return s;
 }
 
-bool CpuAllowed(const cpu_set_t& set, int cpu) { return cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &set); }
+// cpus this process may run on. Not sched_getaffinity(0): the calling thread
+// may itself be pinned to one cpu. libnuma reads the process's Cpus_allowed.
+bool CpuUsable(int cpu) {
+  if (cpu < 0) return false;
+  if (::numa_available() >= 0 && numa_all_cpus_ptr != nullptr) {
+    return static_cast<unsigned>(cpu) < numa_all_cpus_ptr->size &&
+           ::numa_bitmask_isbitset(numa_all_cpus_ptr, static_cast<unsigned>(cpu));
+  }
+  return cpu < ::sysconf(_SC_NPROCESSORS_ONLN);
+}
 
 // The node to bind a pool to, or -1 if this machine has no such node with memory
 // (a synthetic topology describing another machine).
@@ -85,12 +94,9 @@ Result<std::unique_ptr<NetworkGroups>> NetworkGroups::Create(const Topology& top
   std::vector<GroupSpec> plan = PlanGroups(topo, options);
   if (plan.empty()) return FailedPreconditionError("topology yields no groups");
   if (options.start_workers) {
-    cpu_set_t allowed;
-    CPU_ZERO(&allowed);
-    if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0) return ErrnoStatus(errno, "sched_getaffinity");
     for (const auto& g : plan) {
       for (int cpu : g.worker_cpus) {
-        if (!CpuAllowed(allowed, cpu)) {
+        if (!CpuUsable(cpu)) {
           return FailedPreconditionError("group " + std::to_string(g.id) + " would pin a worker to cpu " +
                                          std::to_string(cpu) + ", which this process cannot use" +
                                          (topo.synthetic() ? " (synthetic topology: set start_workers=false)" : ""));

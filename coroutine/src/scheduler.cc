@@ -27,8 +27,10 @@ using detail::RemoteNode;
 namespace bctx = boost::context::detail;
 
 namespace {
-thread_local Scheduler::Impl* tls_sched = nullptr;  // scheduler running on this thread
-thread_local Fiber* tls_fiber = nullptr;            // fiber running on this thread
+// initial-exec: the module is built PIC, and the default general-dynamic model
+// would cost a __tls_get_addr call on every switch.
+__attribute__((tls_model("initial-exec"))) thread_local Scheduler::Impl* tls_sched = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local Fiber* tls_fiber = nullptr;
 
 inline void CpuRelax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -325,7 +327,7 @@ void Scheduler::Impl::DrainRemote() {
 int Scheduler::Impl::RunBatch() {
   // Up to 64 runs between looks at the remote queue, timers and pollers.
   int ran = 0;
-  while (ran < 64) {
+  while (ran < 64 && !stop.load(std::memory_order_relaxed)) {
     Fiber* f = PopReady();
     if (!f) break;
     RunFiber(f);
