@@ -188,6 +188,7 @@ void CloseNamespace(pb::io::Printer& p, const pb::FileDescriptor* file) {
 
 Vars MethodVars(const ServiceNames& s, const MethodNames& m) {
   return {{"svc", s.qualified},
+          {"Svc", s.cpp},
           {"Method", m.cpp},
           {"MethodAsync", m.async},
           {"MethodFuture", m.future},
@@ -223,6 +224,8 @@ void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const st
   for (const ServiceNames& s : services) {
     Vars v = {{"Svc", s.cpp},
               {"svc", s.qualified},
+              {"Mock", s.mock},
+              {"base", base},
               {"full", s.service->full_name()},
               {"id", Hex(s.id)},
               {"n", std::to_string(s.methods.size())}};
@@ -243,7 +246,7 @@ void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const st
     p.Print(v,
             "  }};\n\n"
             "  class Service;        // derive and implement the handlers\n"
-            "  class StubInterface;  // what clients call; mocked by $Svc$'s Mock*Stub\n"
+            "  class StubInterface;  // what clients call; $Mock$ in $base$.hrpc.mock.h mocks it\n"
             "  class Stub;           // StubInterface over an ::hrpc::Channel\n\n"
             "  $Svc$() = delete;\n"
             "};\n"
@@ -305,10 +308,8 @@ void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const st
               "  ::hrpc::coro::Future<$Resp$> $MethodFuture$(::hrpc::ClientContext& ctx,\n"
               "                                              const $Req$& request) override;\n");
     }
-    p.Print(
-        "\n private:\n"
-        "  ::hrpc::Channel* channel_;\n"
-        "};\n\n");
+    p.Print(s.methods.empty() ? "\n private:\n  [[maybe_unused]] ::hrpc::Channel* channel_;\n};\n\n"
+                              : "\n private:\n  ::hrpc::Channel* channel_;\n};\n\n");
   }
   CloseNamespace(p, file);
 }
@@ -343,15 +344,15 @@ void GenerateSource(pb::io::Printer& p, const pb::FileDescriptor* file, const st
             "}\n\n");
     for (const MethodNames& m : s.methods) {
       p.Print(MethodVars(s, m),
-              "::hrpc::Status $svc$::Stub::$Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
+              "::hrpc::Status $Svc$::Stub::$Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
               "                                     $Resp$* response) {\n"
               "  return channel_->CallMethod($svc$::kMethods[$index$], ctx, request, response);\n"
               "}\n\n"
-              "void $svc$::Stub::$MethodAsync$(::hrpc::ClientContext& ctx, const $Req$& request, $Resp$* response,\n"
+              "void $Svc$::Stub::$MethodAsync$(::hrpc::ClientContext& ctx, const $Req$& request, $Resp$* response,\n"
               "                                ::hrpc::DoneCallback done) {\n"
               "  channel_->CallMethodAsync($svc$::kMethods[$index$], ctx, request, response, std::move(done));\n"
               "}\n\n"
-              "::hrpc::coro::Future<$Resp$> $svc$::Stub::$MethodFuture$(::hrpc::ClientContext& ctx,\n"
+              "::hrpc::coro::Future<$Resp$> $Svc$::Stub::$MethodFuture$(::hrpc::ClientContext& ctx,\n"
               "                                                         const $Req$& request) {\n"
               "  return ::hrpc::internal::CallFuture<$Resp$>(*channel_, $svc$::kMethods[$index$], ctx, request);\n"
               "}\n\n");

@@ -43,9 +43,13 @@ Status DirectChannel::CallMethod(const MethodDescriptor& method, ClientContext& 
                                  const google::protobuf::MessageLite& request,
                                  google::protobuf::MessageLite* response) {
   std::string request_bytes;
-  if (!request.SerializeToString(&request_bytes)) {
-    return InvalidArgumentError("cannot serialize request for " + std::string(method.full_name) +
-                                " (missing required fields?)");
+  // Check first: protobuf treats serializing an uninitialized message as a bug.
+  if (!request.IsInitialized()) {
+    return InvalidArgumentError("request for " + std::string(method.full_name) +
+                                " lacks required fields: " + request.InitializationErrorString());
+  }
+  if (!request.SerializePartialToString(&request_bytes)) {
+    return InvalidArgumentError("cannot serialize request for " + std::string(method.full_name) + " (> 2 GiB?)");
   }
   std::string response_bytes;
   HRPC_TRY(CallRaw(method.service_id, method.method_id, ctx, request_bytes, &response_bytes));

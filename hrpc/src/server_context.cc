@@ -10,9 +10,13 @@ void ServerContext::set_deadline_budget_us(uint64_t budget_us, Clock::time_point
     return;
   }
   // Clamp so that now + budget cannot overflow the clock's representation.
+  // Compare as unsigned first: budget_us may not fit the clock's signed rep.
   const auto max_budget = std::chrono::duration_cast<std::chrono::microseconds>(Clock::time_point::max() - now);
-  const auto budget = std::chrono::microseconds(budget_us);
-  deadline_ = budget >= max_budget ? Clock::time_point::max() - std::chrono::microseconds(1) : now + budget;
+  if (max_budget.count() <= 0 || budget_us >= static_cast<uint64_t>(max_budget.count())) {
+    deadline_ = Clock::time_point::max() - std::chrono::microseconds(1);  // finite, but far away
+    return;
+  }
+  deadline_ = now + std::chrono::microseconds(static_cast<int64_t>(budget_us));
 }
 
 Status ServerContext::CheckLive() const {

@@ -5,9 +5,10 @@
 namespace hrpc {
 
 Status StringResponseWriter::Write(const google::protobuf::MessageLite& response) {
-  if (!response.SerializeToString(out_)) {
-    return InternalError("cannot serialize response (missing required fields or > 2 GiB)");
+  if (!response.IsInitialized()) {
+    return InternalError("handler left required response fields unset: " + response.InitializationErrorString());
   }
+  if (!response.SerializePartialToString(out_)) return InternalError("cannot serialize response (> 2 GiB?)");
   return Status::Ok();
 }
 

@@ -68,6 +68,7 @@ class AdminImpl final : public hrpc_test::echo::Admin::Service {
 class SwitchImpl final : public hrpc_test::legacy::switch_::Service {
  public:
   Status delete_(ServerContext&, const hrpc_test::legacy::delete_& request, hrpc_test::legacy::Ack* response) override {
+    if (request.new_() == -1) return Status::Ok();  // "forgets" the required Ack.ok
     response->set_ok(request.new_() == 42);
     return Status::Ok();
   }
@@ -118,7 +119,7 @@ TEST(GeneratedIdsTest, IdsAreFnv1aOfNames) {
   EXPECT_EQ(hrpc_test::legacy::Nothing::kMethods.size(), 0u);
   EXPECT_EQ(::Adder::kServiceName, "Adder");
   // Known value, so that a change of the hash is a visible protocol change.
-  EXPECT_EQ(Fnv1a32("Echo"), 0x3b9d2ba1u) << std::hex << Fnv1a32("Echo");
+  EXPECT_EQ(Fnv1a32("Echo"), 0x3b7d6ba4u) << std::hex << Fnv1a32("Echo");
 }
 
 TEST_F(StubTest, UnaryCallThroughGeneratedStub) {
@@ -177,6 +178,18 @@ TEST_F(StubTest, Proto2MissingRequiredFieldIsRejectedBeforeSending) {
   hrpc_test::legacy::Ack ack;
   Status s = stub.delete_(ctx, req, &ack);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  EXPECT_NE(s.message().find("lacks required fields: new"), std::string_view::npos) << s.ToString();
+}
+
+TEST_F(StubTest, Proto2ResponseMissingRequiredFieldIsInternal) {
+  hrpc_test::legacy::switch_::Stub stub(&channel_);
+  ClientContext ctx;
+  hrpc_test::legacy::delete_ req;
+  req.set_new_(-1);
+  hrpc_test::legacy::Ack ack;
+  Status s = stub.delete_(ctx, req, &ack);
+  EXPECT_EQ(s.code(), StatusCode::kInternal) << s.ToString();
+  EXPECT_NE(s.message().find("required"), std::string_view::npos) << s.ToString();
 }
 
 TEST_F(StubTest, Proto2MissingRequiredFieldOnTheWireIsInvalidArgument) {

@@ -25,7 +25,8 @@
 namespace hrpc {
 
 // Where a successful handler's response goes: the runtime serializes it
-// straight into the frame buffer it is about to send.
+// straight into the frame buffer it is about to send. INTERNAL if the
+// response lacks proto2 required fields (a handler bug) or cannot be serialized.
 class ResponseWriter {
  public:
   virtual ~ResponseWriter() = default;

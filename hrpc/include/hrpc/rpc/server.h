@@ -1,0 +1,89 @@
+// Server: serves registered Services on one or more listen URIs.
+//
+// Threads. The server runs its own workers (or borrows network groups, see
+// RuntimeOptions). Every worker listens on each URI (TCP: SO_REUSEPORT, so the
+// kernel spreads connections; loop://: worker 0 only); an accepted connection
+// belongs to the worker that accepted it, and each request on it runs in its
+// own coroutine on that worker. A handler may suspend (bulk pull, disk,
+// another RPC) without blocking the worker.
+//
+// What the runtime does for a request, in order:
+//  * unknown service / method → UNIMPLEMENTED;
+//  * deadline already expired on arrival → DEADLINE_EXCEEDED, handler not run;
+//  * more than max_concurrent_requests running → RESOURCE_EXHAUSTED;
+//  * request attachment: inline bytes are ServerContext::request_attachment();
+//    with auto_pull (default) bulk (pull) descriptors are READ into 4 KiB-aligned
+//    pool slabs and appended to it before the handler runs (in pieces of
+//    bulk_chunk_bytes, checking deadline and cancel in between: a deadline that
+//    expires during the pull ends the call with DEADLINE_EXCEEDED, unrun);
+//    without auto_pull the handler calls ServerContext::PullBulk(i);
+//  * malformed request message → INVALID_ARGUMENT (the generated dispatch);
+//  * the response attachment goes inline when it is at most eager_threshold
+//    bytes, else it is WRITTEN into the client's push regions (the response
+//    then carries those descriptors with the lengths written and CRC32C);
+//    RESOURCE_EXHAUSTED when the client offered no or too little room;
+//  * a cancel frame marks the ServerContext cancelled (no response is sent);
+//  * a frame that does not decode closes that connection (logged with the
+//    reason); other connections are not affected.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hrpc/base/status.h"
+#include "hrpc/rpc/runtime.h"
+#include "hrpc/rpc/service.h"
+#include "hrpc/rpc/stats.h"
+
+namespace hrpc {
+
+struct ServerOptions {
+  // "tcp://0.0.0.0:7000", "0.0.0.0:0" (transport by runtime.transport_choice),
+  // "loop://name". Port 0 picks one; listen_uris() tells which.
+  std::vector<std::string> listen;
+  RuntimeOptions runtime;
+  size_t eager_threshold = kDefaultEagerThreshold;
+  size_t bulk_chunk_bytes = kDefaultBulkChunkBytes;
+  size_t max_concurrent_requests = 65536;
+  bool auto_pull = true;
+  // How long Shutdown() lets running handlers finish (they see IsCancelled()).
+  std::chrono::milliseconds shutdown_grace{2000};
+};
+
+class Server final {
+ public:
+  // Starts the workers (not listening yet). INVALID_ARGUMENT for bad options.
+  static Result<std::unique_ptr<Server>> Create(ServerOptions options);
+  ~Server();  // Shutdown()
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Before Start(). Not owned; must outlive the server. ALREADY_EXISTS for a
+  // second service with the same id; FAILED_PRECONDITION after Start().
+  Status RegisterService(Service* service);
+
+  // Binds every listen URI on every worker and starts accepting.
+  Status Start();
+  // Stops accepting, cancels running handlers (waits up to shutdown_grace for
+  // them), closes connections. Idempotent.
+  void Shutdown();
+
+  // The bound URIs, one per configured URI ("tcp://0.0.0.0:41234").
+  std::vector<std::string> listen_uris() const;
+  // Per-method server-side stats: latency from arrival to response sent;
+  // bytes_in = request (message + attachment), bytes_out = response.
+  std::vector<MethodStats> Stats() const;
+  // Connections currently open (for tests and monitoring).
+  size_t num_connections() const;
+
+  class Impl;
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hrpc

@@ -1,0 +1,224 @@
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "hrpc/coroutine/group.h"
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/mempool/copy.h"
+#include "hrpc/transport/loopback.h"
+#include "hrpc/transport/tcp.h"
+#include "runtime_internal.h"
+
+namespace hrpc {
+
+std::string_view TransportChoiceName(TransportChoice c) noexcept {
+  switch (c) {
+    case TransportChoice::kAuto: return "auto";
+    case TransportChoice::kTcp: return "tcp";
+    case TransportChoice::kRdma: return "rdma";
+  }
+  return "?";
+}
+
+TransportChoice TransportChoiceFromEnv() {
+  const char* v = std::getenv("HRPC_TRANSPORT");
+  if (v == nullptr || *v == '\0') return TransportChoice::kAuto;
+  std::string_view s(v);
+  if (s == "tcp") return TransportChoice::kTcp;
+  if (s == "rdma") return TransportChoice::kRdma;
+  if (s == "auto") return TransportChoice::kAuto;
+  SPDLOG_WARN("hrpc: ignoring HRPC_TRANSPORT={} (want tcp|rdma)", s);
+  return TransportChoice::kAuto;
+}
+
+// The RDMA engineer replaces this with transport::RdmaDeviceAvailable() once
+// the rdma transport is linked into the runtime.
+bool RdmaDeviceProbe() { return false; }
+
+Result<std::string> ResolveUri(std::string_view uri, TransportChoice choice) {
+  if (uri.find("://") == std::string_view::npos) {
+    std::string scheme;
+    switch (choice) {
+      case TransportChoice::kTcp: scheme = "tcp"; break;
+      case TransportChoice::kRdma: scheme = "rdma"; break;
+      case TransportChoice::kAuto: scheme = RdmaDeviceProbe() ? "rdma" : "tcp"; break;
+    }
+    std::string full = scheme + "://" + std::string(uri);
+    HRPC_TRY(transport::ParseUri(full));
+    return full;
+  }
+  HRPC_ASSIGN_OR_RETURN(transport::Uri u, transport::ParseUri(uri));
+  return u.ToString();
+}
+
+namespace internal {
+
+Result<std::unique_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& options) {
+  std::unique_ptr<WorkerSet> set(new WorkerSet(options));
+  if (options.groups != nullptr) {
+    for (size_t g = 0; g < options.groups->size(); ++g) {
+      coro::NetworkGroup& group = options.groups->group(g);
+      if (!group.has_pool()) return FailedPreconditionError("network group without a pool");
+      for (size_t w = 0; w < group.num_workers(); ++w) {
+        set->slots_.push_back(Slot{&group.worker(w), &group.pool(), {}});
+      }
+    }
+    if (set->slots_.empty()) return InvalidArgumentError("network groups have no workers");
+    return set;
+  }
+  if (options.workers == 0) return InvalidArgumentError("RuntimeOptions.workers must be >= 1");
+  HRPC_ASSIGN_OR_RETURN(auto pool, mempool::Pool::Create(options.pool));
+  set->own_pools_.push_back(std::move(pool));
+  for (size_t i = 0; i < options.workers; ++i) {
+    coro::WorkerOptions wo;
+    wo.sched.name = options.name + "-w" + std::to_string(i);
+    wo.sched.spin_budget = options.spin_budget;
+    wo.sched.stack_bytes = options.stack_bytes;
+    wo.cpu = options.cpus.empty() ? -1 : options.cpus[i % options.cpus.size()];
+    HRPC_ASSIGN_OR_RETURN(auto worker, coro::Worker::Start(wo));
+    set->slots_.push_back(Slot{worker.get(), set->own_pools_.back().get(), {}});
+    set->own_workers_.push_back(std::move(worker));
+  }
+  return set;
+}
+
+WorkerSet::~WorkerSet() {
+  DestroyTransports();
+  own_workers_.clear();  // stop + join
+  for (auto& [pool, reg] : regs_) {
+    if (reg.attached) pool->DetachRegistrar(reg.tcp_slot);
+  }
+  regs_.clear();
+  own_pools_.clear();
+}
+
+int WorkerSet::CurrentIndex() const noexcept {
+  coro::Scheduler* cur = coro::Scheduler::Current();
+  if (cur == nullptr) return -1;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (&slots_[i].worker->scheduler() == cur) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+WorkerSet::PoolReg& WorkerSet::RegFor(mempool::Pool* pool) {
+  std::lock_guard lock(regs_mu_);
+  return regs_[pool];
+}
+
+Result<transport::Transport*> WorkerSet::TransportFor(size_t i, std::string_view scheme) {
+  Slot& slot = slots_[i];
+  auto it = slot.transports.find(scheme);
+  if (it != slot.transports.end()) return it->second.get();
+  std::unique_ptr<transport::Transport> t;
+  coro::Scheduler& sched = slot.worker->scheduler();
+  if (scheme == "tcp") {
+    PoolReg& reg = RegFor(slot.pool);
+    {
+      std::lock_guard lock(regs_mu_);
+      if (!reg.attached) {
+        reg.tcp_registrar = transport::MakeTcpRegistrar();
+        HRPC_ASSIGN_OR_RETURN(reg.tcp_slot, slot.pool->AttachRegistrar(reg.tcp_registrar.get()));
+        reg.attached = true;
+      }
+    }
+    transport::TcpOptions to;
+    to.common = options_.transport;
+    to.reuse_port = true;
+    to.registrar_slot = reg.tcp_slot;
+    HRPC_ASSIGN_OR_RETURN(t, transport::CreateTcpTransport(sched, *slot.pool, to));
+  } else if (scheme == "loop") {
+    if (!options_.loopback) return FailedPreconditionError("loop:// needs RuntimeOptions.loopback (a LoopbackNetwork)");
+    HRPC_ASSIGN_OR_RETURN(t, transport::CreateLoopbackTransport(options_.loopback, sched, *slot.pool,
+                                                                options_.transport));
+  } else if (scheme == "rdma") {
+    return UnimplementedError("the rdma transport is not wired into the RPC runtime yet");
+  } else {
+    return InvalidArgumentError("unknown transport scheme '" + std::string(scheme) + "'");
+  }
+  transport::Transport* raw = t.get();
+  slot.transports.emplace(std::string(scheme), std::move(t));
+  return raw;
+}
+
+Status WorkerSet::RunOn(size_t i, std::function<Status()> fn) {
+  return coro::Async(scheduler(i), std::move(fn), "hrpc-runon").Get();
+}
+
+void WorkerSet::DestroyTransports() {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (slots_[i].transports.empty()) continue;
+    RunOn(i, [this, i] {
+      slots_[i].transports.clear();
+      return Status::Ok();
+    }).IgnoreError();
+  }
+}
+
+// --- frames -----------------------------------------------------------------
+
+Result<SerializedMessage> SerializeWithRoom(mempool::Pool& pool, const google::protobuf::MessageLite& msg,
+                                            size_t room) {
+  const size_t len = msg.ByteSizeLong();
+  if (len > wire::kMaxFrameBytes) return ResourceExhaustedError("message of " + std::to_string(len) + " bytes");
+  HRPC_ASSIGN_OR_RETURN(mempool::Buffer buf, pool.Allocate(room + len));
+  if (len > 0) {
+    msg.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(buf.data() + room));
+  }
+  return SerializedMessage{std::move(buf), room, len};
+}
+
+Result<SerializedMessage> RawWithRoom(mempool::Pool& pool, std::string_view bytes, size_t room) {
+  if (bytes.size() > wire::kMaxFrameBytes) {
+    return ResourceExhaustedError("message of " + std::to_string(bytes.size()) + " bytes");
+  }
+  HRPC_ASSIGN_OR_RETURN(mempool::Buffer buf, pool.Allocate(room + bytes.size()));
+  if (!bytes.empty()) std::memcpy(buf.data() + room, bytes.data(), bytes.size());  // a message, not payload
+  return SerializedMessage{std::move(buf), room, bytes.size()};
+}
+
+Result<mempool::IoBuf> FinishFrame(SerializedMessage& m, wire::FrameHeader header,
+                                   std::span<const wire::BulkDescriptor> descriptors) {
+  const size_t prefix = wire::PrefixSize(descriptors.size());
+  if (prefix > m.room) return InternalError("frame prefix does not fit the room reserved for it");
+  header.message_len = static_cast<uint32_t>(m.message_len);
+  const size_t start = m.room - prefix;
+  auto out = std::as_writable_bytes(std::span<char>(m.buf.data() + start, prefix));
+  HRPC_TRY(wire::EncodePrefix(header, descriptors, out));
+  return mempool::IoBuf(m.buf.Slice(start, prefix + m.message_len));
+}
+
+Result<mempool::IoBuf> SmallFrame(mempool::Pool& pool, wire::FrameHeader header, std::string_view status_message) {
+  if (status_message.size() > wire::kMaxStatusMessage) status_message = status_message.substr(0, wire::kMaxStatusMessage);
+  header.status_message_len = static_cast<uint32_t>(status_message.size());
+  header.message_len = 0;
+  header.attachment_len = 0;
+  const size_t len = wire::kHeaderSize + status_message.size();
+  HRPC_ASSIGN_OR_RETURN(mempool::Buffer buf, pool.Allocate(len));
+  auto out = std::as_writable_bytes(std::span<char>(buf.data(), len));
+  HRPC_TRY(wire::EncodePrefix(header, {}, out));
+  if (!status_message.empty()) std::memcpy(buf.data() + wire::kHeaderSize, status_message.data(), status_message.size());
+  return mempool::IoBuf(std::move(buf));
+}
+
+Result<mempool::Buffer> Flatten(mempool::Pool& pool, mempool::IoBuf& msg) {
+  if (msg.num_slices() == 1) return msg.slice(0);
+  if (msg.empty()) return DataLossError("empty control message");
+  HRPC_ASSIGN_OR_RETURN(mempool::Buffer buf, pool.Allocate(msg.size()));
+  msg.CopyTo(buf.data(), 0, msg.size());
+  return buf;
+}
+
+BodyOffsets OffsetsOf(const wire::Frame& f) {
+  BodyOffsets o;
+  o.message = f.header().header_len + f.num_descriptors() * wire::kDescriptorSize;
+  o.attachment = o.message + f.header().message_len;
+  return o;
+}
+
+}  // namespace internal
+}  // namespace hrpc

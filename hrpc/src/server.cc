@@ -1,0 +1,492 @@
+#include "hrpc/rpc/server.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+
+#include <spdlog/spdlog.h>
+
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/rpc/server_context.h"
+#include "hrpc/rpc/wire.h"
+#include "runtime_internal.h"
+
+namespace hrpc {
+
+using Clock = std::chrono::steady_clock;
+using internal::SerializedMessage;
+
+namespace {
+
+struct ServerConn {
+  std::unique_ptr<transport::Connection> conn;
+  size_t worker = 0;
+  std::string peer;
+  std::unordered_map<uint64_t, ServerContext*> active;  // txn -> running request
+  bool closed = false;
+};
+
+// ServerContext's bulk seam over one connection: READ into aligned slabs,
+// WRITE from the response attachment, in pieces, checking deadline and cancel.
+class ConnBulk final : public BulkTransfer {
+ public:
+  ConnBulk(transport::Connection& conn, mempool::Pool& pool, size_t chunk, const ServerContext& ctx)
+      : conn_(conn), pool_(pool), chunk_(chunk), ctx_(ctx) {}
+
+  Result<mempool::IoBuf> Pull(const wire::BulkDescriptor& remote, Clock::time_point deadline) override {
+    mempool::IoBuf out;
+    const transport::RemoteDescriptor src{remote.addr, remote.len, remote.rkey};
+    for (size_t off = 0; off < remote.len;) {
+      HRPC_TRY(Live(deadline, "pull"));
+      const size_t n = std::min<size_t>(chunk_, remote.len - off);
+      HRPC_ASSIGN_OR_RETURN(mempool::Buffer slab, pool_.Allocate(n));
+      mempool::IoBuf piece(slab);
+      HRPC_TRY(conn_.Read(src.Sub(off, static_cast<uint32_t>(n)), piece));
+      out.Append(std::move(slab));
+      off += n;
+    }
+    return out;
+  }
+
+  Status Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& data, Clock::time_point deadline) override {
+    const transport::RemoteDescriptor dst{remote.addr, remote.len, remote.rkey};
+    mempool::IoBuf rest = data.Share();
+    size_t off = 0;
+    while (!rest.empty()) {
+      HRPC_TRY(Live(deadline, "push"));
+      const size_t n = std::min(chunk_, rest.size());
+      mempool::IoBuf piece = rest.CutFront(n);
+      HRPC_TRY(conn_.Write(piece, dst.Sub(off, static_cast<uint32_t>(n))));
+      off += n;
+    }
+    pushed_[RegionKey(remote)] = {static_cast<uint32_t>(data.size()), data.Crc32c()};
+    return Status::Ok();
+  }
+
+  // Bytes and crc a handler pushed into a region with PushBulk, if any.
+  bool Pushed(const wire::BulkDescriptor& d, uint32_t* len, uint32_t* crc) const {
+    auto it = pushed_.find(RegionKey(d));
+    if (it == pushed_.end()) return false;
+    *len = it->second.first;
+    *crc = it->second.second;
+    return true;
+  }
+
+ private:
+  static uint64_t RegionKey(const wire::BulkDescriptor& d) { return d.addr ^ (uint64_t{d.rkey} << 32); }
+  Status Live(Clock::time_point deadline, const char* what) const {
+    if (ctx_.IsCancelled() && !ctx_.DeadlineExpired()) return CancelledError(std::string("call cancelled during bulk ") + what);
+    if (Clock::now() >= deadline) return DeadlineExceededError(std::string("deadline expired during bulk ") + what);
+    return Status::Ok();
+  }
+
+  transport::Connection& conn_;
+  mempool::Pool& pool_;
+  size_t chunk_;
+  const ServerContext& ctx_;
+  std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pushed_;
+};
+
+// Serializes the handler's response behind room for the response prefix.
+class FrameWriter final : public ResponseWriter {
+ public:
+  FrameWriter(mempool::Pool& pool, size_t room) : pool_(pool), room_(room) {}
+  Status Write(const google::protobuf::MessageLite& response) override {
+    if (!response.IsInitialized()) {
+      return InternalError("response lacks required fields: " + response.InitializationErrorString());
+    }
+    auto m = internal::SerializeWithRoom(pool_, response, room_);
+    if (!m.ok()) return m.status();
+    msg = std::move(*m);
+    written = true;
+    return Status::Ok();
+  }
+  SerializedMessage msg;
+  bool written = false;
+
+ private:
+  mempool::Pool& pool_;
+  size_t room_;
+};
+
+}  // namespace
+
+class Server::Impl {
+ public:
+  ServerOptions options;
+  std::unique_ptr<internal::WorkerSet> workers;
+  std::unordered_map<uint32_t, Service*> services;
+  std::unordered_map<uint64_t, std::string> method_names;  // (service<<32|method) -> full name
+  StatsRegistry stats;
+  std::vector<std::string> bound;  // one per options.listen entry
+  std::vector<std::vector<std::unique_ptr<transport::Listener>>> listeners;  // per worker
+  std::vector<std::vector<std::shared_ptr<ServerConn>>> conns;              // per worker (touched on it)
+  std::atomic<int64_t> running{0};        // requests in handlers/bulk
+  std::atomic<int64_t> live_conns{0};
+  std::atomic<int64_t> accept_loops{0};
+  std::atomic<bool> started{false};
+  std::atomic<bool> stopping{false};
+  bool shut_down = false;
+  mutable std::mutex mu;
+
+  MethodCounters& CountersFor(uint32_t sid, uint32_t mid) {
+    auto it = method_names.find((uint64_t{sid} << 32) | mid);
+    return stats.For(sid, mid, it == method_names.end() ? std::string_view() : std::string_view(it->second));
+  }
+
+  void AcceptLoop(size_t w, transport::Listener* listener) {
+    for (;;) {
+      auto c = listener->Accept();
+      if (!c.ok()) {
+        if (c.status().code() != StatusCode::kCancelled) {
+          SPDLOG_WARN("hrpc server: accept on {}: {}", listener->uri(), c.status().ToString());
+          continue;
+        }
+        break;
+      }
+      if (stopping.load()) {
+        (*c)->Close();
+        continue;
+      }
+      auto sc = std::make_shared<ServerConn>();
+      sc->conn = std::move(*c);
+      sc->worker = w;
+      sc->peer = std::string(sc->conn->peer());
+      live_conns.fetch_add(1);
+      conns[w].push_back(sc);
+      workers->scheduler(w).Spawn([this, sc] { ReadLoop(sc); }, "hrpc-server-rx");
+    }
+    accept_loops.fetch_sub(1);
+  }
+
+  void CloseConn(const std::shared_ptr<ServerConn>& sc) {
+    if (sc->closed) return;
+    sc->closed = true;
+    sc->conn->Close();
+    for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
+  }
+
+  void ReadLoop(std::shared_ptr<ServerConn> sc) {
+    mempool::Pool& pool = workers->pool(sc->worker);
+    for (;;) {
+      auto msg = sc->conn->Recv();
+      if (!msg.ok()) {
+        if (msg.status().code() != StatusCode::kCancelled && msg.status().code() != StatusCode::kUnavailable) {
+          SPDLOG_WARN("hrpc server: connection {} failed: {}", sc->peer, msg.status().ToString());
+        }
+        break;
+      }
+      auto flat = internal::Flatten(pool, *msg);
+      if (!flat.ok()) {
+        SPDLOG_WARN("hrpc server: closing connection {}: {}", sc->peer, flat.status().ToString());
+        break;
+      }
+      mempool::Buffer buf = std::move(*flat);
+      auto frame = wire::Decode(std::as_bytes(std::span<const char>(buf.data(), buf.size())));
+      if (!frame.ok()) {
+        SPDLOG_WARN("hrpc server: closing connection {}: malformed frame: {}", sc->peer, frame.status().ToString());
+        break;
+      }
+      const wire::FrameHeader& h = frame->header();
+      if (h.kind == wire::FrameKind::kRequest) {
+        if (sc->active.count(h.txn_id) != 0) {
+          SPDLOG_WARN("hrpc server: closing connection {}: duplicate txn id {}", sc->peer, h.txn_id);
+          break;
+        }
+        const Clock::time_point arrival = Clock::now();
+        workers->scheduler(sc->worker).Spawn(
+            [this, sc, buf = std::move(buf), f = std::move(*frame), arrival]() mutable {
+              HandleRequest(sc, buf, f, arrival);
+            },
+            "hrpc-handler");
+      } else if (h.kind == wire::FrameKind::kCancel) {
+        auto it = sc->active.find(h.txn_id);
+        if (it != sc->active.end()) it->second->MarkCancelled();
+      } else if (h.kind == wire::FrameKind::kPing) {
+        wire::FrameHeader pong;
+        pong.kind = wire::FrameKind::kPing;
+        pong.txn_id = h.txn_id;
+        if (auto f = internal::SmallFrame(pool, pong, {}); f.ok()) sc->conn->Send(std::move(*f)).IgnoreError();
+      } else if (h.kind == wire::FrameKind::kResponse) {
+        SPDLOG_WARN("hrpc server: closing connection {}: a client sent a response frame", sc->peer);
+        break;
+      }
+    }
+    CloseConn(sc);
+    auto& list = conns[sc->worker];
+    list.erase(std::remove(list.begin(), list.end(), sc), list.end());
+    sc.reset();
+    live_conns.fetch_sub(1);
+  }
+
+  void SendError(ServerConn& sc, const wire::FrameHeader& req, const Status& s) {
+    wire::FrameHeader h;
+    h.kind = wire::FrameKind::kResponse;
+    h.txn_id = req.txn_id;
+    h.service_id = req.service_id;
+    h.method_id = req.method_id;
+    h.status = s.code();
+    auto f = internal::SmallFrame(workers->pool(sc.worker), h, s.message());
+    if (f.ok() && !sc.closed) sc.conn->Send(std::move(*f)).IgnoreError();
+  }
+
+  void HandleRequest(const std::shared_ptr<ServerConn>& sc, const mempool::Buffer& buf, const wire::Frame& frame,
+                     Clock::time_point arrival) {
+    const wire::FrameHeader& h = frame.header();
+    mempool::Pool& pool = workers->pool(sc->worker);
+    MethodCounters& mc = CountersFor(h.service_id, h.method_id);
+    mc.Begin();
+    uint64_t bytes_in = h.message_len + h.attachment_len;
+    uint64_t bytes_out = 0;
+    auto finish = [&](const Status& s) { mc.End(Clock::now() - arrival, s.ok(), bytes_in, bytes_out); };
+
+    auto svc_it = services.find(h.service_id);
+    if (svc_it == services.end()) {
+      Status s = UnimplementedError("unknown service id " + std::to_string(h.service_id));
+      SendError(*sc, h, s);
+      return finish(s);
+    }
+    ServerContext ctx;
+    ctx.set_deadline_budget_us(h.deadline_us, arrival);
+    if (ctx.DeadlineExpired()) {
+      Status s = DeadlineExceededError("deadline expired before the request was served");
+      SendError(*sc, h, s);
+      return finish(s);
+    }
+    if (running.fetch_add(1) >= static_cast<int64_t>(options.max_concurrent_requests)) {
+      running.fetch_sub(1);
+      Status s = ResourceExhaustedError("server is at max_concurrent_requests (" +
+                                        std::to_string(options.max_concurrent_requests) + ")");
+      SendError(*sc, h, s);
+      return finish(s);
+    }
+    sc->active.emplace(h.txn_id, &ctx);
+    ctx.set_peer(sc->peer);
+    const internal::BodyOffsets off = internal::OffsetsOf(frame);
+    if (h.attachment_len > 0) ctx.request_attachment() = mempool::IoBuf(buf.Slice(off.attachment, h.attachment_len));
+    std::vector<wire::BulkDescriptor> descs;
+    size_t num_push = 0;
+    for (size_t i = 0; i < frame.num_descriptors(); ++i) {
+      descs.push_back(frame.descriptor(i));
+      if (descs.back().direction == wire::BulkDirection::kPush) ++num_push;
+    }
+    ConnBulk bulk(*sc->conn, pool, options.bulk_chunk_bytes, ctx);
+    ctx.set_bulk(descs, &bulk);
+
+    Status status;
+    if (options.auto_pull) {
+      for (size_t i = 0; i < descs.size() && status.ok(); ++i) {
+        if (descs[i].direction != wire::BulkDirection::kPull) continue;
+        auto data = ctx.PullBulk(i);
+        if (!data.ok()) {
+          status = data.status();
+        } else {
+          bytes_in += data->size();
+          ctx.request_attachment().Append(std::move(*data));
+        }
+      }
+    }
+    FrameWriter writer(pool, wire::PrefixSize(num_push));
+    if (status.ok()) {
+      status = svc_it->second->CallMethod(h.method_id, ctx, std::string_view(buf.data() + off.message, h.message_len),
+                                          writer);
+    }
+    const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
+    if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
+    if (status.ok() && !writer.written) status = InternalError("handler returned OK without a response");
+
+    std::vector<wire::BulkDescriptor> out_descs;
+    mempool::IoBuf inline_att;
+    if (status.ok()) {
+      mempool::IoBuf att = std::move(ctx.response_attachment());
+      const size_t limit = sc->conn->limits().max_message_bytes;
+      const size_t frame_len = wire::PrefixSize(num_push) + writer.msg.message_len;
+      if (att.size() <= options.eager_threshold && frame_len + att.size() <= limit) {
+        inline_att = std::move(att);
+        // Echo the push regions with what the handler pushed itself, if anything.
+        for (const auto& d : descs) {
+          if (d.direction != wire::BulkDirection::kPush) continue;
+          wire::BulkDescriptor e = d;
+          e.len = 0;
+          e.crc32c = 0;
+          uint32_t len = 0, crc = 0;
+          if (bulk.Pushed(d, &len, &crc)) {
+            e.len = len;
+            e.crc32c = crc;
+          }
+          out_descs.push_back(e);
+        }
+      } else {
+        size_t room = 0;
+        for (const auto& d : descs) {
+          if (d.direction == wire::BulkDirection::kPush) room += d.len;
+        }
+        if (room < att.size()) {
+          status = ResourceExhaustedError(
+              "response attachment of " + std::to_string(att.size()) + " bytes exceeds the inline limit (" +
+              std::to_string(options.eager_threshold) + ") and the room the client offered (" + std::to_string(room) +
+              " bytes; ClientContext::set_response_attachment_capacity)");
+        } else {
+          for (size_t i = 0; i < descs.size() && status.ok(); ++i) {
+            if (descs[i].direction != wire::BulkDirection::kPush) continue;
+            const size_t n = std::min<size_t>(descs[i].len, att.size());
+            mempool::IoBuf piece = att.CutFront(n);
+            wire::BulkDescriptor e = descs[i];
+            e.len = static_cast<uint32_t>(n);
+            e.crc32c = piece.Crc32c();
+            if (n > 0) status = ctx.PushBulk(i, piece);
+            bytes_out += n;
+            out_descs.push_back(e);
+          }
+        }
+      }
+    }
+
+    sc->active.erase(h.txn_id);
+    running.fetch_sub(1);
+    if (client_cancelled) {
+      // The client has completed the call already; nobody reads a response.
+      return finish(status.ok() ? CancelledError("cancelled") : status);
+    }
+    if (!status.ok()) {
+      SendError(*sc, h, status);
+      return finish(status);
+    }
+    wire::FrameHeader rh;
+    rh.kind = wire::FrameKind::kResponse;
+    rh.txn_id = h.txn_id;
+    rh.service_id = h.service_id;
+    rh.method_id = h.method_id;
+    rh.attachment_len = static_cast<uint32_t>(inline_att.size());
+    auto f = internal::FinishFrame(writer.msg, rh, out_descs);
+    if (!f.ok()) {
+      SendError(*sc, h, f.status());
+      return finish(f.status());
+    }
+    bytes_out += writer.msg.message_len + inline_att.size();
+    f->Append(std::move(inline_att));
+    if (!sc->closed) {
+      Status sent = sc->conn->Send(std::move(*f));
+      if (!sent.ok()) SPDLOG_DEBUG("hrpc server: response to {} not sent: {}", sc->peer, sent.ToString());
+    }
+    finish(Status::Ok());
+  }
+};
+
+Result<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
+  if (options.listen.empty()) return InvalidArgumentError("ServerOptions.listen is empty");
+  if (options.bulk_chunk_bytes == 0) return InvalidArgumentError("bulk_chunk_bytes must be > 0");
+  auto impl = std::make_unique<Impl>();
+  if (options.runtime.name == "hrpc") options.runtime.name = "hrpc-srv";
+  options.bulk_chunk_bytes = std::min(options.bulk_chunk_bytes, options.runtime.pool.max_class_bytes);
+  HRPC_ASSIGN_OR_RETURN(impl->workers, internal::WorkerSet::Create(options.runtime));
+  impl->options = std::move(options);
+  impl->listeners.resize(impl->workers->size());
+  impl->conns.resize(impl->workers->size());
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() {
+  Shutdown();
+  impl_->workers.reset();
+}
+
+Status Server::RegisterService(Service* service) {
+  if (impl_->started.load()) return FailedPreconditionError("RegisterService after Start()");
+  auto [it, inserted] = impl_->services.emplace(service->service_id(), service);
+  if (!inserted) {
+    return AlreadyExistsError("service id " + std::to_string(service->service_id()) + " (" +
+                              std::string(service->service_name()) + ") already registered as " +
+                              std::string(it->second->service_name()));
+  }
+  for (const MethodDescriptor& m : service->methods()) {
+    impl_->method_names[(uint64_t{m.service_id} << 32) | m.method_id] = std::string(m.full_name);
+    impl_->stats.For(m.service_id, m.method_id, m.full_name);
+  }
+  return Status::Ok();
+}
+
+Status Server::Start() {
+  if (impl_->started.exchange(true)) return FailedPreconditionError("Server::Start called twice");
+  Impl& im = *impl_;
+  for (const std::string& raw : im.options.listen) {
+    HRPC_ASSIGN_OR_RETURN(std::string uri, ResolveUri(raw, im.options.runtime.transport_choice));
+    const std::string scheme = uri.substr(0, uri.find("://"));
+    std::string bound_uri;
+    const size_t nworkers = scheme == "loop" ? 1 : im.workers->size();
+    for (size_t w = 0; w < nworkers; ++w) {
+      const std::string target = w == 0 ? uri : bound_uri;
+      HRPC_TRY(im.workers->RunOn(w, [&im, w, &scheme, &target, &bound_uri]() -> Status {
+        HRPC_ASSIGN_OR_RETURN(transport::Transport * t, im.workers->TransportFor(w, scheme));
+        HRPC_ASSIGN_OR_RETURN(auto listener, t->Listen(target));
+        if (w == 0) bound_uri = listener->uri();
+        transport::Listener* raw_listener = listener.get();
+        im.listeners[w].push_back(std::move(listener));
+        im.accept_loops.fetch_add(1);
+        im.workers->scheduler(w).Spawn([&im, w, raw_listener] { im.AcceptLoop(w, raw_listener); }, "hrpc-accept");
+        return Status::Ok();
+      }));
+    }
+    std::lock_guard lock(im.mu);
+    im.bound.push_back(bound_uri);
+    SPDLOG_INFO("hrpc server: listening on {} ({} worker{})", bound_uri, nworkers, nworkers == 1 ? "" : "s");
+  }
+  return Status::Ok();
+}
+
+void Server::Shutdown() {
+  Impl& im = *impl_;
+  if (im.shut_down || !im.workers) return;
+  im.shut_down = true;
+  im.stopping.store(true);
+  for (size_t w = 0; w < im.workers->size(); ++w) {
+    im.workers->RunOn(w, [&im, w] {
+      for (auto& l : im.listeners[w]) l->Close();
+      for (auto& sc : im.conns[w]) {
+        for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
+      }
+      return Status::Ok();
+    }).IgnoreError();
+  }
+  const auto grace = Clock::now() + im.options.shutdown_grace;
+  while (im.running.load() > 0 && Clock::now() < grace) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (size_t w = 0; w < im.workers->size(); ++w) {
+    im.workers->RunOn(w, [&im, w] {
+      auto list = im.conns[w];
+      for (auto& sc : list) im.CloseConn(sc);
+      return Status::Ok();
+    }).IgnoreError();
+  }
+  const auto until = Clock::now() + std::chrono::seconds(5);
+  while ((im.live_conns.load() > 0 || im.accept_loops.load() > 0) && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (im.live_conns.load() > 0 || im.running.load() > 0) {
+    SPDLOG_WARN("hrpc server: shutdown with {} connections / {} requests still alive", im.live_conns.load(),
+                im.running.load());
+  }
+  for (size_t w = 0; w < im.workers->size(); ++w) {
+    im.workers->RunOn(w, [&im, w] {
+      im.listeners[w].clear();
+      return Status::Ok();
+    }).IgnoreError();
+  }
+  im.workers->DestroyTransports();
+}
+
+std::vector<std::string> Server::listen_uris() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->bound;
+}
+
+std::vector<MethodStats> Server::Stats() const { return impl_->stats.Snapshot(); }
+
+size_t Server::num_connections() const { return static_cast<size_t>(std::max<int64_t>(0, impl_->live_conns.load())); }
+
+}  // namespace hrpc

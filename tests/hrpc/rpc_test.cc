@@ -1,0 +1,446 @@
+// The RPC runtime end to end in one process: Server + RpcChannel over
+// loop:// and tcp://127.0.0.1.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/mempool/copy.h"
+#include "hrpc/rpc/rpc_channel.h"
+#include "hrpc/rpc/server.h"
+#include "hrpc/transport/loopback.h"
+#include "hrpc/transport/tcp.h"
+#include "rpc_test_util.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using hrpc::ClientContext;
+using hrpc::StatusCode;
+using rpctest::Req;
+using rpctest::Resp;
+
+struct Env {
+  std::shared_ptr<hrpc::transport::LoopbackNetwork> net = hrpc::transport::LoopbackNetwork::Create();
+  rpctest::TestService service;
+  std::unique_ptr<hrpc::Server> server;
+  std::unique_ptr<hrpc::RpcChannel> channel;
+  std::string uri;
+
+  // kind: "loop" or "tcp".
+  void Start(const std::string& kind, hrpc::ServerOptions so = {}, hrpc::RpcChannelOptions co = {}) {
+    static std::atomic<int> seq{0};
+    so.listen = {kind == "loop" ? "loop://rpc-test-" + std::to_string(seq.fetch_add(1)) : "tcp://127.0.0.1:0"};
+    so.runtime.loopback = net;
+    so.runtime.transport_choice = hrpc::TransportChoice::kTcp;
+    auto s = hrpc::Server::Create(so);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    server = std::move(*s);
+    ASSERT_TRUE(server->RegisterService(&service).ok());
+    auto st = server->Start();
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    uri = server->listen_uris().at(0);
+    if (kind == "tcp") uri = "tcp://127.0.0.1:" + uri.substr(uri.rfind(':') + 1);
+    co.runtime.loopback = net;
+    auto c = hrpc::RpcChannel::Create(uri, co);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    channel = std::move(*c);
+  }
+  ~Env() {
+    channel.reset();
+    server.reset();
+  }
+};
+
+class RpcTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RpcTest, UnaryCall) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  for (int i = 0; i < 20; ++i) {
+    ClientContext ctx;
+    Req req;
+    req.set_text("hello " + std::to_string(i));
+    Resp resp;
+    auto s = stub.Call(ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(resp.text(), req.text());
+    EXPECT_FALSE(ctx.peer().empty());
+  }
+  auto stats = env.channel->Stats();
+  ASSERT_EQ(stats.size(), 1u);
+  EXPECT_EQ(stats[0].method, "rpctest.Test.Call");
+  EXPECT_EQ(stats[0].count, 20u);
+  EXPECT_EQ(stats[0].errors, 0u);
+  EXPECT_GT(stats[0].p50_us, 0.0);
+  auto sstats = env.server->Stats();
+  ASSERT_EQ(sstats.size(), 1u);
+  EXPECT_EQ(sstats[0].count, 20u);
+}
+
+TEST_P(RpcTest, AsyncAndFutureForms) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx1, ctx2;
+  Req req;
+  req.set_text("async");
+  Resp resp;
+  hrpc::coro::Event done;
+  hrpc::Status got;
+  stub.CallAsync(ctx1, req, &resp, [&](hrpc::Status s) {
+    got = std::move(s);
+    done.Set();
+  });
+  auto fut = stub.CallFuture(ctx2, req);
+  ASSERT_TRUE(done.WaitFor(10s).ok());
+  EXPECT_TRUE(got.ok()) << got.ToString();
+  EXPECT_EQ(resp.text(), "async");
+  auto r = fut.Get();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->text(), "async");
+}
+
+TEST_P(RpcTest, HandlerError) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  Req req;
+  req.set_fail_code(static_cast<int>(StatusCode::kNotFound));
+  req.set_fail_message("no such block 42");
+  Resp resp;
+  auto s = stub.Call(ctx, req, &resp);
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.message(), "no such block 42");
+  EXPECT_EQ(env.channel->Stats().at(0).errors, 1u);
+}
+
+TEST_P(RpcTest, UnknownServiceAndMethod) {
+  Env env;
+  env.Start(GetParam());
+  ClientContext c1, c2;
+  std::string out;
+  auto s1 = env.channel->CallRaw(12345, 1, "nope.Service.M", c1, "", &out);
+  EXPECT_EQ(s1.code(), StatusCode::kUnimplemented) << s1.ToString();
+  auto s2 = env.channel->CallRaw(rpctest::Test::kServiceId, 999, "rpctest.Test.999", c2, "", &out);
+  EXPECT_EQ(s2.code(), StatusCode::kUnimplemented) << s2.ToString();
+}
+
+TEST_P(RpcTest, MalformedPayloadIsInvalidArgumentAndServerKeepsServing) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  // A slow good call in flight while the bad one is answered.
+  ClientContext slow_ctx;
+  Req slow;
+  slow.set_text("slow");
+  slow.set_sleep_ms(100);
+  auto slow_fut = stub.CallFuture(slow_ctx, slow);
+  ClientContext bad;
+  std::string out;
+  const std::string garbage("\xff\xff\xff\xff\x0f", 5);  // a truncated varint field
+  auto s = env.channel->CallRaw(rpctest::Test::kServiceId, hrpc::MethodIdOf("Call"), "raw", bad, garbage, &out);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  auto r = slow_fut.Get();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->text(), "slow");
+  ClientContext ctx;
+  Req req;
+  req.set_text("after");
+  Resp resp;
+  EXPECT_TRUE(stub.Call(ctx, req, &resp).ok());
+}
+
+TEST_P(RpcTest, DeadlineOfSlowHandler) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  ctx.set_timeout(100ms);
+  Req req;
+  req.set_sleep_ms(5000);
+  Resp resp;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto s = stub.Call(ctx, req, &resp);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << s.ToString();
+  EXPECT_LT(took, 3s);
+  // The server stops working on it: the handler notices (its deadline passed).
+  for (int i = 0; i < 300 && env.service.saw_cancel.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(env.service.saw_cancel.load(), 1);
+}
+
+TEST_P(RpcTest, ExpiredDeadlineIsNotRun) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  ctx.set_deadline(std::chrono::steady_clock::now() - 1ms);
+  Req req;
+  Resp resp;
+  EXPECT_EQ(stub.Call(ctx, req, &resp).code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(env.service.calls.load(), 0);
+}
+
+TEST_P(RpcTest, CancelSendsCancelFrame) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  Req req;
+  req.set_wait_for_cancel(true);
+  auto fut = stub.CallFuture(ctx, req);
+  for (int i = 0; i < 500 && env.service.running.load() == 0; ++i) std::this_thread::sleep_for(2ms);
+  ASSERT_EQ(env.service.running.load(), 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  ctx.Cancel();
+  auto r = fut.WaitFor(5s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+  for (int i = 0; i < 300 && env.service.saw_cancel.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(env.service.saw_cancel.load(), 1) << "the server's ServerContext was not marked cancelled";
+}
+
+TEST_P(RpcTest, TenThousandConcurrentCalls) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  constexpr int kCalls = 10000;
+  struct One {
+    ClientContext ctx;
+    Req req;
+    Resp resp;
+  };
+  std::vector<std::unique_ptr<One>> calls;
+  calls.reserve(kCalls);
+  std::atomic<int> ok{0}, done{0};
+  hrpc::coro::Event all;
+  for (int i = 0; i < kCalls; ++i) {
+    calls.push_back(std::make_unique<One>());
+    calls.back()->req.set_text(std::to_string(i));
+  }
+  for (int i = 0; i < kCalls; ++i) {
+    One& c = *calls[i];
+    stub.CallAsync(c.ctx, c.req, &c.resp, [&, i](hrpc::Status s) {
+      if (s.ok() && calls[i]->resp.text() == std::to_string(i)) ok.fetch_add(1);
+      if (done.fetch_add(1) + 1 == kCalls) all.Set();
+    });
+  }
+  ASSERT_TRUE(all.WaitFor(60s).ok()) << done.load() << " of " << kCalls << " done";
+  EXPECT_EQ(ok.load(), kCalls);
+  EXPECT_EQ(env.server->Stats().at(0).count, static_cast<uint64_t>(kCalls));
+}
+
+// Pull (request attachment) and push (response attachment) of 0 B .. 64 MiB,
+// CRC-checked end to end; over TCP no payload byte is copied by the CPU.
+TEST_P(RpcTest, BulkPullAndPush) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  const std::vector<size_t> sizes = {0, 1, 4095, 4096, 16 * 1024, 16 * 1024 + 1, 64 * 1024, 1 << 20, 16 << 20, 64 << 20};
+  for (size_t n : sizes) {
+    SCOPED_TRACE("size " + std::to_string(n));
+    hrpc::mempool::IoBuf payload = rpctest::MakePayload(env.channel->pool(), n, static_cast<uint32_t>(n));
+    ASSERT_EQ(payload.size(), n);
+    const uint32_t crc = payload.Crc32c();
+    ClientContext ctx;
+    ctx.request_attachment() = std::move(payload);
+    ctx.set_response_attachment_capacity(n);
+    Req req;
+    req.set_echo_attachment(true);
+    Resp resp;
+    const uint64_t copied0 = hrpc::mempool::CopiedBytesTotal();
+    auto s = stub.Call(ctx, req, &resp);
+    const uint64_t copied = hrpc::mempool::CopiedBytesTotal() - copied0;
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(resp.attachment_bytes(), n);
+    EXPECT_EQ(resp.attachment_crc32c(), crc);
+    EXPECT_EQ(ctx.response_attachment().size(), n);
+    EXPECT_EQ(ctx.response_attachment().Crc32c(), crc);
+    if (GetParam() == "tcp" && n % 4096 == 0) EXPECT_EQ(copied, 0u) << "payload bytes copied by the CPU";
+    ctx.response_attachment() = hrpc::mempool::IoBuf();
+  }
+}
+
+TEST_P(RpcTest, LargeResponseWithoutRoomIsResourceExhausted) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  ctx.request_attachment() = rpctest::MakePayload(env.channel->pool(), 1 << 20, 3);
+  Req req;
+  req.set_echo_attachment(true);
+  Resp resp;
+  auto s = stub.Call(ctx, req, &resp);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.ToString();
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, RpcTest, ::testing::Values("loop", "tcp"),
+                         [](const auto& info) { return info.param; });
+
+// A deadline that expires in the middle of the bulk pull: the loopback delays
+// every one-sided op; the server gives up between pieces and never runs the handler.
+TEST(RpcBulkDeadline, ExpiresDuringPull) {
+  Env env;
+  hrpc::ServerOptions so;
+  so.bulk_chunk_bytes = 1 << 20;
+  env.Start("loop", so);
+  hrpc::transport::FaultPlan plan;
+  plan.delay = 20ms;
+  env.net->SetFaults(env.uri.substr(strlen("loop://")), plan);
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  ctx.request_attachment() = rpctest::MakePayload(env.channel->pool(), 16 << 20, 5);
+  ctx.set_timeout(150ms);
+  Req req;
+  Resp resp;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto s = stub.Call(ctx, req, &resp);
+  EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << s.ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+  // The server stopped the pull (16 pieces x >= 20 ms would take > 320 ms) without running the handler.
+  for (int i = 0; i < 300; ++i) {
+    auto st = env.server->Stats();
+    if (!st.empty() && st[0].count == 1) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  auto st = env.server->Stats();
+  ASSERT_EQ(st.size(), 1u);
+  EXPECT_EQ(st[0].count, 1u);
+  EXPECT_EQ(st[0].errors, 1u);
+  EXPECT_LT(st[0].bytes_in, 16u << 20) << "the whole attachment was pulled";
+  EXPECT_EQ(env.service.calls.load(), 0);
+}
+
+// A peer that sends a valid transport message holding garbage instead of an
+// hrpc frame loses its connection; other clients are not affected.
+TEST(RpcMalformedFrame, OnlyThatConnectionIsClosed) {
+  Env env;
+  env.Start("tcp");
+  rpctest::Test::Stub stub(env.channel.get());
+  {
+    ClientContext ctx;
+    Req req;
+    Resp resp;
+    ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
+  }
+  const size_t before = env.server->num_connections();
+  // A second client made from the raw transport.
+  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 4 << 20, .max_class_bytes = 1 << 20, .prefault = false});
+  ASSERT_TRUE(pool.ok());
+  auto worker = hrpc::coro::Worker::Start({});
+  ASSERT_TRUE(worker.ok());
+  auto result = hrpc::coro::Async((*worker)->scheduler(), [&]() -> hrpc::Status {
+    HRPC_ASSIGN_OR_RETURN(auto t, hrpc::transport::CreateTcpTransport((*worker)->scheduler(), **pool));
+    HRPC_ASSIGN_OR_RETURN(auto conn, t->Connect(env.uri));
+    auto b = (*pool)->Allocate(100);
+    std::memset(b->data(), 0x5a, 100);
+    HRPC_TRY(conn->Send(hrpc::mempool::IoBuf(std::move(*b))));
+    auto r = conn->Recv();  // the server closes the connection
+    hrpc::Status out = r.ok() ? hrpc::InternalError("server answered garbage") : hrpc::Status::Ok();
+    conn.reset();
+    t.reset();
+    return out;
+  }).Get();
+  EXPECT_TRUE(result.ok()) << result.ToString();
+  worker->reset();
+  for (int i = 0; i < 200 && env.server->num_connections() > before; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(env.server->num_connections(), before);
+  ClientContext ctx;
+  Req req;
+  req.set_text("still here");
+  Resp resp;
+  ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
+  EXPECT_EQ(resp.text(), "still here");
+}
+
+// Bytes that are not even the transport's handshake: only that socket goes.
+TEST(RpcMalformedFrame, RawSocketGarbage) {
+  Env env;
+  env.Start("tcp");
+  const int port = std::stoi(env.uri.substr(env.uri.rfind(':') + 1));
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  std::string junk(4096, '\x7f');
+  ASSERT_GT(::write(fd, junk.data(), junk.size()), 0);
+  // The server closes it: read returns 0 (EOF) or an error, not a hang.
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[256];
+  ssize_t n;
+  do {
+    n = ::read(fd, buf, sizeof buf);
+  } while (n > 0);
+  EXPECT_TRUE(n == 0 || errno == ECONNRESET) << "read returned " << n << " errno " << errno;
+  ::close(fd);
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  Req req;
+  req.set_text("ok");
+  Resp resp;
+  ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
+}
+
+TEST(RpcChannelOptions, SchemeLessUriPicksTransport) {
+  auto a = hrpc::ResolveUri("127.0.0.1:7000", hrpc::TransportChoice::kTcp);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(*a, "tcp://127.0.0.1:7000");
+  auto b = hrpc::ResolveUri("127.0.0.1:7000", hrpc::TransportChoice::kAuto);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(*b, hrpc::RdmaDeviceProbe() ? "rdma://127.0.0.1:7000" : "tcp://127.0.0.1:7000");
+  EXPECT_FALSE(hrpc::ResolveUri("nope://x", hrpc::TransportChoice::kAuto).ok());
+  EXPECT_FALSE(hrpc::ResolveUri("127.0.0.1", hrpc::TransportChoice::kTcp).ok());
+}
+
+TEST(RpcChannelOptions, UnreachableServerIsUnavailable) {
+  // A port nobody listens on (bound then closed).
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  auto ch = hrpc::RpcChannel::Create("tcp://127.0.0.1:" + std::to_string(ntohs(a.sin_port)));
+  ASSERT_TRUE(ch.ok());
+  rpctest::Test::Stub stub(ch->get());
+  ClientContext ctx;
+  Req req;
+  Resp resp;
+  EXPECT_EQ(stub.Call(ctx, req, &resp).code(), StatusCode::kUnavailable);
+}
+
+TEST(RpcStats, HistogramQuantiles) {
+  hrpc::LatencyHistogram h;
+  for (int i = 1; i <= 1000; ++i) h.Record(static_cast<uint64_t>(i) * 1000);  // 1..1000 us
+  EXPECT_EQ(h.count(), 1000u);
+  const double p50 = static_cast<double>(h.Quantile(0.5)) / 1000;
+  const double p99 = static_cast<double>(h.Quantile(0.99)) / 1000;
+  EXPECT_NEAR(p50, 500, 500 * 0.07);
+  EXPECT_NEAR(p99, 990, 990 * 0.07);
+  EXPECT_LE(h.Quantile(1.0), h.max_ns());
+  for (uint64_t v : {0ull, 1ull, 15ull, 16ull, 17ull, 1000ull, 123456789ull}) {
+    EXPECT_GE(hrpc::LatencyHistogram::BucketUpperEdge(hrpc::LatencyHistogram::BucketOf(v)), v);
+  }
+}
+
+}  // namespace

@@ -1,0 +1,90 @@
+// Shared by the RPC runtime tests: the test service and payload helpers.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "hrpc/base/crc32c.h"
+#include "hrpc/coroutine/scheduler.h"
+#include "hrpc/mempool/iobuf.h"
+#include "hrpc/mempool/pool.h"
+#include "rpc_test.hrpc.h"
+
+namespace rpctest {
+
+// Fills [p, p+n) with a pattern that depends on `seed` and the offset.
+inline void FillPattern(char* p, size_t n, uint32_t seed) {
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < n; ++i) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    p[i] = static_cast<char>(x);
+  }
+}
+
+// An attachment of n bytes from `pool` in blocks of at most `block` bytes.
+inline hrpc::mempool::IoBuf MakePayload(hrpc::mempool::Pool& pool, size_t n, uint32_t seed,
+                                        size_t block = 16u << 20) {
+  hrpc::mempool::IoBuf out;
+  size_t off = 0;
+  while (off < n) {
+    const size_t k = std::min(block, n - off);
+    auto b = pool.Allocate(k);
+    if (!b.ok()) return hrpc::mempool::IoBuf();
+    FillPattern(b->data(), k, seed + static_cast<uint32_t>(off));
+    out.Append(std::move(*b));
+    off += k;
+  }
+  return out;
+}
+
+class TestService final : public Test::Service {
+ public:
+  std::atomic<int> calls{0};
+  std::atomic<int> saw_cancel{0};
+  std::atomic<int> running{0};
+  hrpc::mempool::Pool* pool = nullptr;  // for response_bytes
+
+  hrpc::Status Call(hrpc::ServerContext& ctx, const Req& req, Resp* resp) override {
+    calls.fetch_add(1);
+    running.fetch_add(1);
+    struct Dec {
+      std::atomic<int>& r;
+      ~Dec() { r.fetch_sub(1); }
+    } dec{running};
+    resp->set_text(req.text());
+    resp->set_peer(std::string(ctx.peer()));
+    resp->set_attachment_bytes(ctx.request_attachment().size());
+    resp->set_attachment_crc32c(ctx.request_attachment().Crc32c());
+    for (uint32_t i = 0; i < req.sleep_ms(); ++i) {
+      if (ctx.IsCancelled()) {
+        saw_cancel.fetch_add(1);
+        return hrpc::CancelledError("handler saw the cancel");
+      }
+      hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(1));
+    }
+    if (req.wait_for_cancel()) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (!ctx.IsCancelled() && std::chrono::steady_clock::now() < until) {
+        hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(1));
+      }
+      if (ctx.IsCancelled()) saw_cancel.fetch_add(1);
+      return hrpc::CancelledError("handler saw the cancel");
+    }
+    if (req.fail_code() != 0) {
+      return hrpc::Status(static_cast<hrpc::StatusCode>(req.fail_code()), req.fail_message());
+    }
+    if (req.echo_attachment()) ctx.response_attachment() = std::move(ctx.request_attachment());
+    if (req.response_bytes() > 0 && pool != nullptr) {
+      ctx.response_attachment() = MakePayload(*pool, req.response_bytes(), 7);
+    }
+    return hrpc::Status::Ok();
+  }
+};
+
+}  // namespace rpctest
