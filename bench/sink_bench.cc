@@ -1,0 +1,280 @@
+// sink_bench: sequential O_DIRECT write and read through the hrpc NVMe sink,
+// against fio with the same engine, block size, queue depth and file, in the
+// same run. One line per case:
+//
+//   sink_bench op=write engine=io_uring bs=4096 qd=1 MBps=… iops=… fio_MBps=… ratio_vs_fio=…
+//
+// The sink side drives the Start*/Reap API from one plain thread (what a
+// worker's poller does, minus the scheduler), keeping `qd` requests in flight,
+// each one pool slab of `bs` bytes (io_uring: WRITE_FIXED/READ_FIXED on the
+// registered arena). fio runs ioengine=io_uring with fixedbufs (or psync),
+// direct=1, iodepth=qd, time-based for the same duration. Only the ratio is
+// meaningful on a virtual disk with a host cache.
+//
+//   sink_bench [--file PATH] [--size-mib N] [--seconds S] [--quick] [--no-fio]
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "hrpc/mempool/copy.h"
+#include "hrpc/mempool/pool.h"
+#include "hrpc/nvme/sink.h"
+
+namespace {
+
+using namespace hrpc;
+using Clock = std::chrono::steady_clock;
+
+struct Args {
+  std::string file;
+  size_t size_mib = 512;
+  double seconds = 1.5;
+  bool quick = false;
+  bool fio = true;
+};
+
+struct Measured {
+  double mbps = 0;
+  double iops = 0;
+  bool ok = false;
+};
+
+// Keeps `qd` ops of `bs` bytes in flight, sequentially through [0, file_bytes)
+// (wrapping), for `seconds`.
+Measured RunSink(nvme::Sink& sink, mempool::Pool& pool, bool write, size_t bs, unsigned qd,
+                 uint64_t file_bytes, double seconds) {
+  struct Slot {
+    nvme::SinkOp op;
+    mempool::IoBuf buf;
+  };
+  std::vector<std::unique_ptr<Slot>> slots;
+  for (unsigned i = 0; i < qd; ++i) {
+    auto s = std::make_unique<Slot>();
+    auto b = pool.Allocate(bs);
+    if (!b.ok()) {
+      fprintf(stderr, "pool: %s\n", b.status().ToString().c_str());
+      return {};
+    }
+    memset(b->data(), 0x5a + static_cast<int>(i), bs);
+    s->buf = mempool::IoBuf(std::move(b).value());
+    slots.push_back(std::move(s));
+  }
+  uint64_t next = 0, ops = 0, errors = 0;
+  bool stop = false;
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  auto issue = [&](Slot& s) {
+    if (next + bs > file_bytes) next = 0;
+    const uint64_t off = next;
+    next += bs;
+    Status st = write ? sink.StartWrite(off, s.buf, s.op) : sink.StartRead(off, s.buf, s.op);
+    if (!st.ok()) {
+      fprintf(stderr, "start: %s\n", st.ToString().c_str());
+      ++errors;
+      stop = true;
+    }
+  };
+  size_t in_flight = 0;
+  for (auto& s : slots) {
+    Slot* sp = s.get();
+    s->op.on_done = [&, sp](nvme::SinkOp& op) {
+      --in_flight;
+      if (!op.status().ok()) {
+        if (errors++ == 0) fprintf(stderr, "io: %s\n", op.status().ToString().c_str());
+        stop = true;
+        return;
+      }
+      ++ops;
+      if (stop) return;
+      // One clock read per completion; stop issuing at the deadline.
+      if (Clock::now() >= deadline) {
+        stop = true;
+        return;
+      }
+      ++in_flight;
+      issue(*sp);
+    };
+  }
+  for (auto& s : slots) {
+    ++in_flight;
+    issue(*s);
+  }
+  while (in_flight > 0) {
+    if (sink.Reap(true) < 0) break;
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  Measured m;
+  m.ok = errors == 0;
+  m.iops = static_cast<double>(ops) / secs;
+  m.mbps = static_cast<double>(ops) * static_cast<double>(bs) / secs / 1e6;
+  return m;
+}
+
+// The number after "key" : in `s` starting at `from`.
+double JsonNumber(const std::string& s, size_t from, const char* key) {
+  const std::string k = std::string("\"") + key + "\"";
+  size_t p = s.find(k, from);
+  if (p == std::string::npos) return -1;
+  p = s.find(':', p + k.size());
+  if (p == std::string::npos) return -1;
+  return strtod(s.c_str() + p + 1, nullptr);
+}
+
+Measured RunFio(const std::string& file, bool write, nvme::EngineKind engine, size_t bs, unsigned qd,
+                uint64_t file_bytes, double seconds) {
+  const bool uring = engine == nvme::EngineKind::kIoUring;
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "fio --name=sink --filename=%s --rw=%s --bs=%zu --iodepth=%u --ioengine=%s%s --direct=1 "
+           "--size=%llu --runtime=%.2f --time_based --numjobs=1 --thread --output-format=json 2>/dev/null",
+           file.c_str(), write ? "write" : "read", bs, qd, uring ? "io_uring" : "psync",
+           uring ? " --fixedbufs" : "", static_cast<unsigned long long>(file_bytes), seconds);
+  FILE* p = popen(cmd, "r");
+  if (p == nullptr) return {};
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int rc = pclose(p);
+  Measured m;
+  // jobs[0].read / jobs[0].write: the first "bw_bytes" and "iops" after the key.
+  const size_t jobs = out.find("\"jobs\"");
+  const size_t sect = jobs == std::string::npos ? jobs : out.find(write ? "\"write\"" : "\"read\"", jobs);
+  if (rc != 0 || sect == std::string::npos) {
+    fprintf(stderr, "fio failed (rc %d): %s\n", rc, cmd);
+    return m;
+  }
+  const double bw = JsonNumber(out, sect, "bw_bytes");
+  m.iops = JsonNumber(out, sect, "iops");
+  m.mbps = bw / 1e6;
+  m.ok = bw > 0;
+  return m;
+}
+
+Args Parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    auto val = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (s == "--file") a.file = val();
+    else if (s == "--size-mib") a.size_mib = std::stoul(val());
+    else if (s == "--seconds") a.seconds = std::stod(val());
+    else if (s == "--quick") a.quick = true;
+    else if (s == "--no-fio") a.fio = false;
+    else {
+      fprintf(stderr, "usage: %s [--file PATH] [--size-mib N] [--seconds S] [--quick] [--no-fio]\n", argv[0]);
+      exit(2);
+    }
+  }
+  if (a.file.empty()) {
+    // Next to the binary: the build tree (ext4 on virtio here), not /tmp.
+    a.file = (std::filesystem::absolute(argv[0]).parent_path() / "sink_bench.dat").string();
+  }
+  return a;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args = Parse(argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+  const uint64_t file_bytes = static_cast<uint64_t>(args.size_mib) << 20;
+
+  mempool::PoolOptions po;
+  po.arena_bytes = 64 * mempool::kMiB;
+  po.max_class_bytes = 16 * mempool::kMiB;
+  po.max_arenas = 1;
+  auto pool = mempool::Pool::Create(po);
+  if (!pool.ok()) {
+    fprintf(stderr, "pool: %s\n", pool.status().ToString().c_str());
+    return 1;
+  }
+
+  // Fill the file once so that every case (ours and fio's) overwrites and
+  // reads written extents, not fallocated-but-unwritten ones.
+  {
+    nvme::SinkOptions o;
+    o.path = args.file;
+    o.pool = pool->get();
+    o.size_bytes = file_bytes;
+    o.queue_depth = 4;
+    auto sink = nvme::Sink::Open(o);
+    if (!sink.ok()) {
+      fprintf(stderr, "open %s: %s\n", args.file.c_str(), sink.status().ToString().c_str());
+      return 1;
+    }
+    auto slab = (*pool)->Allocate(4 * mempool::kMiB);
+    if (!slab.ok()) return 1;
+    memset(slab->data(), 0x11, slab->size());
+    mempool::IoBuf b(*slab);
+    for (uint64_t off = 0; off < file_bytes; off += b.size()) {
+      Status st = (*sink)->Write(off, b);
+      if (!st.ok()) {
+        fprintf(stderr, "fill: %s\n", st.ToString().c_str());
+        return 1;
+      }
+    }
+    printf("sink_bench file=%s size_mib=%zu seconds=%.2f engine_default=%s rules={%s} page_mode=%s\n",
+           args.file.c_str(), args.size_mib, args.seconds,
+           std::string(nvme::EngineKindName((*sink)->engine())).c_str(),
+           (*sink)->rules().ToString().c_str(),
+           std::string(mempool::PageModeName((*pool)->page_mode())).c_str());
+  }
+
+  std::vector<size_t> sizes = {4096, 16384, 65536, 262144, 1 << 20};
+  if (args.quick) sizes = {4096, 65536, 1 << 20};
+  struct Config {
+    nvme::EngineKind engine;
+    unsigned qd;
+  };
+  const Config configs[] = {{nvme::EngineKind::kIoUring, 1},
+                            {nvme::EngineKind::kIoUring, 16},
+                            {nvme::EngineKind::kPsync, 1}};
+  mempool::ResetCopiedBytesThisThread();
+  double worst = 1e9;
+  int cases = 0, failed = 0;
+  for (bool write : {true, false}) {
+    for (const Config& c : configs) {
+      nvme::SinkOptions o;
+      o.path = args.file;
+      o.pool = pool->get();
+      o.engine = c.engine == nvme::EngineKind::kIoUring ? nvme::EngineChoice::kIoUring
+                                                         : nvme::EngineChoice::kPsync;
+      o.queue_depth = c.qd;
+      auto sink = nvme::Sink::Open(o);
+      if (!sink.ok()) {
+        fprintf(stderr, "open: %s\n", sink.status().ToString().c_str());
+        return 1;
+      }
+      for (size_t bs : sizes) {
+        const Measured ours = RunSink(**sink, **pool, write, bs, c.qd, file_bytes, args.seconds);
+        Measured fio;
+        if (args.fio) fio = RunFio(args.file, write, c.engine, bs, c.qd, file_bytes, args.seconds);
+        const double ratio = fio.ok && fio.mbps > 0 ? ours.mbps / fio.mbps : 0;
+        ++cases;
+        if (!ours.ok || (args.fio && !fio.ok)) ++failed;
+        if (fio.ok) worst = std::min(worst, ratio);
+        printf("sink_bench op=%s engine=%s bs=%zu qd=%u MBps=%.1f iops=%.0f fio_MBps=%.1f ratio_vs_fio=%.3f\n",
+               write ? "write" : "read", std::string(nvme::EngineKindName(c.engine)).c_str(), bs, c.qd,
+               ours.mbps, ours.iops, fio.mbps, ratio);
+        fflush(stdout);
+      }
+    }
+  }
+  printf("sink_bench summary cases=%d failed=%d min_ratio_vs_fio=%.3f copied_payload_bytes=%llu\n", cases,
+         failed, args.fio ? worst : 0.0,
+         static_cast<unsigned long long>(mempool::CopiedBytesThisThread()));
+  return failed == 0 ? 0 : 1;
+}
