@@ -132,6 +132,11 @@ Result<std::unique_ptr<NetworkGroups>> NetworkGroups::Create(const Topology& top
   return gs;
 }
 
+Result<std::unique_ptr<NetworkGroups>> NetworkGroups::Create(GroupOptions options) {
+  HRPC_ASSIGN_OR_RETURN(Topology topo, Topology::FromMachine());
+  return Create(topo, std::move(options));
+}
+
 std::string NetworkGroups::DescribeLayout() const {
   std::string s(GroupPolicyName(options_.policy));
   s += ':';

@@ -126,6 +126,18 @@ TEST(GroupTest, SpreadInstancesEvenly) {
   EXPECT_EQ(SpreadInstances(3, 8), (std::vector<int>{0, 1, 2}));
 }
 
+TEST(GroupTest, CreateWithoutTopologyReadsTheMachine) {
+  GroupOptions o;
+  o.workers_per_group = 0;  // one worker per cpu
+  o.create_pools = false;
+  auto gs = NetworkGroups::Create(o);
+  ASSERT_TRUE(gs.ok()) << gs.status().ToString();
+  EXPECT_FALSE((*gs)->topology().synthetic());
+  size_t workers = 0;
+  for (size_t i = 0; i < (*gs)->size(); ++i) workers += (*gs)->group(i).num_workers();
+  EXPECT_EQ(workers, (*gs)->topology().num_cpus());
+}
+
 TEST(GroupTest, RealMachineGroupsRunPinnedWorkers) {
   auto t = Topology::FromMachine();
   ASSERT_TRUE(t.ok()) << t.status().ToString();

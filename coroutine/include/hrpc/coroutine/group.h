@@ -104,6 +104,8 @@ class NetworkGroups final {
   // pinned to cpus this process may not use (e.g. a synthetic XML topology with
   // start_workers = true), the pool's or the worker's error otherwise.
   static Result<std::unique_ptr<NetworkGroups>> Create(const Topology& topo, GroupOptions options);
+  // Same, on Topology::FromMachine().
+  static Result<std::unique_ptr<NetworkGroups>> Create(GroupOptions options);
 
   size_t size() const noexcept { return groups_.size(); }
   NetworkGroup& group(size_t i) { return *groups_.at(i); }
