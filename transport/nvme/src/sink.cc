@@ -204,11 +204,10 @@ void Sink::OnDone(IoRequest* req, void* arg) {
   if (waker != nullptr) waker->Set();
 }
 
-// Fills op's request from op.hold_ (already set) for `opcode` at `offset`.
+// Fills op's request from op.hold_ (already set, and op.iov_ already filled
+// from it) for `opcode` at `offset`.
 Status Sink::Prepare(SinkOp& op, IoOpcode opcode, uint64_t offset) {
   const size_t n = op.hold_.num_slices();
-  op.iov_.resize(n);
-  op.hold_.FillIovecs(op.iov_);
   op.fixed_.clear();
   if (registrar_attached_) {
     op.fixed_.resize(n, -1);
@@ -254,15 +253,18 @@ Status Sink::StartWrite(uint64_t offset, const mempool::IoBuf& data, SinkOp& op)
   HRPC_TRY(CheckThread());
   if (op.in_flight_) return FailedPreconditionError("SinkOp is still in flight");
   if (data.empty()) return InvalidArgumentError("nvme sink: empty write");
-  const std::vector<iovec> iov = data.Iovecs();
-  if (FindViolation(iov, offset, rules_)) {
+  op.iov_.resize(data.num_slices());
+  data.FillIovecs(op.iov_);
+  if (FindViolation(op.iov_, offset, rules_)) {
     if (!opts_.fixup_unaligned) {
-      return CheckScatterList(iov, offset, rules_).WithContext(fmt::format("nvme sink write at {}", offset));
+      return CheckScatterList(op.iov_, offset, rules_).WithContext(fmt::format("nvme sink write at {}", offset));
     }
     FixupPlan plan;
     HRPC_ASSIGN_OR_RETURN(op.hold_, FixupForDirectIo(*opts_.pool, data, offset, rules_, &plan));
     ++stats_.fixup_writes;
     stats_.fixup_copied_bytes += plan.copied();
+    op.iov_.resize(op.hold_.num_slices());
+    op.hold_.FillIovecs(op.iov_);
   } else {
     op.hold_ = data.Share();
   }
@@ -276,8 +278,11 @@ Status Sink::StartRead(uint64_t offset, const mempool::IoBuf& dst, SinkOp& op) {
   if (op.in_flight_) return FailedPreconditionError("SinkOp is still in flight");
   if (dst.empty()) return InvalidArgumentError("nvme sink: empty read");
   op.hold_ = dst.Share();
-  HRPC_TRY(CheckScatterList(op.hold_.Iovecs(), offset, rules_)
-               .WithContext(fmt::format("nvme sink read at {}", offset)));
+  op.iov_.resize(op.hold_.num_slices());
+  op.hold_.FillIovecs(op.iov_);
+  if (FindViolation(op.iov_, offset, rules_)) {
+    return CheckScatterList(op.iov_, offset, rules_).WithContext(fmt::format("nvme sink read at {}", offset));
+  }
   HRPC_TRY(Prepare(op, IoOpcode::kRead, offset));
   ++stats_.reads;
   return Launch(op);
