@@ -4,6 +4,7 @@
 #include <hwloc.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <string>
 
@@ -96,6 +97,7 @@ Result<Topology> Topology::Build(void* hwloc_topology, bool from_xml) {
   }
   for (auto& n : nodes) std::sort(n.cpus.begin(), n.cpus.end());
   if (cores.empty()) return InternalError("hwloc topology has no usable cpus");
+
   topo.from_xml_ = from_xml;
   return topo;
 }
@@ -109,6 +111,25 @@ size_t Topology::num_cpus() const noexcept {
 int Topology::NumaNodeOfCpu(int cpu) const noexcept {
   for (const auto& c : cores_) {
     if (std::find(c.cpus.begin(), c.cpus.end(), cpu) != c.cpus.end()) return c.numa_node;
+  }
+  return -1;
+}
+
+int Topology::NumaNodeOfDevice(std::string_view device_name) const {
+  if (from_xml_ || device_name.empty() || device_name.find('/') != std::string_view::npos) return -1;
+  const std::string name(device_name);
+  // The PCI function itself, or (virtio, nvme namespaces) the PCI parent of the device node.
+  for (const char* fmt : {"/sys/class/infiniband/%s/device/numa_node", "/sys/class/net/%s/device/numa_node",
+                          "/sys/block/%s/device/numa_node", "/sys/block/%s/device/device/numa_node",
+                          "/sys/class/net/%s/device/../numa_node", "/sys/block/%s/device/../numa_node"}) {
+    char path[256];
+    std::snprintf(path, sizeof path, fmt, name.c_str());
+    if (std::FILE* f = std::fopen(path, "re")) {
+      int node = -1;
+      int n = std::fscanf(f, "%d", &node);
+      std::fclose(f);
+      if (n == 1) return node >= 0 ? node : -1;
+    }
   }
   return -1;
 }

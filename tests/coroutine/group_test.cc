@@ -41,6 +41,21 @@ TEST(TopologyTest, SyntheticXmlHasTwoNodesOfFourCores) {
   EXPECT_EQ(t->Describe(), "topology (xml): 2 NUMA nodes, 8 cores, 8 cpus: node0{cores 4 cpus 0-3} node1{cores 4 cpus 4-7}");
 }
 
+TEST(TopologyTest, DeviceNumaNodes) {
+  auto xml = Topology::FromXml(HRPC_TEST_TOPOLOGY_XML).value();
+  EXPECT_EQ(xml.NumaNodeOfDevice("eth0"), -1);  // synthetic: not this machine
+  auto t = Topology::FromMachine().value();
+  EXPECT_EQ(t.NumaNodeOfDevice("no-such-device"), -1);
+  EXPECT_EQ(t.NumaNodeOfDevice("lo"), -1);  // virtual: no PCI device
+  EXPECT_EQ(t.NumaNodeOfDevice("../../etc"), -1);
+  for (const char* dev : {"eth0", "vda", "rxe0"}) {
+    int node = t.NumaNodeOfDevice(dev);
+    bool known = node == -1;
+    for (const auto& n : t.nodes()) known |= n.os_index == node;
+    EXPECT_TRUE(known) << dev << " -> node " << node;
+  }
+}
+
 TEST(TopologyTest, MissingXmlIsAnError) {
   auto t = Topology::FromXml("/nonexistent/topology.xml");
   EXPECT_FALSE(t.ok());

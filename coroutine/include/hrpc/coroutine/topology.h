@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "hrpc/base/status.h"
@@ -35,6 +36,12 @@ class Topology final {
   bool synthetic() const noexcept { return from_xml_; }  // true: not this machine
   // NUMA node of an OS cpu index, or -1.
   int NumaNodeOfCpu(int cpu) const noexcept;
+  // NUMA node of a device of this machine (RDMA "mlx5_0"/"rxe0", NIC "eth0",
+  // disk "nvme0n1"), from its PCI device's sysfs numa_node; -1 if unknown or
+  // virtual, and always -1 for a synthetic (XML) topology. ADDITION to the contract.
+  // (sysfs rather than hwloc I/O discovery: that loads libpciaccess, which costs
+  // seconds and leaks its PCI database.)
+  int NumaNodeOfDevice(std::string_view device_name) const;
   // One line: "2 NUMA nodes, 8 cores, 8 cpus: node0{cpus 0-3} node1{cpus 4-7}".
   std::string Describe() const;
 
