@@ -445,17 +445,20 @@ class RpcChannel::Impl {
   }
 
   Status CallSync(Call* call, const google::protobuf::MessageLite* request, std::string_view raw) {
+    // Shared: Set() may still be returning on the completing thread when the
+    // waiter wakes up and leaves.
     struct Wait {
       coro::Event ev;
       Status status;
-    } w;
-    call->done = [&w](Status s) {
-      w.status = std::move(s);
-      w.ev.Set();
+    };
+    auto w = std::make_shared<Wait>();
+    call->done = [w](Status s) {
+      w->status = std::move(s);
+      w->ev.Set();
     };
     Begin(call, request, raw, /*may_block=*/true);
-    w.ev.Wait().IgnoreError();
-    return std::move(w.status);
+    w->ev.Wait().IgnoreError();
+    return std::move(w->status);
   }
 
   Call* NewCall(uint32_t service_id, uint32_t method_id, std::string_view name, ClientContext& ctx) {

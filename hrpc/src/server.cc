@@ -144,6 +144,7 @@ class Server::Impl {
       if (!c.ok()) {
         if (c.status().code() != StatusCode::kCancelled) {
           SPDLOG_WARN("hrpc server: accept on {}: {}", listener->uri(), c.status().ToString());
+          coro::this_coro::SleepFor(std::chrono::milliseconds(10));
           continue;
         }
         break;
