@@ -109,6 +109,23 @@ TEST(EventTest, TimeoutRacingWithCrossThreadSet) {
   EXPECT_EQ(resumed.load(), kRounds);
 }
 
+// Same race with a plain-thread waiter (mutex/condvar path).
+TEST(EventTest, PlainThreadTimeoutRacingWithSet) {
+  auto setter = StartWorker("setter");
+  constexpr int kRounds = 2000;
+  int timed_out = 0;
+  for (int i = 0; i < kRounds; ++i) {
+    auto ev = std::make_shared<Event>();
+    setter->Post([ev] { ev->Set(); });
+    Status st = ev->WaitFor(std::chrono::microseconds(i % 50));
+    if (!st.ok()) {
+      ASSERT_EQ(st.code(), StatusCode::kDeadlineExceeded);
+      timed_out++;
+    }
+  }
+  EXPECT_LE(timed_out, kRounds);
+}
+
 TEST(FutureTest, GetFromCoroutineAndFromPlainThread) {
   auto w = StartWorker();
   auto f = Async(w->scheduler(), [] {
