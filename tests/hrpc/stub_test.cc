@@ -6,6 +6,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "hrpc/coroutine/scheduler.h"
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/coroutine/worker.h"
 #include "hrpc/rpc/direct_channel.h"
 #include "hrpc_test/echo.hrpc.h"
 #include "hrpc_test/echo.hrpc.mock.h"
@@ -245,6 +248,26 @@ TEST_F(StubTest, FutureCallFromPlainThread) {
   Result<EchoResponse> bad = stub.EchoFuture(ctx2, req).Get();
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(StubTest, SyncAndFutureCallsFromACoroutine) {
+  auto worker = coro::Worker::Start(coro::WorkerOptions{});
+  ASSERT_TRUE(worker.ok()) << worker.status().ToString();
+  hrpc_test::echo::Echo::Stub stub(&channel_);
+  coro::Future<std::string> f = coro::Async((*worker)->scheduler(), [&stub]() -> Result<std::string> {
+    if (!coro::this_coro::InCoroutine()) return InternalError("not in a coroutine");
+    EchoRequest req;
+    req.set_text("co");
+    ClientContext ctx;
+    EchoResponse resp;
+    HRPC_TRY(stub.Echo(ctx, req, &resp));
+    ClientContext ctx2;
+    HRPC_ASSIGN_OR_RETURN(EchoResponse second, stub.EchoFuture(ctx2, req).Get());
+    return resp.text() + second.text();
+  });
+  Result<std::string> r = f.Get();  // this plain thread blocks; the coroutine ran on the worker
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, "coco");
 }
 
 TEST_F(StubTest, HandlerErrorReachesClientVerbatim) {
