@@ -343,6 +343,44 @@ TEST_P(NvmeSink, DiskFullIsResourceExhausted) {
   EXPECT_TRUE((*sink)->Flush().ok());
 }
 
+// A block device (a loop device over a file in the temp dir): the rules come
+// from BLKSSZGET, the size from BLKGETSIZE64, and I/O past the end is refused.
+TEST_P(NvmeSink, BlockDevice) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root for losetup";
+  const std::string img = dir_.File("bdev.img");
+  ASSERT_EQ(system(("truncate -s 8M " + img).c_str()), 0);
+  FILE* p = popen(("losetup --find --show " + img + " 2>/dev/null").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char dev[128] = {0};
+  const bool got = fgets(dev, sizeof dev, p) != nullptr;
+  pclose(p);
+  if (!got || dev[0] != '/') GTEST_SKIP() << "losetup is not permitted here";
+  std::string device(dev);
+  while (!device.empty() && (device.back() == '\n' || device.back() == ' ')) device.pop_back();
+  struct Detach {
+    std::string d;
+    ~Detach() { (void)!system(("losetup -d " + d).c_str()); }
+  } detach{device};
+
+  SinkOptions o;
+  o.path = device;
+  o.pool = pool_.get();
+  o.engine = GetParam();
+  o.create = false;
+  auto sink = Sink::Open(o);
+  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+  EXPECT_TRUE((*sink)->is_block_device());
+  EXPECT_EQ((*sink)->device_bytes(), 8 * kMiB);
+  EXPECT_EQ((*sink)->rules().source, RulesSource::kBlockDevice);
+  mempool::IoBuf data = PatternIoBuf(*pool_, 256 * kKiB, 64 * kKiB, 77);
+  ASSERT_TRUE((*sink)->Write(8 * kMiB - 256 * kKiB, data).ok());
+  auto back = (*sink)->Read(8 * kMiB - 256 * kKiB, 256 * kKiB);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->Crc32c(), data.Crc32c());
+  EXPECT_EQ((*sink)->Write(8 * kMiB - 128 * kKiB, data).code(), StatusCode::kOutOfRange);
+  EXPECT_EQ((*sink)->Read(8 * kMiB, 4 * kKiB).status().code(), StatusCode::kOutOfRange);
+}
+
 INSTANTIATE_TEST_SUITE_P(Engines, NvmeSink,
                          ::testing::Values(EngineChoice::kIoUring, EngineChoice::kPsync),
                          [](const auto& param_info) {
