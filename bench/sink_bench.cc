@@ -91,6 +91,10 @@ Measured RunSink(nvme::Sink& sink, mempool::Pool& pool, bool write, size_t bs, u
     }
   };
   size_t in_flight = 0;
+  // psync completes inside Start*: re-issuing from on_done would recurse, so
+  // completions that arrive inside issue() are re-issued by the loop below.
+  bool issuing = false;
+  std::vector<Slot*> ready;
   for (auto& s : slots) {
     Slot* sp = s.get();
     s->op.on_done = [&, sp](nvme::SinkOp& op) {
@@ -107,15 +111,27 @@ Measured RunSink(nvme::Sink& sink, mempool::Pool& pool, bool write, size_t bs, u
         stop = true;
         return;
       }
+      if (issuing) {
+        ready.push_back(sp);
+        return;
+      }
       ++in_flight;
+      issuing = true;
       issue(*sp);
+      issuing = false;
     };
   }
-  for (auto& s : slots) {
-    ++in_flight;
-    issue(*s);
-  }
-  while (in_flight > 0) {
+  for (auto& s : slots) ready.push_back(s.get());
+  for (;;) {
+    while (!ready.empty() && !stop) {
+      Slot* sp = ready.back();
+      ready.pop_back();
+      ++in_flight;
+      issuing = true;
+      issue(*sp);
+      issuing = false;
+    }
+    if (in_flight == 0) break;
     if (sink.Reap(true) < 0) break;
   }
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();

@@ -80,6 +80,7 @@ class UringEngine final : public IoEngine {
   IoRequest* backlog_tail_ = nullptr;
   int evfd_ = -1;
   bool evfd_dirty_ = false;
+  bool in_reap_ = false;
 
   bool sparse_ok_ = false;
   std::mutex fixed_mu_;  // allocation of table indices (any thread)
@@ -269,7 +270,9 @@ Status UringEngine::Submit(IoRequest* req) {
     }
     backlog_tail_ = req;
   }
-  SubmitPrepared();
+  // Inside Reap (a `done` callback submitting more work) the SQEs go with
+  // Reap's next submit: one syscall for the whole batch.
+  if (!in_reap_) SubmitPrepared();
   return Status::Ok();
 }
 
@@ -378,7 +381,9 @@ int UringEngine::Reap(bool wait) {
     for (unsigned i = 0; i < n; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res};
     io_uring_cq_advance(&ring_, n);
     if (evfd_ >= 0) evfd_dirty_ = true;
+    in_reap_ = true;
     for (unsigned i = 0; i < n; ++i) completed += HandleCqe(batch[i].ud, batch[i].res);
+    in_reap_ = false;
     StartBacklog();
     waited = true;
   }

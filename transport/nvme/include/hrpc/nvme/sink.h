@@ -109,8 +109,10 @@ class SinkOp {
   mempool::IoBuf TakeData() noexcept { return std::move(hold_); }
 
   // Optional: runs on the sink's thread when the op completes (from Reap/Poll,
-  // or inside Start* with the psync engine). May start a new op on this
-  // SinkOp; must not destroy it.
+  // or inside Start* with the psync engine — so restarting the op from here
+  // recurses with psync; queue it instead). May start a new op on this SinkOp
+  // (io_uring: its SQE is submitted with the rest of the reaped batch); must
+  // not destroy it.
   std::function<void(SinkOp&)> on_done;
 
  private:
