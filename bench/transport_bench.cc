@@ -1,0 +1,493 @@
+// transport_bench: hrpc::transport over TCP against a raw-socket baseline, in
+// one run. Server and client are separate processes (fork) pinned to
+// different cores. One line per case:
+//
+//   transport_bench case=<pingpong|write|read|raw_pingpong|raw_stream>
+//     transport=<tcp|raw> size=<bytes> p50_us=.. p99_us=.. MBps=.. cpu=..
+//     [depth=..] pin=client:<cpu>,server:<cpu> poll=<mode>
+//
+// cpu = CPU-seconds per wall-second summed over both processes (2.0 = both
+// cores busy). p50/p99 are per round trip (ping-pong) or per operation.
+// poll: hrpc workers spin for spin_budget, then block in epoll_wait
+// ("spin50us+epoll"); raw_pingpong runs twice: plain blocking sockets, and
+// the same spin-then-block discipline as the workers, so the comparison can be
+// made in the same polling mode.
+//
+// Usage: transport_bench [--seconds=S] [--client-cpu=N] [--server-cpu=N] [--depth=N] [--spin-us=N]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/coroutine/worker.h"
+#include "hrpc/mempool/pool.h"
+#include "hrpc/transport/tcp.h"
+
+using namespace hrpc;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using mempool::IoBuf;
+
+namespace {
+
+struct Args {
+  double seconds = 1.0;
+  int client_cpu = 0;
+  int server_cpu = 1;
+  int depth = 4;
+  int spin_us = 50;
+};
+
+[[noreturn]] void Die(const std::string& what) {
+  fprintf(stderr, "transport_bench: %s\n", what.c_str());
+  exit(1);
+}
+
+void Pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) Die("sched_setaffinity: " + std::string(strerror(errno)));
+}
+
+double CpuSeconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t rp = s.rfind(')');
+  if (rp == std::string::npos) return 0;
+  std::vector<std::string> fields;
+  size_t i = rp + 2;
+  while (i < s.size()) {
+    size_t j = s.find(' ', i);
+    if (j == std::string::npos) j = s.size();
+    fields.push_back(s.substr(i, j - i));
+    i = j + 1;
+  }
+  // fields[0] is state (field 3); utime = field 14, stime = field 15.
+  if (fields.size() < 13) return 0;
+  return (std::stod(fields[11]) + std::stod(fields[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+struct Stats {
+  double p50 = 0, p99 = 0;
+};
+Stats Percentiles(std::vector<double>& us) {
+  if (us.empty()) return {};
+  std::sort(us.begin(), us.end());
+  return {us[us.size() / 2], us[std::min(us.size() - 1, us.size() * 99 / 100)]};
+}
+
+void Print(const char* kase, const char* transport, size_t size, Stats st, double mbps, double cpu,
+           const Args& a, const std::string& extra) {
+  printf("transport_bench case=%s transport=%s size=%zu p50_us=%.1f p99_us=%.1f MBps=%.1f cpu=%.2f%s "
+         "pin=client:%d,server:%d\n",
+         kase, transport, size, st.p50, st.p99, mbps, cpu, extra.c_str(), a.client_cpu, a.server_cpu);
+  fflush(stdout);
+}
+
+// ------------------------------------------------------------------ raw sockets
+
+int Listen0(uint16_t* port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(fd, 16) != 0) Die("raw listen");
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+int Dial(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) Die("raw connect");
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+// Receives exactly n bytes. spin_us > 0: poll with MSG_DONTWAIT for that long
+// before blocking (the workers' idle discipline). Returns false at EOF.
+bool RecvFull(int fd, char* buf, size_t n, int spin_us) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r;
+    if (spin_us > 0) {
+      const auto until = Clock::now() + std::chrono::microseconds(spin_us);
+      do {
+        r = recv(fd, buf + got, n - got, MSG_DONTWAIT);
+      } while (r < 0 && errno == EAGAIN && Clock::now() < until);
+      if (r < 0 && errno == EAGAIN) r = recv(fd, buf + got, n - got, 0);
+    } else {
+      r = recv(fd, buf + got, n - got, 0);
+    }
+    if (r <= 0) return false;
+    got += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool SendFull(int fd, const char* buf, size_t n) {
+  size_t sent = 0;
+  while (sent < n) {
+    ssize_t w = send(fd, buf + sent, n - sent, MSG_NOSIGNAL);
+    if (w <= 0) return false;
+    sent += static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// Raw server: per connection, the first byte picks the mode:
+// 'p' <spin> echo 64-byte messages; 's' drain until EOF, then answer 1 byte.
+void RawServe(int lfd) {
+  for (;;) {
+    int c = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) return;
+    int one = 1;
+    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char mode[2];
+    if (!RecvFull(c, mode, 2, 0)) {
+      close(c);
+      continue;
+    }
+    const int spin = mode[1] ? 50 : 0;
+    if (mode[0] == 'p') {
+      char buf[64];
+      while (RecvFull(c, buf, 64, spin) && SendFull(c, buf, 64)) {
+      }
+    } else {
+      std::vector<char> buf(1 << 20);
+      while (recv(c, buf.data(), buf.size(), 0) > 0) {
+      }
+      SendFull(c, "k", 1);
+    }
+    close(c);
+  }
+}
+
+// ------------------------------------------------------------------ server process
+
+constexpr size_t kExposed = 4u << 20;
+
+[[noreturn]] void ServerMain(const Args& a, int report_fd) {
+  Pin(a.server_cpu);
+  spdlog::set_level(spdlog::level::warn);
+  uint16_t raw_port = 0;
+  int lfd = Listen0(&raw_port);
+  std::thread raw([lfd] { RawServe(lfd); });
+  raw.detach();
+
+  mempool::PoolOptions po;
+  po.arena_bytes = 128u << 20;
+  po.max_class_bytes = 16u << 20;
+  auto pool = mempool::Pool::Create(po);
+  if (!pool.ok()) Die(pool.status().ToString());
+  coro::WorkerOptions wo;
+  wo.sched.name = "server";
+  wo.sched.spin_budget = std::chrono::microseconds(a.spin_us);
+  wo.cpu = a.server_cpu;
+  auto w = coro::Worker::Start(wo);
+  if (!w.ok()) Die(w.status().ToString());
+  coro::Worker& worker = **w;
+  std::unique_ptr<transport::Transport> t;
+  std::unique_ptr<transport::Listener> listener;
+  Status st = coro::Async(worker.scheduler(), [&]() -> Status {
+    HRPC_ASSIGN_OR_RETURN(t, transport::CreateTcpTransport(worker.scheduler(), **pool, {}));
+    HRPC_ASSIGN_OR_RETURN(listener, t->Listen("tcp://127.0.0.1:0"));
+    return Status::Ok();
+  }).Get();
+  if (!st.ok()) Die(st.ToString());
+  std::string line = listener->uri() + " " + std::to_string(raw_port) + "\n";
+  if (write(report_fd, line.data(), line.size()) < 0) Die("pipe");
+  close(report_fd);
+  worker.Post([&] {
+    for (;;) {
+      auto c = listener->Accept();
+      if (!c.ok()) return;
+      std::shared_ptr<transport::Connection> conn(std::move(*c));
+      coro::Scheduler::Current()->Spawn([conn, &pool] {
+        auto mem = (*pool)->Allocate(kExposed);
+        if (!mem.ok()) return;
+        auto d = conn->Expose(*mem, transport::Access::kReadWrite);
+        if (!d.ok()) return;
+        auto msg = (*pool)->Allocate(sizeof *d);
+        std::memcpy(msg->data(), &*d, sizeof *d);
+        if (!conn->Send(IoBuf(std::move(*msg))).ok()) return;
+        for (;;) {
+          auto m = conn->Recv();
+          if (!m.ok() || !conn->Send(std::move(*m)).ok()) return;
+        }
+      });
+    }
+  });
+  pause();
+  _exit(0);
+}
+
+// ------------------------------------------------------------------ client cases
+
+struct Client {
+  Args a;
+  pid_t server;
+  coro::Worker* worker;
+  mempool::Pool* pool;
+  transport::Connection* conn;
+  transport::RemoteDescriptor desc;
+
+  double Cpu0() const { return CpuSeconds(getpid()) + CpuSeconds(server); }
+
+  void PingPong(size_t size) {
+    auto b = pool->Allocate(size);
+    std::memset(b->data(), 'p', size);
+    std::vector<double> us;
+    double cpu0 = 0, wall = 0;
+    size_t n = 0;
+    Status s = coro::Async(worker->scheduler(), [&]() -> Status {
+      for (int i = 0; i < 2000; ++i) {  // warm-up
+        HRPC_TRY(conn->Send(IoBuf(*b)));
+        HRPC_TRY(conn->Recv());
+      }
+      cpu0 = Cpu0();
+      const auto start = Clock::now();
+      const auto end = start + std::chrono::duration<double>(a.seconds);
+      us.reserve(1 << 20);
+      while (Clock::now() < end) {
+        const auto t0 = Clock::now();
+        HRPC_TRY(conn->Send(IoBuf(*b)));
+        HRPC_TRY(conn->Recv());
+        us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+        ++n;
+      }
+      wall = std::chrono::duration<double>(Clock::now() - start).count();
+      return Status::Ok();
+    }).Get();
+    if (!s.ok()) Die("pingpong: " + s.ToString());
+    const double cpu = (Cpu0() - cpu0) / wall;
+    Print("pingpong", "tcp", size, Percentiles(us), 2.0 * size * n / wall / 1e6, cpu, a,
+          " poll=spin" + std::to_string(a.spin_us) + "us+epoll");
+  }
+
+  void OneSided(bool write, size_t size) {
+    std::vector<IoBuf> bufs;
+    for (int i = 0; i < a.depth; ++i) {
+      auto b = pool->Allocate(size);
+      if (!b.ok()) Die(b.status().ToString());
+      std::memset(b->data(), 'w', size);
+      bufs.emplace_back(std::move(*b));
+    }
+    const transport::RemoteDescriptor d = desc.Sub(0, static_cast<uint32_t>(size));
+    std::vector<double> us;
+    us.reserve(1 << 20);
+    std::atomic<size_t> ops{0};
+    double cpu0 = 0, wall = 0;
+    auto run = [&](double seconds, bool record) -> Status {
+      coro::WaitGroup wg;
+      Status first;
+      const auto end = Clock::now() + std::chrono::duration<double>(seconds);
+      for (int i = 0; i < a.depth; ++i) {
+        wg.Add(1);
+        coro::Scheduler::Current()->Spawn([&, i] {
+          while (Clock::now() < end) {
+            const auto t0 = Clock::now();
+            Status s = write ? conn->Write(bufs[i], d) : conn->Read(d, bufs[i]);
+            if (!s.ok()) {
+              first = s;
+              break;
+            }
+            if (record) {
+              us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+              ops.fetch_add(1, std::memory_order_relaxed);
+            }
+          }
+          wg.Done();
+        });
+      }
+      (void)wg.Wait();
+      return first;
+    };
+    Status s = coro::Async(worker->scheduler(), [&]() -> Status {
+      HRPC_TRY(run(0.1, false));
+      cpu0 = Cpu0();
+      const auto start = Clock::now();
+      HRPC_TRY(run(a.seconds, true));
+      wall = std::chrono::duration<double>(Clock::now() - start).count();
+      return Status::Ok();
+    }).Get();
+    if (!s.ok()) Die(std::string(write ? "write: " : "read: ") + s.ToString());
+    const double cpu = (Cpu0() - cpu0) / wall;
+    Print(write ? "write" : "read", "tcp", size, Percentiles(us), double(size) * ops.load() / wall / 1e6, cpu, a,
+          " depth=" + std::to_string(a.depth) + " poll=spin" + std::to_string(a.spin_us) + "us+epoll");
+  }
+
+  void RawPingPong(uint16_t port, bool spin) {
+    int fd = Dial(port);
+    char mode[2] = {'p', static_cast<char>(spin ? 1 : 0)};
+    SendFull(fd, mode, 2);
+    const int spin_us = spin ? a.spin_us : 0;
+    char buf[64];
+    std::memset(buf, 'r', sizeof buf);
+    for (int i = 0; i < 2000; ++i) {
+      SendFull(fd, buf, 64);
+      RecvFull(fd, buf, 64, spin_us);
+    }
+    std::vector<double> us;
+    us.reserve(1 << 20);
+    const double cpu0 = Cpu0();
+    const auto start = Clock::now();
+    const auto end = start + std::chrono::duration<double>(a.seconds);
+    size_t n = 0;
+    while (Clock::now() < end) {
+      const auto t0 = Clock::now();
+      if (!SendFull(fd, buf, 64) || !RecvFull(fd, buf, 64, spin_us)) Die("raw pingpong");
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      ++n;
+    }
+    const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+    const double cpu = (Cpu0() - cpu0) / wall;
+    close(fd);
+    Print("raw_pingpong", "raw", 64, Percentiles(us), 2.0 * 64 * n / wall / 1e6, cpu, a,
+          spin ? " poll=spin" + std::to_string(a.spin_us) + "us+block" : std::string(" poll=blocking"));
+  }
+
+  void RawStream(uint16_t port) {
+    int fd = Dial(port);
+    char mode[2] = {'s', 0};
+    SendFull(fd, mode, 2);
+    constexpr size_t kChunk = 1u << 20;
+    auto b = pool->Allocate(kChunk);
+    std::memset(b->data(), 's', kChunk);
+    std::vector<double> us;
+    const double cpu0 = Cpu0();
+    const auto start = Clock::now();
+    const auto end = start + std::chrono::duration<double>(a.seconds);
+    size_t bytes = 0;
+    while (Clock::now() < end) {
+      const auto t0 = Clock::now();
+      if (!SendFull(fd, b->data(), kChunk)) Die("raw stream");
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      bytes += kChunk;
+    }
+    shutdown(fd, SHUT_WR);
+    char k;
+    RecvFull(fd, &k, 1, 0);
+    const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+    const double cpu = (Cpu0() - cpu0) / wall;
+    close(fd);
+    Print("raw_stream", "raw", kChunk, Percentiles(us), bytes / wall / 1e6, cpu, a, " poll=blocking");
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    auto val = [&](const char* name) -> const char* {
+      const size_t n = strlen(name);
+      return s.compare(0, n, name) == 0 ? s.c_str() + n : nullptr;
+    };
+    if (auto v = val("--seconds=")) a.seconds = atof(v);
+    else if (auto v2 = val("--client-cpu=")) a.client_cpu = atoi(v2);
+    else if (auto v3 = val("--server-cpu=")) a.server_cpu = atoi(v3);
+    else if (auto v4 = val("--depth=")) a.depth = atoi(v4);
+    else if (auto v5 = val("--spin-us=")) a.spin_us = atoi(v5);
+    else if (s == "--help" || s == "-h") {
+      printf("usage: %s [--seconds=S] [--client-cpu=N] [--server-cpu=N] [--depth=N] [--spin-us=N]\n", argv[0]);
+      return 0;
+    } else {
+      Die("unknown argument " + s);
+    }
+  }
+  int pfd[2];
+  if (pipe(pfd) != 0) Die("pipe");
+  const pid_t child = fork();
+  if (child < 0) Die("fork");
+  if (child == 0) {
+    close(pfd[0]);
+    ServerMain(a, pfd[1]);
+  }
+  close(pfd[1]);
+  Pin(a.client_cpu);
+  spdlog::set_level(spdlog::level::warn);
+  char line[256] = {};
+  size_t got = 0;
+  while (got < sizeof line - 1) {
+    ssize_t r = read(pfd[0], line + got, sizeof line - 1 - got);
+    if (r <= 0) break;
+    got += static_cast<size_t>(r);
+  }
+  char uri[200];
+  unsigned raw_port = 0;
+  if (sscanf(line, "%199s %u", uri, &raw_port) != 2) Die("server did not report its ports");
+
+  mempool::PoolOptions po;
+  po.arena_bytes = 128u << 20;
+  po.max_class_bytes = 16u << 20;
+  auto pool = mempool::Pool::Create(po);
+  if (!pool.ok()) Die(pool.status().ToString());
+  coro::WorkerOptions wo;
+  wo.sched.name = "client";
+  wo.sched.spin_budget = std::chrono::microseconds(a.spin_us);
+  wo.cpu = a.client_cpu;
+  auto w = coro::Worker::Start(wo);
+  if (!w.ok()) Die(w.status().ToString());
+  std::unique_ptr<transport::Transport> t;
+  std::unique_ptr<transport::Connection> conn;
+  transport::RemoteDescriptor desc;
+  Status st = coro::Async((*w)->scheduler(), [&]() -> Status {
+    HRPC_ASSIGN_OR_RETURN(t, transport::CreateTcpTransport((*w)->scheduler(), **pool, {}));
+    HRPC_ASSIGN_OR_RETURN(conn, t->Connect(uri));
+    HRPC_ASSIGN_OR_RETURN(IoBuf m, conn->Recv());
+    if (m.size() != sizeof desc) return DataLossError("bad descriptor message");
+    m.CopyTo(&desc, 0, sizeof desc);
+    return Status::Ok();
+  }).Get();
+  if (!st.ok()) Die(st.ToString());
+  printf("# transport_bench: client pid %d on cpu %d, server pid %d on cpu %d, %.1f s per case, "
+         "hrpc workers spin %d us then epoll_wait, one-sided depth %d, pool page mode %s\n",
+         getpid(), a.client_cpu, child, a.server_cpu, a.seconds, a.spin_us, a.depth,
+         std::string(mempool::PageModeName((*pool)->page_mode())).c_str());
+
+  Client c{a, child, w->get(), pool->get(), conn.get(), desc};
+  c.RawPingPong(static_cast<uint16_t>(raw_port), /*spin=*/false);
+  c.RawPingPong(static_cast<uint16_t>(raw_port), /*spin=*/true);
+  c.PingPong(64);
+  c.RawStream(static_cast<uint16_t>(raw_port));
+  for (size_t size : {size_t{4} << 10, size_t{64} << 10, size_t{1} << 20, size_t{4} << 20}) c.OneSided(true, size);
+  for (size_t size : {size_t{4} << 10, size_t{64} << 10, size_t{1} << 20, size_t{4} << 20}) c.OneSided(false, size);
+
+  coro::Async((*w)->scheduler(), [&] {
+    conn.reset();
+    t.reset();
+  }).Get();
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  return 0;
+}

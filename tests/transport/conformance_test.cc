@@ -1,0 +1,524 @@
+// The transport conformance suite: every transport must pass it unchanged.
+// Parameterized by TransportKind (transport_harness.h); loopback and tcp are
+// instantiated at the bottom, rdma adds one INSTANTIATE line in its own file.
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "hrpc/base/crc32c.h"
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/mempool/copy.h"
+#include "transport_harness.h"
+
+extern char** environ;
+
+namespace hrpc::transport::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using mempool::Buffer;
+using mempool::IoBuf;
+
+class Conformance : public ::testing::TestWithParam<TransportKind> {};
+
+IoBuf SeqMessage(mempool::Pool& pool, uint32_t seq, size_t n) {
+  Buffer b = Filled(pool, std::max<size_t>(n, 4), seq);
+  std::memcpy(b.data(), &seq, 4);
+  return IoBuf(std::move(b));
+}
+
+uint32_t SeqOf(const IoBuf& m) {
+  uint32_t seq = 0;
+  if (m.size() >= 4) std::memcpy(&seq, m.slice(0).data(), 4);  // first slice holds >= 4 bytes
+  return seq;
+}
+
+void ResetCopies(Env& env) {
+  On(env.server_worker(), [] { mempool::ResetCopiedBytesThisThread(); });
+  On(env.client_worker(), [] { mempool::ResetCopiedBytesThisThread(); });
+}
+uint64_t Copies(Env& env) {
+  return On(env.server_worker(), [] { return mempool::CopiedBytesThisThread(); }) +
+         On(env.client_worker(), [] { return mempool::CopiedBytesThisThread(); });
+}
+
+// Exposes `b` on the server side of env; returns the descriptor.
+RemoteDescriptor ExposeOnServer(Env& env, const Buffer& b, Access a) {
+  auto d = On(env.server_worker(), [&]() { return env.server().Expose(b, a); });
+  EXPECT_TRUE(d.ok()) << d.status().ToString();
+  return d.ok() ? *d : RemoteDescriptor{};
+}
+
+TEST_P(Conformance, MessagesArriveInOrderBothWays) {
+  Env env(GetParam());
+  env.ConnectPair();
+  ResetCopies(env);
+  constexpr uint32_t kCount = 600;
+  auto size_of = [](uint32_t i) { return static_cast<size_t>((i * 977u) % 3000u + 4u); };
+  // Server echoes every message back; the client checks order and bytes both ways.
+  auto echo = coro::Async(env.server_worker().scheduler(), [&]() -> Status {
+    for (uint32_t i = 0; i < kCount; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env.server().Recv());
+      if (SeqOf(m) != i || m.size() != size_of(i)) return DataLossError("server got seq " + std::to_string(SeqOf(m)));
+      HRPC_TRY(env.server().Send(std::move(m)));
+    }
+    return Status::Ok();
+  });
+  auto recv = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
+    for (uint32_t i = 0; i < kCount; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env.client().Recv());
+      IoBuf want = SeqMessage(env.pool(), i, size_of(i));
+      if (SeqOf(m) != i) return DataLossError("client got seq " + std::to_string(SeqOf(m)) + " want " + std::to_string(i));
+      if (m.Crc32c() != want.Crc32c()) return DataLossError("bad bytes in message " + std::to_string(i));
+    }
+    return Status::Ok();
+  });
+  Status sent = On(env.client_worker(), [&]() -> Status {
+    for (uint32_t i = 0; i < kCount; ++i) HRPC_TRY(env.client().Send(SeqMessage(env.pool(), i, size_of(i))));
+    return Status::Ok();
+  });
+  EXPECT_TRUE(sent.ok()) << sent.ToString();
+  Status e = echo.Get();
+  EXPECT_TRUE(e.ok()) << e.ToString();
+  Status r = recv.Get();
+  EXPECT_TRUE(r.ok()) << r.ToString();
+  if (!GetParam().cpu_copies_payload) {
+    EXPECT_EQ(Copies(env), 0u) << "messages must land in pool buffers uncopied";
+  }
+  EXPECT_TRUE(env.client().status().ok());
+}
+
+TEST_P(Conformance, CreditsBoundUnconsumedMessages) {
+  Env env(GetParam());
+  env.ConnectPair();
+  const uint32_t depth = env.client().limits().recv_depth;
+  ASSERT_EQ(depth, TestOptions().recv_depth);
+  std::atomic<uint32_t> sent{0};
+  const uint32_t total = depth + 8;
+  auto sender = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
+    for (uint32_t i = 0; i < total; ++i) {
+      HRPC_TRY(env.client().Send(SeqMessage(env.pool(), i, 64)));
+      sent.fetch_add(1);
+    }
+    return Status::Ok();
+  });
+  std::this_thread::sleep_for(300ms);
+  // Nobody consumed anything: exactly `depth` messages may be in flight.
+  EXPECT_EQ(sent.load(), depth) << "a sender must park when the receiver has no free receive slot";
+  Status got = On(env.server_worker(), [&]() -> Status {
+    for (uint32_t i = 0; i < total; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env.server().Recv());
+      if (SeqOf(m) != i) return DataLossError("out of order");
+    }
+    return Status::Ok();
+  });
+  EXPECT_TRUE(got.ok()) << got.ToString();
+  Status s = sender.WaitFor(10s);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(sent.load(), total);
+}
+
+TEST_P(Conformance, OversizedMessageIsRefusedLocally) {
+  Env env(GetParam());
+  env.ConnectPair();
+  const size_t too_big = env.client().limits().max_message_bytes + 1;
+  Status s = On(env.client_worker(), [&]() { return env.client().Send(IoBuf(Filled(env.pool(), too_big, 1))); });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  EXPECT_TRUE(env.client().status().ok());
+}
+
+// Write src into the server's exposed buffer, read it back into a fresh
+// buffer, compare CRCs on both sides.
+void RoundTrip(Env& env, size_t n, uint32_t seed) {
+  SCOPED_TRACE("size " + std::to_string(n));
+  Buffer target = Filled(env.pool(), n, seed + 1000);
+  const RemoteDescriptor d = ExposeOnServer(env, target, Access::kReadWrite);
+  ASSERT_EQ(d.len, n);
+  IoBuf src(Filled(env.pool(), n, seed));
+  const uint32_t want = src.Crc32c();
+  auto dst = env.pool().Allocate(n);
+  ASSERT_TRUE(dst.ok());
+  IoBuf dstbuf(*dst);
+  Status w = On(env.client_worker(), [&]() { return env.client().Write(src, d); });
+  ASSERT_TRUE(w.ok()) << w.ToString();
+  EXPECT_EQ(Crc32c(target.data(), n), want) << "WRITE did not place the bytes";
+  Status r = On(env.client_worker(), [&]() { return env.client().Read(d, dstbuf); });
+  ASSERT_TRUE(r.ok()) << r.ToString();
+  EXPECT_EQ(dstbuf.Crc32c(), want) << "READ returned other bytes";
+  Status rv = On(env.server_worker(), [&]() { return env.server().Revoke(d); });
+  EXPECT_TRUE(rv.ok()) << rv.ToString();
+}
+
+TEST_P(Conformance, ReadWriteSizesWithCrc) {
+  Env env(GetParam());
+  env.ConnectPair();
+  ResetCopies(env);
+  size_t total = 0;
+  for (size_t n : {size_t{1}, size_t{3}, size_t{64}, size_t{4095}, size_t{4096}, size_t{65537}, size_t{1} << 20,
+                   (size_t{4} << 20) + 3}) {
+    RoundTrip(env, n, static_cast<uint32_t>(n));
+    total += n;
+  }
+  const uint64_t copied = Copies(env);
+  if (GetParam().cpu_copies_payload) {  // NOLINT
+    EXPECT_GE(copied, 2 * total);
+  } else {
+    EXPECT_EQ(copied, 0u) << "one-sided payload must go socket <-> registered memory directly";
+  }
+}
+
+TEST_P(Conformance, ReadWrite64MiB) {
+  Env env(GetParam());
+  env.ConnectPair();
+  ResetCopies(env);
+  RoundTrip(env, size_t{64} << 20, 64);
+  if (!GetParam().cpu_copies_payload) {
+    EXPECT_EQ(Copies(env), 0u);
+  }
+}
+
+TEST_P(Conformance, ScatteredLocalBuffers) {
+  // The local side of READ/WRITE may be a chain of slices.
+  Env env(GetParam());
+  env.ConnectPair();
+  constexpr size_t kN = 3 * 4096 + 100;
+  Buffer target = Filled(env.pool(), kN, 5);
+  const RemoteDescriptor d = ExposeOnServer(env, target, Access::kReadWrite);
+  IoBuf src;
+  src.Append(Filled(env.pool(), 4096, 1));
+  src.Append(Filled(env.pool(), 100, 2));
+  src.Append(Filled(env.pool(), 2 * 4096, 3));
+  const uint32_t want = src.Crc32c();
+  IoBuf dst;
+  for (size_t part : {size_t{7}, size_t{4096}, kN - 4096 - 7}) dst.Append(*env.pool().Allocate(part));
+  ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Write(src, d); }).ok());
+  ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Read(d, dst); }).ok());
+  EXPECT_EQ(dst.Crc32c(), want);
+}
+
+TEST_P(Conformance, ManyOutstandingOps) {
+  Env env(GetParam());
+  env.ConnectPair();
+  constexpr size_t kOps = 256, kChunk = 16 * 1024;
+  Buffer target = Filled(env.pool(), kOps * kChunk, 9);
+  const RemoteDescriptor d = ExposeOnServer(env, target, Access::kReadWrite);
+  std::vector<uint32_t> want(kOps);
+  std::atomic<int> failures{0};
+  auto msgs = coro::Async(env.server_worker().scheduler(), [&]() -> Status {
+    for (uint32_t i = 0; i < 64; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env.server().Recv());
+      if (SeqOf(m) != i) return DataLossError("order");
+    }
+    return Status::Ok();
+  });
+  Status all = On(env.client_worker(), [&]() -> Status {
+    coro::WaitGroup wg;
+    wg.Add(kOps);
+    for (size_t i = 0; i < kOps; ++i) {
+      coro::Scheduler::Current()->Spawn([&, i] {
+        IoBuf src(Filled(env.pool(), kChunk, static_cast<uint32_t>(i)));
+        want[i] = src.Crc32c();
+        const RemoteDescriptor sub = d.Sub(i * kChunk, kChunk);
+        IoBuf back(*env.pool().Allocate(kChunk));
+        if (!env.client().Write(src, sub).ok() || !env.client().Read(sub, back).ok() || back.Crc32c() != want[i]) {
+          failures.fetch_add(1);
+        }
+        wg.Done();
+      });
+    }
+    // Control messages interleave with the one-sided ops (more than the
+    // receive depth, so credits flow back meanwhile).
+    for (uint32_t i = 0; i < 64; ++i) HRPC_TRY(env.client().Send(SeqMessage(env.pool(), i, 128)));
+    return wg.Wait();
+  });
+  ASSERT_TRUE(all.ok()) << all.ToString();
+  EXPECT_EQ(failures.load(), 0);
+  for (size_t i = 0; i < kOps; ++i) EXPECT_EQ(Crc32c(target.data() + i * kChunk, kChunk), want[i]) << i;
+  Status m = msgs.WaitFor(10s);
+  EXPECT_TRUE(m.ok()) << m.ToString();
+}
+
+TEST_P(Conformance, RefusedOpsKeepTheConnection) {
+  if (!GetParam().refusal_keeps_connection) GTEST_SKIP() << GetParam().name << ": a refused op errors the connection";
+  Env env(GetParam());
+  env.ConnectPair();
+  constexpr size_t kN = 64 * 1024;
+  Buffer rw = Filled(env.pool(), kN, 1);
+  Buffer ro = Filled(env.pool(), kN, 2);
+  Buffer wo = Filled(env.pool(), kN, 3);
+  const RemoteDescriptor d = ExposeOnServer(env, rw, Access::kReadWrite);
+  const RemoteDescriptor dro = ExposeOnServer(env, ro, Access::kRead);
+  const RemoteDescriptor dwo = ExposeOnServer(env, wo, Access::kWrite);
+  const uint32_t rw_crc = Crc32c(rw.data(), kN);
+
+  struct Case {
+    std::string what;
+    RemoteDescriptor desc;
+    bool write;
+    StatusCode want;
+  };
+  std::vector<Case> cases = {
+      {"write one byte past the end", d.Sub(1, kN), true, StatusCode::kOutOfRange},
+      {"read one byte before the start", RemoteDescriptor{d.addr - 1, 16, d.key}, false, StatusCode::kOutOfRange},
+      {"read longer than exposed", RemoteDescriptor{d.addr, kN + 1, d.key}, false, StatusCode::kOutOfRange},
+      {"write with a wrong key", RemoteDescriptor{d.addr, kN, d.key ^ 0x00040000u}, true, StatusCode::kPermissionDenied},
+      {"read with key 0", RemoteDescriptor{d.addr, 16, 0}, false, StatusCode::kPermissionDenied},
+      {"write into a read-only exposure", dro, true, StatusCode::kPermissionDenied},
+      {"read from a write-only exposure", dwo, false, StatusCode::kPermissionDenied},
+      {"another exposure's key for this range", RemoteDescriptor{d.addr, 16, dro.key}, false,
+       StatusCode::kOutOfRange},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    Status s = On(env.client_worker(), [&]() {
+      IoBuf local(Filled(env.pool(), c.desc.len, 77));
+      return c.write ? env.client().Write(local, c.desc) : env.client().Read(c.desc, local);
+    });
+    EXPECT_EQ(s.code(), c.want) << s.ToString();
+    EXPECT_TRUE(env.client().status().ok()) << env.client().status().ToString();
+    // The connection still works.
+    IoBuf back(*env.pool().Allocate(kN));
+    ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Read(d, back); }).ok());
+    EXPECT_EQ(back.Crc32c(), rw_crc);
+  }
+  EXPECT_EQ(Crc32c(ro.data(), kN), Crc32c(Filled(env.pool(), kN, 2).data(), kN)) << "refused write changed memory";
+
+  // Revoked: refused afterwards, twice revoked is NOT_FOUND.
+  ASSERT_TRUE(On(env.server_worker(), [&]() { return env.server().Revoke(d); }).ok());
+  Status s = On(env.client_worker(), [&]() { return env.client().Write(IoBuf(Filled(env.pool(), 16, 1)), d.Sub(0, 16)); });
+  EXPECT_EQ(s.code(), StatusCode::kPermissionDenied) << s.ToString();
+  EXPECT_EQ(On(env.server_worker(), [&]() { return env.server().Revoke(d); }).code(), StatusCode::kNotFound);
+  // Messages still flow after all that.
+  ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Send(SeqMessage(env.pool(), 42, 64)); }).ok());
+  auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(SeqOf(*m), 42u);
+}
+
+TEST_P(Conformance, LocalMisuseIsInvalidArgument) {
+  Env env(GetParam());
+  env.ConnectPair();
+  Buffer b = Filled(env.pool(), 4096, 1);
+  const RemoteDescriptor d = ExposeOnServer(env, b, Access::kReadWrite);
+  Status s = On(env.client_worker(), [&]() { return env.client().Write(IoBuf(Filled(env.pool(), 100, 1)), d); });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  auto e = On(env.server_worker(), [&]() { return env.server().Expose(Buffer(), Access::kRead); });
+  EXPECT_FALSE(e.ok());
+}
+
+TEST_P(Conformance, CloseFailsEverythingOnBothSides) {
+  Env env(GetParam());
+  env.ConnectPair();
+  Buffer b = Filled(env.pool(), 4096, 1);
+  const RemoteDescriptor d = ExposeOnServer(env, b, Access::kReadWrite);
+  auto pending_recv = coro::Async(env.client_worker().scheduler(), [&]() { return env.client().Recv(); });
+  std::this_thread::sleep_for(20ms);
+  On(env.server_worker(), [&]() { env.server().Close(); });
+  auto r = pending_recv.WaitFor(5s);
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
+  Status w = On(env.client_worker(), [&]() { return env.client().Write(IoBuf(Filled(env.pool(), 4096, 1)), d); });
+  EXPECT_EQ(w.code(), StatusCode::kUnavailable) << w.ToString();
+  EXPECT_EQ(env.server().status().code(), StatusCode::kCancelled);
+  // The listener still accepts.
+  auto again = env.ConnectClient();
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  On(env.client_worker(), [&]() { again->reset(); });
+}
+
+// ---------------------------------------------------------------- peer process
+
+// A peer process serving one connection: connects to `uri`, exposes 8 MiB
+// read/write, sends the descriptor as its first message, then answers until
+// the connection ends. Runs in a fresh (exec'd) copy of this test binary.
+constexpr size_t kChildExposed = 8u << 20;
+constexpr const char* kChildEnv = "HRPC_TRANSPORT_CONFORMANCE_CHILD";
+
+pid_t SpawnChild(const std::string& kind, const std::string& uri) {
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+  env_strings.push_back(std::string(kChildEnv) + "=" + kind + "," + uri);
+  std::vector<char*> envp;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::string self = "/proc/self/exe";
+  std::string filter = "--gtest_filter=ConformanceChild.Serve";
+  char* argv[] = {self.data(), filter.data(), nullptr};
+  const pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(3);
+    execve(self.c_str(), argv, envp.data());
+    _exit(4);
+  }
+  return pid;
+}
+
+TEST(ConformanceChild, Serve) {
+  const char* spec = getenv(kChildEnv);
+  if (spec == nullptr) GTEST_SKIP() << "only runs as the peer process of PeerProcess* tests";
+  std::string s(spec);
+  const TransportKind* kind = FindKind(s.substr(0, s.find(',')));
+  ASSERT_NE(kind, nullptr);
+  const std::string uri = s.substr(s.find(',') + 1);
+  auto pool = MakeTestPool(64u << 20, 16u << 20);
+  auto w = coro::Worker::Start({.sched = {.name = "child"}});
+  ASSERT_TRUE(w.ok());
+  std::shared_ptr<void> shared;
+  Status done = On(**w, [&]() -> Status {
+    HRPC_ASSIGN_OR_RETURN(auto t, kind->make((*w)->scheduler(), *pool, TestOptions(), shared));
+    HRPC_ASSIGN_OR_RETURN(auto c, t->Connect(uri));
+    Buffer mem = Filled(*pool, kChildExposed, 3);
+    HRPC_ASSIGN_OR_RETURN(RemoteDescriptor d, c->Expose(mem, Access::kReadWrite));
+    HRPC_ASSIGN_OR_RETURN(Buffer msg, pool->Allocate(sizeof d));
+    std::memcpy(msg.data(), &d, sizeof d);
+    HRPC_TRY(c->Send(IoBuf(std::move(msg))));
+    while (c->Recv().ok()) {
+    }
+    return Status::Ok();
+  });
+  EXPECT_TRUE(done.ok()) << done.ToString();
+  _exit(0);  // skip gtest's teardown: this is a helper process
+}
+
+class PeerProcess : public ::testing::TestWithParam<TransportKind> {
+ protected:
+  // Spawns the peer, accepts its connection, returns its descriptor.
+  void StartPeer(Env& env) {
+    env.Listen();
+    auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+    child_ = SpawnChild(GetParam().name, env.listener().uri());
+    ASSERT_GT(child_, 0);
+    auto c = accepted.WaitFor(20s);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    conn_ = std::move(*c);
+    auto m = On(env.server_worker(), [&]() { return conn_->Recv(); });
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    ASSERT_EQ(m->size(), sizeof desc_);
+    m->CopyTo(&desc_, 0, sizeof desc_);
+    ASSERT_EQ(desc_.len, kChildExposed);
+  }
+  // SIGSTOP, and wait until the kernel reports the peer stopped.
+  void StopPeer() {
+    ASSERT_EQ(kill(child_, SIGSTOP), 0);
+    int status = 0;
+    ASSERT_EQ(waitpid(child_, &status, WUNTRACED), child_);
+    ASSERT_TRUE(WIFSTOPPED(status));
+  }
+  void TearDown() override {
+    if (conn_) On(env_->server_worker(), [&]() { conn_.reset(); });
+    env_.reset();
+    if (child_ > 0) {
+      kill(child_, SIGKILL);
+      waitpid(child_, nullptr, 0);
+    }
+  }
+  // Launches kOps one-sided ops (and one Recv) against the stopped peer and
+  // returns how long until all of them completed, checking each failed.
+  std::chrono::milliseconds FailAllOutstanding(Env& env, const std::function<void()>& kill_peer) {
+    constexpr int kOps = 64;
+    constexpr size_t kChunk = 64 * 1024;
+    std::atomic<int> done{0}, ok{0}, unavailable{0};
+    std::vector<Status> errors(kOps + 1);
+    for (int i = 0; i < kOps; ++i) {
+      env.server_worker().Post([&, i] {
+        IoBuf local(*env.pool().Allocate(kChunk));
+        const RemoteDescriptor sub = desc_.Sub(i * kChunk, kChunk);
+        Status s = (i % 2) ? conn_->Write(local, sub) : conn_->Read(sub, local);
+        if (s.ok()) ok.fetch_add(1);
+        if (s.code() == StatusCode::kUnavailable) unavailable.fetch_add(1);
+        errors[i] = s;
+        done.fetch_add(1);
+      });
+    }
+    env.server_worker().Post([&] {
+      auto r = conn_->Recv();
+      if (r.status().code() == StatusCode::kUnavailable) unavailable.fetch_add(1);
+      errors[kOps] = r.status();
+      done.fetch_add(1);
+    });
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(done.load(), 0) << "ops completed although the peer is stopped";
+    const auto t0 = std::chrono::steady_clock::now();
+    kill_peer();
+    while (done.load() < kOps + 1 && std::chrono::steady_clock::now() - t0 < 10s) std::this_thread::sleep_for(5ms);
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    EXPECT_EQ(done.load(), kOps + 1) << "outstanding ops hang after the peer died";
+    EXPECT_EQ(ok.load(), 0);
+    EXPECT_EQ(unavailable.load(), kOps + 1) << errors[0].ToString() << " / " << errors[kOps].ToString();
+    return took;
+  }
+
+  pid_t child_ = -1;
+  std::unique_ptr<Env> env_;
+  std::unique_ptr<Connection> conn_;
+  RemoteDescriptor desc_;
+};
+
+TEST_P(PeerProcess, KilledPeerFailsOutstandingOpsAndListenerKeepsAccepting) {
+  env_ = std::make_unique<Env>(GetParam());
+  Env& env = *env_;
+  StartPeer(env);
+  ASSERT_FALSE(HasFatalFailure());
+  // A working op first.
+  IoBuf probe(*env.pool().Allocate(4096));
+  ASSERT_TRUE(On(env.server_worker(), [&]() { return conn_->Read(desc_.Sub(0, 4096), probe); }).ok());
+  StopPeer();
+  ASSERT_FALSE(HasFatalFailure());
+  auto took = FailAllOutstanding(env, [&] {
+    kill(child_, SIGKILL);
+    waitpid(child_, nullptr, 0);
+    child_ = -1;
+  });
+  EXPECT_LT(took, TestOptions().dead_peer_timeout + 500ms);
+  // The listener keeps accepting.
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  auto c = env.ConnectClient();
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto s = accepted.WaitFor(10s);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_TRUE(On(env.client_worker(), [&]() { return (*c)->Send(SeqMessage(env.pool(), 7, 64)); }).ok());
+  auto m = On(env.server_worker(), [&]() { return (*s)->Recv(); });
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(SeqOf(*m), 7u);
+  On(env.client_worker(), [&]() { c->reset(); });
+  On(env.server_worker(), [&]() { s->reset(); });
+}
+
+TEST_P(PeerProcess, SilentPeerHitsDeadPeerTimeout) {
+  env_ = std::make_unique<Env>(GetParam());
+  Env& env = *env_;
+  StartPeer(env);
+  ASSERT_FALSE(HasFatalFailure());
+  StopPeer();  // alive (socket open) but silent
+  ASSERT_FALSE(HasFatalFailure());
+  auto took = FailAllOutstanding(env, [] {});
+  const auto timeout = TestOptions().dead_peer_timeout;
+  EXPECT_GE(took, timeout / 2);
+  EXPECT_LT(took, timeout * 3);
+  EXPECT_EQ(conn_->status().code(), StatusCode::kUnavailable);
+}
+
+std::vector<TransportKind> MultiProcessKinds() {
+  std::vector<TransportKind> out;
+  for (auto k : {LoopbackKind(), TcpKind()}) {
+    if (k.multi_process) out.push_back(k);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Software, Conformance, ::testing::Values(LoopbackKind(), TcpKind()), KindName);
+// Loopback endpoints share one process; its peer-death case is the
+// disconnect fault (loopback_test.cc).
+INSTANTIATE_TEST_SUITE_P(Software, PeerProcess, ::testing::ValuesIn(MultiProcessKinds()), KindName);
+
+}  // namespace
+}  // namespace hrpc::transport::testing

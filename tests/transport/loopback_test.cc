@@ -1,0 +1,182 @@
+// Loopback fault injection: drop, delay, corrupt one byte, disconnect after N.
+#include <chrono>
+#include <cstring>
+
+#include <gtest/gtest.h>
+
+#include "hrpc/transport/loopback.h"
+#include "transport_harness.h"
+
+namespace hrpc::transport::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using mempool::IoBuf;
+
+// The loopback kind keeps its network in the Env's shared state; faults are
+// set through a network we own, so build the kind around it.
+struct LoopEnv {
+  std::shared_ptr<LoopbackNetwork> net = LoopbackNetwork::Create();
+  TransportKind kind;
+  std::unique_ptr<Env> env;
+  explicit LoopEnv(const FaultPlan& plan) {
+    net->SetFaults("conformance", plan);
+    kind = LoopbackKind();
+    auto n = net;
+    kind.make = [n](coro::Scheduler& s, mempool::Pool& p, const TransportOptions& o, std::shared_ptr<void>&) {
+      return CreateLoopbackTransport(n, s, p, o);
+    };
+    env = std::make_unique<Env>(kind);
+    env->ConnectPair();
+  }
+  Status Send(uint32_t seq, size_t n = 256) {
+    return On(env->client_worker(), [&]() {
+      mempool::Buffer b = Filled(env->pool(), n, seq);
+      std::memcpy(b.data(), &seq, 4);
+      return env->client().Send(IoBuf(std::move(b)));
+    });
+  }
+};
+
+uint32_t Seq(const IoBuf& m) {
+  uint32_t s = 0;
+  m.CopyTo(&s, 0, 4);
+  return s;
+}
+
+TEST(LoopbackFaults, DropLosesMessagesButNotCredits) {
+  FaultPlan plan;
+  plan.drop_probability = 1.0;
+  LoopEnv le(plan);
+  const uint32_t n = 3 * le.env->client().limits().recv_depth;
+  for (uint32_t i = 0; i < n; ++i) ASSERT_TRUE(le.Send(i).ok()) << "a dropped message must return its credit";
+  EXPECT_EQ(le.net->dropped("conformance"), n);
+  auto pending = coro::Async(le.env->server_worker().scheduler(), [&]() { return le.env->server().Recv(); });
+  EXPECT_EQ(pending.WaitFor(200ms).status().code(), StatusCode::kDeadlineExceeded);
+  le.net->SetFaults("conformance", FaultPlan{});
+  ASSERT_TRUE(le.Send(1234).ok());
+  auto m = pending.WaitFor(5s);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(Seq(*m), 1234u);
+}
+
+TEST(LoopbackFaults, DropIsProbabilistic) {
+  FaultPlan plan;
+  plan.drop_probability = 0.5;
+  plan.seed = 7;
+  LoopEnv le(plan);
+  constexpr uint32_t kEnd = 1u << 30;
+  uint64_t received = 0;
+  auto rx = coro::Async(le.env->server_worker().scheduler(), [&]() -> Status {
+    uint32_t last = 0;
+    for (;;) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, le.env->server().Recv());
+      if (Seq(m) == kEnd) return Status::Ok();
+      if (received > 0 && Seq(m) <= last) return DataLossError("reordered");
+      last = Seq(m);
+      ++received;
+    }
+  });
+  for (uint32_t i = 0; i < 200; ++i) ASSERT_TRUE(le.Send(i).ok());
+  const uint64_t dropped = le.net->dropped("conformance");
+  le.net->SetFaults("conformance", FaultPlan{});
+  ASSERT_TRUE(le.Send(kEnd).ok());
+  Status s = rx.WaitFor(10s);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_GT(dropped, 50u);
+  EXPECT_LT(dropped, 150u);
+  EXPECT_EQ(received + dropped, 200u) << "the survivors arrive, in order";
+}
+
+TEST(LoopbackFaults, DelayHoldsMessagesAndKeepsOrder) {
+  FaultPlan plan;
+  plan.delay = 50ms;
+  LoopEnv le(plan);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (uint32_t i = 0; i < 10; ++i) ASSERT_TRUE(le.Send(i).ok());
+  Status s = On(le.env->server_worker(), [&]() -> Status {
+    for (uint32_t i = 0; i < 10; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, le.env->server().Recv());
+      if (Seq(m) != i) return DataLossError("reordered");
+    }
+    return Status::Ok();
+  });
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 50ms);
+}
+
+TEST(LoopbackFaults, CorruptFlipsOneByteOfTheNextMessages) {
+  FaultPlan plan;
+  plan.corrupt_next = 1;
+  LoopEnv le(plan);
+  ASSERT_TRUE(le.Send(1, 4096).ok());
+  ASSERT_TRUE(le.Send(2, 4096).ok());
+  auto a = On(le.env->server_worker(), [&]() { return le.env->server().Recv(); });
+  auto b = On(le.env->server_worker(), [&]() { return le.env->server().Recv(); });
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto want = [&](uint32_t seq) {
+    mempool::Buffer x = Filled(le.env->pool(), 4096, seq);
+    std::memcpy(x.data(), &seq, 4);
+    return IoBuf(std::move(x)).Crc32c();
+  };
+  EXPECT_NE(a->Crc32c(), want(1)) << "first message should be corrupted";
+  EXPECT_EQ(b->Crc32c(), want(2)) << "second message should be intact";
+  EXPECT_EQ(le.net->corrupted("conformance"), 1u);
+  // Exactly one byte differs.
+  mempool::Buffer orig = Filled(le.env->pool(), 4096, 1);
+  uint32_t one = 1;
+  std::memcpy(orig.data(), &one, 4);
+  std::vector<char> got(4096);
+  a->CopyTo(got.data(), 0, 4096);
+  int diffs = 0;
+  for (size_t i = 0; i < 4096; ++i) diffs += got[i] != orig.data()[i];
+  EXPECT_EQ(diffs, 1);
+}
+
+TEST(LoopbackFaults, DisconnectAfterNMessagesFailsBothSides) {
+  FaultPlan plan;
+  plan.disconnect_after = 5;
+  LoopEnv le(plan);
+  mempool::Buffer target = Filled(le.env->pool(), 4096, 1);
+  auto d = On(le.env->server_worker(), [&]() { return le.env->server().Expose(target, Access::kReadWrite); });
+  ASSERT_TRUE(d.ok());
+  for (uint32_t i = 0; i < 5; ++i) ASSERT_TRUE(le.Send(i).ok());
+  Status s = le.Send(5);
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  // The 5 delivered messages are still readable, then the error.
+  Status r = On(le.env->server_worker(), [&]() -> Status {
+    for (uint32_t i = 0; i < 5; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, le.env->server().Recv());
+      if (Seq(m) != i) return DataLossError("reordered");
+    }
+    auto last = le.env->server().Recv();
+    return last.ok() ? InternalError("sixth message delivered") : last.status();
+  });
+  EXPECT_EQ(r.code(), StatusCode::kUnavailable) << r.ToString();
+  Status w = On(le.env->client_worker(), [&]() {
+    return le.env->client().Write(IoBuf(Filled(le.env->pool(), 4096, 2)), *d);
+  });
+  EXPECT_EQ(w.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(le.env->client().status().code(), StatusCode::kUnavailable);
+}
+
+TEST(Uri, ParsesAndRejects) {
+  auto u = ParseUri("tcp://127.0.0.1:4711");
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u->host, "127.0.0.1");
+  EXPECT_EQ(u->port, 4711);
+  EXPECT_EQ(u->ToString(), "tcp://127.0.0.1:4711");
+  auto v6 = ParseUri("rdma://[::1]:18515");
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->ToString(), "rdma://[::1]:18515");
+  auto l = ParseUri("loop://a-name");
+  ASSERT_TRUE(l.ok());
+  EXPECT_EQ(l->host, "a-name");
+  for (const char* bad : {"tcp://host", "tcp://:80", "tcp://h:99999", "tcp://h:x", "udp://h:1", "h:1", "loop://"}) {
+    EXPECT_EQ(ParseUri(bad).status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace hrpc::transport::testing
