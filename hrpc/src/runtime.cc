@@ -88,6 +88,15 @@ Result<std::unique_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& optio
 
 WorkerSet::~WorkerSet() {
   DestroyTransports();
+  for (size_t i = 0; i < own_workers_.size(); ++i) {
+    RunOn(i, [this, i] {
+      const auto st = scheduler(i).stats();
+      if (st.alive > 1) {  // this coroutine itself is alive
+        SPDLOG_WARN("hrpc: worker {} stops with {} coroutines still suspended", i, st.alive - 1);
+      }
+      return Status::Ok();
+    }).IgnoreError();
+  }
   own_workers_.clear();  // stop + join
   for (auto& [pool, reg] : regs_) {
     if (reg.attached) pool->DetachRegistrar(reg.tcp_slot);
