@@ -120,7 +120,8 @@ class Server::Impl {
   ServerOptions options;
   std::unique_ptr<internal::WorkerSet> workers;
   std::unordered_map<uint32_t, Service*> services;
-  std::unordered_map<uint64_t, std::string> method_names;  // (service<<32|method) -> full name
+  // (service<<32|method) -> counters of registered methods; read-only after Start.
+  std::unordered_map<uint64_t, MethodCounters*> registered;
   StatsRegistry stats;
   std::vector<std::string> bound;  // one per options.listen entry
   std::vector<std::vector<std::unique_ptr<transport::Listener>>> listeners;  // per worker
@@ -134,8 +135,8 @@ class Server::Impl {
   mutable std::mutex mu;
 
   MethodCounters& CountersFor(uint32_t sid, uint32_t mid) {
-    auto it = method_names.find((uint64_t{sid} << 32) | mid);
-    return stats.For(sid, mid, it == method_names.end() ? std::string_view() : std::string_view(it->second));
+    auto it = registered.find((uint64_t{sid} << 32) | mid);
+    return it != registered.end() ? *it->second : stats.For(sid, mid, {});
   }
 
   void AcceptLoop(size_t w, transport::Listener* listener) {
@@ -407,8 +408,8 @@ Status Server::RegisterService(Service* service) {
                               std::string(it->second->service_name()));
   }
   for (const MethodDescriptor& m : service->methods()) {
-    impl_->method_names[(uint64_t{m.service_id} << 32) | m.method_id] = std::string(m.full_name);
-    impl_->stats.For(m.service_id, m.method_id, m.full_name);
+    impl_->registered[(uint64_t{m.service_id} << 32) | m.method_id] =
+        &impl_->stats.For(m.service_id, m.method_id, m.full_name);
   }
   return Status::Ok();
 }

@@ -1,0 +1,392 @@
+// echo_bench: hrpc unary calls vs raw sockets, server and client in separate
+// processes pinned to different cores. One line per case:
+//
+//   echo_bench transport=raw case=pingpong payload=64 concurrency=1 rps=... p50_us=... p99_us=... MBps=... cpu=C/S
+//   echo_bench transport=raw case=stream payload=1048576 concurrency=1 rps=... MBps=... cpu=C/S
+//   echo_bench transport=tcp payload=64 concurrency=32 rps=... p50_us=... p99_us=... MBps=... cpu=C/S
+//
+// cpu=C/S: client and server process CPU in % of one core over the measured
+// window. The hrpc cases carry the payload as the request attachment (inline
+// up to 16 KiB, else pulled by the server with one-sided READs) and get an
+// empty response: the storage write path. MBps = payload bytes per second.
+// Polling mode, the same on every path: spin up to --spin_us on a
+// non-blocking socket, then sleep in poll/epoll (hrpc: the scheduler's
+// spin_budget; raw: MSG_DONTWAIT spin, then poll()).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/echo_service.h"
+#include "common/flags.h"
+#include "common/load.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Config {
+  int server_cpu = 0;
+  int client_cpu = 1;
+  uint64_t spin_us = 50;
+  double duration = 2.0;
+  double warmup = 0.5;
+  std::string cases = "all";  // all | raw | hrpc
+};
+
+void Pin(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
+uint64_t ProcCpuNs(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t rp = s.rfind(')');
+  if (rp == std::string::npos) return 0;
+  std::istringstream in(s.substr(rp + 2));
+  std::string tok;
+  uint64_t ut = 0, st = 0;
+  for (int field = 3; in >> tok; ++field) {
+    if (field == 14) ut = std::stoull(tok);
+    if (field == 15) {
+      st = std::stoull(tok);
+      break;
+    }
+  }
+  return (ut + st) * (1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
+}
+
+// --- raw sockets -----------------------------------------------------------
+
+bool WaitFd(int fd, short ev) {
+  pollfd p{fd, ev, 0};
+  return ::poll(&p, 1, -1) >= 0;
+}
+
+// Exactly n bytes; spins on MSG_DONTWAIT for spin_us, then poll().
+bool RecvAll(int fd, char* p, size_t n, uint64_t spin_us) {
+  auto spin_until = Clock::now() + std::chrono::microseconds(spin_us);
+  while (n > 0) {
+    ssize_t r = ::recv(fd, p, n, MSG_DONTWAIT);
+    if (r > 0) {
+      p += r;
+      n -= static_cast<size_t>(r);
+      spin_until = Clock::now() + std::chrono::microseconds(spin_us);
+      continue;
+    }
+    if (r == 0) return false;
+    if (errno != EAGAIN && errno != EINTR) return false;
+    if (Clock::now() >= spin_until && !WaitFd(fd, POLLIN)) return false;
+  }
+  return true;
+}
+
+bool SendAll(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    ssize_t r = ::send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (r > 0) {
+      p += r;
+      n -= static_cast<size_t>(r);
+      continue;
+    }
+    if (r < 0 && errno != EAGAIN && errno != EINTR) return false;
+    if (!WaitFd(fd, POLLOUT)) return false;
+  }
+  return true;
+}
+
+int RawServerMain(const Config& cfg) {
+  Pin(cfg.server_cpu);
+  int ls = ::socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(ls, 16) != 0) return 1;
+  socklen_t len = sizeof a;
+  getsockname(ls, reinterpret_cast<sockaddr*>(&a), &len);
+  std::printf("READY tcp://127.0.0.1:%d\n", ntohs(a.sin_port));
+  std::fflush(stdout);
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    int fd = ::accept(ls, nullptr, nullptr);
+    if (fd < 0) continue;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char mode = 0;
+    uint32_t size = 0;
+    if (!RecvAll(fd, &mode, 1, cfg.spin_us) || !RecvAll(fd, reinterpret_cast<char*>(&size), 4, cfg.spin_us)) {
+      ::close(fd);
+      continue;
+    }
+    if (mode == 'p') {
+      while (RecvAll(fd, buf.data(), size, cfg.spin_us) && SendAll(fd, buf.data(), size)) {
+      }
+    } else if (mode == 's') {
+      uint64_t total = 0;
+      for (;;) {
+        ssize_t r = ::recv(fd, buf.data(), buf.size(), 0);
+        if (r <= 0) break;
+        total += static_cast<uint64_t>(r);
+      }
+      SendAll(fd, reinterpret_cast<char*>(&total), sizeof total);
+    }
+    ::close(fd);
+  }
+}
+
+int RawConnect(const std::string& uri, char mode, uint32_t size) {
+  const int port = std::stoi(uri.substr(uri.rfind(':') + 1));
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return -1;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  SendAll(fd, &mode, 1);
+  SendAll(fd, reinterpret_cast<char*>(&size), 4);
+  return fd;
+}
+
+// --- hrpc server -------------------------------------------------------------
+
+int HrpcServerMain(const Config& cfg) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  hrpc::ServerOptions so;
+  so.listen = {"tcp://127.0.0.1:0"};
+  so.runtime.workers = 1;
+  if (cfg.server_cpu >= 0) so.runtime.cpus = {cfg.server_cpu};
+  so.runtime.spin_budget = std::chrono::microseconds(cfg.spin_us);
+  auto server = hrpc::Server::Create(so);
+  if (!server.ok()) {
+    std::fprintf(stderr, "echo_bench server: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  hrpc::examples::EchoServiceImpl service(server->get());
+  if (!(*server)->RegisterService(&service).ok() || !(*server)->Start().ok()) return 1;
+  std::printf("READY %s\n", (*server)->listen_uris().at(0).c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&set, &sig);
+  (*server)->Shutdown();
+  return 0;
+}
+
+struct Child {
+  pid_t pid = -1;
+  std::string uri;
+  FILE* out = nullptr;  // the child's stdout: kept open so its later log lines do not hit SIGPIPE
+};
+
+Child Spawn(const char* self, const std::string& role, const Config& cfg) {
+  int fds[2];
+  if (pipe(fds) != 0) return {};
+  std::vector<std::string> args = {self, "--role=" + role, "--server_cpu=" + std::to_string(cfg.server_cpu),
+                                   "--spin_us=" + std::to_string(cfg.spin_us)};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    execv(self, argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  Child c;
+  c.pid = pid;
+  FILE* f = fdopen(fds[0], "r");
+  char line[256];
+  while (f && fgets(line, sizeof line, f)) {  // skips log lines
+    std::string s(line);
+    if (s.rfind("READY ", 0) == 0) {
+      c.uri = s.substr(6, s.find_last_not_of("\r\n") - 5);
+      break;
+    }
+  }
+  c.out = f;
+  return c;
+}
+
+void Stop(Child& c) {
+  if (c.pid <= 0) return;
+  kill(c.pid, SIGTERM);
+  int st;
+  waitpid(c.pid, &st, 0);
+  c.pid = -1;
+  if (c.out) fclose(c.out);
+  c.out = nullptr;
+}
+
+void RawCases(const char* self, const Config& cfg) {
+  Child srv = Spawn(self, "raw-server", cfg);
+  if (srv.uri.empty()) {
+    std::printf("echo_bench transport=raw error=server-did-not-start\n");
+    return;
+  }
+  Pin(cfg.client_cpu);
+  // Ping-pong, 64 B.
+  {
+    const uint32_t size = 64;
+    int fd = RawConnect(srv.uri, 'p', size);
+    std::vector<char> buf(size, 'x');
+    hrpc::LatencyHistogram hist;
+    const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
+    while (Clock::now() < warm_end) {
+      SendAll(fd, buf.data(), size);
+      RecvAll(fd, buf.data(), size, cfg.spin_us);
+    }
+    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+    const auto t0 = Clock::now();
+    const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
+    uint64_t n = 0;
+    for (auto now = t0; now < end; ++n) {
+      SendAll(fd, buf.data(), size);
+      RecvAll(fd, buf.data(), size, cfg.spin_us);
+      const auto t = Clock::now();
+      hist.Record(std::chrono::duration_cast<std::chrono::nanoseconds>(t - now));
+      now = t;
+    }
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+    ::close(fd);
+    std::printf("echo_bench transport=raw case=pingpong payload=%u concurrency=1 rps=%.0f p50_us=%.1f p99_us=%.1f "
+                "MBps=%.1f cpu=%.0f/%.0f\n",
+                size, n / secs, hist.Quantile(0.5) / 1e3, hist.Quantile(0.99) / 1e3, n * size / secs / 1e6,
+                (c1 - c0) / 1e9 / secs * 100, (s1 - s0) / 1e9 / secs * 100);
+    std::fflush(stdout);
+  }
+  // Stream, 1 MiB writes.
+  {
+    const uint32_t size = 1 << 20;
+    int fd = RawConnect(srv.uri, 's', size);
+    std::vector<char> buf(size, 'y');
+    const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
+    while (Clock::now() < warm_end) SendAll(fd, buf.data(), size);
+    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+    const auto t0 = Clock::now();
+    const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
+    uint64_t n = 0;
+    while (Clock::now() < end) {
+      SendAll(fd, buf.data(), size);
+      ++n;
+    }
+    ::shutdown(fd, SHUT_WR);
+    uint64_t total = 0;
+    RecvAll(fd, reinterpret_cast<char*>(&total), sizeof total, cfg.spin_us);
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+    ::close(fd);
+    std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 rps=%.0f MBps=%.1f cpu=%.0f/%.0f\n",
+                size, n / secs, n * double(size) / secs / 1e6, (c1 - c0) / 1e9 / secs * 100,
+                (s1 - s0) / 1e9 / secs * 100);
+    std::fflush(stdout);
+  }
+  Stop(srv);
+}
+
+void HrpcCases(const char* self, const Config& cfg) {
+  Child srv = Spawn(self, "hrpc-server", cfg);
+  if (srv.uri.empty()) {
+    std::printf("echo_bench transport=tcp error=server-did-not-start\n");
+    return;
+  }
+  const std::string uri = "tcp://127.0.0.1:" + srv.uri.substr(srv.uri.rfind(':') + 1);
+  hrpc::RpcChannelOptions co;
+  co.runtime.workers = 1;
+  if (cfg.client_cpu >= 0) co.runtime.cpus = {cfg.client_cpu};
+  co.runtime.spin_budget = std::chrono::microseconds(cfg.spin_us);
+  auto channel = hrpc::RpcChannel::Create(uri, co);
+  if (!channel.ok() || !(*channel)->Connect().ok()) {
+    std::printf("echo_bench transport=tcp error=connect\n");
+    Stop(srv);
+    return;
+  }
+  struct Case {
+    size_t payload, concurrency;
+  };
+  const std::vector<Case> cases = {{64, 1},     {64, 32},     {4096, 1},    {4096, 32},   {65536, 1},
+                                   {65536, 32}, {1 << 20, 1}, {1 << 20, 8}, {1 << 20, 32}};
+  for (const Case& c : cases) {
+    hrpc::examples::LoadOptions lo;
+    lo.coroutines_per_worker = c.concurrency;
+    lo.payload = c.payload;
+    lo.echo = false;
+    lo.warmup = std::chrono::duration<double>(cfg.warmup);
+    lo.duration = std::chrono::duration<double>(cfg.duration);
+    auto r = hrpc::examples::RunLoad(**channel, lo);
+    std::printf("echo_bench transport=tcp payload=%zu concurrency=%zu rps=%.0f p50_us=%.1f p99_us=%.1f MBps=%.1f "
+                "cpu=%.0f/%.0f%s%s\n",
+                c.payload, c.concurrency, r.rps, r.p50_us, r.p99_us, r.mbps, r.client_cpu_pct, r.server_cpu_pct,
+                r.errors ? " errors=" : "", r.errors ? std::to_string(r.errors).c_str() : "");
+    if (r.errors) std::printf("  first error: %s\n", r.first_error.c_str());
+    std::fflush(stdout);
+  }
+  channel->reset();
+  Stop(srv);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  std::string role;
+  uint64_t server_cpu = 0, client_cpu = 1;
+  hrpc::examples::Flags flags(
+      "echo_bench",
+      "hrpc unary calls over TCP loopback vs raw-socket ping-pong and stream baselines, server and\n"
+      "client in separate processes pinned to --server_cpu and --client_cpu. One line per case:\n"
+      "echo_bench transport=... payload=... concurrency=... rps=... p50_us=... p99_us=... MBps=... cpu=C/S\n"
+      "(cpu: client/server process CPU in % of one core). Build in Release.");
+  flags.AddSize("server_cpu", &server_cpu, "cpu of the server process");
+  flags.AddSize("client_cpu", &client_cpu, "cpu of the client process");
+  flags.AddSize("spin_us", &cfg.spin_us, "busy-poll this long before sleeping (hrpc and raw alike)");
+  flags.Add("duration", &cfg.duration, "seconds per case");
+  flags.Add("warmup", &cfg.warmup, "seconds of warm-up per case");
+  flags.Add("cases", &cfg.cases, "all | raw | hrpc");
+  flags.Add("role", &role, "internal: raw-server | hrpc-server");
+  int code = 0;
+  if (!flags.Parse(argc, argv, &code)) return code;
+  const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  cfg.server_cpu = static_cast<int>(server_cpu) < ncpu ? static_cast<int>(server_cpu) : -1;
+  cfg.client_cpu = static_cast<int>(client_cpu) < ncpu ? static_cast<int>(client_cpu) : -1;
+  if (role == "raw-server") return RawServerMain(cfg);
+  if (role == "hrpc-server") return HrpcServerMain(cfg);
+  signal(SIGPIPE, SIG_IGN);
+  std::printf("echo_bench: server cpu %d, client cpu %d, spin %llu us then sleep, %.1f s per case\n", cfg.server_cpu,
+              cfg.client_cpu, static_cast<unsigned long long>(cfg.spin_us), cfg.duration);
+  std::fflush(stdout);
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return 1;
+  self[n] = '\0';
+  if (cfg.cases == "all" || cfg.cases == "raw") RawCases(self, cfg);
+  if (cfg.cases == "all" || cfg.cases == "hrpc") HrpcCases(self, cfg);
+  return 0;
+}

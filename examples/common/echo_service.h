@@ -1,0 +1,48 @@
+// The Echo service shared by echo_server and throughput_server.
+#pragma once
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdint>
+#include <utility>
+
+#include "echo/echo.hrpc.h"
+#include "hrpc/rpc/server.h"
+
+namespace hrpc::examples {
+
+inline uint64_t ProcessCpuNs() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto ns = [](const timeval& tv) { return uint64_t(tv.tv_sec) * 1000000000ull + uint64_t(tv.tv_usec) * 1000ull; };
+  return ns(ru.ru_utime) + ns(ru.ru_stime);
+}
+
+class EchoServiceImpl final : public hrpc_examples::Echo::Service {
+ public:
+  explicit EchoServiceImpl(const hrpc::Server* server = nullptr) : server_(server) {}
+  void set_server(const hrpc::Server* s) { server_ = s; }
+
+  hrpc::Status Echo(hrpc::ServerContext& ctx, const hrpc_examples::EchoRequest& req,
+                    hrpc_examples::EchoResponse* resp) override {
+    resp->set_text(req.text());
+    resp->set_attachment_bytes(ctx.request_attachment().size());
+    if (req.echo_attachment()) ctx.response_attachment() = std::move(ctx.request_attachment());
+    return hrpc::Status::Ok();
+  }
+
+  hrpc::Status ServerStats(hrpc::ServerContext&, const hrpc_examples::StatsRequest&,
+                           hrpc_examples::StatsResponse* resp) override {
+    resp->set_cpu_ns(ProcessCpuNs());
+    resp->set_uptime_ns(static_cast<uint64_t>((std::chrono::steady_clock::now() - start_).count()));
+    if (server_ != nullptr) resp->set_table(hrpc::FormatStatsTable(server_->Stats()));
+    return hrpc::Status::Ok();
+  }
+
+ private:
+  const hrpc::Server* server_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace hrpc::examples
