@@ -486,7 +486,7 @@ int main(int argc, char** argv) {
   coro::Async((*w)->scheduler(), [&] {
     conn.reset();
     t.reset();
-  }).Get();
+  }).Get().IgnoreError();
   kill(child, SIGKILL);
   waitpid(child, nullptr, 0);
   return 0;

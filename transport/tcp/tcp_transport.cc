@@ -862,6 +862,9 @@ void Core::OnAccept(ListenerState& ls) {
 
 int Core::Poll() {
   if (stopped) return 0;
+  // Frames queued by the coroutines that just ran go out before we look for
+  // input: one syscall earlier on the latency path.
+  const int flushed = FlushDirty();
   epoll_event evs[64];
   const int n = epoll_wait(epfd, evs, 64, 0);
   for (int i = 0; i < n; ++i) {
@@ -888,7 +891,7 @@ int Core::Poll() {
     if (e & (EPOLLIN | EPOLLERR | EPOLLHUP)) OnReadable(*c);
     if (!c->closed() && !c->outq.empty()) MarkDirty(*c);
   }
-  return (n > 0 ? n : 0) + FlushDirty();
+  return (n > 0 ? n : 0) + flushed + FlushDirty();
 }
 
 int Core::FlushDirty() {
