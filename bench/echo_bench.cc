@@ -36,6 +36,8 @@
 #include "common/flags.h"
 #include "common/load.h"
 
+#include <spdlog/spdlog.h>
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -376,6 +378,7 @@ int main(int argc, char** argv) {
   const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   cfg.server_cpu = static_cast<int>(server_cpu) < ncpu ? static_cast<int>(server_cpu) : -1;
   cfg.client_cpu = static_cast<int>(client_cpu) < ncpu ? static_cast<int>(client_cpu) : -1;
+  spdlog::set_level(spdlog::level::warn);
   if (role == "raw-server") return RawServerMain(cfg);
   if (role == "hrpc-server") return HrpcServerMain(cfg);
   signal(SIGPIPE, SIG_IGN);

@@ -25,14 +25,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts a server printing "READY <uri>" (or "...listening on <uri>") and echoes host:port.
+# Starts a server that prints "READY <uri>" (or "...listening on <uri>"); sets
+# ADDR=host:port and SERVER_PID (not in a subshell, so cleanup can stop it).
 start_server() {
   local log=$1; shift
   "$@" >"$log" 2>&1 &
-  PIDS+=($!)
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
   for _ in $(seq 1 100); do
     if grep -qE '^(READY|echo_server: listening on) ' "$log"; then
-      grep -oE '[0-9.]+:[0-9]+$' "$log" | head -1 | sed 's/^0\.0\.0\.0/127.0.0.1/'
+      ADDR=$(grep -E '^(READY|echo_server: listening on) ' "$log" | grep -oE '[0-9.]+:[0-9]+$' | head -1 | sed 's/^0\.0\.0\.0/127.0.0.1/')
       return 0
     fi
     sleep 0.1
@@ -41,13 +43,14 @@ start_server() {
 }
 
 echo "== echo: echo_server + echo_client (a 1 MiB attachment goes by one-sided READ, comes back by WRITE) =="
-ADDR=$(start_server "$TMP/echo.log" "$EX/echo_server" --listen=127.0.0.1:0)
+start_server "$TMP/echo.log" "$EX/echo_server" --listen=127.0.0.1:0
 "$EX/echo_client" --uri="$ADDR" --count=3 --attachment=1M
+kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 echo
 
 echo "== throughput: throughput_server (cpu 0) <- throughput_client (cpu 1), ${DURATION}s per run =="
-ADDR=$(start_server "$TMP/tput.log" "$EX/throughput_server" --listen=127.0.0.1:0 "${SRV_CPU[@]}")
-echo "server: $(head -1 "$TMP/tput.log")   transport: ${HRPC_TRANSPORT:-auto}"
+start_server "$TMP/tput.log" "$EX/throughput_server" --listen=127.0.0.1:0 "${SRV_CPU[@]}"
+echo "server: $(grep -E '^READY' "$TMP/tput.log")   (transport: ${HRPC_TRANSPORT:-auto-selected})"
 echo "-- small messages: 2 connections x 32 in flight x 64 B"
 "$EX/throughput_client" --uri="$ADDR" --connections=2 --concurrency=32 --payload=64 \
   --duration="$DURATION" --warmup=1 "${CLI_CPU[@]}"
@@ -55,7 +58,7 @@ echo
 echo "-- bulk: 1 connection x 8 in flight x 1 MiB (server pulls each payload by one-sided READ)"
 "$EX/throughput_client" --uri="$ADDR" --connections=1 --concurrency=8 --payload=1M \
   --duration="$DURATION" --warmup=1 "${CLI_CPU[@]}"
-kill -TERM "${PIDS[1]}" && wait "${PIDS[1]}" 2>/dev/null || true
+kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 echo
 echo "== throughput_server's own stats =="
-sed -n '/stopped/,$p' "$TMP/tput.log"
+sed -n '/stopped/,$p' "$TMP/tput.log" | grep -v '\[info\]' 

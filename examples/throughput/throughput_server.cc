@@ -10,6 +10,8 @@
 #include "common/echo_service.h"
 #include "common/flags.h"
 
+#include <spdlog/spdlog.h>
+
 int main(int argc, char** argv) {
   std::string listen = "0.0.0.0:7100", cpus;
   uint64_t workers = 1, eager = hrpc::kDefaultEagerThreshold, stats_interval = 0, spin_us = 50;
@@ -22,8 +24,11 @@ int main(int argc, char** argv) {
   flags.AddSize("eager", &eager, "attachments up to this size travel inline");
   flags.AddSize("spin_us", &spin_us, "idle workers busy-poll this long before sleeping in epoll");
   flags.AddSize("stats_interval", &stats_interval, "print the stats table every N seconds (0: only at exit)");
+  std::string log_level = "info";
+  flags.Add("log", &log_level, "log level: trace|debug|info|warn|err|off");
   int code = 0;
   if (!flags.Parse(argc, argv, &code)) return code;
+  spdlog::set_level(spdlog::level::from_str(log_level));
 
   sigset_t set;
   sigemptyset(&set);
