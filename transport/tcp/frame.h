@@ -31,10 +31,10 @@ enum class FrameType : uint8_t {
   kHello = 1,      // body: Hello. First frame from the connecting side.
   kHelloAck = 2,   // body: Hello. The accepting side's answer.
   kMessage = 3,    // body: one control message (consumes one credit)
-  kWrite = 4,      // body: payload to place at (key, addr)
+  kWrite = 4,      // body: kPayloadPad zeros + payload to place at (key, addr)
   kWriteAck = 5,   // no body: op_id was placed
   kReadReq = 6,    // no body: send aux bytes at (key, addr)
-  kReadResp = 7,   // body: the bytes of op_id
+  kReadResp = 7,   // body: kPayloadPad zeros + the bytes of op_id
   kError = 8,      // body: reason text; aux = StatusCode; op_id 0 = connection-level
   kCredit = 9,     // no body: credits only
   kPing = 10,      // no body: keepalive
@@ -77,6 +77,17 @@ struct Hello {
   uint32_t reserved = 0;
 };
 static_assert(sizeof(Hello) == 32);
+
+// Receive-side prefetch: when a connection reads past the frame it is
+// filling, it reads at most kPrefetchBytes into a small pool buffer; headers,
+// small bodies and control messages are taken from there (messages as slices:
+// no copy). So that one-sided payload never lands in that buffer (it must go
+// straight into its target), WRITE and READ_RESP bodies start with
+// kPayloadPad zero bytes, not counted in `length`.
+inline constexpr size_t kPrefetchBytes = 256;
+inline constexpr uint32_t kPayloadPad = 224;
+static_assert(kHeaderBytes + kPayloadPad >= kPrefetchBytes,
+              "a prefetch that starts at a WRITE header must end inside its padding");
 
 // Longest reason text an ERROR frame may carry.
 inline constexpr uint32_t kMaxErrorText = 1024;

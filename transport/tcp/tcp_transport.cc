@@ -52,6 +52,9 @@ using tcp::kHeaderBytes;
 
 constexpr int kMaxIov = 256;
 constexpr size_t kScratchBytes = 64 * 1024;
+static_assert(kScratchBytes >= tcp::kPayloadPad);
+// Zero bytes sent as the padding in front of WRITE / READ_RESP payloads.
+alignas(64) const uint8_t kZeros[tcp::kPayloadPad] = {};
 constexpr int kReadBudget = 32;    // readv calls per connection per Poll()
 constexpr int kAcceptBudget = 64;  // accepts per listener per Poll()
 constexpr uint64_t kListenerBit = 1ull << 63;
@@ -108,10 +111,11 @@ struct OutFrame {
   uint8_t hdr[kHeaderBytes];
   bool encoded = false;
   mempool::IoBuf payload;
-  size_t off = 0;                     // bytes of header+payload already written
+  size_t off = 0;                     // bytes of header+pad+payload already written
+  uint32_t pad = 0;                   // WRITE / READ_RESP: kPayloadPad zero bytes before the payload
   uint32_t expo_index = UINT32_MAX;   // READ response: exposure to End() once written
   bool close_after = false;           // handshake refusal: close once written
-  size_t total() const { return kHeaderBytes + payload.size(); }
+  size_t total() const { return kHeaderBytes + pad + payload.size(); }
 };
 
 struct Op {  // a one-sided op this side requested
@@ -164,6 +168,8 @@ struct Conn : std::enable_shared_from_this<Conn> {
   size_t body_pos = 0;
   uint64_t body_left = 0;
   uint64_t body_total = 0;
+  uint32_t pad_left = 0;          // padding still to skip before a WRITE / READ_RESP payload
+  mempool::IoBuf msg;             // MESSAGE being assembled (prefetch slices + remainder)
   mempool::IoBuf body_hold;       // keeps the target alive while bytes land in it
   uint32_t body_expo = UINT32_MAX;
   Status refusal;                 // a refused WRITE's answer, sent after the drain
@@ -235,6 +241,7 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   }
   int FlushDirty();
   void OnReadable(Conn& c);
+  void ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t len);
   void OnHeader(Conn& c, const FrameHeader& h);
   void OnBodyDone(Conn& c);
   void FinishConnect(Conn& c);
@@ -291,6 +298,7 @@ void Core::Fail(Conn& c, Status s) {
   if (c.in_body && c.sink == Sink::kWrite && c.body_expo != UINT32_MAX) c.expo.End(c.body_expo);
   c.in_body = false;
   c.body_hold = mempool::IoBuf();
+  c.msg = mempool::IoBuf();
   c.body_iov.clear();
   c.expo.Clear();
   // Move the lists out first: waking may run nothing now (same thread), but keep it simple.
@@ -322,6 +330,7 @@ void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf payload, uint32_t expo_i
   h.length = static_cast<uint32_t>(payload.size());
   OutFrame& f = c.outq.emplace_back();
   f.h = h;
+  f.pad = (h.type == FrameType::kWrite || h.type == FrameType::kReadResp) ? tcp::kPayloadPad : 0;
   f.payload = std::move(payload);
   f.expo_index = expo_index;
   c.queued_bytes += f.total();
@@ -357,20 +366,19 @@ void Core::Flush(Conn& c) {
         f.encoded = true;
       }
       size_t skip = f.off;
-      if (skip < kHeaderBytes) {
-        iov[n++] = {f.hdr + skip, kHeaderBytes - skip};
+      auto add = [&](const void* base, size_t len) {
+        if (skip >= len) {
+          skip -= len;
+          return;
+        }
+        if (n < kMaxIov) iov[n++] = {const_cast<char*>(static_cast<const char*>(base)) + skip, len - skip};
         skip = 0;
-      } else {
-        skip -= kHeaderBytes;
-      }
+      };
+      add(f.hdr, kHeaderBytes);
+      if (f.pad > 0) add(kZeros, f.pad);
       for (size_t s = 0; s < f.payload.num_slices() && n < kMaxIov; ++s) {
         const mempool::Buffer& b = f.payload.slice(s);
-        if (skip >= b.size()) {
-          skip -= b.size();
-          continue;
-        }
-        iov[n++] = {b.data() + skip, b.size() - skip};
-        skip = 0;
+        add(b.data(), b.size());
       }
     }
     msghdr mh{};
@@ -416,22 +424,108 @@ void Core::Flush(Conn& c) {
 
 // ------------------------------------------------------------------ receive
 
+// Advances the body target by n bytes that were read into it.
+static void AdvanceBody(Conn& c, size_t n) {
+  while (n > 0) {
+    iovec& v = c.body_iov[c.body_pos];
+    const size_t s = std::min(n, v.iov_len);
+    v.iov_base = static_cast<char*>(v.iov_base) + s;
+    v.iov_len -= s;
+    n -= s;
+    if (v.iov_len == 0) ++c.body_pos;
+  }
+}
+
+// Bytes that landed in the prefetch buffer `pf` (everything read past the
+// current frame's target): headers, small bodies, message bodies (kept as
+// slices of `pf`: no copy) and padding. Payload of WRITE / READ_RESP never
+// lands here because the sender pads it by kPayloadPad >= kPrefetchBytes - header.
+void Core::ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t len) {
+  size_t pos = 0;
+  while (pos < len && !c.closed()) {
+    const size_t avail = len - pos;
+    if (!c.in_body) {
+      const size_t take = std::min(avail, kHeaderBytes - c.hdr_got);
+      std::memcpy(c.hdr_buf + c.hdr_got, pf.data() + pos, take);  // header bytes, not payload
+      c.hdr_got += take;
+      pos += take;
+      if (c.hdr_got == kHeaderBytes) {
+        c.hdr_got = 0;
+        OnHeader(c, tcp::DecodeHeader(c.hdr_buf));
+      }
+      continue;
+    }
+    if (c.pad_left > 0) {
+      const size_t take = std::min<size_t>(avail, c.pad_left);
+      c.pad_left -= static_cast<uint32_t>(take);
+      pos += take;
+    } else {
+      const size_t take = static_cast<size_t>(std::min<uint64_t>(avail, c.body_left));
+      switch (c.sink) {
+        case Sink::kMessage:
+          c.msg.Append(pf.Slice(pos, take));
+          break;
+        case Sink::kHello:
+        case Sink::kErrorText:
+          std::memcpy(c.body_iov[c.body_pos].iov_base, pf.data() + pos, take);  // not payload
+          AdvanceBody(c, take);
+          break;
+        case Sink::kDrain:
+          break;
+        case Sink::kWrite:
+        case Sink::kReadResp:
+          ProtocolError(c, "one-sided payload without its padding");
+          return;
+      }
+      c.body_left -= take;
+      pos += take;
+    }
+    if (c.pad_left == 0 && c.body_left == 0) {
+      c.in_body = false;
+      OnBodyDone(c);
+    }
+  }
+}
+
 void Core::OnReadable(Conn& c) {
   for (int round = 0; round < kReadBudget && !c.closed(); ++round) {
     iovec iov[kMaxIov];
     int n = 0;
-    size_t want = 0;
+    bool covered = true;  // the iovecs cover the whole rest of the current frame
     if (c.in_body) {
+      if (c.pad_left > 0) iov[n++] = {scratch.data(), c.pad_left};
       if (c.sink == Sink::kDrain) {
-        iov[n++] = {scratch.data(), static_cast<size_t>(std::min<uint64_t>(c.body_left, scratch.size()))};
-      } else {
-        for (size_t i = c.body_pos; i < c.body_iov.size() && n < kMaxIov - 1; ++i) iov[n++] = c.body_iov[i];
+        const size_t d = static_cast<size_t>(std::min<uint64_t>(c.body_left, scratch.size()));
+        if (d > 0) iov[n++] = {scratch.data(), d};
+        covered = d == c.body_left;
+      } else if (c.body_left > 0) {
+        if (c.sink == Sink::kMessage && c.body_iov.empty()) {
+          auto buf = pool->Allocate(c.body_left);
+          if (!buf.ok()) {
+            SPDLOG_WARN("hrpc tcp: closing connection {}: no receive buffer: {}", c.peer, buf.status().ToString());
+            Fail(c, buf.status().WithContext("receive buffer for " + c.peer));
+            return;
+          }
+          c.body_iov.push_back({buf->data(), buf->size()});
+          c.body_hold = mempool::IoBuf(std::move(*buf));
+        }
+        size_t want = 0;
+        for (size_t i = c.body_pos; i < c.body_iov.size() && n < kMaxIov - 1; ++i) {
+          iov[n++] = c.body_iov[i];
+          want += c.body_iov[i].iov_len;
+        }
+        covered = want == c.body_left;
       }
-      for (int i = 0; i < n; ++i) want += iov[i].iov_len;
-      // Read the next frame's header in the same call, never beyond it.
-      if (want >= c.body_left) iov[n++] = {c.hdr_buf, kHeaderBytes};
-    } else {
-      iov[n++] = {c.hdr_buf + c.hdr_got, kHeaderBytes - c.hdr_got};
+    }
+    mempool::Buffer pf;
+    if (covered) {
+      auto b = pool->Allocate(tcp::kPrefetchBytes);
+      if (!b.ok()) {
+        Fail(c, b.status().WithContext("prefetch buffer for " + c.peer));
+        return;
+      }
+      pf = std::move(*b);
+      iov[n++] = {pf.data(), pf.size()};
     }
     size_t asked = 0;
     for (int i = 0; i < n; ++i) asked += iov[i].iov_len;
@@ -446,9 +540,10 @@ void Core::OnReadable(Conn& c) {
     }
     if (r == 0) {
       if (c.in_body || c.hdr_got > 0) {
+        const uint64_t got_body = c.body_total - c.body_left;
         const std::string reason =
-            c.in_body ? "truncated frame: peer closed after " + std::to_string(c.body_total - c.body_left) +
-                            " of " + std::to_string(c.body_total) + " body bytes"
+            c.in_body ? "truncated frame: peer closed after " + std::to_string(got_body) + " of " +
+                            std::to_string(c.body_total) + " body bytes"
                       : "truncated frame: peer closed after " + std::to_string(c.hdr_got) + " of " +
                             std::to_string(kHeaderBytes) + " header bytes";
         SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, reason);
@@ -462,32 +557,22 @@ void Core::OnReadable(Conn& c) {
     c.last_rx = Clock::now();
     size_t got = static_cast<size_t>(r);
     if (c.in_body) {
+      const size_t p = std::min<size_t>(got, c.pad_left);
+      c.pad_left -= static_cast<uint32_t>(p);
+      got -= p;
       const size_t take = static_cast<size_t>(std::min<uint64_t>(got, c.body_left));
-      if (c.sink != Sink::kDrain) {
-        size_t t = take;
-        while (t > 0) {
-          iovec& v = c.body_iov[c.body_pos];
-          const size_t s = std::min(t, v.iov_len);
-          v.iov_base = static_cast<char*>(v.iov_base) + s;
-          v.iov_len -= s;
-          t -= s;
-          if (v.iov_len == 0) ++c.body_pos;
-        }
-      }
+      if (c.sink != Sink::kDrain) AdvanceBody(c, take);
       c.body_left -= take;
       got -= take;
-      if (c.body_left == 0) {
+      if (c.pad_left == 0 && c.body_left == 0) {
         c.in_body = false;
         OnBodyDone(c);
         if (c.closed()) return;
       }
-      c.hdr_got = got;  // the rest landed in hdr_buf
-    } else {
-      c.hdr_got += got;
     }
-    while (!c.closed() && !c.in_body && c.hdr_got == kHeaderBytes) {
-      c.hdr_got = 0;
-      OnHeader(c, tcp::DecodeHeader(c.hdr_buf));
+    if (got > 0) {
+      ConsumePrefetch(c, pf, got);
+      if (c.closed()) return;
     }
     if (static_cast<size_t>(r) < asked) return;  // socket drained
   }
@@ -526,6 +611,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
   c.body_iov.clear();
   c.body_pos = 0;
   c.body_expo = UINT32_MAX;
+  c.pad_left = 0;
   auto small = [&](Sink s) {
     c.small_body.assign(h.length, '\0');
     c.sink = s;
@@ -570,18 +656,14 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
         Deliver(c, mempool::IoBuf());
         return;
       }
-      auto buf = pool->Allocate(h.length);
-      if (!buf.ok()) {
-        SPDLOG_WARN("hrpc tcp: closing connection {}: no receive buffer: {}", c.peer, buf.status().ToString());
-        Fail(c, buf.status().WithContext("receive buffer for " + c.peer));
-        return;
-      }
+      // The body lands in prefetch slices and/or a buffer allocated for the
+      // rest when the socket is read next (OnReadable).
       c.sink = Sink::kMessage;
-      c.body_iov.push_back({buf->data(), buf->size()});
-      c.body_hold = mempool::IoBuf(std::move(*buf));
+      c.msg = mempool::IoBuf();
       break;
     }
     case FrameType::kWrite: {
+      c.pad_left = tcp::kPayloadPad;
       auto hit = c.expo.Check(h.addr, h.length, h.key, Access::kWrite);
       if (!hit.ok()) {
         SPDLOG_DEBUG("hrpc tcp: refused WRITE from {}: {}", c.peer, hit.status().ToString());
@@ -591,13 +673,8 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
         c.expo.Begin(hit->index);
         c.body_expo = hit->index;
         c.sink = Sink::kWrite;
-        c.body_iov.push_back({hit->ptr, h.length});
+        if (h.length > 0) c.body_iov.push_back({hit->ptr, h.length});
         c.body_hold = mempool::IoBuf(std::move(hit->hold));
-      }
-      if (h.length == 0) {
-        c.in_body = false;
-        OnBodyDone(c);
-        return;
       }
       break;
     }
@@ -626,6 +703,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
         return;
       }
       c.sink = Sink::kReadResp;
+      c.pad_left = tcp::kPayloadPad;
       c.body_iov = it->second->buf.Iovecs();
       c.body_hold = it->second->buf.Share();
       break;
@@ -666,7 +744,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
       }
       return;
   }
-  if (c.body_left == 0) {
+  if (c.body_left == 0 && c.pad_left == 0) {
     OnBodyDone(c);
   } else {
     c.in_body = true;
@@ -676,10 +754,15 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
 void Core::OnBodyDone(Conn& c) {
   const FrameHeader& h = c.cur;
   switch (c.sink) {
-    case Sink::kMessage:
-      Deliver(c, std::move(c.body_hold));
+    case Sink::kMessage: {
+      mempool::IoBuf m = std::move(c.msg);
+      c.msg = mempool::IoBuf();
+      m.Append(std::move(c.body_hold));
       c.body_hold = mempool::IoBuf();
+      c.body_iov.clear();
+      Deliver(c, std::move(m));
       break;
+    }
     case Sink::kWrite: {
       c.body_hold = mempool::IoBuf();
       c.expo.End(c.body_expo);
