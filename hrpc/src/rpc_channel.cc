@@ -141,7 +141,7 @@ class RpcChannel::Impl {
     if (link->slot->link == link) link->slot->link.reset();
     auto calls = std::move(link->calls);
     link->calls.clear();
-    for (auto& [txn, call] : calls) Complete(call, why, nullptr, {});
+    for (auto& [txn, call] : calls) Complete(call, why, nullptr);
   }
 
   void ReadLoop(std::shared_ptr<Link> link) {
@@ -163,26 +163,20 @@ class RpcChannel::Impl {
 
   void OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw) {
     mempool::Pool& pool = workers->pool(link->slot->worker);
-    auto flat = internal::Flatten(pool, raw);
-    if (!flat.ok()) {
-      FailLink(link, flat.status());
+    auto rx = internal::ReadFrame(pool, raw);
+    if (!rx.ok()) {
+      SPDLOG_WARN("hrpc client: closing connection to {}: {}", link->peer, rx.status().ToString());
+      FailLink(link, rx.status().WithContext("bad frame from " + link->peer));
       return;
     }
-    mempool::Buffer buf = std::move(*flat);
-    auto frame = wire::Decode(std::as_bytes(std::span<const char>(buf.data(), buf.size())));
-    if (!frame.ok()) {
-      SPDLOG_WARN("hrpc client: closing connection to {}: {}", link->peer, frame.status().ToString());
-      FailLink(link, frame.status().WithContext("bad frame from " + link->peer));
-      return;
-    }
-    const wire::FrameHeader& h = frame->header();
+    const wire::FrameHeader& h = rx->frame.header();
     switch (h.kind) {
       case wire::FrameKind::kResponse: {
         auto it = link->calls.find(h.txn_id);
         if (it == link->calls.end()) return;  // late: timed out or cancelled
         Call* call = it->second;
         link->calls.erase(it);
-        Complete(call, frame->status(), &*frame, buf);
+        Complete(call, rx->frame.status(), &*rx);
         return;
       }
       case wire::FrameKind::kPing: {
@@ -201,7 +195,7 @@ class RpcChannel::Impl {
 
   // Ends `call` (already out of its link's table): revokes exposures, fills the
   // response, records stats, runs done. On the call's worker, in a coroutine.
-  void Complete(Call* call, Status status, const wire::Frame* frame, const mempool::Buffer& buf) {
+  void Complete(Call* call, Status status, internal::ReceivedFrame* rx) {
     coro::Scheduler* sched = coro::Scheduler::Current();
     if (call->has_timer && sched != nullptr) sched->CancelTimer(call->timer);
     call->ctx->ClearCancelHook();
@@ -212,18 +206,18 @@ class RpcChannel::Impl {
       }
     }
     uint64_t bytes_in = 0;
-    if (status.ok() && frame != nullptr) status = FillResponse(*call, *frame, buf, &bytes_in);
+    if (status.ok() && rx != nullptr) status = FillResponse(*call, *rx, &bytes_in);
     if (call->stats != nullptr) call->stats->End(Clock::now() - call->start, status.ok(), bytes_in, call->bytes_out);
     DoneCallback done = std::move(call->done);
     delete call;
     done(std::move(status));
   }
 
-  Status FillResponse(Call& call, const wire::Frame& frame, const mempool::Buffer& buf, uint64_t* bytes_in) {
-    const internal::BodyOffsets off = internal::OffsetsOf(frame);
+  Status FillResponse(Call& call, internal::ReceivedFrame& rx, uint64_t* bytes_in) {
+    const wire::Frame& frame = rx.frame;
     const wire::FrameHeader& h = frame.header();
-    *bytes_in = h.message_len + h.attachment_len;
-    const char* msg = buf.data() + off.message;
+    *bytes_in = h.message_len + rx.attachment.size();
+    const char* msg = reinterpret_cast<const char*>(frame.message().data());
     if (call.response != nullptr) {
       if (!call.response->ParseFromArray(msg, static_cast<int>(h.message_len))) {
         return DataLossError("malformed response payload for " + std::string(call.name));
@@ -231,8 +225,7 @@ class RpcChannel::Impl {
     } else if (call.raw_response != nullptr) {
       call.raw_response->assign(msg, h.message_len);
     }
-    mempool::IoBuf att;
-    if (h.attachment_len > 0) att.Append(buf.Slice(off.attachment, h.attachment_len));
+    mempool::IoBuf att = std::move(rx.attachment);
     size_t room_index = 0;
     for (size_t i = 0; i < frame.num_descriptors(); ++i) {
       const wire::BulkDescriptor d = frame.descriptor(i);
@@ -253,12 +246,12 @@ class RpcChannel::Impl {
   // Runs on the slot's worker, in a coroutine. Takes ownership of `call`.
   void StartCall(Slot& slot, Call* call) {
     ClientContext& ctx = *call->ctx;
-    if (ctx.IsCancelled()) return Complete(call, CancelledError("call cancelled before it started"), nullptr, {});
+    if (ctx.IsCancelled()) return Complete(call, CancelledError("call cancelled before it started"), nullptr);
     if (ctx.DeadlineExpired()) {
-      return Complete(call, DeadlineExceededError("deadline expired before the call started"), nullptr, {});
+      return Complete(call, DeadlineExceededError("deadline expired before the call started"), nullptr);
     }
     auto link_or = EnsureLink(slot);
-    if (!link_or.ok()) return Complete(call, link_or.status(), nullptr, {});
+    if (!link_or.ok()) return Complete(call, link_or.status(), nullptr);
     std::shared_ptr<Link> link = std::move(*link_or);
     call->link = link;
     ctx.set_peer(link->peer);
@@ -285,16 +278,16 @@ class RpcChannel::Impl {
           continue;
         }
         if (exp.status().code() != StatusCode::kFailedPrecondition) {
-          return Complete(call, exp.status().WithContext("expose request attachment"), nullptr, {});
+          return Complete(call, exp.status().WithContext("expose request attachment"), nullptr);
         }
         // Not from this transport's pool: copy into it (counted).
         for (size_t off = 0; off < s.size(); off += max_class) {
           const size_t n = std::min(max_class, s.size() - off);
           auto b = pool.Allocate(n);
-          if (!b.ok()) return Complete(call, b.status().WithContext("copy request attachment"), nullptr, {});
+          if (!b.ok()) return Complete(call, b.status().WithContext("copy request attachment"), nullptr);
           mempool::IoBuf(s.Slice(off, n)).CopyTo(b->data(), 0, n);
           auto e2 = conn.Expose(*b, transport::Access::kRead);
-          if (!e2.ok()) return Complete(call, e2.status().WithContext("expose request attachment"), nullptr, {});
+          if (!e2.ok()) return Complete(call, e2.status().WithContext("expose request attachment"), nullptr);
           call->exposed.push_back(*e2);
           descs.push_back({e2->addr, e2->len, e2->key, Crc32c(b->data(), n), wire::BulkDirection::kPull});
           call->held.push_back(std::move(*b));
@@ -310,9 +303,9 @@ class RpcChannel::Impl {
       for (size_t off = 0; off < cap; off += max_class) {
         const size_t n = std::min(max_class, cap - off);
         auto b = pool.Allocate(n);
-        if (!b.ok()) return Complete(call, b.status().WithContext("response attachment room"), nullptr, {});
+        if (!b.ok()) return Complete(call, b.status().WithContext("response attachment room"), nullptr);
         auto e = conn.Expose(*b, transport::Access::kWrite);
-        if (!e.ok()) return Complete(call, e.status().WithContext("expose response room"), nullptr, {});
+        if (!e.ok()) return Complete(call, e.status().WithContext("expose response room"), nullptr);
         call->exposed.push_back(*e);
         descs.push_back({e->addr, e->len, e->key, 0, wire::BulkDirection::kPush});
         call->push_room.push_back(std::move(*b));
@@ -322,21 +315,21 @@ class RpcChannel::Impl {
       return Complete(call, InvalidArgumentError("call needs " + std::to_string(descs.size()) +
                                                  " bulk descriptors (max " + std::to_string(wire::kMaxDescriptors) +
                                                  "): attachment too fragmented or too large"),
-                      nullptr, {});
+                      nullptr);
     }
     if (wire::PrefixSize(descs.size()) > call->msg.room) {
       // More descriptors than planned (a foreign attachment got split): re-frame.
       auto m = internal::RawWithRoom(pool,
                                      std::string_view(call->msg.buf.data() + call->msg.room, call->msg.message_len),
                                      wire::PrefixSize(descs.size()));
-      if (!m.ok()) return Complete(call, m.status(), nullptr, {});
+      if (!m.ok()) return Complete(call, m.status(), nullptr);
       call->msg = std::move(*m);
     }
     if (wire::PrefixSize(descs.size()) + call->msg.message_len + att.size() > limit) {
       return Complete(call, ResourceExhaustedError("request message of " + std::to_string(call->msg.message_len) +
                                                    " bytes does not fit a control message of " +
                                                    std::to_string(limit) + " bytes: send bulk data as an attachment"),
-                      nullptr, {});
+                      nullptr);
     }
 
     wire::FrameHeader h;
@@ -347,7 +340,7 @@ class RpcChannel::Impl {
     h.deadline_us = ctx.DeadlineBudgetMicros();
     h.attachment_len = static_cast<uint32_t>(att.size());
     auto frame = internal::FinishFrame(call->msg, h, descs);
-    if (!frame.ok()) return Complete(call, frame.status(), nullptr, {});
+    if (!frame.ok()) return Complete(call, frame.status(), nullptr);
     frame->Append(std::move(att));
     call->msg.buf.Reset();
     call->txn = h.txn_id;
@@ -373,7 +366,7 @@ class RpcChannel::Impl {
         Status why = sent.code() == StatusCode::kUnavailable || sent.code() == StatusCode::kCancelled
                          ? Status(StatusCode::kUnavailable, "send to " + link->peer + ": " + sent.ToString())
                          : sent;
-        Complete(call, std::move(why), nullptr, {});
+        Complete(call, std::move(why), nullptr);
       }
     }
   }
@@ -393,7 +386,7 @@ class RpcChannel::Impl {
         link->conn->Send(std::move(*f)).IgnoreError();
       }
     }
-    Complete(call, std::move(why), nullptr, {});
+    Complete(call, std::move(why), nullptr);
   }
 
   // Serializes, then runs StartCall on the right worker.

@@ -1,4 +1,5 @@
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -214,19 +215,67 @@ Result<mempool::IoBuf> SmallFrame(mempool::Pool& pool, wire::FrameHeader header,
   return mempool::IoBuf(std::move(buf));
 }
 
-Result<mempool::Buffer> Flatten(mempool::Pool& pool, mempool::IoBuf& msg) {
-  if (msg.num_slices() == 1) return msg.slice(0);
-  if (msg.empty()) return DataLossError("empty control message");
-  HRPC_ASSIGN_OR_RETURN(mempool::Buffer buf, pool.Allocate(msg.size()));
-  msg.CopyTo(buf.data(), 0, msg.size());
-  return buf;
+namespace {
+// memcpy of bytes [off, off+n) of `msg` (not payload: header, descriptors, message).
+void GatherRange(const mempool::IoBuf& msg, size_t off, size_t n, char* dst) {
+  for (size_t i = 0; i < msg.num_slices() && n > 0; ++i) {
+    const mempool::Buffer& s = msg.slice(i);
+    if (off >= s.size()) {
+      off -= s.size();
+      continue;
+    }
+    const size_t k = std::min(n, s.size() - off);
+    std::memcpy(dst, s.data() + off, k);
+    dst += k;
+    n -= k;
+    off = 0;
+  }
 }
+}  // namespace
 
-BodyOffsets OffsetsOf(const wire::Frame& f) {
-  BodyOffsets o;
-  o.message = f.header().header_len + f.num_descriptors() * wire::kDescriptorSize;
-  o.attachment = o.message + f.header().message_len;
-  return o;
+Result<ReceivedFrame> ReadFrame(mempool::Pool& pool, mempool::IoBuf& msg) {
+  ReceivedFrame r;
+  if (msg.num_slices() == 1) {
+    r.control = msg.slice(0);
+    HRPC_ASSIGN_OR_RETURN(r.frame, wire::Decode(std::as_bytes(std::span<const char>(r.control.data(), r.control.size()))));
+    const wire::FrameHeader& h = r.frame.header();
+    if (h.attachment_len > 0) {
+      const size_t off = h.header_len + r.frame.num_descriptors() * wire::kDescriptorSize + h.message_len;
+      r.attachment = mempool::IoBuf(r.control.Slice(off, h.attachment_len));
+    }
+    return r;
+  }
+  std::byte head[wire::kHeaderSize];
+  if (msg.size() < wire::kHeaderSize) {
+    return DataLossError("hrpc wire: truncated frame: " + std::to_string(msg.size()) + " bytes");
+  }
+  GatherRange(msg, 0, wire::kHeaderSize, reinterpret_cast<char*>(head));
+  HRPC_ASSIGN_OR_RETURN(wire::FrameHeader h, wire::DecodeHeader(std::span<const std::byte>(head, sizeof head)));
+  const uint64_t total = wire::FrameLength(h);
+  const uint64_t att_off = uint64_t{h.header_len} + uint64_t{h.num_descriptors} * wire::kDescriptorSize + h.message_len;
+  if (total != msg.size() || att_off + h.attachment_len > total) {
+    // Let Decode name the problem precisely (on a bounded copy).
+    if (msg.size() > wire::kMaxFrameBytes) return DataLossError("hrpc wire: frame exceeds the frame limit");
+    HRPC_ASSIGN_OR_RETURN(mempool::Buffer all, pool.Allocate(msg.size()));
+    GatherRange(msg, 0, msg.size(), all.data());
+    auto f = wire::Decode(std::as_bytes(std::span<const char>(all.data(), all.size())));
+    return f.ok() ? DataLossError("hrpc wire: frame length mismatch") : f.status();
+  }
+  const size_t control_len = static_cast<size_t>(total - h.attachment_len);
+  HRPC_ASSIGN_OR_RETURN(r.control, pool.Allocate(std::max<size_t>(control_len, 1)));
+  r.control = r.control.Slice(0, control_len);
+  GatherRange(msg, 0, static_cast<size_t>(att_off), r.control.data());
+  GatherRange(msg, static_cast<size_t>(att_off + h.attachment_len), static_cast<size_t>(total - att_off - h.attachment_len),
+              r.control.data() + att_off);
+  // The control copy carries no attachment: say so in its header (offset 44).
+  std::memset(r.control.data() + 44, 0, 4);
+  HRPC_ASSIGN_OR_RETURN(r.frame, wire::Decode(std::as_bytes(std::span<const char>(r.control.data(), r.control.size()))));
+  if (h.attachment_len > 0) {
+    r.attachment = msg.Share();
+    r.attachment.TrimFront(static_cast<size_t>(att_off));
+    r.attachment.TrimBack(static_cast<size_t>(total - att_off - h.attachment_len));
+  }
+  return r;
 }
 
 }  // namespace internal

@@ -95,15 +95,16 @@ Result<mempool::IoBuf> FinishFrame(SerializedMessage& m, wire::FrameHeader heade
 // status message).
 Result<mempool::IoBuf> SmallFrame(mempool::Pool& pool, wire::FrameHeader header, std::string_view status_message);
 
-// A received control message as one contiguous span (messages arrive in one
-// buffer; a chained one is flattened through CountedCopy).
-Result<mempool::Buffer> Flatten(mempool::Pool& pool, mempool::IoBuf& msg);
-
-// Offsets of the body parts of a decoded frame inside its buffer.
-struct BodyOffsets {
-  size_t message = 0;
-  size_t attachment = 0;
+// A received control frame: header, descriptors, message and status message
+// in one contiguous buffer (`control`, which `frame` views), and the inline
+// attachment as slices of the received buffers (never copied). A message the
+// transport delivered in several slices has its non-payload parts gathered
+// with a plain memcpy (they are not payload, so CountedCopy does not count them).
+struct ReceivedFrame {
+  mempool::Buffer control;
+  wire::Frame frame;
+  mempool::IoBuf attachment;
 };
-BodyOffsets OffsetsOf(const wire::Frame& f);
+Result<ReceivedFrame> ReadFrame(mempool::Pool& pool, mempool::IoBuf& msg);
 
 }  // namespace hrpc::internal

@@ -182,29 +182,21 @@ class Server::Impl {
         }
         break;
       }
-      auto flat = internal::Flatten(pool, *msg);
-      if (!flat.ok()) {
-        SPDLOG_WARN("hrpc server: closing connection {}: {}", sc->peer, flat.status().ToString());
+      auto rx = internal::ReadFrame(pool, *msg);
+      if (!rx.ok()) {
+        SPDLOG_WARN("hrpc server: closing connection {}: malformed frame: {}", sc->peer, rx.status().ToString());
         break;
       }
-      mempool::Buffer buf = std::move(*flat);
-      auto frame = wire::Decode(std::as_bytes(std::span<const char>(buf.data(), buf.size())));
-      if (!frame.ok()) {
-        SPDLOG_WARN("hrpc server: closing connection {}: malformed frame: {}", sc->peer, frame.status().ToString());
-        break;
-      }
-      const wire::FrameHeader& h = frame->header();
+      const wire::FrameHeader& h = rx->frame.header();
       if (h.kind == wire::FrameKind::kRequest) {
         if (sc->active.count(h.txn_id) != 0) {
           SPDLOG_WARN("hrpc server: closing connection {}: duplicate txn id {}", sc->peer, h.txn_id);
           break;
         }
         const Clock::time_point arrival = Clock::now();
-        workers->scheduler(sc->worker).Spawn(
-            [this, sc, buf = std::move(buf), f = std::move(*frame), arrival]() mutable {
-              HandleRequest(sc, buf, f, arrival);
-            },
-            "hrpc-handler");
+        auto req = std::make_shared<internal::ReceivedFrame>(std::move(*rx));
+        workers->scheduler(sc->worker).Spawn([this, sc, req, arrival] { HandleRequest(sc, *req, arrival); },
+                                             "hrpc-handler");
       } else if (h.kind == wire::FrameKind::kCancel) {
         auto it = sc->active.find(h.txn_id);
         if (it != sc->active.end()) it->second->MarkCancelled();
@@ -236,13 +228,13 @@ class Server::Impl {
     if (f.ok() && !sc.closed) sc.conn->Send(std::move(*f)).IgnoreError();
   }
 
-  void HandleRequest(const std::shared_ptr<ServerConn>& sc, const mempool::Buffer& buf, const wire::Frame& frame,
-                     Clock::time_point arrival) {
+  void HandleRequest(const std::shared_ptr<ServerConn>& sc, internal::ReceivedFrame& rx, Clock::time_point arrival) {
+    const wire::Frame& frame = rx.frame;
     const wire::FrameHeader& h = frame.header();
     mempool::Pool& pool = workers->pool(sc->worker);
     MethodCounters& mc = CountersFor(h.service_id, h.method_id);
     mc.Begin();
-    uint64_t bytes_in = h.message_len + h.attachment_len;
+    uint64_t bytes_in = h.message_len + rx.attachment.size();
     uint64_t bytes_out = 0;
     auto finish = [&](const Status& s) { mc.End(Clock::now() - arrival, s.ok(), bytes_in, bytes_out); };
 
@@ -268,8 +260,7 @@ class Server::Impl {
     }
     sc->active.emplace(h.txn_id, &ctx);
     ctx.set_peer(sc->peer);
-    const internal::BodyOffsets off = internal::OffsetsOf(frame);
-    if (h.attachment_len > 0) ctx.request_attachment() = mempool::IoBuf(buf.Slice(off.attachment, h.attachment_len));
+    ctx.request_attachment() = std::move(rx.attachment);
     std::vector<wire::BulkDescriptor> descs;
     size_t num_push = 0;
     for (size_t i = 0; i < frame.num_descriptors(); ++i) {
@@ -294,7 +285,7 @@ class Server::Impl {
     }
     FrameWriter writer(pool, wire::PrefixSize(num_push));
     if (status.ok()) {
-      status = svc_it->second->CallMethod(h.method_id, ctx, std::string_view(buf.data() + off.message, h.message_len),
+      status = svc_it->second->CallMethod(h.method_id, ctx, std::string_view(reinterpret_cast<const char*>(frame.message().data()), frame.message().size()),
                                           writer);
     }
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
