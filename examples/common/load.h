@@ -128,8 +128,10 @@ inline LoadResult RunLoad(hrpc::RpcChannel& channel, const LoadOptions& o) {
   auto last = t0;
   while (std::chrono::steady_clock::now() < end) {
     std::this_thread::sleep_until(std::min(end, last + std::chrono::seconds(1)));
-    if (o.progress) {
-      const auto now = std::chrono::steady_clock::now();
+    const auto now = std::chrono::steady_clock::now();
+    if (!o.progress) {
+      last = now;
+    } else {
       const uint64_t c = calls.load();
       const double dt = std::chrono::duration<double>(now - last).count();
       const double rps = dt > 0 ? static_cast<double>(c - last_calls) / dt : 0;
