@@ -14,8 +14,8 @@
 #   perftest case=send_lat size=64 p50_us=... avg_us=... p99_us=...
 # Other scripts source this file (HRPC_PERFTEST_LIB=1) for perftest_bw / perftest_lat.
 #
-# Settings: PERFTEST_SIZES (default "65536 262144 1048576"), PERFTEST_DURATION (s, default 3),
-# PERFTEST_LAT_ITERS (default 5000).
+# Settings: PERFTEST_SIZES (default "65536 262144 1048576"), PERFTEST_BYTES (per bw case,
+# default 96 MiB), PERFTEST_TX_DEPTH (default 16), PERFTEST_LAT_ITERS (default 5000).
 set -uo pipefail
 
 PT_DEV=${RXE_GUEST_DEV:-rxe0}
@@ -45,11 +45,15 @@ pt_pair() {
   fi
 }
 
-# perftest_bw write|read SIZE → prints the average MiB/s
+# perftest_bw write|read SIZE → prints the average MiB/s. Iteration mode (-n) moving
+# PERFTEST_BYTES (default 96 MiB) with PERFTEST_TX_DEPTH (default 16, the depth
+# rdma_transport_bench keeps outstanding) — in duration mode under a loaded TCG guest
+# 1 MiB runs can end with no completion inside the window and report 0.
 perftest_bw() {
-  local op=$1 size=$2 dur=${PERFTEST_DURATION:-3}
+  local op=$1 size=$2 bytes=${PERFTEST_BYTES:-100663296}
+  local iters=$((bytes / size)); [ $iters -lt 8 ] && iters=8
   PT_PORT=$((PT_PORT + 1))
-  local args="-d $PT_DEV -x $PT_GID -s $size -D $dur -F -p $PT_PORT"
+  local args="-d $PT_DEV -x $PT_GID -s $size -n $iters -t ${PERFTEST_TX_DEPTH:-16} -F -p $PT_PORT"
   pt_pair "${op}_bw_$size" "ib_${op}_bw $args" "ib_${op}_bw $args $PT_ADDR" || return 1
   awk -v s="$size" '$1 == s && NF >= 5 { v = $4 } END { if (v == "") exit 1; print v }' \
     "$PT_TMP/${op}_bw_$size.cli"

@@ -56,7 +56,7 @@ class VerbsRegistrar final : public mempool::Registrar {
  public:
   VerbsRegistrar(ibv_pd* pd, int access) : pd_(pd), access_(access) {}
   std::string_view name() const override { return "ibverbs"; }
-  Result<mempool::RegionKey> Register(void* base, size_t len, int numa_node) override {
+  Result<mempool::RegionKey> Register(void* base, size_t len, [[maybe_unused]] int numa_node) override {
     ibv_mr* mr = ibv_reg_mr(pd_, base, len, access_);
     if (mr == nullptr) return ErrnoStatus(errno, "ibv_reg_mr(arena of " + std::to_string(len) + " bytes)");
     SPDLOG_DEBUG("rdma: registered arena {} (+{}) node {}: lkey {:#x} rkey {:#x}", base, len, numa_node, mr->lkey,

@@ -184,6 +184,7 @@ class Conn final : public CmTarget {
 
  private:
   friend class TransportImpl;
+  friend class ListenerImpl;
   struct SendEntry {
     uint64_t seq;
     mempool::IoBuf hold;
@@ -191,9 +192,13 @@ class Conn final : public CmTarget {
   };
   struct SqWaiter : Parked {
     uint32_t n = 0;
-    bool credit = false;
   };
   struct RecvWaiter : Parked {
+    mempool::IoBuf msg;
+  };
+  // A Send parked for a credit or an SQ slot. The waker posts the message
+  // itself (in FIFO order), so messages leave in Send() order.
+  struct SendWaiter : Parked {
     mempool::IoBuf msg;
   };
   struct Exposure {
@@ -205,15 +210,14 @@ class Conn final : public CmTarget {
     rdma::MwPtr mw;
   };
 
-  bool CanTake(uint32_t n, bool credit) const {
-    return sq_used_ + n <= sq_cap_ && (!credit || send_credits_ > 0);
-  }
-  void Take(uint32_t n, bool credit) {
-    sq_used_ += n;
-    if (credit) --send_credits_;
-  }
-  Status Reserve(uint32_t n, bool credit);
+  bool CanTake(uint32_t n) const { return sq_used_ + n <= sq_cap_; }
+  // Reserves n SQ slots for a one-sided op / bind / invalidate (FIFO among
+  // those; control messages wait separately for credits, so a message starved
+  // of credits never blocks one-sided ops behind it).
+  Status Reserve(uint32_t n);
   void WakeSqWaiters();
+  bool CanSendMessage() const { return send_credits_ > 0 && sq_used_ < sq_cap_; }
+  Status PostMessage(mempool::IoBuf message);
   // Posts wrs[0..n) (slots already reserved). The last WR carries `hold` and
   // `op` and is signaled when op != nullptr.
   Status PostWrs(ibv_send_wr* wrs, uint32_t n, mempool::IoBuf hold, Parked* op);
@@ -238,6 +242,7 @@ class Conn final : public CmTarget {
   uint64_t last_signaled_seq_ = 0;
   std::deque<SendEntry> inflight_;
   std::deque<SqWaiter*> sq_waiters_;
+  std::deque<SendWaiter*> send_waiters_;
   uint32_t send_credits_ = 0;
   uint32_t owed_credits_ = 0;
   uint32_t credit_batch_ = 1;
@@ -465,24 +470,30 @@ Status Conn::PostInitialRecvs() {
   return Status::Ok();
 }
 
-Status Conn::Reserve(uint32_t n, bool credit) {
+Status Conn::Reserve(uint32_t n) {
   if (!status_.ok()) return status_;
-  if (sq_waiters_.empty() && CanTake(n, credit)) {
-    Take(n, credit);
+  if (sq_waiters_.empty() && CanTake(n)) {
+    sq_used_ += n;
     return Status::Ok();
   }
   SqWaiter w;
   w.n = n;
-  w.credit = credit;
   sq_waiters_.push_back(&w);
   return w.Wait();  // the waker took the slots for us; do not touch `this` on error
 }
 
 void Conn::WakeSqWaiters() {
-  while (!sq_waiters_.empty()) {
+  // Control messages first (each needs a credit and a slot), then one-sided ops.
+  while (status_.ok() && !send_waiters_.empty() && CanSendMessage()) {
+    SendWaiter* w = send_waiters_.front();
+    send_waiters_.pop_front();
+    Status s = PostMessage(std::move(w->msg));
+    w->Finish(std::move(s));
+  }
+  while (status_.ok() && !sq_waiters_.empty()) {
     SqWaiter* w = sq_waiters_.front();
-    if (!CanTake(w->n, w->credit)) break;
-    Take(w->n, w->credit);
+    if (!CanTake(w->n)) break;
+    sq_used_ += w->n;
     sq_waiters_.pop_front();
     w->Finish(Status::Ok());
   }
@@ -532,9 +543,16 @@ Status Conn::Send(mempool::IoBuf message) {
     message = mempool::IoBuf(std::move(b));
     ++stats_.coalesced_sends;
   }
-  HRPC_TRY(Reserve(1, /*credit=*/true));
-  // Re-check: the connection may have failed while we waited (Reserve returns
-  // that Status then), so `this` is valid here.
+  if (send_waiters_.empty() && CanSendMessage()) return PostMessage(std::move(message));
+  SendWaiter w;
+  w.msg = std::move(message);
+  send_waiters_.push_back(&w);
+  return w.Wait();  // posted (or failed) by WakeSqWaiters / Fail
+}
+
+Status Conn::PostMessage(mempool::IoBuf message) {
+  --send_credits_;
+  ++sq_used_;
   ibv_sge sges[16];
   const uint32_t nsge = static_cast<uint32_t>(
       message.FillSges(t_.slot_, std::span<mempool::Sge>(reinterpret_cast<mempool::Sge*>(sges), max_send_sge_)));
@@ -721,7 +739,7 @@ Result<RemoteDescriptor> Conn::Expose(const mempool::Buffer& buf, Access access)
     mw.reset(ibv_alloc_mw(t_.domain_->pd(), IBV_MW_TYPE_2));
     if (!mw) return ErrnoStatus(errno, "ibv_alloc_mw(type 2)");
   }
-  HRPC_TRY(Reserve(1, false));
+  HRPC_TRY(Reserve(1));
   const uint32_t rkey = ibv_inc_rkey(mw->rkey);
   ibv_send_wr wr{};
   wr.opcode = IBV_WR_BIND_MW;
@@ -758,7 +776,7 @@ Status Conn::Revoke(const RemoteDescriptor& d) {
   // Hide the exposure now: a concurrent Revoke of the same key finds nothing.
   Exposure e = std::move(*it);
   exposures_.erase(it);
-  HRPC_TRY(Reserve(1, false));
+  HRPC_TRY(Reserve(1));
   ibv_send_wr wr{};
   wr.opcode = IBV_WR_LOCAL_INV;
   wr.send_flags = IBV_SEND_SIGNALED;
@@ -821,7 +839,7 @@ Status Conn::OneSided(bool read, const RemoteDescriptor& rd, const mempool::IoBu
   std::vector<ibv_send_wr> wrs;
   while (next < plan.size()) {
     const uint32_t n = static_cast<uint32_t>(std::min<size_t>(plan.size() - next, batch_max));
-    Status s = Reserve(n, false);
+    Status s = Reserve(n);
     if (!s.ok()) {
       // WRs of this op already posted still reference `local`: their entries hold it.
       return s;
@@ -857,6 +875,8 @@ void Conn::Fail(Status s) {
   }
   for (SqWaiter* w : sq_waiters_) w->Finish(status_);
   sq_waiters_.clear();
+  for (SendWaiter* w : send_waiters_) w->Finish(status_);
+  send_waiters_.clear();
   for (RecvWaiter* w : recv_waiters_) w->Finish(status_);
   recv_waiters_.clear();
   for (SendEntry& e : inflight_) {
@@ -1021,6 +1041,7 @@ void ListenerImpl::OnRequest(const CmEv& ev) {
     c->Fail(s);
     return;
   }
+  c->connected_ = true;     // from now on a failure disconnects (DREQ/REJ to the peer)
   c->user_owned_ = false;  // until Accept() hands it out
   c->in_listener_ = true;
   c->listener_ = this;
@@ -1451,6 +1472,7 @@ Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri)
   p.retry_count = opts_.retry_count;
   p.rnr_retry_count = opts_.rnr_retry;
   if (rdma_connect(id, &p) != 0) return fail(UnavailableError(ErrnoStatus(errno, "rdma_connect").message()));
+  c->connected_ = true;
   if (Status s = wait_event(RDMA_CM_EVENT_ESTABLISHED, "connect"); !s.ok()) {
     return fail(s);
   }
@@ -1459,12 +1481,10 @@ Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri)
       ev.hello->max_message_bytes == 0 || ev.hello->recv_depth == 0 ||
       ev.hello->max_message_bytes > opts_.common.max_message_bytes ||
       ev.hello->recv_depth > opts_.common.recv_depth) {
-    c->connected_ = true;
     return fail(FailedPreconditionError("rdma Connect to " + c->peer_ + ": bad hello in the accept"));
   }
   c->SetLimits(ev.hello->max_message_bytes, ev.hello->recv_depth);
   c->state_ = Conn::State::kEstablished;
-  c->connected_ = true;
   c->MaybeSendCredits();  // messages may have been taken before ESTABLISHED was seen
   return std::unique_ptr<Connection>(std::make_unique<RdmaConnection>(c));
 }

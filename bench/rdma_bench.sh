@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# rdma_bench.sh [BUILD_DIR] — the rdma transport against its limit: in ONE Soft-RoCE
+# guest run, perftest (ib_write_bw / ib_read_bw at 64 KiB, 256 KiB, 1 MiB; ib_send_lat
+# 64 B) and rdma_transport_bench (same sizes, same device), then one line per case:
+#   transport_bench case=write transport=rdma size=65536 MBps=… perftest_MBps=… ratio=…
+#   transport_bench case=pingpong transport=rdma size=64 half_rtt_us=… perftest_us=… ratio=…
+# Targets (issue 6): write/read ratio >= 0.85; send latency ratio <= 1.3.
+# BUILD_DIR defaults to build/rdma-rel (a Release build). Under TCG only ratios mean anything.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd -P)
+root=$(cd "$here/.." && pwd -P)
+BUILD=${1:-$root/build/rdma-rel}
+BENCH=$BUILD/transport/rdma/rdma_transport_bench
+
+if [ "${RXE_GUEST:-0}" != 1 ]; then
+  guest=${HRPC_RXE_GUEST:-$root/../shared/rxe/run-in-rxe-guest.sh}
+  [ -x "$guest" ] || { echo "rdma_bench: no guest script at $guest" >&2; exit 2; }
+  [ -x "$BENCH" ] || { echo "rdma_bench: build $BENCH first (cmake --build $BUILD --target rdma_transport_bench)" >&2; exit 2; }
+  cd "$root" && exec "$guest" "$here/rdma_bench.sh" "$BUILD"
+fi
+
+HRPC_PERFTEST_LIB=1 source "$here/rdma_perftest.sh"
+SIZES=${PERFTEST_SIZES:-65536 262144 1048576}
+DUR=${PERFTEST_DURATION:-3}
+rc=0
+# Interleaved: perftest, then hrpc, for each case — the host is shared, so the pair
+# measured back to back sees the same load. Output without process substitution
+# (the guest has no /dev/fd).
+bench() {  # args for rdma_transport_bench; prints its transport_bench line
+  local out
+  out=$("$BENCH" --addr="$PT_ADDR" --seconds="$DUR" --depth="${BENCH_DEPTH:-16}" \
+        --iters="${PERFTEST_LAT_ITERS:-5000}" "$@" 2>&1) || { echo "$out" >&2; return 1; }
+  grep '^transport_bench ' <<<"$out"
+}
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+for op in write read; do
+  for s in $SIZES; do
+    pt=$(perftest_bw $op "$s") || pt=0
+    echo "perftest case=$op size=$s MBps=$pt"
+    line=$(bench --cases=$op --sizes="$s") || { echo "transport_bench case=$op size=$s FAILED"; rc=1; continue; }
+    mbps=$(field MBps "$line")
+    ratio=$(awk -v a="$mbps" -v b="$pt" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }')
+    echo "$line perftest_MBps=$pt ratio=$ratio target=>=0.85"
+  done
+done
+lat=$(perftest_lat 64) || lat=""
+echo "perftest case=send_lat size=64 $lat"
+pt_lat=$(field p50_us "$lat")
+line=$(bench --cases=pingpong --server-mode=polling) || { echo "transport_bench case=pingpong FAILED"; exit 1; }
+half=$(field half_rtt_us "$line")
+ratio=$(awk -v a="$half" -v b="$pt_lat" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }')
+echo "$line perftest_us=$pt_lat ratio=$ratio target=<=1.3"
+exit $rc
