@@ -15,7 +15,9 @@
 
 #include <gtest/gtest.h>
 
+#include "hrpc/coroutine/group.h"
 #include "hrpc/coroutine/sync.h"
+#include "hrpc/coroutine/topology.h"
 #include "hrpc/coroutine/worker.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/rpc/rpc_channel.h"
@@ -475,6 +477,45 @@ TEST(RpcMalformedFrame, RawSocketGarbage) {
   req.set_text("ok");
   Resp resp;
   ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
+}
+
+// Server and channel on borrowed network groups (workers + pool per group).
+TEST(RpcNetworkGroups, ServerAndChannelOnGroups) {
+  auto topo = hrpc::coro::Topology::FromMachine();
+  ASSERT_TRUE(topo.ok()) << topo.status().ToString();
+  hrpc::coro::GroupOptions go;
+  go.pool.prefault = false;
+  go.pool.grow = true;
+  auto server_groups = hrpc::coro::NetworkGroups::Create(*topo, go);
+  ASSERT_TRUE(server_groups.ok()) << server_groups.status().ToString();
+  auto client_groups = hrpc::coro::NetworkGroups::Create(*topo, go);
+  ASSERT_TRUE(client_groups.ok()) << client_groups.status().ToString();
+  rpctest::TestService service;
+  hrpc::ServerOptions so;
+  so.listen = {"tcp://127.0.0.1:0"};
+  so.runtime.groups = server_groups->get();
+  auto server = hrpc::Server::Create(so);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->RegisterService(&service).ok());
+  ASSERT_TRUE((*server)->Start().ok());
+  const std::string bound = (*server)->listen_uris().at(0);
+  hrpc::RpcChannelOptions co;
+  co.runtime.groups = client_groups->get();
+  auto channel = hrpc::RpcChannel::Create("tcp://127.0.0.1:" + bound.substr(bound.rfind(':') + 1), co);
+  ASSERT_TRUE(channel.ok()) << channel.status().ToString();
+  rpctest::Test::Stub stub(channel->get());
+  for (int i = 0; i < 10; ++i) {
+    ClientContext ctx;
+    ctx.request_attachment() = rpctest::MakePayload((*channel)->pool(), 64 * 1024, i);
+    Req req;
+    req.set_text("grouped");
+    Resp resp;
+    auto st = stub.Call(ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    EXPECT_EQ(resp.attachment_bytes(), 64u * 1024);
+  }
+  channel->reset();
+  server->reset();  // before the groups (their workers and pools)
 }
 
 TEST(RpcChannelOptions, SchemeLessUriPicksTransport) {
