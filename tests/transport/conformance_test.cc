@@ -464,7 +464,7 @@ class PeerProcess : public ::testing::TestWithParam<TransportKind> {
 };
 
 TEST_P(PeerProcess, KilledPeerFailsOutstandingOpsAndListenerKeepsAccepting) {
-  env_ = std::make_unique<Env>(GetParam());
+  env_ = std::make_unique<Env>(GetParam(), FastDeadPeerOptions());
   Env& env = *env_;
   StartPeer(env);
   ASSERT_FALSE(HasFatalFailure());
@@ -478,7 +478,7 @@ TEST_P(PeerProcess, KilledPeerFailsOutstandingOpsAndListenerKeepsAccepting) {
     waitpid(child_, nullptr, 0);
     child_ = -1;
   });
-  EXPECT_LT(took, TestOptions().dead_peer_timeout + 500ms);
+  EXPECT_LT(took, FastDeadPeerOptions().dead_peer_timeout + 500ms);
   // The listener keeps accepting.
   auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
   auto c = env.ConnectClient();
@@ -494,14 +494,14 @@ TEST_P(PeerProcess, KilledPeerFailsOutstandingOpsAndListenerKeepsAccepting) {
 }
 
 TEST_P(PeerProcess, SilentPeerHitsDeadPeerTimeout) {
-  env_ = std::make_unique<Env>(GetParam());
+  env_ = std::make_unique<Env>(GetParam(), FastDeadPeerOptions());
   Env& env = *env_;
   StartPeer(env);
   ASSERT_FALSE(HasFatalFailure());
   StopPeer();  // alive (socket open) but silent
   ASSERT_FALSE(HasFatalFailure());
   auto took = FailAllOutstanding(env, [] {});
-  const auto timeout = TestOptions().dead_peer_timeout;
+  const auto timeout = FastDeadPeerOptions().dead_peer_timeout;
   EXPECT_GE(took, timeout / 2);
   EXPECT_LT(took, timeout * 3);
   EXPECT_EQ(conn_->status().code(), StatusCode::kUnavailable);

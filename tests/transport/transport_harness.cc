@@ -34,12 +34,28 @@ TransportKind TcpKind() {
   return k;
 }
 
+namespace {
+std::vector<TransportKind>& Kinds() {
+  static std::vector<TransportKind> kinds = {LoopbackKind(), TcpKind()};
+  return kinds;
+}
+}  // namespace
+
 const TransportKind* FindKind(const std::string& name) {
-  static const std::vector<TransportKind> kinds = {LoopbackKind(), TcpKind()};
-  for (const auto& k : kinds) {
+  for (const auto& k : Kinds()) {
     if (k.name == name) return &k;
   }
   return nullptr;
+}
+
+void RegisterKind(const TransportKind& kind) {
+  for (auto& k : Kinds()) {
+    if (k.name == kind.name) {
+      k = kind;
+      return;
+    }
+  }
+  Kinds().push_back(kind);
 }
 
 std::string KindName(const ::testing::TestParamInfo<TransportKind>& info) { return info.param.name; }
@@ -61,9 +77,17 @@ TransportOptions TestOptions() {
   o.recv_depth = 16;
   o.max_message_bytes = 64 * 1024;
   o.keepalive_interval = std::chrono::milliseconds(100);
-  o.dead_peer_timeout = std::chrono::milliseconds(1000);
+  // Generous: ASan on a loaded 2-core box can starve a worker for a while.
+  // The dead-peer tests use FastDeadPeerOptions().
+  o.dead_peer_timeout = std::chrono::milliseconds(5000);
   o.connect_timeout = std::chrono::milliseconds(3000);
   o.handshake_timeout = std::chrono::milliseconds(1000);
+  return o;
+}
+
+TransportOptions FastDeadPeerOptions() {
+  TransportOptions o = TestOptions();
+  o.dead_peer_timeout = std::chrono::milliseconds(1000);
   return o;
 }
 

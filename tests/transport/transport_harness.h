@@ -44,8 +44,13 @@ struct TransportKind {
 
 TransportKind LoopbackKind();
 TransportKind TcpKind();
-// Every kind linked into this binary (for the child-process mode).
+// Every kind linked into this binary (for the child-process mode of the
+// PeerProcess suite): loopback and tcp, plus any added with RegisterKind()
+// (call it during static initialization, e.g.
+//   [[maybe_unused]] static const bool kReg = (RegisterKind(RdmaKind()), true);
+// then one INSTANTIATE_TEST_SUITE_P(Rdma, PeerProcess, ...) line).
 const TransportKind* FindKind(const std::string& name);
+void RegisterKind(const TransportKind& kind);
 std::string KindName(const ::testing::TestParamInfo<TransportKind>& info);
 
 // A pool big enough for two 64 MiB blocks; no prefault (fast under ASan).
@@ -53,6 +58,8 @@ std::unique_ptr<mempool::Pool> MakeTestPool(size_t arena_bytes = 256u << 20, siz
 
 // Short timeouts so failure tests finish quickly.
 TransportOptions TestOptions();
+// TestOptions() with a 1 s dead-peer timeout, for the tests that wait for it.
+TransportOptions FastDeadPeerOptions();
 
 // Runs fn as a coroutine on `w` and blocks the calling (test) thread for its result.
 // void -> void (a coroutine failure is a test failure); a plain T -> T;
