@@ -10,6 +10,7 @@
 #include "hrpc/coroutine/group.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
+#include "hrpc/transport/rdma.h"
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
 #include "runtime_internal.h"
@@ -36,9 +37,7 @@ TransportChoice TransportChoiceFromEnv() {
   return TransportChoice::kAuto;
 }
 
-// The RDMA engineer replaces this with transport::RdmaDeviceAvailable() once
-// the rdma transport is linked into the runtime.
-bool RdmaDeviceProbe() { return false; }
+bool RdmaDeviceProbe() { return transport::RdmaDeviceAvailable(); }
 
 Result<std::string> ResolveUri(std::string_view uri, TransportChoice choice) {
   if (uri.find("://") == std::string_view::npos) {
@@ -146,7 +145,19 @@ Result<transport::Transport*> WorkerSet::TransportFor(size_t i, std::string_view
     HRPC_ASSIGN_OR_RETURN(t, transport::CreateLoopbackTransport(options_.loopback, sched, *slot.pool,
                                                                 options_.transport));
   } else if (scheme == "rdma") {
-    return UnimplementedError("the rdma transport is not wired into the RPC runtime yet");
+    // One RdmaDomain (device context, PD, one ibv_reg_mr per arena) per pool,
+    // shared by the transports of every worker that allocates from that pool.
+    PoolReg& reg = RegFor(slot.pool);
+    transport::RdmaOptions ro;
+    {
+      std::lock_guard lock(regs_mu_);
+      if (!reg.rdma_domain) {
+        HRPC_ASSIGN_OR_RETURN(reg.rdma_domain, transport::RdmaDomain::Open(*slot.pool));
+      }
+      ro.domain = reg.rdma_domain;
+    }
+    ro.common = options_.transport;
+    HRPC_ASSIGN_OR_RETURN(t, transport::CreateRdmaTransport(sched, *slot.pool, std::move(ro)));
   } else {
     return InvalidArgumentError("unknown transport scheme '" + std::string(scheme) + "'");
   }

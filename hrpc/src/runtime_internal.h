@@ -24,6 +24,10 @@
 #include "hrpc/rpc/wire.h"
 #include "hrpc/transport/transport.h"
 
+namespace hrpc::transport {
+class RdmaDomain;
+}
+
 namespace hrpc::internal {
 
 // Workers, their pools and their transports. Transports are created lazily on
@@ -60,6 +64,8 @@ class WorkerSet {
     std::unique_ptr<mempool::Registrar> tcp_registrar;
     mempool::RegistrarSlot tcp_slot = 0;
     bool attached = false;
+    // Destroyed after the transports (DestroyTransports) and before the pools.
+    std::shared_ptr<transport::RdmaDomain> rdma_domain;
   };
   explicit WorkerSet(const RuntimeOptions& o) : options_(o) {}
   PoolReg& RegFor(mempool::Pool* pool);
