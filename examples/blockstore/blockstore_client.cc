@@ -34,10 +34,17 @@ struct Latencies {
   }
 };
 
-void Report(const char* op, uint64_t bytes, double secs, Latencies& lat, uint64_t bs) {
+struct Result {
+  const char* op;
+  uint64_t bytes;
+  double mbps;
+};
+
+Result Report(const char* op, uint64_t bytes, double secs, Latencies& lat, uint64_t bs) {
   std::printf("%s: %llu bytes in %zu ops of %llu: %.1f MB/s, latency p50 %.1f us p99 %.1f us\n", op,
               static_cast<unsigned long long>(bytes), lat.us.size(), static_cast<unsigned long long>(bs),
               secs > 0 ? bytes / secs / 1e6 : 0.0, lat.Pct(0.50), lat.Pct(0.99));
+  return {op, bytes, secs > 0 ? bytes / secs / 1e6 : 0.0};
 }
 
 }  // namespace
@@ -79,6 +86,7 @@ int main(int argc, char** argv) {
   hrpc_blockstore::BlockStore::Stub stub(channel->get());
   int failures = 0;
   std::vector<char> expect;
+  std::vector<Result> results;
 
   auto stat = [&](hrpc_blockstore::StatResponse* st) {
     hrpc::ClientContext ctx;
@@ -120,8 +128,8 @@ int main(int argc, char** argv) {
       }
       bytes += resp.bytes();
     }
-    Report("write", bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), lat,
-           block_size);
+    results.push_back(Report("write", bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), lat,
+           block_size));
   }
 
   if (do_read) {
@@ -159,8 +167,8 @@ int main(int argc, char** argv) {
         }
       }
     }
-    Report("read", bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), lat,
-           block_size);
+    results.push_back(Report("read", bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), lat,
+           block_size));
     if (do_verify) std::printf("verify: %s (%llu bad requests)\n", bad == 0 ? "ok" : "FAILED", static_cast<unsigned long long>(bad));
     failures += static_cast<int>(bad);
   }
@@ -176,5 +184,14 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(after.bytes_written()), static_cast<unsigned long long>(after.bytes_read()),
               static_cast<unsigned long long>(after.copied_bytes()),
               static_cast<unsigned long long>(after.copied_bytes() - before.copied_bytes()));
+  // One machine-readable line per op (the end-to-end line of bench/sink_bench's report).
+  const std::string& resolved = (*channel)->uri();
+  const std::string transport = resolved.substr(0, resolved.find(':'));
+  for (const Result& r : results) {
+    std::printf("blockstore_bench transport=%s op=%s bs=%llu bytes=%llu MBps=%.1f durability=%s copied_bytes=%llu\n",
+                transport.c_str(), r.op, static_cast<unsigned long long>(block_size),
+                static_cast<unsigned long long>(r.bytes), r.mbps, after.durability().c_str(),
+                static_cast<unsigned long long>(after.copied_bytes() - before.copied_bytes()));
+  }
   return failures == 0 ? 0 : 1;
 }
