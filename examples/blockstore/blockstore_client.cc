@@ -128,6 +128,15 @@ int main(int argc, char** argv) {
       }
       bytes += resp.bytes();
     }
+    {  // durability=flush: makes the writes durable (a no-op for none and dsync); timed with the writes
+      hrpc::ClientContext ctx;
+      ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
+      hrpc_blockstore::FlushResponse fr;
+      if (hrpc::Status s = stub.Flush(ctx, hrpc_blockstore::FlushRequest(), &fr); !s.ok()) {
+        std::printf("flush: %s\n", s.ToString().c_str());
+        ++failures;
+      }
+    }
     results.push_back(Report("write", bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), lat,
            block_size));
   }
