@@ -529,7 +529,14 @@ bool Core::OnReadable(Conn& c) {
         return any;
       }
       pf = std::move(*b);
-      iov[n++] = {pf.data(), pf.size()};
+      // The padding guarantee (kHeaderBytes + kPayloadPad >= kPrefetchBytes)
+      // holds for a prefetch that starts at the start of a header. When the
+      // last prefetch ended inside a header (hdr_got bytes of it are in
+      // hdr_buf), this one starts hdr_got bytes later, so it must also end
+      // hdr_got bytes earlier: else a WRITE / READ_RESP header split there
+      // would let it run hdr_got bytes past the padding into the payload.
+      const size_t pf_len = tcp::kPrefetchBytes - (c.in_body ? 0 : c.hdr_got);
+      iov[n++] = {pf.data(), pf_len};
     }
     size_t asked = 0;
     for (int i = 0; i < n; ++i) asked += iov[i].iov_len;

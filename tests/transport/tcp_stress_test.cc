@@ -1,0 +1,296 @@
+// TCP receive state machine under stress: the receive prefetch (up to
+// kPrefetchBytes read past the current frame) must never take one-sided
+// payload, whatever offset of the next frame's header or padding it ends at.
+//
+// PrefetchEndsInsideWriteHeader pins the exact case deterministically from a
+// raw socket (frames built byte by byte from docs/transport.md);
+// ConcurrentTrafficBothWays is the random stress: Writes, Reads and messages of
+// random sizes in flight in both directions on one connection, every byte
+// CRC-checked and the connection required to stay healthy.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "hrpc/base/crc32c.h"
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/transport/tcp.h"
+#include "transport_harness.h"
+
+namespace hrpc::transport::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using mempool::Buffer;
+using mempool::IoBuf;
+
+constexpr size_t kPad = 224;       // docs/transport.md: padding before WRITE / READ_RESP payloads
+constexpr size_t kPrefetch = 256;  // docs/transport.md: receive prefetch
+
+void PutHeader(std::vector<uint8_t>& out, uint8_t type, uint32_t length, uint64_t op_id = 0, uint64_t addr = 0,
+               uint32_t key = 0, uint32_t aux = 0) {
+  uint8_t h[32] = {};
+  h[0] = 0xA7;
+  h[1] = type;
+  std::memcpy(&h[4], &length, 4);
+  std::memcpy(&h[8], &op_id, 8);
+  std::memcpy(&h[16], &addr, 8);
+  std::memcpy(&h[24], &key, 4);
+  std::memcpy(&h[28], &aux, 4);
+  out.insert(out.end(), h, h + 32);
+}
+
+void PutHello(std::vector<uint8_t>& out) {
+  PutHeader(out, /*HELLO*/ 1, 32);
+  uint8_t b[32] = {};
+  const uint64_t magic = 0x3150435450524831ull;
+  const uint16_t version = 1;
+  const uint32_t max_msg = 65536, depth = 16, keepalive = 1000, dead = 10000;
+  std::memcpy(&b[0], &magic, 8);
+  std::memcpy(&b[8], &version, 2);
+  std::memcpy(&b[12], &max_msg, 4);
+  std::memcpy(&b[16], &depth, 4);
+  std::memcpy(&b[20], &keepalive, 4);
+  std::memcpy(&b[24], &dead, 4);
+  out.insert(out.end(), b, b + 32);
+}
+
+class RawPeer {
+ public:
+  explicit RawPeer(const std::string& uri) {
+    auto u = ParseUri(uri);
+    EXPECT_TRUE(u.ok());
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(u->port);
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    EXPECT_EQ(connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << strerror(errno);
+  }
+  ~RawPeer() { close(fd_); }
+  // One send() call: on loopback the whole batch is in the peer's socket
+  // before it reads, so its first readv sees the frames back to back.
+  void Write(const std::vector<uint8_t>& bytes) {
+    ASSERT_EQ(send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
+  }
+  // Reads whole frames until one of type `type` arrives; returns its header,
+  // or an empty vector on EOF / timeout.
+  std::vector<uint8_t> WaitFrame(uint8_t type, std::chrono::milliseconds timeout = 5000ms) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      std::vector<uint8_t> h = ReadN(32, end);
+      if (h.size() != 32) return {};
+      uint32_t len;
+      std::memcpy(&len, &h[4], 4);
+      const size_t skip = len + ((h[1] == 4 || h[1] == 7) ? kPad : 0);
+      if (ReadN(skip, end).size() != skip) return {};
+      if (h[1] == type) return h;
+    }
+  }
+
+ private:
+  std::vector<uint8_t> ReadN(size_t n, std::chrono::steady_clock::time_point end) {
+    std::vector<uint8_t> out;
+    while (out.size() < n) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+      uint8_t buf[4096];
+      const ssize_t r = recv(fd_, buf, std::min(sizeof buf, n - out.size()), 0);
+      if (r <= 0) break;
+      out.insert(out.end(), buf, buf + r);
+    }
+    return out;
+  }
+
+  int fd_ = -1;
+};
+
+// A MESSAGE of 224-k bytes followed by a WRITE: the first prefetch (256
+// bytes from the MESSAGE header) ends k bytes into the WRITE header, so the
+// next read starts in the middle of that header. It may only reach the end of
+// the padding, never into the payload. Every k of 1..31, on one connection.
+TEST(TcpPrefetch, PrefetchEndsInsideWriteHeader) {
+  Env env(TcpKind());
+  env.Listen();
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  RawPeer raw(env.listener().uri());
+  std::vector<uint8_t> hello;
+  PutHello(hello);
+  raw.Write(hello);
+  ASSERT_EQ(raw.WaitFrame(/*HELLO_ACK*/ 2).size(), 32u);
+  auto conn = accepted.WaitFor(5s);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  Connection& server = **conn;
+
+  constexpr size_t kPayload = 4096;
+  Buffer target = Filled(env.pool(), kPayload, 1);
+  auto d = On(env.server_worker(), [&]() { return server.Expose(target, Access::kReadWrite); });
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+
+  for (uint32_t k = 1; k < 32; ++k) {
+    SCOPED_TRACE("prefetch ends " + std::to_string(k) + " bytes into the WRITE header");
+    const uint32_t msg_len = static_cast<uint32_t>(kPrefetch - 32 - k);
+    std::vector<uint8_t> batch;
+    PutHeader(batch, /*MESSAGE*/ 3, msg_len);
+    for (uint32_t i = 0; i < msg_len; ++i) batch.push_back(static_cast<uint8_t>(k + i));
+    ASSERT_EQ(batch.size() + k, kPrefetch);
+    PutHeader(batch, /*WRITE*/ 4, kPayload, /*op_id=*/k, d->addr, d->key);
+    batch.insert(batch.end(), kPad, 0);
+    std::vector<uint8_t> payload(kPayload);
+    for (size_t i = 0; i < kPayload; ++i) payload[i] = static_cast<uint8_t>(i * 7 + k);
+    batch.insert(batch.end(), payload.begin(), payload.end());
+    raw.Write(batch);
+
+    auto ack = raw.WaitFrame(/*WRITE_ACK*/ 5);
+    ASSERT_EQ(ack.size(), 32u) << "no WRITE_ACK: " << server.status().ToString();
+    uint64_t op_id;
+    std::memcpy(&op_id, &ack[8], 8);
+    EXPECT_EQ(op_id, k);
+    auto m = On(env.server_worker(), [&]() { return server.Recv(); });
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    ASSERT_EQ(m->size(), msg_len);
+    std::vector<uint8_t> got(msg_len);
+    m->CopyTo(got.data(), 0, msg_len);
+    for (uint32_t i = 0; i < msg_len; ++i) ASSERT_EQ(got[i], static_cast<uint8_t>(k + i)) << i;
+    EXPECT_EQ(std::memcmp(target.data(), payload.data(), kPayload), 0);
+    ASSERT_TRUE(server.status().ok()) << server.status().ToString();
+  }
+  On(env.server_worker(), [&]() { conn->reset(); });
+}
+
+// Messages carry (seq, size) in their first 8 bytes and a pattern after.
+IoBuf Message(mempool::Pool& pool, uint32_t seq, uint32_t n) {
+  Buffer b = Filled(pool, n, seq);
+  std::memcpy(b.data(), &seq, 4);
+  std::memcpy(b.data() + 4, &n, 4);
+  return IoBuf(std::move(b));
+}
+
+Status CheckMessage(mempool::Pool& pool, const IoBuf& m, uint32_t want_seq) {
+  if (m.size() < 8) return DataLossError("message of " + std::to_string(m.size()) + " bytes");
+  uint32_t seq, n;
+  m.CopyTo(&seq, 0, 4);
+  m.CopyTo(&n, 4, 4);
+  if (seq != want_seq || n != m.size()) {
+    return DataLossError("message " + std::to_string(seq) + "/" + std::to_string(n) + " bytes, want " +
+                         std::to_string(want_seq) + "/" + std::to_string(m.size()));
+  }
+  if (Message(pool, seq, n).Crc32c() != m.Crc32c()) return DataLossError("message " + std::to_string(seq) + " CRC");
+  return Status::Ok();
+}
+
+// Mostly small (so several frames and paddings share one prefetch, ending at
+// every offset), some medium, a few large.
+uint32_t RandomSize(std::mt19937& rng, uint32_t max) {
+  const uint32_t r = rng() % 10;
+  if (r < 5) return 1 + rng() % 512;
+  if (r < 8) return 1 + rng() % 8192;
+  return 1 + rng() % max;
+}
+
+// One side: kWorkers coroutines doing Write-then-Read-back of random sizes to
+// their own slice of the peer's exposed region, plus a sender of kMessages
+// messages of random sizes, plus a receiver of the peer's kMessages messages.
+constexpr int kWorkers = 8;
+constexpr int kOpsPerWorker = 400;
+constexpr uint32_t kSlot = 64 * 1024;
+constexpr uint32_t kMessages = 1500;
+
+Status RunSide(mempool::Pool& pool, Connection& conn, const RemoteDescriptor& peer_region, uint32_t seed) {
+  coro::WaitGroup wg;
+  std::atomic<int> failures{0};
+  std::string first_error;
+  auto fail = [&](const Status& s) {
+    if (failures.fetch_add(1) == 0) first_error = s.ToString();
+  };
+  wg.Add(kWorkers + 1);
+  for (int w = 0; w < kWorkers; ++w) {
+    coro::Scheduler::Current()->Spawn([&, w] {
+      std::mt19937 rng(seed * 131 + w);
+      for (int i = 0; i < kOpsPerWorker && failures.load() == 0; ++i) {
+        const uint32_t n = RandomSize(rng, kSlot);
+        const uint32_t off = rng() % (kSlot - n + 1);
+        const RemoteDescriptor sub = peer_region.Sub(static_cast<uint64_t>(w) * kSlot + off, n);
+        IoBuf src(Filled(pool, n, seed * 100000 + w * 1000 + i));
+        // A destination in 1..3 slices so READ_RESP bodies scatter.
+        IoBuf dst;
+        const uint32_t cut = n > 2 ? 1 + rng() % (n - 1) : n;
+        dst.Append(*pool.Allocate(cut));
+        if (n > cut) dst.Append(*pool.Allocate(n - cut));
+        if (Status s = conn.Write(src, sub); !s.ok()) {
+          fail(s);
+          break;
+        }
+        if (Status s = conn.Read(sub, dst); !s.ok()) {
+          fail(s);
+          break;
+        }
+        if (dst.Crc32c() != src.Crc32c()) {
+          fail(DataLossError("read back differs from what was written (" + std::to_string(n) + " bytes)"));
+          break;
+        }
+      }
+      wg.Done();
+    });
+  }
+  coro::Scheduler::Current()->Spawn([&] {
+    std::mt19937 rng(seed * 7 + 3);
+    for (uint32_t i = 0; i < kMessages && failures.load() == 0; ++i) {
+      const uint32_t n = 8 + rng() % (rng() % 4 == 0 ? 4096 : 300);
+      if (Status s = conn.Send(Message(pool, i, n)); !s.ok()) {
+        fail(s);
+        break;
+      }
+    }
+    wg.Done();
+  });
+  Status recv_status;
+  for (uint32_t i = 0; i < kMessages; ++i) {
+    auto m = conn.Recv();
+    if (!m.ok()) {
+      recv_status = m.status();
+      break;
+    }
+    if (Status s = CheckMessage(pool, *m, i); !s.ok()) {
+      recv_status = s;
+      break;
+    }
+  }
+  HRPC_TRY(wg.WaitFor(60s));
+  if (failures.load() > 0) return DataLossError(std::to_string(failures.load()) + " failed ops; first: " + first_error);
+  HRPC_TRY(recv_status);
+  return conn.status();
+}
+
+TEST(TcpPrefetch, ConcurrentTrafficBothWays) {
+  Env env(TcpKind());
+  env.ConnectPair();
+  Buffer server_region = Filled(env.pool(), kWorkers * kSlot, 1);
+  Buffer client_region = Filled(env.pool(), kWorkers * kSlot, 2);
+  auto sd = On(env.server_worker(), [&]() { return env.server().Expose(server_region, Access::kReadWrite); });
+  auto cd = On(env.client_worker(), [&]() { return env.client().Expose(client_region, Access::kReadWrite); });
+  ASSERT_TRUE(sd.ok() && cd.ok());
+  auto server_side = coro::Async(env.server_worker().scheduler(),
+                                 [&]() { return RunSide(env.pool(), env.server(), *cd, 11); });
+  auto client_side = coro::Async(env.client_worker().scheduler(),
+                                 [&]() { return RunSide(env.pool(), env.client(), *sd, 22); });
+  Status c = client_side.WaitFor(90s);
+  Status s = server_side.WaitFor(90s);
+  EXPECT_TRUE(c.ok()) << "client side: " << c.ToString();
+  EXPECT_TRUE(s.ok()) << "server side: " << s.ToString();
+}
+
+}  // namespace
+}  // namespace hrpc::transport::testing
