@@ -43,9 +43,12 @@ void WaitList::Remove(Waiter* w) noexcept {
   w->linked = false;
 }
 
-bool Wake(Waiter* w) noexcept {
+bool Claim(Waiter* w) noexcept {
   uint8_t expected = 0;
-  if (!w->state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return false;
+  return w->state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel);
+}
+
+void Resume(Waiter* w) noexcept {
   if (w->fiber) {
     ResumeFiber(w->fiber);
   } else {
@@ -53,7 +56,6 @@ bool Wake(Waiter* w) noexcept {
     w->done = true;
     w->cv.notify_one();
   }
-  return true;
 }
 
 bool Block(Waiter& w, std::unique_lock<std::mutex>& lk, const Clock::time_point* deadline) {
@@ -114,7 +116,10 @@ bool FutureStateBase::IsReady() const {
 }
 
 void FutureStateBase::WakeAllLocked() {
-  while (Waiter* w = waiters_.PopFront()) Wake(w);
+  // The state is shared-owned by the setter too, so waking under its lock is safe.
+  while (Waiter* w = waiters_.PopFront()) {
+    if (Claim(w)) Resume(w);
+  }
 }
 
 }  // namespace detail
@@ -122,9 +127,10 @@ void FutureStateBase::WakeAllLocked() {
 // ------------------------------------------------------------------ Event
 
 void Event::Set() {
+  detail::WakeBatch wake;  // resumes after the unlock: a waiter may destroy *this
   std::lock_guard lk(mu_);
   set_ = true;
-  while (detail::Waiter* w = waiters_.PopFront()) detail::Wake(w);
+  wake.AddAll(waiters_);
 }
 
 void Event::Reset() {
@@ -178,9 +184,10 @@ bool Mutex::TryLock() {
 }
 
 void Mutex::Unlock() {
+  detail::WakeBatch wake;
   std::lock_guard lk(mu_);
   while (detail::Waiter* w = waiters_.PopFront()) {
-    if (detail::Wake(w)) return;  // hand-off: stays locked, now owned by w
+    if (wake.Add(w)) return;  // hand-off: stays locked, now owned by w
   }
   locked_ = false;
 }
@@ -212,15 +219,17 @@ Status ConditionVariable::WaitUntil(Mutex& m, Clock::time_point tp) {
 }
 
 void ConditionVariable::NotifyOne() {
+  detail::WakeBatch wake;
   std::lock_guard lk(mu_);
   while (detail::Waiter* w = waiters_.PopFront()) {
-    if (detail::Wake(w)) return;
+    if (wake.Add(w)) return;
   }
 }
 
 void ConditionVariable::NotifyAll() {
+  detail::WakeBatch wake;
   std::lock_guard lk(mu_);
-  while (detail::Waiter* w = waiters_.PopFront()) detail::Wake(w);
+  wake.AddAll(waiters_);
 }
 
 // ------------------------------------------------------------------ Semaphore
@@ -257,11 +266,12 @@ Status Semaphore::AcquireUntil(Clock::time_point tp) {
 }
 
 void Semaphore::Release(size_t n) {
+  detail::WakeBatch wake;
   std::lock_guard lk(mu_);
   while (n > 0) {
     detail::Waiter* w = waiters_.PopFront();
     if (!w) break;
-    if (detail::Wake(w)) n--;
+    if (wake.Add(w)) n--;
   }
   count_ += n;
 }
@@ -274,15 +284,14 @@ size_t Semaphore::count() const {
 // ------------------------------------------------------------------ WaitGroup
 
 void WaitGroup::Add(int64_t n) {
+  detail::WakeBatch wake;  // the last Done() may let a waiter destroy *this
   std::lock_guard lk(mu_);
   count_ += n;
   if (count_ < 0) {
     SPDLOG_ERROR("WaitGroup count went negative ({}): more Done() than Add()", count_);
     count_ = 0;
   }
-  if (count_ == 0) {
-    while (detail::Waiter* w = waiters_.PopFront()) detail::Wake(w);
-  }
+  if (count_ == 0) wake.AddAll(waiters_);
 }
 
 Status WaitGroup::Wait() {

@@ -342,5 +342,45 @@ TEST(WaitGroupTest, WaitsForAllAcrossThreads) {
   EXPECT_TRUE(never.Wait().ok());
 }
 
+// A waiter may destroy the primitive as soon as it is woken (`wg.Wait(); return;`):
+// the waker must not touch it after resuming the waiter. Heap-allocated so that
+// ASan reports any touch after the free as heap-use-after-free.
+TEST(SyncLifetimeTest, WaiterMayDestroyPrimitiveRightAfterWake) {
+  for (int round = 0; round < 300; ++round) {
+    auto wg = std::make_unique<WaitGroup>();
+    wg->Add(1);
+    WaitGroup* raw_wg = wg.get();
+    std::thread t1([raw_wg] { raw_wg->Done(); });
+    ASSERT_TRUE(wg->Wait().ok());
+    wg.reset();
+    t1.join();
+
+    auto ev = std::make_unique<Event>();
+    Event* raw_ev = ev.get();
+    std::thread t2([raw_ev] { raw_ev->Set(); });
+    ASSERT_TRUE(ev->Wait().ok());
+    ev.reset();
+    t2.join();
+  }
+}
+
+TEST(SyncLifetimeTest, CoroutineWaiterMayDestroyEventRightAfterWake) {
+  auto w = Worker::Start({});
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  for (int round = 0; round < 300; ++round) {
+    auto ev = std::make_unique<Event>();
+    Event* raw = ev.get();
+    Event done;
+    (*w)->Post([&ev, &done] {
+      ASSERT_TRUE(ev->Wait().ok());
+      ev.reset();  // on the worker, while the setter may still be in Set()
+      done.Set();
+    });
+    std::this_thread::yield();
+    raw->Set();
+    ASSERT_TRUE(done.WaitFor(std::chrono::seconds(10)).ok());
+  }
+}
+
 }  // namespace
 }  // namespace hrpc::coro

@@ -66,12 +66,42 @@ class WaitList {
   Waiter* tail_ = nullptr;
 };
 
-// Claims `w` for waking (waiter state 0 -> 1) and resumes it. Returns false if
-// the waiter had already timed out (then `w` must not be touched again).
-// Call with the primitive's mutex held and `w` already unlinked.
-bool Wake(Waiter* w) noexcept;
+// Claims `w` for waking (waiter state 0 -> 1). Returns false if the waiter had
+// already timed out (then `w` must not be touched again). A claimed waiter stays
+// parked, so `w` stays valid, until Resume(w). Call with the primitive's mutex
+// held and `w` already unlinked.
+bool Claim(Waiter* w) noexcept;
+// Resumes a claimed waiter. Afterwards `w` may be gone.
+void Resume(Waiter* w) noexcept;
 
-// Blocks the caller until Wake(w) or the deadline (nullptr: none).
+// Wakes collected under a primitive's mutex and delivered after it is released.
+// A resumed waiter may destroy the primitive at once (`wg.Wait(); return;`), so
+// nothing may touch the primitive after the first Resume. Declare the batch
+// BEFORE the lock guard: the guard unlocks first, then the batch resumes.
+class WakeBatch {
+ public:
+  WakeBatch() = default;
+  WakeBatch(const WakeBatch&) = delete;
+  WakeBatch& operator=(const WakeBatch&) = delete;
+  ~WakeBatch() {
+    while (Waiter* w = claimed_.PopFront()) Resume(w);
+  }
+  // Claims `w` (already unlinked) for this batch; false if its timer won.
+  bool Add(Waiter* w) noexcept {
+    if (!Claim(w)) return false;
+    claimed_.PushBack(w);
+    return true;
+  }
+  // Claims every waiter of `list`; ones whose timer won are just unlinked.
+  void AddAll(WaitList& list) noexcept {
+    while (Waiter* w = list.PopFront()) Add(w);
+  }
+
+ private:
+  WaitList claimed_;
+};
+
+// Blocks the caller until a waker claims and resumes `w`, or the deadline (nullptr: none).
 // Precondition: `lk` holds the primitive's mutex and `w` is linked.
 // Returns true if woken (lk is then UNLOCKED and w unlinked by the waker);
 // false on timeout (lk is LOCKED again and w may still be linked: unlink it).
