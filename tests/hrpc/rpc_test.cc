@@ -563,3 +563,24 @@ TEST(RpcStats, HistogramQuantiles) {
 }
 
 }  // namespace
+
+// Connect() and a call made from a coroutine on the channel's own worker
+// suspend that coroutine instead of blocking the worker's thread.
+TEST(RpcChannelWorker, ConnectAndCallFromOwnWorker) {
+  Env env;
+  env.Start("tcp");
+  auto fut = hrpc::coro::Async(env.channel->scheduler(0), [&]() -> hrpc::Status {
+    HRPC_TRY(env.channel->Connect());
+    rpctest::Test::Stub stub(env.channel.get());
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    Req req;
+    req.set_text("from the channel's worker");
+    Resp resp;
+    HRPC_TRY(stub.Call(ctx, req, &resp));
+    if (resp.text() != req.text()) return hrpc::InternalError("wrong echo: " + resp.text());
+    return hrpc::Status::Ok();
+  });
+  hrpc::Status s = fut.WaitFor(20s);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+}

@@ -76,7 +76,9 @@ class RpcChannel final : public Channel {
   Status CallRaw(uint32_t service_id, uint32_t method_id, std::string_view name, ClientContext& ctx,
                  std::string_view request, std::string* response);
 
-  // Connects every connection now (otherwise they connect on first use).
+  // Connects every connection now (otherwise they connect on first use). Any
+  // thread may call it; from a coroutine (including one on this channel's own
+  // workers) it suspends the coroutine, from a plain thread it blocks.
   Status Connect();
 
   // The resolved URI ("tcp://127.0.0.1:7000").
