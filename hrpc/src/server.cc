@@ -260,6 +260,7 @@ class Server::Impl {
     }
     sc->active.emplace(h.txn_id, &ctx);
     ctx.set_peer(sc->peer);
+    ctx.set_pool(&pool);
     ctx.request_attachment() = std::move(rx.attachment);
     std::vector<wire::BulkDescriptor> descs;
     size_t num_push = 0;
@@ -479,6 +480,10 @@ std::vector<std::string> Server::listen_uris() const {
 }
 
 std::vector<MethodStats> Server::Stats() const { return impl_->stats.Snapshot(); }
+
+size_t Server::num_workers() const noexcept { return impl_->workers->size(); }
+
+mempool::Pool& Server::pool(size_t worker) { return impl_->workers->pool(worker); }
 
 size_t Server::num_connections() const { return static_cast<size_t>(std::max<int64_t>(0, impl_->live_conns.load())); }
 

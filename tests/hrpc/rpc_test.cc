@@ -295,6 +295,40 @@ TEST_P(RpcTest, BulkPullAndPush) {
   }
 }
 
+// ServerContext::pool() is the Server's pool of that worker, and the runtime
+// pulled the bulk attachment into it (what a handler registers with a disk
+// sink so the pulled slabs go to the disk as registered buffers).
+TEST_P(RpcTest, HandlerSeesThePoolThePayloadWasPulledInto) {
+  struct NullRegistrar final : hrpc::mempool::Registrar {
+    std::string_view name() const override { return "test-null"; }
+    hrpc::Result<hrpc::mempool::RegionKey> Register(void*, size_t, int) override {
+      return hrpc::mempool::RegionKey{0, 0, 42};
+    }
+    void Unregister(void*, size_t, const hrpc::mempool::RegionKey&) override {}
+  } registrar;  // declared before env: it outlives the server pool, which unregisters from it
+  Env env;
+  env.Start(GetParam());
+  ASSERT_EQ(env.server->num_workers(), 1u);
+  hrpc::mempool::Pool& server_pool = env.server->pool(0);
+  auto slot = server_pool.AttachRegistrar(&registrar);
+  ASSERT_TRUE(slot.ok()) << slot.status().ToString();
+  env.service.check_slot = static_cast<int>(*slot);
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  ctx.request_attachment() = rpctest::MakePayload(env.channel->pool(), 3 << 20, 11, 1 << 20);
+  Req req;
+  Resp resp;
+  auto s = stub.Call(ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(resp.attachment_bytes(), 3u << 20);
+  EXPECT_EQ(env.service.seen_pool.load(), &server_pool);
+  EXPECT_GT(env.service.slices_total.load(), 0);
+  EXPECT_EQ(env.service.slices_in_pool.load(), env.service.slices_total.load())
+      << "a pulled slice is not in the server pool";
+  // The client's pool is another one: the check can fail.
+  EXPECT_NE(&env.channel->pool(), &server_pool);
+}
+
 TEST_P(RpcTest, LargeResponseWithoutRoomIsResourceExhausted) {
   Env env;
   env.Start(GetParam());

@@ -49,6 +49,12 @@ class TestService final : public Test::Service {
   std::atomic<int> saw_cancel{0};
   std::atomic<int> running{0};
   hrpc::mempool::Pool* pool = nullptr;  // for response_bytes
+  // What ctx.pool() was on the last call, and how many request attachment
+  // slices lay in an arena of it (checked by KeyFor through registrar slot
+  // `check_slot`, when >= 0).
+  std::atomic<hrpc::mempool::Pool*> seen_pool{nullptr};
+  int check_slot = -1;
+  std::atomic<int> slices_total{0}, slices_in_pool{0};
 
   hrpc::Status Call(hrpc::ServerContext& ctx, const Req& req, Resp* resp) override {
     calls.fetch_add(1);
@@ -61,6 +67,15 @@ class TestService final : public Test::Service {
     resp->set_peer(std::string(ctx.peer()));
     resp->set_attachment_bytes(ctx.request_attachment().size());
     resp->set_attachment_crc32c(ctx.request_attachment().Crc32c());
+    seen_pool.store(ctx.pool());
+    if (check_slot >= 0 && ctx.pool() != nullptr) {
+      const hrpc::mempool::IoBuf& att = ctx.request_attachment();
+      for (size_t i = 0; i < att.num_slices(); ++i) {
+        slices_total.fetch_add(1);
+        auto key = ctx.pool()->KeyFor(static_cast<hrpc::mempool::RegistrarSlot>(check_slot), att.slice(i).data());
+        if (key.ok()) slices_in_pool.fetch_add(1);
+      }
+    }
     for (uint32_t i = 0; i < req.sleep_ms(); ++i) {
       if (ctx.IsCancelled()) {
         saw_cancel.fetch_add(1);

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "hrpc/base/status.h"
+#include "hrpc/mempool/pool.h"
 #include "hrpc/rpc/runtime.h"
 #include "hrpc/rpc/service.h"
 #include "hrpc/rpc/stats.h"
@@ -78,6 +79,15 @@ class Server final {
   std::vector<MethodStats> Stats() const;
   // Connections currently open (for tests and monitoring).
   size_t num_connections() const;
+
+  // The workers and their pools. Worker i's pool is where the runtime pulls
+  // the bulk request attachments of the calls it serves (ServerContext::pool()
+  // inside a handler); own workers share one pool, borrowed network groups
+  // bring one each. Valid from Create() until the Server is destroyed: open
+  // devices that must DMA pulled payloads (an nvme::Sink) on it, and destroy
+  // them before the Server.
+  size_t num_workers() const noexcept;
+  mempool::Pool& pool(size_t worker = 0);
 
   class Impl;
 

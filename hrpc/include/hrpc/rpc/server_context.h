@@ -18,6 +18,7 @@
 
 #include "hrpc/base/status.h"
 #include "hrpc/mempool/iobuf.h"
+#include "hrpc/mempool/pool.h"
 #include "hrpc/rpc/method.h"
 #include "hrpc/rpc/wire.h"
 
@@ -67,6 +68,16 @@ class ServerContext {
   // client's buffer by the runtime when it is large).
   mempool::IoBuf& response_attachment() noexcept { return response_attachment_; }
 
+  // The pool of the worker serving this call: the runtime pulls bulk request
+  // attachments into its slabs (4 KiB-aligned), and a response attachment
+  // allocated from it goes out without a copy. Register it with other devices
+  // that should DMA those slabs directly — e.g. give it to an nvme::Sink as
+  // SinkOptions::pool so pulled payloads go to the disk as WRITE_FIXED. The
+  // same pool for every call on that worker; it outlives the handlers (it is
+  // the Server's, or the borrowed network group's). nullptr when the call does
+  // not come through the RPC runtime (DirectChannel).
+  mempool::Pool* pool() const noexcept { return pool_; }
+
   // Bulk descriptors that came with the request.
   std::span<const wire::BulkDescriptor> bulk() const noexcept { return bulk_; }
   // Fetches the kPull region `index` into registered memory and checks its
@@ -89,6 +100,7 @@ class ServerContext {
     bulk_ = std::move(descriptors);
     bulk_transfer_ = transfer;
   }
+  void set_pool(mempool::Pool* pool) noexcept { pool_ = pool; }
   void MarkCancelled() noexcept { cancelled_.store(true, std::memory_order_release); }
 
  private:
@@ -102,6 +114,7 @@ class ServerContext {
   mempool::IoBuf response_attachment_;
   std::vector<wire::BulkDescriptor> bulk_;
   BulkTransfer* bulk_transfer_ = nullptr;
+  mempool::Pool* pool_ = nullptr;
 };
 
 }  // namespace hrpc
