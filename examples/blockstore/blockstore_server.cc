@@ -3,14 +3,16 @@
 //
 // The data path of a write: the runtime pulls the request attachment by
 // one-sided READ (TCP: its emulation) into 4 KiB-aligned slabs of the server
-// pool before the handler runs; the handler hands those same slabs to
-// Sink::Write (io_uring WRITEV, or WRITE_FIXED for slabs of a registered
-// arena) — no CPU copy. A read: Sink::Read lands in page-aligned slabs of the
-// sink pool, which become the response attachment and are pushed by one-sided
-// WRITE into the buffer the client offered. Only an attachment whose slices
-// break the O_DIRECT/PRP rules (e.g. a small one that came inline, unaligned
-// in the receive buffer) is copied into one aligned slab — through
-// CountedCopy, so Stat reports it.
+// pool (ServerContext::pool()) before the handler runs; the sink is opened on
+// that same pool, so its arenas are the sink's io_uring fixed buffers and the
+// handler hands the pulled slabs to Sink::Write as WRITE_FIXED — no CPU copy,
+// no per-I/O page pinning. A read: Sink::Read lands in page-aligned slabs of
+// the same pool, which become the response attachment and are pushed by
+// one-sided WRITE into the buffer the client offered. Only an attachment
+// whose slices break the O_DIRECT/PRP rules (e.g. a small one that came
+// inline, unaligned in the receive buffer) is copied into one aligned slab —
+// through CountedCopy, so Stat reports it. Stat also reports how many slices
+// went to the disk as WRITE_FIXED/READ_FIXED and how many as WRITEV/READV.
 //
 // Threads: the server runs ONE worker (--workers is not offered); the sink is
 // opened lazily by the first handler on that worker and attached to its
@@ -18,6 +20,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -33,6 +36,7 @@
 #include "hrpc/nvme/alignment.h"
 #include "hrpc/nvme/sink.h"
 #include "hrpc/rpc/server.h"
+#include "hrpc/rpc/server_context.h"
 
 #include <spdlog/spdlog.h>
 
@@ -46,13 +50,13 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
 
   hrpc::Status WriteBlocks(hrpc::ServerContext& ctx, const hrpc_blockstore::WriteBlocksRequest& req,
                            hrpc_blockstore::WriteBlocksResponse* resp) override {
-    HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker());
+    HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker(ctx));
     hrpc::mempool::IoBuf data = std::move(ctx.request_attachment());
     HRPC_TRY(CheckRange(*sink, req.offset(), data.size(), "WriteBlocks"));
     std::vector<iovec> iov = data.Iovecs();
     if (!hrpc::nvme::CheckScatterList(iov, req.offset(), sink->rules()).ok()) {
       // Range aligned, memory not (an inline attachment): one counted copy into an aligned slab.
-      HRPC_ASSIGN_OR_RETURN(hrpc::mempool::Buffer slab, opts_.pool->Allocate(data.size()));
+      HRPC_ASSIGN_OR_RETURN(hrpc::mempool::Buffer slab, ctx.pool()->Allocate(data.size()));
       data.CopyTo(slab.data(), 0, data.size());
       data = hrpc::mempool::IoBuf(slab.Slice(0, data.size()));
     }
@@ -65,7 +69,7 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
 
   hrpc::Status ReadBlocks(hrpc::ServerContext& ctx, const hrpc_blockstore::ReadBlocksRequest& req,
                           hrpc_blockstore::ReadBlocksResponse* resp) override {
-    HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker());
+    HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker(ctx));
     HRPC_TRY(CheckRange(*sink, req.offset(), req.length(), "ReadBlocks"));
     HRPC_ASSIGN_OR_RETURN(hrpc::mempool::IoBuf data, sink->Read(req.offset(), req.length()));
     bytes_read_.fetch_add(data.size(), std::memory_order_relaxed);
@@ -76,15 +80,15 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
     return hrpc::Status::Ok();
   }
 
-  hrpc::Status Flush(hrpc::ServerContext&, const hrpc_blockstore::FlushRequest&,
+  hrpc::Status Flush(hrpc::ServerContext& ctx, const hrpc_blockstore::FlushRequest&,
                      hrpc_blockstore::FlushResponse*) override {
-    HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker());
+    HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker(ctx));
     return sink->Flush();
   }
 
-  hrpc::Status Stat(hrpc::ServerContext&, const hrpc_blockstore::StatRequest&,
+  hrpc::Status Stat(hrpc::ServerContext& ctx, const hrpc_blockstore::StatRequest&,
                     hrpc_blockstore::StatResponse* resp) override {
-    HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker());
+    HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker(ctx));
     resp->set_bytes_written(bytes_written_.load(std::memory_order_relaxed));
     resp->set_bytes_read(bytes_read_.load(std::memory_order_relaxed));
     resp->set_writes(writes_.load(std::memory_order_relaxed));
@@ -93,6 +97,9 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
     resp->set_block_size(sink->rules().logical_block);
     resp->set_engine(std::string(hrpc::nvme::EngineKindName(sink->engine())));
     resp->set_durability(durability_name_);
+    resp->set_fixed_slices(sink->stats().fixed_slices);
+    resp->set_vectored_slices(sink->stats().vectored_slices);
+    resp->set_fixed_buffers(sink->fixed_buffers());
     return hrpc::Status::Ok();
   }
 
@@ -107,16 +114,19 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
     return hrpc::Status::Ok();
   }
 
-  // One sink per worker scheduler, opened on (and attached to) that worker.
-  hrpc::Result<hrpc::nvme::Sink*> SinkForThisWorker() {
+  // One sink per worker scheduler, opened on (and attached to) that worker,
+  // over the pool the runtime pulls that worker's payloads into.
+  hrpc::Result<hrpc::nvme::Sink*> SinkForThisWorker(hrpc::ServerContext& ctx) {
     hrpc::coro::Scheduler* sched = hrpc::coro::Scheduler::Current();
     if (sched == nullptr) return hrpc::FailedPreconditionError("blockstore: handler not on a worker");
+    if (ctx.pool() == nullptr) return hrpc::FailedPreconditionError("blockstore: call without a server pool");
     std::lock_guard<std::mutex> lock(mu_);  // never held across a suspension
     for (auto& [s, sink] : sinks_) {
       if (s == sched) return sink.get();
     }
     hrpc::nvme::SinkOptions o = opts_;
     o.size_bytes = 0;  // main() already sized the file
+    o.pool = ctx.pool();
     HRPC_ASSIGN_OR_RETURN(std::unique_ptr<hrpc::nvme::Sink> sink, hrpc::nvme::Sink::Open(o));
     HRPC_TRY(sink->AttachTo(*sched));
     SPDLOG_INFO("blockstore: sink on {} attached to this worker (engine {}, fixed buffers {}, rules {})", o.path,
@@ -149,7 +159,7 @@ int main(int argc, char** argv) {
   flags.Add("engine", &engine, "auto | io_uring | psync");
   flags.AddSize("size", &size, "grow the file to at least this many bytes at start (0: as is)");
   flags.AddSize("eager", &eager, "response attachments up to this size travel inline (0: always pushed)");
-  flags.AddSize("pool_mib", &pool_mib, "arena size of the sink's read pool, MiB");
+  flags.AddSize("pool_mib", &pool_mib, "arena size of the server pool (pulled payloads, read slabs), MiB");
   std::string log_level = "info";
   flags.Add("log", &log_level, "log level: trace|debug|info|warn|err|off");
   int code = 0;
@@ -184,32 +194,29 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
-  hrpc::mempool::PoolOptions po;
-  po.arena_bytes = pool_mib << 20;
-  po.grow = true;
-  auto pool = hrpc::mempool::Pool::Create(po);
-  if (!pool.ok()) {
-    std::fprintf(stderr, "blockstore_server: pool: %s\n", pool.status().ToString().c_str());
-    return 1;
-  }
-  so.pool = pool->get();
-  {  // Create/size the file and fail early (O_DIRECT refused, bad path); this sink is not attached.
-    auto probe = hrpc::nvme::Sink::Open(so);
-    if (!probe.ok()) {
-      std::fprintf(stderr, "blockstore_server: %s: %s\n", file.c_str(), probe.status().ToString().c_str());
-      return 1;
-    }
-  }
-
   hrpc::ServerOptions opts;
   opts.listen = {listen};
   opts.runtime.workers = 1;  // one worker: one sink, attached to it
   opts.runtime.name = "blockstore";
+  opts.runtime.pool.arena_bytes = pool_mib << 20;
+  opts.runtime.pool.max_class_bytes = std::min<size_t>(opts.runtime.pool.max_class_bytes, pool_mib << 20);
   opts.eager_threshold = eager;
   auto server = hrpc::Server::Create(opts);
   if (!server.ok()) {
     std::fprintf(stderr, "blockstore_server: %s\n", server.status().ToString().c_str());
     return 1;
+  }
+  {  // Create/size the file and fail early (O_DIRECT refused, bad path); this sink is not attached
+     // and does not register the pool (the handlers' sink does, on the worker).
+    hrpc::nvme::SinkOptions probe_opts = so;
+    probe_opts.pool = &(*server)->pool();
+    probe_opts.register_fixed_buffers = false;
+    probe_opts.read_slab_bytes = hrpc::mempool::Pool::kPageClassMin;
+    auto probe = hrpc::nvme::Sink::Open(probe_opts);
+    if (!probe.ok()) {
+      std::fprintf(stderr, "blockstore_server: %s: %s\n", file.c_str(), probe.status().ToString().c_str());
+      return 1;
+    }
   }
   // Leaked on purpose: the sink belongs to the worker thread and must not be torn down from main.
   auto* service = new BlockStoreImpl(so, durability);
