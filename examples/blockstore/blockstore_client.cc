@@ -1,8 +1,11 @@
 // blockstore_client: writes a range of a blockstore_server with a pattern,
 // reads it back, verifies CRC32C, and prints bandwidth, latency (p50/p99) and
-// the payload bytes the server's CPU copied (Stat).
+// the payload bytes the server's CPU copied (Stat). --concurrency N keeps N
+// requests in flight (sequential offsets; each waited for in issue order).
 #include <algorithm>
 #include <chrono>
+#include <deque>
+#include <memory>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -51,7 +54,7 @@ Result Report(const char* op, uint64_t bytes, double secs, Latencies& lat, uint6
 
 int main(int argc, char** argv) {
   std::string uri = "tcp://127.0.0.1:7300", ops = "write,read,verify";
-  uint64_t offset = 0, size = 16 << 20, block_size = 1 << 20, seed = 0x5eed, timeout_ms = 10000;
+  uint64_t offset = 0, size = 16 << 20, block_size = 1 << 20, seed = 0x5eed, timeout_ms = 10000, concurrency = 1;
   hrpc::examples::Flags flags("blockstore_client",
                               "Writes [offset, offset+size) of a blockstore_server in --block_size requests with a\n"
                               "pattern, reads it back and verifies CRC32C; prints MB/s, p50/p99 latency and the\n"
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
   flags.AddSize("block_size", &block_size, "bytes per request");
   flags.AddSize("seed", &seed, "pattern seed");
   flags.AddSize("timeout_ms", &timeout_ms, "deadline per call");
+  flags.AddSize("concurrency", &concurrency, "requests in flight");
   flags.Add("ops", &ops, "comma-separated: write, read, verify (read + compare CRCs with the pattern)");
   std::string log_level = "warn";
   flags.Add("log", &log_level, "log level: trace|debug|info|warn|err|off");
@@ -71,8 +75,8 @@ int main(int argc, char** argv) {
   const bool do_write = ops.find("write") != std::string::npos;
   const bool do_verify = ops.find("verify") != std::string::npos;
   const bool do_read = do_verify || ops.find("read") != std::string::npos;
-  if (block_size == 0 || size == 0) {
-    std::fprintf(stderr, "blockstore_client: --size and --block_size must be > 0\n");
+  if (block_size == 0 || size == 0 || concurrency == 0) {
+    std::fprintf(stderr, "blockstore_client: --size, --block_size and --concurrency must be > 0\n");
     return 2;
   }
 
@@ -102,6 +106,27 @@ int main(int argc, char** argv) {
   if (do_write) {
     Latencies lat;
     uint64_t bytes = 0;
+    struct Call {
+      hrpc::ClientContext ctx;
+      hrpc::coro::Future<hrpc_blockstore::WriteBlocksResponse> done;
+      uint64_t off = 0, n = 0;
+      std::chrono::steady_clock::time_point start;
+    };
+    std::deque<std::unique_ptr<Call>> window;
+    // Waits for the oldest call in flight.
+    auto finish_oldest = [&] {
+      std::unique_ptr<Call> c = std::move(window.front());
+      window.pop_front();
+      auto r = c->done.Get();
+      lat.us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - c->start).count());
+      if (!r.ok()) {
+        std::printf("write %llu+%llu: %s\n", static_cast<unsigned long long>(c->off),
+                    static_cast<unsigned long long>(c->n), r.status().ToString().c_str());
+        ++failures;
+        return;
+      }
+      bytes += r->bytes();
+    };
     const auto t0 = std::chrono::steady_clock::now();
     for (uint64_t off = offset; off < offset + size; off += block_size) {
       const uint64_t n = std::min(block_size, offset + size - off);
@@ -111,23 +136,19 @@ int main(int argc, char** argv) {
         return 1;
       }
       FillPattern(buf->data(), off, n, seed);
-      hrpc::ClientContext ctx;
-      ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
-      ctx.request_attachment() = hrpc::mempool::IoBuf(buf->Slice(0, n));
+      if (window.size() >= concurrency) finish_oldest();
+      auto c = std::make_unique<Call>();
+      c->off = off;
+      c->n = n;
+      c->ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
+      c->ctx.request_attachment() = hrpc::mempool::IoBuf(buf->Slice(0, n));
       hrpc_blockstore::WriteBlocksRequest req;
       req.set_offset(off);
-      hrpc_blockstore::WriteBlocksResponse resp;
-      const auto c0 = std::chrono::steady_clock::now();
-      hrpc::Status s = stub.WriteBlocks(ctx, req, &resp);
-      lat.us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - c0).count());
-      if (!s.ok()) {
-        std::printf("write %llu+%llu: %s\n", static_cast<unsigned long long>(off), static_cast<unsigned long long>(n),
-                    s.ToString().c_str());
-        ++failures;
-        continue;
-      }
-      bytes += resp.bytes();
+      c->start = std::chrono::steady_clock::now();
+      c->done = stub.WriteBlocksFuture(c->ctx, req);
+      window.push_back(std::move(c));
     }
+    while (!window.empty()) finish_oldest();
     {  // durability=flush: makes the writes durable (a no-op for none and dsync); timed with the writes
       hrpc::ClientContext ctx;
       ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
@@ -144,38 +165,56 @@ int main(int argc, char** argv) {
   if (do_read) {
     Latencies lat;
     uint64_t bytes = 0, bad = 0;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (uint64_t off = offset; off < offset + size; off += block_size) {
-      const uint64_t n = std::min(block_size, offset + size - off);
+    struct Call {
       hrpc::ClientContext ctx;
-      ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
-      ctx.set_response_attachment_capacity(n);
-      hrpc_blockstore::ReadBlocksRequest req;
-      req.set_offset(off);
-      req.set_length(n);
-      hrpc_blockstore::ReadBlocksResponse resp;
-      const auto c0 = std::chrono::steady_clock::now();
-      hrpc::Status s = stub.ReadBlocks(ctx, req, &resp);
-      lat.us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - c0).count());
-      if (!s.ok()) {
-        std::printf("read %llu+%llu: %s\n", static_cast<unsigned long long>(off), static_cast<unsigned long long>(n),
-                    s.ToString().c_str());
+      hrpc::coro::Future<hrpc_blockstore::ReadBlocksResponse> done;
+      uint64_t off = 0, n = 0;
+      std::chrono::steady_clock::time_point start;
+    };
+    std::deque<std::unique_ptr<Call>> window;
+    auto finish_oldest = [&] {
+      std::unique_ptr<Call> c = std::move(window.front());
+      window.pop_front();
+      auto r = c->done.Get();
+      lat.us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - c->start).count());
+      if (!r.ok()) {
+        std::printf("read %llu+%llu: %s\n", static_cast<unsigned long long>(c->off),
+                    static_cast<unsigned long long>(c->n), r.status().ToString().c_str());
         ++failures;
-        continue;
+        return;
       }
-      bytes += ctx.response_attachment().size();
+      const hrpc::mempool::IoBuf& data = c->ctx.response_attachment();
+      bytes += data.size();
       if (do_verify) {
-        expect.resize(n);
-        FillPattern(expect.data(), off, n, seed);
-        const uint32_t want = hrpc::Crc32c(expect.data(), n);
-        const uint32_t got = ctx.response_attachment().Crc32c();
-        if (ctx.response_attachment().size() != n || got != want || resp.crc32c() != want) {
+        expect.resize(c->n);
+        FillPattern(expect.data(), c->off, c->n, seed);
+        const uint32_t want = hrpc::Crc32c(expect.data(), c->n);
+        const uint32_t got = data.Crc32c();
+        if (data.size() != c->n || got != want || r->crc32c() != want) {
           std::printf("verify %llu+%llu: crc MISMATCH (got %08x, server said %08x, want %08x)\n",
-                      static_cast<unsigned long long>(off), static_cast<unsigned long long>(n), got, resp.crc32c(), want);
+                      static_cast<unsigned long long>(c->off), static_cast<unsigned long long>(c->n), got,
+                      r->crc32c(), want);
           ++bad;
         }
       }
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    for (uint64_t off = offset; off < offset + size; off += block_size) {
+      const uint64_t n = std::min(block_size, offset + size - off);
+      if (window.size() >= concurrency) finish_oldest();
+      auto c = std::make_unique<Call>();
+      c->off = off;
+      c->n = n;
+      c->ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
+      c->ctx.set_response_attachment_capacity(n);
+      hrpc_blockstore::ReadBlocksRequest req;
+      req.set_offset(off);
+      req.set_length(n);
+      c->start = std::chrono::steady_clock::now();
+      c->done = stub.ReadBlocksFuture(c->ctx, req);
+      window.push_back(std::move(c));
     }
+    while (!window.empty()) finish_oldest();
     results.push_back(Report("read", bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), lat,
            block_size));
     if (do_verify) std::printf("verify: %s (%llu bad requests)\n", bad == 0 ? "ok" : "FAILED", static_cast<unsigned long long>(bad));
@@ -197,10 +236,13 @@ int main(int argc, char** argv) {
   const std::string& resolved = (*channel)->uri();
   const std::string transport = resolved.substr(0, resolved.find(':'));
   for (const Result& r : results) {
-    std::printf("blockstore_bench transport=%s op=%s bs=%llu bytes=%llu MBps=%.1f durability=%s copied_bytes=%llu\n",
+    std::printf("blockstore_bench transport=%s op=%s bs=%llu concurrency=%llu bytes=%llu MBps=%.1f durability=%s "
+                "copied_bytes=%llu fixed_slices=%llu vectored_slices=%llu\n",
                 transport.c_str(), r.op, static_cast<unsigned long long>(block_size),
-                static_cast<unsigned long long>(r.bytes), r.mbps, after.durability().c_str(),
-                static_cast<unsigned long long>(after.copied_bytes() - before.copied_bytes()));
+                static_cast<unsigned long long>(concurrency), static_cast<unsigned long long>(r.bytes), r.mbps,
+                after.durability().c_str(), static_cast<unsigned long long>(after.copied_bytes() - before.copied_bytes()),
+                static_cast<unsigned long long>(after.fixed_slices() - before.fixed_slices()),
+                static_cast<unsigned long long>(after.vectored_slices() - before.vectored_slices()));
   }
   return failures == 0 ? 0 : 1;
 }
