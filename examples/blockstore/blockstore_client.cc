@@ -50,6 +50,42 @@ Result Report(const char* op, uint64_t bytes, double secs, Latencies& lat, uint6
   return {op, bytes, secs > 0 ? bytes / secs / 1e6 : 0.0};
 }
 
+// One call in flight: its context (which must outlive the call), its future
+// and the range it covers.
+template <typename Resp>
+struct Call {
+  hrpc::ClientContext ctx;
+  hrpc::coro::Future<Resp> done;
+  uint64_t off = 0, n = 0;
+  std::chrono::steady_clock::time_point start;
+};
+
+// Covers [offset, offset+size) in block_size pieces with up to `concurrency`
+// calls in flight, waited for in issue order. start(call) fills ctx and starts
+// the call (false: stop issuing); finish(call, result) consumes a completed one.
+template <typename Resp, typename Start, typename Finish>
+void RunWindow(uint64_t offset, uint64_t size, uint64_t block_size, uint64_t concurrency, Latencies& lat,
+               Start start, Finish finish) {
+  std::deque<std::unique_ptr<Call<Resp>>> window;
+  auto finish_oldest = [&] {
+    std::unique_ptr<Call<Resp>> c = std::move(window.front());
+    window.pop_front();
+    auto r = c->done.Get();
+    lat.us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - c->start).count());
+    finish(*c, r);
+  };
+  for (uint64_t off = offset; off < offset + size; off += block_size) {
+    if (window.size() >= concurrency) finish_oldest();
+    auto c = std::make_unique<Call<Resp>>();
+    c->off = off;
+    c->n = std::min(block_size, offset + size - off);
+    c->start = std::chrono::steady_clock::now();
+    if (!start(*c)) break;
+    window.push_back(std::move(c));
+  }
+  while (!window.empty()) finish_oldest();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,49 +142,36 @@ int main(int argc, char** argv) {
   if (do_write) {
     Latencies lat;
     uint64_t bytes = 0;
-    struct Call {
-      hrpc::ClientContext ctx;
-      hrpc::coro::Future<hrpc_blockstore::WriteBlocksResponse> done;
-      uint64_t off = 0, n = 0;
-      std::chrono::steady_clock::time_point start;
-    };
-    std::deque<std::unique_ptr<Call>> window;
-    // Waits for the oldest call in flight.
-    auto finish_oldest = [&] {
-      std::unique_ptr<Call> c = std::move(window.front());
-      window.pop_front();
-      auto r = c->done.Get();
-      lat.us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - c->start).count());
-      if (!r.ok()) {
-        std::printf("write %llu+%llu: %s\n", static_cast<unsigned long long>(c->off),
-                    static_cast<unsigned long long>(c->n), r.status().ToString().c_str());
-        ++failures;
-        return;
-      }
-      bytes += r->bytes();
-    };
+    bool alloc_failed = false;
     const auto t0 = std::chrono::steady_clock::now();
-    for (uint64_t off = offset; off < offset + size; off += block_size) {
-      const uint64_t n = std::min(block_size, offset + size - off);
-      auto buf = (*channel)->pool().Allocate(n);
-      if (!buf.ok()) {
-        std::fprintf(stderr, "blockstore_client: %s\n", buf.status().ToString().c_str());
-        return 1;
-      }
-      FillPattern(buf->data(), off, n, seed);
-      if (window.size() >= concurrency) finish_oldest();
-      auto c = std::make_unique<Call>();
-      c->off = off;
-      c->n = n;
-      c->ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
-      c->ctx.request_attachment() = hrpc::mempool::IoBuf(buf->Slice(0, n));
-      hrpc_blockstore::WriteBlocksRequest req;
-      req.set_offset(off);
-      c->start = std::chrono::steady_clock::now();
-      c->done = stub.WriteBlocksFuture(c->ctx, req);
-      window.push_back(std::move(c));
-    }
-    while (!window.empty()) finish_oldest();
+    RunWindow<hrpc_blockstore::WriteBlocksResponse>(
+        offset, size, block_size, concurrency, lat,
+        [&](Call<hrpc_blockstore::WriteBlocksResponse>& c) {
+          auto buf = (*channel)->pool().Allocate(c.n);
+          if (!buf.ok()) {
+            std::fprintf(stderr, "blockstore_client: %s\n", buf.status().ToString().c_str());
+            alloc_failed = true;
+            return false;
+          }
+          FillPattern(buf->data(), c.off, c.n, seed);
+          c.ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
+          c.ctx.request_attachment() = hrpc::mempool::IoBuf(buf->Slice(0, c.n));
+          hrpc_blockstore::WriteBlocksRequest req;
+          req.set_offset(c.off);
+          c.start = std::chrono::steady_clock::now();
+          c.done = stub.WriteBlocksFuture(c.ctx, req);
+          return true;
+        },
+        [&](Call<hrpc_blockstore::WriteBlocksResponse>& c, auto& r) {
+          if (!r.ok()) {
+            std::printf("write %llu+%llu: %s\n", static_cast<unsigned long long>(c.off),
+                        static_cast<unsigned long long>(c.n), r.status().ToString().c_str());
+            ++failures;
+            return;
+          }
+          bytes += r->bytes();
+        });
+    if (alloc_failed) return 1;
     {  // durability=flush: makes the writes durable (a no-op for none and dsync); timed with the writes
       hrpc::ClientContext ctx;
       ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
@@ -165,56 +188,39 @@ int main(int argc, char** argv) {
   if (do_read) {
     Latencies lat;
     uint64_t bytes = 0, bad = 0;
-    struct Call {
-      hrpc::ClientContext ctx;
-      hrpc::coro::Future<hrpc_blockstore::ReadBlocksResponse> done;
-      uint64_t off = 0, n = 0;
-      std::chrono::steady_clock::time_point start;
-    };
-    std::deque<std::unique_ptr<Call>> window;
-    auto finish_oldest = [&] {
-      std::unique_ptr<Call> c = std::move(window.front());
-      window.pop_front();
-      auto r = c->done.Get();
-      lat.us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - c->start).count());
-      if (!r.ok()) {
-        std::printf("read %llu+%llu: %s\n", static_cast<unsigned long long>(c->off),
-                    static_cast<unsigned long long>(c->n), r.status().ToString().c_str());
-        ++failures;
-        return;
-      }
-      const hrpc::mempool::IoBuf& data = c->ctx.response_attachment();
-      bytes += data.size();
-      if (do_verify) {
-        expect.resize(c->n);
-        FillPattern(expect.data(), c->off, c->n, seed);
-        const uint32_t want = hrpc::Crc32c(expect.data(), c->n);
-        const uint32_t got = data.Crc32c();
-        if (data.size() != c->n || got != want || r->crc32c() != want) {
-          std::printf("verify %llu+%llu: crc MISMATCH (got %08x, server said %08x, want %08x)\n",
-                      static_cast<unsigned long long>(c->off), static_cast<unsigned long long>(c->n), got,
-                      r->crc32c(), want);
-          ++bad;
-        }
-      }
-    };
     const auto t0 = std::chrono::steady_clock::now();
-    for (uint64_t off = offset; off < offset + size; off += block_size) {
-      const uint64_t n = std::min(block_size, offset + size - off);
-      if (window.size() >= concurrency) finish_oldest();
-      auto c = std::make_unique<Call>();
-      c->off = off;
-      c->n = n;
-      c->ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
-      c->ctx.set_response_attachment_capacity(n);
-      hrpc_blockstore::ReadBlocksRequest req;
-      req.set_offset(off);
-      req.set_length(n);
-      c->start = std::chrono::steady_clock::now();
-      c->done = stub.ReadBlocksFuture(c->ctx, req);
-      window.push_back(std::move(c));
-    }
-    while (!window.empty()) finish_oldest();
+    RunWindow<hrpc_blockstore::ReadBlocksResponse>(
+        offset, size, block_size, concurrency, lat,
+        [&](Call<hrpc_blockstore::ReadBlocksResponse>& c) {
+          c.ctx.set_timeout(std::chrono::milliseconds(timeout_ms));
+          c.ctx.set_response_attachment_capacity(c.n);
+          hrpc_blockstore::ReadBlocksRequest req;
+          req.set_offset(c.off);
+          req.set_length(c.n);
+          c.done = stub.ReadBlocksFuture(c.ctx, req);
+          return true;
+        },
+        [&](Call<hrpc_blockstore::ReadBlocksResponse>& c, auto& r) {
+          if (!r.ok()) {
+            std::printf("read %llu+%llu: %s\n", static_cast<unsigned long long>(c.off),
+                        static_cast<unsigned long long>(c.n), r.status().ToString().c_str());
+            ++failures;
+            return;
+          }
+          const hrpc::mempool::IoBuf& data = c.ctx.response_attachment();
+          bytes += data.size();
+          if (!do_verify) return;
+          expect.resize(c.n);
+          FillPattern(expect.data(), c.off, c.n, seed);
+          const uint32_t want = hrpc::Crc32c(expect.data(), c.n);
+          const uint32_t got = data.Crc32c();
+          if (data.size() != c.n || got != want || r->crc32c() != want) {
+            std::printf("verify %llu+%llu: crc MISMATCH (got %08x, server said %08x, want %08x)\n",
+                        static_cast<unsigned long long>(c.off), static_cast<unsigned long long>(c.n), got,
+                        r->crc32c(), want);
+            ++bad;
+          }
+        });
     results.push_back(Report("read", bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), lat,
            block_size));
     if (do_verify) std::printf("verify: %s (%llu bad requests)\n", bad == 0 ? "ok" : "FAILED", static_cast<unsigned long long>(bad));
