@@ -39,6 +39,51 @@ inline void CpuRelax() noexcept {
   asm volatile("yield");
 #endif
 }
+
+// The idle spin's clock. steady_clock is not cheap everywhere: in a VM whose
+// clocksource is the HPET (the Soft-RoCE guest here) a read is a system call and
+// an emulated device access, ~3 us, and a spin that reads it every iteration
+// notices a completion microseconds late. The x86 time-stamp counter costs tens
+// of cycles everywhere; its rate is measured once against steady_clock. Where it
+// is missing (or the measurement is implausible) the spin uses steady_clock.
+class SpinClock {
+ public:
+  static const SpinClock& Get() {
+    static const SpinClock c;
+    return c;
+  }
+  uint64_t Now() const {
+#if defined(__x86_64__) || defined(__i386__)
+    if (tsc_) return __builtin_ia32_rdtsc();
+#endif
+    return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     Clock::now().time_since_epoch())
+                                     .count());
+  }
+  uint64_t TicksFor(std::chrono::nanoseconds d) const {
+    return static_cast<uint64_t>(static_cast<double>(d.count()) * ticks_per_ns_);
+  }
+
+ private:
+  SpinClock() {
+#if defined(__x86_64__) || defined(__i386__)
+    const Clock::time_point t0 = Clock::now();
+    const uint64_t c0 = __builtin_ia32_rdtsc();
+    Clock::time_point t1;
+    do {
+      t1 = Clock::now();
+    } while (t1 - t0 < std::chrono::milliseconds(1));
+    const uint64_t c1 = __builtin_ia32_rdtsc();
+    const double rate = static_cast<double>(c1 - c0) / static_cast<double>((t1 - t0).count());
+    if (c1 > c0 && rate > 0.05 && rate < 100.0) {  // 50 MHz .. 100 GHz
+      tsc_ = true;
+      ticks_per_ns_ = rate;
+    }
+#endif
+  }
+  bool tsc_ = false;
+  double ticks_per_ns_ = 1.0;
+};
 }  // namespace
 
 class Scheduler::Impl {
@@ -141,7 +186,7 @@ class Scheduler::Impl {
     slots_[slot].gen++;
     free_slots_.push_back(slot);
   }
-  void FireTimers();
+  void FireTimers(const SpinClock& sc);
   void DrainRemote();
   void RunFiber(Fiber* f) noexcept;
   void Recycle(Fiber* f) noexcept;
@@ -154,6 +199,9 @@ class Scheduler::Impl {
   std::vector<TimerSlot> slots_;
   std::vector<uint32_t> free_slots_;
   size_t stale_in_heap_ = 0;  // cancelled entries still in heap_
+  // SpinClock tick before which the earliest timer cannot be due (0: look now),
+  // so the run loop does not read steady_clock on every iteration.
+  uint64_t timer_check_tick_ = 0;
 };
 
 // ------------------------------------------------------------------ lifecycle
@@ -378,25 +426,28 @@ void Scheduler::Impl::Run() {
   Impl* prev_sched = tls_sched;
   tls_sched = this;
   detail::EnsureAltStack();
+  const SpinClock& spin_clock = SpinClock::Get();
   bool idle = false;
-  Clock::time_point idle_since;
+  const uint64_t spin_ticks = spin_clock.TicksFor(opts.spin_budget);
+  uint64_t idle_since = 0;
   while (!stop.load(std::memory_order_relaxed)) {
     if (remote_head.load(std::memory_order_relaxed) != nullptr) DrainRemote();
-    if (!heap_.empty()) FireTimers();
+    if (!heap_.empty() && spin_clock.Now() >= timer_check_tick_) FireTimers(spin_clock);
     int work = RunBatch();
     if (!pollers.empty()) work += PollAll();
     if (work > 0 || ready_head != nullptr) {
       idle = false;
       continue;
     }
-    Clock::time_point now = Clock::now();
     if (!idle) {
       idle = true;
-      idle_since = now;
+      idle_since = spin_clock.Now();
       continue;
     }
-    if (now - idle_since < opts.spin_budget) {
-      CpuRelax();
+    if (spin_clock.Now() - idle_since < spin_ticks) {
+      // With pollers the next round of polls is the pause. PAUSE is not free
+      // everywhere: QEMU's TCG leaves its execution loop on every one.
+      if (pollers.empty()) CpuRelax();
       continue;
     }
     Sleep();
@@ -421,6 +472,7 @@ Scheduler::TimerId Scheduler::Impl::AddTimer(Clock::time_point when, std::functi
   TimerId id = (static_cast<uint64_t>(slots_[slot].gen) << 32) | slot;
   heap_.push_back(TimerEntry{when, id, std::move(fn)});
   std::push_heap(heap_.begin(), heap_.end(), &Later);
+  if (heap_.front().id == id) timer_check_tick_ = 0;  // a new earliest timer
   return id;
 }
 
@@ -436,8 +488,9 @@ bool Scheduler::Impl::CancelTimer(TimerId id) {
   return true;
 }
 
-void Scheduler::Impl::FireTimers() {
+void Scheduler::Impl::FireTimers(const SpinClock& sc) {
   Clock::time_point now = Clock::now();
+  timer_check_tick_ = 0;
   while (!heap_.empty() && heap_.front().when <= now) {
     std::pop_heap(heap_.begin(), heap_.end(), &Later);
     TimerEntry e = std::move(heap_.back());
@@ -447,7 +500,13 @@ void Scheduler::Impl::FireTimers() {
       continue;
     }
     Disarm(e.id);
-    e.fn();
+    e.fn();  // may add timers (AddTimer resets timer_check_tick_)
+  }
+  if (!heap_.empty()) {
+    // Look again when the earliest is due by the cheap clock, and at least every
+    // millisecond so its rate error (measured once) never delays a timer much.
+    const Clock::duration d = std::min<Clock::duration>(heap_.front().when - now, std::chrono::milliseconds(1));
+    if (d > Clock::duration::zero()) timer_check_tick_ = sc.Now() + sc.TicksFor(d);
   }
 }
 

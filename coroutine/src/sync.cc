@@ -163,6 +163,42 @@ Status Event::WaitUntil(Clock::time_point tp) {
   return DeadlineExceededError("event not set before the deadline");
 }
 
+// ------------------------------------------------------------------ LocalEvent
+
+void LocalEvent::Set() noexcept {
+  set_ = true;
+  if (detail::Fiber* f = std::exchange(waiter_, nullptr)) detail::ResumeFiber(f);
+}
+
+Status LocalEvent::Wait() { return Park(nullptr); }
+
+Status LocalEvent::WaitUntil(Clock::time_point tp) { return Park(&tp); }
+
+Status LocalEvent::Park(const Clock::time_point* deadline) {
+  if (set_) return Status::Ok();
+  detail::Fiber* f = detail::CurrentFiberRaw();
+  if (f == nullptr) return FailedPreconditionError("LocalEvent::Wait outside a coroutine");
+  if (waiter_ != nullptr) return FailedPreconditionError("LocalEvent::Wait: another coroutine is waiting");
+  waiter_ = f;
+  Scheduler::TimerId tid = 0;
+  if (deadline != nullptr) {
+    // Same thread as Set(): whichever runs first takes waiter_.
+    tid = detail::AddInlineTimer(f->sched, *deadline, [this] {
+      if (detail::Fiber* w = std::exchange(waiter_, nullptr)) detail::ResumeFiber(w);
+    });
+  }
+  f->state = detail::FiberState::kSuspended;
+  detail::SuspendCurrent();
+  if (deadline != nullptr) {
+    if (set_) {
+      (void)detail::CancelInlineTimer(f->sched, tid);  // may have fired already (and found no waiter)
+    } else {
+      return DeadlineExceededError("event not set before the deadline");
+    }
+  }
+  return Status::Ok();
+}
+
 // ------------------------------------------------------------------ Mutex
 
 void Mutex::Lock() {

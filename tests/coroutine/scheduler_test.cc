@@ -159,6 +159,44 @@ TEST(SchedulerTest, SleepForAndTimersFireInDeadlineOrder) {
   EXPECT_THAT(order, ::testing::ElementsAre(1, 2, 3));
 }
 
+// The run loop looks at steady_clock only when the earliest timer may be due
+// (by a cheap cycle clock): an earlier timer added later — from a coroutine, or
+// from a timer callback — must still fire first, while a busy coroutine keeps
+// the loop spinning.
+TEST(SchedulerTest, EarlierTimerAddedLaterFiresFirstWhileTheLoopSpins) {
+  auto s = MakeScheduler();
+  std::vector<int> order;
+  RunMain(*s, [&] {
+    WaitGroup wg;
+    wg.Add(4);
+    const auto now = Clock::now();
+    s->AddTimer(now + 10s, [&] { order.push_back(9); });
+    this_coro::Yield();  // one loop round with only the far timer armed
+    s->AddTimer(now + 40ms, [&] {
+      order.push_back(3);
+      wg.Done();
+    });
+    s->AddTimer(now + 5ms, [&] {
+      order.push_back(1);
+      // From inside a timer callback: earlier than the 40 ms one.
+      s->AddTimer(Clock::now() + 5ms, [&] {
+        order.push_back(2);
+        wg.Done();
+      });
+      wg.Done();
+    });
+    std::atomic<bool> stop{false};
+    s->Spawn([&] {  // keeps the loop busy (never idle) until the timers ran
+      while (!stop.load()) this_coro::Yield();
+      wg.Done();
+    });
+    this_coro::SleepFor(60ms);
+    stop = true;
+    EXPECT_TRUE(wg.WaitFor(5s).ok());
+  });
+  EXPECT_THAT(order, ::testing::ElementsAre(1, 2, 3));
+}
+
 TEST(SchedulerTest, CancelledTimerDoesNotFire) {
   auto s = MakeScheduler();
   bool fired_cancelled = false, fired_other = false;

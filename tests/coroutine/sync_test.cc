@@ -72,6 +72,78 @@ TEST(EventTest, WaitForTimesOutWithDeadlineExceeded) {
   EXPECT_EQ(ev.WaitFor(10ms).code(), StatusCode::kDeadlineExceeded);
 }
 
+TEST(LocalEventTest, WaitParksUntilSetAndSetBeforeWaitDoesNotPark) {
+  std::vector<int> order;
+  RunMain([&](Scheduler& s) {
+    LocalEvent ev;
+    s.Spawn([&] {
+      order.push_back(1);
+      EXPECT_TRUE(ev.Wait().ok());
+      order.push_back(3);
+    });
+    this_coro::Yield();
+    order.push_back(2);
+    EXPECT_FALSE(ev.IsSet());
+    ev.Set();
+    this_coro::Yield();
+    EXPECT_TRUE(ev.IsSet());
+    EXPECT_TRUE(ev.Wait().ok());  // already set
+  });
+  EXPECT_THAT(order, ::testing::ElementsAre(1, 2, 3));
+}
+
+TEST(LocalEventTest, WaitUntilTimesOutOrReturnsOkWhenSetFirst) {
+  RunMain([](Scheduler& s) {
+    LocalEvent never;
+    const auto t0 = Clock::now();
+    Status st = never.WaitUntil(Clock::now() + 20ms);
+    EXPECT_EQ(st.code(), StatusCode::kDeadlineExceeded) << st.ToString();
+    EXPECT_GE(Clock::now() - t0, 20ms);
+
+    LocalEvent soon;
+    s.Spawn([&] {
+      this_coro::SleepFor(5ms);
+      soon.Set();
+    });
+    EXPECT_TRUE(soon.WaitUntil(Clock::now() + 10s).ok());
+    this_coro::SleepFor(10ms);  // the cancelled timer must not resume us again
+  });
+}
+
+TEST(LocalEventTest, RefusesAPlainThreadAndASecondWaiter) {
+  LocalEvent ev;
+  EXPECT_EQ(ev.Wait().code(), StatusCode::kFailedPrecondition);
+  RunMain([](Scheduler& s) {
+    LocalEvent ev2;
+    bool first_done = false;
+    s.Spawn([&] {
+      EXPECT_TRUE(ev2.Wait().ok());
+      first_done = true;
+    });
+    this_coro::Yield();
+    EXPECT_EQ(ev2.Wait().code(), StatusCode::kFailedPrecondition);
+    ev2.Set();
+    this_coro::Yield();
+    EXPECT_TRUE(first_done);
+  });
+}
+
+TEST(LocalEventTest, WokenWaiterMayDestroyTheEvent) {
+  RunMain([](Scheduler& s) {
+    auto ev = std::make_unique<LocalEvent>();
+    bool done = false;
+    s.Spawn([&] {
+      EXPECT_TRUE(ev->Wait().ok());
+      ev.reset();  // ASan: Set() must not touch the event after queueing us
+      done = true;
+    });
+    this_coro::Yield();
+    ev->Set();
+    this_coro::Yield();
+    EXPECT_TRUE(done);
+  });
+}
+
 TEST(EventTest, PlainThreadWaitsForCoroutineSet) {
   auto w = StartWorker();
   Event ev;
