@@ -61,9 +61,12 @@ void IoBuf::SliceVec::Truncate(size_t k) {
 }
 
 void IoBuf::SliceVec::Clear() noexcept {
-  for (Buffer& b : inline_) b.Reset();
-  heap_.clear();  // keeps its capacity
-  spilled_ = false;
+  if (spilled_) {
+    heap_.clear();  // keeps its capacity
+    spilled_ = false;
+  } else {
+    for (size_t i = 0; i < n_; ++i) inline_[i].Reset();
+  }
   n_ = 0;
 }
 

@@ -160,6 +160,44 @@ TEST_F(IoBufTest, LongChainsAndMovedFromState) {
   EXPECT_EQ(CopiedBytesThisThread(), 0u);
 }
 
+// Move assignment between every pairing of inline and spilled chains (a move
+// touches only the live slices), and a slice taken from an rvalue handle.
+TEST_F(IoBufTest, MoveAssignAcrossInlineAndSpilledKeepsEveryReference) {
+  std::vector<Buffer> parts;
+  for (int i = 0; i < 12; ++i) parts.push_back(Filled(64, static_cast<uint8_t>(i)));
+  auto chain = [&](int from, int n) {
+    IoBuf io;
+    for (int i = from; i < from + n; ++i) io.Append(parts[i]);
+    return io;
+  };
+  for (int dst_n : {0, 2, 6}) {
+    for (int src_n : {0, 3, 6}) {
+      IoBuf dst = chain(0, dst_n);
+      IoBuf src = chain(6, src_n);
+      dst = std::move(src);
+      EXPECT_EQ(dst.num_slices(), static_cast<size_t>(src_n));
+      EXPECT_EQ(dst.size(), 64u * src_n);
+      for (int i = 0; i < src_n; ++i) EXPECT_EQ(dst.slice(i).data(), parts[6 + i].data());
+      EXPECT_EQ(src.num_slices(), 0u);  // NOLINT(bugprone-use-after-move)
+      for (int i = 0; i < 6; ++i) EXPECT_EQ(parts[i].use_count(), 1u) << dst_n << "<-" << src_n;
+      src.Append(parts[11]);  // the moved-from chain is usable
+      src.Append(IoBuf(parts[10]));
+      EXPECT_EQ(src.num_slices(), 2u);
+      EXPECT_EQ(src.slice(0).data(), parts[11].data());
+    }
+  }
+  for (const Buffer& b : parts) EXPECT_EQ(b.use_count(), 1u);
+
+  Buffer h = parts[0];
+  EXPECT_EQ(parts[0].use_count(), 2u);
+  Buffer tail = std::move(h).Slice(10, 20);  // takes h's reference over
+  EXPECT_EQ(parts[0].use_count(), 2u);
+  EXPECT_FALSE(h);  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(tail.data(), parts[0].data() + 10);
+  EXPECT_EQ(tail.size(), 20u);
+  EXPECT_EQ(CopiedBytesThisThread(), 0u);
+}
+
 TEST_F(IoBufTest, FillSgesCarriesTheRegistrarLkey) {
   testing::FakeRegistrar r(7000);
   auto slot = pool_->AttachRegistrar(&r);

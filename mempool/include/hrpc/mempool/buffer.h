@@ -78,9 +78,17 @@ class Buffer {
 
   // A handle to bytes [offset, offset+len) of this slice, sharing the block.
   // offset + len > size() is a bug (asserted).
-  Buffer Slice(size_t offset, size_t len) const noexcept {
+  Buffer Slice(size_t offset, size_t len) const& noexcept {
     assert(offset <= size_ && len <= size_ - offset);
     Buffer out(*this);
+    out.data_ += offset;
+    out.size_ = len;
+    return out;
+  }
+  // Same, taking over this handle's reference (no refcount traffic).
+  Buffer Slice(size_t offset, size_t len) && noexcept {
+    assert(offset <= size_ && len <= size_ - offset);
+    Buffer out(std::move(*this));
     out.data_ += offset;
     out.size_ = len;
     return out;

@@ -89,14 +89,21 @@ class IoBuf {
     static constexpr size_t kInline = 4;
     SliceVec() = default;
     SliceVec(SliceVec&& o) noexcept { *this = std::move(o); }
+    // Invariant: inline_[i] is empty for i >= n_, and all of inline_ is empty
+    // once spilled — so a move touches only the live slices (this runs several
+    // times per message on the control path).
     SliceVec& operator=(SliceVec&& o) noexcept {
       if (this != &o) {
         Clear();
-        for (size_t i = 0; i < kInline; ++i) inline_[i] = std::move(o.inline_[i]);
-        heap_ = std::move(o.heap_);
+        if (o.spilled_) {
+          heap_.swap(o.heap_);  // o keeps our (cleared) capacity
+          spilled_ = true;
+          o.spilled_ = false;
+          o.heap_.clear();
+        } else {
+          for (size_t i = 0; i < o.n_; ++i) inline_[i] = std::move(o.inline_[i]);
+        }
         n_ = std::exchange(o.n_, 0);
-        spilled_ = std::exchange(o.spilled_, false);
-        o.heap_.clear();
       }
       return *this;
     }
