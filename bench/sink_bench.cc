@@ -13,6 +13,8 @@
 //
 //   sink_bench [--file PATH] [--size-mib N] [--seconds S] [--repeat N]
 //              [--page-mode huge|thp|small] [--quick] [--no-fio]
+//              [--op write|read] [--engine io_uring|psync] [--qd N] [--bs N]
+//   (the last four select a subset of the default cases)
 //
 // The pool uses hugepages when it can (the deployed setting); fio uses its
 // default malloc'd buffers. On virtio-blk (max 254 segments) a 1 MiB I/O on
@@ -54,6 +56,9 @@ struct Args {
   mempool::PageMode page_mode = mempool::PageMode::kHugeTlb;  // best mode to try for the pool
   bool quick = false;
   bool fio = true;
+  std::string only_op, only_engine;  // empty: all
+  unsigned only_qd = 0;              // 0: all
+  size_t only_bs = 0;                // 0: all
 };
 
 struct Measured {
@@ -215,8 +220,12 @@ Args Parse(int argc, char** argv) {
                                  : mempool::PageMode::kHugeTlb;
     } else if (s == "--quick") a.quick = true;
     else if (s == "--no-fio") a.fio = false;
+    else if (s == "--op") a.only_op = val();
+    else if (s == "--engine") a.only_engine = val();
+    else if (s == "--qd") a.only_qd = static_cast<unsigned>(std::stoul(val()));
+    else if (s == "--bs") a.only_bs = std::stoul(val());
     else {
-      fprintf(stderr, "usage: %s [--file PATH] [--size-mib N] [--seconds S] [--repeat N] [--page-mode huge|thp|small] [--quick] [--no-fio]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--file PATH] [--size-mib N] [--seconds S] [--repeat N] [--page-mode huge|thp|small] [--quick] [--no-fio] [--op write|read] [--engine io_uring|psync] [--qd N] [--bs N]\n", argv[0]);
       exit(2);
     }
   }
@@ -289,7 +298,10 @@ int main(int argc, char** argv) {
   double worst = 1e9;
   int cases = 0, failed = 0;
   for (bool write : {true, false}) {
+    if (!args.only_op.empty() && args.only_op != (write ? "write" : "read")) continue;
     for (const Config& c : configs) {
+      if (!args.only_engine.empty() && args.only_engine != nvme::EngineKindName(c.engine)) continue;
+      if (args.only_qd != 0 && args.only_qd != c.qd) continue;
       nvme::SinkOptions o;
       o.path = args.file;
       o.pool = pool->get();
@@ -302,6 +314,7 @@ int main(int argc, char** argv) {
         return 1;
       }
       for (size_t bs : sizes) {
+        if (args.only_bs != 0 && args.only_bs != bs) continue;
         Measured ours, fio;
         auto best = [](Measured& acc, const Measured& m) {
           if (!m.ok) return;

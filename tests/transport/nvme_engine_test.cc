@@ -1,6 +1,7 @@
 // The syscall level: io_uring and psync engines on an O_DIRECT file, with
 // plain aligned memory (no pool, no scheduler).
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -157,6 +158,44 @@ TEST_P(NvmeEngine, FixedBuffersAndBacklog) {
   EXPECT_EQ(std::memcmp(back + 6 * 16384, region.data, 6 * 16384), 0);
   engine_->UnregisterFixedBuffer(*idx);
   EXPECT_FALSE(engine_->FixedContains(*idx, region.data, 4096));
+}
+
+// The eventfd a scheduler polls: readable once a completion is waiting, and
+// not readable any more after Reap delivered it (a stale count would keep an
+// idle worker waking). Non-blocking Reaps that find nothing deliver nothing.
+TEST_P(NvmeEngine, EventFdSignalsCompletionsAndIsDrainedByReap) {
+  auto fd = engine_->EventFd();
+  if (GetParam() == EngineKind::kPsync) {
+    EXPECT_FALSE(fd.ok() && *fd >= 0);
+    return;
+  }
+  ASSERT_TRUE(fd.ok()) << fd.status().ToString();
+  auto readable = [&](int timeout_ms) {
+    pollfd p{*fd, POLLIN, 0};
+    return poll(&p, 1, timeout_ms) == 1 && (p.revents & POLLIN) != 0;
+  };
+  Aligned buf(65536);
+  testing::Fill(buf.data, buf.size, 3);
+  std::vector<iovec> v = {{buf.data, buf.size}};
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    Waitable w;
+    w.req.opcode = IoOpcode::kWrite;
+    w.req.fd = fd_;
+    w.req.offset = 0;
+    w.req.iov = v;
+    ASSERT_TRUE(engine_->Submit(&w.req).ok());
+    // The eventfd is signalled after the CQE is posted: once readable, one
+    // non-blocking Reap delivers the completion.
+    ASSERT_TRUE(readable(10000)) << "no eventfd signal for a completion";
+    ASSERT_EQ(engine_->Reap(false), 1);
+    ASSERT_TRUE(w.done);
+    EXPECT_TRUE(w.req.status.ok()) << w.req.status.ToString();
+    EXPECT_EQ(engine_->outstanding(), 0u);
+    EXPECT_FALSE(readable(0)) << "eventfd still readable after its completion was reaped";
+    EXPECT_EQ(engine_->Reap(false), 0);
+    EXPECT_FALSE(readable(0));
+  }
 }
 
 TEST_P(NvmeEngine, MisalignedIsInvalidArgument) {

@@ -104,10 +104,26 @@ Status UringEngine::Init(const EngineOptions& o) {
   if (o.queue_depth == 0 || o.queue_depth > 4096) {
     return InvalidArgumentError(fmt::format("queue_depth {} not in [1, 4096]", o.queue_depth));
   }
-  io_uring_params p{};
-  p.flags = IORING_SETUP_CQSIZE;
-  p.cq_entries = 2 * o.queue_depth;
-  int rc = io_uring_queue_init_params(o.queue_depth, &ring_, &p);
+  // COOP_TASKRUN: a completion does not interrupt this thread with an IPI to
+  // run io_uring's task work; the work runs when the thread next enters the
+  // kernel (it waits in io_uring_enter, or reads the eventfd, anyway).
+  // TASKRUN_FLAG: a thread that polls the CQ from user space sees
+  // IORING_SQ_TASKRUN and enters the kernel to flush it (liburing's peek does).
+  // fio sets the same (plus DEFER_TASKRUN, which needs SINGLE_ISSUER: the pool
+  // registers arenas from whichever thread grows it, so the sink cannot).
+  unsigned flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+  int rc = 0;
+  for (;;) {
+    io_uring_params p{};
+    p.flags = flags;
+    p.cq_entries = 2 * o.queue_depth;
+    rc = io_uring_queue_init_params(o.queue_depth, &ring_, &p);
+    if (rc == -EINVAL && (flags & (IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG)) != 0) {
+      flags &= ~(IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG);  // kernel < 5.19
+      continue;
+    }
+    break;
+  }
   if (rc < 0) return UnavailableError(fmt::format("io_uring_queue_init: {}", strerror(-rc)));
   ring_ok_ = true;
   slots_.resize(o.queue_depth);
@@ -350,21 +366,27 @@ int UringEngine::HandleCqe(uint64_t user_data, int res) {
 
 int UringEngine::Reap(bool wait) {
   if (outstanding_ == 0 && !evfd_dirty_ && prepared_ == 0) return 0;
-  if (evfd_ >= 0) {
-    // Drain before looking at the CQ: a completion posted after this read
-    // makes the eventfd readable again, so no wake-up is lost.
-    uint64_t v;
-    while (read(evfd_, &v, sizeof v) < 0 && errno == EINTR) {
-    }
-    evfd_dirty_ = false;
-  }
   int completed = 0;
   bool waited = !wait;
   for (;;) {
     if (prepared_ > 0) SubmitPrepared();
     io_uring_cqe* cqes[kReapBatch];
+    // (With IORING_SETUP_TASKRUN_FLAG, liburing's peek enters the kernel when
+    // completions wait for this thread to run their task work.)
     unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, kReapBatch);
     if (n == 0) {
+      if (evfd_dirty_) {
+        // CQEs were consumed since the eventfd was last drained: drain it now
+        // (else a stale count keeps the poller waking), then look again — a
+        // completion posted before this read is in the CQ, one posted after
+        // it makes the eventfd readable again, so no wake-up is lost. A poll
+        // that finds nothing new costs no syscall.
+        uint64_t v;
+        while (read(evfd_, &v, sizeof v) < 0 && errno == EINTR) {
+        }
+        evfd_dirty_ = false;
+        continue;
+      }
       if (waited || outstanding_ == 0 || completed > 0) break;
       io_uring_cqe* cqe = nullptr;
       const int rc = io_uring_wait_cqe(&ring_, &cqe);
