@@ -97,7 +97,9 @@ class IoEngine {
 
   // io_uring only: an eventfd that becomes readable when completions are
   // waiting (created and registered on first call). -1 for psync. Reap()
-  // drains it before looking at the completion queue.
+  // drains it after consuming completions (and then looks at the completion
+  // queue again), so it is not left readable for completions already
+  // delivered; a Reap that finds nothing does not touch it.
   virtual Result<int> EventFd() = 0;
 
   // io_uring only: register [base, base+len) as a fixed buffer; returns its
