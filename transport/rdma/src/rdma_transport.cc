@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -96,9 +97,11 @@ Status WcStatus(const ibv_wc& wc, std::string_view what) {
   }
 }
 
-// A coroutine parked until someone hands it a Status.
+// A coroutine parked until someone hands it a Status. Everything of a transport
+// runs on its worker, so a LocalEvent (no lock, no atomic) is enough; this is
+// on the path of every message.
 struct Parked {
-  coro::Event ev;
+  coro::LocalEvent ev;
   Status status;
   bool done = false;
   void Finish(Status s) {
@@ -108,7 +111,13 @@ struct Parked {
     ev.Set();
   }
   Status Wait() {
-    (void)ev.Wait();
+    Status s = ev.Wait();
+    if (!s.ok()) {
+      // Called off the transport's worker coroutines: the waiter is already
+      // linked into the connection's lists, so there is no clean way back.
+      SPDLOG_CRITICAL("rdma: a transport method was called outside a coroutine of its worker: {}", s.ToString());
+      std::abort();
+    }
     return status;
   }
   Status WaitUntil(Clock::time_point tp) {
@@ -309,8 +318,9 @@ class CmPoller final : public coro::Poller {
   int fd() const override;
 
  private:
+  static constexpr uint32_t kCmPollEvery = 64;
   TransportImpl& t_;
-  Clock::time_point next_check_{};
+  uint32_t polls_ = 0;
 };
 
 class TransportImpl final : public Transport {
@@ -327,7 +337,24 @@ class TransportImpl final : public Transport {
   int PollCq();
   int PollCm();
   Conn* NewConn(bool active);
-  void Register(Conn* c) { by_qpn_[c->id_.qp()->qp_num] = c; }
+  void Register(Conn* c) {
+    by_qpn_[c->id_.qp()->qp_num] = c;
+    last_conn_ = nullptr;  // a QP number may be reused once its QP is gone
+  }
+  void Unregister(uint32_t qpn) {
+    by_qpn_.erase(qpn);
+    if (last_qpn_ == qpn) last_conn_ = nullptr;
+  }
+  // The connection of a work completion; a one-entry cache in front of the map,
+  // since completions come in runs for one QP.
+  Conn* ConnFor(uint32_t qpn) {
+    if (last_conn_ != nullptr && last_qpn_ == qpn) return last_conn_;
+    auto it = by_qpn_.find(qpn);
+    if (it == by_qpn_.end()) return nullptr;
+    last_qpn_ = qpn;
+    last_conn_ = it->second;
+    return last_conn_;
+  }
   void ScheduleReap(Conn* c);
   Status EnsureCqRoom(uint32_t more);
   Result<mempool::Buffer> AllocRecvBuffer() { return pool_.Allocate(opts_.common.max_message_bytes); }
@@ -352,6 +379,8 @@ class TransportImpl final : public Transport {
   uint32_t srq_starved_ = 0;
   std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
   std::unordered_map<uint32_t, Conn*> by_qpn_;
+  uint32_t last_qpn_ = 0;
+  Conn* last_conn_ = nullptr;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   CqPoller cq_poller_;
   CmPoller cm_poller_;
@@ -652,15 +681,18 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
     return;
   }
   mempool::IoBuf msg;
-  if (wc.byte_len > 0) msg.Append(buf.Slice(0, wc.byte_len));
+  if (wc.byte_len > 0) msg.Append(std::move(buf).Slice(0, wc.byte_len));
   Deliver(std::move(msg));
 }
 
 void Conn::OnRqWc(const ibv_wc& wc) {
   const uint32_t idx = static_cast<uint32_t>(wc.wr_id & kSlotMask);
   if (idx >= rq_slots_.size()) return;
-  mempool::Buffer b = rq_slots_[idx];  // shared: the message slice keeps the block alive
+  // Taken out of the slot: the message slice keeps the block alive; a slot whose
+  // block is not handed out gets it back below.
+  mempool::Buffer b = std::move(rq_slots_[idx]);
   const bool handed_out = wc.status == IBV_WC_SUCCESS && wc.byte_len > 0;
+  if (!handed_out) rq_slots_[idx] = b;
   if (wc.status == IBV_WC_SUCCESS && status_.ok()) {
     if (handed_out) {
       // The application keeps this block: refill the slot with a fresh one.
@@ -1106,11 +1138,10 @@ int CqPoller::fd() const {
   return t_.opts_.completion == CompletionMode::kPolling ? t_.poll_fd_ : t_.comp_channel_->fd;
 }
 int CmPoller::Poll() {
-  // rdmacm events are rare (connect, disconnect): look at most every 100 us so
-  // the busy loop does not pay a system call per iteration.
-  const Clock::time_point now = Clock::now();
-  if (now < next_check_) return 0;
-  next_check_ = now + std::chrono::microseconds(100);
+  // rdmacm events are rare (connect, disconnect): look every kCmPollEvery polls
+  // so the busy loop does not pay a system call per iteration. A counter, not a
+  // clock: under a VM without a usable TSC a clock read is itself a system call.
+  if (++polls_ % kCmPollEvery != 0) return 0;
   return t_.PollCm();
 }
 int CmPoller::fd() const { return t_.cm_channel_->fd; }
@@ -1128,10 +1159,9 @@ int TransportImpl::PollCq() {
         const ibv_wc& wc = wcs[i];
         if (wc.wr_id & kRecvFlag) {
           if (wc.wr_id == kDrainRqId) {
-            auto it = by_qpn_.find(wc.qp_num);
-            if (it != by_qpn_.end()) {
-              it->second->rq_drained_ = true;
-              it->second->CheckDrained();
+            if (Conn* c = ConnFor(wc.qp_num)) {
+              c->rq_drained_ = true;
+              c->CheckDrained();
             }
             continue;
           }
@@ -1151,16 +1181,13 @@ int TransportImpl::PollCq() {
             } else {
               ++srq_starved_;
             }
-            auto it = by_qpn_.find(wc.qp_num);
-            if (it != by_qpn_.end()) it->second->OnRecvWc(wc, std::move(b));
+            if (Conn* c = ConnFor(wc.qp_num)) c->OnRecvWc(wc, std::move(b));
             continue;
           }
-          auto it = by_qpn_.find(wc.qp_num);
-          if (it != by_qpn_.end()) it->second->OnRqWc(wc);
+          if (Conn* c = ConnFor(wc.qp_num)) c->OnRqWc(wc);
           continue;
         }
-        auto it = by_qpn_.find(wc.qp_num);
-        if (it != by_qpn_.end()) it->second->OnSendWc(wc);
+        if (Conn* c = ConnFor(wc.qp_num)) c->OnSendWc(wc);
       }
       if (n < 32) break;
     }
@@ -1235,7 +1262,7 @@ void TransportImpl::ScheduleReap(Conn* c) {
         if (alive.expired()) return;
         auto it = conns_.find(c);
         if (it == conns_.end() || !c->Reapable()) return;
-        if (c->id_ && c->id_.qp() != nullptr) by_qpn_.erase(c->id_.qp()->qp_num);
+        if (c->id_ && c->id_.qp() != nullptr) Unregister(c->id_.qp()->qp_num);
         cq_budget_used_ -= std::min(cq_budget_used_, c->cq_budget_);
         conns_.erase(it);
       },
@@ -1348,6 +1375,7 @@ TransportImpl::~TransportImpl() {
   }
   conns_.clear();
   by_qpn_.clear();
+  last_conn_ = nullptr;
   srq_.reset();
   srq_slots_.clear();
   if (cq_ && unacked_cq_events_ > 0) ibv_ack_cq_events(cq_.get(), unacked_cq_events_);
