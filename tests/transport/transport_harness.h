@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -41,6 +42,9 @@ struct TransportKind {
   bool multi_process = false;           // the peer can be a forked+exec'd child process
   bool refusal_keeps_connection = true; // RDMA: a NAK'd op errors the QP
 };
+
+// gtest prints a parameter with this (ctest names show "GetParam() = tcp", not a byte dump).
+inline void PrintTo(const TransportKind& k, std::ostream* os) { *os << k.name; }
 
 TransportKind LoopbackKind();
 TransportKind TcpKind();
