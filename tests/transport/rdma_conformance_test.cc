@@ -3,9 +3,11 @@
 // The suite's fixtures live in an anonymous namespace of conformance_test.cc,
 // so this file includes that translation unit and adds the rdma instantiation
 // next to them; rdma.cmake filters the binary to the Rdma/* cases (the
-// Software/* ones run in transport_conformance_test already). The peer-process
-// cases need the shared harness's FindKind() to know "rdma"; until it does, the
-// killed-peer path is covered by rdma_transport_test.cc (RdmaPeerProcess).
+// Software/* ones run in transport_conformance_test already). The shared
+// PeerProcess suite is not instantiated for rdma: its premise, "a stopped peer
+// answers nothing", does not hold when the peer's NIC serves one-sided ops;
+// rdma_transport_test.cc (RdmaPeerProcess) tests a stopped peer and a killed
+// peer with verbs semantics.
 #include "conformance_test.cc"  // NOLINT(bugprone-suspicious-include)
 #include "rdma_test_util.h"
 

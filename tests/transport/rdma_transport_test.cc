@@ -378,20 +378,66 @@ pid_t SpawnChild(const std::string& uri) {
   return pid;
 }
 
-TEST(RdmaPeerProcess, KilledPeerFailsEveryOutstandingOpAndListenerKeepsAccepting) {
-  Env env(RdmaKind());
+// Listens, spawns the child peer, accepts it and reads the descriptor it exposes.
+void StartChildPeer(Env& env, pid_t& child, std::unique_ptr<Connection>& conn, RemoteDescriptor& desc) {
   env.Listen();
   auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
-  pid_t child = SpawnChild(env.listener().uri());
+  child = SpawnChild(env.listener().uri());
   ASSERT_GT(child, 0);
   auto ca = accepted.WaitFor(30s);
   ASSERT_TRUE(ca.ok()) << ca.status().ToString();
-  std::unique_ptr<Connection> conn = std::move(*ca);
+  conn = std::move(*ca);
   auto first = On(env.server_worker(), [&]() { return conn->Recv(); });
   ASSERT_TRUE(first.ok()) << first.status().ToString();
-  RemoteDescriptor desc;
   ASSERT_EQ(first->size(), sizeof desc);
   first->CopyTo(&desc, 0, sizeof desc);
+}
+
+// Why the shared PeerProcess suite (whose premise is "a stopped peer answers
+// nothing") is not instantiated for rdma: one-sided ops are served by the
+// peer's NIC (here its kernel's rxe), not by its CPU, so they keep working
+// while the peer process is stopped; only the peer's own progress (replies)
+// stops. A silent peer is caught by RC retransmission only when its NIC stops
+// acknowledging (the killed-peer case below).
+TEST(RdmaPeerProcess, StoppedPeerStillServesOneSidedOps) {
+  Env env(RdmaKind());
+  pid_t child = -1;
+  std::unique_ptr<Connection> conn;
+  RemoteDescriptor desc;
+  StartChildPeer(env, child, conn, desc);
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_EQ(kill(child, SIGSTOP), 0);
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, WUNTRACED), child);
+  ASSERT_TRUE(WIFSTOPPED(wstatus));
+
+  constexpr size_t kLen = 1u << 20;
+  IoBuf got(*env.pool().Allocate(kLen));
+  Status r = On(env.server_worker(), [&]() { return conn->Read(desc.Sub(0, kLen), got); });
+  ASSERT_TRUE(r.ok()) << r.ToString();
+  EXPECT_EQ(got.Crc32c(), IoBuf(Filled(env.pool(), kChildExposed, 3).Slice(0, kLen)).Crc32c())
+      << "READ from a stopped peer returns its memory";
+  IoBuf put(Filled(env.pool(), kLen, 11));
+  Status w = On(env.server_worker(), [&]() { return conn->Write(put, desc.Sub(kLen, kLen)); });
+  EXPECT_TRUE(w.ok()) << w.ToString();
+  IoBuf back(*env.pool().Allocate(kLen));
+  Status r2 = On(env.server_worker(), [&]() { return conn->Read(desc.Sub(kLen, kLen), back); });
+  ASSERT_TRUE(r2.ok()) << r2.ToString();
+  EXPECT_EQ(back.Crc32c(), put.Crc32c()) << "WRITE to a stopped peer lands in its memory";
+  EXPECT_TRUE(conn->status().ok()) << conn->status().ToString();
+
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  On(env.server_worker(), [&]() { conn.reset(); });
+}
+
+TEST(RdmaPeerProcess, KilledPeerFailsEveryOutstandingOpAndListenerKeepsAccepting) {
+  Env env(RdmaKind());
+  pid_t child = -1;
+  std::unique_ptr<Connection> conn;
+  RemoteDescriptor desc;
+  StartChildPeer(env, child, conn, desc);
+  ASSERT_FALSE(HasFatalFailure());
 
   // Keep 32 coroutines issuing one-sided ops and one Recv parked, then kill the peer.
   constexpr int kOps = 32;
