@@ -232,6 +232,8 @@ class Conn final : public CmTarget {
   Status PostWrs(ibv_send_wr* wrs, uint32_t n, mempool::IoBuf hold, Parked* op);
   void Deliver(mempool::IoBuf msg);
   void Took();
+  void SlotReposted();
+  void Refill();
   Status PostRecvSlot(uint32_t idx);
   void StartDrain();
   void CheckDrained();
@@ -262,6 +264,13 @@ class Conn final : public CmTarget {
   uint32_t max_wr_bytes_ = 1u << 30;
   uint32_t recv_buf_bytes_ = 0;
   uint32_t posted_recv_slots_ = 0;
+  // Credits go back only for messages that were taken AND whose receive slot is
+  // posted again (handed-out slots are refilled after the poll round, off the
+  // path to the waiting coroutine); these count whichever came first.
+  std::vector<uint32_t> refill_;      // handed-out slots waiting for a fresh block
+  uint32_t took_uncredited_ = 0;      // taken, slot not reposted yet
+  uint32_t reposted_uncredited_ = 0;  // reposted, message not taken yet
+  bool in_refill_list_ = false;
  public:
   uint32_t cq_budget_ = 0;  // CQ entries this connection may need
 
@@ -379,6 +388,7 @@ class TransportImpl final : public Transport {
   uint32_t srq_starved_ = 0;
   std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
   std::unordered_map<uint32_t, Conn*> by_qpn_;
+  std::vector<Conn*> refill_conns_, refilling_;  // connections with slots to refill
   uint32_t last_qpn_ = 0;
   Conn* last_conn_ = nullptr;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
@@ -621,8 +631,45 @@ void Conn::MaybeSendCredits() {
 }
 
 void Conn::Took() {
+  if (t_.opts_.use_srq || reposted_uncredited_ > 0) {  // SRQ slots are refilled at once, per transport
+    if (!t_.opts_.use_srq) --reposted_uncredited_;
+    ++owed_credits_;
+    MaybeSendCredits();
+    return;
+  }
+  ++took_uncredited_;
+}
+
+void Conn::SlotReposted() {
+  if (took_uncredited_ == 0) {
+    ++reposted_uncredited_;
+    return;
+  }
+  --took_uncredited_;
   ++owed_credits_;
   MaybeSendCredits();
+}
+
+void Conn::Refill() {
+  in_refill_list_ = false;
+  for (uint32_t idx : refill_) {
+    if (!status_.ok()) break;
+    auto fresh = t_.AllocRecvBuffer();
+    if (!fresh.ok()) {
+      // One slot less, and so one credit less for the peer, for good: no RNR.
+      SPDLOG_WARN("rdma {}: cannot refill a receive slot ({}); the peer gets one credit less", peer_,
+                  fresh.status().ToString());
+      continue;
+    }
+    rq_slots_[idx] = std::move(fresh).value();
+    if (Status st = PostRecvSlot(idx); !st.ok()) {
+      Fail(UnavailableError(st.message()));
+      break;
+    }
+    ++posted_recv_slots_;
+    SlotReposted();
+  }
+  refill_.clear();
 }
 
 void Conn::Deliver(mempool::IoBuf msg) {
@@ -681,7 +728,11 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
     return;
   }
   mempool::IoBuf msg;
-  if (wc.byte_len > 0) msg.Append(std::move(buf).Slice(0, wc.byte_len));
+  if (wc.byte_len > 0) {
+    msg.Append(std::move(buf).Slice(0, wc.byte_len));
+  } else if (!t_.opts_.use_srq) {
+    SlotReposted();  // an empty message's slot went straight back
+  }
   Deliver(std::move(msg));
 }
 
@@ -695,18 +746,15 @@ void Conn::OnRqWc(const ibv_wc& wc) {
   if (!handed_out) rq_slots_[idx] = b;
   if (wc.status == IBV_WC_SUCCESS && status_.ok()) {
     if (handed_out) {
-      // The application keeps this block: refill the slot with a fresh one.
-      auto fresh = t_.AllocRecvBuffer();
-      if (fresh.ok()) {
-        rq_slots_[idx] = std::move(fresh).value();
-      } else {
-        SPDLOG_WARN("rdma {}: cannot refill a receive slot ({}); RNR retry is the backstop", peer_,
-                    fresh.status().ToString());
-        rq_slots_[idx].Reset();
-        --posted_recv_slots_;
+      // The application keeps this block: the slot gets a fresh one after this
+      // poll round (Refill), and the message's credit goes back only then.
+      --posted_recv_slots_;
+      refill_.push_back(idx);
+      if (!in_refill_list_) {
+        in_refill_list_ = true;
+        t_.refill_conns_.push_back(this);
       }
-    }
-    if (rq_slots_[idx]) {
+    } else {
       Status s = PostRecvSlot(idx);
       if (!s.ok()) Fail(UnavailableError(s.message()));
     }
@@ -1147,6 +1195,13 @@ int CmPoller::Poll() {
 int CmPoller::fd() const { return t_.cm_channel_->fd; }
 
 int TransportImpl::PollCq() {
+  if (!refill_conns_.empty()) {
+    // Slots handed out in the previous round: refilled now, after the woken
+    // coroutines ran (their replies are already posted).
+    refilling_.swap(refill_conns_);
+    for (Conn* c : refilling_) c->Refill();
+    refilling_.clear();
+  }
   int total = 0;
   const bool blocking = opts_.completion == CompletionMode::kBlocking;
   ibv_wc wcs[32];
@@ -1263,6 +1318,7 @@ void TransportImpl::ScheduleReap(Conn* c) {
         auto it = conns_.find(c);
         if (it == conns_.end() || !c->Reapable()) return;
         if (c->id_ && c->id_.qp() != nullptr) Unregister(c->id_.qp()->qp_num);
+        if (c->in_refill_list_) std::erase(refill_conns_, c);
         cq_budget_used_ -= std::min(cq_budget_used_, c->cq_budget_);
         conns_.erase(it);
       },
@@ -1373,6 +1429,7 @@ TransportImpl::~TransportImpl() {
     sched_.RemovePoller(&cq_poller_);
     sched_.RemovePoller(&cm_poller_);
   }
+  refill_conns_.clear();
   conns_.clear();
   by_qpn_.clear();
   last_conn_ = nullptr;
