@@ -164,6 +164,61 @@ TEST(RdmaCredits, FloodAgainstASlowConsumerDrawsNoRnrNak) {
   EXPECT_EQ(st->sends, static_cast<uint64_t>(kMsgs));
 }
 
+// A receive slot the pool cannot refill keeps its credit (the sender slows
+// down) and is retried — also on a worker with nothing else to do — so once
+// memory comes back every message arrives. (Dropping the slot instead would
+// strand the sender after recv_depth refusals.)
+TEST(RdmaCredits, RefillThePoolRefusedIsRetriedAndItsCreditReturned) {
+  Env env(RdmaKind());
+  env.ConnectPair();
+  constexpr int kMsgs = 120;
+  std::vector<IoBuf> msgs;
+  std::vector<uint32_t> crcs;
+  for (int i = 0; i < kMsgs; ++i) {
+    msgs.push_back(Msg(env.pool(), 256, i));
+    crcs.push_back(msgs.back().Crc32c());
+  }
+  std::vector<Buffer> hog;  // every 64 KiB block the pool has (receive buffers are that class)
+  for (;;) {
+    auto b = env.pool().Allocate(TestOptions().max_message_bytes);
+    if (!b.ok()) break;
+    hog.push_back(std::move(*b));
+  }
+  ASSERT_FALSE(hog.empty());
+  auto sender = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
+    for (auto& m : msgs) HRPC_TRY(env.client().Send(std::move(m)));
+    return Status::Ok();
+  });
+  std::atomic<int> got{0};
+  std::vector<IoBuf> held;  // each message keeps its 64 KiB receive block out of the pool
+  auto receiver = coro::Async(env.server_worker().scheduler(), [&]() -> Status {
+    for (int i = 0; i < kMsgs; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env.server().Recv());
+      if (m.size() != 256u || m.Crc32c() != crcs[i]) {
+        return DataLossError("message " + std::to_string(i));
+      }
+      held.push_back(std::move(m));
+      got++;
+    }
+    held.clear();
+    return Status::Ok();
+  });
+  std::this_thread::sleep_for(400ms);
+  const int stalled_at = got.load();
+  std::this_thread::sleep_for(400ms);
+  // Blocks the worker still had cached refill a few slots; then no refill, so no
+  // credit back, so the sender waits.
+  EXPECT_GT(stalled_at, 0);
+  EXPECT_EQ(got.load(), stalled_at) << "messages kept arriving while the pool was exhausted";
+  EXPECT_LT(stalled_at, kMsgs);
+  hog.clear();
+  Status r = receiver.WaitFor(30s);
+  EXPECT_TRUE(r.ok()) << r.ToString() << " after " << got.load() << " messages";
+  Status w = sender.WaitFor(30s);
+  EXPECT_TRUE(w.ok()) << w.ToString();
+  EXPECT_EQ(got.load(), kMsgs);
+}
+
 TEST(RdmaSgl, OneSidedOpsSplitToMaxSgeAndSendsCoalesce) {
   Env env(RdmaKind());
   env.ConnectPair();

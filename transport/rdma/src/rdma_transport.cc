@@ -6,14 +6,17 @@
 // carries only credits (zero bytes). Handshake: Hello in the rdmacm private data.
 //
 // Credits: each side posts recv_depth + kCtrlSlots receive WQEs. A data message
-// costs the sender one credit; the receiver returns it when the application
-// takes the message (Recv), piggybacked on the next data message or, once
-// kCreditBatch(recv_depth) = ceil(depth/4) are owed, in a credit-only message.
+// costs the sender one credit; the receiver returns it once the application has
+// taken the message (Recv) AND its receive WQE is posted again, piggybacked on the
+// next data message or, once kCreditBatch(recv_depth) = ceil(depth/4) are owed,
+// in a credit-only message. A WQE whose buffer went to the application gets a
+// fresh buffer at the start of the next poll round (after the woken coroutines
+// ran), one whose buffer stayed (empty and credit-only messages) in the same poll.
 // Credit-only messages need no credit: each carries >= ceil(depth/4) credits and
 // the peer can only have `depth` outstanding, so at most 4 of them are ever
-// unprocessed at the peer — kCtrlSlots = 5 receive WQEs cover them, and a
-// receive WQE is reposted in the same poll that consumes it. RNR therefore does
-// not happen (rnr_retry stays as a backstop, e.g. when the pool cannot refill).
+// unprocessed at the peer — kCtrlSlots = 5 receive WQEs cover them. RNR therefore
+// does not happen (rnr_retry stays as a backstop, e.g. for an oversubscribed SRQ);
+// when the pool cannot refill a WQE, the refill is retried and its credit waits.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -271,6 +274,7 @@ class Conn final : public CmTarget {
   uint32_t took_uncredited_ = 0;      // taken, slot not reposted yet
   uint32_t reposted_uncredited_ = 0;  // reposted, message not taken yet
   bool in_refill_list_ = false;
+  bool refill_starved_ = false;  // warned about a failed refill (once per episode)
  public:
   uint32_t cq_budget_ = 0;  // CQ entries this connection may need
 
@@ -365,6 +369,16 @@ class TransportImpl final : public Transport {
     return last_conn_;
   }
   void ScheduleReap(Conn* c);
+  // A timer that wakes the worker within a millisecond, so refills the pool
+  // refused are retried even when nothing else happens.
+  void ArmRefillRetry() {
+    if (refill_retry_armed_) return;
+    refill_retry_armed_ = true;
+    sched_.AddTimer(Clock::now() + std::chrono::milliseconds(1),
+                    [this, alive = std::weak_ptr<bool>(alive_)] {
+                      if (!alive.expired()) refill_retry_armed_ = false;
+                    });
+  }
   Status EnsureCqRoom(uint32_t more);
   Result<mempool::Buffer> AllocRecvBuffer() { return pool_.Allocate(opts_.common.max_message_bytes); }
   Status PostSrqSlot(uint32_t idx);
@@ -389,6 +403,7 @@ class TransportImpl final : public Transport {
   std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
   std::unordered_map<uint32_t, Conn*> by_qpn_;
   std::vector<Conn*> refill_conns_, refilling_;  // connections with slots to refill
+  bool refill_retry_armed_ = false;
   uint32_t last_qpn_ = 0;
   Conn* last_conn_ = nullptr;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
@@ -652,15 +667,21 @@ void Conn::SlotReposted() {
 
 void Conn::Refill() {
   in_refill_list_ = false;
-  for (uint32_t idx : refill_) {
-    if (!status_.ok()) break;
+  size_t kept = 0;  // slots the pool could not refill this round: retried later
+  for (size_t i = 0; i < refill_.size() && status_.ok(); ++i) {
+    const uint32_t idx = refill_[i];
     auto fresh = t_.AllocRecvBuffer();
     if (!fresh.ok()) {
-      // One slot less, and so one credit less for the peer, for good: no RNR.
-      SPDLOG_WARN("rdma {}: cannot refill a receive slot ({}); the peer gets one credit less", peer_,
-                  fresh.status().ToString());
+      // The credit waits with the slot (the peer slows down; no RNR).
+      if (!refill_starved_) {
+        SPDLOG_WARN("rdma {}: cannot refill a receive slot ({}); retrying, its credit waits", peer_,
+                    fresh.status().ToString());
+        refill_starved_ = true;
+      }
+      refill_[kept++] = idx;
       continue;
     }
+    refill_starved_ = false;
     rq_slots_[idx] = std::move(fresh).value();
     if (Status st = PostRecvSlot(idx); !st.ok()) {
       Fail(UnavailableError(st.message()));
@@ -669,7 +690,12 @@ void Conn::Refill() {
     ++posted_recv_slots_;
     SlotReposted();
   }
-  refill_.clear();
+  refill_.resize(status_.ok() ? kept : 0);
+  if (!refill_.empty()) {
+    in_refill_list_ = true;
+    t_.refill_conns_.push_back(this);
+    t_.ArmRefillRetry();  // a sleeping worker must come back to retry
+  }
 }
 
 void Conn::Deliver(mempool::IoBuf msg) {
