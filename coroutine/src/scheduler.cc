@@ -429,10 +429,16 @@ void Scheduler::Impl::Run() {
   const SpinClock& spin_clock = SpinClock::Get();
   bool idle = false;
   const uint64_t spin_ticks = spin_clock.TicksFor(opts.spin_budget);
+  const uint64_t timer_lookahead = spin_clock.TicksFor(std::chrono::milliseconds(1));
   uint64_t idle_since = 0;
   while (!stop.load(std::memory_order_relaxed)) {
     if (remote_head.load(std::memory_order_relaxed) != nullptr) DrainRemote();
-    if (!heap_.empty() && spin_clock.Now() >= timer_check_tick_) FireTimers(spin_clock);
+    if (!heap_.empty()) {
+      // Due by the cheap clock — or the check is further ahead than FireTimers
+      // ever sets it (1 ms): the TSC went backwards (another CPU's, a resumed VM).
+      const uint64_t now_tick = spin_clock.Now();
+      if (now_tick >= timer_check_tick_ || timer_check_tick_ - now_tick > timer_lookahead) FireTimers(spin_clock);
+    }
     int work = RunBatch();
     if (!pollers.empty()) work += PollAll();
     if (work > 0 || ready_head != nullptr) {
