@@ -2,7 +2,6 @@
 // Parameterized by TransportKind (transport_harness.h); loopback and tcp are
 // instantiated at the bottom, rdma adds one INSTANTIATE line in its own file.
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,7 +17,6 @@
 #include "hrpc/mempool/copy.h"
 #include "transport_harness.h"
 
-extern char** environ;
 
 namespace hrpc::transport::testing {
 namespace {
@@ -341,27 +339,6 @@ TEST_P(Conformance, CloseFailsEverythingOnBothSides) {
 constexpr size_t kChildExposed = 8u << 20;
 constexpr const char* kChildEnv = "HRPC_TRANSPORT_CONFORMANCE_CHILD";
 
-pid_t SpawnChild(const std::string& kind, const std::string& uri) {
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
-  env_strings.push_back(std::string(kChildEnv) + "=" + kind + "," + uri);
-  std::vector<char*> envp;
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::string self = "/proc/self/exe";
-  std::string filter = "--gtest_filter=ConformanceChild.Serve";
-  char* argv[] = {self.data(), filter.data(), nullptr};
-  const pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(3);
-    execve(self.c_str(), argv, envp.data());
-    _exit(4);
-  }
-  return pid;
-}
-
 TEST(ConformanceChild, Serve) {
   const char* spec = getenv(kChildEnv);
   if (spec == nullptr) GTEST_SKIP() << "only runs as the peer process of PeerProcess* tests";
@@ -395,7 +372,7 @@ class PeerProcess : public ::testing::TestWithParam<TransportKind> {
   void StartPeer(Env& env) {
     env.Listen();
     auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
-    child_ = SpawnChild(GetParam().name, env.listener().uri());
+    child_ = SpawnTestChild(kChildEnv, GetParam().name + "," + env.listener().uri(), "ConformanceChild.Serve");
     ASSERT_GT(child_, 0);
     auto c = accepted.WaitFor(20s);
     ASSERT_TRUE(c.ok()) << c.status().ToString();

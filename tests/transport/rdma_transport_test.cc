@@ -4,7 +4,6 @@
 // memory-window revoke vs MR exposure, blocking vs polling completion modes,
 // transport selection, and the QP error path when the peer process is killed.
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,7 +24,6 @@
 #include "rdma_test_util.h"
 #include "transport_harness.h"
 
-extern char** environ;
 
 namespace hrpc::transport::testing {
 namespace {
@@ -464,32 +462,11 @@ TEST(RdmaPeerChild, Serve) {
   _exit(0);
 }
 
-pid_t SpawnChild(const std::string& uri) {
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
-  env_strings.push_back(std::string(kChildEnv) + "=" + uri);
-  std::vector<char*> envp;
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::string self = "/proc/self/exe";
-  std::string filter = "--gtest_filter=RdmaPeerChild.Serve";
-  char* argv[] = {self.data(), filter.data(), nullptr};
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(3);
-    execve(self.c_str(), argv, envp.data());
-    _exit(4);
-  }
-  return pid;
-}
-
 // Listens, spawns the child peer, accepts it and reads the descriptor it exposes.
 void StartChildPeer(Env& env, pid_t& child, std::unique_ptr<Connection>& conn, RemoteDescriptor& desc) {
   env.Listen();
   auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
-  child = SpawnChild(env.listener().uri());
+  child = SpawnTestChild(kChildEnv, env.listener().uri(), "RdmaPeerChild.Serve");
   ASSERT_GT(child, 0);
   auto ca = accepted.WaitFor(30s);
   ASSERT_TRUE(ca.ok()) << ca.status().ToString();

@@ -1,9 +1,17 @@
 #include "transport_harness.h"
 
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
+
+extern char** environ;
 
 namespace hrpc::transport::testing {
 
@@ -59,6 +67,27 @@ void RegisterKind(const TransportKind& kind) {
 }
 
 std::string KindName(const ::testing::TestParamInfo<TransportKind>& info) { return info.param.name; }
+
+pid_t SpawnTestChild(const std::string& env_name, const std::string& env_value, const std::string& gtest_filter) {
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+  env_strings.push_back(env_name + "=" + env_value);
+  std::vector<char*> envp;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::string self = "/proc/self/exe";
+  std::string filter = "--gtest_filter=" + gtest_filter;
+  char* argv[] = {self.data(), filter.data(), nullptr};
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(3);
+    execve(self.c_str(), argv, envp.data());
+    _exit(4);
+  }
+  return pid;
+}
 
 std::unique_ptr<mempool::Pool> MakeTestPool(size_t arena_bytes, size_t max_class) {
   mempool::PoolOptions o;

@@ -16,6 +16,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <sys/types.h>
+
 #include <gtest/gtest.h>
 
 #include "hrpc/coroutine/sync.h"
@@ -112,6 +114,11 @@ class Env {
   std::unique_ptr<Listener> listener_;
   std::unique_ptr<Connection> server_c_, client_c_;
 };
+
+// Forks and execs a fresh copy of this test binary running only `gtest_filter`,
+// with `env_name=env_value` added to the environment (a peer process for the
+// tests that kill or stop their peer). The child dies with its parent.
+pid_t SpawnTestChild(const std::string& env_name, const std::string& env_value, const std::string& gtest_filter);
 
 // A buffer of n bytes filled with a pattern derived from seed.
 mempool::Buffer Filled(mempool::Pool& pool, size_t n, uint32_t seed);
