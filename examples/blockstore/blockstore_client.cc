@@ -103,11 +103,9 @@ int main(int argc, char** argv) {
   flags.AddSize("timeout_ms", &timeout_ms, "deadline per call");
   flags.AddSize("concurrency", &concurrency, "requests in flight");
   flags.Add("ops", &ops, "comma-separated: write, read, verify (read + compare CRCs with the pattern)");
-  std::string log_level = "warn";
-  flags.Add("log", &log_level, "log level: trace|debug|info|warn|err|off");
+  flags.AddLogLevel("warn");
   int code = 0;
   if (!flags.Parse(argc, argv, &code)) return code;
-  spdlog::set_level(spdlog::level::from_str(log_level));
   const bool do_write = ops.find("write") != std::string::npos;
   const bool do_verify = ops.find("verify") != std::string::npos;
   const bool do_read = do_verify || ops.find("read") != std::string::npos;

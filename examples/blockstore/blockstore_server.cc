@@ -17,7 +17,6 @@
 // Threads: the server runs ONE worker (--workers is not offered); the sink is
 // opened lazily by the first handler on that worker and attached to its
 // scheduler, so disk I/O suspends only the handler's coroutine.
-#include <pthread.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -30,6 +29,7 @@
 
 #include "blockstore/blockstore.hrpc.h"
 #include "common/flags.h"
+#include "common/signals.h"
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/mempool/pool.h"
@@ -160,11 +160,9 @@ int main(int argc, char** argv) {
   flags.AddSize("size", &size, "grow the file to at least this many bytes at start (0: as is)");
   flags.AddSize("eager", &eager, "response attachments up to this size travel inline (0: always pushed)");
   flags.AddSize("pool_mib", &pool_mib, "arena size of the server pool (pulled payloads, read slabs), MiB");
-  std::string log_level = "info";
-  flags.Add("log", &log_level, "log level: trace|debug|info|warn|err|off");
+  flags.AddLogLevel("info");
   int code = 0;
   if (!flags.Parse(argc, argv, &code)) return code;
-  spdlog::set_level(spdlog::level::from_str(log_level));
   if (file.empty()) {
     std::fprintf(stderr, "blockstore_server: --file is required\n");
     return 2;
@@ -188,11 +186,7 @@ int main(int argc, char** argv) {
 
   // A disk-full write must come back as RESOURCE_EXHAUSTED, not kill us (RLIMIT_FSIZE).
   signal(SIGXFSZ, SIG_IGN);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  const sigset_t stop = hrpc::examples::BlockStopSignals();  // before the workers start: they inherit it
 
   hrpc::ServerOptions opts;
   opts.listen = {listen};
@@ -230,8 +224,7 @@ int main(int argc, char** argv) {
   }
   std::printf("READY %s\n", (*server)->listen_uris().at(0).c_str());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
+  hrpc::examples::WaitForStopSignal(stop);
   (*server)->Shutdown();
   std::printf("blockstore_server: stopped\n%s", hrpc::FormatStatsTable((*server)->Stats()).c_str());
   std::fflush(stdout);

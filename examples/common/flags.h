@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 namespace hrpc::examples {
 
 class Flags {
@@ -31,6 +33,16 @@ class Flags {
       char* end = nullptr;
       *v = std::strtod(s, &end);
       return end != s && *end == '\0';
+    });
+  }
+  // --log=trace|debug|info|warn|err|critical|off, applied by a successful Parse().
+  void AddLogLevel(std::string def) {
+    log_level_ = std::move(def);
+    apply_log_ = true;
+    Register("log", "log level: trace|debug|info|warn|err|critical|off", log_level_, [this](const char* s) {
+      if (spdlog::level::from_str(s) == spdlog::level::off && std::strcmp(s, "off") != 0) return false;
+      log_level_ = s;
+      return true;
     });
   }
   // Integers and sizes ("64K", "1M").
@@ -59,6 +71,7 @@ class Flags {
       }
       if (!found) return Bad("unknown flag --" + name, code);
     }
+    if (apply_log_) spdlog::set_level(spdlog::level::from_str(log_level_));
     return true;
   }
 
@@ -78,6 +91,8 @@ class Flags {
   }
 
  private:
+  std::string log_level_;
+  bool apply_log_ = false;
   struct Flag {
     std::string name, help, def;
     std::function<bool(const char*)> set;

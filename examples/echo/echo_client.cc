@@ -24,11 +24,9 @@ int main(int argc, char** argv) {
   flags.AddSize("attachment", &attachment, "bytes of request attachment (e.g. 4K, 1M)");
   flags.Add("echo_attachment", &echo_attachment, "ask the server to send the attachment back");
   flags.AddSize("timeout_ms", &timeout_ms, "deadline per call");
-  std::string log_level = "warn";
-  flags.Add("log", &log_level, "log level: trace|debug|info|warn|err|off");
+  flags.AddLogLevel("warn");
   int code = 0;
   if (!flags.Parse(argc, argv, &code)) return code;
-  spdlog::set_level(spdlog::level::from_str(log_level));
 
   auto channel = hrpc::RpcChannel::Create(uri);
   if (!channel.ok()) {

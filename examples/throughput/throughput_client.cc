@@ -32,11 +32,9 @@ int main(int argc, char** argv) {
   flags.Add("warmup", &warmup, "seconds of load before measuring");
   flags.AddSize("spin_us", &spin_us, "idle workers busy-poll this long before sleeping");
   flags.Add("progress", &progress, "live progress line on stderr");
-  std::string log_level = "warn";
-  flags.Add("log", &log_level, "log level: trace|debug|info|warn|err|off");
+  flags.AddLogLevel("warn");
   int code = 0;
   if (!flags.Parse(argc, argv, &code)) return code;
-  spdlog::set_level(spdlog::level::from_str(log_level));
   if (workers == 0 || connections == 0 || connections % workers != 0) {
     std::fprintf(stderr, "throughput_client: --connections must be a positive multiple of --workers\n");
     return 2;

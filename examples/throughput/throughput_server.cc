@@ -1,14 +1,13 @@
 // throughput_server: the Echo service tuned for load: N workers (optionally
 // pinned), prints the server-side stats every few seconds and at exit.
-#include <pthread.h>
 #include <signal.h>
-#include <time.h>
 
 #include <cstdio>
 #include <sstream>
 
 #include "common/echo_service.h"
 #include "common/flags.h"
+#include "common/signals.h"
 
 #include <spdlog/spdlog.h>
 
@@ -24,17 +23,11 @@ int main(int argc, char** argv) {
   flags.AddSize("eager", &eager, "attachments up to this size travel inline");
   flags.AddSize("spin_us", &spin_us, "idle workers busy-poll this long before sleeping in epoll");
   flags.AddSize("stats_interval", &stats_interval, "print the stats table every N seconds (0: only at exit)");
-  std::string log_level = "info";
-  flags.Add("log", &log_level, "log level: trace|debug|info|warn|err|off");
+  flags.AddLogLevel("info");
   int code = 0;
   if (!flags.Parse(argc, argv, &code)) return code;
-  spdlog::set_level(spdlog::level::from_str(log_level));
 
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  const sigset_t stop = hrpc::examples::BlockStopSignals();  // before the workers start: they inherit it
 
   hrpc::ServerOptions so;
   so.listen = {listen};
@@ -56,21 +49,10 @@ int main(int argc, char** argv) {
   }
   std::printf("READY %s\n", (*server)->listen_uris().at(0).c_str());
   std::fflush(stdout);
-  for (;;) {
-    int sig = 0;
-    if (stats_interval > 0) {
-      timespec ts{static_cast<time_t>(stats_interval), 0};
-      siginfo_t info;
-      if (sigtimedwait(&set, &info, &ts) < 0) {
-        std::printf("%s", hrpc::FormatStatsTable((*server)->Stats()).c_str());
-        std::fflush(stdout);
-        continue;
-      }
-    } else {
-      sigwait(&set, &sig);
-    }
-    break;
-  }
+  hrpc::examples::WaitForStopSignal(stop, stats_interval, [&] {
+    std::printf("%s", hrpc::FormatStatsTable((*server)->Stats()).c_str());
+    std::fflush(stdout);
+  });
   (*server)->Shutdown();
   std::printf("throughput_server: stopped\n%s", hrpc::FormatStatsTable((*server)->Stats()).c_str());
   return 0;
