@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "fiber.h"
+#include "hrpc/coroutine/cycle_clock.h"
 
 namespace hrpc::coro {
 
@@ -40,50 +41,6 @@ inline void CpuRelax() noexcept {
 #endif
 }
 
-// The idle spin's clock. steady_clock is not cheap everywhere: in a VM whose
-// clocksource is the HPET (the Soft-RoCE guest here) a read is a system call and
-// an emulated device access, ~3 us, and a spin that reads it every iteration
-// notices a completion microseconds late. The x86 time-stamp counter costs tens
-// of cycles everywhere; its rate is measured once against steady_clock. Where it
-// is missing (or the measurement is implausible) the spin uses steady_clock.
-class SpinClock {
- public:
-  static const SpinClock& Get() {
-    static const SpinClock c;
-    return c;
-  }
-  uint64_t Now() const {
-#if defined(__x86_64__) || defined(__i386__)
-    if (tsc_) return __builtin_ia32_rdtsc();
-#endif
-    return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                     Clock::now().time_since_epoch())
-                                     .count());
-  }
-  uint64_t TicksFor(std::chrono::nanoseconds d) const {
-    return static_cast<uint64_t>(static_cast<double>(d.count()) * ticks_per_ns_);
-  }
-
- private:
-  SpinClock() {
-#if defined(__x86_64__) || defined(__i386__)
-    const Clock::time_point t0 = Clock::now();
-    const uint64_t c0 = __builtin_ia32_rdtsc();
-    Clock::time_point t1;
-    do {
-      t1 = Clock::now();
-    } while (t1 - t0 < std::chrono::milliseconds(1));
-    const uint64_t c1 = __builtin_ia32_rdtsc();
-    const double rate = static_cast<double>(c1 - c0) / static_cast<double>((t1 - t0).count());
-    if (c1 > c0 && rate > 0.05 && rate < 100.0) {  // 50 MHz .. 100 GHz
-      tsc_ = true;
-      ticks_per_ns_ = rate;
-    }
-#endif
-  }
-  bool tsc_ = false;
-  double ticks_per_ns_ = 1.0;
-};
 }  // namespace
 
 class Scheduler::Impl {
@@ -186,7 +143,7 @@ class Scheduler::Impl {
     slots_[slot].gen++;
     free_slots_.push_back(slot);
   }
-  void FireTimers(const SpinClock& sc);
+  void FireTimers(const CycleClock& sc);
   void DrainRemote();
   void RunFiber(Fiber* f) noexcept;
   void Recycle(Fiber* f) noexcept;
@@ -199,7 +156,7 @@ class Scheduler::Impl {
   std::vector<TimerSlot> slots_;
   std::vector<uint32_t> free_slots_;
   size_t stale_in_heap_ = 0;  // cancelled entries still in heap_
-  // SpinClock tick before which the earliest timer cannot be due (0: look now),
+  // CycleClock tick before which the earliest timer cannot be due (0: look now),
   // so the run loop does not read steady_clock on every iteration.
   uint64_t timer_check_tick_ = 0;
 };
@@ -426,7 +383,7 @@ void Scheduler::Impl::Run() {
   Impl* prev_sched = tls_sched;
   tls_sched = this;
   detail::EnsureAltStack();
-  const SpinClock& spin_clock = SpinClock::Get();
+  const CycleClock& spin_clock = CycleClock::Get();
   bool idle = false;
   const uint64_t spin_ticks = spin_clock.TicksFor(opts.spin_budget);
   const uint64_t timer_lookahead = spin_clock.TicksFor(std::chrono::milliseconds(1));
@@ -494,7 +451,7 @@ bool Scheduler::Impl::CancelTimer(TimerId id) {
   return true;
 }
 
-void Scheduler::Impl::FireTimers(const SpinClock& sc) {
+void Scheduler::Impl::FireTimers(const CycleClock& sc) {
   Clock::time_point now = Clock::now();
   timer_check_tick_ = 0;
   while (!heap_.empty() && heap_.front().when <= now) {

@@ -1,5 +1,6 @@
 // Tests for coroutine/src/scheduler.cc: ordering, scale, timers, cross-thread
 // wake-ups, idle behaviour, exceptions and the stack-overflow guard.
+#include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/scheduler.h"
 
 #include <gmock/gmock.h>
@@ -195,6 +196,23 @@ TEST(SchedulerTest, EarlierTimerAddedLaterFiresFirstWhileTheLoopSpins) {
     EXPECT_TRUE(wg.WaitFor(5s).ok());
   });
   EXPECT_THAT(order, ::testing::ElementsAre(1, 2, 3));
+}
+
+// The cycle clock's rate (measured once) converts its ticks back to the time
+// steady_clock saw, and TicksFor inverts Micros.
+TEST(CycleClockTest, TicksAgreeWithSteadyClock) {
+  const CycleClock& c = CycleClock::Get();
+  EXPECT_GT(c.ticks_per_ns(), 0.0);
+  const auto t0 = Clock::now();
+  const uint64_t k0 = c.Now();
+  std::this_thread::sleep_for(30ms);
+  const uint64_t k1 = c.Now();
+  const double steady_us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+  ASSERT_GT(k1, k0);
+  const double tick_us = c.Micros(k1 - k0);
+  EXPECT_GT(tick_us, steady_us * 0.8) << "ticks_per_ns " << c.ticks_per_ns();
+  EXPECT_LT(tick_us, steady_us * 1.2) << "ticks_per_ns " << c.ticks_per_ns();
+  EXPECT_NEAR(c.Micros(c.TicksFor(std::chrono::milliseconds(5))), 5000.0, 1.0);
 }
 
 TEST(SchedulerTest, CancelledTimerDoesNotFire) {

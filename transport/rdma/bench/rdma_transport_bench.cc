@@ -18,13 +18,9 @@
 #include <string>
 #include <vector>
 
-#include <thread>
-
 #include <spdlog/spdlog.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-#endif
 
+#include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/coroutine/worker.h"
 #include "hrpc/mempool/pool.h"
@@ -35,32 +31,6 @@ using namespace hrpc::transport;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-// Cycle counter ticks, converted to microseconds by a rate measured against
-// steady_clock at start-up (steady_clock itself where there is no TSC).
-class Ticks {
- public:
-  static uint64_t Now() {
-#if defined(__x86_64__) || defined(__i386__)
-    return __rdtsc();
-#else
-    return static_cast<uint64_t>(Clock::now().time_since_epoch().count());
-#endif
-  }
-  Ticks() {
-    const auto t0 = Clock::now();
-    const uint64_t c0 = Now();
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    const uint64_t c1 = Now();
-    const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
-    per_us_ = static_cast<double>(c1 - c0) / us;
-  }
-  double Us(uint64_t d) const { return static_cast<double>(d) / per_us_; }
-  double per_us() const { return per_us_; }
-
- private:
-  double per_us_ = 1;
-};
 
 struct Args {
   std::string addr = "10.11.0.1";
@@ -238,7 +208,7 @@ int main(int argc, char** argv) {
       }
       return Status::Ok();
     });
-    const Ticks ticks;
+    const coro::CycleClock& ticks = coro::CycleClock::Get();
     std::vector<double> rtt;
     double cpu = 0;
     Status r = On(**cw, [&]() -> Status {
@@ -248,10 +218,10 @@ int main(int argc, char** argv) {
       for (uint32_t i = 0; i < a.iters + 100; ++i) {
         HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, (*pool)->Allocate(kSize));
         std::memset(b.data(), static_cast<int>(i), kSize);
-        const uint64_t t0 = Ticks::Now();
+        const uint64_t t0 = ticks.Now();
         HRPC_TRY(client.Send(mempool::IoBuf(std::move(b))));
         HRPC_ASSIGN_OR_RETURN(mempool::IoBuf m, client.Recv());
-        if (i >= 100) rtt.push_back(ticks.Us(Ticks::Now() - t0));
+        if (i >= 100) rtt.push_back(ticks.Micros(ticks.Now() - t0));
         if (m.size() != kSize) return DataLossError("echo size");
       }
       cpu = std::chrono::duration<double>((*cw)->CpuTime() - cpu0).count() /
@@ -263,7 +233,7 @@ int main(int argc, char** argv) {
     const double p50 = Pct(rtt, 0.5), p99 = Pct(rtt, 0.99);
     std::printf("transport_bench case=pingpong transport=rdma size=%zu p50_us=%.2f p99_us=%.2f half_rtt_us=%.2f "
                 "cpu=%.2f iters=%u tsc_mhz=%.0f\n",
-                kSize, p50, p99, p50 / 2, cpu, a.iters, ticks.per_us());
+                kSize, p50, p99, p50 / 2, cpu, a.iters, ticks.ticks_per_ns() * 1000.0);
     std::fflush(stdout);
   }
 
