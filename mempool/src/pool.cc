@@ -647,6 +647,11 @@ Status Pool::AddArena() {
 PageMode Pool::page_mode() const { return core_->arenas[0].mode; }
 int Pool::numa_node() const { return core_->opts.numa_node; }
 size_t Pool::num_arenas() const { return core_->num_arenas.load(std::memory_order_acquire); }
+size_t Pool::num_registrars() const {
+  size_t n = 0;
+  for (const auto& r : core_->registrars) n += r.load(std::memory_order_acquire) != nullptr ? 1 : 0;
+  return n;
+}
 const PoolOptions& Pool::options() const { return core_->opts; }
 
 std::vector<size_t> Pool::ClassSizes() const {

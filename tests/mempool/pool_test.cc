@@ -309,6 +309,7 @@ TEST(PoolTest, RegistrarCalledOncePerArenaIncludingLaterOnes) {
   EXPECT_NE(*s1, *s2);
   EXPECT_EQ(r2.registers(), 3);
   EXPECT_EQ(r1.double_registers() + r2.double_registers(), 0);
+  EXPECT_EQ(pool->num_registrars(), 2u);
 
   // Keys: Buffer::key and KeyFor agree with what the registrar handed out.
   for (const Buffer& b : v) {
@@ -326,6 +327,7 @@ TEST(PoolTest, RegistrarCalledOncePerArenaIncludingLaterOnes) {
   EXPECT_EQ(pool->KeyFor(*s1, heap.get()).status().code(), StatusCode::kNotFound);
 
   pool->DetachRegistrar(*s1);
+  EXPECT_EQ(pool->num_registrars(), 1u);
   EXPECT_EQ(r1.unregisters(), 3);
   EXPECT_EQ(r1.live(), 0u);
   EXPECT_EQ(r1.bad_unregisters(), 0);

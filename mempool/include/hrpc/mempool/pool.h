@@ -110,6 +110,8 @@ class Pool final {
   PageMode page_mode() const;  // of the first arena
   int numa_node() const;
   size_t num_arenas() const;
+  // Registrars attached now: every arena is registered exactly this many times.
+  size_t num_registrars() const;
   const PoolOptions& options() const;
   // Block sizes of all classes, ascending.
   std::vector<size_t> ClassSizes() const;
