@@ -3,6 +3,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <thread>
 #include <string>
 
 #include <spdlog/spdlog.h>
@@ -13,6 +14,7 @@
 #include "hrpc/transport/rdma.h"
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
+#include "peer_table.h"
 #include "runtime_internal.h"
 
 namespace hrpc {
@@ -26,15 +28,19 @@ std::string_view TransportChoiceName(TransportChoice c) noexcept {
   return "?";
 }
 
-TransportChoice TransportChoiceFromEnv() {
+RuntimeOptions RuntimeOptions::FromEnv() {
+  RuntimeOptions o;
   const char* v = std::getenv("HRPC_TRANSPORT");
-  if (v == nullptr || *v == '\0') return TransportChoice::kAuto;
+  if (v == nullptr || *v == '\0') return o;
   std::string_view s(v);
-  if (s == "tcp") return TransportChoice::kTcp;
-  if (s == "rdma") return TransportChoice::kRdma;
-  if (s == "auto") return TransportChoice::kAuto;
-  SPDLOG_WARN("hrpc: ignoring HRPC_TRANSPORT={} (want tcp|rdma)", s);
-  return TransportChoice::kAuto;
+  if (s == "tcp") {
+    o.transport_choice = TransportChoice::kTcp;
+  } else if (s == "rdma") {
+    o.transport_choice = TransportChoice::kRdma;
+  } else if (s != "auto") {
+    SPDLOG_WARN("hrpc: ignoring HRPC_TRANSPORT={} (want tcp|rdma|auto)", s);
+  }
+  return o;
 }
 
 bool RdmaDeviceProbe() { return transport::RdmaDeviceAvailable(); }
@@ -55,38 +61,77 @@ Result<std::string> ResolveUri(std::string_view uri, TransportChoice choice) {
   return u.ToString();
 }
 
+// --- Runtime -----------------------------------------------------------------
+
+Result<std::unique_ptr<Runtime>> Runtime::Create(RuntimeOptions options) {
+  HRPC_ASSIGN_OR_RETURN(auto core, internal::WorkerSet::Create(options));
+  return std::unique_ptr<Runtime>(new Runtime(std::move(core)));
+}
+
+Runtime::~Runtime() = default;
+
+const RuntimeOptions& Runtime::options() const noexcept { return core_->options(); }
+size_t Runtime::num_workers() const noexcept { return core_->size(); }
+coro::Scheduler& Runtime::scheduler(size_t worker) { return core_->scheduler(worker); }
+mempool::Pool& Runtime::pool(size_t worker) { return core_->pool(worker); }
+size_t Runtime::num_groups() const noexcept { return core_->num_groups(); }
+size_t Runtime::group_of(size_t worker) const { return core_->group_of(worker); }
+std::vector<size_t> Runtime::workers_of_group(size_t group) const {
+  std::vector<size_t> out;
+  for (size_t w = 0; w < core_->size(); ++w) {
+    if (core_->group_of(w) == group) out.push_back(w);
+  }
+  return out;
+}
+std::vector<int> Runtime::SpreadInstances(size_t instances) const {
+  return coro::SpreadInstances(instances, core_->num_groups());
+}
+int Runtime::CurrentWorker() const noexcept { return core_->CurrentIndex(); }
+RuntimeStats Runtime::stats() const { return core_->Stats(); }
+std::vector<MethodStats> Runtime::ClientStats() const { return core_->client_stats().Snapshot(); }
+
 namespace internal {
 
-Result<std::unique_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& options) {
-  std::unique_ptr<WorkerSet> set(new WorkerSet(options));
+WorkerSet::WorkerSet(const RuntimeOptions& o) : options_(o) {}
+
+Result<std::shared_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& options) {
+  std::shared_ptr<WorkerSet> set(new WorkerSet(options));
   if (options.groups != nullptr) {
+    set->num_groups_ = options.groups->size();
     for (size_t g = 0; g < options.groups->size(); ++g) {
       coro::NetworkGroup& group = options.groups->group(g);
       if (!group.has_pool()) return FailedPreconditionError("network group without a pool");
       for (size_t w = 0; w < group.num_workers(); ++w) {
-        set->slots_.push_back(Slot{&group.worker(w), &group.pool(), {}});
+        set->slots_.push_back(Slot{&group.worker(w), &group.pool(), g, {}, nullptr});
       }
     }
     if (set->slots_.empty()) return InvalidArgumentError("network groups have no workers");
-    return set;
+  } else {
+    if (options.workers == 0) return InvalidArgumentError("RuntimeOptions.workers must be >= 1");
+    HRPC_ASSIGN_OR_RETURN(auto pool, mempool::Pool::Create(options.pool));
+    set->own_pools_.push_back(std::move(pool));
+    for (size_t i = 0; i < options.workers; ++i) {
+      coro::WorkerOptions wo;
+      wo.sched.name = options.name + "-w" + std::to_string(i);
+      wo.sched.spin_budget = options.spin_budget;
+      wo.sched.stack_bytes = options.stack_bytes;
+      wo.cpu = options.cpus.empty() ? -1 : options.cpus[i % options.cpus.size()];
+      HRPC_ASSIGN_OR_RETURN(auto worker, coro::Worker::Start(wo));
+      set->slots_.push_back(Slot{worker.get(), set->own_pools_.back().get(), 0, {}, nullptr});
+      set->own_workers_.push_back(std::move(worker));
+    }
   }
-  if (options.workers == 0) return InvalidArgumentError("RuntimeOptions.workers must be >= 1");
-  HRPC_ASSIGN_OR_RETURN(auto pool, mempool::Pool::Create(options.pool));
-  set->own_pools_.push_back(std::move(pool));
-  for (size_t i = 0; i < options.workers; ++i) {
-    coro::WorkerOptions wo;
-    wo.sched.name = options.name + "-w" + std::to_string(i);
-    wo.sched.spin_budget = options.spin_budget;
-    wo.sched.stack_bytes = options.stack_bytes;
-    wo.cpu = options.cpus.empty() ? -1 : options.cpus[i % options.cpus.size()];
-    HRPC_ASSIGN_OR_RETURN(auto worker, coro::Worker::Start(wo));
-    set->slots_.push_back(Slot{worker.get(), set->own_pools_.back().get(), {}});
-    set->own_workers_.push_back(std::move(worker));
-  }
+  for (size_t i = 0; i < set->slots_.size(); ++i) set->slots_[i].peers = std::make_unique<PeerTable>(*set, i);
   return set;
 }
 
 WorkerSet::~WorkerSet() {
+  if (CurrentIndex() >= 0) {
+    // A worker cannot stop and join itself.
+    SPDLOG_CRITICAL("hrpc: the last user of a runtime was destroyed on one of its own workers");
+    std::abort();
+  }
+  CloseConnections();
   DestroyTransports();
   for (size_t i = 0; i < own_workers_.size(); ++i) {
     RunOn(i, [this, i] {
@@ -105,6 +150,31 @@ WorkerSet::~WorkerSet() {
   own_pools_.clear();
 }
 
+void WorkerSet::CloseConnections() {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    RunOn(i, [this, i] {
+      slots_[i].peers->CloseAll(CancelledError("runtime stopped"));
+      return Status::Ok();
+    }).IgnoreError();
+  }
+  // Readers notice their closed connections and leave.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    while (slots_[i].peers->live_links() > 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (slots_[i].peers->live_links() > 0) {
+      SPDLOG_WARN("hrpc: worker {} stops with {} client connections still alive", i, slots_[i].peers->live_links());
+    }
+  }
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    RunOn(i, [this, i] {
+      slots_[i].peers.reset();
+      return Status::Ok();
+    }).IgnoreError();
+  }
+}
+
 int WorkerSet::CurrentIndex() const noexcept {
   coro::Scheduler* cur = coro::Scheduler::Current();
   if (cur == nullptr) return -1;
@@ -114,10 +184,7 @@ int WorkerSet::CurrentIndex() const noexcept {
   return -1;
 }
 
-WorkerSet::PoolReg& WorkerSet::RegFor(mempool::Pool* pool) {
-  std::lock_guard lock(regs_mu_);
-  return regs_[pool];
-}
+WorkerSet::PoolReg& WorkerSet::RegFor(mempool::Pool* pool) { return regs_[pool]; }
 
 Result<transport::Transport*> WorkerSet::TransportFor(size_t i, std::string_view scheme) {
   Slot& slot = slots_[i];
@@ -126,19 +193,19 @@ Result<transport::Transport*> WorkerSet::TransportFor(size_t i, std::string_view
   std::unique_ptr<transport::Transport> t;
   coro::Scheduler& sched = slot.worker->scheduler();
   if (scheme == "tcp") {
-    PoolReg& reg = RegFor(slot.pool);
+    transport::TcpOptions to = options_.tcp;
     {
       std::lock_guard lock(regs_mu_);
+      PoolReg& reg = RegFor(slot.pool);
       if (!reg.attached) {
         reg.tcp_registrar = transport::MakeTcpRegistrar();
         HRPC_ASSIGN_OR_RETURN(reg.tcp_slot, slot.pool->AttachRegistrar(reg.tcp_registrar.get()));
         reg.attached = true;
       }
+      to.registrar_slot = reg.tcp_slot;
     }
-    transport::TcpOptions to;
     to.common = options_.transport;
     to.reuse_port = true;
-    to.registrar_slot = reg.tcp_slot;
     HRPC_ASSIGN_OR_RETURN(t, transport::CreateTcpTransport(sched, *slot.pool, to));
   } else if (scheme == "loop") {
     if (!options_.loopback) return FailedPreconditionError("loop:// needs RuntimeOptions.loopback (a LoopbackNetwork)");
@@ -147,12 +214,12 @@ Result<transport::Transport*> WorkerSet::TransportFor(size_t i, std::string_view
   } else if (scheme == "rdma") {
     // One RdmaDomain (device context, PD, one ibv_reg_mr per arena) per pool,
     // shared by the transports of every worker that allocates from that pool.
-    PoolReg& reg = RegFor(slot.pool);
-    transport::RdmaOptions ro;
+    transport::RdmaOptions ro = options_.rdma;
     {
       std::lock_guard lock(regs_mu_);
+      PoolReg& reg = RegFor(slot.pool);
       if (!reg.rdma_domain) {
-        HRPC_ASSIGN_OR_RETURN(reg.rdma_domain, transport::RdmaDomain::Open(*slot.pool));
+        HRPC_ASSIGN_OR_RETURN(reg.rdma_domain, transport::RdmaDomain::Open(*slot.pool, options_.rdma.domain_options));
       }
       ro.domain = reg.rdma_domain;
     }
@@ -163,6 +230,7 @@ Result<transport::Transport*> WorkerSet::TransportFor(size_t i, std::string_view
   }
   transport::Transport* raw = t.get();
   slot.transports.emplace(std::string(scheme), std::move(t));
+  transports_.fetch_add(1, std::memory_order_relaxed);
   return raw;
 }
 
@@ -178,6 +246,30 @@ void WorkerSet::DestroyTransports() {
       return Status::Ok();
     }).IgnoreError();
   }
+  transports_.store(0, std::memory_order_relaxed);
+}
+
+RuntimeStats WorkerSet::Stats() const {
+  RuntimeStats s;
+  s.workers = slots_.size();
+  s.threads_started = own_workers_.size();
+  std::vector<const mempool::Pool*> pools;
+  for (const Slot& slot : slots_) {
+    if (std::find(pools.begin(), pools.end(), slot.pool) == pools.end()) pools.push_back(slot.pool);
+    if (slot.peers) s.client_connections += slot.peers->open_links();
+  }
+  s.pools = pools.size();
+  {
+    std::lock_guard lock(regs_mu_);
+    for (const auto& [pool, reg] : regs_) {
+      s.tcp_registrations += reg.attached ? 1 : 0;
+      s.rdma_domains += reg.rdma_domain ? 1 : 0;
+    }
+  }
+  s.transports = transports_.load(std::memory_order_relaxed);
+  s.servers = servers.load(std::memory_order_relaxed);
+  s.channels = channels.load(std::memory_order_relaxed);
+  return s;
 }
 
 // --- frames -----------------------------------------------------------------

@@ -1,11 +1,15 @@
-// Private to the RPC runtime: the worker set (workers + pools + per-worker
-// transports) and the helpers that build and read control frames.
+// Private to the RPC runtime: the runtime's core (workers, pools,
+// registrations, per-worker transports and connection tables) and the helpers
+// that build and read control frames.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <span>
 #include <string>
@@ -21,6 +25,7 @@
 #include "hrpc/mempool/pool.h"
 #include "hrpc/mempool/registrar.h"
 #include "hrpc/rpc/runtime.h"
+#include "hrpc/rpc/stats.h"
 #include "hrpc/rpc/wire.h"
 #include "hrpc/transport/transport.h"
 
@@ -30,52 +35,73 @@ class RdmaDomain;
 
 namespace hrpc::internal {
 
-// Workers, their pools and their transports. Transports are created lazily on
-// the worker's own thread (TransportFor) and destroyed by Shutdown(), also on
-// their threads. Destruction order: transports, workers, registrars, pools.
+class PeerTable;
+
+// The runtime's core: workers, their pools, one registration per pool and
+// transport kind, per-worker transports and outgoing-connection tables.
+// Shared (shared_ptr) by the Runtime object and every Server and RpcChannel
+// on it; destroyed when the last of them goes. Transports are created lazily
+// on their worker's thread (TransportFor). Destruction order: outgoing
+// connections, transports, workers, registrations, pools.
 class WorkerSet {
  public:
-  static Result<std::unique_ptr<WorkerSet>> Create(const RuntimeOptions& options);
+  static Result<std::shared_ptr<WorkerSet>> Create(const RuntimeOptions& options);
   ~WorkerSet();
+  WorkerSet(const WorkerSet&) = delete;
+  WorkerSet& operator=(const WorkerSet&) = delete;
 
+  const RuntimeOptions& options() const noexcept { return options_; }
   size_t size() const noexcept { return slots_.size(); }
   coro::Worker& worker(size_t i) { return *slots_[i].worker; }
   coro::Scheduler& scheduler(size_t i) { return slots_[i].worker->scheduler(); }
   mempool::Pool& pool(size_t i) { return *slots_[i].pool; }
+  size_t group_of(size_t i) const { return slots_[i].group; }
+  size_t num_groups() const noexcept { return num_groups_; }
+  PeerTable& peers(size_t i) { return *slots_[i].peers; }
+  StatsRegistry& client_stats() noexcept { return client_stats_; }
   // Index of the worker whose scheduler runs on this thread, or -1.
   int CurrentIndex() const noexcept;
 
   // The transport for `scheme` on worker i; call on worker i.
   Result<transport::Transport*> TransportFor(size_t i, std::string_view scheme);
 
-  // Runs fn as a coroutine on worker i and waits for it (from any thread but
-  // worker i's own).
+  // Runs fn as a coroutine on worker i and waits for it (a coroutine caller
+  // is suspended, a plain thread blocks).
   Status RunOn(size_t i, std::function<Status()> fn);
-  // Destroys every transport on its worker. Connections/listeners must be gone.
-  void DestroyTransports();
+
+  RuntimeStats Stats() const;
+  std::atomic<size_t> servers{0};
+  std::atomic<size_t> channels{0};
 
  private:
   struct Slot {
     coro::Worker* worker = nullptr;
     mempool::Pool* pool = nullptr;
+    size_t group = 0;
     std::map<std::string, std::unique_ptr<transport::Transport>, std::less<>> transports;
+    std::unique_ptr<PeerTable> peers;
   };
   struct PoolReg {
     std::unique_ptr<mempool::Registrar> tcp_registrar;
     mempool::RegistrarSlot tcp_slot = 0;
     bool attached = false;
-    // Destroyed after the transports (DestroyTransports) and before the pools.
+    // Destroyed after the transports and before the pools.
     std::shared_ptr<transport::RdmaDomain> rdma_domain;
   };
-  explicit WorkerSet(const RuntimeOptions& o) : options_(o) {}
+  explicit WorkerSet(const RuntimeOptions& o);
   PoolReg& RegFor(mempool::Pool* pool);
+  void CloseConnections();
+  void DestroyTransports();
 
   RuntimeOptions options_;
   std::vector<std::unique_ptr<mempool::Pool>> own_pools_;  // destroyed last
   std::map<mempool::Pool*, PoolReg> regs_;
-  std::mutex regs_mu_;
+  mutable std::mutex regs_mu_;
   std::vector<std::unique_ptr<coro::Worker>> own_workers_;
   std::vector<Slot> slots_;
+  size_t num_groups_ = 1;
+  std::atomic<size_t> transports_{0};
+  StatsRegistry client_stats_;
 };
 
 // --- frames -----------------------------------------------------------------

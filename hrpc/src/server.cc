@@ -118,7 +118,7 @@ class FrameWriter final : public ResponseWriter {
 class Server::Impl {
  public:
   ServerOptions options;
-  std::unique_ptr<internal::WorkerSet> workers;
+  std::shared_ptr<internal::WorkerSet> workers;
   std::unordered_map<uint32_t, Service*> services;
   // (service<<32|method) -> counters of registered methods; read-only after Start.
   std::unordered_map<uint64_t, MethodCounters*> registered;
@@ -371,24 +371,31 @@ class Server::Impl {
   }
 };
 
-Result<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
+Result<std::unique_ptr<Server>> Server::Create(Runtime& runtime, ServerOptions options) {
   if (options.listen.empty()) return InvalidArgumentError("ServerOptions.listen is empty");
   if (options.bulk_chunk_bytes == 0) return InvalidArgumentError("bulk_chunk_bytes must be > 0");
   auto impl = std::make_unique<Impl>();
-  if (options.runtime.name == "hrpc") options.runtime.name = "hrpc-srv";
-  options.bulk_chunk_bytes = std::min(options.bulk_chunk_bytes, options.runtime.pool.max_class_bytes);
-  HRPC_ASSIGN_OR_RETURN(impl->workers, internal::WorkerSet::Create(options.runtime));
+  impl->workers = runtime.core();
+  options.bulk_chunk_bytes = std::min(options.bulk_chunk_bytes, runtime.pool(0).options().max_class_bytes);
   impl->options = std::move(options);
   impl->listeners.resize(impl->workers->size());
   impl->conns.resize(impl->workers->size());
+  impl->workers->servers.fetch_add(1, std::memory_order_relaxed);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Result<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
+  if (options.listen.empty()) return InvalidArgumentError("ServerOptions.listen is empty");
+  if (options.runtime.name == "hrpc") options.runtime.name = "hrpc-srv";
+  HRPC_ASSIGN_OR_RETURN(auto runtime, Runtime::Create(options.runtime));
+  return Create(*runtime, std::move(options));
 }
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() {
   Shutdown();
-  impl_->workers.reset();
+  impl_->workers->servers.fetch_sub(1, std::memory_order_relaxed);
 }
 
 Status Server::RegisterService(Service* service) {
@@ -410,7 +417,7 @@ Status Server::Start() {
   if (impl_->started.exchange(true)) return FailedPreconditionError("Server::Start called twice");
   Impl& im = *impl_;
   for (const std::string& raw : im.options.listen) {
-    HRPC_ASSIGN_OR_RETURN(std::string uri, ResolveUri(raw, im.options.runtime.transport_choice));
+    HRPC_ASSIGN_OR_RETURN(std::string uri, ResolveUri(raw, im.workers->options().transport_choice));
     const std::string scheme = uri.substr(0, uri.find("://"));
     std::string bound_uri;
     const size_t nworkers = scheme == "loop" ? 1 : im.workers->size();
@@ -471,7 +478,6 @@ void Server::Shutdown() {
       return Status::Ok();
     }).IgnoreError();
   }
-  im.workers->DestroyTransports();
 }
 
 std::vector<std::string> Server::listen_uris() const {

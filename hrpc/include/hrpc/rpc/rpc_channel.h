@@ -1,31 +1,35 @@
-// RpcChannel: a Channel to one remote server over a transport.
+// RpcChannel: a Channel to one remote server, on a Runtime.
 //
-// URI: "tcp://host:port", "loop://name" (needs options.runtime.loopback),
+// URI: "tcp://host:port", "loop://name" (needs the runtime's loopback),
 // "rdma://host:port", or a scheme-less "host:port" whose transport is picked by
-// options.runtime.transport_choice (default: HRPC_TRANSPORT, read once when
-// the options are created; else RDMA when a device exists, else TCP).
+// the runtime's transport_choice (RuntimeOptions::FromEnv() applies
+// HRPC_TRANSPORT; else RDMA when a device exists, else TCP).
 //
-// Threads and connections. The channel runs its own workers (or borrows the
-// workers of network groups, see RuntimeOptions) and keeps
-// `connections_per_worker` connections on each; a connection and everything
-// about its calls (transaction table, timers, exposures) belongs to its
-// worker. A call made from a coroutine on one of those workers uses that
-// worker's connection and never leaves the thread; a call from anywhere else
-// is posted to a worker (round robin). Connections are made on first use;
-// after one fails (server gone: calls in flight end with UNAVAILABLE) the next
-// call on it reconnects.
+// Cost. A channel made on a Runtime is a peer address and options: creating
+// it starts no thread, maps no memory and does not connect. Its calls run on
+// the runtime's workers over their connections to the peer, which every
+// channel of the runtime to the same URI shares (connections_per_worker of
+// them per worker, made on first use, closed after the runtime's idle_timeout,
+// replaced by the next call after one fails: calls in flight on a failed
+// connection end with UNAVAILABLE). The one-line Create(uri, options) makes a
+// small private runtime from options.runtime (its own worker thread and pool)
+// for programs that need nothing more.
+//
+// Threads. A call made from a coroutine on one of the runtime's workers uses
+// that worker's connection and never leaves the thread; a call from anywhere
+// else is posted to a worker (round robin).
 //
 // Attachments. ClientContext::request_attachment() of at most
 // `eager_threshold` bytes travels inline in the request frame; a larger one is
 // exposed for READ (one bulk descriptor per slice, with its CRC32C) and pulled
-// by the server. Memory from pool() goes out without a copy; an attachment from
-// another pool is first copied into pool() (counted by CountedCopy). A response
+// by the server. Memory from the pool of the worker that sends the call goes
+// out without a copy (a handler's pulled attachment, or pool()); an attachment
+// from another pool is first copied (counted by CountedCopy). A response
 // attachment larger than the threshold needs
 // ClientContext::set_response_attachment_capacity(n): the channel exposes n
-// bytes of pool() for WRITE, the server pushes into them, and
+// bytes of the worker's pool for WRITE, the server pushes into them, and
 // response_attachment() then holds slices of that memory. Exposures are
-// revoked before the call completes. Attachments handed back by the channel
-// are pool() memory: drop them before destroying the channel.
+// revoked before the call completes.
 //
 // Deadlines and cancellation: the remaining budget travels in the request;
 // the call fails locally with DEADLINE_EXCEEDED when it runs out, and
@@ -49,18 +53,26 @@
 namespace hrpc {
 
 struct RpcChannelOptions {
-  RuntimeOptions runtime;
+  // Only for the one-line Create(uri, options): the private runtime's options.
+  RuntimeOptions runtime = RuntimeOptions::FromEnv();
+  // Connections per worker to this channel's peer (shared with the other
+  // channels of the runtime to the same URI).
   size_t connections_per_worker = 1;
   size_t eager_threshold = kDefaultEagerThreshold;
 };
 
 class RpcChannel final : public Channel {
  public:
-  // INVALID_ARGUMENT for a bad URI or options; errors of creating workers and
-  // the pool. Does not connect (see Connect()).
+  // A channel on `runtime` (options.runtime is not used). INVALID_ARGUMENT for
+  // a bad URI or options. Does not connect (see Connect()).
+  static Result<std::unique_ptr<RpcChannel>> Create(Runtime& runtime, std::string_view uri,
+                                                    RpcChannelOptions options = {});
+  // A channel with a private runtime made from options.runtime. Also the
+  // errors of creating its worker and pool.
   static Result<std::unique_ptr<RpcChannel>> Create(std::string_view uri, RpcChannelOptions options = {});
-  // Fails the calls still in flight with CANCELLED, closes the connections and
-  // stops the workers. No call may be running on the channel's workers.
+  // Fails the channel's calls still in flight with CANCELLED (their done
+  // callbacks run) and waits for them to end. The shared connections stay.
+  // Any thread, including a coroutine on a worker of the runtime.
   ~RpcChannel() override;
   RpcChannel(const RpcChannel&) = delete;
   RpcChannel& operator=(const RpcChannel&) = delete;
@@ -83,15 +95,17 @@ class RpcChannel final : public Channel {
 
   // The resolved URI ("tcp://127.0.0.1:7000").
   const std::string& uri() const noexcept;
-  // Allocate attachments here for the zero-copy path (worker 0's pool).
+  // Allocate attachments here for the zero-copy path (worker 0's pool; a call
+  // from worker w goes out without a copy from worker w's pool).
   mempool::Pool& pool() noexcept;
-  // The channel's workers: run load-generating coroutines there to call
+  // The runtime's workers: run load-generating coroutines there to call
   // without crossing threads.
   size_t num_workers() const noexcept;
   coro::Scheduler& scheduler(size_t worker) noexcept;
 
-  // Per-method client-side stats: latency is end to end; bytes_out = request
-  // (message + attachment), bytes_in = response.
+  // Per-method client-side stats of the runtime the channel runs on (every
+  // channel of it; for a channel with a private runtime, its own calls):
+  // latency is end to end; bytes_out = request, bytes_in = response.
   std::vector<MethodStats> Stats() const;
 
   class Impl;

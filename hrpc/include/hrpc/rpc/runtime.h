@@ -1,11 +1,34 @@
-// What the RPC runtime (Server, RpcChannel) runs on: workers, a pool, and a
-// transport per worker, chosen from a URI at run time.
+// Runtime: the process-wide machinery every Server and RpcChannel runs on.
 //
-// Either the runtime starts its own workers (`workers`, optionally pinned to
-// `cpus`) with one pool, or it borrows the workers and pools of existing
-// network groups (`groups`: one connection / listener per worker of each
-// group, each using its group's pool). Borrowed groups must outlive the
-// Server/RpcChannel.
+// What it owns. Either its own workers (`workers`, optionally pinned to
+// `cpus`) sharing one pool, or the workers and pools of borrowed network
+// groups (`groups`: each worker uses its group's pool, so an accepted or an
+// outgoing connection and everything its calls allocate stay on one NUMA
+// node). Per pool, exactly one registration per transport kind: one TCP key
+// table, one RdmaDomain (device context, protection domain, one ibv_reg_mr per
+// arena). Per worker, one transport instance per scheme (made on first use,
+// configured once here: TcpOptions, RdmaOptions incl. SRQ, completion mode and
+// queue depths) and one table of outgoing connections keyed by peer, shared by
+// every channel of the runtime: a channel is a peer address plus options, and
+// creating one starts no thread and maps no memory.
+//
+// Who may share it: create one per process (it is not a global; pass it by
+// reference) and build every Server and RpcChannel on it. A handler running on
+// worker w that calls another server through a channel of the same runtime
+// uses worker w's connection to it and never leaves the thread; the payload it
+// pulled is already in worker w's registered pool and goes out again without
+// a copy.
+//
+// Lifetime. Servers and channels keep the runtime's workers alive: destroying
+// the Runtime object before them is safe — the workers stop when the last of
+// them is gone. The runtime's workers must not be the thread that drops the
+// last reference (do not destroy the last server/channel of a runtime whose
+// Runtime object is gone from a coroutine on one of its workers; it is refused
+// with a log line and std::abort, since a thread cannot join itself).
+//
+// Idle connections. An outgoing connection with no call in flight for
+// `idle_timeout` is closed; a connection that failed is replaced by the next
+// call that needs it.
 #pragma once
 
 #include <chrono>
@@ -17,7 +40,11 @@
 #include <vector>
 
 #include "hrpc/base/status.h"
+#include "hrpc/coroutine/scheduler.h"
 #include "hrpc/mempool/pool.h"
+#include "hrpc/rpc/stats.h"
+#include "hrpc/transport/rdma.h"
+#include "hrpc/transport/tcp.h"
 #include "hrpc/transport/transport.h"
 
 namespace hrpc::transport {
@@ -37,14 +64,7 @@ enum class TransportChoice : uint8_t {
 };
 std::string_view TransportChoiceName(TransportChoice c) noexcept;
 
-// HRPC_TRANSPORT=tcp|rdma from the environment (kAuto when unset; an unknown
-// value is logged and treated as unset). Read by the option defaults below,
-// i.e. once when an options struct is created — never on the data path.
-TransportChoice TransportChoiceFromEnv();
-
-// Seam for the RDMA transport: true when an RDMA device with an active port
-// exists. Returns false until the RDMA engineer wires in
-// transport::RdmaDeviceAvailable().
+// Seam for the RDMA transport: true when an RDMA device with an active port exists.
 bool RdmaDeviceProbe();
 
 // "tcp://h:p", "rdma://h:p", "loop://name" stay as they are (validated);
@@ -67,12 +87,82 @@ struct RuntimeOptions {
     p.prefault = false;
     return p;
   }();
-  coro::NetworkGroups* groups = nullptr;  // not owned
+  coro::NetworkGroups* groups = nullptr;  // borrowed; must outlive the runtime
+  // Common to every transport (message size, credits, keepalive, timeouts).
   transport::TransportOptions transport;
+  // Per-scheme knobs; their `common`, registrar and domain fields are set by
+  // the runtime (from `transport` and its own registrations).
+  transport::TcpOptions tcp;
+  transport::RdmaOptions rdma = [] {
+    transport::RdmaOptions r;
+    r.use_srq = true;  // one receive queue per worker, however many peers
+    return r;
+  }();
   // Needed for loop:// URIs: the in-process "wire" both ends share.
   std::shared_ptr<transport::LoopbackNetwork> loopback;
-  // Scheme-less URIs: kAuto unless HRPC_TRANSPORT says otherwise.
-  TransportChoice transport_choice = TransportChoiceFromEnv();
+  // Scheme-less URIs. kAuto here; FromEnv() applies HRPC_TRANSPORT.
+  TransportChoice transport_choice = TransportChoice::kAuto;
+  // Outgoing connections with nothing in flight this long are closed (0: never).
+  std::chrono::milliseconds idle_timeout{60'000};
+
+  // The defaults, with transport_choice from HRPC_TRANSPORT=tcp|rdma|auto: the
+  // one place hrpc reads its environment. An unknown value is logged and
+  // treated as auto.
+  static RuntimeOptions FromEnv();
+};
+
+// Counts for tests and monitoring (a snapshot; any thread).
+struct RuntimeStats {
+  size_t workers = 0;
+  size_t threads_started = 0;     // by the runtime itself (0 with borrowed groups)
+  size_t pools = 0;
+  size_t tcp_registrations = 0;   // TCP key tables attached (at most one per pool)
+  size_t rdma_domains = 0;        // RdmaDomains opened (at most one per pool)
+  size_t transports = 0;          // transport instances (one per worker and scheme in use)
+  size_t client_connections = 0;  // outgoing connections open
+  size_t servers = 0;
+  size_t channels = 0;
+};
+
+namespace internal {
+class WorkerSet;
+}
+
+class Runtime final {
+ public:
+  // Starts the workers (or adopts the groups') and creates the pool.
+  // INVALID_ARGUMENT for bad options; the pool's and the workers' errors.
+  static Result<std::unique_ptr<Runtime>> Create(RuntimeOptions options = {});
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  const RuntimeOptions& options() const noexcept;
+  size_t num_workers() const noexcept;
+  coro::Scheduler& scheduler(size_t worker);
+  // The pool worker `worker` allocates from (its group's).
+  mempool::Pool& pool(size_t worker);
+  // Network groups: one when the runtime runs its own workers.
+  size_t num_groups() const noexcept;
+  size_t group_of(size_t worker) const;
+  std::vector<size_t> workers_of_group(size_t group) const;
+  // Gives `instances` business instances their group, as evenly as possible
+  // (coro::SpreadInstances): result[i] is instance i's group.
+  std::vector<int> SpreadInstances(size_t instances) const;
+  // Index of the runtime's worker running the calling thread, or -1.
+  int CurrentWorker() const noexcept;
+
+  RuntimeStats stats() const;
+  // Client-side per-method stats of every channel on this runtime: latency is
+  // end to end; bytes_out = request (message + attachment), bytes_in = response.
+  std::vector<MethodStats> ClientStats() const;
+
+  // What Server and RpcChannel hold on to.
+  const std::shared_ptr<internal::WorkerSet>& core() const noexcept { return core_; }
+
+ private:
+  explicit Runtime(std::shared_ptr<internal::WorkerSet> core) : core_(std::move(core)) {}
+  std::shared_ptr<internal::WorkerSet> core_;
 };
 
 // Eager vs rendezvous, shared by both sides. An attachment of at most

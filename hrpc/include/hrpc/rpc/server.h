@@ -1,11 +1,13 @@
 // Server: serves registered Services on one or more listen URIs.
 //
-// Threads. The server runs its own workers (or borrows network groups, see
-// RuntimeOptions). Every worker listens on each URI (TCP: SO_REUSEPORT, so the
-// kernel spreads connections; loop://: worker 0 only); an accepted connection
-// belongs to the worker that accepted it, and each request on it runs in its
-// own coroutine on that worker. A handler may suspend (bulk pull, disk,
-// another RPC) without blocking the worker.
+// Threads. The server runs on a Runtime's workers (its network groups): every
+// worker listens on each URI (TCP: SO_REUSEPORT, so the kernel spreads
+// connections; loop://: worker 0 only); an accepted connection belongs to the
+// worker that accepted it, and each request on it runs in its own coroutine on
+// that worker, with that worker's (group's) pool. A handler may suspend (bulk
+// pull, disk, another RPC) without blocking the worker; a call it makes
+// through a channel of the same runtime stays on its worker. The one-line
+// Create(options) makes a private runtime from options.runtime.
 //
 // What the runtime does for a request, in order:
 //  * unknown service / method → UNIMPLEMENTED;
@@ -45,7 +47,8 @@ struct ServerOptions {
   // "tcp://0.0.0.0:7000", "0.0.0.0:0" (transport by runtime.transport_choice),
   // "loop://name". Port 0 picks one; listen_uris() tells which.
   std::vector<std::string> listen;
-  RuntimeOptions runtime;
+  // Only for the one-line Create(options): the private runtime's options.
+  RuntimeOptions runtime = RuntimeOptions::FromEnv();
   size_t eager_threshold = kDefaultEagerThreshold;
   size_t bulk_chunk_bytes = kDefaultBulkChunkBytes;
   size_t max_concurrent_requests = 65536;
@@ -56,7 +59,11 @@ struct ServerOptions {
 
 class Server final {
  public:
-  // Starts the workers (not listening yet). INVALID_ARGUMENT for bad options.
+  // A server on `runtime` (options.runtime is not used); not listening yet.
+  // INVALID_ARGUMENT for bad options.
+  static Result<std::unique_ptr<Server>> Create(Runtime& runtime, ServerOptions options);
+  // A server with a private runtime made from options.runtime. Also the errors
+  // of creating its workers and pool.
   static Result<std::unique_ptr<Server>> Create(ServerOptions options);
   ~Server();  // Shutdown()
   Server(const Server&) = delete;
@@ -80,10 +87,10 @@ class Server final {
   // Connections currently open (for tests and monitoring).
   size_t num_connections() const;
 
-  // The workers and their pools. Worker i's pool is where the runtime pulls
-  // the bulk request attachments of the calls it serves (ServerContext::pool()
-  // inside a handler); own workers share one pool, borrowed network groups
-  // bring one each. Valid from Create() until the Server is destroyed: open
+  // The runtime's workers and their pools. Worker i's pool is where the
+  // runtime pulls the bulk request attachments of the calls it serves
+  // (ServerContext::pool() inside a handler); own workers share one pool,
+  // network groups bring one each. Valid until the Server is destroyed: open
   // devices that must DMA pulled payloads (an nvme::Sink) on it, and destroy
   // them before the Server.
   size_t num_workers() const noexcept;

@@ -1,0 +1,410 @@
+#include "peer_table.h"
+
+#include <algorithm>
+#include <utility>
+
+#include <spdlog/spdlog.h>
+
+#include "hrpc/base/crc32c.h"
+#include "hrpc/rpc/wire.h"
+
+namespace hrpc::internal {
+
+using Clock = std::chrono::steady_clock;
+
+// One transport connection of a worker to a peer (an entry reconnects by
+// making a new Link).
+struct Link {
+  std::unique_ptr<transport::Connection> conn;
+  std::unordered_map<uint64_t, Call*> calls;
+  bool dead = false;
+  std::string key;  // in the table
+  std::string peer;
+  uint64_t next_txn = 1;
+  Clock::time_point last_used;
+};
+
+namespace {
+std::string KeyOf(const std::string& uri, size_t index) { return uri + "#" + std::to_string(index); }
+}  // namespace
+
+PeerTable::~PeerTable() {
+  for (auto& [key, e] : table_) {
+    if (e.link) e.link->calls.clear();
+  }
+}
+
+Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const std::string& uri, std::string_view scheme, size_t index) {
+  if (closed_) return CancelledError("runtime stopped");
+  const std::string key = KeyOf(uri, index);
+  for (;;) {
+    Entry& e = table_[key];
+    if (e.link && !e.link->dead) return e.link;
+    if (e.connecting) {
+      auto ev = e.connect_done;
+      HRPC_TRY(ev->Wait());
+      Entry& again = table_[key];  // the table may have rehashed
+      if (again.link && !again.link->dead) return again.link;
+      return again.last_error;
+    }
+    e.connecting = true;
+    auto ev = std::make_shared<coro::Event>();
+    e.connect_done = ev;
+    Status err;
+    std::shared_ptr<Link> made;
+    auto transport = workers_.TransportFor(worker_, scheme);
+    if (!transport.ok()) {
+      err = transport.status();
+    } else {
+      auto conn = (*transport)->Connect(uri);  // suspends this coroutine
+      if (!conn.ok()) {
+        err = conn.status().code() == StatusCode::kUnavailable
+                  ? conn.status()
+                  : Status(StatusCode::kUnavailable, conn.status().ToString());
+        err = err.WithContext("connect to " + uri);
+      } else if (closed_) {
+        (*conn)->Close();
+        err = CancelledError("runtime stopped");
+      } else {
+        made = std::make_shared<Link>();
+        made->conn = std::move(*conn);
+        made->key = key;
+        made->peer = std::string(made->conn->peer());
+        made->last_used = Clock::now();
+        open_.fetch_add(1, std::memory_order_relaxed);
+        live_.fetch_add(1, std::memory_order_relaxed);
+        workers_.scheduler(worker_).Spawn([this, made] { ReadLoop(made); }, "hrpc-client-rx");
+        if (!sweeping_ && workers_.options().idle_timeout.count() > 0) {
+          sweeping_ = true;
+          live_.fetch_add(1, std::memory_order_relaxed);
+          workers_.scheduler(worker_).Spawn([this] { SweepIdle(); }, "hrpc-idle-sweep");
+        }
+      }
+    }
+    Entry& done = table_[key];
+    done.connecting = false;
+    done.link = made;
+    done.last_error = err;
+    ev->Set();
+    if (!err.ok()) return err;
+  }
+}
+
+Status PeerTable::Connect(const std::string& uri, std::string_view scheme, size_t index) {
+  auto l = EnsureLink(uri, scheme, index);
+  return l.ok() ? Status::Ok() : l.status();
+}
+
+void PeerTable::FailLink(const std::shared_ptr<Link>& link, const Status& why) {
+  if (!link->dead) {
+    link->dead = true;
+    link->conn->Close();
+    open_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  auto it = table_.find(link->key);
+  if (it != table_.end() && it->second.link == link) it->second.link.reset();
+  auto calls = std::move(link->calls);
+  link->calls.clear();
+  for (auto& [txn, call] : calls) Complete(call, why, nullptr);
+}
+
+void PeerTable::ReadLoop(std::shared_ptr<Link> link) {
+  for (;;) {
+    auto msg = link->conn->Recv();
+    if (!msg.ok()) {
+      Status why = msg.status();
+      if (why.code() != StatusCode::kCancelled) {
+        why = Status(StatusCode::kUnavailable, "connection to " + link->peer + " lost: " + why.ToString());
+      }
+      FailLink(link, why);
+      break;
+    }
+    OnMessage(link, *msg);
+  }
+  link.reset();
+  live_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void PeerTable::OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw) {
+  mempool::Pool& pool = workers_.pool(worker_);
+  auto rx = ReadFrame(pool, raw);
+  if (!rx.ok()) {
+    SPDLOG_WARN("hrpc client: closing connection to {}: {}", link->peer, rx.status().ToString());
+    FailLink(link, rx.status().WithContext("bad frame from " + link->peer));
+    return;
+  }
+  const wire::FrameHeader& h = rx->frame.header();
+  switch (h.kind) {
+    case wire::FrameKind::kResponse: {
+      auto it = link->calls.find(h.txn_id);
+      if (it == link->calls.end()) return;  // late: timed out or cancelled
+      Call* call = it->second;
+      link->calls.erase(it);
+      link->last_used = Clock::now();
+      Complete(call, rx->frame.status(), &*rx);
+      return;
+    }
+    case wire::FrameKind::kPing: {
+      wire::FrameHeader pong;
+      pong.kind = wire::FrameKind::kPing;
+      pong.txn_id = h.txn_id;
+      if (auto f = SmallFrame(pool, pong, {}); f.ok()) link->conn->Send(std::move(*f)).IgnoreError();
+      return;
+    }
+    default:
+      return;  // credit frames: the transport does flow control
+  }
+}
+
+void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
+  coro::Scheduler* sched = coro::Scheduler::Current();
+  if (call->has_timer && sched != nullptr) sched->CancelTimer(call->timer);
+  call->ctx->ClearCancelHook();
+  if (call->link && !call->exposed.empty()) {
+    for (const auto& d : call->exposed) {
+      if (call->link->dead) break;
+      call->link->conn->Revoke(d).IgnoreError();
+    }
+  }
+  uint64_t bytes_in = 0;
+  if (status.ok() && rx != nullptr) status = FillResponse(*call, *rx, &bytes_in);
+  if (call->stats != nullptr) call->stats->End(Clock::now() - call->start, status.ok(), bytes_in, call->bytes_out);
+  DoneCallback done = std::move(call->done);
+  std::shared_ptr<ChannelState> channel = std::move(call->channel);
+  delete call;
+  done(std::move(status));
+  channel->in_flight.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+Status PeerTable::FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in) {
+  const wire::Frame& frame = rx.frame;
+  const wire::FrameHeader& h = frame.header();
+  *bytes_in = h.message_len + rx.attachment.size();
+  const char* msg = reinterpret_cast<const char*>(frame.message().data());
+  if (call.response != nullptr) {
+    if (!call.response->ParseFromArray(msg, static_cast<int>(h.message_len))) {
+      return DataLossError("malformed response payload for " + std::string(call.name));
+    }
+  } else if (call.raw_response != nullptr) {
+    call.raw_response->assign(msg, h.message_len);
+  }
+  mempool::IoBuf att = std::move(rx.attachment);
+  size_t room_index = 0;
+  for (size_t i = 0; i < frame.num_descriptors(); ++i) {
+    const wire::BulkDescriptor d = frame.descriptor(i);
+    if (d.direction != wire::BulkDirection::kPush) continue;
+    if (room_index >= call.push_room.size()) return DataLossError("response names more push regions than offered");
+    const mempool::Buffer& room = call.push_room[room_index++];
+    if (d.len > room.size()) return DataLossError("response claims more pushed bytes than the region holds");
+    if (d.len == 0) continue;
+    mempool::Buffer got = room.Slice(0, d.len);
+    HRPC_TRY(wire::CheckBulkCrc(d, std::as_bytes(std::span<const char>(got.data(), got.size()))));
+    *bytes_in += d.len;
+    att.Append(std::move(got));
+  }
+  call.ctx->response_attachment() = std::move(att);
+  return Status::Ok();
+}
+
+// The request attachment exposed for READ (memory from another pool is first
+// copied into this worker's pool, counted), and room exposed for WRITE for a
+// large response attachment. Fills `descs`; on success `att` is empty.
+Status PeerTable::Attach(Call& call, transport::Connection& conn, mempool::IoBuf& att,
+                         std::vector<wire::BulkDescriptor>& descs) {
+  mempool::Pool& pool = workers_.pool(worker_);
+  const size_t max_class = pool.options().max_class_bytes;
+  for (size_t i = 0; i < att.num_slices(); ++i) {
+    const mempool::Buffer& s = att.slice(i);
+    auto exp = conn.Expose(s, transport::Access::kRead);
+    if (exp.ok()) {
+      call.exposed.push_back(*exp);
+      descs.push_back({exp->addr, exp->len, exp->key, Crc32c(s.data(), s.size()), wire::BulkDirection::kPull});
+      continue;
+    }
+    if (exp.status().code() != StatusCode::kFailedPrecondition) {
+      return exp.status().WithContext("expose request attachment");
+    }
+    // Not from this transport's pool: copy into it (counted).
+    for (size_t off = 0; off < s.size(); off += max_class) {
+      const size_t n = std::min(max_class, s.size() - off);
+      HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, pool.Allocate(n));
+      mempool::IoBuf(s.Slice(off, n)).CopyTo(b.data(), 0, n);
+      auto e2 = conn.Expose(b, transport::Access::kRead);
+      if (!e2.ok()) return e2.status().WithContext("expose request attachment");
+      call.exposed.push_back(*e2);
+      descs.push_back({e2->addr, e2->len, e2->key, Crc32c(b.data(), n), wire::BulkDirection::kPull});
+      call.held.push_back(std::move(b));
+    }
+  }
+  // The exposures hold their blocks; keep the attachment alive with the call too.
+  for (size_t i = 0; i < att.num_slices(); ++i) call.held.push_back(att.slice(i));
+  att = mempool::IoBuf();
+
+  const size_t cap = call.ctx->response_attachment_capacity();
+  if (cap > call.channel->eager_threshold) {
+    for (size_t off = 0; off < cap; off += max_class) {
+      const size_t n = std::min(max_class, cap - off);
+      HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, pool.Allocate(n));
+      auto e = conn.Expose(b, transport::Access::kWrite);
+      if (!e.ok()) return e.status().WithContext("expose response room");
+      call.exposed.push_back(*e);
+      descs.push_back({e->addr, e->len, e->key, 0, wire::BulkDirection::kPush});
+      call.push_room.push_back(std::move(b));
+    }
+  }
+  return Status::Ok();
+}
+
+void PeerTable::StartCall(Call* call) {
+  ClientContext& ctx = *call->ctx;
+  const ChannelState& ch = *call->channel;
+  if (ch.closed.load(std::memory_order_acquire)) return Complete(call, CancelledError("channel destroyed"), nullptr);
+  if (ctx.IsCancelled()) return Complete(call, CancelledError("call cancelled before it started"), nullptr);
+  if (ctx.DeadlineExpired()) {
+    return Complete(call, DeadlineExceededError("deadline expired before the call started"), nullptr);
+  }
+  auto link_or = EnsureLink(ch.uri, ch.scheme, call->connection);
+  if (!link_or.ok()) return Complete(call, link_or.status(), nullptr);
+  if (ch.closed.load(std::memory_order_acquire)) return Complete(call, CancelledError("channel destroyed"), nullptr);
+  std::shared_ptr<Link> link = std::move(*link_or);
+  call->link = link;
+  ctx.set_peer(link->peer);
+  mempool::Pool& pool = workers_.pool(worker_);
+  transport::Connection& conn = *link->conn;
+
+  mempool::IoBuf att = std::move(ctx.request_attachment());
+  ctx.request_attachment() = mempool::IoBuf();
+  call->bytes_out = call->msg.message_len + att.size();
+  std::vector<wire::BulkDescriptor> descs;
+  const size_t limit = conn.limits().max_message_bytes;
+  const bool inline_att =
+      att.size() <= ch.eager_threshold && wire::PrefixSize(0) + call->msg.message_len + att.size() <= limit;
+  if (!inline_att || ctx.response_attachment_capacity() > ch.eager_threshold) {
+    mempool::IoBuf to_expose = inline_att ? mempool::IoBuf() : std::move(att);
+    if (!inline_att) att = mempool::IoBuf();
+    if (Status s = Attach(*call, conn, to_expose, descs); !s.ok()) return Complete(call, std::move(s), nullptr);
+  }
+  if (descs.size() > wire::kMaxDescriptors) {
+    return Complete(call,
+                    InvalidArgumentError("call needs " + std::to_string(descs.size()) +
+                                         " bulk descriptors (max " + std::to_string(wire::kMaxDescriptors) +
+                                         "): attachment too fragmented or too large"),
+                    nullptr);
+  }
+  if (wire::PrefixSize(descs.size()) > call->msg.room) {
+    // More descriptors than planned (a foreign attachment got split): re-frame.
+    auto m = RawWithRoom(pool, std::string_view(call->msg.buf.data() + call->msg.room, call->msg.message_len),
+                         wire::PrefixSize(descs.size()));
+    if (!m.ok()) return Complete(call, m.status(), nullptr);
+    call->msg = std::move(*m);
+  }
+  if (wire::PrefixSize(descs.size()) + call->msg.message_len + att.size() > limit) {
+    return Complete(call,
+                    ResourceExhaustedError("request message of " + std::to_string(call->msg.message_len) +
+                                           " bytes does not fit a control message of " + std::to_string(limit) +
+                                           " bytes: send bulk data as an attachment"),
+                    nullptr);
+  }
+
+  wire::FrameHeader h;
+  h.kind = wire::FrameKind::kRequest;
+  h.txn_id = link->next_txn++;
+  h.service_id = call->service_id;
+  h.method_id = call->method_id;
+  h.deadline_us = ctx.DeadlineBudgetMicros();
+  h.attachment_len = static_cast<uint32_t>(att.size());
+  auto frame = FinishFrame(call->msg, h, descs);
+  if (!frame.ok()) return Complete(call, frame.status(), nullptr);
+  frame->Append(std::move(att));
+  call->msg.buf.Reset();
+  call->txn = h.txn_id;
+
+  link->calls.emplace(call->txn, call);
+  link->last_used = Clock::now();
+  const uint64_t txn = call->txn;
+  std::weak_ptr<Link> weak = link;
+  coro::Scheduler& sched = workers_.scheduler(worker_);
+  if (ctx.has_deadline()) {
+    call->timer = sched.AddTimer(ctx.deadline(), [this, weak, txn] {
+      if (auto l = weak.lock()) Abort(l, txn, DeadlineExceededError("deadline exceeded"));
+    });
+    call->has_timer = true;
+  }
+  ctx.SetCancelHook([this, weak, txn, &sched] {
+    sched.Post([this, weak, txn] {
+      if (auto l = weak.lock()) Abort(l, txn, CancelledError("call cancelled"));
+    }, "hrpc-cancel");
+  });
+  Status sent = conn.Send(std::move(*frame));
+  if (!sent.ok()) {
+    if (link->calls.erase(txn) > 0) {
+      Status why = sent.code() == StatusCode::kUnavailable || sent.code() == StatusCode::kCancelled
+                       ? Status(StatusCode::kUnavailable, "send to " + link->peer + ": " + sent.ToString())
+                       : sent;
+      Complete(call, std::move(why), nullptr);
+    }
+  }
+}
+
+void PeerTable::Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status why) {
+  auto it = link->calls.find(txn);
+  if (it == link->calls.end()) return;
+  Call* call = it->second;
+  link->calls.erase(it);
+  call->has_timer = call->has_timer && why.code() != StatusCode::kDeadlineExceeded;
+  if (!link->dead) {
+    wire::FrameHeader h;
+    h.kind = wire::FrameKind::kCancel;
+    h.txn_id = txn;
+    if (auto f = SmallFrame(workers_.pool(worker_), h, {}); f.ok()) link->conn->Send(std::move(*f)).IgnoreError();
+  }
+  Complete(call, std::move(why), nullptr);
+}
+
+void PeerTable::AbortChannel(const ChannelState* channel, const Status& why) {
+  std::vector<std::pair<std::shared_ptr<Link>, uint64_t>> doomed;
+  for (auto& [key, e] : table_) {
+    if (!e.link) continue;
+    for (auto& [txn, call] : e.link->calls) {
+      if (call->channel.get() == channel) doomed.emplace_back(e.link, txn);
+    }
+  }
+  for (auto& [link, txn] : doomed) Abort(link, txn, why);
+}
+
+void PeerTable::CloseAll(const Status& why) {
+  closed_ = true;
+  std::vector<std::shared_ptr<Link>> links;
+  for (auto& [key, e] : table_) {
+    if (e.link) links.push_back(e.link);
+  }
+  for (auto& link : links) FailLink(link, why);
+  stop_sweeper_.Set();
+}
+
+void PeerTable::SweepIdle() {
+  const auto idle = workers_.options().idle_timeout;
+  const auto period = std::max<Clock::duration>(idle / 4, std::chrono::milliseconds(1));
+  while (!closed_) {
+    if (stop_sweeper_.WaitUntil(Clock::now() + period).ok() || closed_) break;
+    const auto now = Clock::now();
+    std::vector<std::shared_ptr<Link>> expired;
+    for (auto it = table_.begin(); it != table_.end();) {
+      Entry& e = it->second;
+      if (e.link && !e.link->dead && e.link->calls.empty() && now - e.link->last_used >= idle) {
+        expired.push_back(e.link);
+      } else if (!e.link && !e.connecting) {
+        it = table_.erase(it);
+        continue;
+      }
+      ++it;
+    }
+    for (auto& link : expired) {
+      SPDLOG_DEBUG("hrpc client: closing idle connection to {}", link->peer);
+      FailLink(link, CancelledError("idle connection closed"));
+    }
+  }
+  live_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+}  // namespace hrpc::internal

@@ -1,0 +1,124 @@
+// Private to the RPC runtime: the outgoing side of one worker.
+//
+// A PeerTable belongs to one worker of a runtime and is touched only on that
+// worker's thread. It holds that worker's connections to peers, keyed by
+// (uri, index), shared by every channel of the runtime; a connection carries
+// the calls of any channel that picked it. It sends calls (StartCall), reads
+// responses (one reader coroutine per connection), ends calls (response,
+// deadline, cancel, connection loss, channel destroyed) and closes connections
+// that stayed idle for the runtime's idle_timeout.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <google/protobuf/message_lite.h>
+
+#include "hrpc/base/status.h"
+#include "hrpc/coroutine/scheduler.h"
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/mempool/buffer.h"
+#include "hrpc/rpc/channel.h"
+#include "hrpc/rpc/client_context.h"
+#include "hrpc/rpc/stats.h"
+#include "hrpc/transport/transport.h"
+#include "runtime_internal.h"
+
+namespace hrpc::internal {
+
+// What a call needs of the channel it was made on. Shared by the channel and
+// its calls, so a call that outlives the channel object never dangles.
+struct ChannelState {
+  std::string uri;     // resolved, with scheme
+  std::string scheme;  // "tcp", "rdma", "loop"
+  size_t eager_threshold = 0;
+  size_t connections_per_worker = 1;
+  std::atomic<bool> closed{false};
+  std::atomic<int64_t> in_flight{0};  // from Begin to Complete
+  std::atomic<uint64_t> rr{0};
+};
+
+struct Link;
+
+// One call in flight. Owned by the runtime from Begin until Complete.
+struct Call {
+  uint64_t txn = 0;
+  uint32_t service_id = 0;
+  uint32_t method_id = 0;
+  std::string_view name;
+  ClientContext* ctx = nullptr;
+  google::protobuf::MessageLite* response = nullptr;  // or:
+  std::string* raw_response = nullptr;
+  DoneCallback done;
+  SerializedMessage msg;
+  std::chrono::steady_clock::time_point start;
+  MethodCounters* stats = nullptr;
+  uint64_t bytes_out = 0;
+  std::vector<transport::RemoteDescriptor> exposed;  // revoked on completion
+  std::vector<mempool::Buffer> push_room;            // room for the pushed response attachment
+  std::vector<mempool::Buffer> held;                 // request attachment blocks (copies, if any)
+  coro::Scheduler::TimerId timer = 0;
+  bool has_timer = false;
+  std::shared_ptr<ChannelState> channel;
+  size_t connection = 0;  // index among the channel's connections_per_worker
+  std::shared_ptr<Link> link;
+};
+
+class PeerTable {
+ public:
+  PeerTable(WorkerSet& workers, size_t worker) : workers_(workers), worker_(worker) {}
+  ~PeerTable();
+  PeerTable(const PeerTable&) = delete;
+  PeerTable& operator=(const PeerTable&) = delete;
+
+  // Sends `call` (takes ownership) on this worker's connection to its peer,
+  // connecting first if needed. In a coroutine on this worker.
+  void StartCall(Call* call);
+  // Ends every call of `channel` with `why`. On this worker.
+  void AbortChannel(const ChannelState* channel, const Status& why);
+  // Closes every connection, failing its calls with `why`; stops the idle
+  // sweeper. On this worker. Readers leave afterwards (live_links()).
+  void CloseAll(const Status& why);
+  // Connects (uri, index) now. In a coroutine on this worker.
+  Status Connect(const std::string& uri, std::string_view scheme, size_t index);
+
+  size_t open_links() const noexcept { return open_.load(std::memory_order_relaxed); }
+  int64_t live_links() const noexcept { return live_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Entry {
+    std::shared_ptr<Link> link;
+    bool connecting = false;
+    std::shared_ptr<coro::Event> connect_done;
+    Status last_error;
+  };
+
+  Result<std::shared_ptr<Link>> EnsureLink(const std::string& uri, std::string_view scheme, size_t index);
+  void FailLink(const std::shared_ptr<Link>& link, const Status& why);
+  void ReadLoop(std::shared_ptr<Link> link);
+  void OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw);
+  void Complete(Call* call, Status status, ReceivedFrame* rx);
+  Status FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in);
+  Status Attach(Call& call, transport::Connection& conn, mempool::IoBuf& att,
+                std::vector<wire::BulkDescriptor>& descs);
+  void Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status why);
+  void SweepIdle();
+
+  WorkerSet& workers_;
+  size_t worker_;
+  std::unordered_map<std::string, Entry> table_;  // "uri#index"
+  std::atomic<size_t> open_{0};                    // links not yet failed
+  std::atomic<int64_t> live_{0};                   // reader coroutines running
+  bool sweeping_ = false;
+  bool closed_ = false;
+  coro::LocalEvent stop_sweeper_;
+};
+
+}  // namespace hrpc::internal
