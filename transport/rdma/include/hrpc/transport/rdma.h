@@ -75,12 +75,6 @@ std::vector<RdmaDeviceInfo> ListRdmaDevices();
 // True when some RDMA device has an active port.
 bool RdmaDeviceAvailable();
 
-// The transport scheme to use: HRPC_TRANSPORT (tcp|rdma) when set in the
-// environment, else "rdma" when a device with an active port exists, else "tcp".
-// INVALID_ARGUMENT for another HRPC_TRANSPORT value; FAILED_PRECONDITION for
-// HRPC_TRANSPORT=rdma on a machine without a device.
-Result<std::string> SelectTransportScheme();
-
 struct RdmaDomainOptions {
   std::string device;  // by name ("rxe0", "mlx5_0"); "" = pick by NUMA node
   int numa_node = -1;  // prefer a device on this node (-1: the pool's node)
