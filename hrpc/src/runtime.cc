@@ -7,8 +7,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include "hrpc/coroutine/group.h"
 #include "hrpc/coroutine/sync.h"
+#include "hrpc/groups/group.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/rdma.h"
 #include "hrpc/transport/loopback.h"
@@ -61,7 +61,7 @@ Result<std::unique_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& optio
   std::unique_ptr<WorkerSet> set(new WorkerSet(options));
   if (options.groups != nullptr) {
     for (size_t g = 0; g < options.groups->size(); ++g) {
-      coro::NetworkGroup& group = options.groups->group(g);
+      groups::NetworkGroup& group = options.groups->group(g);
       if (!group.has_pool()) return FailedPreconditionError("network group without a pool");
       for (size_t w = 0; w < group.num_workers(); ++w) {
         set->slots_.push_back(Slot{&group.worker(w), &group.pool(), {}});

@@ -23,7 +23,7 @@
 namespace hrpc::transport {
 class LoopbackNetwork;
 }
-namespace hrpc::coro {
+namespace hrpc::groups {
 class NetworkGroups;
 }
 
@@ -67,7 +67,7 @@ struct RuntimeOptions {
     p.prefault = false;
     return p;
   }();
-  coro::NetworkGroups* groups = nullptr;  // not owned
+  hrpc::groups::NetworkGroups* groups = nullptr;  // not owned
   transport::TransportOptions transport;
   // Needed for loop:// URIs: the in-process "wire" both ends share.
   std::shared_ptr<transport::LoopbackNetwork> loopback;
