@@ -43,8 +43,7 @@ std::string_view TransportChoiceName(TransportChoice c) noexcept;
 TransportChoice TransportChoiceFromEnv();
 
 // Seam for the RDMA transport: true when an RDMA device with an active port
-// exists. Returns false until the RDMA engineer wires in
-// transport::RdmaDeviceAvailable().
+// exists (transport::RdmaDeviceAvailable()).
 bool RdmaDeviceProbe();
 
 // "tcp://h:p", "rdma://h:p", "loop://name" stay as they are (validated);
