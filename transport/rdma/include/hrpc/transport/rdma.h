@@ -32,6 +32,10 @@
 // is verbs semantics and cannot be hidden without a reconnect.
 //
 // Threading: as transport.h — everything on the transport's worker.
+//
+// Built with HRPC_WITH_RDMA=OFF, this API is still there and links no verbs
+// library: no devices are listed, and opening a domain or a transport returns
+// UNIMPLEMENTED.
 #pragma once
 
 #include <cstdint>
@@ -89,7 +93,8 @@ struct RdmaDomainOptions {
 class RdmaDomain {
  public:
   virtual ~RdmaDomain() = default;
-  // NOT_FOUND when no (matching) device exists; the verbs error otherwise.
+  // NOT_FOUND when no (matching) device exists; the verbs error otherwise;
+  // UNIMPLEMENTED in a build without RDMA.
   static Result<std::shared_ptr<RdmaDomain>> Open(mempool::Pool& pool, RdmaDomainOptions options = {});
 
   virtual const RdmaDeviceInfo& device() const = 0;
@@ -150,7 +155,7 @@ std::optional<RdmaConnectionStats> RdmaStatsOf(const Connection& c);
 
 // Call on `scheduler`'s thread; `scheduler` and `pool` must outlive it.
 // NOT_FOUND when there is no RDMA device; FAILED_PRECONDITION when a given
-// domain belongs to another pool.
+// domain belongs to another pool; UNIMPLEMENTED in a build without RDMA.
 Result<std::unique_ptr<Transport>> CreateRdmaTransport(coro::Scheduler& scheduler, mempool::Pool& pool,
                                                        RdmaOptions options = {});
 
