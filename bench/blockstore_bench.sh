@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# blockstore_bench.sh [BUILD_DIR] — examples/blockstore end to end over TCP loopback
-# (issue 7 item 6): blockstore_server on a file (O_DIRECT, io_uring), blockstore_client
+# blockstore_bench.sh [BUILD_DIR] — examples/blockstore end to end over TCP loopback:
+# blockstore_server on a file (O_DIRECT, io_uring), blockstore_client
 # writing then reading that file sequentially in 1 MiB blocks with N requests in flight,
 # and in the same run fio on the same file with the same block size, iodepth=N,
 # direct=1, io_uring + fixedbufs (the disk alone: the ceiling the RPC path runs

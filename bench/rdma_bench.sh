@@ -7,7 +7,7 @@
 #   transport_bench case=write_summary size=65536 pairs=3 ratios=… median_ratio=…
 # Each case runs PAIRS (default 3) interleaved perftest/hrpc pairs; the summary's median
 # ratio is the figure to quote.
-# Targets (issue 6): write/read ratio >= 0.85; send latency ratio <= 1.3.
+# Targets: write/read ratio >= 0.85; send latency ratio <= 1.3.
 # BUILD_DIR defaults to build/rdma-rel (a Release build). Under TCG only ratios mean anything.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd -P)

@@ -1,5 +1,6 @@
 # Third-party dependencies, shared by the build and by hrpcConfig.cmake so that
-# find_package(hrpc) re-finds exactly what the build linked against.
+# find_package(hrpc) re-finds exactly what the build linked against: liburing
+# only with HRPC_WITH_NVME, ibverbs and rdmacm only with HRPC_WITH_RDMA.
 
 find_package(PkgConfig REQUIRED)
 find_package(Threads REQUIRED)
@@ -8,7 +9,11 @@ find_package(spdlog REQUIRED)
 find_package(Boost 1.74 REQUIRED COMPONENTS context)
 pkg_check_modules(hrpc_numa REQUIRED IMPORTED_TARGET numa)
 pkg_check_modules(hrpc_hwloc REQUIRED IMPORTED_TARGET hwloc)
-pkg_check_modules(hrpc_uring REQUIRED IMPORTED_TARGET liburing)
-pkg_check_modules(hrpc_ibverbs REQUIRED IMPORTED_TARGET libibverbs)
-pkg_check_modules(hrpc_rdmacm REQUIRED IMPORTED_TARGET librdmacm)
+if(HRPC_WITH_NVME)
+  pkg_check_modules(hrpc_uring REQUIRED IMPORTED_TARGET liburing)
+endif()
+if(HRPC_WITH_RDMA)
+  pkg_check_modules(hrpc_ibverbs REQUIRED IMPORTED_TARGET libibverbs)
+  pkg_check_modules(hrpc_rdmacm REQUIRED IMPORTED_TARGET librdmacm)
+endif()
 find_package(Protobuf REQUIRED)

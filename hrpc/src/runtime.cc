@@ -8,8 +8,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include "hrpc/coroutine/group.h"
 #include "hrpc/coroutine/sync.h"
+#include "hrpc/groups/group.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/rdma.h"
 #include "hrpc/transport/loopback.h"
@@ -84,7 +84,7 @@ std::vector<size_t> Runtime::workers_of_group(size_t group) const {
   return out;
 }
 std::vector<int> Runtime::SpreadInstances(size_t instances) const {
-  return coro::SpreadInstances(instances, core_->num_groups());
+  return groups::SpreadInstances(instances, core_->num_groups());
 }
 int Runtime::CurrentWorker() const noexcept { return core_->CurrentIndex(); }
 RuntimeStats Runtime::stats() const { return core_->Stats(); }
@@ -99,7 +99,7 @@ Result<std::shared_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& optio
   if (options.groups != nullptr) {
     set->num_groups_ = options.groups->size();
     for (size_t g = 0; g < options.groups->size(); ++g) {
-      coro::NetworkGroup& group = options.groups->group(g);
+      groups::NetworkGroup& group = options.groups->group(g);
       if (!group.has_pool()) return FailedPreconditionError("network group without a pool");
       for (size_t w = 0; w < group.num_workers(); ++w) {
         set->slots_.push_back(Slot{&group.worker(w), &group.pool(), g, {}, nullptr});

@@ -15,10 +15,10 @@
 
 #include <gtest/gtest.h>
 
-#include "hrpc/coroutine/group.h"
 #include "hrpc/coroutine/sync.h"
-#include "hrpc/coroutine/topology.h"
 #include "hrpc/coroutine/worker.h"
+#include "hrpc/groups/group.h"
+#include "hrpc/groups/topology.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/server.h"
@@ -515,14 +515,14 @@ TEST(RpcMalformedFrame, RawSocketGarbage) {
 
 // Server and channel on borrowed network groups (workers + pool per group).
 TEST(RpcNetworkGroups, ServerAndChannelOnGroups) {
-  auto topo = hrpc::coro::Topology::FromMachine();
+  auto topo = hrpc::groups::Topology::FromMachine();
   ASSERT_TRUE(topo.ok()) << topo.status().ToString();
-  hrpc::coro::GroupOptions go;
+  hrpc::groups::GroupOptions go;
   go.pool.prefault = false;
   go.pool.grow = true;
-  auto server_groups = hrpc::coro::NetworkGroups::Create(*topo, go);
+  auto server_groups = hrpc::groups::NetworkGroups::Create(*topo, go);
   ASSERT_TRUE(server_groups.ok()) << server_groups.status().ToString();
-  auto client_groups = hrpc::coro::NetworkGroups::Create(*topo, go);
+  auto client_groups = hrpc::groups::NetworkGroups::Create(*topo, go);
   ASSERT_TRUE(client_groups.ok()) << client_groups.status().ToString();
   rpctest::TestService service;
   hrpc::ServerOptions so;

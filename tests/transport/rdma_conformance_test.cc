@@ -2,7 +2,7 @@
 //
 // The suite's fixtures live in an anonymous namespace of conformance_test.cc,
 // so this file includes that translation unit and adds the rdma instantiation
-// next to them; rdma.cmake filters the binary to the Rdma/* cases (the
+// next to them; its CMakeLists entry filters the binary to the Rdma/* cases (the
 // Software/* ones run in transport_conformance_test already). The shared
 // PeerProcess suite is not instantiated for rdma: its premise, "a stopped peer
 // answers nothing", does not hold when the peer's NIC serves one-sided ops;

@@ -54,20 +54,6 @@ TEST(RdmaDevice, ReportsCapabilities) {
   EXPECT_TRUE(active);
 }
 
-TEST(RdmaSelect, EnvironmentOverridesAutomaticChoice) {
-  ::unsetenv("HRPC_TRANSPORT");
-  auto a = SelectTransportScheme();
-  ASSERT_TRUE(a.ok());
-  EXPECT_EQ(*a, "rdma") << "a device exists, so rdma is picked automatically";
-  ::setenv("HRPC_TRANSPORT", "tcp", 1);
-  EXPECT_EQ(*SelectTransportScheme(), "tcp");
-  ::setenv("HRPC_TRANSPORT", "rdma", 1);
-  EXPECT_EQ(*SelectTransportScheme(), "rdma");
-  ::setenv("HRPC_TRANSPORT", "carrier-pigeon", 1);
-  EXPECT_EQ(SelectTransportScheme().status().code(), StatusCode::kInvalidArgument);
-  ::unsetenv("HRPC_TRANSPORT");
-}
-
 TEST(RdmaDomain, OneDomainSharedByTwoTransports) {
   auto pool = MakeTestPool(64u << 20, 16u << 20);
   auto dom = RdmaDomain::Open(*pool);

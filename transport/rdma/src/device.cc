@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -137,22 +136,6 @@ bool RdmaDeviceAvailable() {
     if (d.port_active) return true;
   }
   return false;
-}
-
-Result<std::string> SelectTransportScheme() {
-  const char* env = std::getenv("HRPC_TRANSPORT");
-  if (env != nullptr && *env != '\0') {
-    std::string v(env);
-    if (v == "tcp") return v;
-    if (v == "rdma") {
-      if (!RdmaDeviceAvailable()) {
-        return FailedPreconditionError("HRPC_TRANSPORT=rdma but no RDMA device with an active port");
-      }
-      return v;
-    }
-    return InvalidArgumentError("HRPC_TRANSPORT='" + v + "': expected tcp or rdma");
-  }
-  return std::string(RdmaDeviceAvailable() ? "rdma" : "tcp");
 }
 
 Result<std::shared_ptr<RdmaDomain>> RdmaDomain::Open(mempool::Pool& pool, RdmaDomainOptions options) {

@@ -50,7 +50,7 @@
 namespace hrpc::transport {
 class LoopbackNetwork;
 }
-namespace hrpc::coro {
+namespace hrpc::groups {
 class NetworkGroups;
 }
 
@@ -64,7 +64,8 @@ enum class TransportChoice : uint8_t {
 };
 std::string_view TransportChoiceName(TransportChoice c) noexcept;
 
-// Seam for the RDMA transport: true when an RDMA device with an active port exists.
+// Seam for the RDMA transport: true when an RDMA device with an active port
+// exists (transport::RdmaDeviceAvailable()).
 bool RdmaDeviceProbe();
 
 // "tcp://h:p", "rdma://h:p", "loop://name" stay as they are (validated);
@@ -87,7 +88,7 @@ struct RuntimeOptions {
     p.prefault = false;
     return p;
   }();
-  coro::NetworkGroups* groups = nullptr;  // borrowed; must outlive the runtime
+  hrpc::groups::NetworkGroups* groups = nullptr;  // borrowed; must outlive the runtime
   // Common to every transport (message size, credits, keepalive, timeouts).
   transport::TransportOptions transport;
   // Per-scheme knobs; their `common`, registrar and domain fields are set by
@@ -147,7 +148,7 @@ class Runtime final {
   size_t group_of(size_t worker) const;
   std::vector<size_t> workers_of_group(size_t group) const;
   // Gives `instances` business instances their group, as evenly as possible
-  // (coro::SpreadInstances): result[i] is instance i's group.
+  // (groups::SpreadInstances): result[i] is instance i's group.
   std::vector<int> SpreadInstances(size_t instances) const;
   // Index of the runtime's worker running the calling thread, or -1.
   int CurrentWorker() const noexcept;

@@ -32,6 +32,10 @@
 // is verbs semantics and cannot be hidden without a reconnect.
 //
 // Threading: as transport.h — everything on the transport's worker.
+//
+// Built with HRPC_WITH_RDMA=OFF, this API is still there and links no verbs
+// library: no devices are listed, and opening a domain or a transport returns
+// UNIMPLEMENTED.
 #pragma once
 
 #include <cstdint>
@@ -75,12 +79,6 @@ std::vector<RdmaDeviceInfo> ListRdmaDevices();
 // True when some RDMA device has an active port.
 bool RdmaDeviceAvailable();
 
-// The transport scheme to use: HRPC_TRANSPORT (tcp|rdma) when set in the
-// environment, else "rdma" when a device with an active port exists, else "tcp".
-// INVALID_ARGUMENT for another HRPC_TRANSPORT value; FAILED_PRECONDITION for
-// HRPC_TRANSPORT=rdma on a machine without a device.
-Result<std::string> SelectTransportScheme();
-
 struct RdmaDomainOptions {
   std::string device;  // by name ("rxe0", "mlx5_0"); "" = pick by NUMA node
   int numa_node = -1;  // prefer a device on this node (-1: the pool's node)
@@ -95,7 +93,8 @@ struct RdmaDomainOptions {
 class RdmaDomain {
  public:
   virtual ~RdmaDomain() = default;
-  // NOT_FOUND when no (matching) device exists; the verbs error otherwise.
+  // NOT_FOUND when no (matching) device exists; the verbs error otherwise;
+  // UNIMPLEMENTED in a build without RDMA.
   static Result<std::shared_ptr<RdmaDomain>> Open(mempool::Pool& pool, RdmaDomainOptions options = {});
 
   virtual const RdmaDeviceInfo& device() const = 0;
@@ -156,7 +155,7 @@ std::optional<RdmaConnectionStats> RdmaStatsOf(const Connection& c);
 
 // Call on `scheduler`'s thread; `scheduler` and `pool` must outlive it.
 // NOT_FOUND when there is no RDMA device; FAILED_PRECONDITION when a given
-// domain belongs to another pool.
+// domain belongs to another pool; UNIMPLEMENTED in a build without RDMA.
 Result<std::unique_ptr<Transport>> CreateRdmaTransport(coro::Scheduler& scheduler, mempool::Pool& pool,
                                                        RdmaOptions options = {});
 

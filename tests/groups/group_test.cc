@@ -1,6 +1,6 @@
-// Tests for coroutine/src/topology.cc and group.cc: grouping on the real
+// Tests for groups/src/topology.cc and group.cc: grouping on the real
 // machine and on a synthetic 2 NUMA nodes x 4 cores hwloc XML topology.
-#include "hrpc/coroutine/group.h"
+#include "hrpc/groups/group.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -12,7 +12,7 @@
 
 #include "hrpc/coroutine/sync.h"
 
-namespace hrpc::coro {
+namespace hrpc::groups {
 namespace {
 
 using namespace std::chrono_literals;
@@ -109,14 +109,6 @@ TEST(GroupTest, SyntheticGroupsWithPoolsButNoWorkers) {
     auto buf = g.pool().Allocate(4096);
     EXPECT_TRUE(buf.ok());
   }
-  // Transport slot.
-  auto& g0 = (*gs)->group(0);
-  g0.EmplaceResource<int>("qp-count", 3);
-  ASSERT_NE(g0.Resource<int>("qp-count"), nullptr);
-  EXPECT_EQ(*g0.Resource<int>("qp-count"), 3);
-  EXPECT_EQ(g0.Resource<std::string>("qp-count"), nullptr);  // wrong type
-  EXPECT_EQ(g0.Resource<int>("absent"), nullptr);
-  EXPECT_TRUE(g0.EraseResource("qp-count"));
   EXPECT_THAT((*gs)->DescribeLayout(), ::testing::StartsWith("per-numa: g0{node0 cpus 0,1,2,3"));
 
   GroupOptions pc = o;
@@ -171,7 +163,7 @@ TEST(GroupTest, RealMachineGroupsRunPinnedWorkers) {
       auto& g = (*gs)->group(i);
       ASSERT_EQ(g.num_workers(), 1u);
       int want_cpu = g.spec().worker_cpus[0];
-      auto on_cpu = Async(g.worker(0).scheduler(), [] { return sched_getcpu(); });
+      auto on_cpu = coro::Async(g.worker(0).scheduler(), [] { return sched_getcpu(); });
       auto r = on_cpu.WaitFor(10s);
       ASSERT_TRUE(r.ok());
       EXPECT_EQ(*r, want_cpu) << "worker of group " << i << " is not pinned";
@@ -182,4 +174,4 @@ TEST(GroupTest, RealMachineGroupsRunPinnedWorkers) {
 }
 
 }  // namespace
-}  // namespace hrpc::coro
+}  // namespace hrpc::groups

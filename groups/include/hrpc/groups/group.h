@@ -1,14 +1,12 @@
 // Network groups: the machine split by NUMA node (default) or by core. Each
-// group owns pinned workers on its cpus, a mempool::Pool bound to its node and
-// a slot for transport resources, so the data path never crosses a NUMA node.
+// group owns pinned workers on its cpus and a mempool::Pool bound to its node,
+// so the data path never crosses a NUMA node.
 //
 // NetworkGroups owns everything in it; groups live until it is destroyed
-// (workers are stopped first, then resources, then pools).
+// (workers are stopped first, then pools).
 #pragma once
 
-#include <any>
 #include <cstddef>
-#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -17,11 +15,11 @@
 
 #include "hrpc/base/status.h"
 #include "hrpc/coroutine/scheduler.h"
-#include "hrpc/coroutine/topology.h"
 #include "hrpc/coroutine/worker.h"
+#include "hrpc/groups/topology.h"
 #include "hrpc/mempool/pool.h"
 
-namespace hrpc::coro {
+namespace hrpc::groups {
 
 enum class GroupPolicy : uint8_t { kPerNumaNode, kPerCore };
 std::string_view GroupPolicyName(GroupPolicy p) noexcept;
@@ -31,7 +29,7 @@ struct GroupOptions {
   // Workers per group, each pinned to one cpu of the group (cpus are reused
   // round-robin if there are more workers than cpus). 0: one per cpu.
   size_t workers_per_group = 1;
-  SchedulerOptions sched;     // name is suffixed with "-g<id>w<n>"
+  coro::SchedulerOptions sched;  // name is suffixed with "-g<id>w<n>"
   mempool::PoolOptions pool;  // numa_node is overridden by the group's node
   bool start_workers = true;  // false: plan + pools only (e.g. synthetic topologies)
   bool create_pools = true;
@@ -60,29 +58,10 @@ class NetworkGroup final {
   const GroupSpec& spec() const noexcept { return spec_; }
 
   size_t num_workers() const noexcept { return workers_.size(); }
-  Worker& worker(size_t i) { return *workers_.at(i); }
+  coro::Worker& worker(size_t i) { return *workers_.at(i); }
   // Precondition: create_pools was true.
   mempool::Pool& pool() { return *pool_; }
   bool has_pool() const noexcept { return pool_ != nullptr; }
-
-  // Transport-resource slot: any value keyed by name. Not synchronized — set
-  // during setup (or from the group's own workers only).
-  template <class T, class... Args>
-  T& EmplaceResource(std::string name, Args&&... args) {
-    auto& slot = resources_[std::move(name)];
-    return slot.template emplace<T>(std::forward<Args>(args)...);
-  }
-  template <class T>
-  T* Resource(std::string_view name) {
-    auto it = resources_.find(name);
-    return it == resources_.end() ? nullptr : std::any_cast<T>(&it->second);
-  }
-  bool EraseResource(std::string_view name) {
-    auto it = resources_.find(name);
-    if (it == resources_.end()) return false;
-    resources_.erase(it);
-    return true;
-  }
 
   explicit NetworkGroup(GroupSpec spec) : spec_(std::move(spec)) {}
   ~NetworkGroup();
@@ -93,8 +72,7 @@ class NetworkGroup final {
   friend class NetworkGroups;
   GroupSpec spec_;
   std::unique_ptr<mempool::Pool> pool_;
-  std::map<std::string, std::any, std::less<>> resources_;
-  std::vector<std::unique_ptr<Worker>> workers_;  // destroyed first (declared last)
+  std::vector<std::unique_ptr<coro::Worker>> workers_;  // destroyed first (declared last)
 };
 
 class NetworkGroups final {
@@ -122,4 +100,4 @@ class NetworkGroups final {
   std::vector<std::unique_ptr<NetworkGroup>> groups_;
 };
 
-}  // namespace hrpc::coro
+}  // namespace hrpc::groups

@@ -9,7 +9,7 @@
 
 #include "hrpc/base/status.h"
 
-namespace hrpc::coro {
+namespace hrpc::groups {
 
 struct CoreInfo {
   int index = 0;          // hwloc logical index among cores
@@ -52,4 +52,4 @@ class Topology final {
   bool from_xml_ = false;
 };
 
-}  // namespace hrpc::coro
+}  // namespace hrpc::groups

@@ -1,5 +1,5 @@
 // Topology: hwloc -> plain values.
-#include "hrpc/coroutine/topology.h"
+#include "hrpc/groups/topology.h"
 
 #include <hwloc.h>
 
@@ -8,7 +8,7 @@
 #include <map>
 #include <string>
 
-namespace hrpc::coro {
+namespace hrpc::groups {
 
 namespace {
 
@@ -145,4 +145,4 @@ std::string Topology::Describe() const {
   return s;
 }
 
-}  // namespace hrpc::coro
+}  // namespace hrpc::groups

@@ -1,6 +1,6 @@
 // Network groups: plan (pure), then pools bound to the group's node and
 // workers pinned to the group's cpus.
-#include "hrpc/coroutine/group.h"
+#include "hrpc/groups/group.h"
 
 #include <numa.h>
 #include <unistd.h>
@@ -9,7 +9,7 @@
 
 #include <spdlog/spdlog.h>
 
-namespace hrpc::coro {
+namespace hrpc::groups {
 
 namespace {
 
@@ -84,8 +84,7 @@ std::vector<int> SpreadInstances(size_t instances, size_t groups) {
 }
 
 NetworkGroup::~NetworkGroup() {
-  workers_.clear();    // stop the threads that may use resources and the pool
-  resources_.clear();  // transport resources may hold pool buffers
+  workers_.clear();  // stop the threads that may use the pool
   pool_.reset();
 }
 
@@ -116,12 +115,12 @@ Result<std::unique_ptr<NetworkGroups>> NetworkGroups::Create(const Topology& top
     }
     if (options.start_workers) {
       for (size_t i = 0; i < spec.worker_cpus.size(); ++i) {
-        WorkerOptions wo;
+        coro::WorkerOptions wo;
         wo.sched = options.sched;
         wo.sched.name = (options.sched.name.empty() ? std::string("hrpc") : options.sched.name) + "-g" +
                         std::to_string(spec.id) + "w" + std::to_string(i);
         wo.cpu = spec.worker_cpus[i];
-        auto w = Worker::Start(std::move(wo));
+        auto w = coro::Worker::Start(std::move(wo));
         if (!w.ok()) return w.status().WithContext("group " + std::to_string(spec.id) + " worker");
         g->workers_.push_back(std::move(w).value());
       }
@@ -149,4 +148,4 @@ std::string NetworkGroups::DescribeLayout() const {
   return s;
 }
 
-}  // namespace hrpc::coro
+}  // namespace hrpc::groups
