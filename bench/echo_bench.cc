@@ -36,15 +36,16 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/echo_service.h"
 #include "common/flags.h"
 #include "common/load.h"
+#include "proc_cpu.h"
 
 #include <spdlog/spdlog.h>
 
@@ -71,23 +72,7 @@ void Pin(int cpu) {
   sched_setaffinity(0, sizeof set, &set);
 }
 
-uint64_t ProcCpuNs(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const size_t rp = s.rfind(')');
-  if (rp == std::string::npos) return 0;
-  std::istringstream in(s.substr(rp + 2));
-  std::string tok;
-  uint64_t ut = 0, st = 0;
-  for (int field = 3; in >> tok; ++field) {
-    if (field == 14) ut = std::stoull(tok);
-    if (field == 15) {
-      st = std::stoull(tok);
-      break;
-    }
-  }
-  return (ut + st) * (1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
-}
+using hrpc::bench::ProcCpuNs;
 
 // --- raw sockets -----------------------------------------------------------
 
@@ -216,11 +201,12 @@ struct Child {
   FILE* out = nullptr;  // the child's stdout: kept open so its later log lines do not hit SIGPIPE
 };
 
-// Runs args[0] with stdout on a pipe, pinned to `cpu` (-1: not pinned), and
-// waits for its "READY <rest>" line: Child::uri = <rest>, empty if none came.
-Child SpawnReady(std::vector<std::string> args, int cpu) {
+// Starts args[0] with its stdout on a pipe, pinned to `cpu` (-1: not pinned).
+// Returns the pid and the read end of the pipe (nullptr, -1 on failure).
+pid_t StartPinned(std::vector<std::string> args, int cpu, FILE** out) {
+  *out = nullptr;
   int fds[2];
-  if (pipe(fds) != 0) return {};
+  if (pipe(fds) != 0) return -1;
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -234,18 +220,23 @@ Child SpawnReady(std::vector<std::string> args, int cpu) {
     _exit(127);
   }
   close(fds[1]);
+  *out = fdopen(fds[0], "r");
+  return pid;
+}
+
+// StartPinned, then waits for its "READY <rest>" line: Child::uri = <rest>,
+// empty if none came.
+Child SpawnReady(std::vector<std::string> args, int cpu) {
   Child c;
-  c.pid = pid;
-  FILE* f = fdopen(fds[0], "r");
+  c.pid = StartPinned(std::move(args), cpu, &c.out);
   char line[256];
-  while (f && fgets(line, sizeof line, f)) {  // skips log lines
+  while (c.out && fgets(line, sizeof line, c.out)) {  // skips log lines
     std::string s(line);
     if (s.rfind("READY ", 0) == 0) {
       c.uri = s.substr(6, s.find_last_not_of("\r\n") - 5);
       break;
     }
   }
-  c.out = f;
   return c;
 }
 
@@ -259,29 +250,15 @@ Child Spawn(const char* self, const std::string& role, const Config& cfg) {
 // with `prefix`, split into key=value pairs (empty when there is none).
 std::map<std::string, std::string> RunForLine(std::vector<std::string> args, int cpu, const std::string& prefix) {
   std::map<std::string, std::string> kv;
-  int fds[2];
-  if (pipe(fds) != 0) return kv;
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    Pin(cpu);
-    dup2(fds[1], 1);
-    close(fds[0]);
-    close(fds[1]);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(fds[1]);
+  FILE* f = nullptr;
+  const pid_t pid = StartPinned(std::move(args), cpu, &f);
+  if (pid < 0) return kv;
   std::string last;
-  if (FILE* f = fdopen(fds[0], "r")) {
-    char line[1024];
-    while (fgets(line, sizeof line, f)) {
-      if (std::string(line).rfind(prefix, 0) == 0) last = line;
-    }
-    fclose(f);
+  char line[1024];
+  while (f && fgets(line, sizeof line, f)) {
+    if (std::string(line).rfind(prefix, 0) == 0) last = line;
   }
+  if (f) fclose(f);
   int st;
   waitpid(pid, &st, 0);
   std::istringstream in(last);
@@ -321,7 +298,7 @@ void RawCases(const char* self, const Config& cfg) {
       SendAll(fd, buf.data(), size);
       RecvAll(fd, buf.data(), size, cfg.spin_us);
     }
-    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+    const uint64_t c0 = hrpc::bench::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
     const auto t0 = Clock::now();
     const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
     uint64_t n = 0;
@@ -333,7 +310,7 @@ void RawCases(const char* self, const Config& cfg) {
       now = t;
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+    const uint64_t c1 = hrpc::bench::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
     std::printf("echo_bench transport=raw case=pingpong payload=%u concurrency=1 rps=%.0f p50_us=%.1f p99_us=%.1f "
                 "MBps=%.1f cpu=%.0f/%.0f\n",
@@ -348,7 +325,7 @@ void RawCases(const char* self, const Config& cfg) {
     std::vector<char> buf(size, 'y');
     const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
     while (Clock::now() < warm_end) SendAll(fd, buf.data(), size);
-    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+    const uint64_t c0 = hrpc::bench::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
     const auto t0 = Clock::now();
     const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
     uint64_t n = 0;
@@ -360,7 +337,7 @@ void RawCases(const char* self, const Config& cfg) {
     uint64_t total = 0;
     RecvAll(fd, reinterpret_cast<char*>(&total), sizeof total, cfg.spin_us);
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+    const uint64_t c1 = hrpc::bench::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
     std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 rps=%.0f MBps=%.1f cpu=%.0f/%.0f\n",
                 size, n / secs, n * double(size) / secs / 1e6, (c1 - c0) / 1e9 / secs * 100,

@@ -16,7 +16,6 @@
 // Pinning is left to the caller (echo_bench sets the affinity before exec).
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,44 +24,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "grpc_echo.grpc.pb.h"
+#include "proc_cpu.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-uint64_t SelfCpuNs() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto ns = [](const timeval& tv) { return uint64_t(tv.tv_sec) * 1000000000ull + uint64_t(tv.tv_usec) * 1000ull; };
-  return ns(ru.ru_utime) + ns(ru.ru_stime);
-}
-
-// utime + stime of another process; 0 when it cannot be read.
-uint64_t ProcCpuNs(long pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const size_t rp = s.rfind(')');
-  if (rp == std::string::npos) return 0;
-  std::istringstream in(s.substr(rp + 2));
-  std::string tok;
-  uint64_t ut = 0, st = 0;
-  for (int field = 3; in >> tok; ++field) {
-    if (field == 14) ut = std::stoull(tok);
-    if (field == 15) {
-      st = std::stoull(tok);
-      break;
-    }
-  }
-  return (ut + st) * (1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
-}
+using hrpc::bench::ProcCpuNs;
+using hrpc::bench::SelfCpuNs;
 
 // --- server -------------------------------------------------------------------
 
@@ -145,7 +119,7 @@ struct ClientArgs {
   size_t concurrency = 1;
   double duration = 1.0;
   double warmup = 0.3;
-  long server_pid = 0;
+  pid_t server_pid = 0;
 };
 
 int ClientMain(const ClientArgs& a) {
@@ -256,7 +230,7 @@ int main(int argc, char** argv) {
     } else if (key == "--warmup") {
       a.warmup = std::atof(val.c_str());
     } else if (key == "--server_pid") {
-      a.server_pid = std::atol(val.c_str());
+      a.server_pid = static_cast<pid_t>(std::atol(val.c_str()));
     } else {
       std::fprintf(stderr,
                    "usage: grpc_echo --role=server | --role=client --port=P --payload=B --concurrency=N "
