@@ -1,17 +1,25 @@
-// echo_bench: hrpc unary calls vs raw sockets, server and client in separate
-// processes pinned to different cores. One line per case:
+// echo_bench: hrpc unary calls vs gRPC and raw sockets, server and client in
+// separate processes pinned to different cores (--server_cpu, --client_cpu),
+// one server and one client thread. One line per case:
 //
 //   echo_bench transport=raw case=pingpong payload=64 concurrency=1 rps=... p50_us=... p99_us=... MBps=... cpu=C/S
 //   echo_bench transport=raw case=stream payload=1048576 concurrency=1 rps=... MBps=... cpu=C/S
-//   echo_bench transport=tcp payload=64 concurrency=32 rps=... p50_us=... p99_us=... MBps=... cpu=C/S
+//   echo_bench transport=grpc payload=4096 concurrency=32 rps=... p50_us=... p99_us=... MBps=... cpu=C/S rounds=3
+//   echo_bench transport=tcp poll=spin50us+block payload=4096 concurrency=32 rps=... ... ratio_vs_grpc=... rounds=3
+//   echo_bench transport=tcp poll=block payload=4096 concurrency=32 rps=... ... ratio_vs_grpc=... rounds=3
 //
 // cpu=C/S: client and server process CPU in % of one core over the measured
-// window. The hrpc cases carry the payload as the request attachment (inline
-// up to 16 KiB, else pulled by the server with one-sided READs) and get an
-// empty response: the storage write path. MBps = payload bytes per second.
-// Polling mode, the same on every path: spin up to --spin_us on a
-// non-blocking socket, then sleep in poll/epoll (hrpc: the scheduler's
-// spin_budget; raw: MSG_DONTWAIT spin, then poll()).
+// window. MBps = payload bytes per second, both directions.
+//
+// The RPC cases echo the payload back on both sides: gRPC carries it as a
+// `bytes` field (bench/grpc_echo: async completion queues, a separate program
+// this one runs from its own directory), hrpc as the request and response
+// attachment (inline up to 16 KiB, else by bulk descriptor). Each case runs
+// --rounds interleaved rounds (gRPC, hrpc spin-then-block, hrpc blocking) and
+// prints the round with the median rps; ratio_vs_grpc = hrpc rps / gRPC rps.
+// hrpc polls in two modes: poll=spin<N>us+block (the scheduler's spin_budget,
+// then epoll) and poll=block (spin_budget = 0). gRPC polls as it does by default.
+// The raw baselines spin on a non-blocking socket for --spin_us, then poll().
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -24,17 +32,20 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/echo_service.h"
 #include "common/flags.h"
 #include "common/load.h"
+#include "proc_cpu.h"
 
 #include <spdlog/spdlog.h>
 
@@ -46,9 +57,11 @@ struct Config {
   int server_cpu = 0;
   int client_cpu = 1;
   uint64_t spin_us = 50;
-  double duration = 2.0;
-  double warmup = 0.5;
-  std::string cases = "all";  // all | raw | hrpc
+  double duration = 1.0;
+  double warmup = 0.3;
+  size_t rounds = 3;
+  std::string cases = "all";  // all | raw | rpc
+  std::string grpc_echo;      // path of the grpc_echo program
 };
 
 void Pin(int cpu) {
@@ -59,23 +72,7 @@ void Pin(int cpu) {
   sched_setaffinity(0, sizeof set, &set);
 }
 
-uint64_t ProcCpuNs(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const size_t rp = s.rfind(')');
-  if (rp == std::string::npos) return 0;
-  std::istringstream in(s.substr(rp + 2));
-  std::string tok;
-  uint64_t ut = 0, st = 0;
-  for (int field = 3; in >> tok; ++field) {
-    if (field == 14) ut = std::stoull(tok);
-    if (field == 15) {
-      st = std::stoull(tok);
-      break;
-    }
-  }
-  return (ut + st) * (1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
-}
+using hrpc::bench::ProcCpuNs;
 
 // --- raw sockets -----------------------------------------------------------
 
@@ -204,36 +201,73 @@ struct Child {
   FILE* out = nullptr;  // the child's stdout: kept open so its later log lines do not hit SIGPIPE
 };
 
-Child Spawn(const char* self, const std::string& role, const Config& cfg) {
+// Starts args[0] with its stdout on a pipe, pinned to `cpu` (-1: not pinned).
+// Returns the pid and the read end of the pipe (nullptr, -1 on failure).
+pid_t StartPinned(std::vector<std::string> args, int cpu, FILE** out) {
+  *out = nullptr;
   int fds[2];
-  if (pipe(fds) != 0) return {};
-  std::vector<std::string> args = {self, "--role=" + role, "--server_cpu=" + std::to_string(cfg.server_cpu),
-                                   "--spin_us=" + std::to_string(cfg.spin_us)};
+  if (pipe(fds) != 0) return -1;
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = fork();
   if (pid == 0) {
+    Pin(cpu);
     dup2(fds[1], 1);
     close(fds[0]);
     close(fds[1]);
-    execv(self, argv.data());
+    execv(argv[0], argv.data());
     _exit(127);
   }
   close(fds[1]);
+  *out = fdopen(fds[0], "r");
+  return pid;
+}
+
+// StartPinned, then waits for its "READY <rest>" line: Child::uri = <rest>,
+// empty if none came.
+Child SpawnReady(std::vector<std::string> args, int cpu) {
   Child c;
-  c.pid = pid;
-  FILE* f = fdopen(fds[0], "r");
+  c.pid = StartPinned(std::move(args), cpu, &c.out);
   char line[256];
-  while (f && fgets(line, sizeof line, f)) {  // skips log lines
+  while (c.out && fgets(line, sizeof line, c.out)) {  // skips log lines
     std::string s(line);
     if (s.rfind("READY ", 0) == 0) {
       c.uri = s.substr(6, s.find_last_not_of("\r\n") - 5);
       break;
     }
   }
-  c.out = f;
   return c;
+}
+
+Child Spawn(const char* self, const std::string& role, const Config& cfg) {
+  return SpawnReady({self, "--role=" + role, "--server_cpu=" + std::to_string(cfg.server_cpu),
+                     "--spin_us=" + std::to_string(cfg.spin_us)},
+                    -1);
+}
+
+// Runs args[0] pinned to `cpu` to completion; its last stdout line that starts
+// with `prefix`, split into key=value pairs (empty when there is none).
+std::map<std::string, std::string> RunForLine(std::vector<std::string> args, int cpu, const std::string& prefix) {
+  std::map<std::string, std::string> kv;
+  FILE* f = nullptr;
+  const pid_t pid = StartPinned(std::move(args), cpu, &f);
+  if (pid < 0) return kv;
+  std::string last;
+  char line[1024];
+  while (f && fgets(line, sizeof line, f)) {
+    if (std::string(line).rfind(prefix, 0) == 0) last = line;
+  }
+  if (f) fclose(f);
+  int st;
+  waitpid(pid, &st, 0);
+  std::istringstream in(last);
+  std::string tok;
+  while (in >> tok) {
+    const size_t eq = tok.find('=');
+    if (eq != std::string::npos) kv[tok.substr(0, eq)] = tok.substr(eq + 1);
+  }
+  return kv;
 }
 
 void Stop(Child& c) {
@@ -264,7 +298,7 @@ void RawCases(const char* self, const Config& cfg) {
       SendAll(fd, buf.data(), size);
       RecvAll(fd, buf.data(), size, cfg.spin_us);
     }
-    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+    const uint64_t c0 = hrpc::bench::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
     const auto t0 = Clock::now();
     const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
     uint64_t n = 0;
@@ -276,7 +310,7 @@ void RawCases(const char* self, const Config& cfg) {
       now = t;
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+    const uint64_t c1 = hrpc::bench::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
     std::printf("echo_bench transport=raw case=pingpong payload=%u concurrency=1 rps=%.0f p50_us=%.1f p99_us=%.1f "
                 "MBps=%.1f cpu=%.0f/%.0f\n",
@@ -291,7 +325,7 @@ void RawCases(const char* self, const Config& cfg) {
     std::vector<char> buf(size, 'y');
     const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
     while (Clock::now() < warm_end) SendAll(fd, buf.data(), size);
-    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+    const uint64_t c0 = hrpc::bench::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
     const auto t0 = Clock::now();
     const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
     uint64_t n = 0;
@@ -303,7 +337,7 @@ void RawCases(const char* self, const Config& cfg) {
     uint64_t total = 0;
     RecvAll(fd, reinterpret_cast<char*>(&total), sizeof total, cfg.spin_us);
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+    const uint64_t c1 = hrpc::bench::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
     std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 rps=%.0f MBps=%.1f cpu=%.0f/%.0f\n",
                 size, n / secs, n * double(size) / secs / 1e6, (c1 - c0) / 1e9 / secs * 100,
@@ -313,45 +347,143 @@ void RawCases(const char* self, const Config& cfg) {
   Stop(srv);
 }
 
-void HrpcCases(const char* self, const Config& cfg) {
-  Child srv = Spawn(self, "hrpc-server", cfg);
-  if (srv.uri.empty()) {
-    std::printf("echo_bench transport=tcp error=server-did-not-start\n");
-    return;
+struct CaseResult {
+  bool ok = false;
+  std::string error;
+  double rps = 0, p50_us = 0, p99_us = 0, client_cpu = -1, server_cpu = -1;
+};
+
+struct RpcCase {
+  size_t payload, concurrency;
+};
+
+// One gRPC round: a grpc_echo client on the client cpu against the running server.
+CaseResult GrpcRound(const Config& cfg, const Child& server, const RpcCase& c) {
+  CaseResult r;
+  auto kv = RunForLine({cfg.grpc_echo, "--role=client", "--" + server.uri, "--payload=" + std::to_string(c.payload),
+                        "--concurrency=" + std::to_string(c.concurrency), "--duration=" + std::to_string(cfg.duration),
+                        "--warmup=" + std::to_string(cfg.warmup), "--server_pid=" + std::to_string(server.pid)},
+                       cfg.client_cpu, "grpc_echo ");
+  if (kv.count("error") || !kv.count("rps")) {
+    r.error = kv.count("error") ? kv["error"] : "no-result";
+    return r;
   }
-  const std::string uri = "tcp://127.0.0.1:" + srv.uri.substr(srv.uri.rfind(':') + 1);
-  hrpc::RpcChannelOptions co;
-  co.runtime.workers = 1;
-  if (cfg.client_cpu >= 0) co.runtime.cpus = {cfg.client_cpu};
-  co.runtime.spin_budget = std::chrono::microseconds(cfg.spin_us);
-  auto channel = hrpc::RpcChannel::Create(uri, co);
-  if (!channel.ok() || !(*channel)->Connect().ok()) {
-    std::printf("echo_bench transport=tcp error=connect\n");
-    Stop(srv);
-    return;
-  }
-  struct Case {
-    size_t payload, concurrency;
-  };
-  const std::vector<Case> cases = {{64, 1},     {64, 32},     {4096, 1},    {4096, 32},   {65536, 1},
-                                   {65536, 32}, {1 << 20, 1}, {1 << 20, 8}, {1 << 20, 32}};
-  for (const Case& c : cases) {
-    hrpc::examples::LoadOptions lo;
-    lo.coroutines_per_worker = c.concurrency;
-    lo.payload = c.payload;
-    lo.echo = false;
-    lo.warmup = std::chrono::duration<double>(cfg.warmup);
-    lo.duration = std::chrono::duration<double>(cfg.duration);
-    auto r = hrpc::examples::RunLoad(**channel, lo);
-    std::printf("echo_bench transport=tcp payload=%zu concurrency=%zu rps=%.0f p50_us=%.1f p99_us=%.1f MBps=%.1f "
-                "cpu=%.0f/%.0f%s%s\n",
-                c.payload, c.concurrency, r.rps, r.p50_us, r.p99_us, r.mbps, r.client_cpu_pct, r.server_cpu_pct,
-                r.errors ? " errors=" : "", r.errors ? std::to_string(r.errors).c_str() : "");
-    if (r.errors) std::printf("  first error: %s\n", r.first_error.c_str());
+  r.rps = std::stod(kv["rps"]);
+  r.p50_us = std::stod(kv["p50_us"]);
+  r.p99_us = std::stod(kv["p99_us"]);
+  const std::string cpu = kv["cpu"];
+  const size_t slash = cpu.find('/');
+  r.client_cpu = std::stod(cpu.substr(0, slash));
+  r.server_cpu = slash == std::string::npos ? -1 : std::stod(cpu.substr(slash + 1));
+  r.ok = std::stoull(kv["errors"]) == 0;
+  if (!r.ok) r.error = "errors=" + kv["errors"];
+  return r;
+}
+
+CaseResult HrpcRound(const Config& cfg, hrpc::RpcChannel& channel, const RpcCase& c) {
+  hrpc::examples::LoadOptions lo;
+  lo.coroutines_per_worker = c.concurrency;
+  lo.payload = c.payload;
+  lo.echo = true;
+  lo.warmup = std::chrono::duration<double>(cfg.warmup);
+  lo.duration = std::chrono::duration<double>(cfg.duration);
+  const auto l = hrpc::examples::RunLoad(channel, lo);
+  CaseResult r;
+  r.ok = l.errors == 0;
+  if (!r.ok) r.error = "errors=" + std::to_string(l.errors) + " first_error=\"" + l.first_error + "\"";
+  r.rps = l.rps;
+  r.p50_us = l.p50_us;
+  r.p99_us = l.p99_us;
+  r.client_cpu = l.client_cpu_pct;
+  r.server_cpu = l.server_cpu_pct;
+  return r;
+}
+
+// The round with the median rps (failed rounds count as 0 rps).
+CaseResult MedianRound(std::vector<CaseResult> rounds) {
+  std::sort(rounds.begin(), rounds.end(), [](const CaseResult& a, const CaseResult& b) {
+    return (a.ok ? a.rps : 0) < (b.ok ? b.rps : 0);
+  });
+  return rounds[rounds.size() / 2];
+}
+
+void PrintRpcLine(const std::string& what, const RpcCase& c, const CaseResult& r, const CaseResult* grpc,
+                  size_t rounds) {
+  std::printf("echo_bench %s payload=%zu concurrency=%zu", what.c_str(), c.payload, c.concurrency);
+  if (!r.ok) {
+    std::printf(" error=%s\n", r.error.c_str());
     std::fflush(stdout);
+    return;
   }
-  channel->reset();
-  Stop(srv);
+  std::printf(" rps=%.0f p50_us=%.1f p99_us=%.1f MBps=%.1f cpu=%.0f/%.0f", r.rps, r.p50_us, r.p99_us,
+              r.rps * static_cast<double>(c.payload) * 2 / 1e6, r.client_cpu, r.server_cpu);
+  if (grpc != nullptr && grpc->ok && grpc->rps > 0) std::printf(" ratio_vs_grpc=%.2f", r.rps / grpc->rps);
+  std::printf(" rounds=%zu\n", rounds);
+  std::fflush(stdout);
+}
+
+// gRPC and hrpc (spin-then-block, blocking) on the same cases, interleaved.
+void RpcCases(const char* self, const Config& cfg) {
+  const std::vector<RpcCase> cases = {{64, 32}, {4096, 32}, {65536, 32}, {1 << 20, 1}, {1 << 20, 32}};
+
+  Child grpc_server;
+  std::string grpc_error;
+  if (access(cfg.grpc_echo.c_str(), X_OK) != 0) {
+    grpc_error = "grpc_echo-not-built(" + cfg.grpc_echo + ")";
+  } else {
+    grpc_server = SpawnReady({cfg.grpc_echo, "--role=server"}, cfg.server_cpu);
+    if (grpc_server.uri.empty()) grpc_error = "grpc-server-did-not-start";
+  }
+
+  struct Mode {
+    std::string label;
+    uint64_t spin_us;
+    Child server;
+    std::unique_ptr<hrpc::RpcChannel> channel;
+  };
+  std::array<Mode, 2> modes = {Mode{"poll=spin" + std::to_string(cfg.spin_us) + "us+block", cfg.spin_us, {}, {}},
+                               Mode{"poll=block", 0, {}, {}}};
+  for (Mode& m : modes) {
+    Config mc = cfg;
+    mc.spin_us = m.spin_us;
+    m.server = Spawn(self, "hrpc-server", mc);
+    if (m.server.uri.empty()) continue;
+    const std::string uri = "tcp://127.0.0.1:" + m.server.uri.substr(m.server.uri.rfind(':') + 1);
+    hrpc::RpcChannelOptions co;
+    co.runtime.workers = 1;
+    if (cfg.client_cpu >= 0) co.runtime.cpus = {cfg.client_cpu};
+    co.runtime.spin_budget = std::chrono::microseconds(m.spin_us);
+    auto channel = hrpc::RpcChannel::Create(uri, co);
+    if (channel.ok() && (*channel)->Connect().ok()) m.channel = std::move(*channel);
+  }
+
+  for (const RpcCase& c : cases) {
+    std::vector<CaseResult> grpc_rounds;
+    std::array<std::vector<CaseResult>, 2> hrpc_rounds;
+    for (size_t round = 0; round < cfg.rounds; ++round) {
+      if (grpc_error.empty()) grpc_rounds.push_back(GrpcRound(cfg, grpc_server, c));
+      for (size_t i = 0; i < modes.size(); ++i) {
+        if (modes[i].channel) {
+          hrpc_rounds[i].push_back(HrpcRound(cfg, *modes[i].channel, c));
+        } else {
+          hrpc_rounds[i].push_back(CaseResult{false, "server-did-not-start-or-connect"});
+        }
+      }
+    }
+    CaseResult grpc;
+    grpc.error = grpc_error;
+    if (grpc_error.empty()) grpc = MedianRound(grpc_rounds);
+    PrintRpcLine("transport=grpc", c, grpc, nullptr, cfg.rounds);
+    for (size_t i = 0; i < modes.size(); ++i) {
+      PrintRpcLine("transport=tcp " + modes[i].label, c, MedianRound(hrpc_rounds[i]), &grpc, cfg.rounds);
+    }
+  }
+
+  for (Mode& m : modes) {
+    m.channel.reset();
+    Stop(m.server);
+  }
+  Stop(grpc_server);
 }
 
 }  // namespace
@@ -362,16 +494,19 @@ int main(int argc, char** argv) {
   uint64_t server_cpu = 0, client_cpu = 1;
   hrpc::examples::Flags flags(
       "echo_bench",
-      "hrpc unary calls over TCP loopback vs raw-socket ping-pong and stream baselines, server and\n"
-      "client in separate processes pinned to --server_cpu and --client_cpu. One line per case:\n"
+      "hrpc unary echo calls over TCP loopback vs gRPC (bench/grpc_echo) and raw-socket ping-pong and\n"
+      "stream baselines, server and client in separate processes pinned to --server_cpu and\n"
+      "--client_cpu. One line per case:\n"
       "echo_bench transport=... payload=... concurrency=... rps=... p50_us=... p99_us=... MBps=... cpu=C/S\n"
-      "(cpu: client/server process CPU in % of one core). Build in Release.");
+      "(cpu: client/server process CPU in % of one core; hrpc lines add ratio_vs_grpc). Build in Release.");
   flags.AddSize("server_cpu", &server_cpu, "cpu of the server process");
   flags.AddSize("client_cpu", &client_cpu, "cpu of the client process");
   flags.AddSize("spin_us", &cfg.spin_us, "busy-poll this long before sleeping (hrpc and raw alike)");
   flags.Add("duration", &cfg.duration, "seconds per case");
   flags.Add("warmup", &cfg.warmup, "seconds of warm-up per case");
-  flags.Add("cases", &cfg.cases, "all | raw | hrpc");
+  flags.AddSize("rounds", &cfg.rounds, "interleaved gRPC/hrpc rounds per RPC case; the median is printed");
+  flags.Add("cases", &cfg.cases, "all | raw | rpc (gRPC and hrpc)");
+  flags.Add("grpc_echo", &cfg.grpc_echo, "the grpc_echo program; empty: the one beside this program");
   flags.Add("role", &role, "internal: raw-server | hrpc-server");
   int code = 0;
   if (!flags.Parse(argc, argv, &code)) return code;
@@ -382,14 +517,19 @@ int main(int argc, char** argv) {
   if (role == "raw-server") return RawServerMain(cfg);
   if (role == "hrpc-server") return HrpcServerMain(cfg);
   signal(SIGPIPE, SIG_IGN);
-  std::printf("echo_bench: server cpu %d, client cpu %d, spin %llu us then sleep, %.1f s per case\n", cfg.server_cpu,
-              cfg.client_cpu, static_cast<unsigned long long>(cfg.spin_us), cfg.duration);
+  if (cfg.rounds == 0) cfg.rounds = 1;
+  std::printf("echo_bench: server cpu %d, client cpu %d, spin %llu us then sleep, %.1f s per case and round\n",
+              cfg.server_cpu, cfg.client_cpu, static_cast<unsigned long long>(cfg.spin_us), cfg.duration);
   std::fflush(stdout);
   char self[4096];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) return 1;
   self[n] = '\0';
+  if (cfg.grpc_echo.empty()) {
+    const std::string dir(self);
+    cfg.grpc_echo = dir.substr(0, dir.rfind('/') + 1) + "grpc_echo";
+  }
   if (cfg.cases == "all" || cfg.cases == "raw") RawCases(self, cfg);
-  if (cfg.cases == "all" || cfg.cases == "hrpc") HrpcCases(self, cfg);
+  if (cfg.cases == "all" || cfg.cases == "rpc") RpcCases(self, cfg);
   return 0;
 }

@@ -7,9 +7,10 @@ HRPC_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost-context-dev libnuma-dev numactl libhwloc-dev hwloc
-  liburing-dev libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
+  libisal-dev liburing-dev libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
   libprotobuf-dev libprotoc-dev protobuf-compiler
   libspdlog-dev libfmt-dev
+  libgrpc++-dev protobuf-compiler-grpc  # bench/grpc_echo: the same-run gRPC baseline
   iproute2 procps fio
 )
 # The Soft-RoCE guest (../shared/rxe) and the reference RDMA tools.

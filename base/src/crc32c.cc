@@ -1,60 +1,38 @@
 #include "hrpc/base/crc32c.h"
 
-#include <array>
-#include <cstring>
+#include <isa-l/crc.h>
+
+#include <climits>
 
 namespace hrpc {
 namespace {
 
-constexpr uint32_t kPoly = 0x82F63B78u;  // reflected Castagnoli polynomial
-
-constexpr std::array<uint32_t, 256> MakeTable() {
-  std::array<uint32_t, 256> t{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ kPoly : c >> 1;
-    t[i] = c;
+// ISA-L's crc32_iscsi family computes the raw CRC register: no inversion on
+// the way in or out. The usual CRC32C convention (and ours, which makes
+// Crc32c(b, Crc32c(a)) == Crc32c(a||b)) inverts both, so ~f(p, n, ~crc).
+// ISA-L takes an int length; longer buffers are fed in INT_MAX-sized pieces.
+template <unsigned (*F)(unsigned char*, int, unsigned)>
+uint32_t Chunked(const void* data, size_t n, uint32_t crc) noexcept {
+  // ISA-L does not write through the pointer; its prototype just lacks const.
+  auto* p = static_cast<unsigned char*>(const_cast<void*>(data));
+  unsigned reg = ~crc;
+  while (n > 0) {
+    const int piece = n > static_cast<size_t>(INT_MAX) ? INT_MAX : static_cast<int>(n);
+    reg = F(p, piece, reg);
+    p += piece;
+    n -= static_cast<size_t>(piece);
   }
-  return t;
+  return ~reg;
 }
-constexpr std::array<uint32_t, 256> kTable = MakeTable();
-
-#if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t Crc32cHw(const void* data, size_t n, uint32_t crc) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t c = ~crc;
-  while (n >= 8) {
-    uint64_t v;
-    std::memcpy(&v, p, 8);  // not payload movement: a register load
-    c = __builtin_ia32_crc32di(c, v);
-    p += 8;
-    n -= 8;
-  }
-  auto c32 = static_cast<uint32_t>(c);
-  while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
-  return ~c32;
-}
-
-bool HaveSse42() {
-  static const bool have = __builtin_cpu_supports("sse4.2");
-  return have;
-}
-#endif
 
 }  // namespace
 
-uint32_t Crc32cPortable(const void* data, size_t n, uint32_t crc) noexcept {
-  const auto* p = static_cast<const unsigned char*>(data);
-  crc = ~crc;
-  while (n--) crc = kTable[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-  return ~crc;
+uint32_t Crc32c(const void* data, size_t n, uint32_t crc) noexcept {
+  return Chunked<crc32_iscsi>(data, n, crc);
 }
 
-uint32_t Crc32c(const void* data, size_t n, uint32_t crc) noexcept {
-#if defined(__x86_64__)
-  if (HaveSse42()) return Crc32cHw(data, n, crc);
-#endif
-  return Crc32cPortable(data, n, crc);
+uint32_t Crc32cPortable(const void* data, size_t n, uint32_t crc) noexcept {
+  return Chunked<crc32_iscsi_base>(data, n, crc);
 }
 
 }  // namespace hrpc
