@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "echo/echo.hrpc.h"
+#include "hrpc/rpc/client_context.h"
 #include "hrpc/rpc/server.h"
 
 namespace hrpc::examples {
@@ -23,9 +24,21 @@ class EchoServiceImpl final : public hrpc_examples::Echo::Service {
  public:
   explicit EchoServiceImpl(const hrpc::Server* server = nullptr) : server_(server) {}
   void set_server(const hrpc::Server* s) { server_ = s; }
+  // Relay mode: every Echo is passed on to the server behind `next` (a
+  // channel on the same runtime as this server: the call leaves from the
+  // handler's own worker, and the pulled attachment goes on without a copy).
+  void set_forward(hrpc::Channel* next) { next_ = next; }
 
   hrpc::Status Echo(hrpc::ServerContext& ctx, const hrpc_examples::EchoRequest& req,
                     hrpc_examples::EchoResponse* resp) override {
+    if (next_ != nullptr) {
+      hrpc::ClientContext out;
+      if (req.echo_attachment()) out.set_response_attachment_capacity(ctx.request_attachment().size());
+      out.request_attachment() = std::move(ctx.request_attachment());
+      HRPC_TRY(hrpc_examples::Echo::Stub(next_).Echo(out, req, resp));
+      ctx.response_attachment() = std::move(out.response_attachment());
+      return hrpc::Status::Ok();
+    }
     resp->set_text(req.text());
     resp->set_attachment_bytes(ctx.request_attachment().size());
     if (req.echo_attachment()) ctx.response_attachment() = std::move(ctx.request_attachment());
@@ -42,6 +55,7 @@ class EchoServiceImpl final : public hrpc_examples::Echo::Service {
 
  private:
   const hrpc::Server* server_;
+  hrpc::Channel* next_ = nullptr;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 

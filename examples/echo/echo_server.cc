@@ -1,17 +1,23 @@
 // echo_server: serves hrpc_examples.Echo until SIGINT/SIGTERM, then prints its
-// per-method stats.
+// per-method stats. With --forward=URI it is a relay: each Echo is passed on
+// to the echo server at URI from the handler's own worker, through a channel
+// on the same runtime as the server.
 #include <signal.h>
 
 #include <cstdio>
 
+#include <memory>
+
 #include "common/echo_service.h"
+#include "hrpc/rpc/rpc_channel.h"
+#include "hrpc/rpc/runtime.h"
 #include "common/flags.h"
 #include "common/signals.h"
 
 #include <spdlog/spdlog.h>
 
 int main(int argc, char** argv) {
-  std::string listen = "0.0.0.0:7000";
+  std::string listen = "0.0.0.0:7000", forward;
   uint64_t workers = 1, eager = hrpc::kDefaultEagerThreshold, stats_interval = 0;
   hrpc::examples::Flags flags("echo_server",
                               "Serves hrpc_examples.Echo (echo text and attachments). A scheme-less address uses\n"
@@ -19,6 +25,7 @@ int main(int argc, char** argv) {
                               "Stops on SIGINT/SIGTERM and prints per-method stats.");
   flags.Add("listen", &listen, "address: host:port, tcp://host:port, rdma://host:port");
   flags.AddSize("workers", &workers, "worker threads (each owns the connections it accepts)");
+  flags.Add("forward", &forward, "relay every Echo to the echo server at this address (\"\": answer here)");
   flags.AddSize("eager", &eager, "attachments up to this size travel inline");
   flags.AddSize("stats_interval", &stats_interval, "print the stats table every N seconds (0: only at exit)");
   flags.AddLogLevel("info");
@@ -27,16 +34,37 @@ int main(int argc, char** argv) {
 
   const sigset_t stop = hrpc::examples::BlockStopSignals();  // before the workers start: they inherit it
 
+  // One runtime for the process: the server and the relay's channel share
+  // its workers, pool and registrations.
+  hrpc::RuntimeOptions ro = hrpc::RuntimeOptions::FromEnv();
+  ro.workers = workers;
+  ro.name = "echo";
+  auto runtime = hrpc::Runtime::Create(ro);
+  if (!runtime.ok()) {
+    std::fprintf(stderr, "echo_server: %s\n", runtime.status().ToString().c_str());
+    return 1;
+  }
   hrpc::ServerOptions so;
   so.listen = {listen};
-  so.runtime.workers = workers;
   so.eager_threshold = eager;
-  auto server = hrpc::Server::Create(so);
+  auto server = hrpc::Server::Create(**runtime, so);
   if (!server.ok()) {
     std::fprintf(stderr, "echo_server: %s\n", server.status().ToString().c_str());
     return 1;
   }
   hrpc::examples::EchoServiceImpl service(server->get());
+  std::unique_ptr<hrpc::RpcChannel> next;
+  if (!forward.empty()) {
+    hrpc::RpcChannelOptions co;
+    co.eager_threshold = eager;
+    auto c = hrpc::RpcChannel::Create(**runtime, forward, co);
+    if (!c.ok()) {
+      std::fprintf(stderr, "echo_server: --forward: %s\n", c.status().ToString().c_str());
+      return 1;
+    }
+    next = std::move(*c);
+    service.set_forward(next.get());
+  }
   if (auto s = (*server)->RegisterService(&service); !s.ok()) {
     std::fprintf(stderr, "echo_server: %s\n", s.ToString().c_str());
     return 1;
@@ -45,7 +73,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "echo_server: %s\n", s.ToString().c_str());
     return 1;
   }
-  std::printf("echo_server: listening on %s\n", (*server)->listen_uris().at(0).c_str());
+  std::printf("echo_server: listening on %s%s%s\n", (*server)->listen_uris().at(0).c_str(),
+              next ? ", relaying to " : "", next ? next->uri().c_str() : "");
   std::fflush(stdout);
   hrpc::examples::WaitForStopSignal(stop, stats_interval, [&] {
     std::printf("%s", hrpc::FormatStatsTable((*server)->Stats()).c_str());

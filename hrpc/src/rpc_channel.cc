@@ -30,16 +30,15 @@ class RpcChannel::Impl {
 
   // The worker a call runs on: the caller's own when it is one of the
   // runtime's, else round robin.
-  size_t PickWorker(uint64_t n) const {
+  size_t PickWorker() const {
     const int cur = workers->CurrentIndex();
-    return cur >= 0 ? static_cast<size_t>(cur) : n % workers->size();
+    return cur >= 0 ? static_cast<size_t>(cur) : workers->NextWorker();
   }
 
   // Serializes, then runs StartCall on the right worker.
   void Begin(Call* call, const google::protobuf::MessageLite* request, std::string_view raw, bool may_block) {
-    const uint64_t n = state->rr.fetch_add(1, std::memory_order_relaxed);
-    const size_t worker = PickWorker(n);
-    call->connection = (n / workers->size()) % state->connections_per_worker;
+    const size_t worker = PickWorker();
+    call->connection = state->rr.fetch_add(1, std::memory_order_relaxed) % state->connections_per_worker;
     call->channel = state;
     state->in_flight.fetch_add(1, std::memory_order_acq_rel);
     call->start = Clock::now();

@@ -256,7 +256,9 @@ RuntimeStats WorkerSet::Stats() const {
   std::vector<const mempool::Pool*> pools;
   for (const Slot& slot : slots_) {
     if (std::find(pools.begin(), pools.end(), slot.pool) == pools.end()) pools.push_back(slot.pool);
-    if (slot.peers) s.client_connections += slot.peers->open_links();
+    const size_t open = slot.peers ? slot.peers->open_links() : 0;
+    s.client_connections += open;
+    s.client_connections_per_worker.push_back(open);
   }
   s.pools = pools.size();
   {

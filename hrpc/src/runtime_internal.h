@@ -69,6 +69,9 @@ class WorkerSet {
   // is suspended, a plain thread blocks).
   Status RunOn(size_t i, std::function<Status()> fn);
 
+  // Round robin over the workers, for calls made off the workers.
+  size_t NextWorker() noexcept { return next_worker_.fetch_add(1, std::memory_order_relaxed) % slots_.size(); }
+
   RuntimeStats Stats() const;
   std::atomic<size_t> servers{0};
   std::atomic<size_t> channels{0};
@@ -101,6 +104,7 @@ class WorkerSet {
   std::vector<Slot> slots_;
   size_t num_groups_ = 1;
   std::atomic<size_t> transports_{0};
+  std::atomic<size_t> next_worker_{0};
   StatsRegistry client_stats_;
 };
 

@@ -59,6 +59,14 @@ constexpr int kReadBudget = 32;    // readv calls per connection per Poll()
 constexpr int kAcceptBudget = 64;  // accepts per listener per Poll()
 constexpr uint64_t kListenerBit = 1ull << 63;
 
+// The handshake body in a pool buffer. Control bytes, not payload: a plain
+// memcpy, not counted by CountedCopy.
+Result<mempool::IoBuf> HelloBody(mempool::Pool& pool, const tcp::Hello& hello) {
+  HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, pool.Allocate(sizeof hello));
+  std::memcpy(b.data(), &hello, sizeof hello);
+  return mempool::IoBuf(std::move(b));
+}
+
 int64_t Ms(std::chrono::nanoseconds d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
 }
@@ -845,7 +853,7 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
     FrameHeader a;
     a.type = FrameType::kHelloAck;
     const tcp::Hello ours = OurHello();
-    auto body = mempool::IoBuf::CopyFrom(*pool, &ours, sizeof ours);
+    auto body = HelloBody(*pool, ours);
     if (!body.ok()) {
       Fail(c, body.status());
       return;
@@ -917,7 +925,7 @@ void Core::FinishConnect(Conn& c) {
   FrameHeader h;
   h.type = FrameType::kHello;
   const tcp::Hello ours = OurHello();
-  auto body = mempool::IoBuf::CopyFrom(*pool, &ours, sizeof ours);
+  auto body = HelloBody(*pool, ours);
   if (!body.ok()) {
     Fail(c, body.status());
     return;

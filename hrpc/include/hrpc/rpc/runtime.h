@@ -121,6 +121,7 @@ struct RuntimeStats {
   size_t rdma_domains = 0;        // RdmaDomains opened (at most one per pool)
   size_t transports = 0;          // transport instances (one per worker and scheme in use)
   size_t client_connections = 0;  // outgoing connections open
+  std::vector<size_t> client_connections_per_worker;
   size_t servers = 0;
   size_t channels = 0;
 };
