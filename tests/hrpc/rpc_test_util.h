@@ -1,6 +1,8 @@
 // Shared by the RPC runtime tests: the test service and payload helpers.
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -11,7 +13,10 @@
 #include "hrpc/base/crc32c.h"
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/mempool/iobuf.h"
+#include "hrpc/mempool/copy.h"
 #include "hrpc/mempool/pool.h"
+#include "hrpc/rpc/rpc_channel.h"
+#include "hrpc/rpc/runtime.h"
 #include "rpc_test.hrpc.h"
 
 namespace rpctest {
@@ -98,6 +103,37 @@ class TestService final : public Test::Service {
     if (req.response_bytes() > 0 && pool != nullptr) {
       ctx.response_attachment() = MakePayload(*pool, req.response_bytes(), 7);
     }
+    return hrpc::Status::Ok();
+  }
+};
+
+// Forwards every call, with the attachment it pulled, to `backend` (a channel
+// on the same runtime as the server) and answers with the backend's response.
+// Records whether the call stayed on the handler's worker and thread, and the
+// payload bytes copied by the CPU (process-wide) while forwarding.
+class ForwardService final : public Test::Service {
+ public:
+  hrpc::RpcChannel* backend = nullptr;
+  hrpc::Runtime* runtime = nullptr;
+  std::atomic<int> same_thread{0}, other_thread{0};
+  std::atomic<int> worker{-1};
+  std::atomic<uint64_t> copied{~uint64_t{0}};
+
+  hrpc::Status Call(hrpc::ServerContext& ctx, const Req& req, Resp* resp) override {
+    const pthread_t before = pthread_self();
+    worker.store(runtime->CurrentWorker());
+    const uint64_t copied_before = hrpc::mempool::CopiedBytesTotal();
+    Test::Stub stub(backend);
+    hrpc::ClientContext out;
+    out.request_attachment() = std::move(ctx.request_attachment());
+    Req fwd = req;
+    fwd.set_text("fwd:" + req.text());
+    Resp got;
+    HRPC_TRY(stub.Call(out, fwd, &got));
+    copied.store(hrpc::mempool::CopiedBytesTotal() - copied_before);
+    const bool same = pthread_equal(before, pthread_self()) && runtime->CurrentWorker() == worker.load();
+    (same ? same_thread : other_thread).fetch_add(1);
+    *resp = got;
     return hrpc::Status::Ok();
   }
 };

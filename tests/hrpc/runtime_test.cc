@@ -1,7 +1,6 @@
 // The process-wide Runtime: many servers and channels on one set of workers,
 // pools and registrations; shared connections; calls from handlers; lifetime.
 #include <dirent.h>
-#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
@@ -163,33 +162,6 @@ TEST(Runtime, ChannelsToOnePeerShareTheConnection) {
 // A handler that calls a second server through a channel of the same runtime
 // stays on its worker's thread, and forwards the attachment it pulled without
 // copying a byte.
-class ForwardService final : public rpctest::Test::Service {
- public:
-  hrpc::RpcChannel* backend = nullptr;
-  hrpc::Runtime* runtime = nullptr;
-  std::atomic<int> same_thread{0}, other_thread{0};
-  std::atomic<int> worker{-1};
-  std::atomic<uint64_t> copied{~uint64_t{0}};
-
-  hrpc::Status Call(hrpc::ServerContext& ctx, const Req& req, Resp* resp) override {
-    const pthread_t before = pthread_self();
-    worker.store(runtime->CurrentWorker());
-    const uint64_t copied_before = hrpc::mempool::CopiedBytesTotal();
-    rpctest::Test::Stub stub(backend);
-    ClientContext out;
-    out.request_attachment() = std::move(ctx.request_attachment());
-    Req fwd = req;
-    fwd.set_text("fwd:" + req.text());
-    Resp got;
-    HRPC_TRY(stub.Call(out, fwd, &got));
-    copied.store(hrpc::mempool::CopiedBytesTotal() - copied_before);
-    const bool same = pthread_equal(before, pthread_self()) && runtime->CurrentWorker() == worker.load();
-    (same ? same_thread : other_thread).fetch_add(1);
-    *resp = got;
-    return hrpc::Status::Ok();
-  }
-};
-
 TEST(Runtime, HandlerCallsAnotherServerOnItsOwnThreadAndForwardsWithoutCopy) {
   auto rt = MakeRuntime(2);
   ASSERT_NE(rt, nullptr);
@@ -199,7 +171,7 @@ TEST(Runtime, HandlerCallsAnotherServerOnItsOwnThreadAndForwardsWithoutCopy) {
   ASSERT_NE(backend, nullptr);
   auto to_backend = hrpc::RpcChannel::Create(*rt, backend_uri);
   ASSERT_TRUE(to_backend.ok());
-  ForwardService front_service;
+  rpctest::ForwardService front_service;
   front_service.backend = to_backend->get();
   front_service.runtime = rt.get();
   auto front = StartServer(*rt, &front_service, &front_uri);
