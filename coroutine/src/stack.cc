@@ -11,6 +11,10 @@
 
 #include "fiber.h"
 
+#if HRPC_CORO_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace hrpc::coro::detail {
 
 namespace {
@@ -105,6 +109,13 @@ bool AllocateStack(size_t usable, bool guard, Stack* out) noexcept {
 }
 
 void FreeStack(Stack* s) noexcept {
+#if HRPC_CORO_ASAN
+  // A coroutine that never returned (suspended when its scheduler stopped)
+  // leaves its frames' redzones poisoned; without this, memory mapped later
+  // at the same address (a verbs queue, say) would be reported as a stack
+  // buffer overflow.
+  if (s->map) __asan_unpoison_memory_region(s->lo, s->usable);
+#endif
   if (s->map) ::munmap(s->map, s->map_len);
   *s = Stack{};
 }

@@ -420,7 +420,9 @@ Status Server::Start() {
     HRPC_ASSIGN_OR_RETURN(std::string uri, ResolveUri(raw, im.workers->options().transport_choice));
     const std::string scheme = uri.substr(0, uri.find("://"));
     std::string bound_uri;
-    const size_t nworkers = scheme == "loop" ? 1 : im.workers->size();
+    // TCP: every worker listens on the port (SO_REUSEPORT). rdmacm and the
+    // loopback network have no port sharing: one listener, on worker 0.
+    const size_t nworkers = scheme == "tcp" ? im.workers->size() : 1;
     for (size_t w = 0; w < nworkers; ++w) {
       const std::string target = w == 0 ? uri : bound_uri;
       HRPC_TRY(im.workers->RunOn(w, [&im, w, &scheme, &target, &bound_uri]() -> Status {

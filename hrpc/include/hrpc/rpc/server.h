@@ -1,8 +1,9 @@
 // Server: serves registered Services on one or more listen URIs.
 //
-// Threads. The server runs on a Runtime's workers (its network groups): every
-// worker listens on each URI (TCP: SO_REUSEPORT, so the kernel spreads
-// connections; loop://: worker 0 only); an accepted connection belongs to the
+// Threads. The server runs on a Runtime's workers (its network groups). On
+// TCP every worker listens on each URI (SO_REUSEPORT: the kernel spreads the
+// connections); rdma:// and loop:// have no port sharing, so worker 0 alone
+// listens and serves their connections. An accepted connection belongs to the
 // worker that accepted it, and each request on it runs in its own coroutine on
 // that worker, with that worker's (group's) pool. A handler may suspend (bulk
 // pull, disk, another RPC) without blocking the worker; a call it makes
