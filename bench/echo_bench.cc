@@ -45,7 +45,7 @@
 #include "common/echo_service.h"
 #include "common/flags.h"
 #include "common/load.h"
-#include "proc_cpu.h"
+#include "common/proc_cpu.h"
 
 #include <spdlog/spdlog.h>
 
@@ -72,7 +72,7 @@ void Pin(int cpu) {
   sched_setaffinity(0, sizeof set, &set);
 }
 
-using hrpc::bench::ProcCpuNs;
+using hrpc::examples::ProcCpuNs;
 
 // --- raw sockets -----------------------------------------------------------
 
@@ -298,7 +298,7 @@ void RawCases(const char* self, const Config& cfg) {
       SendAll(fd, buf.data(), size);
       RecvAll(fd, buf.data(), size, cfg.spin_us);
     }
-    const uint64_t c0 = hrpc::bench::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
     const auto t0 = Clock::now();
     const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
     uint64_t n = 0;
@@ -310,7 +310,7 @@ void RawCases(const char* self, const Config& cfg) {
       now = t;
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const uint64_t c1 = hrpc::bench::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
     std::printf("echo_bench transport=raw case=pingpong payload=%u concurrency=1 rps=%.0f p50_us=%.1f p99_us=%.1f "
                 "MBps=%.1f cpu=%.0f/%.0f\n",
@@ -325,7 +325,7 @@ void RawCases(const char* self, const Config& cfg) {
     std::vector<char> buf(size, 'y');
     const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
     while (Clock::now() < warm_end) SendAll(fd, buf.data(), size);
-    const uint64_t c0 = hrpc::bench::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
     const auto t0 = Clock::now();
     const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
     uint64_t n = 0;
@@ -337,7 +337,7 @@ void RawCases(const char* self, const Config& cfg) {
     uint64_t total = 0;
     RecvAll(fd, reinterpret_cast<char*>(&total), sizeof total, cfg.spin_us);
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const uint64_t c1 = hrpc::bench::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
     std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 rps=%.0f MBps=%.1f cpu=%.0f/%.0f\n",
                 size, n / secs, n * double(size) / secs / 1e6, (c1 - c0) / 1e9 / secs * 100,

@@ -29,14 +29,14 @@
 #include <vector>
 
 #include "grpc_echo.grpc.pb.h"
-#include "proc_cpu.h"
+#include "common/proc_cpu.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-using hrpc::bench::ProcCpuNs;
-using hrpc::bench::SelfCpuNs;
+using hrpc::examples::ProcCpuNs;
+using hrpc::examples::SelfCpuNs;
 
 // --- server -------------------------------------------------------------------
 

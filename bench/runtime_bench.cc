@@ -36,7 +36,7 @@
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/runtime.h"
 #include "hrpc/rpc/server.h"
-#include "proc_cpu.h"
+#include "common/proc_cpu.h"
 
 #include <spdlog/spdlog.h>
 
@@ -106,7 +106,7 @@ void ChannelCreate(const Options& o) {
     std::vector<double> ns_rounds;
     Mem m0, m1;
     size_t threads = 0, threads_after = 0;
-    const uint64_t cpu0 = hrpc::bench::SelfCpuNs();
+    const uint64_t cpu0 = hrpc::examples::SelfCpuNs();
     const auto start = Clock::now();
     while (ns_rounds.empty() || Clock::now() - start < std::chrono::milliseconds(200)) {
       std::vector<std::unique_ptr<hrpc::RpcChannel>> chans;
@@ -125,7 +125,7 @@ void ChannelCreate(const Options& o) {
       ns_rounds.push_back(ns);
     }
     const double wall = std::chrono::duration<double, std::nano>(Clock::now() - start).count();
-    const double cpu = static_cast<double>(hrpc::bench::SelfCpuNs() - cpu0) / wall;
+    const double cpu = static_cast<double>(hrpc::examples::SelfCpuNs() - cpu0) / wall;
     std::sort(ns_rounds.begin(), ns_rounds.end());
     const double ns = ns_rounds[ns_rounds.size() / 2];
     std::printf("runtime_bench case=channel_create mode=shared_runtime transport=%s channels=%zu rounds=%zu "
@@ -144,7 +144,7 @@ void ChannelCreate(const Options& o) {
     chans.reserve(o.baseline_channels);
     const size_t threads = Threads();
     const Mem m0 = Mem::Now();
-    const uint64_t cpu0 = hrpc::bench::SelfCpuNs();
+    const uint64_t cpu0 = hrpc::examples::SelfCpuNs();
     const auto t0 = Clock::now();
     for (size_t i = 0; i < o.baseline_channels; ++i) {
       auto c = hrpc::RpcChannel::Create(uri, co);
@@ -156,7 +156,7 @@ void ChannelCreate(const Options& o) {
       chans.push_back(std::move(*c));
     }
     const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
-    const double cpu = static_cast<double>(hrpc::bench::SelfCpuNs() - cpu0) / ns;
+    const double cpu = static_cast<double>(hrpc::examples::SelfCpuNs() - cpu0) / ns;
     const Mem m1 = Mem::Now();
     std::printf("runtime_bench case=channel_create mode=private_runtime(baseline) transport=%s channels=%zu "
                 "ns_per_channel=%.0f heap_bytes_per_channel=%.0f rss_bytes_per_channel=%.0f threads_added=%zd "
@@ -206,7 +206,7 @@ void Connections(const Options& o, bool srq, const char* mode) {
   }
   const size_t before = rt.stats().client_connections;
   const Mem m0 = Mem::Now();
-  const uint64_t cpu0 = hrpc::bench::SelfCpuNs();
+  const uint64_t cpu0 = hrpc::examples::SelfCpuNs();
   const auto t0 = Clock::now();
   size_t failed = 0;
   for (size_t i = 1; i < chans.size(); ++i) {
@@ -221,7 +221,7 @@ void Connections(const Options& o, bool srq, const char* mode) {
     }
   }
   const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
-  const double cpu = static_cast<double>(hrpc::bench::SelfCpuNs() - cpu0) / ns;
+  const double cpu = static_cast<double>(hrpc::examples::SelfCpuNs() - cpu0) / ns;
   const Mem m1 = Mem::Now();
   const size_t conns = rt.stats().client_connections - before;
   const double n = static_cast<double>(conns == 0 ? 1 : conns);

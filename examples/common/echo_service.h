@@ -1,24 +1,16 @@
 // The Echo service shared by echo_server and throughput_server.
 #pragma once
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <cstdint>
 #include <utility>
 
+#include "common/proc_cpu.h"
 #include "echo/echo.hrpc.h"
 #include "hrpc/rpc/client_context.h"
 #include "hrpc/rpc/server.h"
 
 namespace hrpc::examples {
-
-inline uint64_t ProcessCpuNs() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto ns = [](const timeval& tv) { return uint64_t(tv.tv_sec) * 1000000000ull + uint64_t(tv.tv_usec) * 1000ull; };
-  return ns(ru.ru_utime) + ns(ru.ru_stime);
-}
 
 class EchoServiceImpl final : public hrpc_examples::Echo::Service {
  public:
@@ -47,7 +39,7 @@ class EchoServiceImpl final : public hrpc_examples::Echo::Service {
 
   hrpc::Status ServerStats(hrpc::ServerContext&, const hrpc_examples::StatsRequest&,
                            hrpc_examples::StatsResponse* resp) override {
-    resp->set_cpu_ns(ProcessCpuNs());
+    resp->set_cpu_ns(SelfCpuNs());
     resp->set_uptime_ns(static_cast<uint64_t>((std::chrono::steady_clock::now() - start_).count()));
     if (server_ != nullptr) resp->set_table(hrpc::FormatStatsTable(server_->Stats()));
     return hrpc::Status::Ok();

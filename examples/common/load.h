@@ -3,8 +3,6 @@
 // with a payload attachment. Used by throughput_client and bench/echo_bench.
 #pragma once
 
-#include <sys/resource.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -15,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "common/proc_cpu.h"
 #include "echo/echo.hrpc.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/rpc/rpc_channel.h"
@@ -43,13 +42,6 @@ struct LoadResult {
   double client_cpu_pct = 0;  // of one core: 100 = one core busy
   double server_cpu_pct = -1;  // from the ServerStats RPC; -1 when unknown
 };
-
-inline uint64_t SelfCpuNs() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto ns = [](const timeval& tv) { return uint64_t(tv.tv_sec) * 1000000000ull + uint64_t(tv.tv_usec) * 1000ull; };
-  return ns(ru.ru_utime) + ns(ru.ru_stime);
-}
 
 // Server CPU time via the ServerStats RPC (0 on failure).
 inline uint64_t ServerCpuNs(hrpc_examples::Echo::Stub& stub) {

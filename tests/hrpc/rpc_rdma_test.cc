@@ -148,33 +148,45 @@ TEST_F(RpcRdmaTest, ManyConcurrentCalls) {
 
 }  // namespace
 
+std::unique_ptr<hrpc::Runtime> RdmaRuntime(size_t workers) {
+  hrpc::RuntimeOptions ro;
+  ro.workers = workers;
+  ro.transport_choice = hrpc::TransportChoice::kRdma;
+  auto rt = hrpc::Runtime::Create(ro);
+  EXPECT_TRUE(rt.ok()) << rt.status().ToString();
+  return rt.ok() ? std::move(*rt) : nullptr;
+}
+
+// A server for `svc` on `rt`, listening on the device's address; *uri is where to call it.
+std::unique_ptr<hrpc::Server> StartRdmaServer(hrpc::Runtime& rt, hrpc::Service* svc, std::string* uri) {
+  hrpc::ServerOptions so;
+  so.listen = {"rdma://" + RdmaTestAddr() + ":0"};
+  auto s = hrpc::Server::Create(rt, so);
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  if (!s.ok() || !(*s)->RegisterService(svc).ok()) return nullptr;
+  auto st = (*s)->Start();
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  const std::string bound = (*s)->listen_uris().at(0);
+  *uri = "rdma://" + RdmaTestAddr() + ":" + bound.substr(bound.rfind(':') + 1);
+  return std::move(*s);
+}
+
 // Many channels on one runtime over RDMA: one RdmaDomain and one ibv_reg_mr
 // per arena however many channels; connections shared per worker and peer.
 TEST_F(RpcRdmaTest, RuntimeManyChannelsOneDomainOneRegistrationPerArena) {
-  hrpc::RuntimeOptions ro;
-  ro.workers = 2;
-  ro.transport_choice = hrpc::TransportChoice::kRdma;
-  auto rt = hrpc::Runtime::Create(ro);
-  ASSERT_TRUE(rt.ok()) << rt.status().ToString();
+  auto rt = RdmaRuntime(2);
+  ASSERT_NE(rt, nullptr);
   constexpr size_t kServers = 4, kChannels = 200;
   rpctest::TestService service;
   std::vector<std::unique_ptr<hrpc::Server>> servers;
-  std::vector<std::string> uris;
+  std::vector<std::string> uris(kServers);
   for (size_t i = 0; i < kServers; ++i) {
-    hrpc::ServerOptions so;
-    so.listen = {"rdma://" + RdmaTestAddr() + ":0"};
-    auto s = hrpc::Server::Create(**rt, so);
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    ASSERT_TRUE((*s)->RegisterService(&service).ok());
-    auto st = (*s)->Start();
-    ASSERT_TRUE(st.ok()) << st.ToString();
-    const std::string bound = (*s)->listen_uris().at(0);
-    uris.push_back("rdma://" + RdmaTestAddr() + ":" + bound.substr(bound.rfind(':') + 1));
-    servers.push_back(std::move(*s));
+    servers.push_back(StartRdmaServer(*rt, &service, &uris[i]));
+    ASSERT_NE(servers.back(), nullptr);
   }
   std::vector<std::unique_ptr<hrpc::RpcChannel>> channels;
   for (size_t i = 0; i < kChannels; ++i) {
-    auto c = hrpc::RpcChannel::Create(**rt, uris[i % kServers]);
+    auto c = hrpc::RpcChannel::Create(*rt, uris[i % kServers]);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     channels.push_back(std::move(*c));
   }
@@ -189,15 +201,15 @@ TEST_F(RpcRdmaTest, RuntimeManyChannelsOneDomainOneRegistrationPerArena) {
     ASSERT_TRUE(s.ok()) << s.ToString();
     EXPECT_EQ(resp.text(), req.text());
   }
-  const hrpc::RuntimeStats st = (*rt)->stats();
+  const hrpc::RuntimeStats st = rt->stats();
   EXPECT_EQ(st.rdma_domains, 1u);
   EXPECT_EQ(st.tcp_registrations, 0u);
-  EXPECT_EQ((*rt)->pool(0).num_registrars(), 1u) << "one ibv_reg_mr per arena";
+  EXPECT_EQ(rt->pool(0).num_registrars(), 1u) << "one ibv_reg_mr per arena";
   EXPECT_EQ(st.threads_started, 2u);
   EXPECT_EQ(st.transports, 2u);
   EXPECT_LE(st.client_connections, kServers * 2);
   std::printf("rpc_rdma_test channels=%zu servers=%zu client_connections=%zu rdma_domains=%zu registrars_per_arena=%zu\n",
-              kChannels, kServers, st.client_connections, st.rdma_domains, (*rt)->pool(0).num_registrars());
+              kChannels, kServers, st.client_connections, st.rdma_domains, rt->pool(0).num_registrars());
   channels.clear();
   servers.clear();
 }
@@ -205,35 +217,25 @@ TEST_F(RpcRdmaTest, RuntimeManyChannelsOneDomainOneRegistrationPerArena) {
 // A handler forwards the 1 MiB it pulled by RDMA READ to a second server from
 // its own worker: the backend pulls it straight from the same slabs.
 TEST_F(RpcRdmaTest, RuntimeHandlerForwardsPulledPayloadWithoutCopy) {
-  hrpc::RuntimeOptions ro;
-  ro.workers = 1;
-  ro.transport_choice = hrpc::TransportChoice::kRdma;
-  auto rt = hrpc::Runtime::Create(ro);
-  ASSERT_TRUE(rt.ok()) << rt.status().ToString();
-  auto start = [&](hrpc::Service* svc, std::string* uri) {
-    hrpc::ServerOptions so;
-    so.listen = {"rdma://" + RdmaTestAddr() + ":0"};
-    auto s = hrpc::Server::Create(**rt, so);
-    EXPECT_TRUE(s.ok() && (*s)->RegisterService(svc).ok() && (*s)->Start().ok());
-    const std::string bound = (*s)->listen_uris().at(0);
-    *uri = "rdma://" + RdmaTestAddr() + ":" + bound.substr(bound.rfind(':') + 1);
-    return std::move(*s);
-  };
+  auto rt = RdmaRuntime(1);
+  ASSERT_NE(rt, nullptr);
   rpctest::TestService backend_service;
   std::string backend_uri, front_uri;
-  auto backend = start(&backend_service, &backend_uri);
-  auto to_backend = hrpc::RpcChannel::Create(**rt, backend_uri);
+  auto backend = StartRdmaServer(*rt, &backend_service, &backend_uri);
+  ASSERT_NE(backend, nullptr);
+  auto to_backend = hrpc::RpcChannel::Create(*rt, backend_uri);
   ASSERT_TRUE(to_backend.ok());
   rpctest::ForwardService front_service;
   front_service.backend = to_backend->get();
-  front_service.runtime = rt->get();
-  auto front = start(&front_service, &front_uri);
-  auto client = hrpc::RpcChannel::Create(**rt, front_uri);
+  front_service.runtime = rt.get();
+  auto front = StartRdmaServer(*rt, &front_service, &front_uri);
+  ASSERT_NE(front, nullptr);
+  auto client = hrpc::RpcChannel::Create(*rt, front_uri);
   ASSERT_TRUE(client.ok());
   rpctest::Test::Stub stub(client->get());
   ClientContext ctx;
   ctx.set_timeout(60s);
-  ctx.request_attachment() = rpctest::MakePayload((*rt)->pool(0), 1u << 20, 5);
+  ctx.request_attachment() = rpctest::MakePayload(rt->pool(0), 1u << 20, 5);
   const uint32_t crc = ctx.request_attachment().Crc32c();
   rpctest::Req req;
   req.set_text("r");
@@ -244,7 +246,7 @@ TEST_F(RpcRdmaTest, RuntimeHandlerForwardsPulledPayloadWithoutCopy) {
   EXPECT_EQ(resp.attachment_crc32c(), crc);
   EXPECT_EQ(front_service.copied.load(), 0u);
   EXPECT_EQ(front_service.same_thread.load(), 1);
-  EXPECT_EQ((*rt)->stats().rdma_domains, 1u);
+  EXPECT_EQ(rt->stats().rdma_domains, 1u);
   client->reset();
   to_backend->reset();
   front.reset();

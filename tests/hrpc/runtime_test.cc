@@ -37,6 +37,19 @@ size_t ThreadsInProcess() {
   return n;
 }
 
+// One call of `text` through `channel`; OK only when the echo came back.
+hrpc::Status Ping(hrpc::Channel* channel, const std::string& text) {
+  rpctest::Test::Stub stub(channel);
+  ClientContext ctx;
+  ctx.set_timeout(10s);
+  Req req;
+  req.set_text(text);
+  Resp resp;
+  HRPC_TRY(stub.Call(ctx, req, &resp));
+  if (resp.text() != text) return hrpc::DataLossError("echo of '" + text + "' came back as '" + resp.text() + "'");
+  return hrpc::Status::Ok();
+}
+
 std::unique_ptr<hrpc::Runtime> MakeRuntime(size_t workers, std::chrono::milliseconds idle = 60s) {
   hrpc::RuntimeOptions o;
   o.workers = workers;
@@ -60,6 +73,18 @@ std::unique_ptr<hrpc::Server> StartServer(hrpc::Runtime& rt, hrpc::Service* serv
   *uri = "tcp://127.0.0.1:" + bound.substr(bound.rfind(':') + 1);
   return std::move(*s);
 }
+
+// A runtime with one TestService server on it.
+struct Served {
+  std::unique_ptr<hrpc::Runtime> rt;
+  rpctest::TestService service;
+  std::string uri;
+  std::unique_ptr<hrpc::Server> server;
+  explicit Served(size_t workers, std::chrono::milliseconds idle = 60s) : rt(MakeRuntime(workers, idle)) {
+    if (rt) server = StartServer(*rt, &service, &uri);
+  }
+  bool ok() const { return rt != nullptr && server != nullptr; }
+};
 
 // 10,000 channels to 200 servers in one process: no thread per channel or
 // server, one registration per arena, every channel makes a call.
@@ -136,23 +161,16 @@ TEST(Runtime, TenThousandChannelsToTwoHundredServers) {
 
 // Two channels to one peer share the worker's connection.
 TEST(Runtime, ChannelsToOnePeerShareTheConnection) {
-  auto rt = MakeRuntime(1);
-  ASSERT_NE(rt, nullptr);
-  rpctest::TestService service;
-  std::string uri;
-  auto server = StartServer(*rt, &service, &uri);
-  ASSERT_NE(server, nullptr);
+  Served env(1);
+  ASSERT_TRUE(env.ok());
+  auto& rt = env.rt;
+  auto& service = env.service;
+  auto& server = env.server;
+  const std::string& uri = env.uri;
   auto a = hrpc::RpcChannel::Create(*rt, uri);
   auto b = hrpc::RpcChannel::Create(*rt, uri);
   ASSERT_TRUE(a.ok() && b.ok());
-  for (auto* ch : {a->get(), b->get(), a->get()}) {
-    rpctest::Test::Stub stub(ch);
-    ClientContext ctx;
-    Req req;
-    req.set_text("x");
-    Resp resp;
-    ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
-  }
+  for (auto* ch : {a->get(), b->get(), a->get()}) ASSERT_TRUE(Ping(ch, "x").ok());
   EXPECT_EQ(rt->stats().client_connections, 1u);
   EXPECT_EQ(server->num_connections(), 1u);
   // Client stats are the runtime's: both channels' calls.
@@ -214,12 +232,12 @@ TEST(Runtime, HandlerCallsAnotherServerOnItsOwnThreadAndForwardsWithoutCopy) {
 // Destroying a channel with calls in flight ends them with CANCELLED; the
 // runtime and its other channels keep working.
 TEST(Runtime, DestroyingAChannelWithCallsInFlight) {
-  auto rt = MakeRuntime(2);
-  ASSERT_NE(rt, nullptr);
-  rpctest::TestService service;
-  std::string uri;
-  auto server = StartServer(*rt, &service, &uri);
-  ASSERT_NE(server, nullptr);
+  Served env(2);
+  ASSERT_TRUE(env.ok());
+  auto& rt = env.rt;
+  auto& service = env.service;
+  auto& server = env.server;
+  const std::string& uri = env.uri;
   auto doomed = hrpc::RpcChannel::Create(*rt, uri);
   auto other = hrpc::RpcChannel::Create(*rt, uri);
   ASSERT_TRUE(doomed.ok() && other.ok());
@@ -248,37 +266,25 @@ TEST(Runtime, DestroyingAChannelWithCallsInFlight) {
   EXPECT_EQ(done.load(), kCalls);
   for (auto& c : calls) EXPECT_EQ(c.status.code(), StatusCode::kCancelled) << c.status.ToString();
 
-  rpctest::Test::Stub other_stub(other->get());
-  ClientContext ctx;
-  Req req;
-  req.set_text("still here");
-  Resp resp;
-  auto s = other_stub.Call(ctx, req, &resp);
-  ASSERT_TRUE(s.ok()) << s.ToString();
-  EXPECT_EQ(resp.text(), "still here");
+  auto s = Ping(other->get(), "still here");
+  EXPECT_TRUE(s.ok()) << s.ToString();
 }
 
 // The Runtime object may go before its servers and channels: they keep its
 // workers alive, and the last of them stops them.
 TEST(Runtime, RuntimeDestroyedBeforeItsServerAndChannels) {
-  auto rt = MakeRuntime(2);
-  ASSERT_NE(rt, nullptr);
-  rpctest::TestService service;
-  std::string uri;
-  auto server = StartServer(*rt, &service, &uri);
-  ASSERT_NE(server, nullptr);
+  Served env(2);
+  ASSERT_TRUE(env.ok());
+  auto& rt = env.rt;
+  auto& service = env.service;
+  auto& server = env.server;
+  const std::string& uri = env.uri;
   auto channel = hrpc::RpcChannel::Create(*rt, uri);
   ASSERT_TRUE(channel.ok());
   const size_t threads_with_runtime = ThreadsInProcess();
   rt.reset();
-  rpctest::Test::Stub stub(channel->get());
-  ClientContext ctx;
-  Req req;
-  req.set_text("after");
-  Resp resp;
-  auto s = stub.Call(ctx, req, &resp);
+  auto s = Ping(channel->get(), "after");
   ASSERT_TRUE(s.ok()) << s.ToString();
-  EXPECT_EQ(resp.text(), "after");
   server.reset();
   EXPECT_EQ(ThreadsInProcess(), threads_with_runtime);
   channel->reset();  // the last user: stops the two workers
@@ -287,22 +293,15 @@ TEST(Runtime, RuntimeDestroyedBeforeItsServerAndChannels) {
 
 // An idle connection is closed after idle_timeout; the next call reconnects.
 TEST(Runtime, IdleConnectionsAreClosedAndReplaced) {
-  auto rt = MakeRuntime(1, 100ms);
-  ASSERT_NE(rt, nullptr);
-  rpctest::TestService service;
-  std::string uri;
-  auto server = StartServer(*rt, &service, &uri);
-  ASSERT_NE(server, nullptr);
+  Served env(1, 100ms);
+  ASSERT_TRUE(env.ok());
+  auto& rt = env.rt;
+  auto& service = env.service;
+  auto& server = env.server;
+  const std::string& uri = env.uri;
   auto channel = hrpc::RpcChannel::Create(*rt, uri);
   ASSERT_TRUE(channel.ok());
-  rpctest::Test::Stub stub(channel->get());
-  auto call = [&] {
-    ClientContext ctx;
-    Req req;
-    req.set_text("ping");
-    Resp resp;
-    return stub.Call(ctx, req, &resp);
-  };
+  auto call = [&] { return Ping(channel->get(), "ping"); };
   ASSERT_TRUE(call().ok());
   EXPECT_EQ(rt->stats().client_connections, 1u);
   for (int i = 0; i < 200 && rt->stats().client_connections > 0; ++i) std::this_thread::sleep_for(5ms);
@@ -317,23 +316,15 @@ TEST(Runtime, IdleConnectionsAreClosedAndReplaced) {
 // A connection that failed (server gone) is replaced by the next call once a
 // server listens again.
 TEST(Runtime, DeadConnectionIsReplacedOnTheNextCall) {
-  auto rt = MakeRuntime(1);
-  ASSERT_NE(rt, nullptr);
-  rpctest::TestService service;
-  std::string uri;
-  auto server = StartServer(*rt, &service, &uri);
-  ASSERT_NE(server, nullptr);
+  Served env(1);
+  ASSERT_TRUE(env.ok());
+  auto& rt = env.rt;
+  auto& service = env.service;
+  auto& server = env.server;
+  const std::string& uri = env.uri;
   auto channel = hrpc::RpcChannel::Create(*rt, uri);
   ASSERT_TRUE(channel.ok());
-  rpctest::Test::Stub stub(channel->get());
-  auto call = [&] {
-    ClientContext ctx;
-    ctx.set_timeout(5s);
-    Req req;
-    req.set_text("ping");
-    Resp resp;
-    return stub.Call(ctx, req, &resp);
-  };
+  auto call = [&] { return Ping(channel->get(), "ping"); };
   ASSERT_TRUE(call().ok());
   const std::string port = uri.substr(uri.rfind(':') + 1);
   server.reset();
@@ -445,13 +436,7 @@ TEST(Runtime, StandaloneServerAndChannel) {
   auto channel = hrpc::RpcChannel::Create("tcp://127.0.0.1:" + bound.substr(bound.rfind(':') + 1));
   ASSERT_TRUE(channel.ok());
   EXPECT_EQ(ThreadsInProcess(), before + 2);
-  rpctest::Test::Stub stub(channel->get());
-  ClientContext ctx;
-  Req req;
-  req.set_text("one line");
-  Resp resp;
-  ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
-  EXPECT_EQ(resp.text(), "one line");
+  EXPECT_TRUE(Ping(channel->get(), "one line").ok());
 }
 
 TEST(Runtime, TransportChoiceFromTheEnvironmentOnly) {

@@ -1,6 +1,6 @@
 // CPU time of a process, for the benchmarks' cpu= fields: user + system time
 // of all its threads, in nanoseconds. Header-only, standard library and POSIX
-// only, so programs that do not link hrpc (grpc_echo) can use it too.
+// only, so programs that do not link hrpc (bench/grpc_echo) can use it too.
 #pragma once
 
 #include <sys/resource.h>
@@ -13,7 +13,7 @@
 #include <sstream>
 #include <string>
 
-namespace hrpc::bench {
+namespace hrpc::examples {
 
 // This process (getrusage).
 inline uint64_t SelfCpuNs() {
@@ -43,4 +43,4 @@ inline uint64_t ProcCpuNs(pid_t pid) {
   return (ut + st) * (1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
 }
 
-}  // namespace hrpc::bench
+}  // namespace hrpc::examples
