@@ -17,6 +17,7 @@
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "hrpc/mempool/copy.h"
 #include "hrpc/transport/tcp.h"
 #include "transport_harness.h"
 
@@ -286,6 +287,130 @@ TEST_F(TcpWire, RefusedLargeWriteIsDrainedAndConnectionSurvives) {
   IoBuf ok(Filled(env_->pool(), 4096, 3));
   EXPECT_TRUE(On(env_->client_worker(), [&]() { return env_->client().Write(ok, *d); }).ok());
   EXPECT_EQ(ok.Crc32c(), IoBuf(small).Crc32c());
+}
+
+// A MESSAGE_PAYLOAD frame from a raw socket: `length` message bytes, the
+// padding, then `payload` bytes (header addr = payload length).
+std::vector<uint8_t> MessagePayloadFrame(uint32_t msg_len, uint64_t payload_len, size_t payload_bytes_sent) {
+  std::vector<uint8_t> f = Header(/*MESSAGE_PAYLOAD*/ 11, msg_len);
+  std::memcpy(&f[16], &payload_len, 8);
+  f.resize(f.size() + msg_len + 224 + payload_bytes_sent, 'p');
+  return f;
+}
+
+// A message with a payload behind it: one credit, delivered as the message's
+// slices followed by 4 KiB-aligned blocks of the receiver's pool, in order
+// with plain messages, and not a byte copied by the CPU.
+TEST_F(TcpWire, MessageWithPayloadLandsInAlignedPoolBlocksUncopied) {
+  Connection& client = env_->client();
+  ASSERT_GT(client.limits().max_payload_bytes, 0u);
+  const size_t max_class = env_->pool().options().max_class_bytes;
+  for (size_t msg_len : {size_t{0}, size_t{10}, size_t{200}, size_t{3000}}) {
+    for (size_t n : {size_t{1}, size_t{100}, size_t{4096}, size_t{65536 + 17}, size_t{1} << 20,
+                     size_t{9} << 20, max_class + 3 * 4096 + 5}) {
+      SCOPED_TRACE("message " + std::to_string(msg_len) + " payload " + std::to_string(n));
+      IoBuf msg = msg_len > 0 ? IoBuf(Filled(env_->pool(), msg_len, 7)) : IoBuf();
+      IoBuf payload;
+      for (size_t off = 0; off < n; off += max_class) {
+        payload.Append(Filled(env_->pool(), std::min(max_class, n - off), static_cast<uint32_t>(n + off)));
+      }
+      const uint32_t want_msg_crc = msg.Crc32c();
+      const uint32_t want_payload_crc = payload.Crc32c();
+      const uint64_t copied0 = mempool::CopiedBytesTotal();
+      Status sent = On(env_->client_worker(), [&]() -> Status {
+        HRPC_TRY(client.Send(IoBuf(Filled(env_->pool(), 50, 1))));
+        HRPC_TRY(client.SendWithPayload(std::move(msg), std::move(payload)));
+        return client.Send(IoBuf(Filled(env_->pool(), 60, 2)));
+      });
+      ASSERT_TRUE(sent.ok()) << sent.ToString();
+      auto got = On(env_->server_worker(), [&]() -> Result<std::vector<IoBuf>> {
+        std::vector<IoBuf> v;
+        for (int i = 0; i < 3; ++i) {
+          HRPC_ASSIGN_OR_RETURN(IoBuf m, env_->server().Recv());
+          v.push_back(std::move(m));
+        }
+        return v;
+      });
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      EXPECT_EQ(mempool::CopiedBytesTotal() - copied0, 0u);
+      ASSERT_EQ((*got)[0].size(), 50u);
+      ASSERT_EQ((*got)[2].size(), 60u);
+      IoBuf& m = (*got)[1];
+      ASSERT_EQ(m.size(), msg_len + n);
+      IoBuf body = m.Share();
+      IoBuf head = body.CutFront(msg_len);
+      EXPECT_EQ(head.Crc32c(), want_msg_crc);
+      EXPECT_EQ(body.Crc32c(), want_payload_crc);
+      // The payload starts a new block; blocks of 4 KiB and more are 4 KiB-aligned and in the pool.
+      size_t seen = 0, slice = 0;
+      while (seen < msg_len) seen += m.slice(slice++).size();
+      EXPECT_EQ(seen, msg_len) << "message and payload share a block";
+      for (; slice < m.num_slices(); ++slice) {
+        const mempool::Buffer& b = m.slice(slice);
+        if (b.size() >= 4096) EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 4096, 0u);
+        EXPECT_TRUE(env_->pool().KeyFor(0, b.data()).ok() || env_->pool().num_registrars() == 0);
+      }
+    }
+  }
+}
+
+// A peer whose hello does not offer payloads (flags 0) may not send one.
+TEST_F(TcpWire, PayloadFromAPeerThatDidNotAgreeClosesThatConnection) {
+  auto raw = Handshaken();
+  raw->Write(MessagePayloadFrame(10, 100, 100));
+  EXPECT_TRUE(raw->ClosedByServer());
+  EXPECT_TRUE(Logged("message payload of 100 bytes (this connection takes 1 to 0)"));
+  ServerUnaffected();
+}
+
+TEST_F(TcpWire, PayloadLargerThanOfferedClosesThatConnection) {
+  RawClient raw(env_->listener().uri());
+  std::vector<uint8_t> hello = HelloFrame();
+  const uint16_t flags = 1;         // payloads
+  const uint32_t pages = 2;         // up to 8 KiB
+  std::memcpy(&hello[32 + 10], &flags, 2);
+  std::memcpy(&hello[32 + 28], &pages, 4);
+  raw.Write(hello);
+  ASSERT_EQ(raw.Read(64).size(), 64u);
+  raw.Write(MessagePayloadFrame(10, 8193, 0));
+  EXPECT_TRUE(raw.ClosedByServer());
+  EXPECT_TRUE(Logged("message payload of 8193 bytes (this connection takes 1 to 8192)"));
+  ServerUnaffected();
+}
+
+TransportKind TcpWithPayloadLimit(uint64_t max_payload_bytes) {
+  TransportKind k = TcpKind();
+  k.make = [max_payload_bytes](coro::Scheduler& sched, mempool::Pool& pool, const TransportOptions& opt,
+                               std::shared_ptr<void>&) -> Result<std::unique_ptr<Transport>> {
+    TcpOptions o;
+    o.common = opt;
+    o.max_payload_bytes = max_payload_bytes;
+    return CreateTcpTransport(sched, pool, o);
+  };
+  return k;
+}
+
+TEST(TcpPayload, OverTheAgreedLimitIsRefusedLocally) {
+  Env env(TcpWithPayloadLimit(1u << 20));
+  env.ConnectPair();
+  EXPECT_EQ(env.client().limits().max_payload_bytes, 1u << 20);
+  Status s = On(env.client_worker(), [&]() {
+    return env.client().SendWithPayload(IoBuf(), IoBuf(Filled(env.pool(), (1u << 20) + 1, 3)));
+  });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  EXPECT_TRUE(On(env.client_worker(), [&]() { return env.client().status(); }).ok()) << "the connection stays";
+  env.DropConnections();
+}
+
+TEST(TcpPayload, DisabledOnEitherSideMeansUnimplemented) {
+  Env env(TcpWithPayloadLimit(0));
+  env.ConnectPair();
+  EXPECT_EQ(env.client().limits().max_payload_bytes, 0u);
+  Status s = On(env.client_worker(), [&]() {
+    return env.client().SendWithPayload(IoBuf(), IoBuf(Filled(env.pool(), 4096, 3)));
+  });
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s.ToString();
+  env.DropConnections();
 }
 
 }  // namespace

@@ -9,7 +9,8 @@
 //    2   2   credits  receive slots the sender grants back (rides on every frame)
 //    4   4   length   body bytes after the header
 //    8   8   op_id    requester's op id (one-sided ops and their answers)
-//   16   8   addr     WRITE / READ_REQ: target address in the peer's memory
+//   16   8   addr     WRITE / READ_REQ: target address in the peer's memory;
+//                     MESSAGE_PAYLOAD: payload bytes after the message
 //   24   4   key      WRITE / READ_REQ: exposure key
 //   28   4   aux      READ_REQ: bytes to read; ERROR: StatusCode
 #pragma once
@@ -38,8 +39,14 @@ enum class FrameType : uint8_t {
   kError = 8,      // body: reason text; aux = StatusCode; op_id 0 = connection-level
   kCredit = 9,     // no body: credits only
   kPing = 10,      // no body: keepalive
+  // body: `length` message bytes, kPayloadPad zeros, then `addr` payload
+  // bytes (not counted in `length`) that the receiver reads straight into
+  // aligned pool slabs; one credit, delivered as one message (message slices
+  // followed by the payload slabs). Only to a peer whose hello set
+  // kHelloPayloads.
+  kMessagePayload = 11,
 };
-inline constexpr uint8_t kMaxFrameType = 10;
+inline constexpr uint8_t kMaxFrameType = 11;
 
 struct FrameHeader {
   uint8_t magic = kFrameMagic;
@@ -66,6 +73,8 @@ inline FrameHeader DecodeHeader(const uint8_t* in) {
 // Body of HELLO / HELLO_ACK.
 inline constexpr uint64_t kHelloMagic = 0x3150435450524831ull;  // "1HRPTCP1" read LE
 inline constexpr uint16_t kProtocolVersion = 1;
+// Hello flags.
+inline constexpr uint16_t kHelloPayloads = 1;  // accepts MESSAGE_PAYLOAD up to max_payload_pages * 4096 bytes
 struct Hello {
   uint64_t magic = kHelloMagic;
   uint16_t version = kProtocolVersion;
@@ -74,7 +83,7 @@ struct Hello {
   uint32_t recv_depth = 0;
   uint32_t keepalive_ms = 0;
   uint32_t dead_peer_ms = 0;
-  uint32_t reserved = 0;
+  uint32_t max_payload_pages = 0;  // with kHelloPayloads
 };
 static_assert(sizeof(Hello) == 32);
 
@@ -83,7 +92,10 @@ static_assert(sizeof(Hello) == 32);
 // small bodies and control messages are taken from there (messages as slices:
 // no copy). So that one-sided payload never lands in that buffer (it must go
 // straight into its target), WRITE and READ_RESP bodies start with
-// kPayloadPad zero bytes, not counted in `length`.
+// kPayloadPad zero bytes, not counted in `length`; a MESSAGE_PAYLOAD has them
+// between its message and its payload (a prefetch that starts at its header
+// ends inside message + padding, and its message is never read together with
+// bytes beyond it).
 inline constexpr size_t kPrefetchBytes = 256;
 inline constexpr uint32_t kPayloadPad = 224;
 static_assert(kHeaderBytes + kPayloadPad >= kPrefetchBytes,

@@ -120,7 +120,8 @@ struct OutFrame {
   bool encoded = false;
   mempool::IoBuf payload;
   size_t off = 0;                     // bytes of header+pad+payload already written
-  uint32_t pad = 0;                   // WRITE / READ_RESP: kPayloadPad zero bytes before the payload
+  uint32_t pad = 0;                   // kPayloadPad zero bytes before payload slice `pad_slice`
+  size_t pad_slice = 0;               // WRITE / READ_RESP: 0; MESSAGE_PAYLOAD: the message's slice count
   uint32_t expo_index = UINT32_MAX;   // READ response: exposure to End() once written
   bool close_after = false;           // handshake refusal: close once written
   size_t total() const { return kHeaderBytes + pad + payload.size(); }
@@ -137,10 +138,11 @@ struct Op {  // a one-sided op this side requested
 struct MsgWaiter {  // Send() waiting for a credit, Recv() waiting for a message
   Parked parked;
   mempool::IoBuf msg;
+  mempool::IoBuf payload;  // SendWithPayload
 };
 
 enum class Phase : uint8_t { kConnecting, kHandshake, kOpen, kClosed };
-enum class Sink : uint8_t { kMessage, kWrite, kDrain, kReadResp, kHello, kErrorText };
+enum class Sink : uint8_t { kMessage, kPayload, kWrite, kDrain, kReadResp, kHello, kErrorText };
 
 struct Conn : std::enable_shared_from_this<Conn> {
   std::shared_ptr<Core> core;
@@ -178,6 +180,8 @@ struct Conn : std::enable_shared_from_this<Conn> {
   uint64_t body_total = 0;
   uint32_t pad_left = 0;          // padding still to skip before a WRITE / READ_RESP payload
   mempool::IoBuf msg;             // MESSAGE being assembled (prefetch slices + remainder)
+  uint64_t payload_pending = 0;   // MESSAGE_PAYLOAD: payload bytes still to come after the message
+  mempool::IoBuf msg_before_payload;  // MESSAGE_PAYLOAD: its message, while the payload arrives
   mempool::IoBuf body_hold;       // keeps the target alive while bytes land in it
   uint32_t body_expo = UINT32_MAX;
   Status refusal;                 // a refused WRITE's answer, sent after the drain
@@ -253,6 +257,9 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   int FlushDirty();
   bool OnReadable(Conn& c);  // true if any bytes arrived
   void ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t len);
+  // A control message, or (payload non-empty) a MESSAGE_PAYLOAD frame.
+  void QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload);
+  bool StartPayload(Conn& c);
   void OnHeader(Conn& c, const FrameHeader& h);
   void OnBodyDone(Conn& c);
   void FinishConnect(Conn& c);
@@ -271,6 +278,11 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
     h.recv_depth = opt.common.recv_depth;
     h.keepalive_ms = static_cast<uint32_t>(opt.common.keepalive_interval.count());
     h.dead_peer_ms = static_cast<uint32_t>(opt.common.dead_peer_timeout.count());
+    const uint64_t pages = std::min<uint64_t>(opt.max_payload_bytes / 4096, UINT32_MAX);
+    if (pages > 0) {
+      h.flags |= tcp::kHelloPayloads;
+      h.max_payload_pages = static_cast<uint32_t>(pages);
+    }
     return h;
   }
 };
@@ -347,6 +359,25 @@ void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf payload, uint32_t expo_i
   c.queued_bytes += f.total();
 }
 
+void Core::QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload) {
+  FrameHeader h;
+  if (payload.empty()) {
+    h.type = FrameType::kMessage;
+    Queue(c, h, std::move(message));
+    return;
+  }
+  h.type = FrameType::kMessagePayload;
+  h.length = static_cast<uint32_t>(message.size());
+  h.addr = payload.size();
+  OutFrame& f = c.outq.emplace_back();
+  f.h = h;
+  f.pad = tcp::kPayloadPad;
+  f.pad_slice = message.num_slices();
+  f.payload = std::move(message);
+  f.payload.Append(std::move(payload));
+  c.queued_bytes += f.total();
+}
+
 void Core::QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after) {
   std::string_view text = s.message().substr(0, tcp::kMaxErrorText);
   mempool::IoBuf body;
@@ -386,11 +417,13 @@ void Core::Flush(Conn& c) {
         skip = 0;
       };
       add(f.hdr, kHeaderBytes);
-      if (f.pad > 0) add(kZeros, f.pad);
-      for (size_t s = 0; s < f.payload.num_slices() && n < kMaxIov; ++s) {
+      size_t s = 0;
+      for (; s < f.payload.num_slices() && n < kMaxIov; ++s) {
+        if (f.pad > 0 && s == f.pad_slice) add(kZeros, f.pad);
         const mempool::Buffer& b = f.payload.slice(s);
         add(b.data(), b.size());
       }
+      if (f.pad > 0 && f.pad_slice >= f.payload.num_slices() && s == f.payload.num_slices()) add(kZeros, f.pad);
     }
     msghdr mh{};
     mh.msg_iov = iov;
@@ -485,7 +518,8 @@ void Core::ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t len) {
           break;
         case Sink::kWrite:
         case Sink::kReadResp:
-          ProtocolError(c, "one-sided payload without its padding");
+        case Sink::kPayload:
+          ProtocolError(c, "payload without its padding");
           return;
       }
       c.body_left -= take;
@@ -526,7 +560,8 @@ bool Core::OnReadable(Conn& c) {
           iov[n++] = c.body_iov[i];
           want += c.body_iov[i].iov_len;
         }
-        covered = want == c.body_left;
+        // A MESSAGE_PAYLOAD's message is never read together with what follows it.
+        covered = want == c.body_left && c.payload_pending == 0;
       }
     }
     mempool::Buffer pf;
@@ -610,9 +645,7 @@ void Core::GrantCredits(Conn& c, uint32_t n) {
     MsgWaiter* w = c.send_waiters.front();
     c.send_waiters.pop_front();
     --c.send_credits;
-    FrameHeader h;
-    h.type = FrameType::kMessage;
-    Queue(c, h, std::move(w->msg));
+    QueueMessage(c, std::move(w->msg), std::move(w->payload));
     w->parked.Finish(Status::Ok());
   }
 }
@@ -633,6 +666,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
   c.body_pos = 0;
   c.body_expo = UINT32_MAX;
   c.pad_left = 0;
+  c.payload_pending = 0;
   auto small = [&](Sink s) {
     c.small_body.assign(h.length, '\0');
     c.sink = s;
@@ -663,7 +697,19 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
       }
       small(Sink::kHello);
       break;
-    case FrameType::kMessage: {
+    case FrameType::kMessage:
+    case FrameType::kMessagePayload: {
+      if (h.type == FrameType::kMessagePayload) {
+        if (h.addr == 0 || h.addr > c.limits.max_payload_bytes) {
+          ProtocolError(c, "message payload of " + std::to_string(h.addr) + " bytes (this connection takes 1 to " +
+                               std::to_string(c.limits.max_payload_bytes) + ")");
+          return;
+        }
+        c.payload_pending = h.addr;
+      } else if (h.addr != 0) {
+        ProtocolError(c, "MESSAGE frame with a payload length");
+        return;
+      }
       if (h.length > c.limits.max_message_bytes) {
         ProtocolError(c, "message of " + std::to_string(h.length) + " bytes exceeds the limit of " +
                              std::to_string(c.limits.max_message_bytes));
@@ -673,7 +719,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
         ProtocolError(c, "message without a credit (" + std::to_string(c.unreturned) + " receive slots in use)");
         return;
       }
-      if (h.length == 0) {
+      if (h.length == 0 && c.payload_pending == 0) {
         Deliver(c, mempool::IoBuf());
         return;
       }
@@ -781,6 +827,20 @@ void Core::OnBodyDone(Conn& c) {
       m.Append(std::move(c.body_hold));
       c.body_hold = mempool::IoBuf();
       c.body_iov.clear();
+      if (c.payload_pending > 0) {
+        c.msg_before_payload = std::move(m);
+        StartPayload(c);
+        break;
+      }
+      Deliver(c, std::move(m));
+      break;
+    }
+    case Sink::kPayload: {
+      mempool::IoBuf m = std::move(c.msg_before_payload);
+      c.msg_before_payload = mempool::IoBuf();
+      m.Append(std::move(c.body_hold));
+      c.body_hold = mempool::IoBuf();
+      c.body_iov.clear();
       Deliver(c, std::move(m));
       break;
     }
@@ -821,6 +881,35 @@ void Core::OnBodyDone(Conn& c) {
   }
 }
 
+// The payload of a MESSAGE_PAYLOAD whose message has arrived: pool blocks (4
+// KiB-aligned from 4 KiB up) that the socket is read into, after the padding.
+bool Core::StartPayload(Conn& c) {
+  const uint64_t n = c.payload_pending;
+  c.payload_pending = 0;
+  const size_t block = pool->options().max_class_bytes;
+  mempool::IoBuf slabs;
+  for (uint64_t off = 0; off < n;) {
+    const size_t k = static_cast<size_t>(std::min<uint64_t>(block, n - off));
+    auto b = pool->Allocate(k);
+    if (!b.ok()) {
+      SPDLOG_WARN("hrpc tcp: closing connection {}: no memory for a payload of {} bytes: {}", c.peer, n,
+                  b.status().ToString());
+      Fail(c, b.status().WithContext("payload of " + std::to_string(n) + " bytes from " + c.peer));
+      return false;
+    }
+    slabs.Append(std::move(*b));
+    off += k;
+  }
+  c.sink = Sink::kPayload;
+  c.body_iov = slabs.Iovecs();
+  c.body_hold = std::move(slabs);
+  c.body_pos = 0;
+  c.body_total = c.body_left = n;
+  c.pad_left = tcp::kPayloadPad;
+  c.in_body = true;
+  return true;
+}
+
 void Core::OnHello(Conn& c, const tcp::Hello& hello) {
   Status bad;
   if (hello.magic != tcp::kHelloMagic) {
@@ -846,6 +935,8 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
   }
   c.limits.max_message_bytes = std::min(opt.common.max_message_bytes, hello.max_message_bytes);
   c.limits.recv_depth = std::min(opt.common.recv_depth, hello.recv_depth);
+  c.limits.max_payload_bytes =
+      (hello.flags & tcp::kHelloPayloads) != 0 ? std::min<uint64_t>(opt.max_payload_bytes, uint64_t{hello.max_payload_pages} * 4096) : 0;
   c.send_credits = c.limits.recv_depth;
   // Ping often enough for the peer's dead-peer timeout too.
   c.keepalive = std::min(opt.common.keepalive_interval, std::chrono::milliseconds(hello.dead_peer_ms / 3 + 1));
@@ -1103,22 +1194,28 @@ class TcpConnection final : public Connection {
   explicit TcpConnection(std::shared_ptr<Conn> c) : c_(std::move(c)) {}
   ~TcpConnection() override { Close(); }
 
-  Status Send(mempool::IoBuf message) override {
+  Status Send(mempool::IoBuf message) override { return SendWithPayload(std::move(message), mempool::IoBuf()); }
+
+  Status SendWithPayload(mempool::IoBuf message, mempool::IoBuf payload) override {
     auto c = c_;
     if (c->closed()) return c->status;
     if (message.size() > c->limits.max_message_bytes) {
       return InvalidArgumentError("Send: message of " + std::to_string(message.size()) +
                                   " bytes exceeds the limit of " + std::to_string(c->limits.max_message_bytes));
     }
+    if (payload.size() > c->limits.max_payload_bytes) {
+      if (c->limits.max_payload_bytes == 0) return UnimplementedError("the peer takes no in-stream payloads");
+      return InvalidArgumentError("SendWithPayload: payload of " + std::to_string(payload.size()) +
+                                  " bytes exceeds the limit of " + std::to_string(c->limits.max_payload_bytes));
+    }
     Core& core = *c->core;
     if (c->send_credits > 0 && c->send_waiters.empty()) {
       --c->send_credits;
-      FrameHeader h;
-      h.type = FrameType::kMessage;
-      core.Queue(*c, h, std::move(message));
+      core.QueueMessage(*c, std::move(message), std::move(payload));
     } else {
       MsgWaiter w;
       w.msg = std::move(message);
+      w.payload = std::move(payload);
       c->send_waiters.push_back(&w);
       core.MarkDirty(*c);
       HRPC_TRY(w.parked.Wait());

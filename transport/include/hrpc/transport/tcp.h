@@ -25,6 +25,10 @@ struct TcpOptions {
   // Unsent bytes per connection above which Send()/Write() park the caller
   // until the kernel drains the socket below half of it.
   size_t send_queue_high_water = 8u << 20;
+  // Largest in-stream payload (Connection::SendWithPayload) this side accepts:
+  // the receiver allocates that many bytes of pool blocks for it as it reads.
+  // 0 disables in-stream payloads (both sides use the smaller value).
+  uint64_t max_payload_bytes = 256u << 20;
   // Registrar slot of a TcpRegistrar already attached to the pool (e.g. once
   // per network group, shared by its workers' transports). When empty the
   // transport attaches its own (a pool takes at most kMaxRegistrars).

@@ -68,6 +68,10 @@ static_assert(sizeof(RemoteDescriptor) == 16);
 struct Limits {
   uint32_t max_message_bytes = 0;  // largest control message either side may Send()
   uint32_t recv_depth = 0;         // receive slots per side = initial send credits
+  // Largest payload SendWithPayload() may carry behind a message; 0 when the
+  // connection has no in-stream payloads (RDMA, loopback: move payloads with
+  // one-sided Read()/Write() instead).
+  uint64_t max_payload_bytes = 0;
 };
 
 // Options every transport understands. Defaults work on a laptop.
@@ -106,6 +110,19 @@ class Connection {
   // is handed to the transport; messages are delivered in Send() order.
   // INVALID_ARGUMENT: too large. Connection errors as above.
   virtual Status Send(mempool::IoBuf message) = 0;
+
+  // Send() followed, in the same stream, by `payload` (1 ..
+  // limits().max_payload_bytes bytes, any memory), which the receiver reads
+  // straight into 4 KiB-aligned blocks of its pool: its Recv() returns the
+  // message's slices followed by those blocks, as one message (one credit).
+  // For byte-stream transports, where a payload costs no extra round trip
+  // this way. UNIMPLEMENTED where max_payload_bytes is 0; INVALID_ARGUMENT
+  // when too large. The payload's blocks are held until written.
+  virtual Status SendWithPayload(mempool::IoBuf message, mempool::IoBuf payload) {
+    (void)message;
+    (void)payload;
+    return UnimplementedError("this transport has no in-stream payloads");
+  }
 
   // Next control message, in order, in a buffer from the transport's pool that
   // now belongs to the caller. Suspends until one arrives. Taking a message
