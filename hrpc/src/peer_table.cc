@@ -5,7 +5,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "hrpc/base/crc32c.h"
 #include "hrpc/rpc/wire.h"
 
 namespace hrpc::internal {
@@ -141,6 +140,13 @@ void PeerTable::OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw
       Call* call = it->second;
       link->calls.erase(it);
       link->last_used = Clock::now();
+      if (rx->frame.status().ok() && HasPullRegions(rx->frame)) {
+        // The attachment waits in the server's memory: READ it off this reader.
+        auto frame = std::make_shared<ReceivedFrame>(std::move(*rx));
+        workers_.scheduler(worker_).Spawn([this, link, call, frame] { PullResponse(link, call, *frame); },
+                                          "hrpc-pull-response");
+        return;
+      }
       Complete(call, rx->frame.status(), &*rx);
       return;
     }
@@ -160,8 +166,8 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
   coro::Scheduler* sched = coro::Scheduler::Current();
   if (call->has_timer && sched != nullptr) sched->CancelTimer(call->timer);
   call->ctx->ClearCancelHook();
-  if (call->link && !call->exposed.empty()) {
-    for (const auto& d : call->exposed) {
+  if (call->link && !call->bulk.exposed.empty()) {
+    for (const auto& d : call->bulk.exposed) {
       if (call->link->dead) break;
       call->link->conn->Revoke(d).IgnoreError();
     }
@@ -179,7 +185,6 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
 Status PeerTable::FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in) {
   const wire::Frame& frame = rx.frame;
   const wire::FrameHeader& h = frame.header();
-  *bytes_in = h.message_len + rx.attachment.size();
   const char* msg = reinterpret_cast<const char*>(frame.message().data());
   if (call.response != nullptr) {
     if (!call.response->ParseFromArray(msg, static_cast<int>(h.message_len))) {
@@ -188,71 +193,39 @@ Status PeerTable::FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in
   } else if (call.raw_response != nullptr) {
     call.raw_response->assign(msg, h.message_len);
   }
-  mempool::IoBuf att = std::move(rx.attachment);
-  size_t room_index = 0;
-  for (size_t i = 0; i < frame.num_descriptors(); ++i) {
-    const wire::BulkDescriptor d = frame.descriptor(i);
-    if (d.direction != wire::BulkDirection::kPush) continue;
-    if (room_index >= call.push_room.size()) return DataLossError("response names more push regions than offered");
-    const mempool::Buffer& room = call.push_room[room_index++];
-    if (d.len > room.size()) return DataLossError("response claims more pushed bytes than the region holds");
-    if (d.len == 0) continue;
-    mempool::Buffer got = room.Slice(0, d.len);
-    HRPC_TRY(wire::CheckBulkCrc(d, std::as_bytes(std::span<const char>(got.data(), got.size()))));
-    *bytes_in += d.len;
-    att.Append(std::move(got));
-  }
+  HRPC_ASSIGN_OR_RETURN(mempool::IoBuf att, CollectResponseAttachment(frame, std::move(rx.attachment),
+                                                                     call.bulk.push_room, std::move(call.pulled)));
+  *bytes_in = h.message_len + att.size();
   call.ctx->response_attachment() = std::move(att);
   return Status::Ok();
 }
 
-// The request attachment exposed for READ (memory from another pool is first
-// copied into this worker's pool, counted), and room exposed for WRITE for a
-// large response attachment. Fills `descs`; on success `att` is empty.
-Status PeerTable::Attach(Call& call, transport::Connection& conn, mempool::IoBuf& att,
-                         std::vector<wire::BulkDescriptor>& descs) {
+void PeerTable::PullResponse(std::shared_ptr<Link> link, Call* call, ReceivedFrame& rx) {
   mempool::Pool& pool = workers_.pool(worker_);
-  const size_t max_class = pool.options().max_class_bytes;
-  for (size_t i = 0; i < att.num_slices(); ++i) {
-    const mempool::Buffer& s = att.slice(i);
-    auto exp = conn.Expose(s, transport::Access::kRead);
-    if (exp.ok()) {
-      call.exposed.push_back(*exp);
-      descs.push_back({exp->addr, exp->len, exp->key, Crc32c(s.data(), s.size()), wire::BulkDirection::kPull});
-      continue;
-    }
-    if (exp.status().code() != StatusCode::kFailedPrecondition) {
-      return exp.status().WithContext("expose request attachment");
-    }
-    // Not from this transport's pool: copy into it (counted).
-    for (size_t off = 0; off < s.size(); off += max_class) {
-      const size_t n = std::min(max_class, s.size() - off);
-      HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, pool.Allocate(n));
-      mempool::IoBuf(s.Slice(off, n)).CopyTo(b.data(), 0, n);
-      auto e2 = conn.Expose(b, transport::Access::kRead);
-      if (!e2.ok()) return e2.status().WithContext("expose request attachment");
-      call.exposed.push_back(*e2);
-      descs.push_back({e2->addr, e2->len, e2->key, Crc32c(b.data(), n), wire::BulkDirection::kPull});
-      call.held.push_back(std::move(b));
+  const ClientContext& ctx = *call->ctx;
+  auto live = [&ctx]() -> Status {
+    if (ctx.IsCancelled()) return CancelledError("call cancelled while reading the response attachment");
+    if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired while reading the response attachment");
+    return Status::Ok();
+  };
+  Status status;
+  for (size_t i = 0; i < rx.frame.num_descriptors() && status.ok(); ++i) {
+    const wire::BulkDescriptor d = rx.frame.descriptor(i);
+    if (d.direction != wire::BulkDirection::kPull) continue;
+    auto got = PullRegion(*link->conn, pool, d, pool.options().max_class_bytes, live);
+    if (got.ok()) {
+      call->pulled.Append(std::move(*got));
+    } else {
+      status = got.status();
     }
   }
-  // The exposures hold their blocks; keep the attachment alive with the call too.
-  for (size_t i = 0; i < att.num_slices(); ++i) call.held.push_back(att.slice(i));
-  att = mempool::IoBuf();
-
-  const size_t cap = call.ctx->response_attachment_capacity();
-  if (cap > call.channel->eager_threshold) {
-    for (size_t off = 0; off < cap; off += max_class) {
-      const size_t n = std::min(max_class, cap - off);
-      HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, pool.Allocate(n));
-      auto e = conn.Expose(b, transport::Access::kWrite);
-      if (!e.ok()) return e.status().WithContext("expose response room");
-      call.exposed.push_back(*e);
-      descs.push_back({e->addr, e->len, e->key, 0, wire::BulkDirection::kPush});
-      call.push_room.push_back(std::move(b));
-    }
+  if (!link->dead) {  // the server may let go of the attachment now, whatever happened
+    wire::FrameHeader h;
+    h.kind = wire::FrameKind::kRelease;
+    h.txn_id = call->txn;
+    if (auto f = SmallFrame(pool, h, {}); f.ok()) link->conn->Send(std::move(*f)).IgnoreError();
   }
-  return Status::Ok();
+  Complete(call, status, status.ok() ? &rx : nullptr);
 }
 
 void PeerTable::StartCall(Call* call) {
@@ -275,15 +248,25 @@ void PeerTable::StartCall(Call* call) {
   mempool::IoBuf att = std::move(ctx.request_attachment());
   ctx.request_attachment() = mempool::IoBuf();
   call->bytes_out = call->msg.message_len + att.size();
-  std::vector<wire::BulkDescriptor> descs;
-  const size_t limit = conn.limits().max_message_bytes;
-  const bool inline_att =
-      att.size() <= ch.eager_threshold && wire::PrefixSize(0) + call->msg.message_len + att.size() <= limit;
-  if (!inline_att || ctx.response_attachment_capacity() > ch.eager_threshold) {
-    mempool::IoBuf to_expose = inline_att ? mempool::IoBuf() : std::move(att);
-    if (!inline_att) att = mempool::IoBuf();
-    if (Status s = Attach(*call, conn, to_expose, descs); !s.ok()) return Complete(call, std::move(s), nullptr);
+  const transport::Limits& limits = conn.limits();
+  const size_t limit = limits.max_message_bytes;
+  const AttachmentPath path =
+      ChooseAttachmentPath(att.size(), wire::PrefixSize(0) + call->msg.message_len, ch.eager_threshold, limits);
+  if (path == AttachmentPath::kDescriptors) {
+    if (Status s = ExposeForRead(conn, pool, std::move(att), call->bulk); !s.ok()) {
+      return Complete(call, std::move(s), nullptr);
+    }
+    att = mempool::IoBuf();
   }
+  // Room for a large response attachment, unless the connection streams one
+  // that large behind the response.
+  const size_t cap = ctx.response_attachment_capacity();
+  if (cap > ch.eager_threshold && cap > limits.max_payload_bytes) {
+    if (Status s = ExposeForWrite(conn, pool, cap, call->bulk); !s.ok()) {
+      return Complete(call, std::move(s), nullptr);
+    }
+  }
+  const std::vector<wire::BulkDescriptor>& descs = call->bulk.descriptors;
   if (descs.size() > wire::kMaxDescriptors) {
     return Complete(call,
                     InvalidArgumentError("call needs " + std::to_string(descs.size()) +
@@ -291,14 +274,10 @@ void PeerTable::StartCall(Call* call) {
                                          "): attachment too fragmented or too large"),
                     nullptr);
   }
-  if (wire::PrefixSize(descs.size()) > call->msg.room) {
-    // More descriptors than planned (a foreign attachment got split): re-frame.
-    auto m = RawWithRoom(pool, std::string_view(call->msg.buf.data() + call->msg.room, call->msg.message_len),
-                         wire::PrefixSize(descs.size()));
-    if (!m.ok()) return Complete(call, m.status(), nullptr);
-    call->msg = std::move(*m);
-  }
-  if (wire::PrefixSize(descs.size()) + call->msg.message_len + att.size() > limit) {
+  // The room in front of the message was planned for every descriptor this
+  // call can need (PlannedDescriptors), so the prefix fits.
+  if (wire::PrefixSize(descs.size()) + call->msg.message_len > limit ||
+      (path == AttachmentPath::kInline && wire::PrefixSize(descs.size()) + call->msg.message_len + att.size() > limit)) {
     return Complete(call,
                     ResourceExhaustedError("request message of " + std::to_string(call->msg.message_len) +
                                            " bytes does not fit a control message of " + std::to_string(limit) +
@@ -315,7 +294,6 @@ void PeerTable::StartCall(Call* call) {
   h.attachment_len = static_cast<uint32_t>(att.size());
   auto frame = FinishFrame(call->msg, h, descs);
   if (!frame.ok()) return Complete(call, frame.status(), nullptr);
-  frame->Append(std::move(att));
   call->msg.buf.Reset();
   call->txn = h.txn_id;
 
@@ -335,7 +313,13 @@ void PeerTable::StartCall(Call* call) {
       if (auto l = weak.lock()) Abort(l, txn, CancelledError("call cancelled"));
     }, "hrpc-cancel");
   });
-  Status sent = conn.Send(std::move(*frame));
+  Status sent;
+  if (path == AttachmentPath::kStream) {
+    sent = conn.SendWithPayload(std::move(*frame), std::move(att));
+  } else {
+    frame->Append(std::move(att));
+    sent = conn.Send(std::move(*frame));
+  }
   if (!sent.ok()) {
     if (link->calls.erase(txn) > 0) {
       Status why = sent.code() == StatusCode::kUnavailable || sent.code() == StatusCode::kCancelled

@@ -29,6 +29,7 @@
 #include "hrpc/rpc/client_context.h"
 #include "hrpc/rpc/stats.h"
 #include "hrpc/transport/transport.h"
+#include "bulk.h"
 #include "runtime_internal.h"
 
 namespace hrpc::internal {
@@ -61,9 +62,8 @@ struct Call {
   std::chrono::steady_clock::time_point start;
   MethodCounters* stats = nullptr;
   uint64_t bytes_out = 0;
-  std::vector<transport::RemoteDescriptor> exposed;  // revoked on completion
-  std::vector<mempool::Buffer> push_room;            // room for the pushed response attachment
-  std::vector<mempool::Buffer> held;                 // request attachment blocks (copies, if any)
+  Exposed bulk;           // what the call exposed (revoked on completion)
+  mempool::IoBuf pulled;  // a response attachment read from the server's memory
   coro::Scheduler::TimerId timer = 0;
   bool has_timer = false;
   std::shared_ptr<ChannelState> channel;
@@ -104,10 +104,10 @@ class PeerTable {
   void FailLink(const std::shared_ptr<Link>& link, const Status& why);
   void ReadLoop(std::shared_ptr<Link> link);
   void OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw);
+  // READs a response attachment the server exposed, RELEASEs it, completes the call.
+  void PullResponse(std::shared_ptr<Link> link, Call* call, ReceivedFrame& rx);
   void Complete(Call* call, Status status, ReceivedFrame* rx);
   Status FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in);
-  Status Attach(Call& call, transport::Connection& conn, mempool::IoBuf& att,
-                std::vector<wire::BulkDescriptor>& descs);
   void Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status why);
   void SweepIdle();
 

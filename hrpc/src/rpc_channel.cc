@@ -9,6 +9,7 @@
 
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/rpc/wire.h"
+#include "bulk.h"
 #include "peer_table.h"
 #include "runtime_internal.h"
 
@@ -18,10 +19,6 @@ using Clock = std::chrono::steady_clock;
 using internal::Call;
 using internal::ChannelState;
 using internal::SerializedMessage;
-
-namespace {
-size_t Pieces(size_t bytes, size_t piece) { return bytes == 0 ? 0 : (bytes + piece - 1) / piece; }
-}  // namespace
 
 class RpcChannel::Impl {
  public:
@@ -44,15 +41,14 @@ class RpcChannel::Impl {
     call->start = Clock::now();
     call->stats->Begin();
     mempool::Pool& pool = workers->pool(worker);
-    // Plan the descriptors now, to reserve the room for them in front of the message.
-    const size_t max_class = pool.options().max_class_bytes;
-    size_t ndesc = 0;
+    // Room in front of the message for every descriptor the call may need
+    // (the connection, and so the attachment's path, is known only later).
     const mempool::IoBuf& att = call->ctx->request_attachment();
-    if (att.size() > state->eager_threshold) {
-      for (size_t i = 0; i < att.num_slices(); ++i) ndesc += Pieces(att.slice(i).size(), max_class);
-    }
     const size_t cap = call->ctx->response_attachment_capacity();
-    if (cap > state->eager_threshold) ndesc += Pieces(cap, max_class);
+    const mempool::IoBuf none;
+    const size_t ndesc = internal::PlannedDescriptors(att.size() > state->eager_threshold ? att : none,
+                                                      cap > state->eager_threshold ? cap : 0,
+                                                      pool.options().max_class_bytes);
     const size_t room = wire::PrefixSize(std::min(ndesc, wire::kMaxDescriptors));
     Result<SerializedMessage> m = InternalError("unset");
     if (request != nullptr) {

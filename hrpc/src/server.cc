@@ -13,6 +13,7 @@
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/rpc/server_context.h"
 #include "hrpc/rpc/wire.h"
+#include "bulk.h"
 #include "runtime_internal.h"
 
 namespace hrpc {
@@ -27,79 +28,27 @@ struct ServerConn {
   size_t worker = 0;
   std::string peer;
   std::unordered_map<uint64_t, ServerContext*> active;  // txn -> running request
+  std::unordered_map<uint64_t, coro::LocalEvent*> releases;  // txn -> response held for the client's READ
   bool closed = false;
 };
 
-// ServerContext's bulk seam over one connection: READ into aligned slabs,
-// WRITE from the response attachment, in pieces, checking deadline and cancel.
-class ConnBulk final : public BulkTransfer {
- public:
-  ConnBulk(transport::Connection& conn, mempool::Pool& pool, size_t chunk, const ServerContext& ctx)
-      : conn_(conn), pool_(pool), chunk_(chunk), ctx_(ctx) {}
-
-  Result<mempool::IoBuf> Pull(const wire::BulkDescriptor& remote, Clock::time_point deadline) override {
-    mempool::IoBuf out;
-    const transport::RemoteDescriptor src{remote.addr, remote.len, remote.rkey};
-    for (size_t off = 0; off < remote.len;) {
-      HRPC_TRY(Live(deadline, "pull"));
-      const size_t n = std::min<size_t>(chunk_, remote.len - off);
-      HRPC_ASSIGN_OR_RETURN(mempool::Buffer slab, pool_.Allocate(n));
-      mempool::IoBuf piece(slab);
-      HRPC_TRY(conn_.Read(src.Sub(off, static_cast<uint32_t>(n)), piece));
-      out.Append(std::move(slab));
-      off += n;
-    }
-    return out;
-  }
-
-  Status Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& data, Clock::time_point deadline) override {
-    const transport::RemoteDescriptor dst{remote.addr, remote.len, remote.rkey};
-    mempool::IoBuf rest = data.Share();
-    size_t off = 0;
-    while (!rest.empty()) {
-      HRPC_TRY(Live(deadline, "push"));
-      const size_t n = std::min(chunk_, rest.size());
-      mempool::IoBuf piece = rest.CutFront(n);
-      HRPC_TRY(conn_.Write(piece, dst.Sub(off, static_cast<uint32_t>(n))));
-      off += n;
-    }
-    pushed_[RegionKey(remote)] = {static_cast<uint32_t>(data.size()), data.Crc32c()};
-    return Status::Ok();
-  }
-
-  // Bytes and crc a handler pushed into a region with PushBulk, if any.
-  bool Pushed(const wire::BulkDescriptor& d, uint32_t* len, uint32_t* crc) const {
-    auto it = pushed_.find(RegionKey(d));
-    if (it == pushed_.end()) return false;
-    *len = it->second.first;
-    *crc = it->second.second;
-    return true;
-  }
-
- private:
-  static uint64_t RegionKey(const wire::BulkDescriptor& d) { return d.addr ^ (uint64_t{d.rkey} << 32); }
-  Status Live(Clock::time_point deadline, const char* what) const {
-    if (ctx_.IsCancelled() && !ctx_.DeadlineExpired()) return CancelledError(std::string("call cancelled during bulk ") + what);
-    if (Clock::now() >= deadline) return DeadlineExceededError(std::string("deadline expired during bulk ") + what);
-    return Status::Ok();
-  }
-
-  transport::Connection& conn_;
-  mempool::Pool& pool_;
-  size_t chunk_;
-  const ServerContext& ctx_;
-  std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pushed_;
-};
-
 // Serializes the handler's response behind room for the response prefix.
+// Serializes the handler's response behind room for the response prefix:
+// the echoed push regions, and the regions the response attachment (final
+// once the handler returned, when the dispatch calls Write) may be exposed in.
 class FrameWriter final : public ResponseWriter {
  public:
-  FrameWriter(mempool::Pool& pool, size_t room) : pool_(pool), room_(room) {}
+  FrameWriter(mempool::Pool& pool, size_t num_push, size_t eager_threshold, ServerContext& ctx)
+      : pool_(pool), num_push_(num_push), eager_threshold_(eager_threshold), ctx_(ctx) {}
   Status Write(const google::protobuf::MessageLite& response) override {
     if (!response.IsInitialized()) {
       return InternalError("response lacks required fields: " + response.InitializationErrorString());
     }
-    auto m = internal::SerializeWithRoom(pool_, response, room_);
+    const mempool::IoBuf& att = ctx_.response_attachment();
+    const size_t exposed =
+        att.size() > eager_threshold_ ? internal::PlannedDescriptors(att, 0, pool_.options().max_class_bytes) : 0;
+    const size_t room = wire::PrefixSize(std::min(num_push_ + exposed, wire::kMaxDescriptors));
+    auto m = internal::SerializeWithRoom(pool_, response, room);
     if (!m.ok()) return m.status();
     msg = std::move(*m);
     written = true;
@@ -110,7 +59,9 @@ class FrameWriter final : public ResponseWriter {
 
  private:
   mempool::Pool& pool_;
-  size_t room_;
+  size_t num_push_;
+  size_t eager_threshold_;
+  ServerContext& ctx_;
 };
 
 }  // namespace
@@ -170,6 +121,7 @@ class Server::Impl {
     sc->closed = true;
     sc->conn->Close();
     for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
+    for (auto& [txn, ev] : sc->releases) ev->Set();
   }
 
   void ReadLoop(std::shared_ptr<ServerConn> sc) {
@@ -205,6 +157,9 @@ class Server::Impl {
         pong.kind = wire::FrameKind::kPing;
         pong.txn_id = h.txn_id;
         if (auto f = internal::SmallFrame(pool, pong, {}); f.ok()) sc->conn->Send(std::move(*f)).IgnoreError();
+      } else if (h.kind == wire::FrameKind::kRelease) {
+        auto it = sc->releases.find(h.txn_id);
+        if (it != sc->releases.end()) it->second->Set();
       } else if (h.kind == wire::FrameKind::kResponse) {
         SPDLOG_WARN("hrpc server: closing connection {}: a client sent a response frame", sc->peer);
         break;
@@ -268,7 +223,7 @@ class Server::Impl {
       descs.push_back(frame.descriptor(i));
       if (descs.back().direction == wire::BulkDirection::kPush) ++num_push;
     }
-    ConnBulk bulk(*sc->conn, pool, options.bulk_chunk_bytes, ctx);
+    internal::ConnBulk bulk(*sc->conn, pool, options.bulk_chunk_bytes, ctx);
     ctx.set_bulk(descs, &bulk);
 
     Status status;
@@ -284,7 +239,7 @@ class Server::Impl {
         }
       }
     }
-    FrameWriter writer(pool, wire::PrefixSize(num_push));
+    FrameWriter writer(pool, num_push, options.eager_threshold, ctx);
     if (status.ok()) {
       status = svc_it->second->CallMethod(h.method_id, ctx, std::string_view(reinterpret_cast<const char*>(frame.message().data()), frame.message().size()),
                                           writer);
@@ -293,50 +248,16 @@ class Server::Impl {
     if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     if (status.ok() && !writer.written) status = InternalError("handler returned OK without a response");
 
-    std::vector<wire::BulkDescriptor> out_descs;
-    mempool::IoBuf inline_att;
+    internal::ResponseAttachment placed;
     if (status.ok()) {
-      mempool::IoBuf att = std::move(ctx.response_attachment());
-      const size_t limit = sc->conn->limits().max_message_bytes;
-      const size_t frame_len = wire::PrefixSize(num_push) + writer.msg.message_len;
-      if (att.size() <= options.eager_threshold && frame_len + att.size() <= limit) {
-        inline_att = std::move(att);
-        // Echo the push regions with what the handler pushed itself, if anything.
-        for (const auto& d : descs) {
-          if (d.direction != wire::BulkDirection::kPush) continue;
-          wire::BulkDescriptor e = d;
-          e.len = 0;
-          e.crc32c = 0;
-          uint32_t len = 0, crc = 0;
-          if (bulk.Pushed(d, &len, &crc)) {
-            e.len = len;
-            e.crc32c = crc;
-          }
-          out_descs.push_back(e);
-        }
+      const size_t control = wire::PrefixSize(num_push) + writer.msg.message_len;
+      auto r = internal::PlaceResponseAttachment(std::move(ctx.response_attachment()), control,
+                                                 options.eager_threshold, *sc->conn, pool, descs, ctx, bulk);
+      if (r.ok()) {
+        placed = std::move(*r);
+        bytes_out += placed.pushed_bytes;
       } else {
-        size_t room = 0;
-        for (const auto& d : descs) {
-          if (d.direction == wire::BulkDirection::kPush) room += d.len;
-        }
-        if (room < att.size()) {
-          status = ResourceExhaustedError(
-              "response attachment of " + std::to_string(att.size()) + " bytes exceeds the inline limit (" +
-              std::to_string(options.eager_threshold) + ") and the room the client offered (" + std::to_string(room) +
-              " bytes; ClientContext::set_response_attachment_capacity)");
-        } else {
-          for (size_t i = 0; i < descs.size() && status.ok(); ++i) {
-            if (descs[i].direction != wire::BulkDirection::kPush) continue;
-            const size_t n = std::min<size_t>(descs[i].len, att.size());
-            mempool::IoBuf piece = att.CutFront(n);
-            wire::BulkDescriptor e = descs[i];
-            e.len = static_cast<uint32_t>(n);
-            e.crc32c = piece.Crc32c();
-            if (n > 0) status = ctx.PushBulk(i, piece);
-            bytes_out += n;
-            out_descs.push_back(e);
-          }
-        }
+        status = r.status();
       }
     }
 
@@ -344,6 +265,7 @@ class Server::Impl {
     running.fetch_sub(1);
     if (client_cancelled) {
       // The client has completed the call already; nobody reads a response.
+      internal::RevokeAll(*sc->conn, placed.for_read);
       return finish(status.ok() ? CancelledError("cancelled") : status);
     }
     if (!status.ok()) {
@@ -355,19 +277,42 @@ class Server::Impl {
     rh.txn_id = h.txn_id;
     rh.service_id = h.service_id;
     rh.method_id = h.method_id;
-    rh.attachment_len = static_cast<uint32_t>(inline_att.size());
-    auto f = internal::FinishFrame(writer.msg, rh, out_descs);
+    rh.attachment_len = static_cast<uint32_t>(placed.attachment.size());
+    auto f = internal::FinishFrame(writer.msg, rh, placed.descriptors);
     if (!f.ok()) {
+      internal::RevokeAll(*sc->conn, placed.for_read);
       SendError(*sc, h, f.status());
       return finish(f.status());
     }
-    bytes_out += writer.msg.message_len + inline_att.size();
-    f->Append(std::move(inline_att));
+    bytes_out += writer.msg.message_len + placed.attachment.size();
     if (!sc->closed) {
-      Status sent = sc->conn->Send(std::move(*f));
+      Status sent;
+      if (placed.path == internal::AttachmentPath::kStream) {
+        sent = sc->conn->SendWithPayload(std::move(*f), std::move(placed.attachment));
+      } else {
+        f->Append(std::move(placed.attachment));
+        sent = sc->conn->Send(std::move(*f));
+      }
       if (!sent.ok()) SPDLOG_DEBUG("hrpc server: response to {} not sent: {}", sc->peer, sent.ToString());
+      if (sent.ok() && !placed.for_read.exposed.empty()) HoldForRelease(*sc, h.txn_id, ctx);
     }
+    internal::RevokeAll(*sc->conn, placed.for_read);
     finish(Status::Ok());
+  }
+
+  // Keeps a response attachment exposed for the client to READ until it
+  // releases it, the call's deadline (or release_timeout) passes, or the
+  // connection closes.
+  void HoldForRelease(ServerConn& sc, uint64_t txn, const ServerContext& ctx) {
+    coro::LocalEvent released;
+    sc.releases[txn] = &released;
+    running.fetch_add(1);
+    const auto until = std::min(ctx.deadline(), Clock::now() + options.release_timeout);
+    if (!sc.closed && !released.WaitUntil(until).ok()) {
+      SPDLOG_DEBUG("hrpc server: {} did not release the response of txn {} in time", sc.peer, txn);
+    }
+    sc.releases.erase(txn);
+    running.fetch_sub(1);
   }
 };
 

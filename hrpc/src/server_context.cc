@@ -36,14 +36,7 @@ Result<mempool::IoBuf> ServerContext::PullBulk(size_t index) {
   }
   HRPC_TRY(CheckLive());
   HRPC_ASSIGN_OR_RETURN(mempool::IoBuf data, bulk_transfer_->Pull(d, deadline_));
-  if (data.size() != d.len) {
-    return DataLossError("bulk pull returned " + std::to_string(data.size()) + " bytes, descriptor says " +
-                         std::to_string(d.len));
-  }
-  if (const uint32_t crc = data.Crc32c(); crc != d.crc32c) {
-    return DataLossError("bulk pull crc32c mismatch: descriptor says " + std::to_string(d.crc32c) +
-                         ", data has " + std::to_string(crc));
-  }
+  HRPC_TRY(wire::CheckBulkCrc(d, data));
   return data;
 }
 

@@ -1,6 +1,7 @@
 #include "hrpc/rpc/wire.h"
 
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "hrpc/base/crc32c.h"
@@ -48,12 +49,11 @@ T Load(const std::byte* p) noexcept {
 Status Corrupt(const std::string& what) { return DataLossError("hrpc wire: " + what); }
 
 bool KnownKind(uint8_t k) noexcept {
-  return k >= static_cast<uint8_t>(FrameKind::kRequest) && k <= static_cast<uint8_t>(FrameKind::kPing);
+  return k >= static_cast<uint8_t>(FrameKind::kRequest) && k <= static_cast<uint8_t>(FrameKind::kRelease);
 }
 
-uint64_t BodyLength(const FrameHeader& h) noexcept {
-  return uint64_t{h.message_len} + h.attachment_len + h.status_message_len;
-}
+// Message and status message: the body without the attachment.
+uint64_t ControlBodyLength(const FrameHeader& h) noexcept { return uint64_t{h.message_len} + h.status_message_len; }
 
 }  // namespace
 
@@ -64,25 +64,37 @@ std::string_view FrameKindName(FrameKind kind) noexcept {
     case FrameKind::kCredit: return "credit";
     case FrameKind::kCancel: return "cancel";
     case FrameKind::kPing: return "ping";
+    case FrameKind::kRelease: return "release";
   }
   return "unknown";
 }
 
-Status CheckBulkCrc(const BulkDescriptor& d, std::span<const std::byte> bytes) {
-  if (bytes.size() != d.len) {
+namespace {
+Status CheckBulk(const BulkDescriptor& d, size_t len, const std::function<uint32_t()>& crc_of) {
+  if (len != d.len) {
     return Corrupt("bulk length mismatch: descriptor says " + std::to_string(d.len) + " bytes, got " +
-                   std::to_string(bytes.size()));
+                   std::to_string(len));
   }
-  const uint32_t crc = Crc32c(bytes.data(), bytes.size());
+  const uint32_t crc = crc_of();
   if (crc != d.crc32c) {
     return Corrupt("bulk crc32c mismatch: descriptor says " + std::to_string(d.crc32c) + ", data has " +
                    std::to_string(crc));
   }
   return Status::Ok();
 }
+}  // namespace
+
+Status CheckBulkCrc(const BulkDescriptor& d, std::span<const std::byte> bytes) {
+  return CheckBulk(d, bytes.size(), [&] { return Crc32c(bytes.data(), bytes.size()); });
+}
+
+Status CheckBulkCrc(const BulkDescriptor& d, const mempool::IoBuf& bytes) {
+  return CheckBulk(d, bytes.size(), [&] { return bytes.Crc32c(); });
+}
 
 uint64_t FrameLength(const FrameHeader& h) noexcept {
-  return uint64_t{h.header_len} + uint64_t{h.num_descriptors} * kDescriptorSize + BodyLength(h);
+  return uint64_t{h.header_len} + uint64_t{h.num_descriptors} * kDescriptorSize + ControlBodyLength(h) +
+         h.attachment_len;
 }
 
 Result<size_t> EncodePrefix(const FrameHeader& header, std::span<const BulkDescriptor> descriptors,
@@ -95,8 +107,8 @@ Result<size_t> EncodePrefix(const FrameHeader& header, std::span<const BulkDescr
     return InvalidArgumentError("hrpc wire: status message longer than " + std::to_string(kMaxStatusMessage));
   }
   const size_t prefix = PrefixSize(descriptors.size());
-  if (prefix + BodyLength(header) > kMaxFrameBytes) {
-    return InvalidArgumentError("hrpc wire: frame of " + std::to_string(prefix + BodyLength(header)) +
+  if (prefix + ControlBodyLength(header) > kMaxFrameBytes) {
+    return InvalidArgumentError("hrpc wire: control frame of " + std::to_string(prefix + ControlBodyLength(header)) +
                                 " bytes exceeds the limit of " + std::to_string(kMaxFrameBytes));
   }
   if (out.size() < prefix) {
@@ -203,9 +215,9 @@ Result<FrameHeader> DecodeHeader(std::span<const std::byte> prefix) {
   if (h.status_message_len != 0 && (h.kind != FrameKind::kResponse || h.status == StatusCode::kOk)) {
     return Corrupt("status message on a frame that is not an error response");
   }
-  if (FrameLength(h) > kMaxFrameBytes) {
-    return Corrupt("declared lengths overflow the frame limit: " + std::to_string(FrameLength(h)) +
-                   " bytes > " + std::to_string(kMaxFrameBytes));
+  if (FrameLength(h) - h.attachment_len > kMaxFrameBytes) {
+    return Corrupt("declared lengths overflow the frame limit: control part of " +
+                   std::to_string(FrameLength(h) - h.attachment_len) + " bytes > " + std::to_string(kMaxFrameBytes));
   }
   return h;
 }

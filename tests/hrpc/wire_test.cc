@@ -116,7 +116,7 @@ TEST(WireTest, RoundTripErrorResponseCarriesStatusMessage) {
 
 TEST(WireTest, EveryKindRoundTrips) {
   for (FrameKind k : {FrameKind::kRequest, FrameKind::kResponse, FrameKind::kCredit, FrameKind::kCancel,
-                      FrameKind::kPing}) {
+                      FrameKind::kPing, FrameKind::kRelease}) {
     FrameHeader h;
     h.kind = k;
     h.credits = 3;
@@ -211,6 +211,18 @@ TEST_F(WireMalformedTest, LengthsOverflowTheFrameLimit) {
   ExpectDecodeError(f, StatusCode::kDataLoss, "declared lengths overflow the frame limit");
 }
 
+// The frame limit bounds the control part; an attachment streamed behind the
+// frame is bounded by the transport, not by it.
+TEST(WireTest, LargeAttachmentLengthIsNotAgainstTheFrameLimit) {
+  FrameHeader h = RequestHeader();
+  h.attachment_len = static_cast<uint32_t>(kMaxFrameBytes * 8);
+  std::vector<std::byte> hdr(kHeaderSize);
+  ASSERT_TRUE(EncodePrefix(h, {}, hdr).ok());
+  auto back = DecodeHeader(hdr);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->attachment_len, kMaxFrameBytes * 8);
+}
+
 TEST_F(WireMalformedTest, TrailingBytes) {
   auto f = good_;
   f.push_back(std::byte{0});
@@ -244,7 +256,7 @@ TEST_F(WireMalformedTest, TooManyDescriptors) {
 }
 
 TEST_F(WireMalformedTest, UnknownKind) {
-  for (uint8_t kind : {uint8_t{0}, uint8_t{6}, uint8_t{255}}) {
+  for (uint8_t kind : {uint8_t{0}, uint8_t{7}, uint8_t{255}}) {
     auto f = good_;
     f[5] = std::byte{kind};
     ExpectDecodeError(f, StatusCode::kDataLoss, "unknown frame kind " + std::to_string(kind));

@@ -22,9 +22,12 @@
 //    without auto_pull the handler calls ServerContext::PullBulk(i);
 //  * malformed request message → INVALID_ARGUMENT (the generated dispatch);
 //  * the response attachment goes inline when it is at most eager_threshold
-//    bytes, else it is WRITTEN into the client's push regions (the response
-//    then carries those descriptors with the lengths written and CRC32C);
-//    RESOURCE_EXHAUSTED when the client offered no or too little room;
+//    bytes; else on TCP it follows the response frame in the stream (read
+//    into aligned blocks on the client); else it is WRITTEN into the client's
+//    push regions when the client offered room enough (the response then
+//    carries those descriptors with the lengths written and CRC32C); else it
+//    is exposed for the client to READ and held until the client releases it
+//    (release_timeout);
 //  * a cancel frame marks the ServerContext cancelled (no response is sent);
 //  * a frame that does not decode closes that connection (logged with the
 //    reason); other connections are not affected.
@@ -56,6 +59,10 @@ struct ServerOptions {
   bool auto_pull = true;
   // How long Shutdown() lets running handlers finish (they see IsCancelled()).
   std::chrono::milliseconds shutdown_grace{2000};
+  // A response attachment exposed for the client to READ (RDMA, loopback:
+  // the client offered too little room) stays exposed until the client
+  // releases it, the call's deadline, or this long.
+  std::chrono::milliseconds release_timeout{30'000};
 };
 
 class Server final {

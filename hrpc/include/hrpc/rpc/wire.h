@@ -36,6 +36,7 @@
 #include <string_view>
 
 #include "hrpc/base/status.h"
+#include "hrpc/mempool/iobuf.h"
 
 namespace hrpc::wire {
 
@@ -49,8 +50,10 @@ inline constexpr size_t kHeaderSize = 56;
 inline constexpr size_t kMaxHeaderSize = 256;
 inline constexpr size_t kDescriptorSize = 24;
 inline constexpr size_t kMaxDescriptors = 64;
-// Largest control frame a receiver accepts (payloads above the eager threshold
-// travel by descriptor, so control frames stay small).
+// Largest control part (header, descriptors, message, status message) a
+// receiver accepts. The attachment is not counted: an inline one is bounded
+// by the transport's message size, one streamed behind the frame (TCP) by the
+// transport's payload limit, and attachment_len by 32 bits.
 inline constexpr uint64_t kMaxFrameBytes = 16u << 20;
 inline constexpr size_t kMaxStatusMessage = 4096;
 // deadline_us value meaning "no deadline".
@@ -66,12 +69,14 @@ enum class FrameKind : uint8_t {
   kCredit = 3,   // credits only (credits also ride on every other frame)
   kCancel = 4,   // cancel the transaction txn_id
   kPing = 5,     // keep-alive; answered by a ping with the same txn_id
+  kRelease = 6,  // client -> server: the response attachment exposed for txn_id was read
 };
 std::string_view FrameKindName(FrameKind kind) noexcept;
 
 // Whether the receiver of the descriptor READs from it (kPull: the payload of a
-// request, client -> server) or WRITEs into it (kPush: room for the payload of
-// a response, server -> client).
+// request, client -> server, or of a response the client gave no room for,
+// server -> client) or WRITEs into it (kPush: room for the payload of a
+// response, server -> client).
 enum class BulkDirection : uint8_t { kPull = 1, kPush = 2 };
 
 // A region of registered memory the peer may access for this transaction.
@@ -87,8 +92,10 @@ struct BulkDescriptor {
 };
 
 // DATA_LOSS "hrpc wire: bulk crc32c mismatch ..." unless Crc32c(bytes) == d.crc32c
-// and bytes.size() == d.len.
+// and bytes.size() == d.len ("hrpc wire: bulk length mismatch ...").
 Status CheckBulkCrc(const BulkDescriptor& d, std::span<const std::byte> bytes);
+// The same for bytes in a chain of buffers (what a pull or push moved).
+Status CheckBulkCrc(const BulkDescriptor& d, const mempool::IoBuf& bytes);
 
 // The decoded fixed header. num_descriptors is filled by Decode; EncodePrefix
 // takes it from the descriptor span it is given.

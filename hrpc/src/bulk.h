@@ -1,0 +1,133 @@
+// Private to the RPC runtime: how attachments travel, in one place for the
+// client (request attachments, response room) and the server (pulls, pushes,
+// response attachments).
+//
+// An attachment takes one of three paths, chosen by ChooseAttachmentPath from
+// its size and the connection's limits:
+//  * inline: inside the control message (at most eager_threshold and it fits);
+//  * stream: behind the control message in the same byte stream
+//    (Connection::SendWithPayload, TCP): no extra round trip, and the
+//    receiving transport reads it straight into aligned pool blocks;
+//  * descriptors: exposed memory the peer moves with one-sided READ (request
+//    attachments; response attachments the client gave too little room for,
+//    which the client READs and then RELEASEs) or WRITE (response attachments
+//    into room the client offered): RDMA and the loopback.
+// Every one-sided move is checked against its descriptor (length, CRC32C)
+// by wire::CheckBulkCrc; streamed and inline bytes are the transport's to
+// protect.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "hrpc/base/status.h"
+#include "hrpc/mempool/buffer.h"
+#include "hrpc/mempool/iobuf.h"
+#include "hrpc/mempool/pool.h"
+#include "hrpc/rpc/server_context.h"
+#include "hrpc/rpc/wire.h"
+#include "hrpc/transport/transport.h"
+
+namespace hrpc::internal {
+
+enum class AttachmentPath : uint8_t { kInline, kStream, kDescriptors };
+
+// Pure: the path of an attachment of `attachment` bytes behind a control
+// part of `control` bytes on a connection with `limits`.
+AttachmentPath ChooseAttachmentPath(size_t attachment, size_t control, size_t eager_threshold,
+                                    const transport::Limits& limits) noexcept;
+
+// Pure: the bulk descriptors a request needs when its attachment goes by
+// descriptors (one per slice, or per max_class piece of a slice that must be
+// copied into the pool first) plus `room` bytes of response room (one per
+// max_class piece). The client reserves space for this many in front of the
+// serialized request, so the frame is built without moving the message.
+size_t PlannedDescriptors(const mempool::IoBuf& attachment, size_t room, size_t max_class) noexcept;
+
+// What one side exposed for one call: revoke `exposed` when it ends.
+struct Exposed {
+  std::vector<transport::RemoteDescriptor> exposed;
+  std::vector<wire::BulkDescriptor> descriptors;
+  std::vector<mempool::Buffer> push_room;  // where the peer writes (response room)
+  std::vector<mempool::Buffer> held;       // blocks (and copies) the peer may still read
+};
+
+// Exposes `attachment` for READ (memory from outside `pool` is first copied
+// into it through CountedCopy) and appends the kPull descriptors. Takes the
+// attachment's blocks into `out.held`.
+Status ExposeForRead(transport::Connection& conn, mempool::Pool& pool, mempool::IoBuf attachment, Exposed& out);
+// Exposes `bytes` of `pool` for WRITE as kPush descriptors (response room).
+Status ExposeForWrite(transport::Connection& conn, mempool::Pool& pool, size_t bytes, Exposed& out);
+// Ends every exposure of `what` (while the connection lives).
+void RevokeAll(transport::Connection& conn, const Exposed& what);
+
+// READs one kPull region into blocks of `pool`, in pieces of at most `chunk`
+// bytes, calling `live` before each piece (it returns why to stop), and
+// checks length and CRC32C.
+Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& pool, const wire::BulkDescriptor& d,
+                                  size_t chunk, const std::function<Status()>& live);
+
+// Whether a response carries kPull descriptors: an attachment the server
+// exposed for the client to READ (the client offered too little room).
+bool HasPullRegions(const wire::Frame& frame) noexcept;
+
+// The client's side of a response: the attachment that came inline or
+// streamed, then what the server wrote into the push room (checked against
+// each descriptor's length and CRC32C), then what the client pulled.
+Result<mempool::IoBuf> CollectResponseAttachment(const wire::Frame& frame, mempool::IoBuf received,
+                                                 const std::vector<mempool::Buffer>& push_room, mempool::IoBuf pulled);
+
+// ServerContext's bulk seam over one connection: READ into aligned blocks,
+// WRITE from the response attachment, in pieces of `chunk` bytes, checking
+// the call's deadline and cancellation between pieces.
+class ConnBulk final : public BulkTransfer {
+ public:
+  ConnBulk(transport::Connection& conn, mempool::Pool& pool, size_t chunk, const ServerContext& ctx)
+      : conn_(conn), pool_(pool), chunk_(chunk), ctx_(ctx) {}
+
+  Result<mempool::IoBuf> Pull(const wire::BulkDescriptor& remote, std::chrono::steady_clock::time_point deadline) override;
+  Status Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& data,
+              std::chrono::steady_clock::time_point deadline) override;
+  // Bytes and CRC32C a handler pushed into region `d` itself (PushBulk), if any.
+  bool Pushed(const wire::BulkDescriptor& d, uint32_t* len, uint32_t* crc) const;
+
+ private:
+  static uint64_t RegionKey(const wire::BulkDescriptor& d) { return d.addr ^ (uint64_t{d.rkey} << 32); }
+  Status Live(std::chrono::steady_clock::time_point deadline, const char* what) const;
+
+  transport::Connection& conn_;
+  mempool::Pool& pool_;
+  size_t chunk_;
+  const ServerContext& ctx_;
+  std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pushed_;
+};
+
+// The server's side of a response attachment: how it goes back.
+struct ResponseAttachment {
+  AttachmentPath path = AttachmentPath::kInline;
+  mempool::IoBuf attachment;  // kInline / kStream: sent with the frame
+  // The response's descriptors: the client's push regions with the bytes
+  // written there, or kPull regions exposed for the client to READ.
+  std::vector<wire::BulkDescriptor> descriptors;
+  uint64_t pushed_bytes = 0;
+  // kPull regions: hold them until the client's RELEASE (or the deadline),
+  // then RevokeAll.
+  Exposed for_read;
+};
+// Places `attachment` (the handler's response attachment): inline or streamed
+// when it fits; else written into the push regions among
+// `request_descriptors` when the client offered room enough; else exposed for
+// the client to READ. Push regions are echoed with the bytes written there (0
+// when unused). Memory outside `pool` is copied into it (counted) to be exposed.
+Result<ResponseAttachment> PlaceResponseAttachment(mempool::IoBuf attachment, size_t control, size_t eager_threshold,
+                                                   transport::Connection& conn, mempool::Pool& pool,
+                                                   std::span<const wire::BulkDescriptor> request_descriptors,
+                                                   ServerContext& ctx, const ConnBulk& bulk);
+
+}  // namespace hrpc::internal
