@@ -4,22 +4,26 @@
 //
 //   echo_bench transport=raw case=pingpong payload=64 concurrency=1 rps=... p50_us=... p99_us=... MBps=... cpu=C/S
 //   echo_bench transport=raw case=stream payload=1048576 concurrency=1 rps=... MBps=... cpu=C/S
-//   echo_bench transport=grpc payload=4096 concurrency=32 rps=... p50_us=... p99_us=... MBps=... cpu=C/S rounds=3
-//   echo_bench transport=tcp poll=spin50us+block payload=4096 concurrency=32 rps=... ... ratio_vs_grpc=... rounds=3
-//   echo_bench transport=tcp poll=block payload=4096 concurrency=32 rps=... ... ratio_vs_grpc=... rounds=3
+//   echo_bench transport=grpc case=echo payload=4096 concurrency=32 rps=... p50_us=... MBps=... cpu=C/S rounds=3
+//   echo_bench transport=tcp poll=spin50us+block case=echo payload=4096 concurrency=32 ... ratio_vs_grpc=... rounds=3
+//   echo_bench transport=tcp poll=block case=oneway payload=1048576 concurrency=8 ... ratio_vs_raw_stream=... rounds=3
 //
 // cpu=C/S: client and server process CPU in % of one core over the measured
-// window. MBps = payload bytes per second, both directions.
+// window. MBps = payload bytes per second (both directions for echo cases).
 //
-// The RPC cases echo the payload back on both sides: gRPC carries it as a
+// The echo cases send the payload and get it back: gRPC carries it as a
 // `bytes` field (bench/grpc_echo: async completion queues, a separate program
 // this one runs from its own directory), hrpc as the request and response
-// attachment (inline up to 16 KiB, else by bulk descriptor). Each case runs
-// --rounds interleaved rounds (gRPC, hrpc spin-then-block, hrpc blocking) and
-// prints the round with the median rps; ratio_vs_grpc = hrpc rps / gRPC rps.
-// hrpc polls in two modes: poll=spin<N>us+block (the scheduler's spin_budget,
-// then epoll) and poll=block (spin_budget = 0). gRPC polls as it does by default.
-// The raw baselines spin on a non-blocking socket for --spin_us, then poll().
+// attachment (inline up to 16 KiB, else streamed behind the frame). Each case
+// runs --rounds interleaved rounds (gRPC, hrpc spin-then-block, hrpc blocking)
+// and prints the round with the median rps; ratio_vs_grpc = hrpc rps / gRPC
+// rps. Concurrency-1 echo lines of hrpc add p50_vs_raw: their p50 over the raw
+// 64 B ping-pong's (same spin). The one-way cases (hrpc only: a request
+// attachment, an empty response) add ratio_vs_raw_stream: their MBps over the
+// raw 1 MiB stream's. hrpc polls in two modes: poll=spin<N>us+block (the
+// scheduler's spin_budget, then epoll) and poll=block (spin_budget = 0). gRPC
+// polls as it does by default. The raw baselines spin on a non-blocking socket
+// for --spin_us, then poll().
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -280,11 +284,18 @@ void Stop(Child& c) {
   c.out = nullptr;
 }
 
-void RawCases(const char* self, const Config& cfg) {
+// What the raw-socket baselines measured, for the ratios on the hrpc lines.
+struct RawBaseline {
+  double pingpong_p50_us = 0;  // 64 B ping-pong
+  double stream_mbps = 0;      // 1 MiB writes, one way
+};
+
+RawBaseline RawCases(const char* self, const Config& cfg) {
+  RawBaseline base;
   Child srv = Spawn(self, "raw-server", cfg);
   if (srv.uri.empty()) {
     std::printf("echo_bench transport=raw error=server-did-not-start\n");
-    return;
+    return base;
   }
   Pin(cfg.client_cpu);
   // Ping-pong, 64 B.
@@ -312,6 +323,7 @@ void RawCases(const char* self, const Config& cfg) {
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
+    base.pingpong_p50_us = hist.Quantile(0.5) / 1e3;
     std::printf("echo_bench transport=raw case=pingpong payload=%u concurrency=1 rps=%.0f p50_us=%.1f p99_us=%.1f "
                 "MBps=%.1f cpu=%.0f/%.0f\n",
                 size, n / secs, hist.Quantile(0.5) / 1e3, hist.Quantile(0.99) / 1e3, n * size / secs / 1e6,
@@ -339,12 +351,14 @@ void RawCases(const char* self, const Config& cfg) {
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
+    base.stream_mbps = n * double(size) / secs / 1e6;
     std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 rps=%.0f MBps=%.1f cpu=%.0f/%.0f\n",
                 size, n / secs, n * double(size) / secs / 1e6, (c1 - c0) / 1e9 / secs * 100,
                 (s1 - s0) / 1e9 / secs * 100);
     std::fflush(stdout);
   }
   Stop(srv);
+  return base;
 }
 
 struct CaseResult {
@@ -355,6 +369,7 @@ struct CaseResult {
 
 struct RpcCase {
   size_t payload, concurrency;
+  bool echo = true;  // false: one way (request attachment, empty response), hrpc only
 };
 
 // One gRPC round: a grpc_echo client on the client cpu against the running server.
@@ -384,7 +399,7 @@ CaseResult HrpcRound(const Config& cfg, hrpc::RpcChannel& channel, const RpcCase
   hrpc::examples::LoadOptions lo;
   lo.coroutines_per_worker = c.concurrency;
   lo.payload = c.payload;
-  lo.echo = true;
+  lo.echo = c.echo;
   lo.warmup = std::chrono::duration<double>(cfg.warmup);
   lo.duration = std::chrono::duration<double>(cfg.duration);
   const auto l = hrpc::examples::RunLoad(channel, lo);
@@ -408,23 +423,33 @@ CaseResult MedianRound(std::vector<CaseResult> rounds) {
 }
 
 void PrintRpcLine(const std::string& what, const RpcCase& c, const CaseResult& r, const CaseResult* grpc,
-                  size_t rounds) {
-  std::printf("echo_bench %s payload=%zu concurrency=%zu", what.c_str(), c.payload, c.concurrency);
+                  size_t rounds, const RawBaseline* raw = nullptr) {
+  std::printf("echo_bench %s case=%s payload=%zu concurrency=%zu", what.c_str(), c.echo ? "echo" : "oneway",
+              c.payload, c.concurrency);
   if (!r.ok) {
     std::printf(" error=%s\n", r.error.c_str());
     std::fflush(stdout);
     return;
   }
-  std::printf(" rps=%.0f p50_us=%.1f p99_us=%.1f MBps=%.1f cpu=%.0f/%.0f", r.rps, r.p50_us, r.p99_us,
-              r.rps * static_cast<double>(c.payload) * 2 / 1e6, r.client_cpu, r.server_cpu);
+  const double mbps = r.rps * static_cast<double>(c.payload) * (c.echo ? 2 : 1) / 1e6;
+  std::printf(" rps=%.0f p50_us=%.1f p99_us=%.1f MBps=%.1f cpu=%.0f/%.0f", r.rps, r.p50_us, r.p99_us, mbps,
+              r.client_cpu, r.server_cpu);
   if (grpc != nullptr && grpc->ok && grpc->rps > 0) std::printf(" ratio_vs_grpc=%.2f", r.rps / grpc->rps);
+  if (raw != nullptr && c.concurrency == 1 && c.echo && raw->pingpong_p50_us > 0) {
+    std::printf(" raw_p50_us=%.1f p50_vs_raw=%.2f", raw->pingpong_p50_us, r.p50_us / raw->pingpong_p50_us);
+  }
+  if (raw != nullptr && !c.echo && raw->stream_mbps > 0) {
+    std::printf(" raw_stream_MBps=%.1f ratio_vs_raw_stream=%.2f", raw->stream_mbps, mbps / raw->stream_mbps);
+  }
   std::printf(" rounds=%zu\n", rounds);
   std::fflush(stdout);
 }
 
 // gRPC and hrpc (spin-then-block, blocking) on the same cases, interleaved.
-void RpcCases(const char* self, const Config& cfg) {
-  const std::vector<RpcCase> cases = {{64, 32}, {4096, 32}, {65536, 32}, {1 << 20, 1}, {1 << 20, 32}};
+void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
+  const std::vector<RpcCase> cases = {{64, 1},        {64, 32},      {4096, 32},
+                                      {65536, 32},    {1 << 20, 1},  {1 << 20, 32},
+                                      {1 << 20, 8, false}, {64u << 20, 1, false}};
 
   Child grpc_server;
   std::string grpc_error;
@@ -461,7 +486,7 @@ void RpcCases(const char* self, const Config& cfg) {
     std::vector<CaseResult> grpc_rounds;
     std::array<std::vector<CaseResult>, 2> hrpc_rounds;
     for (size_t round = 0; round < cfg.rounds; ++round) {
-      if (grpc_error.empty()) grpc_rounds.push_back(GrpcRound(cfg, grpc_server, c));
+      if (grpc_error.empty() && c.echo) grpc_rounds.push_back(GrpcRound(cfg, grpc_server, c));
       for (size_t i = 0; i < modes.size(); ++i) {
         if (modes[i].channel) {
           hrpc_rounds[i].push_back(HrpcRound(cfg, *modes[i].channel, c));
@@ -472,10 +497,13 @@ void RpcCases(const char* self, const Config& cfg) {
     }
     CaseResult grpc;
     grpc.error = grpc_error;
-    if (grpc_error.empty()) grpc = MedianRound(grpc_rounds);
-    PrintRpcLine("transport=grpc", c, grpc, nullptr, cfg.rounds);
+    if (!grpc_rounds.empty()) {
+      grpc = MedianRound(grpc_rounds);
+      PrintRpcLine("transport=grpc", c, grpc, nullptr, cfg.rounds);
+    }
     for (size_t i = 0; i < modes.size(); ++i) {
-      PrintRpcLine("transport=tcp " + modes[i].label, c, MedianRound(hrpc_rounds[i]), &grpc, cfg.rounds);
+      PrintRpcLine("transport=tcp " + modes[i].label, c, MedianRound(hrpc_rounds[i]), c.echo ? &grpc : nullptr,
+                   cfg.rounds, &raw);
     }
   }
 
@@ -529,7 +557,8 @@ int main(int argc, char** argv) {
     const std::string dir(self);
     cfg.grpc_echo = dir.substr(0, dir.rfind('/') + 1) + "grpc_echo";
   }
-  if (cfg.cases == "all" || cfg.cases == "raw") RawCases(self, cfg);
-  if (cfg.cases == "all" || cfg.cases == "rpc") RpcCases(self, cfg);
+  RawBaseline raw;
+  if (cfg.cases == "all" || cfg.cases == "raw") raw = RawCases(self, cfg);
+  if (cfg.cases == "all" || cfg.cases == "rpc") RpcCases(self, cfg, raw);
   return 0;
 }

@@ -55,16 +55,20 @@ inline uint64_t ServerCpuNs(hrpc_examples::Echo::Stub& stub) {
 inline LoadResult RunLoad(hrpc::RpcChannel& channel, const LoadOptions& o) {
   hrpc_examples::Echo::Stub stub(&channel);
   LoadResult r;
-  hrpc::mempool::Buffer payload;
-  if (o.payload > 0) {
-    auto b = channel.pool().Allocate(o.payload);
+  // The payload, in blocks of at most the pool's largest class; every call
+  // sends the same blocks (shared, not copied).
+  auto payload = std::make_shared<hrpc::mempool::IoBuf>();
+  const size_t block = channel.pool().options().max_class_bytes;
+  for (size_t off = 0; off < o.payload; off += block) {
+    const size_t n = std::min(block, o.payload - off);
+    auto b = channel.pool().Allocate(n);
     if (!b.ok()) {
       r.errors = 1;
       r.first_error = b.status().ToString();
       return r;
     }
-    for (size_t i = 0; i < o.payload; ++i) b->data()[i] = static_cast<char>(i * 131);
-    payload = std::move(*b);
+    for (size_t i = 0; i < n; ++i) b->data()[i] = static_cast<char>((off + i) * 131);
+    payload->Append(std::move(*b));
   }
   // Shared with the load coroutines: the last of them may still be inside
   // WaitGroup::Done() when Wait() returns here.
@@ -92,7 +96,7 @@ inline LoadResult RunLoad(hrpc::RpcChannel& channel, const LoadOptions& o) {
         hrpc_examples::EchoResponse resp;
         while (!st->stop.load(std::memory_order_relaxed)) {
           hrpc::ClientContext ctx;
-          if (payload) ctx.request_attachment().Append(payload);
+          ctx.request_attachment() = payload->Share();
           if (o.echo) ctx.set_response_attachment_capacity(o.payload);
           const auto t0 = std::chrono::steady_clock::now();
           hrpc::Status s = stub.Echo(ctx, req, &resp);
