@@ -20,12 +20,36 @@ struct Link {
   std::string key;  // in the table
   std::string peer;
   uint64_t next_txn = 1;
-  Clock::time_point last_used;
+  // Idle sweeps in a row that found it unused (reset by every call); no
+  // clock read on the call path.
+  uint32_t idle_sweeps = 0;
 };
 
 namespace {
 std::string KeyOf(const std::string& uri, size_t index) { return uri + "#" + std::to_string(index); }
 }  // namespace
+
+MethodCounters& ChannelState::CountersFor(StatsRegistry& registry, uint32_t service_id, uint32_t method_id,
+                                          std::string_view name) {
+  const uint64_t key = ((uint64_t{service_id} << 32) | method_id) + 1;
+  const size_t n = std::min(methods_cached.load(std::memory_order_acquire), kCachedMethods);
+  for (size_t i = 0; i < n; ++i) {
+    if (method_keys[i].load(std::memory_order_acquire) == key) {
+      return *method_counters[i].load(std::memory_order_relaxed);
+    }
+  }
+  MethodCounters& c = registry.For(service_id, method_id, name);
+  const size_t slot = methods_cached.load(std::memory_order_relaxed);
+  if (slot < kCachedMethods) {
+    size_t expected = slot;
+    // Claim the slot, publish the pointer, then the key; a lost race just skips caching.
+    if (methods_cached.compare_exchange_strong(expected, slot + 1, std::memory_order_acq_rel)) {
+      method_counters[slot].store(&c, std::memory_order_relaxed);
+      method_keys[slot].store(key, std::memory_order_release);
+    }
+  }
+  return c;
+}
 
 PeerTable::~PeerTable() {
   for (auto& [key, e] : table_) {
@@ -69,7 +93,6 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const std::string& uri, std:
         made->conn = std::move(*conn);
         made->key = key;
         made->peer = std::string(made->conn->peer());
-        made->last_used = Clock::now();
         open_.fetch_add(1, std::memory_order_relaxed);
         live_.fetch_add(1, std::memory_order_relaxed);
         workers_.scheduler(worker_).Spawn([this, made] { ReadLoop(made); }, "hrpc-client-rx");
@@ -139,7 +162,6 @@ void PeerTable::OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw
       if (it == link->calls.end()) return;  // late: timed out or cancelled
       Call* call = it->second;
       link->calls.erase(it);
-      link->last_used = Clock::now();
       if (rx->frame.status().ok() && HasPullRegions(rx->frame)) {
         // The attachment waits in the server's memory: READ it off this reader.
         auto frame = std::make_shared<ReceivedFrame>(std::move(*rx));
@@ -298,7 +320,7 @@ void PeerTable::StartCall(Call* call) {
   call->txn = h.txn_id;
 
   link->calls.emplace(call->txn, call);
-  link->last_used = Clock::now();
+  link->idle_sweeps = 0;
   const uint64_t txn = call->txn;
   std::weak_ptr<Link> weak = link;
   coro::Scheduler& sched = workers_.scheduler(worker_);
@@ -367,16 +389,22 @@ void PeerTable::CloseAll(const Status& why) {
 }
 
 void PeerTable::SweepIdle() {
-  const auto idle = workers_.options().idle_timeout;
-  const auto period = std::max<Clock::duration>(idle / 4, std::chrono::milliseconds(1));
+  // A connection is closed once it had no call in flight and no new call for
+  // kIdleSweeps sweeps in a row, i.e. for idle_timeout (to within a period).
+  constexpr uint32_t kIdleSweeps = 4;
+  const auto period = std::max<Clock::duration>(workers_.options().idle_timeout / kIdleSweeps,
+                                                 std::chrono::milliseconds(1));
   while (!closed_) {
     if (stop_sweeper_.WaitUntil(Clock::now() + period).ok() || closed_) break;
-    const auto now = Clock::now();
     std::vector<std::shared_ptr<Link>> expired;
     for (auto it = table_.begin(); it != table_.end();) {
       Entry& e = it->second;
-      if (e.link && !e.link->dead && e.link->calls.empty() && now - e.link->last_used >= idle) {
-        expired.push_back(e.link);
+      if (e.link && !e.link->dead) {
+        if (!e.link->calls.empty()) {
+          e.link->idle_sweeps = 0;
+        } else if (++e.link->idle_sweeps >= kIdleSweeps) {
+          expired.push_back(e.link);
+        }
       } else if (!e.link && !e.connecting) {
         it = table_.erase(it);
         continue;

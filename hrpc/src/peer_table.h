@@ -9,6 +9,7 @@
 // that stayed idle for the runtime's idle_timeout.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -44,6 +45,15 @@ struct ChannelState {
   std::atomic<bool> closed{false};
   std::atomic<int64_t> in_flight{0};  // from Begin to Complete
   std::atomic<uint64_t> rr{0};
+
+  // The runtime's counters of the methods this channel called, found without
+  // the registry's lock after the first call: slots are filled once (pointer,
+  // then key with release) and never change.
+  static constexpr size_t kCachedMethods = 8;
+  std::array<std::atomic<uint64_t>, kCachedMethods> method_keys{};  // (service << 32 | method) + 1; 0 = free
+  std::array<std::atomic<MethodCounters*>, kCachedMethods> method_counters{};
+  std::atomic<size_t> methods_cached{0};
+  MethodCounters& CountersFor(StatsRegistry& registry, uint32_t service_id, uint32_t method_id, std::string_view name);
 };
 
 struct Link;

@@ -108,7 +108,7 @@ class RpcChannel::Impl {
     call->method_id = method_id;
     call->name = name;
     call->ctx = &ctx;
-    call->stats = &workers->client_stats().For(service_id, method_id, name);
+    call->stats = &state->CountersFor(workers->client_stats(), service_id, method_id, name);
     return call;
   }
 
