@@ -4,6 +4,8 @@
 #include <string>
 
 #include "hrpc/base/crc32c.h"
+#include "hrpc/coroutine/scheduler.h"
+#include "hrpc/coroutine/sync.h"
 
 namespace hrpc::internal {
 
@@ -80,18 +82,40 @@ void RevokeAll(transport::Connection& conn, const Exposed& what) {
 }
 
 Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& pool, const wire::BulkDescriptor& d,
-                                  size_t chunk, const std::function<Status()>& live) {
-  mempool::IoBuf out;
+                                  size_t chunk, size_t window, const std::function<Status()>& live) {
   const transport::RemoteDescriptor src{d.addr, d.len, d.rkey};
-  for (size_t off = 0; off < d.len;) {
-    HRPC_TRY(live());
-    const size_t n = std::min<size_t>(chunk, d.len - off);
-    HRPC_ASSIGN_OR_RETURN(mempool::Buffer slab, pool.Allocate(n));
-    mempool::IoBuf piece(slab);
-    HRPC_TRY(conn.Read(src.Sub(off, static_cast<uint32_t>(n)), piece));
-    out.Append(std::move(slab));
-    off += n;
+  const size_t pieces = d.len == 0 ? 0 : (d.len + chunk - 1) / chunk;
+  std::vector<mempool::Buffer> slabs(pieces);
+  for (size_t i = 0; i < pieces; ++i) {
+    HRPC_ASSIGN_OR_RETURN(slabs[i], pool.Allocate(std::min<size_t>(chunk, d.len - i * chunk)));
   }
+  // Up to `window` READs in flight: the first of each group on this
+  // coroutine, the others on coroutines of this worker.
+  window = std::max<size_t>(window, 1);
+  std::vector<Status> status(pieces);
+  coro::Scheduler* sched = coro::Scheduler::Current();
+  for (size_t first = 0; first < pieces; first += window) {
+    HRPC_TRY(live());
+    const size_t last = std::min(pieces, first + window);
+    auto read = [&](size_t i) { status[i] = conn.Read(src.Sub(i * chunk, static_cast<uint32_t>(slabs[i].size())), mempool::IoBuf(slabs[i])); };
+    coro::WaitGroup wg;
+    if (sched != nullptr && coro::this_coro::InCoroutine()) {
+      for (size_t i = first + 1; i < last; ++i) {
+        wg.Add(1);
+        sched->Spawn([&read, &wg, i] {
+          read(i);
+          wg.Done();
+        }, "hrpc-pull-piece");
+      }
+      read(first);
+      wg.Wait().IgnoreError();
+    } else {
+      for (size_t i = first; i < last; ++i) read(i);
+    }
+    for (size_t i = first; i < last; ++i) HRPC_TRY(status[i]);
+  }
+  mempool::IoBuf out;
+  for (auto& b : slabs) out.Append(std::move(b));
   HRPC_TRY(wire::CheckBulkCrc(d, out));
   return out;
 }
@@ -131,7 +155,7 @@ Status ConnBulk::Live(Clock::time_point deadline, const char* what) const {
 }
 
 Result<mempool::IoBuf> ConnBulk::Pull(const wire::BulkDescriptor& remote, Clock::time_point deadline) {
-  return PullRegion(conn_, pool_, remote, chunk_, [&] { return Live(deadline, "pull"); });
+  return PullRegion(conn_, pool_, remote, chunk_, window_, [&] { return Live(deadline, "pull"); });
 }
 
 Status ConnBulk::Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& data, Clock::time_point deadline) {

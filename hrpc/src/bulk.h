@@ -68,10 +68,12 @@ Status ExposeForWrite(transport::Connection& conn, mempool::Pool& pool, size_t b
 void RevokeAll(transport::Connection& conn, const Exposed& what);
 
 // READs one kPull region into blocks of `pool`, in pieces of at most `chunk`
-// bytes, calling `live` before each piece (it returns why to stop), and
-// checks length and CRC32C.
+// bytes with up to `window` of them in flight at once, calling `live` before
+// each group of pieces (it returns why to stop), and checks length and
+// CRC32C. Call from a coroutine (the window needs one; elsewhere pieces go
+// one at a time).
 Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& pool, const wire::BulkDescriptor& d,
-                                  size_t chunk, const std::function<Status()>& live);
+                                  size_t chunk, size_t window, const std::function<Status()>& live);
 
 // Whether a response carries kPull descriptors: an attachment the server
 // exposed for the client to READ (the client offered too little room).
@@ -83,13 +85,13 @@ bool HasPullRegions(const wire::Frame& frame) noexcept;
 Result<mempool::IoBuf> CollectResponseAttachment(const wire::Frame& frame, mempool::IoBuf received,
                                                  const std::vector<mempool::Buffer>& push_room, mempool::IoBuf pulled);
 
-// ServerContext's bulk seam over one connection: READ into aligned blocks,
-// WRITE from the response attachment, in pieces of `chunk` bytes, checking
-// the call's deadline and cancellation between pieces.
+// ServerContext's bulk seam over one connection: READ into aligned blocks
+// (`window` pieces in flight), WRITE from the response attachment, in pieces
+// of `chunk` bytes, checking the call's deadline and cancellation between them.
 class ConnBulk final : public BulkTransfer {
  public:
-  ConnBulk(transport::Connection& conn, mempool::Pool& pool, size_t chunk, const ServerContext& ctx)
-      : conn_(conn), pool_(pool), chunk_(chunk), ctx_(ctx) {}
+  ConnBulk(transport::Connection& conn, mempool::Pool& pool, size_t chunk, size_t window, const ServerContext& ctx)
+      : conn_(conn), pool_(pool), chunk_(chunk), window_(window), ctx_(ctx) {}
 
   Result<mempool::IoBuf> Pull(const wire::BulkDescriptor& remote, std::chrono::steady_clock::time_point deadline) override;
   Status Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& data,
@@ -104,6 +106,7 @@ class ConnBulk final : public BulkTransfer {
   transport::Connection& conn_;
   mempool::Pool& pool_;
   size_t chunk_;
+  size_t window_;
   const ServerContext& ctx_;
   std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pushed_;
 };

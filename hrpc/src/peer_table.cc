@@ -26,6 +26,8 @@ struct Link {
 };
 
 namespace {
+// Pieces of a response attachment READ from the server's memory in flight at once.
+constexpr size_t kResponsePullWindow = 4;
 std::string KeyOf(const std::string& uri, size_t index) { return uri + "#" + std::to_string(index); }
 }  // namespace
 
@@ -234,7 +236,8 @@ void PeerTable::PullResponse(std::shared_ptr<Link> link, Call* call, ReceivedFra
   for (size_t i = 0; i < rx.frame.num_descriptors() && status.ok(); ++i) {
     const wire::BulkDescriptor d = rx.frame.descriptor(i);
     if (d.direction != wire::BulkDirection::kPull) continue;
-    auto got = PullRegion(*link->conn, pool, d, pool.options().max_class_bytes, live);
+    const size_t chunk = std::min(kDefaultBulkChunkBytes, pool.options().max_class_bytes);
+    auto got = PullRegion(*link->conn, pool, d, chunk, kResponsePullWindow, live);
     if (got.ok()) {
       call->pulled.Append(std::move(*got));
     } else {

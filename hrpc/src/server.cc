@@ -223,7 +223,7 @@ class Server::Impl {
       descs.push_back(frame.descriptor(i));
       if (descs.back().direction == wire::BulkDirection::kPush) ++num_push;
     }
-    internal::ConnBulk bulk(*sc->conn, pool, options.bulk_chunk_bytes, ctx);
+    internal::ConnBulk bulk(*sc->conn, pool, options.bulk_chunk_bytes, options.bulk_window, ctx);
     ctx.set_bulk(descs, &bulk);
 
     Status status;
@@ -319,6 +319,7 @@ class Server::Impl {
 Result<std::unique_ptr<Server>> Server::Create(Runtime& runtime, ServerOptions options) {
   if (options.listen.empty()) return InvalidArgumentError("ServerOptions.listen is empty");
   if (options.bulk_chunk_bytes == 0) return InvalidArgumentError("bulk_chunk_bytes must be > 0");
+  if (options.bulk_window == 0) return InvalidArgumentError("bulk_window must be > 0");
   auto impl = std::make_unique<Impl>();
   impl->workers = runtime.core();
   options.bulk_chunk_bytes = std::min(options.bulk_chunk_bytes, runtime.pool(0).options().max_class_bytes);

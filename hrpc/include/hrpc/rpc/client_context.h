@@ -50,11 +50,13 @@ class ClientContext {
   mempool::IoBuf& response_attachment() noexcept { return response_attachment_; }
 
   // Room for a response attachment that is too large to travel inline (above
-  // the eager threshold): the channel exposes this many bytes of registered
-  // memory for the server to WRITE into (rendezvous push), and
-  // response_attachment() then holds slices of it. 0 (default): only inline
-  // response attachments; a larger one fails the call with RESOURCE_EXHAUSTED.
-  // Sticky across calls on this context.
+  // the eager threshold), on connections without in-stream payloads (RDMA,
+  // loopback): the channel exposes this many bytes of registered memory for
+  // the server to WRITE into (rendezvous push), and response_attachment()
+  // then holds slices of it. Optional: without room (or with too little) the
+  // server exposes the attachment and the channel READs it, one more round
+  // trip. On TCP the attachment follows the response in the stream and the
+  // room is not used. Sticky across calls on this context.
   void set_response_attachment_capacity(size_t bytes) noexcept { response_attachment_capacity_ = bytes; }
   size_t response_attachment_capacity() const noexcept { return response_attachment_capacity_; }
 

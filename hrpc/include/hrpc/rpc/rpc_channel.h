@@ -20,16 +20,17 @@
 // else is posted to a worker (round robin).
 //
 // Attachments. ClientContext::request_attachment() of at most
-// `eager_threshold` bytes travels inline in the request frame; a larger one is
-// exposed for READ (one bulk descriptor per slice, with its CRC32C) and pulled
-// by the server. Memory from the pool of the worker that sends the call goes
-// out without a copy (a handler's pulled attachment, or pool()); an attachment
-// from another pool is first copied (counted by CountedCopy). A response
-// attachment larger than the threshold needs
-// ClientContext::set_response_attachment_capacity(n): the channel exposes n
-// bytes of the worker's pool for WRITE, the server pushes into them, and
-// response_attachment() then holds slices of that memory. Exposures are
-// revoked before the call completes.
+// `eager_threshold` bytes travels inline in the request frame; a larger one
+// follows the frame in the stream on TCP (read into aligned blocks of the
+// server's pool: no extra round trip), or is exposed for READ (one bulk
+// descriptor per slice, with its CRC32C) and pulled by the server (RDMA,
+// loopback). Memory from the pool of the worker that sends the call goes out
+// without a copy (a handler's pulled attachment, or pool()); an attachment
+// from another pool is first copied when it must be exposed (counted by
+// CountedCopy). A response attachment of any size arrives: inline, streamed
+// (TCP), written into room the client offered
+// (ClientContext::set_response_attachment_capacity), or else READ from the
+// server's memory and released. Exposures are revoked before the call completes.
 //
 // Deadlines and cancellation: the remaining budget travels in the request;
 // the call fails locally with DEADLINE_EXCEEDED when it runs out, and

@@ -17,7 +17,8 @@
 //  * request attachment: inline bytes are ServerContext::request_attachment();
 //    with auto_pull (default) bulk (pull) descriptors are READ into 4 KiB-aligned
 //    pool slabs and appended to it before the handler runs (in pieces of
-//    bulk_chunk_bytes, checking deadline and cancel in between: a deadline that
+//    bulk_chunk_bytes, bulk_window of them in flight, checking deadline and
+//    cancel between groups of pieces: a deadline that
 //    expires during the pull ends the call with DEADLINE_EXCEEDED, unrun);
 //    without auto_pull the handler calls ServerContext::PullBulk(i);
 //  * malformed request message → INVALID_ARGUMENT (the generated dispatch);
@@ -55,6 +56,9 @@ struct ServerOptions {
   RuntimeOptions runtime = RuntimeOptions::FromEnv();
   size_t eager_threshold = kDefaultEagerThreshold;
   size_t bulk_chunk_bytes = kDefaultBulkChunkBytes;
+  // Pieces of one bulk READ in flight at once (one large call reaches the
+  // link's bandwidth instead of waiting out a round trip per piece).
+  size_t bulk_window = 4;
   size_t max_concurrent_requests = 65536;
   bool auto_pull = true;
   // How long Shutdown() lets running handlers finish (they see IsCancelled()).
