@@ -163,16 +163,12 @@ TEST(Runtime, TenThousandChannelsToTwoHundredServers) {
 TEST(Runtime, ChannelsToOnePeerShareTheConnection) {
   Served env(1);
   ASSERT_TRUE(env.ok());
-  auto& rt = env.rt;
-  auto& service = env.service;
-  auto& server = env.server;
-  const std::string& uri = env.uri;
-  auto a = hrpc::RpcChannel::Create(*rt, uri);
-  auto b = hrpc::RpcChannel::Create(*rt, uri);
+  auto a = hrpc::RpcChannel::Create(*env.rt, env.uri);
+  auto b = hrpc::RpcChannel::Create(*env.rt, env.uri);
   ASSERT_TRUE(a.ok() && b.ok());
   for (auto* ch : {a->get(), b->get(), a->get()}) ASSERT_TRUE(Ping(ch, "x").ok());
-  EXPECT_EQ(rt->stats().client_connections, 1u);
-  EXPECT_EQ(server->num_connections(), 1u);
+  EXPECT_EQ(env.rt->stats().client_connections, 1u);
+  EXPECT_EQ(env.server->num_connections(), 1u);
   // Client stats are the runtime's: both channels' calls.
   EXPECT_EQ((*a)->Stats().at(0).count, 3u);
 }
@@ -234,12 +230,8 @@ TEST(Runtime, HandlerCallsAnotherServerOnItsOwnThreadAndForwardsWithoutCopy) {
 TEST(Runtime, DestroyingAChannelWithCallsInFlight) {
   Served env(2);
   ASSERT_TRUE(env.ok());
-  auto& rt = env.rt;
-  auto& service = env.service;
-  auto& server = env.server;
-  const std::string& uri = env.uri;
-  auto doomed = hrpc::RpcChannel::Create(*rt, uri);
-  auto other = hrpc::RpcChannel::Create(*rt, uri);
+  auto doomed = hrpc::RpcChannel::Create(*env.rt, env.uri);
+  auto other = hrpc::RpcChannel::Create(*env.rt, env.uri);
   ASSERT_TRUE(doomed.ok() && other.ok());
   constexpr int kCalls = 16;
   struct One {
@@ -258,8 +250,8 @@ TEST(Runtime, DestroyingAChannelWithCallsInFlight) {
       done.fetch_add(1);
     });
   }
-  for (int i = 0; i < 2000 && service.running.load() < kCalls; ++i) std::this_thread::sleep_for(1ms);
-  EXPECT_EQ(service.running.load(), kCalls);
+  for (int i = 0; i < 2000 && env.service.running.load() < kCalls; ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(env.service.running.load(), kCalls);
   const auto t0 = std::chrono::steady_clock::now();
   doomed->reset();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s) << "destruction must not wait for the handlers";
@@ -275,17 +267,13 @@ TEST(Runtime, DestroyingAChannelWithCallsInFlight) {
 TEST(Runtime, RuntimeDestroyedBeforeItsServerAndChannels) {
   Served env(2);
   ASSERT_TRUE(env.ok());
-  auto& rt = env.rt;
-  auto& service = env.service;
-  auto& server = env.server;
-  const std::string& uri = env.uri;
-  auto channel = hrpc::RpcChannel::Create(*rt, uri);
+  auto channel = hrpc::RpcChannel::Create(*env.rt, env.uri);
   ASSERT_TRUE(channel.ok());
   const size_t threads_with_runtime = ThreadsInProcess();
-  rt.reset();
+  env.rt.reset();
   auto s = Ping(channel->get(), "after");
   ASSERT_TRUE(s.ok()) << s.ToString();
-  server.reset();
+  env.server.reset();
   EXPECT_EQ(ThreadsInProcess(), threads_with_runtime);
   channel->reset();  // the last user: stops the two workers
   EXPECT_EQ(ThreadsInProcess(), threads_with_runtime - 2);
@@ -295,22 +283,18 @@ TEST(Runtime, RuntimeDestroyedBeforeItsServerAndChannels) {
 TEST(Runtime, IdleConnectionsAreClosedAndReplaced) {
   Served env(1, 100ms);
   ASSERT_TRUE(env.ok());
-  auto& rt = env.rt;
-  auto& service = env.service;
-  auto& server = env.server;
-  const std::string& uri = env.uri;
-  auto channel = hrpc::RpcChannel::Create(*rt, uri);
+  auto channel = hrpc::RpcChannel::Create(*env.rt, env.uri);
   ASSERT_TRUE(channel.ok());
   auto call = [&] { return Ping(channel->get(), "ping"); };
   ASSERT_TRUE(call().ok());
-  EXPECT_EQ(rt->stats().client_connections, 1u);
-  for (int i = 0; i < 200 && rt->stats().client_connections > 0; ++i) std::this_thread::sleep_for(5ms);
-  EXPECT_EQ(rt->stats().client_connections, 0u) << "idle connection not closed";
-  for (int i = 0; i < 200 && server->num_connections() > 0; ++i) std::this_thread::sleep_for(5ms);
-  EXPECT_EQ(server->num_connections(), 0u);
+  EXPECT_EQ(env.rt->stats().client_connections, 1u);
+  for (int i = 0; i < 200 && env.rt->stats().client_connections > 0; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(env.rt->stats().client_connections, 0u) << "idle connection not closed";
+  for (int i = 0; i < 200 && env.server->num_connections() > 0; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(env.server->num_connections(), 0u);
   ASSERT_TRUE(call().ok());
-  EXPECT_EQ(rt->stats().client_connections, 1u);
-  EXPECT_EQ(service.calls.load(), 2);
+  EXPECT_EQ(env.rt->stats().client_connections, 1u);
+  EXPECT_EQ(env.service.calls.load(), 2);
 }
 
 // A connection that failed (server gone) is replaced by the next call once a
@@ -318,24 +302,20 @@ TEST(Runtime, IdleConnectionsAreClosedAndReplaced) {
 TEST(Runtime, DeadConnectionIsReplacedOnTheNextCall) {
   Served env(1);
   ASSERT_TRUE(env.ok());
-  auto& rt = env.rt;
-  auto& service = env.service;
-  auto& server = env.server;
-  const std::string& uri = env.uri;
-  auto channel = hrpc::RpcChannel::Create(*rt, uri);
+  auto channel = hrpc::RpcChannel::Create(*env.rt, env.uri);
   ASSERT_TRUE(channel.ok());
   auto call = [&] { return Ping(channel->get(), "ping"); };
   ASSERT_TRUE(call().ok());
-  const std::string port = uri.substr(uri.rfind(':') + 1);
-  server.reset();
-  for (int i = 0; i < 200 && rt->stats().client_connections > 0; ++i) std::this_thread::sleep_for(5ms);
-  EXPECT_EQ(rt->stats().client_connections, 0u);
+  const std::string port = env.uri.substr(env.uri.rfind(':') + 1);
+  env.server.reset();
+  for (int i = 0; i < 200 && env.rt->stats().client_connections > 0; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(env.rt->stats().client_connections, 0u);
   EXPECT_EQ(call().code(), StatusCode::kUnavailable);
   hrpc::ServerOptions so;
   so.listen = {"tcp://127.0.0.1:" + port};
-  auto again = hrpc::Server::Create(*rt, so);
+  auto again = hrpc::Server::Create(*env.rt, so);
   ASSERT_TRUE(again.ok());
-  ASSERT_TRUE((*again)->RegisterService(&service).ok());
+  ASSERT_TRUE((*again)->RegisterService(&env.service).ok());
   auto st = (*again)->Start();
   ASSERT_TRUE(st.ok()) << st.ToString();
   auto s = call();
