@@ -86,17 +86,18 @@ Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& po
   const transport::RemoteDescriptor src{d.addr, d.len, d.rkey};
   const size_t pieces = d.len == 0 ? 0 : (d.len + chunk - 1) / chunk;
   std::vector<mempool::Buffer> slabs(pieces);
-  for (size_t i = 0; i < pieces; ++i) {
-    HRPC_ASSIGN_OR_RETURN(slabs[i], pool.Allocate(std::min<size_t>(chunk, d.len - i * chunk)));
-  }
   // Up to `window` READs in flight: the first of each group on this
-  // coroutine, the others on coroutines of this worker.
+  // coroutine, the others on coroutines of this worker. Blocks are taken a
+  // group at a time, so a region that fails early holds little memory.
   window = std::max<size_t>(window, 1);
   std::vector<Status> status(pieces);
   coro::Scheduler* sched = coro::Scheduler::Current();
   for (size_t first = 0; first < pieces; first += window) {
     HRPC_TRY(live());
     const size_t last = std::min(pieces, first + window);
+    for (size_t i = first; i < last; ++i) {
+      HRPC_ASSIGN_OR_RETURN(slabs[i], pool.Allocate(std::min<size_t>(chunk, d.len - i * chunk)));
+    }
     auto read = [&](size_t i) { status[i] = conn.Read(src.Sub(i * chunk, static_cast<uint32_t>(slabs[i].size())), mempool::IoBuf(slabs[i])); };
     coro::WaitGroup wg;
     if (sched != nullptr && coro::this_coro::InCoroutine()) {
@@ -211,7 +212,10 @@ Result<ResponseAttachment> PlaceResponseAttachment(mempool::IoBuf attachment, si
     }
     // Too little room: expose it for the client to READ.
     const size_t echoed = out.descriptors.size();
-    HRPC_TRY(ExposeForRead(conn, pool, std::move(attachment), out.for_read));
+    if (Status s = ExposeForRead(conn, pool, std::move(attachment), out.for_read); !s.ok()) {
+      RevokeAll(conn, out.for_read);
+      return s;
+    }
     out.descriptors.insert(out.descriptors.end(), out.for_read.descriptors.begin(), out.for_read.descriptors.end());
     if (out.descriptors.size() > wire::kMaxDescriptors) {
       RevokeAll(conn, out.for_read);

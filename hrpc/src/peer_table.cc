@@ -23,9 +23,12 @@ struct Link {
   // Idle sweeps in a row that found it unused (reset by every call); no
   // clock read on the call path.
   uint32_t idle_sweeps = 0;
+  uint32_t pulling = 0;  // responses being READ from the server (PullResponse)
 };
 
 namespace {
+// The channel whose call's done callback runs on this thread now, if any.
+thread_local const ChannelState* tls_completing = nullptr;
 // Pieces of a response attachment READ from the server's memory in flight at once.
 constexpr size_t kResponsePullWindow = 4;
 std::string KeyOf(const std::string& uri, size_t index) { return uri + "#" + std::to_string(index); }
@@ -70,7 +73,8 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const std::string& uri, std:
       HRPC_TRY(ev->Wait());
       Entry& again = table_[key];  // the table may have rehashed
       if (again.link && !again.link->dead) return again.link;
-      return again.last_error;
+      if (!again.last_error.ok()) return again.last_error;
+      continue;  // connected and already lost, or swept: connect again
     }
     e.connecting = true;
     auto ev = std::make_shared<coro::Event>();
@@ -167,6 +171,7 @@ void PeerTable::OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw
       if (rx->frame.status().ok() && HasPullRegions(rx->frame)) {
         // The attachment waits in the server's memory: READ it off this reader.
         auto frame = std::make_shared<ReceivedFrame>(std::move(*rx));
+        ++link->pulling;
         workers_.scheduler(worker_).Spawn([this, link, call, frame] { PullResponse(link, call, *frame); },
                                           "hrpc-pull-response");
         return;
@@ -202,9 +207,14 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
   DoneCallback done = std::move(call->done);
   std::shared_ptr<ChannelState> channel = std::move(call->channel);
   delete call;
+  const ChannelState* outer = tls_completing;
+  tls_completing = channel.get();  // the callback may destroy its own channel
   done(std::move(status));
+  tls_completing = outer;
   channel->in_flight.fetch_sub(1, std::memory_order_acq_rel);
 }
+
+bool CompletingCallOf(const ChannelState* channel) noexcept { return tls_completing == channel; }
 
 Status PeerTable::FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in) {
   const wire::Frame& frame = rx.frame;
@@ -227,7 +237,9 @@ Status PeerTable::FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in
 void PeerTable::PullResponse(std::shared_ptr<Link> link, Call* call, ReceivedFrame& rx) {
   mempool::Pool& pool = workers_.pool(worker_);
   const ClientContext& ctx = *call->ctx;
-  auto live = [&ctx]() -> Status {
+  const ChannelState& ch = *call->channel;
+  auto live = [&ctx, &ch]() -> Status {
+    if (ch.closed.load(std::memory_order_acquire)) return CancelledError("channel destroyed");
     if (ctx.IsCancelled()) return CancelledError("call cancelled while reading the response attachment");
     if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired while reading the response attachment");
     return Status::Ok();
@@ -250,6 +262,7 @@ void PeerTable::PullResponse(std::shared_ptr<Link> link, Call* call, ReceivedFra
     h.txn_id = call->txn;
     if (auto f = SmallFrame(pool, h, {}); f.ok()) link->conn->Send(std::move(*f)).IgnoreError();
   }
+  --link->pulling;
   Complete(call, status, status.ok() ? &rx : nullptr);
 }
 
@@ -300,7 +313,8 @@ void PeerTable::StartCall(Call* call) {
                     nullptr);
   }
   // The room in front of the message was planned for every descriptor this
-  // call can need (PlannedDescriptors), so the prefix fits.
+  // call can need (PlannedDescriptors), so the prefix fits (FinishFrame
+  // checks).
   if (wire::PrefixSize(descs.size()) + call->msg.message_len > limit ||
       (path == AttachmentPath::kInline && wire::PrefixSize(descs.size()) + call->msg.message_len + att.size() > limit)) {
     return Complete(call,
@@ -403,7 +417,7 @@ void PeerTable::SweepIdle() {
     for (auto it = table_.begin(); it != table_.end();) {
       Entry& e = it->second;
       if (e.link && !e.link->dead) {
-        if (!e.link->calls.empty()) {
+        if (!e.link->calls.empty() || e.link->pulling > 0) {
           e.link->idle_sweeps = 0;
         } else if (++e.link->idle_sweeps >= kIdleSweeps) {
           expired.push_back(e.link);

@@ -81,6 +81,10 @@ struct Call {
   std::shared_ptr<Link> link;
 };
 
+// True while a done callback of a call of `channel` runs on this thread (the
+// callback may destroy the channel: it then waits for the others only).
+bool CompletingCallOf(const ChannelState* channel) noexcept;
+
 class PeerTable {
  public:
   PeerTable(WorkerSet& workers, size_t worker) : workers_(workers), worker_(worker) {}

@@ -45,9 +45,7 @@ class RpcChannel::Impl {
     // (the connection, and so the attachment's path, is known only later).
     const mempool::IoBuf& att = call->ctx->request_attachment();
     const size_t cap = call->ctx->response_attachment_capacity();
-    const mempool::IoBuf none;
-    const size_t ndesc = internal::PlannedDescriptors(att.size() > state->eager_threshold ? att : none,
-                                                      cap > state->eager_threshold ? cap : 0,
+    const size_t ndesc = internal::PlannedDescriptors(att, cap > state->eager_threshold ? cap : 0,
                                                       pool.options().max_class_bytes);
     const size_t room = wire::PrefixSize(std::min(ndesc, wire::kMaxDescriptors));
     Result<SerializedMessage> m = InternalError("unset");
@@ -116,24 +114,33 @@ class RpcChannel::Impl {
   // connecting or queued for a worker).
   void Close() {
     state->closed.store(true, std::memory_order_release);
-    if (state->in_flight.load(std::memory_order_acquire) == 0) return;
+    // Destroyed in the done callback of one of its own calls: that call is
+    // still counted until the callback returns.
+    const int64_t own = internal::CompletingCallOf(state.get()) ? 1 : 0;
+    if (state->in_flight.load(std::memory_order_acquire) <= own) return;
+    const int here = workers->CurrentIndex();
     for (size_t w = 0; w < workers->size(); ++w) {
-      workers->RunOn(w, [this, w] {
+      auto abort = [this, w] {
         workers->peers(w).AbortChannel(state.get(), CancelledError("channel destroyed"));
         return Status::Ok();
-      }).IgnoreError();
+      };
+      if (static_cast<int>(w) == here) {
+        abort().IgnoreError();  // on that worker already (maybe not in a coroutine)
+      } else {
+        workers->RunOn(w, abort).IgnoreError();
+      }
     }
     const auto until = Clock::now() + std::chrono::seconds(10);
-    while (state->in_flight.load(std::memory_order_acquire) > 0 && Clock::now() < until) {
+    while (state->in_flight.load(std::memory_order_acquire) > own && Clock::now() < until) {
       if (coro::this_coro::InCoroutine()) {
         coro::this_coro::SleepFor(std::chrono::milliseconds(1));
       } else {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
     }
-    if (state->in_flight.load() > 0) {
-      SPDLOG_WARN("hrpc client: channel to {} destroyed with {} calls still connecting", state->uri,
-                  state->in_flight.load());
+    if (state->in_flight.load() > own) {
+      SPDLOG_WARN("hrpc client: channel to {} destroyed with {} calls still connecting or reading a response",
+                  state->uri, state->in_flight.load() - own);
     }
   }
 };

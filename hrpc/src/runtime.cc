@@ -95,7 +95,16 @@ namespace internal {
 WorkerSet::WorkerSet(const RuntimeOptions& o) : options_(o) {}
 
 Result<std::shared_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& options) {
-  std::shared_ptr<WorkerSet> set(new WorkerSet(options));
+  // The last reference may drop on one of the set's own workers (the last
+  // channel destroyed in a handler): a thread cannot stop and join itself, so
+  // that destruction runs on a thread of its own.
+  std::shared_ptr<WorkerSet> set(new WorkerSet(options), [](WorkerSet* ws) {
+    if (ws->CurrentIndex() >= 0) {
+      std::thread([ws] { delete ws; }).detach();
+    } else {
+      delete ws;
+    }
+  });
   if (options.groups != nullptr) {
     set->num_groups_ = options.groups->size();
     for (size_t g = 0; g < options.groups->size(); ++g) {
@@ -126,11 +135,6 @@ Result<std::shared_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& optio
 }
 
 WorkerSet::~WorkerSet() {
-  if (CurrentIndex() >= 0) {
-    // A worker cannot stop and join itself.
-    SPDLOG_CRITICAL("hrpc: the last user of a runtime was destroyed on one of its own workers");
-    std::abort();
-  }
   CloseConnections();
   DestroyTransports();
   for (size_t i = 0; i < own_workers_.size(); ++i) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -32,21 +33,19 @@ struct ServerConn {
   bool closed = false;
 };
 
-// Serializes the handler's response behind room for the response prefix.
 // Serializes the handler's response behind room for the response prefix:
 // the echoed push regions, and the regions the response attachment (final
 // once the handler returned, when the dispatch calls Write) may be exposed in.
 class FrameWriter final : public ResponseWriter {
  public:
-  FrameWriter(mempool::Pool& pool, size_t num_push, size_t eager_threshold, ServerContext& ctx)
-      : pool_(pool), num_push_(num_push), eager_threshold_(eager_threshold), ctx_(ctx) {}
+  FrameWriter(mempool::Pool& pool, size_t num_push, ServerContext& ctx)
+      : pool_(pool), num_push_(num_push), ctx_(ctx) {}
   Status Write(const google::protobuf::MessageLite& response) override {
     if (!response.IsInitialized()) {
       return InternalError("response lacks required fields: " + response.InitializationErrorString());
     }
     const mempool::IoBuf& att = ctx_.response_attachment();
-    const size_t exposed =
-        att.size() > eager_threshold_ ? internal::PlannedDescriptors(att, 0, pool_.options().max_class_bytes) : 0;
+    const size_t exposed = internal::PlannedDescriptors(att, 0, pool_.options().max_class_bytes);
     const size_t room = wire::PrefixSize(std::min(num_push_ + exposed, wire::kMaxDescriptors));
     auto m = internal::SerializeWithRoom(pool_, response, room);
     if (!m.ok()) return m.status();
@@ -60,13 +59,25 @@ class FrameWriter final : public ResponseWriter {
  private:
   mempool::Pool& pool_;
   size_t num_push_;
-  size_t eager_threshold_;
   ServerContext& ctx_;
 };
 
+// Polls `done` every millisecond until it holds or `until` passes: suspending
+// the calling coroutine (Shutdown from a handler of the runtime), else
+// sleeping the thread.
+void WaitFor(const std::function<bool()>& done, Clock::time_point until) {
+  while (!done() && Clock::now() < until) {
+    if (coro::this_coro::InCoroutine()) {
+      coro::this_coro::SleepFor(std::chrono::milliseconds(1));
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+}
+
 }  // namespace
 
-class Server::Impl {
+class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
  public:
   ServerOptions options;
   std::shared_ptr<internal::WorkerSet> workers;
@@ -111,7 +122,7 @@ class Server::Impl {
       sc->peer = std::string(sc->conn->peer());
       live_conns.fetch_add(1);
       conns[w].push_back(sc);
-      workers->scheduler(w).Spawn([this, sc] { ReadLoop(sc); }, "hrpc-server-rx");
+      workers->scheduler(w).Spawn([self = shared_from_this(), sc] { self->ReadLoop(sc); }, "hrpc-server-rx");
     }
     accept_loops.fetch_sub(1);
   }
@@ -147,7 +158,8 @@ class Server::Impl {
         }
         const Clock::time_point arrival = Clock::now();
         auto req = std::make_shared<internal::ReceivedFrame>(std::move(*rx));
-        workers->scheduler(sc->worker).Spawn([this, sc, req, arrival] { HandleRequest(sc, *req, arrival); },
+        workers->scheduler(sc->worker).Spawn(
+            [self = shared_from_this(), sc, req, arrival] { self->HandleRequest(sc, *req, arrival); },
                                              "hrpc-handler");
       } else if (h.kind == wire::FrameKind::kCancel) {
         auto it = sc->active.find(h.txn_id);
@@ -239,7 +251,7 @@ class Server::Impl {
         }
       }
     }
-    FrameWriter writer(pool, num_push, options.eager_threshold, ctx);
+    FrameWriter writer(pool, num_push, ctx);
     if (status.ok()) {
       status = svc_it->second->CallMethod(h.method_id, ctx, std::string_view(reinterpret_cast<const char*>(frame.message().data()), frame.message().size()),
                                           writer);
@@ -286,6 +298,14 @@ class Server::Impl {
     }
     bytes_out += writer.msg.message_len + placed.attachment.size();
     if (!sc->closed) {
+      // A response the client READs from here: listen for its release before
+      // sending (the release may come back before Send returns).
+      const bool hold = !placed.for_read.exposed.empty();
+      coro::LocalEvent released;
+      if (hold) {
+        sc->releases[h.txn_id] = &released;
+        running.fetch_add(1);
+      }
       Status sent;
       if (placed.path == internal::AttachmentPath::kStream) {
         sent = sc->conn->SendWithPayload(std::move(*f), std::move(placed.attachment));
@@ -294,25 +314,19 @@ class Server::Impl {
         sent = sc->conn->Send(std::move(*f));
       }
       if (!sent.ok()) SPDLOG_DEBUG("hrpc server: response to {} not sent: {}", sc->peer, sent.ToString());
-      if (sent.ok() && !placed.for_read.exposed.empty()) HoldForRelease(*sc, h.txn_id, ctx);
+      if (hold) {
+        // Exposed until the client releases it, the call's deadline (or
+        // release_timeout) passes, or the connection closes.
+        const auto until = std::min(ctx.deadline(), Clock::now() + options.release_timeout);
+        if (sent.ok() && !sc->closed && !released.IsSet() && !released.WaitUntil(until).ok()) {
+          SPDLOG_DEBUG("hrpc server: {} did not release the response of txn {} in time", sc->peer, h.txn_id);
+        }
+        sc->releases.erase(h.txn_id);
+        running.fetch_sub(1);
+      }
     }
     internal::RevokeAll(*sc->conn, placed.for_read);
     finish(Status::Ok());
-  }
-
-  // Keeps a response attachment exposed for the client to READ until it
-  // releases it, the call's deadline (or release_timeout) passes, or the
-  // connection closes.
-  void HoldForRelease(ServerConn& sc, uint64_t txn, const ServerContext& ctx) {
-    coro::LocalEvent released;
-    sc.releases[txn] = &released;
-    running.fetch_add(1);
-    const auto until = std::min(ctx.deadline(), Clock::now() + options.release_timeout);
-    if (!sc.closed && !released.WaitUntil(until).ok()) {
-      SPDLOG_DEBUG("hrpc server: {} did not release the response of txn {} in time", sc.peer, txn);
-    }
-    sc.releases.erase(txn);
-    running.fetch_sub(1);
   }
 };
 
@@ -320,7 +334,7 @@ Result<std::unique_ptr<Server>> Server::Create(Runtime& runtime, ServerOptions o
   if (options.listen.empty()) return InvalidArgumentError("ServerOptions.listen is empty");
   if (options.bulk_chunk_bytes == 0) return InvalidArgumentError("bulk_chunk_bytes must be > 0");
   if (options.bulk_window == 0) return InvalidArgumentError("bulk_window must be > 0");
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_shared<Impl>();
   impl->workers = runtime.core();
   options.bulk_chunk_bytes = std::min(options.bulk_chunk_bytes, runtime.pool(0).options().max_class_bytes);
   impl->options = std::move(options);
@@ -337,7 +351,7 @@ Result<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   return Create(*runtime, std::move(options));
 }
 
-Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::Server(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() {
   Shutdown();
@@ -378,7 +392,8 @@ Status Server::Start() {
         transport::Listener* raw_listener = listener.get();
         im.listeners[w].push_back(std::move(listener));
         im.accept_loops.fetch_add(1);
-        im.workers->scheduler(w).Spawn([&im, w, raw_listener] { im.AcceptLoop(w, raw_listener); }, "hrpc-accept");
+        im.workers->scheduler(w).Spawn([self = im.shared_from_this(), w, raw_listener] { self->AcceptLoop(w, raw_listener); },
+                                       "hrpc-accept");
         return Status::Ok();
       }));
     }
@@ -399,12 +414,12 @@ void Server::Shutdown() {
       for (auto& l : im.listeners[w]) l->Close();
       for (auto& sc : im.conns[w]) {
         for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
+        for (auto& [txn, ev] : sc->releases) ev->Set();
       }
       return Status::Ok();
     }).IgnoreError();
   }
-  const auto grace = Clock::now() + im.options.shutdown_grace;
-  while (im.running.load() > 0 && Clock::now() < grace) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  WaitFor([&im] { return im.running.load() == 0; }, Clock::now() + im.options.shutdown_grace);
   for (size_t w = 0; w < im.workers->size(); ++w) {
     im.workers->RunOn(w, [&im, w] {
       auto list = im.conns[w];
@@ -412,10 +427,8 @@ void Server::Shutdown() {
       return Status::Ok();
     }).IgnoreError();
   }
-  const auto until = Clock::now() + std::chrono::seconds(5);
-  while ((im.live_conns.load() > 0 || im.accept_loops.load() > 0) && Clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  WaitFor([&im] { return im.live_conns.load() == 0 && im.accept_loops.load() == 0; },
+          Clock::now() + std::chrono::seconds(5));
   if (im.live_conns.load() > 0 || im.running.load() > 0) {
     SPDLOG_WARN("hrpc server: shutdown with {} connections / {} requests still alive", im.live_conns.load(),
                 im.running.load());

@@ -88,8 +88,7 @@ struct Hello {
 static_assert(sizeof(Hello) == 32);
 
 // Receive-side prefetch: when a connection reads past the frame it is
-// filling, it reads at most kPrefetchBytes into a pool buffer (a batch of
-// small frames per readv); headers,
+// filling, it reads at most kPrefetchBytes into a small pool buffer; headers,
 // small bodies and control messages are taken from there (messages as slices:
 // no copy). So that one-sided payload never lands in that buffer (it must go
 // straight into its target), WRITE and READ_RESP bodies start with
@@ -97,8 +96,8 @@ static_assert(sizeof(Hello) == 32);
 // between its message and its payload (a prefetch that starts at its header
 // ends inside message + padding, and its message is never read together with
 // bytes beyond it).
-inline constexpr size_t kPrefetchBytes = 4096;
-inline constexpr uint32_t kPayloadPad = 4064;
+inline constexpr size_t kPrefetchBytes = 256;
+inline constexpr uint32_t kPayloadPad = 224;
 static_assert(kHeaderBytes + kPayloadPad >= kPrefetchBytes,
               "a prefetch that starts at a WRITE header must end inside its padding");
 

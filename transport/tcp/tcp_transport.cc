@@ -58,6 +58,8 @@ alignas(64) const uint8_t kZeros[tcp::kPayloadPad] = {};
 constexpr int kReadBudget = 32;    // readv calls per connection per Poll()
 constexpr int kAcceptBudget = 64;  // accepts per listener per Poll()
 constexpr uint64_t kListenerBit = 1ull << 63;
+// Pool blocks a MESSAGE_PAYLOAD's receiver holds ready ahead of the bytes read.
+constexpr uint64_t kPayloadAheadBytes = 8u << 20;
 
 // The handshake body in a pool buffer. Control bytes, not payload: a plain
 // memcpy, not counted by CountedCopy.
@@ -260,12 +262,14 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   // A control message, or (payload non-empty) a MESSAGE_PAYLOAD frame.
   void QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload);
   bool StartPayload(Conn& c);
+  bool MorePayloadBlocks(Conn& c);
   void OnHeader(Conn& c, const FrameHeader& h);
   void OnBodyDone(Conn& c);
   void FinishConnect(Conn& c);
   void OnHello(Conn& c, const tcp::Hello& hello);
   void Deliver(Conn& c, mempool::IoBuf msg);
   void ReturnCredit(Conn& c);
+  void MaybeSendCredits(Conn& c);
   void GrantCredits(Conn& c, uint32_t n);
   void CompleteOp(Conn& c, uint64_t id, Status s);
   void OnAccept(ListenerState& ls);
@@ -303,6 +307,8 @@ std::shared_ptr<Conn> Core::NewConn(int fd, bool server, std::string peer) {
 }
 
 void Core::Fail(Conn& c, Status s) {
+  c.msg_before_payload = mempool::IoBuf();
+  c.body_hold = mempool::IoBuf();
   if (c.closed()) return;
   auto keep = c.shared_from_this();
   c.phase = Phase::kClosed;
@@ -482,8 +488,9 @@ static void AdvanceBody(Conn& c, size_t n) {
 
 // Bytes that landed in the prefetch buffer `pf` (everything read past the
 // current frame's target): headers, small bodies, message bodies (kept as
-// slices of `pf`: no copy) and padding. Payload of WRITE / READ_RESP never
-// lands here because the sender pads it by kPayloadPad >= kPrefetchBytes - header.
+// slices of `pf`: no copy) and padding. Payload of WRITE / READ_RESP /
+// MESSAGE_PAYLOAD never lands here because the sender pads it by kPayloadPad
+// >= kPrefetchBytes - header.
 void Core::ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t len) {
   size_t pos = 0;
   while (pos < len && !c.closed()) {
@@ -545,6 +552,7 @@ bool Core::OnReadable(Conn& c) {
         if (d > 0) iov[n++] = {scratch.data(), d};
         covered = d == c.body_left;
       } else if (c.body_left > 0) {
+        if (c.sink == Sink::kPayload && c.body_pos == c.body_iov.size() && !MorePayloadBlocks(c)) return any;
         if (c.sink == Sink::kMessage && c.body_iov.empty()) {
           auto buf = pool->Allocate(c.body_left);
           if (!buf.ok()) {
@@ -883,30 +891,41 @@ void Core::OnBodyDone(Conn& c) {
 
 // The payload of a MESSAGE_PAYLOAD whose message has arrived: pool blocks (4
 // KiB-aligned from 4 KiB up) that the socket is read into, after the padding.
+// Blocks are added as the bytes come (MorePayloadBlocks), so a peer that
+// announces a payload it does not send holds no memory for it.
 bool Core::StartPayload(Conn& c) {
   const uint64_t n = c.payload_pending;
   c.payload_pending = 0;
-  const size_t block = pool->options().max_class_bytes;
-  mempool::IoBuf slabs;
-  for (uint64_t off = 0; off < n;) {
-    const size_t k = static_cast<size_t>(std::min<uint64_t>(block, n - off));
-    auto b = pool->Allocate(k);
-    if (!b.ok()) {
-      SPDLOG_WARN("hrpc tcp: closing connection {}: no memory for a payload of {} bytes: {}", c.peer, n,
-                  b.status().ToString());
-      Fail(c, b.status().WithContext("payload of " + std::to_string(n) + " bytes from " + c.peer));
-      return false;
-    }
-    slabs.Append(std::move(*b));
-    off += k;
-  }
   c.sink = Sink::kPayload;
-  c.body_iov = slabs.Iovecs();
-  c.body_hold = std::move(slabs);
+  c.body_iov.clear();
+  c.body_hold = mempool::IoBuf();
   c.body_pos = 0;
   c.body_total = c.body_left = n;
   c.pad_left = tcp::kPayloadPad;
   c.in_body = true;
+  return MorePayloadBlocks(c);
+}
+
+bool Core::MorePayloadBlocks(Conn& c) {
+  uint64_t mapped = 0;
+  for (size_t i = c.body_pos; i < c.body_iov.size(); ++i) mapped += c.body_iov[i].iov_len;
+  const size_t block = pool->options().max_class_bytes;
+  const uint64_t received = c.body_total - c.body_left;
+  uint64_t off = received + mapped;  // payload offset of the next block
+  while (off < c.body_total && mapped < kPayloadAheadBytes) {
+    const size_t k = static_cast<size_t>(std::min<uint64_t>(block, c.body_total - off));
+    auto b = pool->Allocate(k);
+    if (!b.ok()) {
+      SPDLOG_WARN("hrpc tcp: closing connection {}: no memory for a payload of {} bytes: {}", c.peer, c.body_total,
+                  b.status().ToString());
+      Fail(c, b.status().WithContext("payload of " + std::to_string(c.body_total) + " bytes from " + c.peer));
+      return false;
+    }
+    c.body_iov.push_back({b->data(), b->size()});
+    c.body_hold.Append(std::move(*b));
+    off += k;
+    mapped += k;
+  }
   return true;
 }
 
@@ -986,8 +1005,17 @@ void Core::Deliver(Conn& c, mempool::IoBuf msg) {
 void Core::ReturnCredit(Conn& c) {
   --c.unreturned;
   ++c.credits_to_return;
+  MaybeSendCredits(c);
+}
+
+// Credits go back in batches of recv_depth / 4, riding on outgoing frames or
+// in a CREDIT frame. When this side's own messages wait for credits, nothing
+// else would carry them: they go at once, or both sides could wait for each
+// other forever (each holding fewer than a batch).
+void Core::MaybeSendCredits(Conn& c) {
+  if (c.credits_to_return == 0) return;
   const uint32_t threshold = std::max<uint32_t>(1, c.limits.recv_depth / 4);
-  if (c.credits_to_return >= threshold && (c.outq.empty() || c.outq.back().encoded)) {
+  if ((c.credits_to_return >= threshold || !c.send_waiters.empty()) && (c.outq.empty() || c.outq.back().encoded)) {
     FrameHeader h;
     h.type = FrameType::kCredit;
     Queue(c, h);
@@ -1217,6 +1245,7 @@ class TcpConnection final : public Connection {
       w.msg = std::move(message);
       w.payload = std::move(payload);
       c->send_waiters.push_back(&w);
+      core.MaybeSendCredits(*c);
       core.MarkDirty(*c);
       HRPC_TRY(w.parked.Wait());
     }

@@ -21,10 +21,9 @@
 //
 // Lifetime. Servers and channels keep the runtime's workers alive: destroying
 // the Runtime object before them is safe — the workers stop when the last of
-// them is gone. The runtime's workers must not be the thread that drops the
-// last reference (do not destroy the last server/channel of a runtime whose
-// Runtime object is gone from a coroutine on one of its workers; it is refused
-// with a log line and std::abort, since a thread cannot join itself).
+// them is gone. When that last one is destroyed on one of the runtime's own
+// workers (in a handler), the workers are stopped from a thread of its own,
+// since a thread cannot join itself.
 //
 // Idle connections. An outgoing connection with no call in flight for
 // `idle_timeout` is closed; a connection that failed is replaced by the next

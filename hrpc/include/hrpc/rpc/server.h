@@ -111,8 +111,10 @@ class Server final {
   class Impl;
 
  private:
-  explicit Server(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit Server(std::shared_ptr<Impl> impl);
+  // Shared with the server's coroutines, which may outlive a Shutdown() that
+  // gave up waiting for them (they then finish on the runtime's workers).
+  std::shared_ptr<Impl> impl_;
 };
 
 }  // namespace hrpc

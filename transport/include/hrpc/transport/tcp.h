@@ -26,7 +26,8 @@ struct TcpOptions {
   // until the kernel drains the socket below half of it.
   size_t send_queue_high_water = 8u << 20;
   // Largest in-stream payload (Connection::SendWithPayload) this side accepts:
-  // the receiver allocates that many bytes of pool blocks for it as it reads.
+  // the receiver allocates pool blocks for it as the bytes arrive (at most
+  // 8 MiB ahead), up to this much for one message.
   // 0 disables in-stream payloads (both sides use the smaller value).
   uint64_t max_payload_bytes = 256u << 20;
   // Registrar slot of a TcpRegistrar already attached to the pool (e.g. once
