@@ -42,7 +42,7 @@ start_server() {
   echo "server did not start:" >&2; cat "$log" >&2; return 1
 }
 
-echo "== echo: echo_server + echo_client (a 1 MiB attachment goes by one-sided READ, comes back by WRITE) =="
+echo "== echo: echo_server + echo_client (a 1 MiB attachment: streamed behind the frame on TCP, pulled by RDMA READ and pushed back by WRITE on RDMA) =="
 start_server "$TMP/echo.log" "$EX/echo_server" --listen=127.0.0.1:0
 "$EX/echo_client" --uri="$ADDR" --count=3 --attachment=1M
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
@@ -55,7 +55,7 @@ echo "-- small messages: 2 connections x 32 in flight x 64 B"
 "$EX/throughput_client" --uri="$ADDR" --connections=2 --concurrency=32 --payload=64 \
   --duration="$DURATION" --warmup=1 "${CLI_CPU[@]}"
 echo
-echo "-- bulk: 1 connection x 8 in flight x 1 MiB (server pulls each payload by one-sided READ)"
+echo "-- bulk: 1 connection x 8 in flight x 1 MiB (TCP: each payload streamed behind its request; RDMA: pulled by one-sided READ)"
 "$EX/throughput_client" --uri="$ADDR" --connections=1 --concurrency=8 --payload=1M \
   --duration="$DURATION" --warmup=1 "${CLI_CPU[@]}"
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
