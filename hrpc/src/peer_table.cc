@@ -31,7 +31,6 @@ namespace {
 thread_local const ChannelState* tls_completing = nullptr;
 // Pieces of a response attachment READ from the server's memory in flight at once.
 constexpr size_t kResponsePullWindow = 4;
-std::string KeyOf(const std::string& uri, size_t index) { return uri + "#" + std::to_string(index); }
 }  // namespace
 
 MethodCounters& ChannelState::CountersFor(StatsRegistry& registry, uint32_t service_id, uint32_t method_id,
@@ -62,9 +61,11 @@ PeerTable::~PeerTable() {
   }
 }
 
-Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const std::string& uri, std::string_view scheme, size_t index) {
+Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel, size_t index) {
+  const std::string& uri = channel.uri;
+  const std::string_view scheme = channel.scheme;
   if (closed_) return CancelledError("runtime stopped");
-  const std::string key = KeyOf(uri, index);
+  const std::string& key = channel.link_keys[index];
   for (;;) {
     Entry& e = table_[key];
     if (e.link && !e.link->dead) return e.link;
@@ -118,8 +119,8 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const std::string& uri, std:
   }
 }
 
-Status PeerTable::Connect(const std::string& uri, std::string_view scheme, size_t index) {
-  auto l = EnsureLink(uri, scheme, index);
+Status PeerTable::Connect(const ChannelState& channel, size_t index) {
+  auto l = EnsureLink(channel, index);
   return l.ok() ? Status::Ok() : l.status();
 }
 
@@ -274,7 +275,7 @@ void PeerTable::StartCall(Call* call) {
   if (ctx.DeadlineExpired()) {
     return Complete(call, DeadlineExceededError("deadline expired before the call started"), nullptr);
   }
-  auto link_or = EnsureLink(ch.uri, ch.scheme, call->connection);
+  auto link_or = EnsureLink(ch, call->connection);
   if (!link_or.ok()) return Complete(call, link_or.status(), nullptr);
   if (ch.closed.load(std::memory_order_acquire)) return Complete(call, CancelledError("channel destroyed"), nullptr);
   std::shared_ptr<Link> link = std::move(*link_or);

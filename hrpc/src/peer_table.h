@@ -42,6 +42,9 @@ struct ChannelState {
   std::string scheme;  // "tcp", "rdma", "loop"
   size_t eager_threshold = 0;
   size_t connections_per_worker = 1;
+  // Keys of its connections in the peer tables, one per index ("uri#i"),
+  // made once so that a call builds no string.
+  std::vector<std::string> link_keys;
   std::atomic<bool> closed{false};
   std::atomic<int64_t> in_flight{0};  // from Begin to Complete
   std::atomic<uint64_t> rr{0};
@@ -58,7 +61,8 @@ struct ChannelState {
 
 struct Link;
 
-// One call in flight. Owned by the runtime from Begin until Complete.
+// A call in flight: allocated by RpcChannel::Impl::Begin, deleted by
+// PeerTable::Complete, which then runs its done callback.
 struct Call {
   uint64_t txn = 0;
   uint32_t service_id = 0;
@@ -101,7 +105,7 @@ class PeerTable {
   // sweeper. On this worker. Readers leave afterwards (live_links()).
   void CloseAll(const Status& why);
   // Connects (uri, index) now. In a coroutine on this worker.
-  Status Connect(const std::string& uri, std::string_view scheme, size_t index);
+  Status Connect(const ChannelState& channel, size_t index);
 
   size_t open_links() const noexcept { return open_.load(std::memory_order_relaxed); }
   int64_t live_links() const noexcept { return live_.load(std::memory_order_relaxed); }
@@ -114,7 +118,7 @@ class PeerTable {
     Status last_error;
   };
 
-  Result<std::shared_ptr<Link>> EnsureLink(const std::string& uri, std::string_view scheme, size_t index);
+  Result<std::shared_ptr<Link>> EnsureLink(const ChannelState& channel, size_t index);
   void FailLink(const std::shared_ptr<Link>& link, const Status& why);
   void ReadLoop(std::shared_ptr<Link> link);
   void OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw);

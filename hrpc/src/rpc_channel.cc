@@ -155,6 +155,9 @@ Result<std::unique_ptr<RpcChannel>> RpcChannel::Create(Runtime& runtime, std::st
   impl->state->scheme = impl->state->uri.substr(0, impl->state->uri.find("://"));
   impl->state->eager_threshold = options.eager_threshold;
   impl->state->connections_per_worker = options.connections_per_worker;
+  for (size_t i = 0; i < options.connections_per_worker; ++i) {
+    impl->state->link_keys.push_back(impl->state->uri + "#" + std::to_string(i));
+  }
   impl->workers->channels.fetch_add(1, std::memory_order_relaxed);
   return std::unique_ptr<RpcChannel>(new RpcChannel(std::move(impl)));
 }
@@ -202,7 +205,7 @@ Status RpcChannel::Connect() {
   const ChannelState& st = *impl_->state;
   for (size_t w = 0; w < ws.size(); ++w) {
     for (size_t c = 0; c < st.connections_per_worker; ++c) {
-      HRPC_TRY(ws.RunOn(w, [&ws, &st, w, c] { return ws.peers(w).Connect(st.uri, st.scheme, c); }));
+      HRPC_TRY(ws.RunOn(w, [&ws, &st, w, c] { return ws.peers(w).Connect(st, c); }));
     }
   }
   return Status::Ok();
