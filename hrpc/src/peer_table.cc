@@ -182,7 +182,7 @@ void PeerTable::OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw
     }
     case wire::FrameKind::kPing: {
       wire::FrameHeader pong;
-      pong.kind = wire::FrameKind::kPing;
+      pong.kind = wire::FrameKind::kPong;
       pong.txn_id = h.txn_id;
       if (auto f = SmallFrame(pool, pong, {}); f.ok()) link->conn->Send(std::move(*f)).IgnoreError();
       return;

@@ -166,7 +166,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
         if (it != sc->active.end()) it->second->MarkCancelled();
       } else if (h.kind == wire::FrameKind::kPing) {
         wire::FrameHeader pong;
-        pong.kind = wire::FrameKind::kPing;
+        pong.kind = wire::FrameKind::kPong;
         pong.txn_id = h.txn_id;
         if (auto f = internal::SmallFrame(pool, pong, {}); f.ok()) sc->conn->Send(std::move(*f)).IgnoreError();
       } else if (h.kind == wire::FrameKind::kRelease) {

@@ -49,7 +49,7 @@ T Load(const std::byte* p) noexcept {
 Status Corrupt(const std::string& what) { return DataLossError("hrpc wire: " + what); }
 
 bool KnownKind(uint8_t k) noexcept {
-  return k >= static_cast<uint8_t>(FrameKind::kRequest) && k <= static_cast<uint8_t>(FrameKind::kRelease);
+  return k >= static_cast<uint8_t>(FrameKind::kRequest) && k <= static_cast<uint8_t>(FrameKind::kPong);
 }
 
 // Message and status message: the body without the attachment.
@@ -65,6 +65,7 @@ std::string_view FrameKindName(FrameKind kind) noexcept {
     case FrameKind::kCancel: return "cancel";
     case FrameKind::kPing: return "ping";
     case FrameKind::kRelease: return "release";
+    case FrameKind::kPong: return "pong";
   }
   return "unknown";
 }

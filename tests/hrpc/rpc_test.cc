@@ -22,6 +22,7 @@
 #include "hrpc/mempool/copy.h"
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/server.h"
+#include "hrpc/rpc/wire.h"
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
 #include "rpc_test_util.h"
@@ -598,6 +599,126 @@ TEST(RpcMalformedFrame, OnlyThatConnectionIsClosed) {
   Resp resp;
   ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
   EXPECT_EQ(resp.text(), "still here");
+}
+
+// An empty control frame (ping, pong) of `kind` for transaction `txn`.
+hrpc::Result<hrpc::mempool::IoBuf> ControlFrame(hrpc::mempool::Pool& pool, hrpc::wire::FrameKind kind, uint64_t txn,
+                                                hrpc::StatusCode code = StatusCode::kOk) {
+  hrpc::wire::FrameHeader h;
+  h.kind = kind;
+  h.txn_id = txn;
+  h.status = code;
+  HRPC_ASSIGN_OR_RETURN(auto b, pool.Allocate(hrpc::wire::kMaxHeaderSize));
+  std::span<std::byte> out(reinterpret_cast<std::byte*>(b.data()), b.size());
+  HRPC_ASSIGN_OR_RETURN(size_t n, hrpc::wire::EncodeFrame(h, {}, {}, {}, "", out));
+  return hrpc::mempool::IoBuf(b.Slice(0, n));
+}
+
+// The next frame on `conn`, decoded to its header.
+hrpc::Result<hrpc::wire::FrameHeader> RecvHeader(hrpc::transport::Connection& conn) {
+  HRPC_ASSIGN_OR_RETURN(auto m, conn.Recv());
+  std::vector<std::byte> bytes(m.size());
+  m.CopyTo(bytes.data(), 0, bytes.size());
+  HRPC_ASSIGN_OR_RETURN(auto f, hrpc::wire::Decode(bytes));
+  return f.header();
+}
+
+// The server answers a ping with a pong of the same transaction and does not
+// answer a pong (a pong answered by anything would make two peers that ping
+// each other loop forever).
+TEST(RpcPing, ServerAnswersPingWithPongAndPongWithNothing) {
+  Env env;
+  env.Start("tcp");
+  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 4 << 20, .max_class_bytes = 1 << 20, .prefault = false});
+  ASSERT_TRUE(pool.ok());
+  hrpc::coro::Scheduler& sched = env.channel->scheduler(0);
+  auto result = hrpc::coro::Async(sched, [&]() -> hrpc::Status {
+    using hrpc::wire::FrameKind;
+    HRPC_ASSIGN_OR_RETURN(auto t, hrpc::transport::CreateTcpTransport(sched, **pool));
+    HRPC_ASSIGN_OR_RETURN(auto conn, t->Connect(env.uri));
+    HRPC_ASSIGN_OR_RETURN(auto ping, ControlFrame(**pool, FrameKind::kPing, 77));
+    HRPC_TRY(conn->Send(std::move(ping)));
+    HRPC_ASSIGN_OR_RETURN(auto first, RecvHeader(*conn));
+    if (first.kind != FrameKind::kPong || first.txn_id != 77) {
+      return hrpc::InternalError("want pong 77, got " + std::string(FrameKindName(first.kind)) + " " +
+                                 std::to_string(first.txn_id));
+    }
+    HRPC_ASSIGN_OR_RETURN(auto pong, ControlFrame(**pool, FrameKind::kPong, 78));
+    HRPC_TRY(conn->Send(std::move(pong)));
+    HRPC_ASSIGN_OR_RETURN(auto ping2, ControlFrame(**pool, FrameKind::kPing, 79));
+    HRPC_TRY(conn->Send(std::move(ping2)));
+    HRPC_ASSIGN_OR_RETURN(auto second, RecvHeader(*conn));
+    hrpc::Status out = hrpc::Status::Ok();
+    if (second.kind != FrameKind::kPong || second.txn_id != 79) {
+      out = hrpc::InternalError("the pong was answered: got " + std::string(FrameKindName(second.kind)) + " " +
+                                std::to_string(second.txn_id));
+    }
+    conn.reset();
+    t.reset();
+    return out;
+  }).Get();
+  EXPECT_TRUE(result.ok()) << result.ToString();
+}
+
+// The client side of the same rule, against a hand-driven server: while a call
+// waits, the server's ping is answered with a pong, its pong with nothing, and
+// the call then completes with the status the server sends.
+TEST(RpcPing, ClientAnswersPingWithPongAndPongWithNothing) {
+  auto runtime = hrpc::Runtime::Create({});
+  ASSERT_TRUE(runtime.ok()) << runtime.status().ToString();
+  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 4 << 20, .max_class_bytes = 1 << 20, .prefault = false});
+  ASSERT_TRUE(pool.ok());
+  auto w = hrpc::coro::Worker::Start({.sched = {.name = "fake-server"}});
+  ASSERT_TRUE(w.ok());
+  hrpc::coro::Scheduler& sched = (*w)->scheduler();
+  std::unique_ptr<hrpc::transport::Transport> t;
+  std::unique_ptr<hrpc::transport::Listener> listener;
+  ASSERT_TRUE(hrpc::coro::Async(sched, [&]() -> hrpc::Status {
+                HRPC_ASSIGN_OR_RETURN(t, hrpc::transport::CreateTcpTransport(sched, **pool));
+                HRPC_ASSIGN_OR_RETURN(listener, t->Listen("tcp://127.0.0.1:0"));
+                return hrpc::Status::Ok();
+              }).Get().ok());
+  auto fake = hrpc::coro::Async(sched, [&]() -> hrpc::Status {
+    using hrpc::wire::FrameKind;
+    HRPC_ASSIGN_OR_RETURN(auto conn, listener->Accept());
+    HRPC_ASSIGN_OR_RETURN(auto req, RecvHeader(*conn));
+    if (req.kind != FrameKind::kRequest) return hrpc::InternalError("want the request first");
+    HRPC_ASSIGN_OR_RETURN(auto ping, ControlFrame(**pool, FrameKind::kPing, 5));
+    HRPC_TRY(conn->Send(std::move(ping)));
+    HRPC_ASSIGN_OR_RETURN(auto a, RecvHeader(*conn));
+    if (a.kind != FrameKind::kPong || a.txn_id != 5) return hrpc::InternalError("want pong 5");
+    HRPC_ASSIGN_OR_RETURN(auto pong, ControlFrame(**pool, FrameKind::kPong, 6));
+    HRPC_TRY(conn->Send(std::move(pong)));
+    HRPC_ASSIGN_OR_RETURN(auto ping2, ControlFrame(**pool, FrameKind::kPing, 7));
+    HRPC_TRY(conn->Send(std::move(ping2)));
+    HRPC_ASSIGN_OR_RETURN(auto b, RecvHeader(*conn));
+    if (b.kind != FrameKind::kPong || b.txn_id != 7) {
+      return hrpc::InternalError("the pong was answered: got " + std::string(FrameKindName(b.kind)) + " " +
+                                 std::to_string(b.txn_id));
+    }
+    HRPC_ASSIGN_OR_RETURN(auto resp, ControlFrame(**pool, FrameKind::kResponse, req.txn_id,
+                                                  StatusCode::kFailedPrecondition));
+    HRPC_TRY(conn->Send(std::move(resp)));
+    (void)conn->Recv();  // until the client goes
+    return hrpc::Status::Ok();
+  });
+  {
+    auto channel = hrpc::RpcChannel::Create(**runtime, listener->uri());
+    ASSERT_TRUE(channel.ok()) << channel.status().ToString();
+    rpctest::Test::Stub stub(channel->get());
+    ClientContext ctx;
+    ctx.set_timeout(10s);
+    Req req;
+    Resp resp;
+    EXPECT_EQ(stub.Call(ctx, req, &resp).code(), StatusCode::kFailedPrecondition);
+  }
+  runtime->reset();
+  hrpc::Status st = fake.WaitFor(10s);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  hrpc::coro::Async(sched, [&] {
+    listener.reset();
+    t.reset();
+  }).Get();
 }
 
 // Bytes that are not even the transport's handshake: only that socket goes.

@@ -116,7 +116,7 @@ TEST(WireTest, RoundTripErrorResponseCarriesStatusMessage) {
 
 TEST(WireTest, EveryKindRoundTrips) {
   for (FrameKind k : {FrameKind::kRequest, FrameKind::kResponse, FrameKind::kCredit, FrameKind::kCancel,
-                      FrameKind::kPing, FrameKind::kRelease}) {
+                      FrameKind::kPing, FrameKind::kRelease, FrameKind::kPong}) {
     FrameHeader h;
     h.kind = k;
     h.credits = 3;
@@ -256,7 +256,7 @@ TEST_F(WireMalformedTest, TooManyDescriptors) {
 }
 
 TEST_F(WireMalformedTest, UnknownKind) {
-  for (uint8_t kind : {uint8_t{0}, uint8_t{7}, uint8_t{255}}) {
+  for (uint8_t kind : {uint8_t{0}, uint8_t{8}, uint8_t{255}}) {
     auto f = good_;
     f[5] = std::byte{kind};
     ExpectDecodeError(f, StatusCode::kDataLoss, "unknown frame kind " + std::to_string(kind));

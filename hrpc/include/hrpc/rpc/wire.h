@@ -68,8 +68,9 @@ enum class FrameKind : uint8_t {
   kResponse = 2,
   kCredit = 3,   // credits only (credits also ride on every other frame)
   kCancel = 4,   // cancel the transaction txn_id
-  kPing = 5,     // keep-alive; answered by a ping with the same txn_id
+  kPing = 5,     // liveness probe; answered by a pong with the same txn_id
   kRelease = 6,  // client -> server: the response attachment exposed for txn_id was read
+  kPong = 7,     // the answer to a ping; never answered
 };
 std::string_view FrameKindName(FrameKind kind) noexcept;
 
