@@ -187,14 +187,48 @@ TEST(RdmaCredits, RefillThePoolRefusedIsRetriedAndItsCreditReturned) {
     held.clear();
     return Status::Ok();
   });
-  std::this_thread::sleep_for(400ms);
-  const int stalled_at = got.load();
-  std::this_thread::sleep_for(400ms);
-  // Blocks the worker still had cached refill a few slots; then no refill, so no
-  // credit back, so the sender waits.
-  EXPECT_GT(stalled_at, 0);
-  EXPECT_EQ(got.load(), stalled_at) << "messages kept arriving while the pool was exhausted";
-  EXPECT_LT(stalled_at, kMsgs);
+  // The stall, observed instead of waited for. Once the pool refused a refill
+  // no receive block comes back (the receiver holds every message), so the
+  // only credits left are those already on their way. Stalled = the sender
+  // has no credit, none is in flight, every message sent has arrived and been
+  // taken: from then on nothing can move until memory returns. (Counters are
+  // read from this thread while the workers run: the state must be seen twice
+  // in a row, unchanged.)
+  struct Seen {
+    bool refused;  // (the refusal count itself grows with every retry)
+    uint64_t granted, received, sent, arrived;
+    uint32_t credits;
+    int taken;
+    bool operator==(const Seen&) const = default;
+  };
+  auto look = [&] {
+    const RdmaConnectionStats s = *RdmaStatsOf(env.server());
+    const RdmaConnectionStats c = *RdmaStatsOf(env.client());
+    return Seen{s.refill_refusals > 0, s.credits_granted, c.credits_received, c.sends, s.recvs, c.send_credits,
+                got.load()};
+  };
+  auto stalled = [](const Seen& v) {
+    return v.refused && v.credits == 0 && v.granted == v.received && v.sent == v.arrived &&
+           v.arrived == static_cast<uint64_t>(v.taken);
+  };
+  const auto give_up = std::chrono::steady_clock::now() + 30s;
+  Seen prev = look();
+  for (;;) {
+    std::this_thread::sleep_for(20ms);
+    const Seen now = look();
+    if ((stalled(now) && now == prev) || std::chrono::steady_clock::now() > give_up) break;
+    prev = now;
+  }
+  const Seen at_stall = look();
+  // (EXPECT, not ASSERT: the coroutines above must be let finish below.)
+  EXPECT_TRUE(stalled(at_stall)) << "no stall within 30 s: refused " << at_stall.refused << ", sender credits "
+                                 << at_stall.credits << ", sent " << at_stall.sent << ", taken " << at_stall.taken;
+  std::this_thread::sleep_for(300ms);
+  // Blocks the worker still had cached refilled a few slots; then no refill,
+  // so no credit back, so the sender waits.
+  EXPECT_GT(at_stall.taken, 0);
+  EXPECT_LT(at_stall.taken, kMsgs);
+  EXPECT_EQ(look(), at_stall) << "something moved while the pool was exhausted";
   hog.clear();
   Status r = receiver.WaitFor(30s);
   EXPECT_TRUE(r.ok()) << r.ToString() << " after " << got.load() << " messages";
@@ -445,7 +479,7 @@ TEST(RdmaPeerChild, Serve) {
     return Status::Ok();
   });
   EXPECT_TRUE(done.ok()) << done.ToString();
-  _exit(0);
+  ExitTestChild();
 }
 
 // Listens, spawns the child peer, accepts it and reads the descriptor it exposes.
@@ -496,8 +530,7 @@ TEST(RdmaPeerProcess, StoppedPeerStillServesOneSidedOps) {
   EXPECT_EQ(back.Crc32c(), put.Crc32c()) << "WRITE to a stopped peer lands in its memory";
   EXPECT_TRUE(conn->status().ok()) << conn->status().ToString();
 
-  kill(child, SIGKILL);
-  waitpid(child, nullptr, 0);
+  ReapTestChild(child);
   On(env.server_worker(), [&]() { conn.reset(); });
 }
 
@@ -542,8 +575,7 @@ TEST(RdmaPeerProcess, KilledPeerFailsEveryOutstandingOpAndListenerKeepsAccepting
   }
   ASSERT_GE(succeeded.load(), 2 * kOps) << "ops against the live peer should succeed";
   const auto t0 = std::chrono::steady_clock::now();
-  kill(child, SIGKILL);
-  waitpid(child, nullptr, 0);
+  ReapTestChild(child);
   while (done.load() < kOps + 1 && std::chrono::steady_clock::now() - t0 < 15s) std::this_thread::sleep_for(5ms);
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
   stop = true;

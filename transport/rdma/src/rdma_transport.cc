@@ -454,6 +454,7 @@ void Conn::SetLimits(uint32_t max_message_bytes, uint32_t recv_depth) {
   limits_.max_message_bytes = max_message_bytes;
   limits_.recv_depth = recv_depth;
   send_credits_ = recv_depth;
+  stats_.send_credits = send_credits_;
   credit_batch_ = CreditBatch(recv_depth);
 }
 
@@ -606,6 +607,7 @@ Status Conn::Send(mempool::IoBuf message) {
 
 Status Conn::PostMessage(mempool::IoBuf message) {
   --send_credits_;
+  stats_.send_credits = send_credits_;
   ++sq_used_;
   ibv_sge sges[16];
   const uint32_t nsge = static_cast<uint32_t>(
@@ -615,6 +617,7 @@ Status Conn::PostMessage(mempool::IoBuf message) {
   wr.sg_list = nsge ? sges : nullptr;
   wr.num_sge = static_cast<int>(nsge);
   wr.imm_data = htonl(kKindData << kImmKindShift | owed_credits_);
+  stats_.credits_granted += owed_credits_;
   owed_credits_ = 0;
   const bool inl = message.size() > 0 && message.size() <= inline_threshold_;
   if (inl) {
@@ -639,6 +642,7 @@ void Conn::MaybeSendCredits() {
   ibv_send_wr wr{};
   wr.opcode = IBV_WR_SEND_WITH_IMM;
   wr.imm_data = htonl(kKindCredit << kImmKindShift | owed_credits_);
+  stats_.credits_granted += owed_credits_;
   wr.send_flags = IBV_SEND_INLINE;
   owed_credits_ = 0;
   ++stats_.credit_messages;
@@ -678,6 +682,7 @@ void Conn::Refill() {
                     fresh.status().ToString());
         refill_starved_ = true;
       }
+      ++stats_.refill_refusals;
       refill_[kept++] = idx;
       continue;
     }
@@ -691,6 +696,7 @@ void Conn::Refill() {
     SlotReposted();
   }
   refill_.resize(status_.ok() ? kept : 0);
+  stats_.slots_awaiting_refill = static_cast<uint32_t>(refill_.size());
   if (!refill_.empty()) {
     in_refill_list_ = true;
     t_.refill_conns_.push_back(this);
@@ -741,6 +747,8 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
   const uint32_t credits = imm & kImmCreditMask;
   if (credits > 0) {
     send_credits_ += credits;
+    stats_.credits_received += credits;
+    stats_.send_credits = send_credits_;
     if (send_credits_ > limits_.recv_depth) {
       Fail(DataLossError("peer returned more credits than it was given"));
       return;
@@ -776,6 +784,7 @@ void Conn::OnRqWc(const ibv_wc& wc) {
       // poll round (Refill), and the message's credit goes back only then.
       --posted_recv_slots_;
       refill_.push_back(idx);
+      stats_.slots_awaiting_refill = static_cast<uint32_t>(refill_.size());
       if (!in_refill_list_) {
         in_refill_list_ = true;
         t_.refill_conns_.push_back(this);

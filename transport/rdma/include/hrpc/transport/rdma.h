@@ -143,7 +143,15 @@ struct RdmaOptions {
 struct RdmaConnectionStats {
   uint64_t sends = 0, inline_sends = 0, signaled_sends = 0, coalesced_sends = 0;
   uint64_t credit_messages = 0;  // credit-only messages sent
+  // Credits given back to the peer (on credit-only and data messages), credits
+  // received from it, and the sends this side may post now.
+  uint64_t credits_granted = 0, credits_received = 0;
+  uint32_t send_credits = 0;
   uint64_t recvs = 0;
+  // Receive slots whose message the application holds and that wait for a
+  // fresh pool block (their credits wait with them); refills the pool refused.
+  uint32_t slots_awaiting_refill = 0;
+  uint64_t refill_refusals = 0;
   uint64_t one_sided_ops = 0, one_sided_wrs = 0;
   uint64_t mw_binds = 0, mw_invalidates = 0;
   uint32_t inline_threshold = 0;  // effective (min of option and QP max_inline_data)
