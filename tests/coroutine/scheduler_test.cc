@@ -199,7 +199,7 @@ TEST(SchedulerTest, EarlierTimerAddedLaterFiresFirstWhileTheLoopSpins) {
 }
 
 // The cycle clock's rate (measured once) converts its ticks back to the time
-// steady_clock saw, and TicksFor inverts Micros.
+// steady_clock saw, and a span of TicksFor(d) lasts d of steady_clock time.
 TEST(CycleClockTest, TicksAgreeWithSteadyClock) {
   const CycleClock& c = CycleClock::Get();
   EXPECT_GT(c.ticks_per_ns(), 0.0);
@@ -212,7 +212,15 @@ TEST(CycleClockTest, TicksAgreeWithSteadyClock) {
   const double tick_us = c.Micros(k1 - k0);
   EXPECT_GT(tick_us, steady_us * 0.8) << "ticks_per_ns " << c.ticks_per_ns();
   EXPECT_LT(tick_us, steady_us * 1.2) << "ticks_per_ns " << c.ticks_per_ns();
-  EXPECT_NEAR(c.Micros(c.TicksFor(std::chrono::milliseconds(5))), 5000.0, 1.0);
+  // TicksFor against the wall: spinning until the tick count of 5 ms has
+  // passed takes 5 ms of steady_clock time (give or take the calibration).
+  const auto w0 = Clock::now();
+  const uint64_t until = c.Now() + c.TicksFor(std::chrono::milliseconds(5));
+  while (c.Now() < until) {
+  }
+  const double spun_us = std::chrono::duration<double, std::micro>(Clock::now() - w0).count();
+  EXPECT_GT(spun_us, 5000.0 * 0.8);
+  EXPECT_LT(spun_us, 5000.0 * 1.2 + 20000.0) << "(+20 ms for a preempted spin)";
 }
 
 TEST(SchedulerTest, CancelledTimerDoesNotFire) {

@@ -363,7 +363,7 @@ TEST(ConformanceChild, Serve) {
     return Status::Ok();
   });
   EXPECT_TRUE(done.ok()) << done.ToString();
-  _exit(0);  // skip gtest's teardown: this is a helper process
+  ExitTestChild();
 }
 
 class PeerProcess : public ::testing::TestWithParam<TransportKind> {
@@ -394,8 +394,7 @@ class PeerProcess : public ::testing::TestWithParam<TransportKind> {
     if (conn_) On(env_->server_worker(), [&]() { conn_.reset(); });
     env_.reset();
     if (child_ > 0) {
-      kill(child_, SIGKILL);
-      waitpid(child_, nullptr, 0);
+      ReapTestChild(child_);
     }
   }
   // Launches kOps one-sided ops (and one Recv) against the stopped peer and
@@ -451,8 +450,7 @@ TEST_P(PeerProcess, KilledPeerFailsOutstandingOpsAndListenerKeepsAccepting) {
   StopPeer();
   ASSERT_FALSE(HasFatalFailure());
   auto took = FailAllOutstanding(env, [&] {
-    kill(child_, SIGKILL);
-    waitpid(child_, nullptr, 0);
+    ReapTestChild(child_);
     child_ = -1;
   });
   EXPECT_LT(took, FastDeadPeerOptions().dead_peer_timeout + 500ms);

@@ -2,8 +2,10 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -87,6 +89,22 @@ pid_t SpawnTestChild(const std::string& env_name, const std::string& env_value, 
     _exit(4);
   }
   return pid;
+}
+
+void ReapTestChild(pid_t pid) {
+  if (pid <= 0) return;
+  kill(pid, SIGKILL);
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return;
+  if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+    ADD_FAILURE() << "peer process " << pid << " failed on its own (exit code " << WEXITSTATUS(status)
+                  << "; its output above says why)";
+  }
+}
+
+void ExitTestChild() {
+  std::fflush(nullptr);
+  _exit(::testing::Test::HasFailure() ? 1 : 0);
 }
 
 std::unique_ptr<mempool::Pool> MakeTestPool(size_t arena_bytes, size_t max_class) {

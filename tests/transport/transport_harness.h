@@ -119,6 +119,13 @@ class Env {
 // with `env_name=env_value` added to the environment (a peer process for the
 // tests that kill or stop their peer). The child dies with its parent.
 pid_t SpawnTestChild(const std::string& env_name, const std::string& env_value, const std::string& gtest_filter);
+// Kills and reaps a child from SpawnTestChild. A child that had already
+// exited with a non-zero code (its own test failed: the reason is in its
+// output) fails the calling test.
+void ReapTestChild(pid_t pid);
+// How a peer process ends: exit code 1 when its test body failed, else 0
+// (skipping gtest's teardown), so ReapTestChild can report it.
+[[noreturn]] void ExitTestChild();
 
 // A buffer of n bytes filled with a pattern derived from seed.
 mempool::Buffer Filled(mempool::Pool& pool, size_t n, uint32_t seed);
