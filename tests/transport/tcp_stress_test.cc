@@ -34,8 +34,8 @@ using namespace std::chrono_literals;
 using mempool::Buffer;
 using mempool::IoBuf;
 
-constexpr size_t kPad = 224;       // docs/transport.md: padding before WRITE / READ_RESP payloads
-constexpr size_t kPrefetch = 256;  // docs/transport.md: receive prefetch
+constexpr size_t kPad = 4064;       // docs/transport.md: padding before WRITE / READ_RESP payloads
+constexpr size_t kPrefetch = 4096;  // docs/transport.md: receive prefetch
 
 void PutHeader(std::vector<uint8_t>& out, uint8_t type, uint32_t length, uint64_t op_id = 0, uint64_t addr = 0,
                uint32_t key = 0, uint32_t aux = 0) {
@@ -54,7 +54,7 @@ void PutHello(std::vector<uint8_t>& out) {
   PutHeader(out, /*HELLO*/ 1, 32);
   uint8_t b[32] = {};
   const uint64_t magic = 0x3150435450524831ull;
-  const uint16_t version = 2;
+  const uint16_t version = 3;
   const uint32_t max_msg = 65536, depth = 16, keepalive = 1000, dead = 10000;
   std::memcpy(&b[0], &magic, 8);
   std::memcpy(&b[8], &version, 2);
@@ -117,8 +117,8 @@ class RawPeer {
   int fd_ = -1;
 };
 
-// A MESSAGE of 224-k bytes followed by a WRITE: the first prefetch (256
-// bytes from the MESSAGE header) ends k bytes into the WRITE header, so the
+// A MESSAGE of kPrefetch-32-k bytes followed by a WRITE: the first prefetch
+// (kPrefetch bytes from the MESSAGE header) ends k bytes into the WRITE header, so the
 // next read starts in the middle of that header. It may only reach the end of
 // the padding, never into the payload. Every k of 1..31, on one connection.
 TEST(TcpPrefetch, PrefetchEndsInsideWriteHeader) {

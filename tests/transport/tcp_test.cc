@@ -37,7 +37,7 @@ std::vector<uint8_t> Header(uint8_t type, uint32_t length, uint64_t op_id = 0, u
   return h;
 }
 
-std::vector<uint8_t> HelloFrame(uint16_t version = 2, uint32_t depth = 16) {
+std::vector<uint8_t> HelloFrame(uint16_t version = 3, uint32_t depth = 16) {
   std::vector<uint8_t> f = Header(/*HELLO*/ 1, 32);
   std::vector<uint8_t> b(32, 0);
   const uint64_t magic = 0x3150435450524831ull;
@@ -294,7 +294,7 @@ TEST_F(TcpWire, RefusedLargeWriteIsDrainedAndConnectionSurvives) {
 std::vector<uint8_t> MessagePayloadFrame(uint32_t msg_len, uint64_t payload_len, size_t payload_bytes_sent) {
   std::vector<uint8_t> f = Header(/*MESSAGE_PAYLOAD*/ 11, msg_len);
   std::memcpy(&f[16], &payload_len, 8);
-  f.resize(f.size() + msg_len + 224 + payload_bytes_sent, 'p');
+  f.resize(f.size() + msg_len + 4064 + payload_bytes_sent, 'p');  // 4064: the padding
   return f;
 }
 
