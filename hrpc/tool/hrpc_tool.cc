@@ -443,6 +443,7 @@ int main(int argc, char** argv) {
                "URI: host:port (transport by HRPC_TRANSPORT, else RDMA when a device exists, else TCP), "
                "tcp://host:port, rdma://host:port.\nExit codes: 0 done, 1 the call failed, 2 bad usage.",
                "hrpc");
+  app.fallthrough();  // --timeout and --log also after the command
   app.require_subcommand(0, 1);  // none is reported after parsing, so that a bad flag is named first
   Common c;
   app.add_option("--log", c.log_level, "log level")
