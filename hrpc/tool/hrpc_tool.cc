@@ -16,10 +16,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -61,6 +63,10 @@ struct Common {
   std::string log_level = "warn";
 };
 
+std::chrono::nanoseconds Seconds(double s) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(s));
+}
+
 class ProtoErrors final : public pb::compiler::MultiFileErrorCollector {
  public:
   void AddError(const std::string& file, int line, int column, const std::string& message) override {
@@ -99,7 +105,7 @@ hrpc::Result<hrpc::ListServicesResponse> ListServices(hrpc::RpcChannel& channel,
                                                       bool descriptors) {
   hrpc::Reflection::Stub stub(&channel);
   hrpc::ClientContext ctx;
-  ctx.set_timeout(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(timeout_s)));
+  ctx.set_timeout(Seconds(timeout_s));
   hrpc::ListServicesRequest req;
   req.set_include_descriptors(descriptors);
   hrpc::ListServicesResponse resp;
@@ -322,7 +328,7 @@ int RunCall(const Common& c, const CallArgs& a) {
   std::unique_ptr<pb::Message> req;
   if (hrpc::Status s = Prepare(c, a, 1, 1, t, factory, &channel, &req); !s.ok()) return Report(s);
   hrpc::ClientContext ctx;
-  ctx.set_timeout(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(c.timeout_s)));
+  ctx.set_timeout(Seconds(c.timeout_s));
   if (!a.attachment.empty()) {
     auto att = ReadAttachment(*channel, a.attachment);
     if (!att.ok()) return Report(att.status());
@@ -376,8 +382,7 @@ int RunPress(const Common& c, const CallArgs& a, const PressArgs& p) {
   lo.progress = p.progress;
   lo.label = "[" + std::string(t.wire.full_name) + " " + channel->uri() + "]";
   lo.bytes_per_call = attachment.size();
-  const auto timeout =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(c.timeout_s));
+  const std::chrono::nanoseconds timeout = Seconds(c.timeout_s);
   hrpc::RpcChannel& ch = *channel;
   const hrpc::MethodDescriptor& m = t.wire;
   hrpc::LoadResult r = hrpc::RunLoad(ch, lo, [&](hrpc::ClientContext& ctx) {
@@ -422,7 +427,7 @@ int RunStats(const Common& c) {
   if (!channel) return Report(s);
   hrpc::Reflection::Stub stub(channel.get());
   hrpc::ClientContext ctx;
-  ctx.set_timeout(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(c.timeout_s)));
+  ctx.set_timeout(Seconds(c.timeout_s));
   hrpc::GetStatsResponse resp;
   s = stub.GetStats(ctx, hrpc::GetStatsRequest(), &resp);
   if (!s.ok()) return Report(hrpc::Status(s.code(), "hrpc.Reflection.GetStats on " + channel->uri() + ": " + std::string(s.message())));
