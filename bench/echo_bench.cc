@@ -48,7 +48,7 @@
 #include <vector>
 
 #include "common/echo_service.h"
-#include "common/flags.h"
+#include "common/cli.h"
 #include "common/load.h"
 #include "common/proc_cpu.h"
 
@@ -602,24 +602,26 @@ int main(int argc, char** argv) {
   Config cfg;
   std::string role;
   uint64_t server_cpu = 0, client_cpu = 1;
-  hrpc::examples::Flags flags(
-      "echo_bench",
-      "hrpc unary echo calls over TCP loopback vs gRPC (bench/grpc_echo) and raw-socket ping-pong and\n"
-      "stream baselines, server and client in separate processes pinned to --server_cpu and\n"
-      "--client_cpu. One line per case:\n"
-      "echo_bench transport=... payload=... concurrency=... rps=... p50_us=... p99_us=... MBps=... cpu=C/S\n"
-      "(cpu: client/server process CPU in % of one core; hrpc lines add ratio_vs_grpc). Build in Release.");
-  flags.AddSize("server_cpu", &server_cpu, "cpu of the server process");
-  flags.AddSize("client_cpu", &client_cpu, "cpu of the client process");
-  flags.AddSize("spin_us", &cfg.spin_us, "busy-poll this long before sleeping (hrpc and raw alike)");
-  flags.Add("duration", &cfg.duration, "seconds per case");
-  flags.Add("warmup", &cfg.warmup, "seconds of warm-up per case");
-  flags.AddSize("rounds", &cfg.rounds, "interleaved gRPC/hrpc rounds per RPC case; the median is printed");
-  flags.Add("cases", &cfg.cases, "all | raw | rpc (gRPC and hrpc)");
-  flags.Add("grpc_echo", &cfg.grpc_echo, "the grpc_echo program; empty: the one beside this program");
-  flags.Add("role", &role, "internal: raw-server | hrpc-server");
+  CLI::App app("hrpc unary echo calls over TCP loopback vs gRPC (bench/grpc_echo) and raw-socket ping-pong and\n"
+               "stream baselines, server and client in separate processes pinned to --server_cpu and\n"
+               "--client_cpu. One line per case:\n"
+               "echo_bench transport=... payload=... concurrency=... rps=... p50_us=... p99_us=... MBps=... cpu=C/S\n"
+               "(cpu: client/server process CPU in % of one core; hrpc lines add ratio_vs_grpc). Build in Release.",
+               "echo_bench");
+  app.add_option("--server_cpu", server_cpu, "cpu of the server process")->capture_default_str();
+  app.add_option("--client_cpu", client_cpu, "cpu of the client process")->capture_default_str();
+  app.add_option("--spin_us", cfg.spin_us, "busy-poll this long before sleeping (hrpc and raw alike)")
+      ->capture_default_str();
+  app.add_option("--duration", cfg.duration, "seconds per case")->capture_default_str();
+  app.add_option("--warmup", cfg.warmup, "seconds of warm-up per case")->capture_default_str();
+  app.add_option("--rounds", cfg.rounds, "interleaved gRPC/hrpc rounds per RPC case; the median is printed")
+      ->capture_default_str();
+  app.add_option("--cases", cfg.cases, "all | raw | rpc (gRPC and hrpc)")->capture_default_str();
+  app.add_option("--grpc_echo", cfg.grpc_echo, "the grpc_echo program; empty: the one beside this program")
+      ->capture_default_str();
+  app.add_option("--role", role, "internal: raw-server | hrpc-server")->capture_default_str();
   int code = 0;
-  if (!flags.Parse(argc, argv, &code)) return code;
+  if (!hrpc::examples::Parse(app, argc, argv, &code)) return code;
   const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   cfg.server_cpu = static_cast<int>(server_cpu) < ncpu ? static_cast<int>(server_cpu) : -1;
   cfg.client_cpu = static_cast<int>(client_cpu) < ncpu ? static_cast<int>(client_cpu) : -1;

@@ -27,7 +27,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/echo_service.h"
-#include "common/flags.h"
+#include "common/cli.h"
 #include "common/proc_cpu.h"
 #include "echo/echo.hrpc.h"
 #include "hrpc/coroutine/cycle_clock.h"
@@ -208,20 +208,27 @@ int Pull(const Args& a, hrpc::Runtime& client, hrpc::RpcChannel& channel, size_t
 int main(int argc, char** argv) {
   Args a;
   if (const char* e = std::getenv("RXE_GUEST_ADDR"); e != nullptr && *e != '\0') a.addr = e;
-  hrpc::examples::Flags flags("rpc_bench", "RPC round trips and pulled payloads over one transport (see the header).");
-  flags.Add("transport", &a.transport, "tcp | rdma");
-  flags.Add("addr", &a.addr, "address to listen on and call (rdma: the device's IPv4 address)");
-  flags.Add("cases", &a.cases, "comma-separated: pingpong, pull");
-  flags.Add("sizes", &a.sizes, "pull: comma-separated attachment sizes in bytes");
-  flags.AddSize("depth", &a.depth, "pull: calls in flight (1 above 16 MiB)");
-  flags.AddSize("iters", &a.iters, "pingpong: timed round trips");
-  flags.Add("seconds", &a.seconds, "pull: seconds per size");
-  flags.Add("polling", &a.polling, "workers busy-poll (RDMA CQ polling mode) instead of blocking");
-  flags.AddSize("chunk", &a.chunk, "server: bytes per READ piece of a pulled attachment (bulk_chunk_bytes)");
-  flags.AddSize("window", &a.window, "server: READ pieces in flight per attachment (bulk_window)");
-  flags.AddLogLevel("warn");
+  CLI::App app("RPC round trips and pulled payloads over one transport (see the header).",
+               "rpc_bench");
+  app.add_option("--transport", a.transport, "tcp | rdma")->capture_default_str();
+  app.add_option("--addr", a.addr, "address to listen on and call (rdma: the device's IPv4 address)")
+      ->capture_default_str();
+  app.add_option("--cases", a.cases, "comma-separated: pingpong, pull")->capture_default_str();
+  app.add_option("--sizes", a.sizes, "pull: comma-separated attachment sizes in bytes")->capture_default_str();
+  app.add_option("--depth", a.depth, "pull: calls in flight (1 above 16 MiB)")->capture_default_str();
+  app.add_option("--iters", a.iters, "pingpong: timed round trips")->capture_default_str();
+  app.add_option("--seconds", a.seconds, "pull: seconds per size")->capture_default_str();
+  app.add_flag("--polling", a.polling,
+               "workers busy-poll (RDMA CQ polling mode) instead of blocking "
+               "(on by default; --polling=false turns it off)");
+  hrpc::examples::AddSize(app, "--chunk", &a.chunk,
+                          "server: bytes per READ piece of a pulled attachment (bulk_chunk_bytes)");
+  app.add_option("--window", a.window, "server: READ pieces in flight per attachment (bulk_window)")
+      ->capture_default_str();
+  std::string log_level = "warn";
+  hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
-  if (!flags.Parse(argc, argv, &code)) return code;
+  if (!hrpc::examples::Parse(app, argc, argv, &code, &log_level)) return code;
 
   auto server_rt = hrpc::Runtime::Create(RuntimeFor(a, "rpcb-srv"));
   auto client_rt = hrpc::Runtime::Create(RuntimeFor(a, "rpcb-cli"));

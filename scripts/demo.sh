@@ -11,7 +11,7 @@ hrpc_install_deps
 
 BUILD=${HRPC_DEMO_BUILD:-build/release}
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DHRPC_BUILD_TESTS=OFF >/dev/null
-cmake --build "$BUILD" -j "$(nproc)" --target echo_server echo_client throughput_server throughput_client
+cmake --build "$BUILD" -j "$(nproc)" --target echo_server echo_client throughput_server throughput_client hrpc_tool
 
 EX="$BUILD/examples"
 DURATION=${HRPC_DEMO_SECONDS:-4}
@@ -45,6 +45,10 @@ start_server() {
 echo "== echo: echo_server + echo_client (a 1 MiB attachment: streamed behind the frame on TCP, pulled by RDMA READ and pushed back by WRITE on RDMA) =="
 start_server "$TMP/echo.log" "$EX/echo_server" --listen=127.0.0.1:0
 "$EX/echo_client" --uri="$ADDR" --count=3 --attachment=1M
+echo "-- the hrpc tool: list, call (JSON; the types from the server's hrpc.Reflection), stats"
+"$BUILD/hrpc/hrpc" list "$ADDR"
+"$BUILD/hrpc/hrpc" call "$ADDR" hrpc_examples.Echo.Echo '{"text": "hello from hrpc call"}'
+"$BUILD/hrpc/hrpc" stats "$ADDR"
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 echo
 

@@ -10,6 +10,8 @@ HRPC_PACKAGES=(
   libisal-dev liburing-dev libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
   libprotobuf-dev libprotoc-dev protobuf-compiler
   libspdlog-dev libfmt-dev
+  libcli11-dev  # command-line flags: the hrpc tool, the samples, the benchmarks
+  python3-matplotlib  # bench/plot.py
   libgrpc++-dev protobuf-compiler-grpc  # bench/grpc_echo: the same-run gRPC baseline
   iproute2 procps fio
 )

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "blockstore/blockstore.hrpc.h"
-#include "common/flags.h"
+#include "common/cli.h"
 #include "hrpc/base/crc32c.h"
 #include "hrpc/rpc/rpc_channel.h"
 
@@ -91,21 +91,24 @@ void RunWindow(uint64_t offset, uint64_t size, uint64_t block_size, uint64_t con
 int main(int argc, char** argv) {
   std::string uri = "tcp://127.0.0.1:7300", ops = "write,read,verify";
   uint64_t offset = 0, size = 16 << 20, block_size = 1 << 20, seed = 0x5eed, timeout_ms = 10000, concurrency = 1;
-  hrpc::examples::Flags flags("blockstore_client",
-                              "Writes [offset, offset+size) of a blockstore_server in --block_size requests with a\n"
-                              "pattern, reads it back and verifies CRC32C; prints MB/s, p50/p99 latency and the\n"
-                              "server's copied payload bytes.");
-  flags.Add("server", &uri, "server address (tcp://host:port, rdma://host:port, host:port)");
-  flags.AddSize("offset", &offset, "first byte (a multiple of the device block size)");
-  flags.AddSize("size", &size, "bytes to write/read");
-  flags.AddSize("block_size", &block_size, "bytes per request");
-  flags.AddSize("seed", &seed, "pattern seed");
-  flags.AddSize("timeout_ms", &timeout_ms, "deadline per call");
-  flags.AddSize("concurrency", &concurrency, "requests in flight");
-  flags.Add("ops", &ops, "comma-separated: write, read, verify (read + compare CRCs with the pattern)");
-  flags.AddLogLevel("warn");
+  CLI::App app("Writes [offset, offset+size) of a blockstore_server in --block_size requests with a\n"
+               "pattern, reads it back and verifies CRC32C; prints MB/s, p50/p99 latency and the\n"
+               "server's copied payload bytes.",
+               "blockstore_client");
+  app.add_option("--server", uri, "server address (tcp://host:port, rdma://host:port, host:port)")
+      ->capture_default_str();
+  hrpc::examples::AddSize(app, "--offset", &offset, "first byte (a multiple of the device block size)");
+  hrpc::examples::AddSize(app, "--size", &size, "bytes to write/read");
+  hrpc::examples::AddSize(app, "--block_size", &block_size, "bytes per request");
+  app.add_option("--seed", seed, "pattern seed")->capture_default_str();
+  app.add_option("--timeout_ms", timeout_ms, "deadline per call")->capture_default_str();
+  app.add_option("--concurrency", concurrency, "requests in flight")->capture_default_str();
+  app.add_option("--ops", ops, "comma-separated: write, read, verify (read + compare CRCs with the pattern)")
+      ->capture_default_str();
+  std::string log_level = "warn";
+  hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
-  if (!flags.Parse(argc, argv, &code)) return code;
+  if (!hrpc::examples::Parse(app, argc, argv, &code, &log_level)) return code;
   const bool do_write = ops.find("write") != std::string::npos;
   const bool do_verify = ops.find("verify") != std::string::npos;
   const bool do_read = do_verify || ops.find("read") != std::string::npos;

@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "blockstore/blockstore.hrpc.h"
-#include "common/flags.h"
+#include "common/cli.h"
 #include "common/signals.h"
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/mempool/copy.h"
@@ -148,21 +148,24 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
 int main(int argc, char** argv) {
   std::string file, listen = "tcp://0.0.0.0:7300", durability = "none", engine = "auto";
   uint64_t size = 0, eager = 0, pool_mib = 64;
-  hrpc::examples::Flags flags(
-      "blockstore_server",
-      "Serves hrpc_blockstore.BlockStore over --file opened O_DIRECT (io_uring when available).\n"
-      "Write payloads go from the pulled slabs to the disk without a CPU copy. Prints READY <uri>\n"
-      "when it accepts connections; stops on SIGINT/SIGTERM.");
-  flags.Add("file", &file, "file or block device (created when missing)");
-  flags.Add("listen", &listen, "address: tcp://host:port, rdma://host:port, host:port");
-  flags.Add("durability", &durability, "none | flush (fdatasync on Flush) | dsync (RWF_DSYNC per write)");
-  flags.Add("engine", &engine, "auto | io_uring | psync");
-  flags.AddSize("size", &size, "grow the file to at least this many bytes at start (0: as is)");
-  flags.AddSize("eager", &eager, "response attachments up to this size travel inline (0: always pushed)");
-  flags.AddSize("pool_mib", &pool_mib, "arena size of the server pool (pulled payloads, read slabs), MiB");
-  flags.AddLogLevel("info");
+  CLI::App app("Serves hrpc_blockstore.BlockStore over --file opened O_DIRECT (io_uring when available).\n"
+               "Write payloads go from the pulled slabs to the disk without a CPU copy. Prints READY <uri>\n"
+               "when it accepts connections; stops on SIGINT/SIGTERM.",
+               "blockstore_server");
+  app.add_option("--file", file, "file or block device (created when missing)")->capture_default_str();
+  app.add_option("--listen", listen, "address: tcp://host:port, rdma://host:port, host:port")->capture_default_str();
+  app.add_option("--durability", durability, "none | flush (fdatasync on Flush) | dsync (RWF_DSYNC per write)")
+      ->capture_default_str();
+  app.add_option("--engine", engine, "auto | io_uring | psync")->capture_default_str();
+  hrpc::examples::AddSize(app, "--size", &size, "grow the file to at least this many bytes at start (0: as is)");
+  hrpc::examples::AddSize(app, "--eager", &eager,
+                          "response attachments up to this size travel inline (0: always pushed)");
+  app.add_option("--pool_mib", pool_mib, "arena size of the server pool (pulled payloads, read slabs), MiB")
+      ->capture_default_str();
+  std::string log_level = "info";
+  hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
-  if (!flags.Parse(argc, argv, &code)) return code;
+  if (!hrpc::examples::Parse(app, argc, argv, &code, &log_level)) return code;
   if (file.empty()) {
     std::fprintf(stderr, "blockstore_server: --file is required\n");
     return 2;

@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "common/flags.h"
+#include "common/cli.h"
 
 #include <spdlog/spdlog.h>
 #include "echo/echo.hrpc.h"
@@ -14,19 +14,21 @@ int main(int argc, char** argv) {
   std::string uri = "127.0.0.1:7000", text = "hello, hrpc";
   uint64_t count = 3, attachment = 0, timeout_ms = 5000;
   bool echo_attachment = true;
-  hrpc::examples::Flags flags("echo_client",
-                              "Calls hrpc_examples.Echo/Echo --count times and prints what comes back, then the\n"
-                              "client's per-method stats. Attachments above 16 KiB travel by one-sided READ\n"
-                              "(request) and WRITE (response) instead of inline.");
-  flags.Add("uri", &uri, "server: host:port, tcp://host:port, rdma://host:port");
-  flags.Add("text", &text, "text to echo");
-  flags.AddSize("count", &count, "calls to make");
-  flags.AddSize("attachment", &attachment, "bytes of request attachment (e.g. 4K, 1M)");
-  flags.Add("echo_attachment", &echo_attachment, "ask the server to send the attachment back");
-  flags.AddSize("timeout_ms", &timeout_ms, "deadline per call");
-  flags.AddLogLevel("warn");
+  CLI::App app("Calls hrpc_examples.Echo/Echo --count times and prints what comes back, then the\n"
+               "client's per-method stats. Attachments above 16 KiB travel by one-sided READ\n"
+               "(request) and WRITE (response) instead of inline.",
+               "echo_client");
+  app.add_option("--uri", uri, "server: host:port, tcp://host:port, rdma://host:port")->capture_default_str();
+  app.add_option("--text", text, "text to echo")->capture_default_str();
+  app.add_option("--count", count, "calls to make")->capture_default_str();
+  hrpc::examples::AddSize(app, "--attachment", &attachment, "bytes of request attachment (e.g. 4K, 1M)");
+  app.add_flag("--echo_attachment", echo_attachment,
+               "ask the server to send the attachment back (on by default; --echo_attachment=false turns it off)");
+  app.add_option("--timeout_ms", timeout_ms, "deadline per call")->capture_default_str();
+  std::string log_level = "warn";
+  hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
-  if (!flags.Parse(argc, argv, &code)) return code;
+  if (!hrpc::examples::Parse(app, argc, argv, &code, &log_level)) return code;
 
   auto channel = hrpc::RpcChannel::Create(uri);
   if (!channel.ok()) {

@@ -11,7 +11,7 @@
 #include "common/echo_service.h"
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/runtime.h"
-#include "common/flags.h"
+#include "common/cli.h"
 #include "common/signals.h"
 
 #include <spdlog/spdlog.h>
@@ -19,18 +19,22 @@
 int main(int argc, char** argv) {
   std::string listen = "0.0.0.0:7000", forward;
   uint64_t workers = 1, eager = hrpc::kDefaultEagerThreshold, stats_interval = 0;
-  hrpc::examples::Flags flags("echo_server",
-                              "Serves hrpc_examples.Echo (echo text and attachments). A scheme-less address uses\n"
-                              "RDMA when a device exists, else TCP (HRPC_TRANSPORT=tcp|rdma overrides).\n"
-                              "Stops on SIGINT/SIGTERM and prints per-method stats.");
-  flags.Add("listen", &listen, "address: host:port, tcp://host:port, rdma://host:port");
-  flags.AddSize("workers", &workers, "worker threads (each owns the connections it accepts)");
-  flags.Add("forward", &forward, "relay every Echo to the echo server at this address (\"\": answer here)");
-  flags.AddSize("eager", &eager, "attachments up to this size travel inline");
-  flags.AddSize("stats_interval", &stats_interval, "print the stats table every N seconds (0: only at exit)");
-  flags.AddLogLevel("info");
+  CLI::App app("Serves hrpc_examples.Echo (echo text and attachments). A scheme-less address uses\n"
+               "RDMA when a device exists, else TCP (HRPC_TRANSPORT=tcp|rdma overrides).\n"
+               "Stops on SIGINT/SIGTERM and prints per-method stats.",
+               "echo_server");
+  app.add_option("--listen", listen, "address: host:port, tcp://host:port, rdma://host:port")->capture_default_str();
+  app.add_option("--workers", workers, "worker threads (each owns the connections it accepts)")
+      ->capture_default_str();
+  app.add_option("--forward", forward, "relay every Echo to the echo server at this address (\"\": answer here)")
+      ->capture_default_str();
+  hrpc::examples::AddSize(app, "--eager", &eager, "attachments up to this size travel inline");
+  app.add_option("--stats_interval", stats_interval, "print the stats table every N seconds (0: only at exit)")
+      ->capture_default_str();
+  std::string log_level = "info";
+  hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
-  if (!flags.Parse(argc, argv, &code)) return code;
+  if (!hrpc::examples::Parse(app, argc, argv, &code, &log_level)) return code;
 
   const sigset_t stop = hrpc::examples::BlockStopSignals();  // before the workers start: they inherit it
 

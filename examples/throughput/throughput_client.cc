@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <sstream>
 
-#include "common/flags.h"
+#include "common/cli.h"
 
 #include <spdlog/spdlog.h>
 #include "common/load.h"
@@ -14,27 +14,28 @@ int main(int argc, char** argv) {
   uint64_t connections = 1, workers = 1, concurrency = 32, payload = 4096, spin_us = 50;
   double duration = 5, warmup = 1;
   bool echo = false, progress = true;
-  hrpc::examples::Flags flags(
-      "throughput_client",
-      "Closed-loop load against throughput_server: --connections connections (spread over --workers\n"
-      "threads), --concurrency calls in flight on each, each call carrying --payload bytes as its\n"
-      "request attachment (inline up to 16 KiB, else pulled by the server with one-sided READs).\n"
-      "With --echo the server sends the payload back (pushed by one-sided WRITE when large).\n"
-      "MB/s counts payload bytes (both directions with --echo); CPU% is of one core (100 = one core busy).");
-  flags.Add("uri", &uri, "server: host:port (transport auto), tcp://host:port, rdma://host:port");
-  flags.AddSize("connections", &connections, "connections (a multiple of --workers)");
-  flags.AddSize("workers", &workers, "client worker threads");
-  flags.Add("cpus", &cpus, "comma-separated cpus to pin the client workers to");
-  flags.AddSize("concurrency", &concurrency, "calls in flight per connection");
-  flags.AddSize("payload", &payload, "attachment bytes per call (e.g. 64, 4K, 1M)");
-  flags.Add("echo", &echo, "server echoes the payload back");
-  flags.Add("duration", &duration, "seconds to measure");
-  flags.Add("warmup", &warmup, "seconds of load before measuring");
-  flags.AddSize("spin_us", &spin_us, "idle workers busy-poll this long before sleeping");
-  flags.Add("progress", &progress, "live progress line on stderr");
-  flags.AddLogLevel("warn");
+  CLI::App app("Closed-loop load against throughput_server: --connections connections (spread over --workers\n"
+               "threads), --concurrency calls in flight on each, each call carrying --payload bytes as its\n"
+               "request attachment (inline up to 16 KiB, else pulled by the server with one-sided READs).\n"
+               "With --echo the server sends the payload back (pushed by one-sided WRITE when large).\n"
+               "MB/s counts payload bytes (both directions with --echo); CPU% is of one core (100 = one core busy).",
+               "throughput_client");
+  app.add_option("--uri", uri, "server: host:port (transport auto), tcp://host:port, rdma://host:port")
+      ->capture_default_str();
+  app.add_option("--connections", connections, "connections (a multiple of --workers)")->capture_default_str();
+  app.add_option("--workers", workers, "client worker threads")->capture_default_str();
+  app.add_option("--cpus", cpus, "comma-separated cpus to pin the client workers to")->capture_default_str();
+  app.add_option("--concurrency", concurrency, "calls in flight per connection")->capture_default_str();
+  hrpc::examples::AddSize(app, "--payload", &payload, "attachment bytes per call (e.g. 64, 4K, 1M)");
+  app.add_flag("--echo", echo, "server echoes the payload back");
+  app.add_option("--duration", duration, "seconds to measure")->capture_default_str();
+  app.add_option("--warmup", warmup, "seconds of load before measuring")->capture_default_str();
+  app.add_option("--spin_us", spin_us, "idle workers busy-poll this long before sleeping")->capture_default_str();
+  app.add_flag("--progress", progress, "live progress line on stderr (on by default; --progress=false turns it off)");
+  std::string log_level = "warn";
+  hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
-  if (!flags.Parse(argc, argv, &code)) return code;
+  if (!hrpc::examples::Parse(app, argc, argv, &code, &log_level)) return code;
   if (workers == 0 || connections == 0 || connections % workers != 0) {
     std::fprintf(stderr, "throughput_client: --connections must be a positive multiple of --workers\n");
     return 2;

@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "common/echo_service.h"
-#include "common/flags.h"
+#include "common/cli.h"
 #include "common/signals.h"
 
 #include <spdlog/spdlog.h>
@@ -14,18 +14,23 @@
 int main(int argc, char** argv) {
   std::string listen = "0.0.0.0:7100", cpus;
   uint64_t workers = 1, eager = hrpc::kDefaultEagerThreshold, stats_interval = 0, spin_us = 50;
-  hrpc::examples::Flags flags("throughput_server",
-                              "Serves hrpc_examples.Echo for throughput_client. Prints READY <uri> when it\n"
-                              "accepts connections; stops on SIGINT/SIGTERM and prints per-method stats.");
-  flags.Add("listen", &listen, "address: host:port (transport auto), tcp://host:port, rdma://host:port");
-  flags.AddSize("workers", &workers, "worker threads");
-  flags.Add("cpus", &cpus, "comma-separated cpus to pin the workers to (empty: no pinning)");
-  flags.AddSize("eager", &eager, "attachments up to this size travel inline");
-  flags.AddSize("spin_us", &spin_us, "idle workers busy-poll this long before sleeping in epoll");
-  flags.AddSize("stats_interval", &stats_interval, "print the stats table every N seconds (0: only at exit)");
-  flags.AddLogLevel("info");
+  CLI::App app("Serves hrpc_examples.Echo for throughput_client. Prints READY <uri> when it\n"
+               "accepts connections; stops on SIGINT/SIGTERM and prints per-method stats.",
+               "throughput_server");
+  app.add_option("--listen", listen, "address: host:port (transport auto), tcp://host:port, rdma://host:port")
+      ->capture_default_str();
+  app.add_option("--workers", workers, "worker threads")->capture_default_str();
+  app.add_option("--cpus", cpus, "comma-separated cpus to pin the workers to (empty: no pinning)")
+      ->capture_default_str();
+  hrpc::examples::AddSize(app, "--eager", &eager, "attachments up to this size travel inline");
+  app.add_option("--spin_us", spin_us, "idle workers busy-poll this long before sleeping in epoll")
+      ->capture_default_str();
+  app.add_option("--stats_interval", stats_interval, "print the stats table every N seconds (0: only at exit)")
+      ->capture_default_str();
+  std::string log_level = "info";
+  hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
-  if (!flags.Parse(argc, argv, &code)) return code;
+  if (!hrpc::examples::Parse(app, argc, argv, &code, &log_level)) return code;
 
   const sigset_t stop = hrpc::examples::BlockStopSignals();  // before the workers start: they inherit it
 

@@ -15,6 +15,7 @@
 #include "hrpc/rpc/server_context.h"
 #include "hrpc/rpc/wire.h"
 #include "bulk.h"
+#include "reflection.h"
 #include "runtime_internal.h"
 
 namespace hrpc {
@@ -95,6 +96,10 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   std::atomic<bool> stopping{false};
   bool shut_down = false;
   mutable std::mutex mu;
+  // hrpc.Reflection, registered on every server; its calls are counted apart
+  // from the application's (not in Stats()).
+  std::unique_ptr<Service> reflection;
+  StatsRegistry reflection_stats;
 
   MethodCounters& CountersFor(uint32_t sid, uint32_t mid) {
     auto it = registered.find((uint64_t{sid} << 32) | mid);
@@ -340,6 +345,12 @@ Result<std::unique_ptr<Server>> Server::Create(Runtime& runtime, ServerOptions o
   impl->options = std::move(options);
   impl->listeners.resize(impl->workers->size());
   impl->conns.resize(impl->workers->size());
+  impl->reflection = internal::MakeReflectionService(impl->services, impl->stats);
+  impl->services.emplace(impl->reflection->service_id(), impl->reflection.get());
+  for (const MethodDescriptor& m : impl->reflection->methods()) {
+    impl->registered[(uint64_t{m.service_id} << 32) | m.method_id] =
+        &impl->reflection_stats.For(m.service_id, m.method_id, m.full_name);
+  }
   impl->workers->servers.fetch_add(1, std::memory_order_relaxed);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }

@@ -82,7 +82,9 @@ class Server final {
   Server& operator=(const Server&) = delete;
 
   // Before Start(). Not owned; must outlive the server. ALREADY_EXISTS for a
-  // second service with the same id; FAILED_PRECONDITION after Start().
+  // second service with the same id (every server already serves
+  // hrpc.Reflection: its services, methods, .proto files and stats, for the
+  // `hrpc` tool); FAILED_PRECONDITION after Start().
   Status RegisterService(Service* service);
 
   // Binds every listen URI on every worker and starts accepting.
@@ -94,7 +96,8 @@ class Server final {
   // The bound URIs, one per configured URI ("tcp://0.0.0.0:41234").
   std::vector<std::string> listen_uris() const;
   // Per-method server-side stats: latency from arrival to response sent;
-  // bytes_in = request (message + attachment), bytes_out = response.
+  // bytes_in = request (message + attachment), bytes_out = response. Calls to
+  // hrpc.Reflection are not included.
   std::vector<MethodStats> Stats() const;
   // Connections currently open (for tests and monitoring).
   size_t num_connections() const;

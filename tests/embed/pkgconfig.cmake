@@ -1,0 +1,42 @@
+# Run by ctest: install BUILD_DIR into PREFIX, then build the consumer's
+# program without CMake, the way a Makefile would: stubs from protoc with the
+# installed protoc-gen-hrpc (named by hrpc.pc), then one compile-and-link with
+# `pkg-config --cflags --libs hrpc`; run it.
+function(run var)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
+                  OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+  set(${var} "${out}" PARENT_SCOPE)
+endfunction()
+file(REMOVE_RECURSE ${PREFIX} ${OUT})
+file(MAKE_DIRECTORY ${OUT})
+run(ignored ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${PREFIX})
+file(GLOB_RECURSE pc ${PREFIX}/*/pkgconfig/hrpc.pc)
+if(NOT pc)
+  message(FATAL_ERROR "no hrpc.pc installed under ${PREFIX}")
+endif()
+get_filename_component(pcdir ${pc} DIRECTORY)
+set(ENV{PKG_CONFIG_PATH} ${pcdir})
+run(version pkg-config --modversion hrpc)
+if(NOT version STREQUAL VERSION)
+  message(FATAL_ERROR "hrpc.pc says version ${version}, the project is ${VERSION}")
+endif()
+run(plugin pkg-config --variable=protoc_gen_hrpc hrpc)
+if(NOT EXISTS ${plugin})
+  message(FATAL_ERROR "hrpc.pc names protoc-gen-hrpc ${plugin}, which is not installed")
+endif()
+run(flags pkg-config --cflags --libs hrpc)
+message(STATUS "pkg-config --cflags --libs hrpc: ${flags}")
+separate_arguments(flags UNIX_COMMAND "${flags}")
+separate_arguments(extra UNIX_COMMAND "${FLAGS}")
+run(ignored ${PROTOC} -I ${SOURCE}/proto --cpp_out=${OUT} --hrpc_out=${OUT} --plugin=protoc-gen-hrpc=${plugin}
+    ${SOURCE}/proto/kv/kv.proto)
+run(ignored ${CXX} -std=c++20 ${extra} -I ${OUT} ${SOURCE}/main.cc ${OUT}/kv/kv.pb.cc ${OUT}/kv/kv.hrpc.cc
+    ${flags} -o ${OUT}/kv_embed)
+execute_process(COMMAND ${OUT}/kv_embed RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+message(STATUS "kv_embed: ${out}")
+if(NOT rc EQUAL 0 OR NOT out MATCHES "kv_embed: get k1 -> v1 OK")
+  message(FATAL_ERROR "kv_embed (built with pkg-config) failed (${rc}): ${out}")
+endif()
