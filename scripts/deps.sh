@@ -11,6 +11,7 @@ HRPC_PACKAGES=(
   libprotobuf-dev libprotoc-dev protobuf-compiler
   libspdlog-dev libfmt-dev
   libgrpc++-dev protobuf-compiler-grpc  # bench/grpc_echo: the same-run gRPC baseline
+  prometheus-cpp-dev libcpp-httplib-dev  # the HTTP endpoint: /metrics, /status, /rpcz
   iproute2 procps fio
 )
 # The Soft-RoCE guest (../shared/rxe) and the reference RDMA tools.
