@@ -24,6 +24,17 @@
 // scheduler's spin_budget, then epoll) and poll=block (spin_budget = 0). gRPC
 // polls as it does by default. The raw baselines spin on a non-blocking socket
 // for --spin_us, then poll().
+//
+// The metrics cases (--cases=metrics, part of all) measure what observability
+// costs: the same hrpc echo against a server without the HTTP endpoint
+// (metrics=off: the counters every server keeps) and one with it, scraped
+// (metrics=on: /metrics fetched every --scrape_ms by a thread of this
+// process, as Prometheus would, with /rpcz recording the calls' phases),
+// interleaved rounds; the metrics=on line adds ratio_vs_off (rps) and
+// p50_vs_off / p99_vs_off (latency), and the scrapes done and their mean
+// time:
+//
+//   echo_bench transport=tcp metrics=on scrape_ms=100 case=echo payload=64 concurrency=32 rps=... ratio_vs_off=... scrapes=... scrape_ms_mean=... rounds=3
 #include <arpa/inet.h>
 #include <linux/errqueue.h>
 #include <fcntl.h>
@@ -36,14 +47,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <httplib.h>
+
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -65,8 +80,10 @@ struct Config {
   double duration = 1.0;
   double warmup = 0.3;
   size_t rounds = 3;
-  std::string cases = "all";  // all | raw | rpc
+  std::string cases = "all";  // all | raw | rpc | metrics
   std::string grpc_echo;      // path of the grpc_echo program
+  bool http = false;          // hrpc-server role: with the HTTP endpoint
+  uint64_t scrape_ms = 100;   // metrics cases: /metrics every this many ms
 };
 
 void Pin(int cpu) {
@@ -230,6 +247,7 @@ int HrpcServerMain(const Config& cfg) {
   so.runtime.workers = 1;
   if (cfg.server_cpu >= 0) so.runtime.cpus = {cfg.server_cpu};
   so.runtime.spin_budget = std::chrono::microseconds(cfg.spin_us);
+  if (cfg.http) so.http_listen = "127.0.0.1:0";
   auto server = hrpc::Server::Create(so);
   if (!server.ok()) {
     std::fprintf(stderr, "echo_bench server: %s\n", server.status().ToString().c_str());
@@ -237,7 +255,11 @@ int HrpcServerMain(const Config& cfg) {
   }
   hrpc::examples::EchoServiceImpl service(server->get());
   if (!(*server)->RegisterService(&service).ok() || !(*server)->Start().ok()) return 1;
-  std::printf("READY %s\n", (*server)->listen_uris().at(0).c_str());
+  if (cfg.http) {
+    std::printf("READY %s %s\n", (*server)->listen_uris().at(0).c_str(), (*server)->http_address().c_str());
+  } else {
+    std::printf("READY %s\n", (*server)->listen_uris().at(0).c_str());
+  }
   std::fflush(stdout);
   int sig = 0;
   sigwait(&set, &sig);
@@ -291,9 +313,10 @@ Child SpawnReady(std::vector<std::string> args, int cpu) {
 }
 
 Child Spawn(const char* self, const std::string& role, const Config& cfg) {
-  return SpawnReady({self, "--role=" + role, "--server_cpu=" + std::to_string(cfg.server_cpu),
-                     "--spin_us=" + std::to_string(cfg.spin_us)},
-                    -1);
+  std::vector<std::string> args = {self, "--role=" + role, "--server_cpu=" + std::to_string(cfg.server_cpu),
+                                   "--spin_us=" + std::to_string(cfg.spin_us)};
+  if (cfg.http) args.push_back("--http=1");
+  return SpawnReady(std::move(args), -1);
 }
 
 // Runs args[0] pinned to `cpu` to completion; its last stdout line that starts
@@ -596,6 +619,133 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
   Stop(grpc_server);
 }
 
+// Fetches http://<addr>/metrics every `period` until stopped (a Prometheus
+// stand-in): counts the scrapes and their time.
+class Scraper {
+ public:
+  Scraper(const std::string& addr, std::chrono::milliseconds period) {
+    const size_t colon = addr.rfind(':');
+    thread_ = std::thread([this, host = addr.substr(0, colon), port = std::stoi(addr.substr(colon + 1)), period] {
+      httplib::Client cli(host, port);
+      cli.set_keep_alive(true);
+      while (!stop_.load()) {
+        const auto t0 = Clock::now();
+        auto res = cli.Get("/metrics");
+        const auto t1 = Clock::now();
+        if (res && res->status == 200 && !res->body.empty()) {
+          scrapes_.fetch_add(1);
+          scrape_ns_.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+          bytes_.store(res->body.size());
+        } else {
+          errors_.fetch_add(1);
+        }
+        std::this_thread::sleep_until(t0 + period);
+      }
+    });
+  }
+  ~Scraper() {
+    stop_.store(true);
+    thread_.join();
+  }
+  void Reset() {
+    scrapes_.store(0);
+    scrape_ns_.store(0);
+    errors_.store(0);
+  }
+  uint64_t scrapes() const { return scrapes_.load(); }
+  uint64_t errors() const { return errors_.load(); }
+  uint64_t bytes() const { return bytes_.load(); }
+  double mean_ms() const {
+    const uint64_t n = scrapes_.load();
+    return n ? static_cast<double>(scrape_ns_.load()) / static_cast<double>(n) / 1e6 : 0.0;
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> scrapes_{0}, scrape_ns_{0}, errors_{0}, bytes_{0};
+  std::thread thread_;
+};
+
+// hrpc echo with the HTTP endpoint off vs on and scraped, interleaved rounds.
+void MetricsCases(const char* self, const Config& cfg) {
+  const std::vector<RpcCase> cases = {{64, 1}, {64, 32}, {4096, 32}};
+  struct Mode {
+    bool http;
+    Child server;
+    std::unique_ptr<hrpc::RpcChannel> channel;
+    std::string http_addr;
+  };
+  std::array<Mode, 2> modes = {Mode{false, {}, {}, {}}, Mode{true, {}, {}, {}}};
+  for (Mode& m : modes) {
+    Config mc = cfg;
+    mc.http = m.http;
+    m.server = Spawn(self, "hrpc-server", mc);
+    if (m.server.uri.empty()) continue;
+    std::string uri = m.server.uri;
+    if (const size_t sp = uri.find(' '); sp != std::string::npos) {
+      m.http_addr = uri.substr(sp + 1);
+      uri = uri.substr(0, sp);
+    }
+    uri = "tcp://127.0.0.1:" + uri.substr(uri.rfind(':') + 1);
+    hrpc::RpcChannelOptions co;
+    co.runtime.workers = 1;
+    if (cfg.client_cpu >= 0) co.runtime.cpus = {cfg.client_cpu};
+    co.runtime.spin_budget = std::chrono::microseconds(cfg.spin_us);
+    auto channel = hrpc::RpcChannel::Create(uri, co);
+    if (channel.ok() && (*channel)->Connect().ok()) m.channel = std::move(*channel);
+  }
+  const std::string poll = "poll=spin" + std::to_string(cfg.spin_us) + "us+block";
+  if (!modes[1].channel || modes[1].http_addr.empty()) {
+    std::printf("echo_bench transport=tcp metrics=on error=server-with-http-endpoint-did-not-start\n");
+  } else {
+    Scraper scraper(modes[1].http_addr, std::chrono::milliseconds(cfg.scrape_ms));
+    for (const RpcCase& c : cases) {
+      std::array<std::vector<CaseResult>, 2> rounds;
+      uint64_t scrapes = 0, scrape_errors = 0;
+      double scrape_ms_sum = 0;
+      for (size_t round = 0; round < cfg.rounds; ++round) {
+        for (size_t i = 0; i < modes.size(); ++i) {
+          if (!modes[i].channel) {
+            rounds[i].push_back(CaseResult{false, "server-did-not-start-or-connect"});
+            continue;
+          }
+          if (i == 1) scraper.Reset();
+          rounds[i].push_back(HrpcRound(cfg, *modes[i].channel, c));
+          if (i == 1) {
+            scrapes += scraper.scrapes();
+            scrape_errors += scraper.errors();
+            scrape_ms_sum += scraper.mean_ms() * static_cast<double>(scraper.scrapes());
+          }
+        }
+      }
+      const CaseResult off = MedianRound(rounds[0]);
+      const CaseResult on = MedianRound(rounds[1]);
+      PrintRpcLine("transport=tcp " + poll + " metrics=off", c, off, nullptr, cfg.rounds);
+      std::printf("echo_bench transport=tcp %s metrics=on scrape_ms=%llu case=echo payload=%zu concurrency=%zu",
+                  poll.c_str(), static_cast<unsigned long long>(cfg.scrape_ms), c.payload, c.concurrency);
+      if (!on.ok) {
+        std::printf(" error=%s\n", on.error.c_str());
+      } else {
+        std::printf(" rps=%.0f p50_us=%.1f p99_us=%.1f MBps=%.1f cpu=%.0f/%.0f", on.rps, on.p50_us, on.p99_us,
+                    on.rps * static_cast<double>(c.payload) * 2 / 1e6, on.client_cpu, on.server_cpu);
+        if (off.ok && off.rps > 0) {
+          std::printf(" off_rps=%.0f ratio_vs_off=%.3f p50_vs_off=%.2f p99_vs_off=%.2f", off.rps, on.rps / off.rps,
+                      off.p50_us > 0 ? on.p50_us / off.p50_us : 0.0, off.p99_us > 0 ? on.p99_us / off.p99_us : 0.0);
+        }
+        std::printf(" scrapes=%llu scrape_errors=%llu scrape_ms_mean=%.2f scrape_bytes=%llu rounds=%zu\n",
+                    static_cast<unsigned long long>(scrapes), static_cast<unsigned long long>(scrape_errors),
+                    scrapes ? scrape_ms_sum / static_cast<double>(scrapes) : 0.0,
+                    static_cast<unsigned long long>(scraper.bytes()), cfg.rounds);
+      }
+      std::fflush(stdout);
+    }
+  }
+  for (Mode& m : modes) {
+    m.channel.reset();
+    Stop(m.server);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -616,7 +766,11 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", cfg.warmup, "seconds of warm-up per case")->capture_default_str();
   app.add_option("--rounds", cfg.rounds, "interleaved gRPC/hrpc rounds per RPC case; the median is printed")
       ->capture_default_str();
-  app.add_option("--cases", cfg.cases, "all | raw | rpc (gRPC and hrpc)")->capture_default_str();
+  app.add_option("--cases", cfg.cases,
+                 "all | raw | rpc (gRPC and hrpc) | metrics (hrpc with the HTTP endpoint off vs scraped)")
+      ->capture_default_str();
+  app.add_option("--scrape_ms", cfg.scrape_ms, "metrics cases: fetch /metrics this often")->capture_default_str();
+  app.add_flag("--http", cfg.http, "internal (hrpc-server): open the HTTP endpoint");
   app.add_option("--grpc_echo", cfg.grpc_echo, "the grpc_echo program; empty: the one beside this program")
       ->capture_default_str();
   app.add_option("--role", role, "internal: raw-server | hrpc-server")->capture_default_str();
@@ -644,5 +798,6 @@ int main(int argc, char** argv) {
   RawBaseline raw;
   if (cfg.cases == "all" || cfg.cases == "raw") raw = RawCases(self, cfg);
   if (cfg.cases == "all" || cfg.cases == "rpc") RpcCases(self, cfg, raw);
+  if (cfg.cases == "all" || cfg.cases == "metrics") MetricsCases(self, cfg);
   return 0;
 }

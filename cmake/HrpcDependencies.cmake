@@ -18,3 +18,8 @@ if(HRPC_WITH_RDMA)
   pkg_check_modules(hrpc_rdmacm REQUIRED IMPORTED_TARGET librdmacm)
 endif()
 find_package(Protobuf REQUIRED)
+# The HTTP endpoint: Prometheus text format (prometheus-cpp-dev) and the HTTP
+# server (libcpp-httplib-dev: Debian builds it as a library, with OpenSSL,
+# zlib and brotli; its pkg-config flags must be used so the headers match).
+find_package(prometheus-cpp CONFIG REQUIRED)
+pkg_check_modules(hrpc_httplib REQUIRED IMPORTED_TARGET cpp-httplib)

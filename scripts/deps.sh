@@ -13,6 +13,7 @@ HRPC_PACKAGES=(
   libcli11-dev  # command-line flags: the hrpc tool, the samples, the benchmarks
   python3-matplotlib  # bench/plot.py
   libgrpc++-dev protobuf-compiler-grpc  # bench/grpc_echo: the same-run gRPC baseline
+  prometheus-cpp-dev libcpp-httplib-dev  # the HTTP endpoint: /metrics, /status, /rpcz
   iproute2 procps fio
 )
 # The Soft-RoCE guest (../shared/rxe) and the reference RDMA tools.

@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "fiber.h"
+#include "hrpc/base/counter.h"
 #include "hrpc/coroutine/cycle_clock.h"
 
 namespace hrpc::coro {
@@ -81,6 +82,7 @@ class Scheduler::Impl {
       ready_head = f;
     }
     ready_tail = f;
+    ready_len.Add();
   }
   Fiber* PopReady() noexcept {
     Fiber* f = ready_head;
@@ -88,6 +90,7 @@ class Scheduler::Impl {
       ready_head = f->next;
       if (!ready_head) ready_tail = nullptr;
       f->next = nullptr;
+      ready_len.Sub();
     }
     return f;
   }
@@ -113,7 +116,13 @@ class Scheduler::Impl {
   std::vector<Fiber*> all;          // every allocated fiber (alive or pooled)
   std::vector<Fiber*> free_fibers;  // finished, stack kept for reuse
   std::vector<Poller*> pollers;
-  Stats st;
+  // Counters: written on the scheduler's thread, read anywhere (stats(), load()).
+  OwnerCounter spawned, finished, context_switches, sleeps, stacks_mapped, ready_len;
+  // Load accounting in CycleClock ticks: when Run() started, idle ticks of
+  // finished idle periods, and the start of the current one (0: busy).
+  std::atomic<uint64_t> run_start_tick{0};
+  OwnerCounter idle_ticks;
+  std::atomic<uint64_t> idle_since_tick{0};
 #if HRPC_CORO_ASAN
   void* main_fake_stack = nullptr;
   const void* main_bottom = nullptr;
@@ -211,12 +220,12 @@ Fiber* Scheduler::Impl::NewFiber() {
   f->resume_node.fiber = f;
   f->all_index = all.size();
   all.push_back(f);
-  st.stacks_mapped++;
+  stacks_mapped.Add();
   return f;
 }
 
 void Scheduler::Impl::Recycle(Fiber* f) noexcept {
-  st.finished++;
+  finished.Add();
   f->name.clear();
   if (free_fibers.size() < opts.max_pooled_stacks) {
     free_fibers.push_back(f);
@@ -235,7 +244,7 @@ void Scheduler::Impl::Spawn(std::function<void()> fn, std::string_view name) {
   f->fn = std::move(fn);
   f->name.assign(name.data(), name.size());
   f->ctx = bctx::make_fcontext(f->stack.lo + f->stack.usable, f->stack.usable, &Impl::Entry);
-  st.spawned++;
+  spawned.Add();
   PushReady(f);
 }
 
@@ -287,7 +296,7 @@ void Scheduler::Impl::RunFiber(Fiber* f) noexcept {
   __sanitizer_finish_switch_fiber(main_fake_stack, nullptr, nullptr);
 #endif
   tls_fiber = nullptr;
-  st.context_switches++;
+  context_switches.Add();
   if (f->state == FiberState::kDone) {
     Recycle(f);
   } else {
@@ -365,7 +374,7 @@ void Scheduler::Impl::Sleep() {
     sleeping.store(false, std::memory_order_relaxed);
     return;
   }
-  st.sleeps++;
+  sleeps.Add();
   epoll_event evs[16];
   int n = ::epoll_pwait2(epfd, evs, 16, tsp, nullptr);
   if (n < 0 && errno == ENOSYS) n = ::epoll_wait(epfd, evs, 16, timeout_ms);
@@ -388,6 +397,13 @@ void Scheduler::Impl::Run() {
   const uint64_t spin_ticks = spin_clock.TicksFor(opts.spin_budget);
   const uint64_t timer_lookahead = spin_clock.TicksFor(std::chrono::milliseconds(1));
   uint64_t idle_since = 0;
+  run_start_tick.store(spin_clock.Now(), std::memory_order_relaxed);
+  // Ends the current idle period (load accounting: one clock read per period).
+  auto end_idle = [&] {
+    const uint64_t now = spin_clock.Now();
+    idle_since_tick.store(0, std::memory_order_relaxed);
+    if (now > idle_since) idle_ticks.Add(now - idle_since);
+  };
   while (!stop.load(std::memory_order_relaxed)) {
     if (remote_head.load(std::memory_order_relaxed) != nullptr) DrainRemote();
     if (!heap_.empty()) {
@@ -399,12 +415,14 @@ void Scheduler::Impl::Run() {
     int work = RunBatch();
     if (!pollers.empty()) work += PollAll();
     if (work > 0 || ready_head != nullptr) {
+      if (idle) end_idle();
       idle = false;
       continue;
     }
     if (!idle) {
       idle = true;
       idle_since = spin_clock.Now();
+      idle_since_tick.store(idle_since, std::memory_order_relaxed);
       continue;
     }
     if (spin_clock.Now() - idle_since < spin_ticks) {
@@ -414,8 +432,10 @@ void Scheduler::Impl::Run() {
       continue;
     }
     Sleep();
+    end_idle();
     idle = false;
   }
+  if (idle) end_idle();
   stop.store(false, std::memory_order_relaxed);
   tls_sched = prev_sched;
 }
@@ -524,11 +544,41 @@ std::string_view Scheduler::name() const noexcept { return impl_->opts.name; }
 const SchedulerOptions& Scheduler::options() const noexcept { return impl_->opts; }
 
 Scheduler::Stats Scheduler::stats() const noexcept {
-  Stats s = impl_->st;
+  Stats s;
+  s.spawned = impl_->spawned.Get();
+  s.finished = impl_->finished.Get();
+  s.context_switches = impl_->context_switches.Get();
+  s.sleeps = impl_->sleeps.Get();
+  s.stacks_mapped = impl_->stacks_mapped.Get();
   s.eventfd_writes = impl_->eventfd_writes.load(std::memory_order_relaxed);
   s.alive = static_cast<size_t>(s.spawned - s.finished);
   s.pooled_stacks = impl_->free_fibers.size();
   return s;
+}
+
+Scheduler::Load Scheduler::load() const noexcept {
+  const Impl& im = *impl_;
+  Load l;
+  const uint64_t start = im.run_start_tick.load(std::memory_order_relaxed);
+  const uint64_t finished = im.finished.Get();
+  const uint64_t spawned = im.spawned.Get();
+  l.alive = spawned >= finished ? static_cast<size_t>(spawned - finished) : 0;
+  l.run_queue = static_cast<size_t>(im.ready_len.Get());
+  l.context_switches = im.context_switches.Get();
+  l.sleeps = im.sleeps.Get();
+  if (start == 0) return l;
+  const CycleClock& clock = CycleClock::Get();
+  const uint64_t now = clock.Now();
+  // Ticks of different CPUs may disagree a little: clamp instead of wrapping.
+  const uint64_t total = now > start ? now - start : 0;
+  uint64_t idle = im.idle_ticks.Get();
+  const uint64_t since = im.idle_since_tick.load(std::memory_order_relaxed);
+  if (since != 0 && now > since) idle += now - since;
+  idle = std::min(idle, total);
+  const double per_ns = clock.ticks_per_ns();
+  l.idle = std::chrono::nanoseconds(static_cast<int64_t>(static_cast<double>(idle) / per_ns));
+  l.busy = std::chrono::nanoseconds(static_cast<int64_t>(static_cast<double>(total - idle) / per_ns));
+  return l;
 }
 
 // ------------------------------------------------------------------ detail

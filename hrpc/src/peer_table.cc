@@ -24,6 +24,7 @@ struct Link {
   // clock read on the call path.
   uint32_t idle_sweeps = 0;
   uint32_t pulling = 0;  // responses being READ from the server (PullResponse)
+  std::shared_ptr<LinkInfo> info;  // for /status
 };
 
 namespace {
@@ -88,6 +89,7 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
     } else {
       auto conn = (*transport)->Connect(uri);  // suspends this coroutine
       if (!conn.ok()) {
+        counters_.connect_failures.Add();
         err = conn.status().code() == StatusCode::kUnavailable
                   ? conn.status()
                   : Status(StatusCode::kUnavailable, conn.status().ToString());
@@ -100,6 +102,20 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
         made->conn = std::move(*conn);
         made->key = key;
         made->peer = std::string(made->conn->peer());
+        made->info = std::make_shared<LinkInfo>();
+        made->info->peer = made->peer;
+        made->info->scheme = std::string(scheme);
+        made->info->worker = worker_;
+        made->info->opened = std::chrono::system_clock::now();
+        {
+          std::lock_guard lock(links_mu_);
+          link_infos_.push_back(made->info);
+        }
+        counters_.connects.Add();
+        if (table_[key].replaces_failed) {
+          counters_.reconnects.Add();
+          table_[key].replaces_failed = false;
+        }
         open_.fetch_add(1, std::memory_order_relaxed);
         live_.fetch_add(1, std::memory_order_relaxed);
         workers_.scheduler(worker_).Spawn([this, made] { ReadLoop(made); }, "hrpc-client-rx");
@@ -125,13 +141,20 @@ Status PeerTable::Connect(const ChannelState& channel, size_t index) {
 }
 
 void PeerTable::FailLink(const std::shared_ptr<Link>& link, const Status& why) {
+  const bool failed = why.code() != StatusCode::kCancelled;
   if (!link->dead) {
     link->dead = true;
     link->conn->Close();
     open_.fetch_sub(1, std::memory_order_relaxed);
+    if (failed) counters_.lost.Add();
+    std::lock_guard lock(links_mu_);
+    std::erase(link_infos_, link->info);
   }
   auto it = table_.find(link->key);
-  if (it != table_.end() && it->second.link == link) it->second.link.reset();
+  if (it != table_.end() && it->second.link == link) {
+    it->second.link.reset();
+    if (failed) it->second.replaces_failed = true;
+  }
   auto calls = std::move(link->calls);
   link->calls.clear();
   for (auto& [txn, call] : calls) Complete(call, why, nullptr);
@@ -204,7 +227,8 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
   }
   uint64_t bytes_in = 0;
   if (status.ok() && rx != nullptr) status = FillResponse(*call, *rx, &bytes_in);
-  if (call->stats != nullptr) call->stats->End(Clock::now() - call->start, status.ok(), bytes_in, call->bytes_out);
+  if (call->link && call->txn != 0) call->link->info->completed.Add();
+  if (call->stats != nullptr) call->stats->End(Clock::now() - call->start, status.code(), bytes_in, call->bytes_out);
   DoneCallback done = std::move(call->done);
   std::shared_ptr<ChannelState> channel = std::move(call->channel);
   delete call;
@@ -216,6 +240,11 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
 }
 
 bool CompletingCallOf(const ChannelState* channel) noexcept { return tls_completing == channel; }
+
+std::vector<std::shared_ptr<const LinkInfo>> PeerTable::Links() const {
+  std::lock_guard lock(links_mu_);
+  return {link_infos_.begin(), link_infos_.end()};
+}
 
 Status PeerTable::FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in) {
   const wire::Frame& frame = rx.frame;
@@ -338,6 +367,7 @@ void PeerTable::StartCall(Call* call) {
   call->txn = h.txn_id;
 
   link->calls.emplace(call->txn, call);
+  link->info->calls.Add();
   link->idle_sweeps = 0;
   const uint64_t txn = call->txn;
   std::weak_ptr<Link> weak = link;

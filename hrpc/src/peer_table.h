@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -22,6 +23,7 @@
 
 #include <google/protobuf/message_lite.h>
 
+#include "hrpc/base/counter.h"
 #include "hrpc/base/status.h"
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/coroutine/sync.h"
@@ -60,6 +62,17 @@ struct ChannelState {
 };
 
 struct Link;
+
+// What /status shows of one outgoing connection. Written on the worker,
+// read by the HTTP endpoint's thread.
+struct LinkInfo {
+  std::string peer;
+  std::string scheme;
+  size_t worker = 0;
+  std::chrono::system_clock::time_point opened;
+  OwnerCounter calls;      // calls sent on it
+  OwnerCounter completed;  // of those, completed (the rest are in flight)
+};
 
 // A call in flight: allocated by RpcChannel::Impl::Begin, deleted by
 // PeerTable::Complete, which then runs its done callback.
@@ -110,12 +123,24 @@ class PeerTable {
   size_t open_links() const noexcept { return open_.load(std::memory_order_relaxed); }
   int64_t live_links() const noexcept { return live_.load(std::memory_order_relaxed); }
 
+  // Counters of this worker's outgoing connections (any thread reads).
+  struct Counters {
+    OwnerCounter connects;          // connections made
+    OwnerCounter connect_failures;  // connection attempts that failed
+    OwnerCounter reconnects;        // connections made to replace one that failed
+    OwnerCounter lost;              // connections that failed (not closed idle or at shutdown)
+  };
+  const Counters& counters() const noexcept { return counters_; }
+  // The open connections, for /status (any thread).
+  std::vector<std::shared_ptr<const LinkInfo>> Links() const;
+
  private:
   struct Entry {
     std::shared_ptr<Link> link;
     bool connecting = false;
     std::shared_ptr<coro::Event> connect_done;
     Status last_error;
+    bool replaces_failed = false;  // its last link failed: the next one is a reconnect
   };
 
   Result<std::shared_ptr<Link>> EnsureLink(const ChannelState& channel, size_t index);
@@ -137,6 +162,9 @@ class PeerTable {
   bool sweeping_ = false;
   bool closed_ = false;
   coro::LocalEvent stop_sweeper_;
+  Counters counters_;
+  mutable std::mutex links_mu_;  // link_infos_ (connect and close only)
+  std::vector<std::shared_ptr<LinkInfo>> link_infos_;
 };
 
 }  // namespace hrpc::internal

@@ -61,7 +61,7 @@ class RpcChannel::Impl {
     }
     if (!m.ok()) {
       call->ctx->request_attachment() = mempool::IoBuf();
-      call->stats->End(Clock::now() - call->start, false, 0, 0);
+      call->stats->End(Clock::now() - call->start, m.status().code(), 0, 0);
       DoneCallback done = std::move(call->done);
       delete call;
       done(m.status());

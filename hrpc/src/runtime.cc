@@ -14,6 +14,7 @@
 #include "hrpc/transport/rdma.h"
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
+#include "observability.h"
 #include "peer_table.h"
 #include "runtime_internal.h"
 
@@ -89,6 +90,7 @@ std::vector<int> Runtime::SpreadInstances(size_t instances) const {
 int Runtime::CurrentWorker() const noexcept { return core_->CurrentIndex(); }
 RuntimeStats Runtime::stats() const { return core_->Stats(); }
 std::vector<MethodStats> Runtime::ClientStats() const { return core_->client_stats().Snapshot(); }
+std::string Runtime::MetricsText() const { return internal::SerializeMetrics(core_->runtime_metrics().Collect()); }
 
 namespace internal {
 
@@ -233,6 +235,10 @@ Result<transport::Transport*> WorkerSet::TransportFor(size_t i, std::string_view
     return InvalidArgumentError("unknown transport scheme '" + std::string(scheme) + "'");
   }
   transport::Transport* raw = t.get();
+  {
+    std::lock_guard lock(transports_mu_);
+    transport_entries_.push_back(TransportEntry{i, std::string(scheme), t->counters()});
+  }
   slot.transports.emplace(std::string(scheme), std::move(t));
   transports_.fetch_add(1, std::memory_order_relaxed);
   return raw;
@@ -276,6 +282,41 @@ RuntimeStats WorkerSet::Stats() const {
   s.servers = servers.load(std::memory_order_relaxed);
   s.channels = channels.load(std::memory_order_relaxed);
   return s;
+}
+
+MetricsCollector& WorkerSet::runtime_metrics() {
+  std::lock_guard lock(metrics_mu_);
+  if (!runtime_metrics_) runtime_metrics_ = std::make_unique<MetricsCollector>(*this, nullptr);
+  return *runtime_metrics_;
+}
+
+std::vector<WorkerSet::TransportEntry> WorkerSet::TransportEntries() const {
+  std::lock_guard lock(transports_mu_);
+  return transport_entries_;
+}
+
+std::vector<std::string> WorkerSet::RdmaDevices() const {
+  std::vector<std::string> out;
+  std::lock_guard lock(regs_mu_);
+  for (const auto& [pool, reg] : regs_) {
+    if (!reg.rdma_domain) continue;
+    const std::string& name = reg.rdma_domain->device().name;
+    if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+  }
+  return out;
+}
+
+std::vector<const mempool::Pool*> WorkerSet::Pools() const {
+  std::vector<const mempool::Pool*> out;
+  for (const Slot& slot : slots_) {
+    if (std::find(out.begin(), out.end(), slot.pool) == out.end()) out.push_back(slot.pool);
+  }
+  return out;
+}
+
+size_t WorkerSet::pool_index(size_t i) const {
+  const auto pools = Pools();
+  return static_cast<size_t>(std::find(pools.begin(), pools.end(), slots_[i].pool) - pools.begin());
 }
 
 // --- frames -----------------------------------------------------------------

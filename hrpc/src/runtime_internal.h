@@ -36,6 +36,7 @@ class RdmaDomain;
 namespace hrpc::internal {
 
 class PeerTable;
+class MetricsCollector;
 
 // The runtime's core: workers, their pools, one registration per pool and
 // transport kind, per-worker transports and outgoing-connection tables.
@@ -73,6 +74,26 @@ class WorkerSet {
   size_t NextWorker() noexcept { return next_worker_.fetch_add(1, std::memory_order_relaxed) % slots_.size(); }
 
   RuntimeStats Stats() const;
+
+  // For monitoring (any thread). The counters of every transport made so
+  // far (kept after the transport is gone, so totals never go back).
+  struct TransportEntry {
+    size_t worker = 0;
+    std::string scheme;
+    std::shared_ptr<const transport::TransportCounters> counters;
+  };
+  std::vector<TransportEntry> TransportEntries() const;
+  // Names of the RDMA devices of the runtime's RdmaDomains.
+  std::vector<std::string> RdmaDevices() const;
+  // The distinct pools, in worker order (pool_index(i): worker i's).
+  std::vector<const mempool::Pool*> Pools() const;
+  size_t pool_index(size_t i) const;
+  // Worker i's outgoing connections; valid while the runtime runs.
+  const PeerTable* peer_table(size_t i) const { return slots_[i].peers.get(); }
+  std::chrono::system_clock::time_point created() const noexcept { return created_; }
+  // The collector of Runtime::MetricsText() (made on first use).
+  MetricsCollector& runtime_metrics();
+
   std::atomic<size_t> servers{0};
   std::atomic<size_t> channels{0};
 
@@ -106,6 +127,11 @@ class WorkerSet {
   std::atomic<size_t> transports_{0};
   std::atomic<size_t> next_worker_{0};
   StatsRegistry client_stats_;
+  mutable std::mutex transports_mu_;  // transport_entries_
+  std::vector<TransportEntry> transport_entries_;
+  const std::chrono::system_clock::time_point created_ = std::chrono::system_clock::now();
+  std::mutex metrics_mu_;
+  std::unique_ptr<MetricsCollector> runtime_metrics_;
 };
 
 // --- frames -----------------------------------------------------------------

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -11,11 +13,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/rpc/server_context.h"
 #include "hrpc/rpc/wire.h"
 #include "bulk.h"
+#include "observability.h"
 #include "reflection.h"
+#include "rpcz.h"
 #include "runtime_internal.h"
 
 namespace hrpc {
@@ -32,6 +37,7 @@ struct ServerConn {
   std::unordered_map<uint64_t, ServerContext*> active;  // txn -> running request
   std::unordered_map<uint64_t, coro::LocalEvent*> releases;  // txn -> response held for the client's READ
   bool closed = false;
+  std::shared_ptr<internal::ServerConnInfo> info;  // what /status shows of it
 };
 
 // Serializes the handler's response behind room for the response prefix:
@@ -78,11 +84,11 @@ void WaitFor(const std::function<bool()>& done, Clock::time_point until) {
 
 }  // namespace
 
-class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
+class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public internal::ServerView {
  public:
   ServerOptions options;
   std::shared_ptr<internal::WorkerSet> workers;
-  std::unordered_map<uint32_t, Service*> services;
+  std::unordered_map<uint32_t, Service*> services_by_id;
   // (service<<32|method) -> counters of registered methods; read-only after Start.
   std::unordered_map<uint64_t, MethodCounters*> registered;
   StatsRegistry stats;
@@ -100,6 +106,101 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   // from the application's (not in Stats()).
   std::unique_ptr<Service> reflection;
   StatsRegistry reflection_stats;
+  // Observability: the connections /status lists (changed on accept and
+  // close only), rpcz rings per worker (only with the HTTP endpoint), the
+  // metrics collector and the endpoint.
+  mutable std::mutex conn_infos_mu;
+  std::vector<std::shared_ptr<internal::ServerConnInfo>> conn_infos;
+  std::vector<std::unique_ptr<internal::RpczRing>> rpcz;
+  const coro::CycleClock* clock = &coro::CycleClock::Get();
+  std::chrono::system_clock::time_point started_at;
+  std::unique_ptr<internal::MetricsCollector> metrics;
+  std::unique_ptr<internal::HttpEndpoint> http;
+  std::string http_addr;
+
+  // --- ServerView (the endpoint's thread)
+  const StatsRegistry& server_stats() const override { return stats; }
+  std::vector<std::string> bound_uris() const override {
+    std::lock_guard lock(mu);
+    return bound;
+  }
+  std::vector<ServiceInfo> services() const override {
+    std::vector<ServiceInfo> out;
+    for (const auto& [id, svc] : services_by_id) {
+      ServiceInfo si;
+      si.name = std::string(svc->service_name());
+      for (const MethodDescriptor& m : svc->methods()) si.methods.push_back(std::string(m.full_name));
+      out.push_back(std::move(si));
+    }
+    std::sort(out.begin(), out.end(), [](const ServiceInfo& a, const ServiceInfo& b) { return a.name < b.name; });
+    return out;
+  }
+  std::vector<std::shared_ptr<const internal::ServerConnInfo>> connections() const override {
+    std::lock_guard lock(conn_infos_mu);
+    return {conn_infos.begin(), conn_infos.end()};
+  }
+  int64_t requests_running() const override { return running.load(std::memory_order_relaxed); }
+  size_t max_concurrent_requests() const override { return options.max_concurrent_requests; }
+  std::chrono::system_clock::time_point start_time() const override { return started_at; }
+  void ReadRpcz(std::vector<internal::RpczRecord>* slow, std::vector<internal::RpczRecord>* failed) const override {
+    for (const auto& r : rpcz) r->Read(slow, failed);
+  }
+  Status Health() const override {
+    if (!started.load()) return UnavailableError("not started");
+    if (stopping.load()) return UnavailableError("shutting down");
+    // Every worker runs a posted coroutine within a second, or it is stuck
+    // (a handler that never yields).
+    std::vector<std::shared_ptr<std::atomic<bool>>> answered;
+    for (size_t w = 0; w < workers->size(); ++w) {
+      auto flag = std::make_shared<std::atomic<bool>>(false);
+      workers->scheduler(w).Post([flag] { flag->store(true); }, "hrpc-health");
+      answered.push_back(std::move(flag));
+    }
+    const auto until = Clock::now() + std::chrono::seconds(1);
+    for (size_t w = 0; w < answered.size(); ++w) {
+      while (!answered[w]->load() && Clock::now() < until) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      if (!answered[w]->load()) return UnavailableError("worker " + std::to_string(w) + " did not answer within 1 s");
+    }
+    return Status::Ok();
+  }
+
+  // The endpoint's pages.
+  std::map<std::string, internal::HttpEndpoint::Handler> HttpRoutes() {
+    using internal::HttpEndpoint;
+    std::map<std::string, HttpEndpoint::Handler> r;
+    r["/metrics"] = [this](const HttpEndpoint::Request&) {
+      return HttpEndpoint::Response{200, "text/plain; version=0.0.4; charset=utf-8",
+                                    internal::SerializeMetrics(metrics->Collect())};
+    };
+    r["/status"] = [this](const HttpEndpoint::Request& q) {
+      return HttpEndpoint::Response{200, q.wants_html ? "text/html; charset=utf-8" : "text/plain; charset=utf-8",
+                                    internal::RenderStatus(*workers, this, *metrics, q.wants_html, http_addr)};
+    };
+    r["/rpcz"] = [this](const HttpEndpoint::Request& q) {
+      size_t n = 20;
+      if (auto it = q.params.find("n"); it != q.params.end()) {
+        n = std::clamp<size_t>(std::strtoul(it->second.c_str(), nullptr, 10), 1, 1000);
+      }
+      return HttpEndpoint::Response{200, q.wants_html ? "text/html; charset=utf-8" : "text/plain; charset=utf-8",
+                                    internal::RenderRpcz(*this, n, q.wants_html)};
+    };
+    r["/health"] = [this](const HttpEndpoint::Request&) {
+      Status s = Health();
+      return s.ok() ? HttpEndpoint::Response{200, "text/plain; charset=utf-8", "OK\n"}
+                    : HttpEndpoint::Response{503, "text/plain; charset=utf-8", s.ToString() + "\n"};
+    };
+    r["/"] = [](const HttpEndpoint::Request& q) {
+      if (q.wants_html) {
+        return HttpEndpoint::Response{200, "text/html; charset=utf-8",
+                                      "<!DOCTYPE html><html><body><h1>hrpc</h1><ul><li><a href=\"/status\">status</a>"
+                                      "</li><li><a href=\"/rpcz\">rpcz</a></li><li><a href=\"/metrics\">metrics</a>"
+                                      "</li><li><a href=\"/health\">health</a></li></ul></body></html>\n"};
+      }
+      return HttpEndpoint::Response{200, "text/plain; charset=utf-8",
+                                    "hrpc: /metrics (Prometheus) /status /rpcz /health\n"};
+    };
+    return r;
+  }
 
   MethodCounters& CountersFor(uint32_t sid, uint32_t mid) {
     auto it = registered.find((uint64_t{sid} << 32) | mid);
@@ -125,6 +226,15 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
       sc->conn = std::move(*c);
       sc->worker = w;
       sc->peer = std::string(sc->conn->peer());
+      sc->info = std::make_shared<internal::ServerConnInfo>();
+      sc->info->peer = sc->peer;
+      sc->info->scheme = listener->uri().substr(0, listener->uri().find("://"));
+      sc->info->worker = w;
+      sc->info->opened = std::chrono::system_clock::now();
+      {
+        std::lock_guard lock(conn_infos_mu);
+        conn_infos.push_back(sc->info);
+      }
       live_conns.fetch_add(1);
       conns[w].push_back(sc);
       workers->scheduler(w).Spawn([self = shared_from_this(), sc] { self->ReadLoop(sc); }, "hrpc-server-rx");
@@ -162,10 +272,14 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
           break;
         }
         const Clock::time_point arrival = Clock::now();
+        const uint64_t arrival_tick = rpcz.empty() ? 0 : clock->Now();
+        sc->info->requests.Add();
         auto req = std::make_shared<internal::ReceivedFrame>(std::move(*rx));
         workers->scheduler(sc->worker).Spawn(
-            [self = shared_from_this(), sc, req, arrival] { self->HandleRequest(sc, *req, arrival); },
-                                             "hrpc-handler");
+            [self = shared_from_this(), sc, req, arrival, arrival_tick] {
+              self->HandleRequest(sc, *req, arrival, arrival_tick);
+            },
+            "hrpc-handler");
       } else if (h.kind == wire::FrameKind::kCancel) {
         auto it = sc->active.find(h.txn_id);
         if (it != sc->active.end()) it->second->MarkCancelled();
@@ -183,6 +297,10 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
       }
     }
     CloseConn(sc);
+    {
+      std::lock_guard lock(conn_infos_mu);
+      std::erase(conn_infos, sc->info);
+    }
     auto& list = conns[sc->worker];
     list.erase(std::remove(list.begin(), list.end(), sc), list.end());
     sc.reset();
@@ -200,7 +318,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
     if (f.ok() && !sc.closed) sc.conn->Send(std::move(*f)).IgnoreError();
   }
 
-  void HandleRequest(const std::shared_ptr<ServerConn>& sc, internal::ReceivedFrame& rx, Clock::time_point arrival) {
+  void HandleRequest(const std::shared_ptr<ServerConn>& sc, internal::ReceivedFrame& rx, Clock::time_point arrival,
+                     uint64_t arrival_tick) {
     const wire::Frame& frame = rx.frame;
     const wire::FrameHeader& h = frame.header();
     mempool::Pool& pool = workers->pool(sc->worker);
@@ -208,10 +327,22 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
     mc.Begin();
     uint64_t bytes_in = h.message_len + rx.attachment.size();
     uint64_t bytes_out = 0;
-    auto finish = [&](const Status& s) { mc.End(Clock::now() - arrival, s.ok(), bytes_in, bytes_out); };
+    // Phase ticks for /rpcz (CycleClock reads only while the endpoint is on).
+    internal::RpczRing* const ring = rpcz.empty() ? nullptr : rpcz[sc->worker].get();
+    internal::RpczTicks ticks;
+    auto mark = [&](uint64_t& t) {
+      if (ring != nullptr) t = clock->Now();
+    };
+    ticks.arrival = arrival_tick;
+    mark(ticks.start);
+    auto finish = [&](const Status& s) {
+      mc.End(Clock::now() - arrival, s.code(), bytes_in, bytes_out);
+      sc->info->finished.Add();
+      if (ring != nullptr) ring->Finish(&mc, sc->peer, s.code(), ticks, clock->Now(), bytes_in, bytes_out, h.txn_id);
+    };
 
-    auto svc_it = services.find(h.service_id);
-    if (svc_it == services.end()) {
+    auto svc_it = services_by_id.find(h.service_id);
+    if (svc_it == services_by_id.end()) {
       Status s = UnimplementedError("unknown service id " + std::to_string(h.service_id));
       SendError(*sc, h, s);
       return finish(s);
@@ -256,11 +387,13 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
         }
       }
     }
+    mark(ticks.pulled);
     FrameWriter writer(pool, num_push, ctx);
     if (status.ok()) {
       status = svc_it->second->CallMethod(h.method_id, ctx, std::string_view(reinterpret_cast<const char*>(frame.message().data()), frame.message().size()),
                                           writer);
     }
+    mark(ticks.handled);
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
     if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     if (status.ok() && !writer.written) status = InternalError("handler returned OK without a response");
@@ -277,6 +410,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
         status = r.status();
       }
     }
+    mark(ticks.pushed);
 
     sc->active.erase(h.txn_id);
     running.fetch_sub(1);
@@ -345,12 +479,13 @@ Result<std::unique_ptr<Server>> Server::Create(Runtime& runtime, ServerOptions o
   impl->options = std::move(options);
   impl->listeners.resize(impl->workers->size());
   impl->conns.resize(impl->workers->size());
-  impl->reflection = internal::MakeReflectionService(impl->services, impl->stats);
-  impl->services.emplace(impl->reflection->service_id(), impl->reflection.get());
+  impl->reflection = internal::MakeReflectionService(impl->services_by_id, impl->stats);
+  impl->services_by_id.emplace(impl->reflection->service_id(), impl->reflection.get());
   for (const MethodDescriptor& m : impl->reflection->methods()) {
     impl->registered[(uint64_t{m.service_id} << 32) | m.method_id] =
         &impl->reflection_stats.For(m.service_id, m.method_id, m.full_name);
   }
+  impl->metrics = std::make_unique<internal::MetricsCollector>(*impl->workers, impl.get());
   impl->workers->servers.fetch_add(1, std::memory_order_relaxed);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
@@ -371,7 +506,7 @@ Server::~Server() {
 
 Status Server::RegisterService(Service* service) {
   if (impl_->started.load()) return FailedPreconditionError("RegisterService after Start()");
-  auto [it, inserted] = impl_->services.emplace(service->service_id(), service);
+  auto [it, inserted] = impl_->services_by_id.emplace(service->service_id(), service);
   if (!inserted) {
     return AlreadyExistsError("service id " + std::to_string(service->service_id()) + " (" +
                               std::string(service->service_name()) + ") already registered as " +
@@ -387,6 +522,14 @@ Status Server::RegisterService(Service* service) {
 Status Server::Start() {
   if (impl_->started.exchange(true)) return FailedPreconditionError("Server::Start called twice");
   Impl& im = *impl_;
+  im.started_at = std::chrono::system_clock::now();
+  if (!im.options.http_listen.empty()) {
+    // Before any connection: the request path reads `rpcz` unlocked.
+    for (size_t w = 0; w < im.workers->size(); ++w) im.rpcz.push_back(std::make_unique<internal::RpczRing>(w));
+    HRPC_ASSIGN_OR_RETURN(im.http, internal::HttpEndpoint::Start(im.options.http_listen, im.HttpRoutes()));
+    im.http_addr = im.http->address();
+    SPDLOG_INFO("hrpc server: HTTP endpoint on http://{} (/metrics /status /rpcz /health)", im.http_addr);
+  }
   for (const std::string& raw : im.options.listen) {
     HRPC_ASSIGN_OR_RETURN(std::string uri, ResolveUri(raw, im.workers->options().transport_choice));
     const std::string scheme = uri.substr(0, uri.find("://"));
@@ -450,6 +593,7 @@ void Server::Shutdown() {
       return Status::Ok();
     }).IgnoreError();
   }
+  if (im.http) im.http->Stop();  // /health said "shutting down" until here
 }
 
 std::vector<std::string> Server::listen_uris() const {
@@ -464,5 +608,13 @@ size_t Server::num_workers() const noexcept { return impl_->workers->size(); }
 mempool::Pool& Server::pool(size_t worker) { return impl_->workers->pool(worker); }
 
 size_t Server::num_connections() const { return static_cast<size_t>(std::max<int64_t>(0, impl_->live_conns.load())); }
+
+std::string Server::http_address() const { return impl_->http_addr; }
+
+std::string Server::MetricsText() const { return internal::SerializeMetrics(impl_->metrics->Collect()); }
+
+void Server::AddCollectable(std::weak_ptr<prometheus::Collectable> collectable) {
+  impl_->metrics->Add(std::move(collectable));
+}
 
 }  // namespace hrpc

@@ -80,10 +80,31 @@ uint64_t LatencyHistogram::Quantile(double q) const noexcept {
   return max_ns();
 }
 
-void MethodCounters::End(std::chrono::nanoseconds latency_ns, bool ok, uint64_t in, uint64_t out) noexcept {
+uint64_t LatencyHistogram::CumulativeCounts(std::span<const uint64_t> bound_ns, std::span<uint64_t> out) const noexcept {
+  for (uint64_t& o : out) o = 0;
+  uint64_t total = 0;
+  size_t b = 0;  // the first bound at or above the current bucket's upper edge
+  const size_t nb = std::min(bound_ns.size(), out.size());
+  for (size_t i = 0; i < kBuckets; ++i) {
+    const uint64_t n = buckets_[i].load(std::memory_order_relaxed);
+    if (n == 0) continue;
+    total += n;
+    const uint64_t edge = i + 1 == kBuckets ? UINT64_MAX : BucketUpperEdge(i);
+    while (b < nb && bound_ns[b] < edge) ++b;
+    if (b < nb) out[b] += n;
+  }
+  for (size_t i = 1; i < nb; ++i) out[i] += out[i - 1];
+  return total;
+}
+
+void MethodCounters::End(std::chrono::nanoseconds latency_ns, StatusCode code, uint64_t in, uint64_t out) noexcept {
   in_flight.fetch_sub(1, std::memory_order_relaxed);
   count.fetch_add(1, std::memory_order_relaxed);
-  if (!ok) errors.fetch_add(1, std::memory_order_relaxed);
+  if (code != StatusCode::kOk) {
+    errors.fetch_add(1, std::memory_order_relaxed);
+    const auto c = static_cast<size_t>(code);
+    if (c < errors_by_code.size()) errors_by_code[c].fetch_add(1, std::memory_order_relaxed);
+  }
   if (in) bytes_in.fetch_add(in, std::memory_order_relaxed);
   if (out) bytes_out.fetch_add(out, std::memory_order_relaxed);
   latency.Record(latency_ns);
@@ -113,6 +134,11 @@ std::vector<MethodStats> StatsRegistry::Snapshot() const {
     s.method = m->name;
     s.count = m->count.load(std::memory_order_relaxed);
     s.errors = m->errors.load(std::memory_order_relaxed);
+    for (size_t c = 1; c < m->errors_by_code.size(); ++c) {
+      if (uint64_t n = m->errors_by_code[c].load(std::memory_order_relaxed)) {
+        s.errors_by_code.emplace_back(static_cast<StatusCode>(c), n);
+      }
+    }
     s.in_flight = m->in_flight.load(std::memory_order_relaxed);
     s.bytes_in = m->bytes_in.load(std::memory_order_relaxed);
     s.bytes_out = m->bytes_out.load(std::memory_order_relaxed);
@@ -126,6 +152,11 @@ std::vector<MethodStats> StatsRegistry::Snapshot() const {
   }
   std::sort(out.begin(), out.end(), [](const MethodStats& a, const MethodStats& b) { return a.method < b.method; });
   return out;
+}
+
+void StatsRegistry::ForEach(const std::function<void(const MethodCounters&)>& fn) const {
+  std::lock_guard lock(mu_);
+  for (const auto& [key, m] : methods_) fn(*m);
 }
 
 std::string FormatStatsTable(const std::vector<MethodStats>& stats) {

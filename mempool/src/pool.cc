@@ -114,6 +114,7 @@ struct alignas(64) SharedClass {
   size_t carved = 0;      // blocks ever carved
   size_t out = 0;         // carved - free.size(): in use or in thread caches
   size_t high_water = 0;  // max of out
+  size_t failures = 0;    // allocations refused: nothing to carve a chunk from
   std::vector<std::unique_ptr<BlockMeta[]>> chunks;
 };
 
@@ -248,7 +249,10 @@ ThreadCache* PoolCore::CacheSlow() {
 
 Status PoolCore::CarveLocked(unsigned cls) {
   Status s = CarveChunkLocked(cls);
-  if (!s.ok()) pressure.fetch_add(1, std::memory_order_relaxed);
+  if (!s.ok()) {
+    pressure.fetch_add(1, std::memory_order_relaxed);
+    ++shared[cls].failures;
+  }
   return s;
 }
 
@@ -670,7 +674,7 @@ std::vector<Pool::ClassStats> Pool::Stats() const {
     detail::SharedClass& sc = c->shared[k];
     std::lock_guard lock(sc.mu);
     const size_t in_use = sc.out >= cached ? sc.out - cached : 0;
-    out[k] = ClassStats{kSmallClassMin << k, in_use, sc.free.size() + cached, sc.high_water};
+    out[k] = ClassStats{kSmallClassMin << k, in_use, sc.free.size() + cached, sc.high_water, sc.carved, sc.failures};
   }
   return out;
 }

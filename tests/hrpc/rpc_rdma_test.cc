@@ -51,6 +51,14 @@ struct RdmaEnv {
   }
 };
 
+// The value of the series `series` (name{labels}, exactly as exported) in a
+// Prometheus text exposition; -1 when absent.
+double SeriesValue(const std::string& text, const std::string& series) {
+  const size_t at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + series.size() + 2));
+}
+
 class RpcRdmaTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -115,6 +123,16 @@ TEST_F(RpcRdmaTest, BulkPullAndPush) {
       EXPECT_EQ(copied, 0u) << "payload bytes copied by the CPU";
     }
   }
+  // The server's metrics saw it: requests pulled by READ, responses pushed
+  // by WRITE (64 KiB, 1 MiB and 4 MiB ones at least), no failed completion.
+  const std::string m = env.server->MetricsText();
+  EXPECT_GE(SeriesValue(m, R"(hrpc_transport_one_sided_ops_total{transport="rdma",worker="0",op="read"})"), 3) << m;
+  EXPECT_GE(SeriesValue(m, R"(hrpc_transport_one_sided_ops_total{transport="rdma",worker="0",op="write"})"), 3);
+  EXPECT_GE(SeriesValue(m, R"(hrpc_transport_messages_total{transport="rdma",worker="0",direction="received"})"),
+            static_cast<double>(sizes.size()));
+  EXPECT_EQ(SeriesValue(m, R"(hrpc_transport_connections_opened_total{transport="rdma",worker="0",direction="in"})"), 1);
+  EXPECT_EQ(SeriesValue(m, R"(hrpc_rdma_completion_errors_total{worker="0"})"), 0);
+  EXPECT_NE(m.find("hrpc_rdma_hw_counter{device="), std::string::npos) << "no sysfs hw_counters of the device";
 }
 
 TEST_F(RpcRdmaTest, ManyConcurrentCalls) {

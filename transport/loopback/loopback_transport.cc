@@ -60,6 +60,9 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   std::uint32_t max_ops = 1;
   std::weak_ptr<LoopEnd> peer;
   std::shared_ptr<Link> link;
+  // The counters of the transport this end belongs to (its worker's).
+  std::shared_ptr<TransportCounters> ctr = std::make_shared<TransportCounters>();
+  bool opened = false;  // handed to its owner (connected / accepted)
 
   bool closed = false;
   Status status;
@@ -77,6 +80,17 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   void Fail(Status s) {
     if (closed) return;
     closed = true;
+    if (opened) {
+      // The loopback cannot tell an orderly close from a fault-injected break:
+      // UNAVAILABLE counts as closed by the peer.
+      if (s.code() == StatusCode::kCancelled) {
+        ctr->closed_local.Add();
+      } else if (s.code() == StatusCode::kUnavailable) {
+        ctr->closed_by_peer.Add();
+      } else {
+        ctr->failed.Add();
+      }
+    }
     status = std::move(s);
     expo.Clear();
     auto o = std::exchange(ops, {});
@@ -112,6 +126,8 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
       Fail(UnavailableError("loopback peer " + peer_name + " is gone"));
       return status;
     }
+    ctr->messages_sent.Add();
+    ctr->message_bytes_sent.Add(msg.size());
     const int64_t n = link->messages.fetch_add(1) + 1;
     bool drop = false, corrupt = false;
     std::chrono::microseconds delay{0};
@@ -158,6 +174,8 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   // Own thread: the simulated NIC places a message into a receive buffer.
   void Arrive(const mempool::IoBuf& wire, bool corrupt, const std::weak_ptr<LoopEnd>& sender) {
     if (closed) return;
+    ctr->messages_received.Add();
+    ctr->message_bytes_received.Add(wire.size());
     mempool::IoBuf msg;
     if (!wire.empty()) {
       auto buf = pool->Allocate(wire.size());
@@ -209,6 +227,7 @@ struct AcceptWaiter {
 };
 
 struct LoopListenerState {
+  std::shared_ptr<TransportCounters> ctr;  // the listening transport's
   coro::Scheduler* sched = nullptr;
   mempool::Pool* pool = nullptr;
   TransportOptions opt;
@@ -275,6 +294,7 @@ class LoopConnection final : public Connection {
       --e->send_credits;
       return e->Transmit(std::move(message));
     }
+    e->ctr->credit_stalls.Add();
     MsgWaiter w;
     w.msg = std::move(message);
     e->send_waiters.push_back(&w);
@@ -333,6 +353,15 @@ class LoopConnection final : public Connection {
     if (remote.len == 0) return Status::Ok();
     auto p = e->peer.lock();
     if (!p) return UnavailableError("loopback peer is gone");
+    TransportCounters& ctr = *e->ctr;
+    if (is_read) {
+      ctr.reads.Add();
+      ctr.read_bytes.Add(remote.len);
+    } else {
+      ctr.writes.Add();
+      ctr.write_bytes.Add(remote.len);
+    }
+    if (e->ops_outstanding >= e->max_ops) ctr.op_slot_stalls.Add();
     while (e->ops_outstanding >= e->max_ops) {
       Parked w;
       e->slot_waiters.push_back(&w);
@@ -355,8 +384,10 @@ class LoopConnection final : public Connection {
           } else {
             auto hit = p->expo.Check(remote.addr, remote.len, remote.key, is_read ? Access::kRead : Access::kWrite);
             if (!hit.ok()) {
+              p->ctr->refused_here.Add();
               s = hit.status().WithContext("refused by " + p->peer_name);
             } else if (is_read) {
+              p->ctr->reads_served.Add();
               // Target -> requester: scatter the exposed range into the IoBuf.
               size_t off = 0;
               for (size_t i = 0; i < buf->num_slices(); ++i) {
@@ -365,6 +396,7 @@ class LoopConnection final : public Connection {
                 off += b.size();
               }
             } else {
+              p->ctr->writes_served.Add();
               buf->CopyTo(hit->ptr, 0, buf->size());
             }
           }
@@ -374,6 +406,7 @@ class LoopConnection final : public Connection {
         },
         is_read ? "loop-read" : "loop-write");
     Status done = op.parked.Wait();
+    if (IsRefusal(done.code())) ctr.refused_by_peer.Add();
     --e->ops_outstanding;
     if (!e->slot_waiters.empty()) {
       Parked* w = e->slot_waiters.front();
@@ -428,6 +461,7 @@ class LoopTransport final : public Transport {
  public:
   LoopTransport(std::shared_ptr<Net> net, coro::Scheduler& sched, mempool::Pool& pool, TransportOptions opt)
       : net_(std::move(net)), sched_(&sched), pool_(&pool), opt_(opt) {}
+  TransportCounters& ctr() { return *counters_; }
 
   std::string_view scheme() const override { return "loop"; }
 
@@ -435,6 +469,7 @@ class LoopTransport final : public Transport {
     HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
     if (u.scheme != "loop") return InvalidArgumentError("loopback transport cannot listen on '" + std::string(uri) + "'");
     auto ls = std::make_shared<LoopListenerState>();
+    ls->ctr = counters_;
     ls->sched = sched_;
     ls->pool = pool_;
     ls->opt = opt_;
@@ -447,18 +482,25 @@ class LoopTransport final : public Transport {
     HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
     if (u.scheme != "loop") return InvalidArgumentError("loopback transport cannot connect to '" + std::string(uri) + "'");
     auto ls = net_->Find(u.host);
-    if (!ls) return UnavailableError("nobody listens on loop://" + u.host);
+    if (!ls) {
+      ctr().connect_failures.Add();
+      return UnavailableError("nobody listens on loop://" + u.host);
+    }
     Limits lim{std::min(opt_.max_message_bytes, ls->opt.max_message_bytes),
                std::min(opt_.recv_depth, ls->opt.recv_depth)};
     auto link = std::make_shared<Link>();
     link->faults = net_->Faults(u.host);
     const uint64_t n = ++counter_;
     auto client = std::make_shared<LoopEnd>();
+    client->ctr = counters_;
+    client->opened = true;
+    ctr().connected.Add();
     client->sched = sched_;
     client->pool = pool_;
     client->peer_name = "loop://" + u.host;
     client->max_ops = opt_.max_outstanding_ops;
     auto server = std::make_shared<LoopEnd>();
+    server->ctr = ls->ctr;
     server->sched = ls->sched;
     server->pool = ls->pool;
     server->peer_name = "loop://" + u.host + "#client" + std::to_string(n);
@@ -478,6 +520,10 @@ class LoopTransport final : public Transport {
             server->FailPeer(UnavailableError("listener closed before accepting"));
             server->Fail(CancelledError("listener closed"));
             return;
+          }
+          if (!server->closed) {
+            server->opened = true;
+            l->ctr->accepted.Add();
           }
           if (!l->waiters.empty()) {
             AcceptWaiter* w = l->waiters.front();

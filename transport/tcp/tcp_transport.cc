@@ -159,6 +159,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   Clock::time_point last_rx, last_tx, handshake_deadline;
   std::weak_ptr<ListenerState> listener;
   Parked* connect_waiter = nullptr;
+  bool peer_closed = false;  // the peer ended the stream between frames (an orderly close)
 
   // Send side.
   std::deque<OutFrame> outq;
@@ -236,6 +237,8 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   // coroutines leave in one writev.
   std::vector<std::shared_ptr<Conn>> dirty;
   std::weak_ptr<Conn> hot;  // last connection that had input
+  std::shared_ptr<TransportCounters> counters = std::make_shared<TransportCounters>();
+  TransportCounters& ctr() { return *counters; }
   int hot_skips = 0;
   static constexpr int kHotSkips = 8;
 
@@ -267,7 +270,8 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   void OnBodyDone(Conn& c);
   void FinishConnect(Conn& c);
   void OnHello(Conn& c, const tcp::Hello& hello);
-  void Deliver(Conn& c, mempool::IoBuf msg);
+  // `payload_bytes`: how many of msg's bytes are an in-stream payload.
+  void Deliver(Conn& c, mempool::IoBuf msg, uint64_t payload_bytes = 0);
   void ReturnCredit(Conn& c);
   void MaybeSendCredits(Conn& c);
   void GrantCredits(Conn& c, uint32_t n);
@@ -311,6 +315,19 @@ void Core::Fail(Conn& c, Status s) {
   c.body_hold = mempool::IoBuf();
   if (c.closed()) return;
   auto keep = c.shared_from_this();
+  if (c.phase == Phase::kOpen) {
+    if (s.code() == StatusCode::kCancelled) {
+      ctr().closed_local.Add();
+    } else if (c.peer_closed) {
+      ctr().closed_by_peer.Add();
+    } else {
+      ctr().failed.Add();
+    }
+  } else if (c.server) {
+    ctr().handshake_failures.Add();
+  } else {
+    ctr().connect_failures.Add();
+  }
   c.phase = Phase::kClosed;
   c.status = std::move(s);
   if (c.fd >= 0) {
@@ -366,6 +383,9 @@ void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf payload, uint32_t expo_i
 }
 
 void Core::QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload) {
+  ctr().messages_sent.Add();
+  ctr().message_bytes_sent.Add(message.size());
+  if (!payload.empty()) ctr().payload_bytes_sent.Add(payload.size());
   FrameHeader h;
   if (payload.empty()) {
     h.type = FrameType::kMessage;
@@ -612,6 +632,7 @@ bool Core::OnReadable(Conn& c) {
         Fail(c, UnavailableError("connection " + c.peer + " lost: " + reason));
       } else {
         SPDLOG_INFO("hrpc tcp: peer {} closed the connection", c.peer);
+        c.peer_closed = true;
         Fail(c, UnavailableError("peer " + c.peer + " closed the connection"));
       }
       return true;
@@ -742,9 +763,11 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
       auto hit = c.expo.Check(h.addr, h.length, h.key, Access::kWrite);
       if (!hit.ok()) {
         SPDLOG_DEBUG("hrpc tcp: refused WRITE from {}: {}", c.peer, hit.status().ToString());
+        ctr().refused_here.Add();
         c.refusal = hit.status();
         c.sink = Sink::kDrain;
       } else {
+        ctr().writes_served.Add();
         c.expo.Begin(hit->index);
         c.body_expo = hit->index;
         c.sink = Sink::kWrite;
@@ -761,9 +784,11 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
       auto hit = c.expo.Check(h.addr, h.aux, h.key, Access::kRead);
       if (!hit.ok()) {
         SPDLOG_DEBUG("hrpc tcp: refused READ from {}: {}", c.peer, hit.status().ToString());
+        ctr().refused_here.Add();
         QueueError(c, h.op_id, hit.status());
         return;
       }
+      ctr().reads_served.Add();
       c.expo.Begin(hit->index);
       FrameHeader r;
       r.type = FrameType::kReadResp;
@@ -849,7 +874,7 @@ void Core::OnBodyDone(Conn& c) {
       m.Append(std::move(c.body_hold));
       c.body_hold = mempool::IoBuf();
       c.body_iov.clear();
-      Deliver(c, std::move(m));
+      Deliver(c, std::move(m), h.addr);
       break;
     }
     case Sink::kWrite: {
@@ -970,6 +995,7 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
     }
     Queue(c, a, std::move(*body));
     c.phase = Phase::kOpen;
+    ctr().accepted.Add();
     auto ls = c.listener.lock();
     if (!ls || ls->closed) {
       Fail(c, CancelledError("listener closed"));
@@ -985,11 +1011,15 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
     }
   } else {
     c.phase = Phase::kOpen;
+    ctr().connected.Add();
     if (c.connect_waiter != nullptr) std::exchange(c.connect_waiter, nullptr)->Finish(Status::Ok());
   }
 }
 
-void Core::Deliver(Conn& c, mempool::IoBuf msg) {
+void Core::Deliver(Conn& c, mempool::IoBuf msg, uint64_t payload_bytes) {
+  ctr().messages_received.Add();
+  ctr().message_bytes_received.Add(msg.size() - payload_bytes);
+  if (payload_bytes > 0) ctr().payload_bytes_received.Add(payload_bytes);
   ++c.unreturned;
   if (!c.recv_waiters.empty()) {
     MsgWaiter* w = c.recv_waiters.front();
@@ -1241,6 +1271,7 @@ class TcpConnection final : public Connection {
       --c->send_credits;
       core.QueueMessage(*c, std::move(message), std::move(payload));
     } else {
+      core.ctr().credit_stalls.Add();
       MsgWaiter w;
       w.msg = std::move(message);
       w.payload = std::move(payload);
@@ -1318,6 +1349,7 @@ class TcpConnection final : public Connection {
     c.core->Flush(c);
     if (c.closed()) return c.status;
     if (c.queued_bytes <= c.core->opt.send_queue_high_water) return Status::Ok();
+    c.core->ctr().send_queue_stalls.Add();
     Parked p;
     c.drain_waiters.push_back(&p);
     return p.Wait();
@@ -1328,6 +1360,15 @@ class TcpConnection final : public Connection {
     if (c->closed()) return c->status;
     if (remote.len == 0) return Status::Ok();
     Core& core = *c->core;
+    TransportCounters& ctr = core.ctr();
+    if (is_read) {
+      ctr.reads.Add();
+      ctr.read_bytes.Add(remote.len);
+    } else {
+      ctr.writes.Add();
+      ctr.write_bytes.Add(remote.len);
+    }
+    if (c->ops_outstanding >= core.opt.common.max_outstanding_ops) ctr.op_slot_stalls.Add();
     while (c->ops_outstanding >= core.opt.common.max_outstanding_ops) {
       Parked p;
       c->slot_waiters.push_back(&p);
@@ -1362,6 +1403,7 @@ class TcpConnection final : public Connection {
       p->Finish(Status::Ok());
     }
     (void)s;  // a connection failure also completes the op with that Status
+    if (IsRefusal(done.code())) ctr.refused_by_peer.Add();
     return done;
   }
 
@@ -1430,7 +1472,7 @@ Result<std::pair<sockaddr_storage, socklen_t>> Resolve(const Uri& u, bool passiv
 
 class TcpTransport final : public Transport {
  public:
-  explicit TcpTransport(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+  explicit TcpTransport(std::shared_ptr<Core> core) : core_(std::move(core)) { counters_ = core_->counters; }
   ~TcpTransport() override { core_->Shutdown(); }
 
   std::string_view scheme() const override { return "tcp"; }

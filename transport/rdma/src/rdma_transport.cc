@@ -187,6 +187,7 @@ class Conn final : public CmTarget {
   std::string peer_;
   bool user_owned_ = true;
   bool in_listener_ = false;
+  bool peer_closed_ = false;  // the peer disconnected (an orderly close)
   ListenerImpl* listener_ = nullptr;
   RdmaConnectionStats stats_;
 
@@ -344,6 +345,13 @@ class TransportImpl final : public Transport {
 
   Status Init();
   std::string_view scheme() const override { return "rdma"; }
+  TransportCounters& ctr() { return *counters_; }
+  // A work completion that failed (not a flush of a QP already in error).
+  void CountWcError(const ibv_wc& wc) {
+    ctr().completion_errors.Add();
+    if (wc.status == IBV_WC_RNR_RETRY_EXC_ERR) ctr().rnr_retry_exceeded.Add();
+    if (wc.status == IBV_WC_RETRY_EXC_ERR) ctr().retry_exceeded.Add();
+  }
   Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override;
   Result<std::unique_ptr<Connection>> Connect(std::string_view uri) override;
 
@@ -531,6 +539,7 @@ Status Conn::Reserve(uint32_t n) {
     sq_used_ += n;
     return Status::Ok();
   }
+  t_.ctr().send_queue_stalls.Add();
   SqWaiter w;
   w.n = n;
   sq_waiters_.push_back(&w);
@@ -599,6 +608,7 @@ Status Conn::Send(mempool::IoBuf message) {
     ++stats_.coalesced_sends;
   }
   if (send_waiters_.empty() && CanSendMessage()) return PostMessage(std::move(message));
+  (send_credits_ == 0 ? t_.ctr().credit_stalls : t_.ctr().send_queue_stalls).Add();
   SendWaiter w;
   w.msg = std::move(message);
   send_waiters_.push_back(&w);
@@ -620,11 +630,15 @@ Status Conn::PostMessage(mempool::IoBuf message) {
   stats_.credits_granted += owed_credits_;
   owed_credits_ = 0;
   const bool inl = message.size() > 0 && message.size() <= inline_threshold_;
+  TransportCounters& ctr = t_.ctr();
   if (inl) {
     wr.send_flags = IBV_SEND_INLINE;  // the provider copies now: no buffer to hold
     ++stats_.inline_sends;
+    ctr.inline_sends.Add();
   }
   ++stats_.sends;
+  ctr.messages_sent.Add();
+  ctr.message_bytes_sent.Add(message.size());
   return PostWrs(&wr, 1, inl ? mempool::IoBuf() : std::move(message), nullptr);
 }
 
@@ -646,6 +660,7 @@ void Conn::MaybeSendCredits() {
   wr.send_flags = IBV_SEND_INLINE;
   owed_credits_ = 0;
   ++stats_.credit_messages;
+  t_.ctr().credit_messages.Add();
   (void)PostWrs(&wr, 1, mempool::IoBuf(), nullptr);
 }
 
@@ -677,6 +692,7 @@ void Conn::Refill() {
     auto fresh = t_.AllocRecvBuffer();
     if (!fresh.ok()) {
       // The credit waits with the slot (the peer slows down; no RNR).
+      t_.ctr().receive_refill_failures.Add();
       if (!refill_starved_) {
         SPDLOG_WARN("rdma {}: cannot refill a receive slot ({}); retrying, its credit waits", peer_,
                     fresh.status().ToString());
@@ -706,6 +722,8 @@ void Conn::Refill() {
 
 void Conn::Deliver(mempool::IoBuf msg) {
   ++stats_.recvs;
+  t_.ctr().messages_received.Add();
+  t_.ctr().message_bytes_received.Add(msg.size());
   if (!recv_waiters_.empty()) {
     RecvWaiter* w = recv_waiters_.front();
     recv_waiters_.pop_front();
@@ -734,7 +752,10 @@ Result<mempool::IoBuf> Conn::Recv() {
 
 void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
   if (wc.status != IBV_WC_SUCCESS) {
-    if (wc.status != IBV_WC_WR_FLUSH_ERR) Fail(WcStatus(wc, "receive"));
+    if (wc.status != IBV_WC_WR_FLUSH_ERR) {
+      t_.CountWcError(wc);
+      Fail(WcStatus(wc, "receive"));
+    }
     return;
   }
   if (!status_.ok()) return;
@@ -808,6 +829,7 @@ void Conn::OnSendWc(const ibv_wc& wc) {
   }
   if (wc.status != IBV_WC_SUCCESS) {
     if (wc.status != IBV_WC_WR_FLUSH_ERR) {
+      t_.CountWcError(wc);
       // The op owning this WR gets the precise error; everything else the connection's.
       Status precise = WcStatus(wc, wc.opcode == IBV_WC_RDMA_READ ? "RDMA READ" : "send queue");
       for (SendEntry& e : inflight_) {
@@ -873,6 +895,7 @@ Result<RemoteDescriptor> Conn::Expose(const mempool::Buffer& buf, Access access)
   if (!s.ok()) return s;  // mw (unique_ptr) is deallocated; `this` may be failed
   mw->rkey = rkey;
   ++stats_.mw_binds;
+  t_.ctr().mw_binds.Add();
   exposures_.push_back(Exposure{addr, len, rkey, access, buf, std::move(mw)});
   return RemoteDescriptor{addr, len, rkey};
 }
@@ -948,6 +971,9 @@ Status Conn::OneSided(bool read, const RemoteDescriptor& rd, const mempool::IoBu
   }
   ++stats_.one_sided_ops;
   stats_.one_sided_wrs += plan.size();
+  TransportCounters& ctr = t_.ctr();
+  (read ? ctr.reads : ctr.writes).Add();
+  (read ? ctr.read_bytes : ctr.write_bytes).Add(rd.len);
   Parked op;
   const uint32_t batch_max = std::max<uint32_t>(1, sq_cap_ / 2);
   size_t next = 0;
@@ -975,13 +1001,27 @@ Status Conn::OneSided(bool read, const RemoteDescriptor& rd, const mempool::IoBu
     s = PostWrs(wrs.data(), n, local.Share(), last ? &op : nullptr);
     if (!s.ok()) return s;
   }
-  return op.Wait();
+  Status done = op.Wait();
+  if (IsRefusal(done.code())) ctr.refused_by_peer.Add();
+  return done;
 }
 
 void Conn::Fail(Status s) {
   if (state_ == State::kFailed) return;
   const bool was_established = state_ == State::kEstablished;
   state_ = State::kFailed;
+  if (was_established) {
+    TransportCounters& ctr = t_.ctr();
+    if (s.code() == StatusCode::kCancelled) {
+      ctr.closed_local.Add();
+    } else if (peer_closed_) {
+      ctr.closed_by_peer.Add();
+    } else {
+      ctr.failed.Add();
+    }
+  } else if (!active_) {
+    t_.ctr().handshake_failures.Add();
+  }
   status_ = std::move(s);
   SPDLOG_DEBUG("rdma {}: connection failed: {}", peer_, status_.ToString());
   if (cm_waiter_ != nullptr) {
@@ -1070,6 +1110,7 @@ void Conn::OnCmEvent(const CmEv& ev) {
       }
       break;
     case RDMA_CM_EVENT_DISCONNECTED:
+      peer_closed_ = true;
       Fail(UnavailableError("peer " + peer_ + " disconnected"));
       break;
     case RDMA_CM_EVENT_DEVICE_REMOVAL:
@@ -1095,6 +1136,7 @@ void ListenerImpl::OnRequest(const CmEv& ev) {
   CmId id(ev.id);
   auto reject = [&](const std::string& why) {
     SPDLOG_WARN("rdma listener {}: rejecting a connection: {}", uri_, why);
+    t_.ctr().handshake_failures.Add();
     Hello h;
     h.kind = kHelloReject;
     snprintf(h.reason, sizeof h.reason, "%s", why.c_str());
@@ -1165,6 +1207,7 @@ void ListenerImpl::OnRequest(const CmEv& ev) {
 
 void ListenerImpl::Established(Conn* c) {
   Forget(c);
+  t_.ctr().accepted.Add();
   if (!waiters_.empty()) {
     AcceptWaiter* w = waiters_.front();
     waiters_.pop_front();
@@ -1270,6 +1313,7 @@ int TransportImpl::PollCq() {
               if (!s.ok()) SPDLOG_WARN("rdma: SRQ repost failed: {}", s.ToString());
             } else {
               ++srq_starved_;
+              ctr().receive_refill_failures.Add();
             }
             if (Conn* c = ConnFor(wc.qp_num)) c->OnRecvWc(wc, std::move(b));
             continue;
@@ -1533,6 +1577,7 @@ Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri)
   c->peer_ = u.ToString();
   // On any failure below, hand the core to the reaper.
   auto fail = [&](Status s) -> Status {
+    ctr().connect_failures.Add();
     c->user_owned_ = false;
     c->Fail(s);
     if (c->Reapable()) ScheduleReap(c);
@@ -1605,6 +1650,7 @@ Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri)
   }
   c->SetLimits(ev.hello->max_message_bytes, ev.hello->recv_depth);
   c->state_ = Conn::State::kEstablished;
+  ctr().connected.Add();
   c->MaybeSendCredits();  // messages may have been taken before ESTABLISHED was seen
   return std::unique_ptr<Connection>(std::make_unique<RdmaConnection>(c));
 }

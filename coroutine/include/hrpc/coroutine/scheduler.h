@@ -102,6 +102,21 @@ class Scheduler final {
   };
   Stats stats() const noexcept;
 
+  // Load of the worker, readable from ANY thread (relaxed counters: for
+  // monitoring, e.g. a metrics scrape). Busy time is the time of loop rounds
+  // that found work (coroutines, timers, poller events); idle time is spinning
+  // on empty rounds (spin_budget) and sleeping. Costs the loop one CycleClock
+  // read per idle period, none per coroutine.
+  struct Load {
+    std::chrono::nanoseconds busy{0};
+    std::chrono::nanoseconds idle{0};
+    size_t run_queue = 0;  // coroutines ready to run (not counting Post()s not yet drained)
+    size_t alive = 0;      // spawned and not finished
+    uint64_t context_switches = 0;
+    uint64_t sleeps = 0;   // times the loop blocked in epoll_wait
+  };
+  Load load() const noexcept;
+
   class Impl;  // private: defined in coroutine/src
 
  private:

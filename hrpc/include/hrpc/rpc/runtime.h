@@ -157,6 +157,10 @@ class Runtime final {
   // Client-side per-method stats of every channel on this runtime: latency is
   // end to end; bytes_out = request (message + attachment), bytes_in = response.
   std::vector<MethodStats> ClientStats() const;
+  // The runtime's Prometheus metrics (text format 0.0.4): client calls,
+  // connections, transports, pools, workers (docs/observability.md). Any
+  // thread. A Server's MetricsText() adds its own calls.
+  std::string MetricsText() const;
 
   // What Server and RpcChannel hold on to.
   const std::shared_ptr<internal::WorkerSet>& core() const noexcept { return core_; }

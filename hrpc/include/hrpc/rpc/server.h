@@ -32,6 +32,15 @@
 //  * a cancel frame marks the ServerContext cancelled (no response is sent);
 //  * a frame that does not decode closes that connection (logged with the
 //    reason); other connections are not affected.
+//
+// Observability (docs/observability.md). Calls, connections, transports,
+// pools and workers are counted on the data path without a lock or an
+// allocation. With ServerOptions::http_listen set, Start() also opens a small
+// HTTP server on threads of its own (never on a worker): /metrics (the
+// Prometheus text format, through prometheus-cpp), /status (services,
+// methods, connections, transports, pools, workers; text, or HTML for a
+// browser), /rpcz (the slowest and the failed recent calls with their time per
+// phase) and /health. Off by default: then no port and no thread.
 #pragma once
 
 #include <cstddef>
@@ -45,6 +54,10 @@
 #include "hrpc/rpc/runtime.h"
 #include "hrpc/rpc/service.h"
 #include "hrpc/rpc/stats.h"
+
+namespace prometheus {
+class Collectable;
+}
 
 namespace hrpc {
 
@@ -67,6 +80,11 @@ struct ServerOptions {
   // the client offered too little room) stays exposed until the client
   // releases it, the call's deadline, or this long.
   std::chrono::milliseconds release_timeout{30'000};
+  // The HTTP endpoint: "host:port" ("127.0.0.1:9100"; port 0 picks one,
+  // http_address() tells which). Empty (the default): no endpoint. It shows
+  // everything it counts to whoever reaches the port: bind it to a private
+  // or loopback address.
+  std::string http_listen;
 };
 
 class Server final {
@@ -101,6 +119,18 @@ class Server final {
   std::vector<MethodStats> Stats() const;
   // Connections currently open (for tests and monitoring).
   size_t num_connections() const;
+
+  // The HTTP endpoint's bound address ("127.0.0.1:41234") once started; ""
+  // when ServerOptions::http_listen is empty.
+  std::string http_address() const;
+  // What /metrics serves (Prometheus text format 0.0.4): this server's calls,
+  // and the runtime's client calls, connections, transports, pools and
+  // workers. Any thread; for programs that export metrics their own way.
+  std::string MetricsText() const;
+  // Adds the families of `collectable` (e.g. a prometheus::Registry with the
+  // application's own metrics) to /metrics and MetricsText() while it lives.
+  // Any thread.
+  void AddCollectable(std::weak_ptr<prometheus::Collectable> collectable);
 
   // The runtime's workers and their pools. Worker i's pool is where the
   // runtime pulls the bulk request attachments of the calls it serves

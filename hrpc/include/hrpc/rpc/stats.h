@@ -1,5 +1,7 @@
-// Per-method RPC statistics: calls, errors, calls in flight, bytes in/out and a
-// latency histogram with p50/p99/p999.
+// Per-method RPC statistics: calls, errors by status code, calls in flight,
+// bytes in/out and a latency histogram with p50/p99/p999. The Prometheus
+// metrics and the /status page of the HTTP endpoint read these counters at
+// scrape time (docs/observability.md): recording stays what it is here.
 //
 // A StatsRegistry belongs to one Server or one RpcChannel (no process-wide
 // registry). Recording is thread-safe and lock-free after the first call of a
@@ -11,12 +13,17 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <span>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
+
+#include "hrpc/base/status.h"
 
 namespace hrpc {
 
@@ -43,6 +50,12 @@ class LatencyHistogram {
   static size_t BucketOf(uint64_t ns) noexcept;
   static uint64_t BucketUpperEdge(size_t bucket) noexcept;
 
+  // For exporters with fixed buckets: out[i] = recorded values counted under
+  // bound_ns[i] (ascending), where each internal bucket is counted under the
+  // first bound at or above its upper edge (so a value may be counted one
+  // bound late by at most 1/16 of it, never early). Returns the total count.
+  uint64_t CumulativeCounts(std::span<const uint64_t> bound_ns, std::span<uint64_t> out) const noexcept;
+
  private:
   std::array<std::atomic<uint64_t>, kBuckets> buckets_{};
   std::atomic<uint64_t> sum_{0};
@@ -55,14 +68,16 @@ struct MethodCounters {
   std::string name;  // "pkg.Service.Method", or "<service id>/<method id>" when unknown
   std::atomic<uint64_t> count{0};      // completed calls
   std::atomic<uint64_t> errors{0};     // completed with a non-OK status
+  // errors by status code ([0], OK, stays 0: OK calls are count - errors)
+  std::array<std::atomic<uint64_t>, kStatusCodeCount> errors_by_code{};
   std::atomic<int64_t> in_flight{0};
   std::atomic<uint64_t> bytes_in{0};   // request bytes (server) / response bytes (client), incl. attachments
   std::atomic<uint64_t> bytes_out{0};  // the other direction
   LatencyHistogram latency;
 
   void Begin() noexcept { in_flight.fetch_add(1, std::memory_order_relaxed); }
-  // One finished call: latency, whether it failed, and its bytes.
-  void End(std::chrono::nanoseconds latency_ns, bool ok, uint64_t in, uint64_t out) noexcept;
+  // One finished call: latency, its status code, and its bytes.
+  void End(std::chrono::nanoseconds latency_ns, StatusCode code, uint64_t in, uint64_t out) noexcept;
 };
 
 // A copyable snapshot of one method's counters.
@@ -70,6 +85,7 @@ struct MethodStats {
   std::string method;
   uint64_t count = 0;
   uint64_t errors = 0;
+  std::vector<std::pair<StatusCode, uint64_t>> errors_by_code;  // non-zero counts, by code
   int64_t in_flight = 0;
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
@@ -87,6 +103,9 @@ class StatsRegistry {
   // One entry per method seen so far, sorted by name; methods never called are
   // included when they were registered (count 0).
   std::vector<MethodStats> Snapshot() const;
+  // Calls fn on the live counters of every method (any order), under the
+  // registry's lock: for exporters that read histograms without copying them.
+  void ForEach(const std::function<void(const MethodCounters&)>& fn) const;
 
  private:
   mutable std::mutex mu_;

@@ -122,6 +122,9 @@ class Pool final {
     size_t free;        // blocks carved and free (shared list + thread caches)
     size_t high_water;  // peak blocks outside the shared free list (in use or
                         // parked in thread caches): an upper bound on peak in_use
+    size_t carved;      // blocks carved for this class so far (in_use + free)
+    size_t failures;    // Allocate()s refused with RESOURCE_EXHAUSTED (class empty,
+                        // no arena room to carve)
   };
   // A consistent-enough snapshot (exact when no other thread is allocating).
   std::vector<ClassStats> Stats() const;

@@ -34,6 +34,7 @@
 #include <string>
 #include <string_view>
 
+#include "hrpc/base/counter.h"
 #include "hrpc/base/status.h"
 #include "hrpc/mempool/buffer.h"
 #include "hrpc/mempool/iobuf.h"
@@ -178,17 +179,73 @@ class Listener {
   virtual void Close() = 0;
 };
 
+// Counters of one transport instance (one worker, one scheme), for monitoring
+// (docs/observability.md). Written only on the transport's worker, read from
+// any thread; held by shared_ptr so that a reader may keep them past the
+// transport's end. Counters a transport cannot know stay 0 (e.g. the ops an
+// RDMA NIC serves without the CPU).
+struct TransportCounters {
+  // Connections that completed the handshake, by who started them.
+  OwnerCounter accepted, connected;
+  // Open connections that ended: closed on this side (CANCELLED), closed by
+  // the peer (orderly), or failed (reset, dead peer, protocol violation,
+  // failed RDMA completion, ...).
+  OwnerCounter closed_local, closed_by_peer, failed;
+  // Attempts that never opened: outgoing (refused, unreachable, timed out,
+  // handshake rejected) and incoming (handshake refused or timed out).
+  OwnerCounter connect_failures, handshake_failures;
+  // Control messages (two-sided) and their bytes; bytes of in-stream
+  // payloads (TCP SendWithPayload), counted apart from the messages.
+  OwnerCounter messages_sent, messages_received, message_bytes_sent, message_bytes_received;
+  OwnerCounter payload_bytes_sent, payload_bytes_received;
+  // One-sided ops this side requested, and their bytes.
+  OwnerCounter reads, writes, read_bytes, write_bytes;
+  // The peer's one-sided ops this side's CPU served (TCP, loopback).
+  OwnerCounter reads_served, writes_served;
+  // Refused one-sided ops: this side's, refused by the peer (PERMISSION_DENIED,
+  // OUT_OF_RANGE, NOT_FOUND); the peer's, refused here (TCP, loopback).
+  OwnerCounter refused_by_peer, refused_here;
+  // Callers parked: a Send() without a credit (the peer's receive slots are
+  // full); a Send()/Write() behind a full send queue (TCP: unsent bytes above
+  // send_queue_high_water; RDMA: no send WQE free); a one-sided op at
+  // max_outstanding_ops.
+  OwnerCounter credit_stalls, send_queue_stalls, op_slot_stalls;
+  // RDMA: work completions that failed (flushes of a dead QP not counted),
+  // of them the RNR retries and the transport retries that ran out; receive
+  // slots the pool could not refill at once (the peer's credit waits; with
+  // an SRQ the peer may meet RNR); inline sends, credit-only messages and
+  // memory-window binds.
+  OwnerCounter completion_errors, rnr_retry_exceeded, retry_exceeded, receive_refill_failures;
+  OwnerCounter inline_sends, credit_messages, mw_binds;
+
+  uint64_t open() const noexcept {
+    const uint64_t opened = accepted.Get() + connected.Get();
+    const uint64_t ended = closed_local.Get() + closed_by_peer.Get() + failed.Get();
+    return opened > ended ? opened - ended : 0;
+  }
+};
+
+// True for the statuses of a one-sided op the target refused (the connection lives on).
+constexpr bool IsRefusal(StatusCode c) {
+  return c == StatusCode::kPermissionDenied || c == StatusCode::kOutOfRange || c == StatusCode::kNotFound;
+}
+
 // A transport instance: one per worker (per scheme). Creates listeners and
 // connections on that worker. Must outlive everything it created.
 class Transport {
  public:
   virtual ~Transport() = default;
+  // This instance's counters (any thread may read them).
+  const std::shared_ptr<TransportCounters>& counters() const noexcept { return counters_; }
   virtual std::string_view scheme() const = 0;  // "tcp", "loop", "rdma"
   virtual Result<std::unique_ptr<Listener>> Listen(std::string_view uri) = 0;
   // Connects and completes the handshake. Suspends. UNAVAILABLE when nobody
   // listens, DEADLINE_EXCEEDED after connect_timeout, FAILED_PRECONDITION
   // when the peer rejects the handshake (version, limits), with its reason.
   virtual Result<std::unique_ptr<Connection>> Connect(std::string_view uri) = 0;
+
+ protected:
+  std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
 };
 
 // "tcp://host:port", "rdma://host:port", "loop://name".
