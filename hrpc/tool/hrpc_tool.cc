@@ -433,8 +433,19 @@ int RunStats(const Common& c) {
   if (!s.ok()) return Report(hrpc::Status(s.code(), "hrpc.Reflection.GetStats on " + channel->uri() + ": " + std::string(s.message())));
   std::vector<hrpc::MethodStats> stats;
   for (const hrpc::MethodCallStats& m : resp.methods()) {
-    stats.push_back({m.method(), m.count(), m.errors(), m.in_flight(), m.bytes_in(), m.bytes_out(), m.mean_us(),
-                     m.p50_us(), m.p99_us(), m.p999_us(), m.max_us()});
+    hrpc::MethodStats ms;
+    ms.method = m.method();
+    ms.count = m.count();
+    ms.errors = m.errors();
+    ms.in_flight = m.in_flight();
+    ms.bytes_in = m.bytes_in();
+    ms.bytes_out = m.bytes_out();
+    ms.mean_us = m.mean_us();
+    ms.p50_us = m.p50_us();
+    ms.p99_us = m.p99_us();
+    ms.p999_us = m.p999_us();
+    ms.max_us = m.max_us();
+    stats.push_back(std::move(ms));
   }
   std::printf("%s (up %.1f s)\n%s", channel->uri().c_str(), static_cast<double>(resp.uptime_ns()) / 1e9,
               hrpc::FormatStatsTable(stats).c_str());
