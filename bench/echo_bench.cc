@@ -2,7 +2,7 @@
 // separate processes pinned to different cores (--server_cpu, --client_cpu),
 // one server and one client thread. One line per case:
 //
-//   echo_bench transport=raw case=pingpong payload=64 concurrency=1 rps=... p50_us=... p99_us=... MBps=... cpu=C/S
+//   echo_bench transport=raw poll=block case=pingpong payload=64 concurrency=1 rps=... p50_us=... p99_us=... MBps=... cpu=C/S
 //   echo_bench transport=raw case=stream payload=1048576 concurrency=1 rps=... MBps=... cpu=C/S
 //   echo_bench transport=grpc case=echo payload=4096 concurrency=32 rps=... p50_us=... MBps=... cpu=C/S rounds=3
 //   echo_bench transport=tcp poll=spin50us+block case=echo payload=4096 concurrency=32 ... ratio_vs_grpc=... rounds=3
@@ -17,13 +17,14 @@
 // attachment (inline up to 16 KiB, else streamed behind the frame). Each case
 // runs --rounds interleaved rounds (gRPC, hrpc spin-then-block, hrpc blocking)
 // and prints the round with the median rps; ratio_vs_grpc = hrpc rps / gRPC
-// rps. Concurrency-1 echo lines of hrpc add p50_vs_raw: their p50 over the raw
-// 64 B ping-pong's (same spin). The one-way cases (hrpc only: a request
+// rps. The 64 B concurrency-1 echo lines of hrpc add p50_vs_raw: their p50
+// over the raw 64 B ping-pong's in the same polling mode. The one-way cases (hrpc only: a request
 // attachment, an empty response) add ratio_vs_raw_stream: their MBps over the
 // raw 1 MiB stream's. hrpc polls in two modes: poll=spin<N>us+block (the
 // scheduler's spin_budget, then epoll) and poll=block (spin_budget = 0). gRPC
 // polls as it does by default. The raw baselines spin on a non-blocking socket
-// for --spin_us, then poll().
+// for --spin_us, then poll(); the raw ping-pong also runs with both sides
+// blocking at once (poll=block).
 //
 // The metrics cases (--cases=metrics, part of all) measure what observability
 // costs: the same hrpc echo against a server without the HTTP endpoint
@@ -204,8 +205,9 @@ int RawServerMain(const Config& cfg) {
       ::close(fd);
       continue;
     }
-    if (mode == 'p') {
-      while (RecvAll(fd, buf.data(), size, cfg.spin_us) && SendAll(fd, buf.data(), size)) {
+    if (mode == 'p' || mode == 'b') {  // ping-pong: spinning first ('p'), or blocking at once ('b')
+      const uint64_t spin = mode == 'p' ? cfg.spin_us : 0;
+      while (RecvAll(fd, buf.data(), size, spin) && SendAll(fd, buf.data(), size)) {
       }
     } else if (mode == 's') {
       uint64_t total = 0;
@@ -355,7 +357,8 @@ void Stop(Child& c) {
 
 // What the raw-socket baselines measured, for the ratios on the hrpc lines.
 struct RawBaseline {
-  double pingpong_p50_us = 0;  // 64 B ping-pong
+  double pingpong_p50_us = 0;        // 64 B ping-pong, both sides spinning --spin_us before they sleep
+  double pingpong_block_p50_us = 0;  // the same, both sides blocking at once
   double stream_mbps = 0;      // 1 MiB writes, one way
 };
 
@@ -367,16 +370,18 @@ RawBaseline RawCases(const char* self, const Config& cfg) {
     return base;
   }
   Pin(cfg.client_cpu);
-  // Ping-pong, 64 B.
-  {
+  // Ping-pong, 64 B: spinning --spin_us before sleeping, as the hrpc
+  // spin-then-block mode does, then blocking at once (the poll=block mode's
+  // baseline).
+  auto pingpong = [&](char mode, uint64_t spin, const char* label) {
     const uint32_t size = 64;
-    int fd = RawConnect(srv.uri, 'p', size);
+    int fd = RawConnect(srv.uri, mode, size);
     std::vector<char> buf(size, 'x');
     hrpc::LatencyHistogram hist;
     const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
     while (Clock::now() < warm_end) {
       SendAll(fd, buf.data(), size);
-      RecvAll(fd, buf.data(), size, cfg.spin_us);
+      RecvAll(fd, buf.data(), size, spin);
     }
     const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
     const auto t0 = Clock::now();
@@ -384,7 +389,7 @@ RawBaseline RawCases(const char* self, const Config& cfg) {
     uint64_t n = 0;
     for (auto now = t0; now < end; ++n) {
       SendAll(fd, buf.data(), size);
-      RecvAll(fd, buf.data(), size, cfg.spin_us);
+      RecvAll(fd, buf.data(), size, spin);
       const auto t = Clock::now();
       hist.Record(std::chrono::duration_cast<std::chrono::nanoseconds>(t - now));
       now = t;
@@ -392,13 +397,16 @@ RawBaseline RawCases(const char* self, const Config& cfg) {
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
-    base.pingpong_p50_us = hist.Quantile(0.5) / 1e3;
-    std::printf("echo_bench transport=raw case=pingpong payload=%u concurrency=1 rps=%.0f p50_us=%.1f p99_us=%.1f "
-                "MBps=%.1f cpu=%.0f/%.0f\n",
-                size, n / secs, hist.Quantile(0.5) / 1e3, hist.Quantile(0.99) / 1e3, n * size / secs / 1e6,
+    std::printf("echo_bench transport=raw %s case=pingpong payload=%u concurrency=1 rps=%.0f p50_us=%.1f "
+                "p99_us=%.1f MBps=%.1f cpu=%.0f/%.0f\n",
+                label, size, n / secs, hist.Quantile(0.5) / 1e3, hist.Quantile(0.99) / 1e3, n * size / secs / 1e6,
                 (c1 - c0) / 1e9 / secs * 100, (s1 - s0) / 1e9 / secs * 100);
     std::fflush(stdout);
-  }
+    return hist.Quantile(0.5) / 1e3;
+  };
+  const std::string spin_label = "poll=spin" + std::to_string(cfg.spin_us) + "us+block";
+  base.pingpong_p50_us = pingpong('p', cfg.spin_us, spin_label.c_str());
+  base.pingpong_block_p50_us = pingpong('b', 0, "poll=block");
   // Stream, 1 MiB writes.
   {
     const uint32_t size = 1 << 20;
@@ -540,8 +548,11 @@ void PrintRpcLine(const std::string& what, const RpcCase& c, const CaseResult& r
   std::printf(" rps=%.0f p50_us=%.1f p99_us=%.1f MBps=%.1f cpu=%.0f/%.0f", r.rps, r.p50_us, r.p99_us, mbps,
               r.client_cpu, r.server_cpu);
   if (grpc != nullptr && grpc->ok && grpc->rps > 0) std::printf(" ratio_vs_grpc=%.2f", r.rps / grpc->rps);
-  if (raw != nullptr && c.concurrency == 1 && c.echo && raw->pingpong_p50_us > 0) {
-    std::printf(" raw_p50_us=%.1f p50_vs_raw=%.2f", raw->pingpong_p50_us, r.p50_us / raw->pingpong_p50_us);
+  if (raw != nullptr && c.concurrency == 1 && c.echo && c.payload == 64) {
+    // The raw 64 B ping-pong of the same polling mode.
+    const bool blocking = what.find("poll=block") != std::string::npos;
+    const double raw_p50 = blocking ? raw->pingpong_block_p50_us : raw->pingpong_p50_us;
+    if (raw_p50 > 0) std::printf(" raw_p50_us=%.1f p50_vs_raw=%.2f", raw_p50, r.p50_us / raw_p50);
   }
   if (raw != nullptr && !c.echo && raw->stream_mbps > 0) {
     std::printf(" raw_stream_MBps=%.1f ratio_vs_raw_stream=%.2f", raw->stream_mbps, mbps / raw->stream_mbps);
