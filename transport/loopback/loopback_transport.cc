@@ -462,6 +462,7 @@ class LoopTransport final : public Transport {
   LoopTransport(std::shared_ptr<Net> net, coro::Scheduler& sched, mempool::Pool& pool, TransportOptions opt)
       : net_(std::move(net)), sched_(&sched), pool_(&pool), opt_(opt) {}
   TransportCounters& ctr() { return *counters_; }
+  const std::shared_ptr<TransportCounters>& counters() const noexcept override { return counters_; }
 
   std::string_view scheme() const override { return "loop"; }
 
@@ -553,6 +554,7 @@ class LoopTransport final : public Transport {
   coro::Scheduler* sched_;
   mempool::Pool* pool_;
   TransportOptions opt_;
+  std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
   uint64_t counter_ = 0;
   std::vector<std::weak_ptr<LoopEnd>> ends_;
 };

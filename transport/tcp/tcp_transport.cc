@@ -1472,7 +1472,8 @@ Result<std::pair<sockaddr_storage, socklen_t>> Resolve(const Uri& u, bool passiv
 
 class TcpTransport final : public Transport {
  public:
-  explicit TcpTransport(std::shared_ptr<Core> core) : core_(std::move(core)) { counters_ = core_->counters; }
+  explicit TcpTransport(std::shared_ptr<Core> core) : core_(std::move(core)), counters_(core_->counters) {}
+  const std::shared_ptr<TransportCounters>& counters() const noexcept override { return counters_; }
   ~TcpTransport() override { core_->Shutdown(); }
 
   std::string_view scheme() const override { return "tcp"; }
@@ -1550,6 +1551,7 @@ class TcpTransport final : public Transport {
 
  private:
   std::shared_ptr<Core> core_;
+  std::shared_ptr<TransportCounters> counters_;
 };
 
 }  // namespace

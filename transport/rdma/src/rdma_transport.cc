@@ -346,6 +346,7 @@ class TransportImpl final : public Transport {
   Status Init();
   std::string_view scheme() const override { return "rdma"; }
   TransportCounters& ctr() { return *counters_; }
+  const std::shared_ptr<TransportCounters>& counters() const noexcept override { return counters_; }
   // A work completion that failed (not a flush of a QP already in error).
   void CountWcError(const ibv_wc& wc) {
     ctr().completion_errors.Add();
@@ -394,6 +395,7 @@ class TransportImpl final : public Transport {
   coro::Scheduler& sched_;
   mempool::Pool& pool_;
   RdmaOptions opts_;
+  std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
   std::shared_ptr<RdmaDomain> domain_;  // context + PD + MRs: destroyed last
   mempool::RegistrarSlot slot_ = 0;
   rdma::EventChannelPtr cm_channel_;

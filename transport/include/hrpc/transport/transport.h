@@ -236,16 +236,13 @@ class Transport {
  public:
   virtual ~Transport() = default;
   // This instance's counters (any thread may read them).
-  const std::shared_ptr<TransportCounters>& counters() const noexcept { return counters_; }
+  virtual const std::shared_ptr<TransportCounters>& counters() const noexcept = 0;
   virtual std::string_view scheme() const = 0;  // "tcp", "loop", "rdma"
   virtual Result<std::unique_ptr<Listener>> Listen(std::string_view uri) = 0;
   // Connects and completes the handshake. Suspends. UNAVAILABLE when nobody
   // listens, DEADLINE_EXCEEDED after connect_timeout, FAILED_PRECONDITION
   // when the peer rejects the handshake (version, limits), with its reason.
   virtual Result<std::unique_ptr<Connection>> Connect(std::string_view uri) = 0;
-
- protected:
-  std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
 };
 
 // "tcp://host:port", "rdma://host:port", "loop://name".
