@@ -13,6 +13,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "benchmark_main.h"
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/coroutine/worker.h"
@@ -165,4 +166,4 @@ BENCHMARK(BM_ThreadCondvarPingPong)->UseRealTime();
 }  // namespace
 }  // namespace hrpc::coro
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) { return hrpc::bench::BenchmarkMain(argc, argv); }

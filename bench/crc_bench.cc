@@ -20,6 +20,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "common/cli.h"
 #include "hrpc/base/crc32c.h"
 
 namespace {
@@ -72,17 +73,14 @@ double Median(std::vector<double> v) {
 int main(int argc, char** argv) {
   double seconds = 0.25;
   int rounds = 5;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--seconds=", 0) == 0) {
-      seconds = std::atof(a.c_str() + 10);
-    } else if (a.rfind("--rounds=", 0) == 0) {
-      rounds = std::max(1, std::atoi(a.c_str() + 9));
-    } else {
-      std::fprintf(stderr, "usage: crc_bench [--seconds=S] [--rounds=N]\n");
-      return 2;
-    }
-  }
+  CLI::App app("hrpc::Crc32c (ISA-L) against the former single-stream SSE4.2 loop, one crc_bench line per size\n"
+               "(GBps: the median of --rounds rounds of --seconds per implementation). Pin it: taskset -c N.",
+               "crc_bench");
+  app.add_option("--seconds", seconds, "seconds per implementation and round")->capture_default_str();
+  app.add_option("--rounds", rounds, "rounds per size (at least 1)")->capture_default_str();
+  int code = 0;
+  if (!hrpc::examples::Parse(app, argc, argv, &code)) return code;
+  rounds = std::max(1, rounds);
 #if !defined(__x86_64__)
   std::printf("crc_bench error=baseline-needs-x86_64\n");
   return 0;

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "grpc_echo.grpc.pb.h"
+#include "common/cli.h"
 #include "common/proc_cpu.h"
 
 namespace {
@@ -213,31 +214,21 @@ int ClientMain(const ClientArgs& a) {
 int main(int argc, char** argv) {
   std::string role;
   ClientArgs a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    const size_t eq = s.find('=');
-    const std::string key = s.substr(0, eq), val = eq == std::string::npos ? "" : s.substr(eq + 1);
-    if (key == "--role") {
-      role = val;
-    } else if (key == "--port") {
-      a.port = std::atoi(val.c_str());
-    } else if (key == "--payload") {
-      a.payload = std::strtoull(val.c_str(), nullptr, 10);
-    } else if (key == "--concurrency") {
-      a.concurrency = std::max<size_t>(1, std::strtoull(val.c_str(), nullptr, 10));
-    } else if (key == "--duration") {
-      a.duration = std::atof(val.c_str());
-    } else if (key == "--warmup") {
-      a.warmup = std::atof(val.c_str());
-    } else if (key == "--server_pid") {
-      a.server_pid = static_cast<pid_t>(std::atol(val.c_str()));
-    } else {
-      std::fprintf(stderr,
-                   "usage: grpc_echo --role=server | --role=client --port=P --payload=B --concurrency=N "
-                   "--duration=S [--warmup=S] [--server_pid=PID]\n");
-      return 2;
-    }
-  }
+  CLI::App app("The gRPC baseline of echo_bench: an async echo server (--role=server prints READY port=P)\n"
+               "or a client keeping --concurrency calls of --payload bytes in flight (--role=client).",
+               "grpc_echo");
+  app.add_option("--role", role, "server: serve until SIGTERM; client: measure, print one line")
+      ->check(CLI::IsMember({"server", "client"}));
+  app.add_option("--port", a.port, "client: the server's port")->capture_default_str();
+  app.add_option("--payload", a.payload, "client: bytes per call")->capture_default_str();
+  app.add_option("--concurrency", a.concurrency, "client: calls in flight")->capture_default_str();
+  app.add_option("--duration", a.duration, "client: seconds measured")->capture_default_str();
+  app.add_option("--warmup", a.warmup, "client: seconds before measuring")->capture_default_str();
+  app.add_option("--server_pid", a.server_pid, "client: the server process, for its cpu (0: not measured)")
+      ->capture_default_str();
+  int code = 0;
+  if (!hrpc::examples::Parse(app, argc, argv, &code)) return code;
+  a.concurrency = std::max<size_t>(1, a.concurrency);
   if (role == "server") return ServerMain();
   if (role == "client" && a.port > 0) return ClientMain(a);
   std::fprintf(stderr, "grpc_echo: --role=server, or --role=client with --port\n");

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "benchmark_main.h"
 #include "hrpc/mempool/pool.h"
 
 namespace {
@@ -133,4 +134,4 @@ BENCHMARK(BM_PosixMemalign)->HRPC_SIZES;
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) { return hrpc::bench::BenchmarkMain(argc, argv); }

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cli.h"
 #include "common/echo_service.h"
 #include "echo/echo.hrpc.h"
 #include "hrpc/rpc/rpc_channel.h"
@@ -77,13 +78,6 @@ struct Options {
   size_t workers = 2;
   std::string addr = "127.0.0.1";  // rdma: the device's address (RXE_GUEST_ADDR in the guest)
 };
-
-bool ParseFlag(const char* arg, const char* name, std::string* out) {
-  const size_t n = std::strlen(name);
-  if (std::strncmp(arg, name, n) != 0 || arg[n] != '=') return false;
-  *out = arg + n + 1;
-  return true;
-}
 
 hrpc::RuntimeOptions RuntimeFor(const Options& o) {
   hrpc::RuntimeOptions ro;
@@ -273,23 +267,23 @@ void RawSockets(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   if (const char* a = std::getenv("RXE_GUEST_ADDR"); a != nullptr && *a != '\0') o.addr = a;
-  for (int i = 1; i < argc; ++i) {
-    std::string v;
-    if (ParseFlag(argv[i], "--transport", &v)) {
-      o.transport = v;
-    } else if (ParseFlag(argv[i], "--channels", &v)) {
-      o.channels = std::stoul(v);
-    } else if (ParseFlag(argv[i], "--servers", &v)) {
-      o.servers = std::max<size_t>(2, std::stoul(v));
-    } else if (ParseFlag(argv[i], "--addr", &v)) {
-      o.addr = v;
-    } else if (ParseFlag(argv[i], "--workers", &v)) {
-      o.workers = std::max<size_t>(1, std::stoul(v));
-    } else {
-      std::fprintf(stderr, "usage: %s [--transport=tcp|rdma] [--channels=N] [--servers=N] [--workers=N] [--addr=IP]\n", argv[0]);
-      return 2;
-    }
-  }
+  CLI::App app("What channels and connections cost on a shared Runtime, with same-run baselines\n"
+               "(one runtime_bench line per case; see the header of bench/runtime_bench.cc).",
+               "runtime_bench");
+  app.add_option("--transport", o.transport, "the transport (rdma: in the Soft-RoCE guest)")
+      ->check(CLI::IsMember({"tcp", "rdma"}))
+      ->capture_default_str();
+  app.add_option("--channels", o.channels, "channel_create: channels on the shared runtime")->capture_default_str();
+  app.add_option("--servers", o.servers, "connection: servers, one connection each (at least 2)")
+      ->capture_default_str();
+  app.add_option("--workers", o.workers, "workers of the shared runtime (at least 1)")->capture_default_str();
+  app.add_option("--addr", o.addr,
+                 "address to listen on and call (rdma: the device's IPv4 address; default: RXE_GUEST_ADDR if set)")
+      ->capture_default_str();
+  int code = 0;
+  if (!hrpc::examples::Parse(app, argc, argv, &code)) return code;
+  o.servers = std::max<size_t>(2, o.servers);
+  o.workers = std::max<size_t>(1, o.workers);
   spdlog::set_level(spdlog::level::warn);
   ChannelCreate(o);
   if (o.transport == "rdma") {

@@ -39,6 +39,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/cli.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/mempool/pool.h"
 #include "hrpc/nvme/sink.h"
@@ -204,42 +205,47 @@ Measured RunFio(const std::string& file, bool write, nvme::EngineKind engine, si
   return m;
 }
 
-Args Parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string s = argv[i];
-    auto val = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (s == "--file") a.file = val();
-    else if (s == "--size-mib") a.size_mib = std::stoul(val());
-    else if (s == "--seconds") a.seconds = std::stod(val());
-    else if (s == "--repeat") a.repeat = std::max(1, std::stoi(val()));
-    else if (s == "--page-mode") {
-      const std::string m = val();
-      a.page_mode = m == "small" ? mempool::PageMode::kSmallPages
-                    : m == "thp" ? mempool::PageMode::kTransparentHuge
-                                 : mempool::PageMode::kHugeTlb;
-    } else if (s == "--quick") a.quick = true;
-    else if (s == "--no-fio") a.fio = false;
-    else if (s == "--op") a.only_op = val();
-    else if (s == "--engine") a.only_engine = val();
-    else if (s == "--qd") a.only_qd = static_cast<unsigned>(std::stoul(val()));
-    else if (s == "--bs") a.only_bs = std::stoul(val());
-    else {
-      fprintf(stderr, "usage: %s [--file PATH] [--size-mib N] [--seconds S] [--repeat N] [--page-mode huge|thp|small] [--quick] [--no-fio] [--op write|read] [--engine io_uring|psync] [--qd N] [--bs N]\n", argv[0]);
-      exit(2);
-    }
-  }
-  if (a.file.empty()) {
+// Parses the flags into *a; false with *code the exit code (--help: 0, a bad flag: 2).
+bool ParseArgs(int argc, char** argv, Args* a, int* code) {
+  CLI::App app("Sequential O_DIRECT write and read through the hrpc NVMe sink against fio on the same file,\n"
+               "one sink_bench line per case (see the header of bench/sink_bench.cc). --op, --engine, --qd\n"
+               "and --bs select a subset of the default cases.",
+               "sink_bench");
+  std::string page_mode = "huge";
+  app.add_option("--file", a->file, "the file to write and read (default: sink_bench.dat beside this program)");
+  app.add_option("--size-mib", a->size_mib, "file size in MiB")->capture_default_str();
+  app.add_option("--seconds", a->seconds, "seconds per run")->capture_default_str();
+  app.add_option("--repeat", a->repeat, "runs per case, ours and fio alternating; the best of each")
+      ->capture_default_str();
+  app.add_option("--page-mode", page_mode, "the pool's pages: huge | thp | small")
+      ->check(CLI::IsMember({"huge", "thp", "small"}))
+      ->capture_default_str();
+  app.add_flag("--quick", a->quick, "fewer sizes: 4 KiB, 64 KiB and 1 MiB");
+  bool no_fio = false;
+  app.add_flag("--no-fio", no_fio, "skip fio (no baseline, no ratio)");
+  app.add_option("--op", a->only_op, "only this op: write | read")->check(CLI::IsMember({"write", "read"}));
+  app.add_option("--engine", a->only_engine, "only this engine: io_uring | psync")
+      ->check(CLI::IsMember({"io_uring", "psync"}));
+  app.add_option("--qd", a->only_qd, "only this queue depth (0: all)");
+  app.add_option("--bs", a->only_bs, "only this block size in bytes (0: all)");
+  if (!hrpc::examples::Parse(app, argc, argv, code)) return false;
+  a->repeat = std::max(1, a->repeat);
+  a->fio = !no_fio;
+  a->page_mode = page_mode == "small" ? mempool::PageMode::kSmallPages
+                 : page_mode == "thp" ? mempool::PageMode::kTransparentHuge
+                                      : mempool::PageMode::kHugeTlb;
+  if (a->file.empty()) {
     // Next to the binary: the build tree (ext4 on virtio here), not /tmp.
-    a.file = (std::filesystem::absolute(argv[0]).parent_path() / "sink_bench.dat").string();
+    a->file = (std::filesystem::absolute(argv[0]).parent_path() / "sink_bench.dat").string();
   }
-  return a;
+  return true;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  Args args = Parse(argc, argv);
+  Args args;
+  if (int code = 0; !ParseArgs(argc, argv, &args, &code)) return code;
   spdlog::set_level(spdlog::level::warn);
   const uint64_t file_bytes = static_cast<uint64_t>(args.size_mib) << 20;
 

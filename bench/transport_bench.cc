@@ -37,6 +37,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/cli.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/coroutine/worker.h"
 #include "hrpc/mempool/pool.h"
@@ -407,24 +408,17 @@ struct Client {
 
 int main(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string s = argv[i];
-    auto val = [&](const char* name) -> const char* {
-      const size_t n = strlen(name);
-      return s.compare(0, n, name) == 0 ? s.c_str() + n : nullptr;
-    };
-    if (auto v = val("--seconds=")) a.seconds = atof(v);
-    else if (auto v2 = val("--client-cpu=")) a.client_cpu = atoi(v2);
-    else if (auto v3 = val("--server-cpu=")) a.server_cpu = atoi(v3);
-    else if (auto v4 = val("--depth=")) a.depth = atoi(v4);
-    else if (auto v5 = val("--spin-us=")) a.spin_us = atoi(v5);
-    else if (s == "--help" || s == "-h") {
-      printf("usage: %s [--seconds=S] [--client-cpu=N] [--server-cpu=N] [--depth=N] [--spin-us=N]\n", argv[0]);
-      return 0;
-    } else {
-      Die("unknown argument " + s);
-    }
-  }
+  CLI::App app("hrpc::transport over TCP against a raw-socket baseline, server and client in two processes\n"
+               "pinned to --server-cpu and --client-cpu; one transport_bench line per case (see the header\n"
+               "of bench/transport_bench.cc).",
+               "transport_bench");
+  app.add_option("--seconds", a.seconds, "seconds per case")->capture_default_str();
+  app.add_option("--client-cpu", a.client_cpu, "cpu of the client process")->capture_default_str();
+  app.add_option("--server-cpu", a.server_cpu, "cpu of the server process")->capture_default_str();
+  app.add_option("--depth", a.depth, "write/read: operations in flight")->capture_default_str();
+  app.add_option("--spin-us", a.spin_us, "busy-poll this long before blocking in epoll_wait")->capture_default_str();
+  int code = 0;
+  if (!hrpc::examples::Parse(app, argc, argv, &code)) return code;
   int pfd[2];
   if (pipe(pfd) != 0) Die("pipe");
   const pid_t child = fork();
