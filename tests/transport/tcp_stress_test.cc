@@ -34,8 +34,8 @@ using namespace std::chrono_literals;
 using mempool::Buffer;
 using mempool::IoBuf;
 
-constexpr size_t kPad = 4064;       // docs/transport.md: padding before WRITE / READ_RESP payloads
-constexpr size_t kPrefetch = 4096;  // docs/transport.md: receive prefetch
+constexpr size_t kPad = 992;       // docs/transport.md: padding before WRITE / READ_RESP payloads
+constexpr size_t kPrefetch = 1024;  // docs/transport.md: receive prefetch
 
 void PutHeader(std::vector<uint8_t>& out, uint8_t type, uint32_t length, uint64_t op_id = 0, uint64_t addr = 0,
                uint32_t key = 0, uint32_t aux = 0) {

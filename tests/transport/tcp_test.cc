@@ -294,7 +294,7 @@ TEST_F(TcpWire, RefusedLargeWriteIsDrainedAndConnectionSurvives) {
 std::vector<uint8_t> MessagePayloadFrame(uint32_t msg_len, uint64_t payload_len, size_t payload_bytes_sent) {
   std::vector<uint8_t> f = Header(/*MESSAGE_PAYLOAD*/ 11, msg_len);
   std::memcpy(&f[16], &payload_len, 8);
-  f.resize(f.size() + msg_len + 4064 + payload_bytes_sent, 'p');  // 4064: the padding
+  f.resize(f.size() + msg_len + 992 + payload_bytes_sent, 'p');  // 992: the padding
   return f;
 }
 

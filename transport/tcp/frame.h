@@ -72,7 +72,7 @@ inline FrameHeader DecodeHeader(const uint8_t* in) {
 
 // Body of HELLO / HELLO_ACK.
 inline constexpr uint64_t kHelloMagic = 0x3150435450524831ull;  // "1HRPTCP1" read LE
-inline constexpr uint16_t kProtocolVersion = 3;  // 3: 4064 bytes of payload padding (was 224)
+inline constexpr uint16_t kProtocolVersion = 3;  // 3: 992 bytes of payload padding (was 224)
 // Hello flags.
 inline constexpr uint16_t kHelloPayloads = 1;  // accepts MESSAGE_PAYLOAD up to max_payload_pages * 4096 bytes
 struct Hello {
@@ -96,8 +96,8 @@ static_assert(sizeof(Hello) == 32);
 // between its message and its payload (a prefetch that starts at its header
 // ends inside message + padding, and its message is never read together with
 // bytes beyond it).
-inline constexpr size_t kPrefetchBytes = 4096;
-inline constexpr uint32_t kPayloadPad = 4064;
+inline constexpr size_t kPrefetchBytes = 1024;
+inline constexpr uint32_t kPayloadPad = 992;
 static_assert(kHeaderBytes + kPayloadPad >= kPrefetchBytes,
               "a prefetch that starts at a WRITE header must end inside its padding");
 
