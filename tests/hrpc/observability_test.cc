@@ -42,29 +42,26 @@ struct Exposition {
   };
   std::vector<Sample> samples;
 
+  // Whether sample `s` is of `name` and its labels include `want`.
+  static bool Matches(const Sample& s, const std::string& name, const std::map<std::string, std::string>& want) {
+    if (s.name != name) return false;
+    for (const auto& [k, v] : want) {
+      auto it = s.labels.find(k);
+      if (it == s.labels.end() || it->second != v) return false;
+    }
+    return true;
+  }
   // The value of the one sample of `name` whose labels include `want`; NaN if none.
   double Value(const std::string& name, const std::map<std::string, std::string>& want) const {
     for (const Sample& s : samples) {
-      if (s.name != name) continue;
-      bool match = true;
-      for (const auto& [k, v] : want) {
-        auto it = s.labels.find(k);
-        if (it == s.labels.end() || it->second != v) match = false;
-      }
-      if (match) return s.value;
+      if (Matches(s, name, want)) return s.value;
     }
     return std::nan("");
   }
   double Sum(const std::string& name, const std::map<std::string, std::string>& want = {}) const {
     double total = 0;
     for (const Sample& s : samples) {
-      if (s.name != name) continue;
-      bool match = true;
-      for (const auto& [k, v] : want) {
-        auto it = s.labels.find(k);
-        if (it == s.labels.end() || it->second != v) match = false;
-      }
-      if (match) total += s.value;
+      if (Matches(s, name, want)) total += s.value;
     }
     return total;
   }

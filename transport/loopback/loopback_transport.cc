@@ -354,13 +354,7 @@ class LoopConnection final : public Connection {
     auto p = e->peer.lock();
     if (!p) return UnavailableError("loopback peer is gone");
     TransportCounters& ctr = *e->ctr;
-    if (is_read) {
-      ctr.reads.Add();
-      ctr.read_bytes.Add(remote.len);
-    } else {
-      ctr.writes.Add();
-      ctr.write_bytes.Add(remote.len);
-    }
+    ctr.CountOp(is_read, remote.len);
     if (e->ops_outstanding >= e->max_ops) ctr.op_slot_stalls.Add();
     while (e->ops_outstanding >= e->max_ops) {
       Parked w;

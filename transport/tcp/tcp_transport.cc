@@ -1361,13 +1361,7 @@ class TcpConnection final : public Connection {
     if (remote.len == 0) return Status::Ok();
     Core& core = *c->core;
     TransportCounters& ctr = core.ctr();
-    if (is_read) {
-      ctr.reads.Add();
-      ctr.read_bytes.Add(remote.len);
-    } else {
-      ctr.writes.Add();
-      ctr.write_bytes.Add(remote.len);
-    }
+    ctr.CountOp(is_read, remote.len);
     if (c->ops_outstanding >= core.opt.common.max_outstanding_ops) ctr.op_slot_stalls.Add();
     while (c->ops_outstanding >= core.opt.common.max_outstanding_ops) {
       Parked p;

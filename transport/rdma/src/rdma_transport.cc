@@ -974,8 +974,7 @@ Status Conn::OneSided(bool read, const RemoteDescriptor& rd, const mempool::IoBu
   ++stats_.one_sided_ops;
   stats_.one_sided_wrs += plan.size();
   TransportCounters& ctr = t_.ctr();
-  (read ? ctr.reads : ctr.writes).Add();
-  (read ? ctr.read_bytes : ctr.write_bytes).Add(rd.len);
+  ctr.CountOp(read, rd.len);
   Parked op;
   const uint32_t batch_max = std::max<uint32_t>(1, sq_cap_ / 2);
   size_t next = 0;

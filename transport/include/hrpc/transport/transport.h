@@ -218,6 +218,12 @@ struct TransportCounters {
   OwnerCounter completion_errors, rnr_retry_exceeded, retry_exceeded, receive_refill_failures;
   OwnerCounter inline_sends, credit_messages, mw_binds;
 
+  // One one-sided op this side requested (owner thread only).
+  void CountOp(bool is_read, uint64_t bytes) noexcept {
+    (is_read ? reads : writes).Add();
+    (is_read ? read_bytes : write_bytes).Add(bytes);
+  }
+
   uint64_t open() const noexcept {
     const uint64_t opened = accepted.Get() + connected.Get();
     const uint64_t ended = closed_local.Get() + closed_by_peer.Get() + failed.Get();
