@@ -17,7 +17,7 @@
 #include <spdlog/spdlog.h>
 
 int main(int argc, char** argv) {
-  std::string listen = "0.0.0.0:7000", forward;
+  std::string listen = "0.0.0.0:7000", forward, http;
   uint64_t workers = 1, eager = hrpc::kDefaultEagerThreshold, stats_interval = 0;
   CLI::App app("Serves hrpc_examples.Echo (echo text and attachments). A scheme-less address uses\n"
                "RDMA when a device exists, else TCP (HRPC_TRANSPORT=tcp|rdma overrides).\n"
@@ -29,6 +29,8 @@ int main(int argc, char** argv) {
   app.add_option("--forward", forward, "relay every Echo to the echo server at this address (\"\": answer here)")
       ->capture_default_str();
   hrpc::examples::AddSize(app, "--eager", &eager, "attachments up to this size travel inline");
+  app.add_option("--http", http, "serve /metrics /status /rpcz /health on this host:port (\"\": off)")
+      ->capture_default_str();
   app.add_option("--stats_interval", stats_interval, "print the stats table every N seconds (0: only at exit)")
       ->capture_default_str();
   std::string log_level = "info";
@@ -51,6 +53,7 @@ int main(int argc, char** argv) {
   hrpc::ServerOptions so;
   so.listen = {listen};
   so.eager_threshold = eager;
+  so.http_listen = http;
   auto server = hrpc::Server::Create(**runtime, so);
   if (!server.ok()) {
     std::fprintf(stderr, "echo_server: %s\n", server.status().ToString().c_str());
@@ -79,6 +82,7 @@ int main(int argc, char** argv) {
   }
   std::printf("echo_server: listening on %s%s%s\n", (*server)->listen_uris().at(0).c_str(),
               next ? ", relaying to " : "", next ? next->uri().c_str() : "");
+  if (!http.empty()) std::printf("echo_server: status pages on http://%s/\n", (*server)->http_address().c_str());
   std::fflush(stdout);
   hrpc::examples::WaitForStopSignal(stop, stats_interval, [&] {
     std::printf("%s", hrpc::FormatStatsTable((*server)->Stats()).c_str());
