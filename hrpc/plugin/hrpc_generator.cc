@@ -99,7 +99,9 @@ struct ServiceNames {
   std::vector<MethodNames> methods;
 };
 
-bool BuildService(const pb::ServiceDescriptor* service, ServiceNames* out, std::string* error) {
+// Every problem is appended to `errors` (one line each), so that a file with
+// several is refused naming all of them at once.
+void BuildService(const pb::ServiceDescriptor* service, ServiceNames* out, std::vector<std::string>* errors) {
   out->service = service;
   out->cpp = ResolveKeyword(service->name());
   out->qualified = QualifiedNamespace(service->file()) + "::" + out->cpp;
@@ -110,12 +112,12 @@ bool BuildService(const pb::ServiceDescriptor* service, ServiceNames* out, std::
   for (int i = 0; i < service->method_count(); ++i) {
     const pb::MethodDescriptor* m = service->method(i);
     if (m->client_streaming() || m->server_streaming()) {
-      *error = "hrpc does not support streaming method " + m->full_name() + " yet (" +
-               (m->client_streaming() && m->server_streaming() ? "bidirectional"
-                : m->client_streaming()                          ? "client"
-                                                                 : "server") +
-               " streaming); only unary methods can be generated";
-      return false;
+      errors->push_back("hrpc does not support streaming method " + m->full_name() + " yet (" +
+                        (m->client_streaming() && m->server_streaming() ? "bidirectional"
+                         : m->client_streaming()                          ? "client"
+                                                                          : "server") +
+                        " streaming); only unary methods can be generated");
+      continue;
     }
     MethodNames mn;
     mn.method = m;
@@ -128,53 +130,64 @@ bool BuildService(const pb::ServiceDescriptor* service, ServiceNames* out, std::
     mn.index = static_cast<size_t>(i);
     for (const std::string* name : {&mn.cpp, &mn.async, &mn.future}) {
       if (ReservedMemberNames().count(*name) != 0 || *name == out->mock) {
-        *error = "method " + m->full_name() + " generates member " + *name +
-                 ", a name hrpc reserves in generated classes; rename the method";
-        return false;
+        errors->push_back("method " + m->full_name() + " generates member " + *name +
+                          ", a name hrpc reserves in generated classes; rename the method");
+        continue;
       }
       auto [it, inserted] = member_owner.emplace(*name, m->name());
       if (!inserted) {
-        *error = "methods " + it->second + " and " + m->name() + " of service " + service->full_name() +
-                 " both generate the C++ member " + *name + "; rename one";
-        return false;
+        errors->push_back("methods " + it->second + " and " + m->name() + " of service " + service->full_name() +
+                          " both generate the C++ member " + *name + "; rename one");
       }
     }
     auto [it, inserted] = ids.emplace(mn.id, m->name());
     if (!inserted) {
-      *error = "methods " + it->second + " and " + m->name() + " of service " + service->full_name() +
-               " hash to the same method id " + Hex(mn.id) + "; rename one";
-      return false;
+      errors->push_back("methods " + it->second + " and " + m->name() + " of service " + service->full_name() +
+                        " hash to the same method id " + Hex(mn.id) + "; rename one");
     }
     out->methods.push_back(std::move(mn));
   }
-  return true;
 }
 
-bool CheckFile(const pb::FileDescriptor* file, const std::vector<ServiceNames>& services, std::string* error) {
-  if (services.empty()) return true;
-  if (file->options().cc_generic_services()) {
-    *error = file->name() + ": option cc_generic_services = true makes protoc emit its own classes named after "
-             "each service, which collide with hrpc's; remove the option";
-    return false;
+// The C++ class names protobuf generates for `message` and everything nested
+// in it (Outer, Outer_Inner, Outer_Inner_Kind, ...).
+void AddGeneratedNames(const pb::Descriptor* message, std::map<std::string, std::string>* taken) {
+  taken->emplace(pb::compiler::cpp::ClassName(message), message->full_name());
+  for (int i = 0; i < message->nested_type_count(); ++i) AddGeneratedNames(message->nested_type(i), taken);
+  for (int i = 0; i < message->enum_type_count(); ++i) {
+    taken->emplace(pb::compiler::cpp::ClassName(message->enum_type(i)), message->enum_type(i)->full_name());
   }
-  std::set<std::string> taken;  // top-level C++ names protobuf generates in this file
-  for (int i = 0; i < file->message_type_count(); ++i) taken.insert(pb::compiler::cpp::ClassName(file->message_type(i)));
-  for (int i = 0; i < file->enum_type_count(); ++i) taken.insert(pb::compiler::cpp::ClassName(file->enum_type(i)));
+}
+
+void CheckFile(const pb::FileDescriptor* file, const std::vector<ServiceNames>& services,
+               std::vector<std::string>* errors) {
+  if (services.empty()) return;
+  if (file->options().cc_generic_services()) {
+    errors->push_back(file->name() + ": option cc_generic_services = true makes protoc emit its own classes named "
+                      "after each service, which collide with hrpc's; remove the option");
+  }
+  // The namespace-level C++ names protobuf generates in this file: messages,
+  // nested ones flattened (Outer.Inner is Outer_Inner), and enums.
+  std::map<std::string, std::string> taken;  // C++ name -> proto full name
+  for (int i = 0; i < file->message_type_count(); ++i) AddGeneratedNames(file->message_type(i), &taken);
+  for (int i = 0; i < file->enum_type_count(); ++i) {
+    taken.emplace(pb::compiler::cpp::ClassName(file->enum_type(i)), file->enum_type(i)->full_name());
+  }
   std::map<uint32_t, std::string> ids;
   for (const ServiceNames& s : services) {
-    if (taken.count(s.cpp) != 0 || taken.count(s.mock) != 0) {
-      *error = "service " + s.service->full_name() + " has the same C++ name as a message or enum of " +
-               file->name() + "; rename one";
-      return false;
+    for (const std::string* name : {&s.cpp, &s.mock}) {
+      if (auto it = taken.find(*name); it != taken.end()) {
+        errors->push_back("service " + s.service->full_name() + " generates the C++ class " + *name +
+                          ", which protobuf also generates for " + it->second + " in " + file->name() +
+                          "; rename one");
+      }
     }
     auto [it, inserted] = ids.emplace(s.id, s.service->full_name());
     if (!inserted) {
-      *error = "services " + it->second + " and " + s.service->full_name() + " hash to the same service id " +
-               Hex(s.id) + "; rename one";
-      return false;
+      errors->push_back("services " + it->second + " and " + s.service->full_name() +
+                        " hash to the same service id " + Hex(s.id) + "; rename one");
     }
   }
-  return true;
 }
 
 void OpenNamespace(pb::io::Printer& p, const pb::FileDescriptor* file) {
@@ -405,10 +418,17 @@ bool HrpcGenerator::Generate(const pb::FileDescriptor* file, const std::string& 
     return false;
   }
   std::vector<ServiceNames> services(static_cast<size_t>(file->service_count()));
-  for (int i = 0; i < file->service_count(); ++i) {
-    if (!BuildService(file->service(i), &services[static_cast<size_t>(i)], error)) return false;
+  std::vector<std::string> errors;
+  for (int i = 0; i < file->service_count(); ++i) BuildService(file->service(i), &services[static_cast<size_t>(i)], &errors);
+  CheckFile(file, services, &errors);
+  if (!errors.empty()) {
+    // protoc prints this after "--hrpc_out: "; one problem per line, all of them.
+    *error = errors.size() == 1 ? errors[0] : std::to_string(errors.size()) + " problems:";
+    if (errors.size() > 1) {
+      for (const std::string& e : errors) *error += "\n  " + e;
+    }
+    return false;
   }
-  if (!CheckFile(file, services, error)) return false;
 
   const std::string base = pb::compiler::cpp::StripProto(file->name());
   {
