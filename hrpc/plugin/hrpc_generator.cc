@@ -73,9 +73,22 @@ std::vector<std::string> SplitPackage(const std::string& package) {
 // exactly as protobuf places the messages (protobuf does not rename keyword
 // package components either; such a package does not compile with protoc's
 // C++ output in the first place).
+//
+// A file with `option cc_generic_services = true` (as files written for brpc
+// have) also gets protoc's own service classes, named after each service in
+// that namespace: hrpc's then go one level down, in `hrpc_services`
+// (pkg::hrpc_services::Kv::Stub beside protoc's pkg::Kv and pkg::Kv_Stub).
+inline constexpr const char* kGenericServicesNamespace = "hrpc_services";
+
+std::vector<std::string> NamespaceParts(const pb::FileDescriptor* file) {
+  std::vector<std::string> parts = SplitPackage(file->package());
+  if (file->options().cc_generic_services()) parts.push_back(kGenericServicesNamespace);
+  return parts;
+}
+
 std::string QualifiedNamespace(const pb::FileDescriptor* file) {
   std::string ns;
-  for (const std::string& part : SplitPackage(file->package())) ns += "::" + part;
+  for (const std::string& part : NamespaceParts(file)) ns += "::" + part;
   return ns;
 }
 
@@ -162,10 +175,6 @@ void AddGeneratedNames(const pb::Descriptor* message, std::map<std::string, std:
 void CheckFile(const pb::FileDescriptor* file, const std::vector<ServiceNames>& services,
                std::vector<std::string>* errors) {
   if (services.empty()) return;
-  if (file->options().cc_generic_services()) {
-    errors->push_back(file->name() + ": option cc_generic_services = true makes protoc emit its own classes named "
-                      "after each service, which collide with hrpc's; remove the option");
-  }
   // The namespace-level C++ names protobuf generates in this file: messages,
   // nested ones flattened (Outer.Inner is Outer_Inner), and enums.
   std::map<std::string, std::string> taken;  // C++ name -> proto full name
@@ -191,11 +200,11 @@ void CheckFile(const pb::FileDescriptor* file, const std::vector<ServiceNames>& 
 }
 
 void OpenNamespace(pb::io::Printer& p, const pb::FileDescriptor* file) {
-  for (const std::string& part : SplitPackage(file->package())) p.Print("namespace $ns$ {\n", "ns", part);
+  for (const std::string& part : NamespaceParts(file)) p.Print("namespace $ns$ {\n", "ns", part);
   p.Print("\n");
 }
 void CloseNamespace(pb::io::Printer& p, const pb::FileDescriptor* file) {
-  std::vector<std::string> parts = SplitPackage(file->package());
+  std::vector<std::string> parts = NamespaceParts(file);
   for (auto it = parts.rbegin(); it != parts.rend(); ++it) p.Print("}  // namespace $ns$\n", "ns", *it);
 }
 

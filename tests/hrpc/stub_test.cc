@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/coroutine/sync.h"
@@ -12,6 +13,8 @@
 #include "hrpc/rpc/direct_channel.h"
 #include "hrpc_test/echo.hrpc.h"
 #include "hrpc_test/echo.hrpc.mock.h"
+#include "hrpc_test/generic.hrpc.h"
+#include "hrpc_test/generic.hrpc.mock.h"
 #include "hrpc_test/legacy.hrpc.h"
 #include "hrpc_test/legacy.hrpc.mock.h"
 #include "nopkg.hrpc.h"
@@ -213,6 +216,42 @@ TEST_F(StubTest, GlobalNamespaceService) {
   NoPkgResponse resp;
   ASSERT_TRUE(stub.Add(ctx, req, &resp).ok());
   EXPECT_EQ(resp.sum(), 42);
+}
+
+// A file with cc_generic_services: protoc's own classes (generic::Kv, a
+// google::protobuf::Service, and generic::Kv_Stub) and hrpc's
+// (generic::hrpc_services::Kv) side by side; hrpc's serve and call as usual,
+// and the service keeps its wire name and id.
+class GenericKvImpl final : public hrpc_test::generic::hrpc_services::Kv::Service {
+ public:
+  Status Get(ServerContext&, const hrpc_test::generic::KvRequest& request,
+             hrpc_test::generic::KvResponse* response) override {
+    response->set_value("value of " + request.key());
+    return Status::Ok();
+  }
+};
+
+TEST(GenericServicesFile, HrpcClassesLiveBesideProtocs) {
+  static_assert(std::is_base_of_v<google::protobuf::Service, hrpc_test::generic::Kv>,
+                "protoc's generic service class is still generated");
+  static_assert(std::is_base_of_v<hrpc_test::generic::Kv, hrpc_test::generic::Kv_Stub>);
+  using HrpcKv = hrpc_test::generic::hrpc_services::Kv;
+  EXPECT_EQ(std::string(HrpcKv::kServiceName), "hrpc_test.generic.Kv");
+  EXPECT_EQ(HrpcKv::kServiceId, hrpc::ServiceIdOf("hrpc_test.generic.Kv"));
+  GenericKvImpl impl;
+  DirectChannel channel;
+  ASSERT_TRUE(channel.AddService(&impl).ok());
+  HrpcKv::Stub stub(&channel);
+  ClientContext ctx;
+  hrpc_test::generic::KvRequest req;
+  req.set_key("k1");
+  hrpc_test::generic::KvResponse resp;
+  ASSERT_TRUE(stub.Get(ctx, req, &resp).ok());
+  EXPECT_EQ(resp.value(), "value of k1");
+  // The gmock mock is generated there too.
+  hrpc_test::generic::hrpc_services::MockKvStub mock;
+  EXPECT_CALL(mock, Get(_, _, _)).WillOnce(Return(Status(hrpc::StatusCode::kNotFound, "no k2")));
+  EXPECT_EQ(mock.Get(ctx, req, &resp).code(), hrpc::StatusCode::kNotFound);
 }
 
 TEST_F(StubTest, AsyncCallRunsCallbackOnce) {
