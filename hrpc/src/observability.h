@@ -24,21 +24,11 @@
 #include "hrpc/base/status.h"
 #include "hrpc/rpc/stats.h"
 #include "rpcz.h"
+#include "runtime_internal.h"
 
 namespace hrpc::internal {
 
 class WorkerSet;
-
-// One connection a server accepted, as /status shows it (written on its
-// worker, read by the endpoint).
-struct ServerConnInfo {
-  std::string peer;
-  std::string scheme;
-  size_t worker = 0;
-  std::chrono::system_clock::time_point opened;
-  OwnerCounter requests;  // requests read from it
-  OwnerCounter finished;  // of those, finished (the rest are running)
-};
 
 // What a Server shows besides its runtime. Implemented by Server::Impl.
 class ServerView {
@@ -51,7 +41,7 @@ class ServerView {
   virtual const StatsRegistry& server_stats() const = 0;
   virtual std::vector<std::string> bound_uris() const = 0;
   virtual std::vector<ServiceInfo> services() const = 0;
-  virtual std::vector<std::shared_ptr<const ServerConnInfo>> connections() const = 0;
+  virtual std::vector<std::shared_ptr<const ConnectionInfo>> connections() const = 0;
   virtual int64_t requests_running() const = 0;
   virtual size_t max_concurrent_requests() const = 0;
   virtual std::chrono::system_clock::time_point start_time() const = 0;

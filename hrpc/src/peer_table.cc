@@ -24,7 +24,7 @@ struct Link {
   // clock read on the call path.
   uint32_t idle_sweeps = 0;
   uint32_t pulling = 0;  // responses being READ from the server (PullResponse)
-  std::shared_ptr<LinkInfo> info;  // for /status
+  std::shared_ptr<ConnectionInfo> info;  // for /status
 };
 
 namespace {
@@ -102,7 +102,7 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
         made->conn = std::move(*conn);
         made->key = key;
         made->peer = std::string(made->conn->peer());
-        made->info = std::make_shared<LinkInfo>();
+        made->info = std::make_shared<ConnectionInfo>();
         made->info->peer = made->peer;
         made->info->scheme = std::string(scheme);
         made->info->worker = worker_;
@@ -227,7 +227,7 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
   }
   uint64_t bytes_in = 0;
   if (status.ok() && rx != nullptr) status = FillResponse(*call, *rx, &bytes_in);
-  if (call->link && call->txn != 0) call->link->info->completed.Add();
+  if (call->link && call->txn != 0) call->link->info->finished.Add();
   if (call->stats != nullptr) call->stats->End(Clock::now() - call->start, status.code(), bytes_in, call->bytes_out);
   DoneCallback done = std::move(call->done);
   std::shared_ptr<ChannelState> channel = std::move(call->channel);
@@ -241,7 +241,7 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
 
 bool CompletingCallOf(const ChannelState* channel) noexcept { return tls_completing == channel; }
 
-std::vector<std::shared_ptr<const LinkInfo>> PeerTable::Links() const {
+std::vector<std::shared_ptr<const ConnectionInfo>> PeerTable::Links() const {
   std::lock_guard lock(links_mu_);
   return {link_infos_.begin(), link_infos_.end()};
 }
@@ -367,7 +367,7 @@ void PeerTable::StartCall(Call* call) {
   call->txn = h.txn_id;
 
   link->calls.emplace(call->txn, call);
-  link->info->calls.Add();
+  link->info->started.Add();
   link->idle_sweeps = 0;
   const uint64_t txn = call->txn;
   std::weak_ptr<Link> weak = link;

@@ -63,17 +63,6 @@ struct ChannelState {
 
 struct Link;
 
-// What /status shows of one outgoing connection. Written on the worker,
-// read by the HTTP endpoint's thread.
-struct LinkInfo {
-  std::string peer;
-  std::string scheme;
-  size_t worker = 0;
-  std::chrono::system_clock::time_point opened;
-  OwnerCounter calls;      // calls sent on it
-  OwnerCounter completed;  // of those, completed (the rest are in flight)
-};
-
 // A call in flight: allocated by RpcChannel::Impl::Begin, deleted by
 // PeerTable::Complete, which then runs its done callback.
 struct Call {
@@ -132,7 +121,7 @@ class PeerTable {
   };
   const Counters& counters() const noexcept { return counters_; }
   // The open connections, for /status (any thread).
-  std::vector<std::shared_ptr<const LinkInfo>> Links() const;
+  std::vector<std::shared_ptr<const ConnectionInfo>> Links() const;
 
  private:
   struct Entry {
@@ -164,7 +153,7 @@ class PeerTable {
   coro::LocalEvent stop_sweeper_;
   Counters counters_;
   mutable std::mutex links_mu_;  // link_infos_ (connect and close only)
-  std::vector<std::shared_ptr<LinkInfo>> link_infos_;
+  std::vector<std::shared_ptr<ConnectionInfo>> link_infos_;
 };
 
 }  // namespace hrpc::internal

@@ -18,6 +18,7 @@
 
 #include <google/protobuf/message_lite.h>
 
+#include "hrpc/base/counter.h"
 #include "hrpc/base/status.h"
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/coroutine/worker.h"
@@ -34,6 +35,22 @@ class RdmaDomain;
 }
 
 namespace hrpc::internal {
+
+// One connection as /status shows it: a server's accepted connection or a
+// client's outgoing one. Written on its worker, read by the HTTP endpoint.
+struct ConnectionInfo {
+  std::string peer;
+  std::string scheme;
+  size_t worker = 0;
+  std::chrono::system_clock::time_point opened;
+  OwnerCounter started;   // requests read from it (server) / calls sent on it (client)
+  OwnerCounter finished;  // of those, finished
+  // Running (server) or in flight (client).
+  uint64_t unfinished() const noexcept {
+    const uint64_t s = started.Get(), f = finished.Get();
+    return s >= f ? s - f : 0;
+  }
+};
 
 class PeerTable;
 class MetricsCollector;

@@ -37,7 +37,7 @@ struct ServerConn {
   std::unordered_map<uint64_t, ServerContext*> active;  // txn -> running request
   std::unordered_map<uint64_t, coro::LocalEvent*> releases;  // txn -> response held for the client's READ
   bool closed = false;
-  std::shared_ptr<internal::ServerConnInfo> info;  // what /status shows of it
+  std::shared_ptr<internal::ConnectionInfo> info;  // what /status shows of it
 };
 
 // Serializes the handler's response behind room for the response prefix:
@@ -110,7 +110,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   // close only), rpcz rings per worker (only with the HTTP endpoint), the
   // metrics collector and the endpoint.
   mutable std::mutex conn_infos_mu;
-  std::vector<std::shared_ptr<internal::ServerConnInfo>> conn_infos;
+  std::vector<std::shared_ptr<internal::ConnectionInfo>> conn_infos;
   std::vector<std::unique_ptr<internal::RpczRing>> rpcz;
   const coro::CycleClock* clock = &coro::CycleClock::Get();
   std::chrono::system_clock::time_point started_at;
@@ -135,7 +135,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     std::sort(out.begin(), out.end(), [](const ServiceInfo& a, const ServiceInfo& b) { return a.name < b.name; });
     return out;
   }
-  std::vector<std::shared_ptr<const internal::ServerConnInfo>> connections() const override {
+  std::vector<std::shared_ptr<const internal::ConnectionInfo>> connections() const override {
     std::lock_guard lock(conn_infos_mu);
     return {conn_infos.begin(), conn_infos.end()};
   }
@@ -226,7 +226,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       sc->conn = std::move(*c);
       sc->worker = w;
       sc->peer = std::string(sc->conn->peer());
-      sc->info = std::make_shared<internal::ServerConnInfo>();
+      sc->info = std::make_shared<internal::ConnectionInfo>();
       sc->info->peer = sc->peer;
       sc->info->scheme = listener->uri().substr(0, listener->uri().find("://"));
       sc->info->worker = w;
@@ -273,7 +273,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         }
         const Clock::time_point arrival = Clock::now();
         const uint64_t arrival_tick = rpcz.empty() ? 0 : clock->Now();
-        sc->info->requests.Add();
+        sc->info->started.Add();
         auto req = std::make_shared<internal::ReceivedFrame>(std::move(*rx));
         workers->scheduler(sc->worker).Spawn(
             [self = shared_from_this(), sc, req, arrival, arrival_tick] {

@@ -208,8 +208,7 @@ std::string RenderStatus(WorkerSet& ws, const ServerView* server, const MetricsC
   if (server != nullptr) {
     Table t{"Server connections", {"peer", "transport", "worker", "open for", "requests", "running"}, {}, {}};
     for (const auto& c : server->connections()) {
-      const uint64_t req = c->requests.Get(), fin = c->finished.Get();
-      t.rows.push_back({c->peer, c->scheme, U(c->worker), Ago(c->opened), U(req), U(req >= fin ? req - fin : 0)});
+      t.rows.push_back({c->peer, c->scheme, U(c->worker), Ago(c->opened), U(c->started.Get()), U(c->unfinished())});
     }
     p.tables.push_back(std::move(t));
   }
@@ -220,8 +219,7 @@ std::string RenderStatus(WorkerSet& ws, const ServerView* server, const MetricsC
       const PeerTable* pt = ws.peer_table(w);
       if (pt == nullptr) continue;
       for (const auto& l : pt->Links()) {
-        const uint64_t calls = l->calls.Get(), done = l->completed.Get();
-        t.rows.push_back({l->peer, l->scheme, U(l->worker), Ago(l->opened), U(calls), U(calls >= done ? calls - done : 0)});
+        t.rows.push_back({l->peer, l->scheme, U(l->worker), Ago(l->opened), U(l->started.Get()), U(l->unfinished())});
       }
       const PeerTable::Counters& k = pt->counters();
       c.rows.push_back({U(w), U(pt->open_links()), U(k.connects.Get()), U(k.connect_failures.Get()),
