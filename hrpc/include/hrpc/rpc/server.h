@@ -85,6 +85,16 @@ struct ServerOptions {
   // everything it counts to whoever reaches the port: bind it to a private
   // or loopback address.
   std::string http_listen;
+  // The dedup window (requests that carry a request id: calls through a
+  // ClusterChannel, or ClientContext::set_request_id): a retry of a request
+  // this server ran within `dedup_window` gets the first answer instead of a
+  // second run (a retry that arrives while the first still runs waits for
+  // it). At most dedup_max_entries ids and dedup_max_bytes of kept response
+  // messages; a response with an attachment is not kept (its retry gets
+  // ABORTED). 0: off.
+  std::chrono::milliseconds dedup_window{10'000};
+  size_t dedup_max_entries = 65536;
+  size_t dedup_max_bytes = 16u << 20;
 };
 
 class Server final {
@@ -119,6 +129,8 @@ class Server final {
   std::vector<MethodStats> Stats() const;
   // Connections currently open (for tests and monitoring).
   size_t num_connections() const;
+  // Retries answered from the dedup window instead of running again.
+  uint64_t deduplicated_requests() const;
 
   // The HTTP endpoint's bound address ("127.0.0.1:41234") once started; ""
   // when ServerOptions::http_listen is empty.
