@@ -95,6 +95,7 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
     mempool::IoBuf attachment;
     bool idempotent = false;
     int max_attempts = 1;
+    uint64_t request_id = 0;
     std::shared_ptr<Race> race;  // the round in flight (for Cancel and shutdown)
     std::mutex mu;               // guards race
   };
@@ -249,7 +250,7 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
     a->node = std::move(node);
     a->ctx.set_deadline(call->ctx->deadline());
     a->ctx.set_response_attachment_capacity(call->ctx->response_attachment_capacity());
-    a->ctx.set_request_id(call->ctx->request_id());
+    a->ctx.set_request_id(call->request_id);
     a->ctx.request_attachment() = call->attachment.Share();
     {
       std::lock_guard lock(race->mu);
@@ -420,7 +421,9 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
     call->attachment = std::move(ctx.request_attachment());
     call->idempotent = ctx.idempotent_override() < 0 ? method.idempotent : ctx.idempotent_override() == 1;
     call->max_attempts = ctx.max_attempts() > 0 ? ctx.max_attempts() : options.retry.max_attempts;
-    if (ctx.request_id() == 0) ctx.set_request_id(RandomU64() | 1);
+    // Every attempt carries the same id; the caller's context keeps its own
+    // (a context reused for the next call must not look like a retry).
+    call->request_id = ctx.request_id() != 0 ? ctx.request_id() : (RandomU64() | 1);
     return call;
   }
 

@@ -83,8 +83,9 @@ class ClientContext {
   int max_attempts() const noexcept { return max_attempts_; }
   // Identifies one logical call across its retries; carried in the request
   // header, where a server's dedup window (ServerOptions::dedup_window)
-  // recognises a retry. 0: none. A cluster channel sets a fresh random one on
-  // calls that have none; set it yourself to retry by hand.
+  // recognises a retry. 0: none. A cluster channel gives a call without one
+  // a fresh random id for all its attempts (the context keeps 0); set one
+  // yourself to retry by hand.
   void set_request_id(uint64_t id) noexcept { request_id_ = id; }
   uint64_t request_id() const noexcept { return request_id_; }
   // After a call through a cluster channel: attempts made (backups included),
