@@ -130,11 +130,13 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
   // stats), or an error (the last good set stays).
   void Apply(Result<NamingUpdate> update) {
     if (!update.ok()) {
-      naming_errors.fetch_add(1, std::memory_order_relaxed);
       SPDLOG_WARN("hrpc cluster {}: naming failed, keeping {} servers: {}", uri, Current()->nodes.size(),
                   update.status().ToString());
-      std::lock_guard lock(mu);
-      naming = update.status();
+      {
+        std::lock_guard lock(mu);
+        naming = update.status();
+      }
+      naming_errors.fetch_add(1, std::memory_order_release);
       return;
     }
     for (const auto& p : update->problems) SPDLOG_WARN("hrpc cluster {}: naming entry skipped: {}", uri, p);
@@ -166,13 +168,13 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
       }
       std::sort(next->ring.begin(), next->ring.end());
     }
-    naming_updates.fetch_add(1, std::memory_order_relaxed);
     std::shared_ptr<const NodeSet> dropped;
     {
       std::lock_guard lock(mu);
       dropped = std::exchange(set, std::move(next));
       naming = Status::Ok();
     }
+    naming_updates.fetch_add(1, std::memory_order_release);
     SPDLOG_INFO("hrpc cluster {}: {} servers", uri, Current()->nodes.size());
   }
 

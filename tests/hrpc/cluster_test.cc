@@ -25,6 +25,7 @@
 #include "hrpc/rpc/server.h"
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/resolver.h"
+#include "hrpc_test/echo.hrpc.h"
 #include "rpc_test.hrpc.h"
 
 namespace {
@@ -540,6 +541,57 @@ TEST(ClusterChannel, IdempotentCallIsRetriedOnAnotherServer) {
   Resp resp;
   EXPECT_EQ(stub.Call(ctx, req, &resp).code(), StatusCode::kNotFound);
   EXPECT_EQ(ctx.attempts(), 1);
+}
+
+// Echo.Ping carries `option idempotency_level = NO_SIDE_EFFECTS;` and Echo.Echo
+// nothing: the generated MethodDescriptor tells the channel which it may retry.
+class FlakyEcho final : public hrpc_test::echo::Echo::Service {
+ public:
+  explicit FlakyEcho(bool down) : down_(down) {}
+  std::atomic<int> runs{0};
+  hrpc::Status Echo(hrpc::ServerContext&, const hrpc_test::echo::EchoRequest& req,
+                    hrpc_test::echo::EchoResponse* resp) override {
+    runs++;
+    if (down_) return hrpc::UnavailableError("down");
+    resp->set_text(req.text());
+    return hrpc::Status::Ok();
+  }
+  hrpc::Status Ping(hrpc::ServerContext&, const hrpc_test::echo::Empty&, hrpc_test::echo::Empty*) override {
+    runs++;
+    return down_ ? hrpc::UnavailableError("down") : hrpc::Status::Ok();
+  }
+
+ private:
+  bool down_;
+};
+
+TEST(ClusterChannel, TheProtoOptionMarksWhatIsRetried) {
+  Cluster c(0);
+  FlakyEcho down(true), up(false);
+  std::vector<std::unique_ptr<hrpc::Server>> servers;
+  for (auto* svc : {&down, &up}) {
+    hrpc::ServerOptions so;
+    so.listen = {"loop://echo-" + std::to_string(servers.size())};
+    servers.push_back(hrpc::Server::Create(*c.runtime, so).value());
+    ASSERT_TRUE(servers.back()->RegisterService(svc).ok());
+    ASSERT_TRUE(servers.back()->Start().ok());
+  }
+  auto ch = ClusterChannel::Create(*c.runtime, "list://loop://echo-0,loop://echo-1").value();
+  hrpc_test::echo::Echo::Stub stub(ch.get());
+  int echo_failed = 0;
+  for (int i = 0; i < 4; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    hrpc_test::echo::Empty e, out;
+    EXPECT_TRUE(stub.Ping(ctx, e, &out).ok()) << "Ping is idempotent by its option";
+    ClientContext ctx2;
+    ctx2.set_timeout(5s);
+    hrpc_test::echo::EchoRequest req;
+    hrpc_test::echo::EchoResponse resp;
+    if (!stub.Echo(ctx2, req, &resp).ok()) ++echo_failed;
+  }
+  EXPECT_GE(echo_failed, 1) << "Echo has no option: not retried on another server";
+  EXPECT_EQ(up.runs.load() + echo_failed, 8);
 }
 
 TEST(ClusterChannel, BackupRequestToAnotherServerWinsAndTheSlowOneIsCancelled) {
