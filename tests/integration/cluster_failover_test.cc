@@ -17,7 +17,7 @@
 
 #include <gtest/gtest.h>
 
-#include "child_process.h"
+#include "common/child_process.h"
 #include "hrpc/rpc/cluster_channel.h"
 #include "hrpc/rpc/runtime.h"
 #include "rpc_test.hrpc.h"
@@ -26,7 +26,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using hrpc::StatusCode;
-using hrpc::testing::Child;
+using hrpc::examples::Child;
 
 TEST(ClusterFailover, TwoOfFiveServersKilledUnderLoad) {
   const std::string dir =
@@ -37,9 +37,9 @@ TEST(ClusterFailover, TwoOfFiveServersKilledUnderLoad) {
   std::string list = "list://";
   for (int i = 0; i < 5; ++i) {
     logs.push_back(dir + "/exec-" + std::to_string(i) + ".log");
-    servers.push_back(hrpc::testing::StartChild(RPC_TEST_SERVER, {"--listen=tcp://127.0.0.1:0", "--exec-log=" + logs[i]}));
+    servers.push_back(hrpc::examples::StartChild(RPC_TEST_SERVER, {"--listen=tcp://127.0.0.1:0", "--exec-log=" + logs[i]}));
     ASSERT_FALSE(servers.back().uri.empty()) << "server " << i << " did not start";
-    list += (i ? "," : "") + hrpc::testing::LoopbackUri(servers.back());
+    list += (i ? "," : "") + hrpc::examples::LoopbackUri(servers.back());
   }
 
   hrpc::RuntimeOptions ro;
@@ -90,8 +90,8 @@ TEST(ClusterFailover, TwoOfFiveServersKilledUnderLoad) {
     });
   }
   std::this_thread::sleep_for(400ms);
-  hrpc::testing::KillChild(servers[1]);
-  hrpc::testing::KillChild(servers[3]);
+  hrpc::examples::KillChild(servers[1]);
+  hrpc::examples::KillChild(servers[3]);
   std::this_thread::sleep_for(800ms);
   stop = true;
   ASSERT_TRUE(wg.WaitFor(30s).ok());
@@ -122,7 +122,7 @@ TEST(ClusterFailover, TwoOfFiveServersKilledUnderLoad) {
               reads_failed.load(), writes_ok.size(), writes_failed.size(),
               static_cast<unsigned long long>(channel->stats().retries));
   channel.reset();
-  for (auto& c : servers) hrpc::testing::KillChild(c);
+  for (auto& c : servers) hrpc::examples::KillChild(c);
   std::filesystem::remove_all(dir);
 }
 

@@ -11,7 +11,7 @@
 
 #include <gtest/gtest.h>
 
-#include "child_process.h"
+#include "common/child_process.h"
 #include "hrpc/rpc/rpc_channel.h"
 #include "rpc_test.hrpc.h"
 
@@ -19,10 +19,10 @@ namespace {
 
 using namespace std::chrono_literals;
 
-using hrpc::testing::Child;
-using hrpc::testing::KillChild;
+using hrpc::examples::Child;
+using hrpc::examples::KillChild;
 
-Child StartServer(const std::string& listen) { return hrpc::testing::StartChild(RPC_TEST_SERVER, {"--listen=" + listen}); }
+Child StartServer(const std::string& listen) { return hrpc::examples::StartChild(RPC_TEST_SERVER, {"--listen=" + listen}); }
 
 hrpc::Status Ping(hrpc::RpcChannel& ch, const std::string& text) {
   rpctest::Test::Stub stub(&ch);

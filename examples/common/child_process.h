@@ -1,4 +1,5 @@
-// Test servers in processes of their own, so a test can SIGKILL them.
+// Servers in processes of their own, so a test or a benchmark can SIGKILL
+// (or SIGSTOP) them.
 #pragma once
 
 #include <signal.h>
@@ -9,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace hrpc::testing {
+namespace hrpc::examples {
 
 struct Child {
   pid_t pid = -1;
@@ -62,4 +63,4 @@ inline void KillChild(Child& c, int sig = SIGKILL) {
 // "tcp://127.0.0.1:PORT" for a child that listened on tcp://127.0.0.1:0.
 inline std::string LoopbackUri(const Child& c) { return "tcp://127.0.0.1:" + c.uri.substr(c.uri.rfind(':') + 1); }
 
-}  // namespace hrpc::testing
+}  // namespace hrpc::examples
