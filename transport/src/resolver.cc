@@ -108,7 +108,12 @@ Result<SocketAddress> NumericAddress(std::string_view host, uint16_t port, int f
 class Resolver::Impl {
  public:
   ~Impl() {
-    if (thread_.joinable()) {
+    bool running;
+    {
+      std::lock_guard lock(mu_);
+      running = thread_.joinable();
+    }
+    if (running) {
       stop_.store(true, std::memory_order_release);
       Wake();
       thread_.join();
@@ -144,7 +149,6 @@ class Resolver::Impl {
     }
     efd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd_ < 0) return ErrnoStatus(errno, "eventfd");
-    thread_ = std::thread([this] { Loop(); });
     return Status::Ok();
   }
 
@@ -152,6 +156,9 @@ class Resolver::Impl {
     {
       std::lock_guard lock(mu_);
       queue_.push_back(std::move(q));
+      // The thread starts with the first name to resolve: a process that
+      // only ever uses numeric addresses never has it.
+      if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
     }
     queries_.fetch_add(1, std::memory_order_relaxed);
     Wake();

@@ -1,10 +1,11 @@
 // Resolver: host names to addresses without blocking a worker.
 //
 // Names are resolved by c-ares on a thread of the resolver's own (one per
-// Resolver; the process-wide Default() starts it on first use), so a worker
-// that connects to "storage-7:7000" suspends only the connecting coroutine. A
+// Resolver, started by the first name it is asked for), so a worker that
+// connects to "storage-7:7000" suspends only the connecting coroutine. A
 // numeric address ("10.0.0.1", "::1") is converted in place, without a thread
-// hop. From a plain thread, Resolve() blocks that thread.
+// hop (a process that only uses numeric addresses never starts the thread).
+// From a plain thread, Resolve() blocks that thread.
 //
 // Errors: UNAVAILABLE "cannot resolve 'name': <c-ares reason>" (unknown name,
 // no answer, server failure), DEADLINE_EXCEEDED when `deadline` passes first,
