@@ -14,6 +14,8 @@ HRPC_PACKAGES=(
   python3-matplotlib  # bench/plot.py
   libgrpc++-dev protobuf-compiler-grpc  # bench/grpc_echo: the same-run gRPC baseline
   prometheus-cpp-dev libcpp-httplib-dev  # the HTTP endpoint: /metrics, /status, /rpcz
+  nlohmann-json3-dev  # etcd naming: the JSON of etcd's v3 gateway
+  etcd-server  # the etcd naming tests start their own etcd (127.0.0.1, a temp dir)
   iproute2 procps fio
 )
 # The Soft-RoCE guest (../shared/rxe) and the reference RDMA tools.
