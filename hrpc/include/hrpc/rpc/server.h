@@ -85,6 +85,22 @@ struct ServerOptions {
   // everything it counts to whoever reaches the port: bind it to a private
   // or loopback address.
   std::string http_listen;
+  // Registration in etcd (docs/cluster.md, "Naming: etcd"): with
+  // etcd_register = "etcd://host:port/prefix", Start() registers the server
+  // under the prefix once it listens (an EtcdRegistration: a lease of
+  // etcd_ttl kept alive by a thread of its own) and fails with that Status
+  // when it cannot; Shutdown() deregisters it first, before it closes
+  // anything, so clients stop picking it at once. Empty (the default): none.
+  std::string etcd_register;
+  // The address registered: what clients connect to ("tcp://10.0.0.5:7000").
+  // Empty: the first listen URI as bound (its port filled in), which must
+  // then name a host clients can reach: a wildcard host (0.0.0.0, ::) fails
+  // Start() with INVALID_ARGUMENT, since no address of this machine is right
+  // for every client.
+  std::string advertise;
+  // Stored after the address ("rack-a"), as in a file:// line; one word.
+  std::string etcd_tag;
+  std::chrono::seconds etcd_ttl{5};
 };
 
 class Server final {
