@@ -108,6 +108,16 @@ Result<EtcdKv> KvOf(const json& kv) {
   return out;
 }
 
+std::string Describe(httplib::Error e) {
+  switch (e) {
+    case httplib::Error::Connection: return "cannot connect";
+    case httplib::Error::ConnectionTimeout: return "no connection within the timeout";
+    case httplib::Error::Read: return "no answer (connection closed or timed out)";
+    case httplib::Error::Write: return "cannot send (connection closed or timed out)";
+    default: return httplib::to_string(e);
+  }
+}
+
 }  // namespace
 
 Result<EtcdTarget> ParseEtcdUri(std::string_view uri) {
@@ -178,7 +188,7 @@ Result<std::string> EtcdClient::Post(std::string_view path, const std::string& b
   if (!res) {
     if (std::lock_guard lock(mu_); cancelled_) return CancelledError("etcd client cancelled");
     return UnavailableError("etcd at " + host_ + ":" + std::to_string(port_) + " " + std::string(path) + ": " +
-                            httplib::to_string(res.error()));
+                            Describe(res.error()));
   }
   if (res->status != 200) {
     const json j = json::parse(res->body, nullptr, false);
@@ -317,7 +327,7 @@ Status EtcdClient::Watch(std::string_view prefix, int64_t start_revision, const 
   if (!stream_status.ok()) return stream_status;
   if (!res) {
     return UnavailableError("etcd watch at " + host_ + ":" + std::to_string(port_) + ": " +
-                            httplib::to_string(res.error()));
+                            Describe(res.error()));
   }
   return UnavailableError("etcd watch at " + host_ + ":" + std::to_string(port_) + ": the stream ended (HTTP " +
                           std::to_string(res->status) + ")");
