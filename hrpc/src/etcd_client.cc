@@ -120,38 +120,48 @@ std::string Describe(httplib::Error e) {
 
 }  // namespace
 
+std::string EtcdEndpoint::ToString() const {
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
 Result<EtcdTarget> ParseEtcdUri(std::string_view uri) {
   constexpr std::string_view kScheme = "etcd://";
   const auto bad = [&](std::string_view why) {
     return InvalidArgumentError("etcd URI '" + std::string(uri) + "': " + std::string(why) +
-                                " (expected etcd://host:port/prefix)");
+                                " (expected etcd://host:port[,host:port...]/prefix)");
   };
   if (!uri.starts_with(kScheme)) return bad("not etcd://");
   std::string_view rest = uri.substr(kScheme.size());
   const size_t slash = rest.find('/');
   if (slash == std::string_view::npos) return bad("no /prefix");
-  const std::string_view hostport = rest.substr(0, slash);
+  std::string_view members = rest.substr(0, slash);
   std::string_view prefix = rest.substr(slash);
   while (prefix.size() > 1 && prefix.back() == '/') prefix.remove_suffix(1);
   if (prefix == "/") return bad("empty prefix");
-  const size_t colon = hostport.rfind(':');
-  if (colon == std::string_view::npos || colon == 0) return bad("expected host:port");
-  const std::string_view port = hostport.substr(colon + 1);
-  unsigned value = 0;
-  auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (port.empty() || ec != std::errc() || p != port.data() + port.size() || value == 0 || value > 65535) {
-    return bad("bad port '" + std::string(port) + "'");
-  }
   EtcdTarget t;
-  t.host = std::string(hostport.substr(0, colon));
-  if (t.host.size() > 2 && t.host.front() == '[' && t.host.back() == ']') t.host = t.host.substr(1, t.host.size() - 2);
-  t.port = static_cast<uint16_t>(value);
   t.prefix = std::string(prefix);
+  for (;;) {
+    const size_t comma = members.find(',');
+    const std::string_view hostport = members.substr(0, comma);
+    const size_t colon = hostport.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) return bad("'" + std::string(hostport) + "' is not host:port");
+    const std::string_view port = hostport.substr(colon + 1);
+    unsigned value = 0;
+    auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+    if (port.empty() || ec != std::errc() || p != port.data() + port.size() || value == 0 || value > 65535) {
+      return bad("bad port '" + std::string(port) + "'");
+    }
+    EtcdEndpoint e{std::string(hostport.substr(0, colon)), static_cast<uint16_t>(value)};
+    if (e.host.size() > 2 && e.host.front() == '[' && e.host.back() == ']') e.host = e.host.substr(1, e.host.size() - 2);
+    t.endpoints.push_back(std::move(e));
+    if (comma == std::string_view::npos) break;
+    members.remove_prefix(comma + 1);
+  }
   return t;
 }
 
-EtcdClient::EtcdClient(std::string host, uint16_t port, std::chrono::milliseconds timeout)
-    : host_(std::move(host)), port_(port), timeout_(timeout) {}
+EtcdClient::EtcdClient(std::vector<EtcdEndpoint> endpoints, std::chrono::milliseconds timeout)
+    : endpoints_(std::move(endpoints)), timeout_(timeout) {}
 
 EtcdClient::~EtcdClient() { Cancel(); }
 
@@ -177,25 +187,50 @@ void EtcdClient::Cancel() {
   }
 }
 
+EtcdEndpoint EtcdClient::Current() {
+  std::lock_guard lock(mu_);
+  return endpoints_[current_];
+}
+
+bool EtcdClient::Cancelled() {
+  std::lock_guard lock(mu_);
+  return cancelled_;
+}
+
 Result<std::string> EtcdClient::Post(std::string_view path, const std::string& body) {
-  httplib::Client cli(host_, port_);
-  cli.set_connection_timeout(timeout_);
-  cli.set_read_timeout(timeout_);
-  cli.set_write_timeout(timeout_);
-  HRPC_TRY(Begin(&cli));
-  httplib::Result res = cli.Post(std::string(path), body, "application/json");
-  End(&cli);
-  if (!res) {
-    if (std::lock_guard lock(mu_); cancelled_) return CancelledError("etcd client cancelled");
-    return UnavailableError("etcd at " + host_ + ":" + std::to_string(port_) + " " + std::string(path) + ": " +
-                            Describe(res.error()));
+  size_t first;
+  {
+    std::lock_guard lock(mu_);
+    first = current_;
   }
-  if (res->status != 200) {
-    const json j = json::parse(res->body, nullptr, false);
-    if (j.is_object() && j.contains("error")) return ErrorOf(j);
-    return UnavailableError("etcd " + std::string(path) + ": HTTP " + std::to_string(res->status));
+  std::string failures;
+  for (size_t i = 0; i < endpoints_.size(); ++i) {
+    const size_t index = (first + i) % endpoints_.size();
+    const EtcdEndpoint& ep = endpoints_[index];
+    httplib::Client cli(ep.host, ep.port);
+    cli.set_connection_timeout(timeout_);
+    cli.set_read_timeout(timeout_);
+    cli.set_write_timeout(timeout_);
+    HRPC_TRY(Begin(&cli));
+    httplib::Result res = cli.Post(std::string(path), body, "application/json");
+    End(&cli);
+    if (!res) {
+      if (Cancelled()) return CancelledError("etcd client cancelled");
+      failures += (failures.empty() ? "" : "; ") + ep.ToString() + ": " + Describe(res.error());
+      continue;  // the next member
+    }
+    {
+      std::lock_guard lock(mu_);
+      current_ = index;
+    }
+    if (res->status != 200) {
+      const json j = json::parse(res->body, nullptr, false);
+      if (j.is_object() && j.contains("error")) return ErrorOf(j);
+      return UnavailableError("etcd " + std::string(path) + ": HTTP " + std::to_string(res->status));
+    }
+    return std::move(res->body);
   }
-  return std::move(res->body);
+  return UnavailableError("etcd " + std::string(path) + ": " + failures);
 }
 
 namespace {
@@ -315,21 +350,19 @@ Status EtcdClient::Watch(std::string_view prefix, int64_t start_revision, const 
     return true;
   };
 
-  httplib::Client cli(host_, port_);
+  const EtcdEndpoint ep = Current();
+  httplib::Client cli(ep.host, ep.port);
   cli.set_connection_timeout(timeout_);
   cli.set_write_timeout(timeout_);
   cli.set_read_timeout(kWatchSilence);
   HRPC_TRY(Begin(&cli));
   httplib::Result res = cli.send(req);
   End(&cli);
-  if (std::lock_guard lock(mu_); cancelled_) return CancelledError("etcd client cancelled");
+  if (Cancelled()) return CancelledError("etcd client cancelled");
   if (done) return Status::Ok();
   if (!stream_status.ok()) return stream_status;
-  if (!res) {
-    return UnavailableError("etcd watch at " + host_ + ":" + std::to_string(port_) + ": " +
-                            Describe(res.error()));
-  }
-  return UnavailableError("etcd watch at " + host_ + ":" + std::to_string(port_) + ": the stream ended (HTTP " +
+  if (!res) return UnavailableError("etcd watch at " + ep.ToString() + ": " + Describe(res.error()));
+  return UnavailableError("etcd watch at " + ep.ToString() + ": the stream ended (HTTP " +
                           std::to_string(res->status) + ")");
 }
 

@@ -4,7 +4,9 @@
 // leases (grant, keep alive, revoke) and a watch stream.
 //
 // Every call opens its own HTTP connection, so calls from several threads do
-// not share a socket. Cancel() (any thread) fails every running call and
+// not share a socket. Calls go to one member of the cluster; a member that
+// cannot be reached is passed over for the next one (in the order given), and
+// the one that answered is asked first from then on. Cancel() (any thread) fails every running call and
 // every later one with CANCELLED; it returns once no call is inside the
 // client any more, so a thread blocked in Watch() is free by then.
 //
@@ -32,11 +34,17 @@ class Client;
 
 namespace hrpc::internal {
 
-// "etcd://host:port/prefix": the prefix keeps its leading '/', loses trailing
-// ones, and must not be empty.
-struct EtcdTarget {
+struct EtcdEndpoint {
   std::string host;
   uint16_t port = 0;
+  std::string ToString() const;  // "host:port"
+};
+
+// "etcd://host:port[,host:port...]/prefix": the members of one etcd cluster
+// and a prefix, which keeps its leading '/', loses trailing ones, and must
+// not be empty.
+struct EtcdTarget {
+  std::vector<EtcdEndpoint> endpoints;
   std::string prefix;
 };
 Result<EtcdTarget> ParseEtcdUri(std::string_view uri);
@@ -63,7 +71,7 @@ struct EtcdEvent {
 
 class EtcdClient {
  public:
-  EtcdClient(std::string host, uint16_t port, std::chrono::milliseconds timeout);
+  EtcdClient(std::vector<EtcdEndpoint> endpoints, std::chrono::milliseconds timeout);
   ~EtcdClient();
   EtcdClient(const EtcdClient&) = delete;
   EtcdClient& operator=(const EtcdClient&) = delete;
@@ -77,7 +85,8 @@ class EtcdClient {
   Status KeepAlive(int64_t lease);
   Status Revoke(int64_t lease);
 
-  // Watches every key starting with `prefix` from `start_revision` and calls
+  // Watches every key starting with `prefix` from `start_revision` (on the
+  // member that answered last) and calls
   // on_events with each batch of events and the store revision after it.
   // Blocks until the stream breaks (UNAVAILABLE), etcd cancels the watch
   // (ABORTED; OUT_OF_RANGE when start_revision was compacted away), Cancel(),
@@ -91,15 +100,17 @@ class EtcdClient {
 
  private:
   Result<std::string> Post(std::string_view path, const std::string& body);
+  EtcdEndpoint Current();
+  bool Cancelled();
   Status Begin(httplib::Client* client);
   void End(httplib::Client* client);
 
-  const std::string host_;
-  const uint16_t port_;
+  const std::vector<EtcdEndpoint> endpoints_;
   const std::chrono::milliseconds timeout_;
   std::mutex mu_;
   std::condition_variable idle_;
   bool cancelled_ = false;
+  size_t current_ = 0;  // the member asked first
   std::set<httplib::Client*> calls_;  // running calls (Cancel() stops their sockets)
 };
 

@@ -23,8 +23,11 @@ std::string KeyPrefix(const EtcdTarget& t) { return t.prefix + "/"; }
 
 class EtcdWatcher final : public NamingWatcher {
  public:
-  EtcdWatcher(EtcdTarget target, const NamingOptions& options)
-      : target_(std::move(target)), options_(options), client_(target_.host, target_.port, options.etcd_timeout) {}
+  EtcdWatcher(std::string uri, EtcdTarget target, const NamingOptions& options)
+      : uri_(std::move(uri)),
+        target_(std::move(target)),
+        options_(options),
+        client_(target_.endpoints, options.etcd_timeout) {}
   ~EtcdWatcher() override { Stop(); }
 
   std::string_view scheme() const override { return "etcd"; }
@@ -109,8 +112,7 @@ class EtcdWatcher final : public NamingWatcher {
         }
         continue;
       }
-      SPDLOG_WARN("hrpc naming: etcd://{}:{}{}: {}; listing again in {} ms", target_.host, target_.port,
-                  target_.prefix, s.ToString(), options_.etcd_retry.count());
+      SPDLOG_WARN("hrpc naming: {}: {}; listing again in {} ms", uri_, s.ToString(), options_.etcd_retry.count());
       Deliver(s);
     }
   }
@@ -135,9 +137,10 @@ class EtcdWatcher final : public NamingWatcher {
 
   void Deliver(const Status& error) {
     error_since_last_ = true;
-    on_update_(error.WithContext("etcd://" + target_.host + ":" + std::to_string(target_.port) + target_.prefix));
+    on_update_(error.WithContext(uri_));
   }
 
+  const std::string uri_;
   const EtcdTarget target_;
   const NamingOptions options_;
   EtcdClient client_;
@@ -161,7 +164,7 @@ Result<std::unique_ptr<NamingWatcher>> MakeEtcdWatcher(std::string_view uri, con
   if (options.etcd_timeout.count() <= 0 || options.etcd_retry.count() <= 0) {
     return InvalidArgumentError("NamingOptions: etcd_timeout and etcd_retry must be > 0");
   }
-  return std::unique_ptr<NamingWatcher>(new EtcdWatcher(std::move(target), options));
+  return std::unique_ptr<NamingWatcher>(new EtcdWatcher(std::string(uri), std::move(target), options));
 }
 
 }  // namespace internal
@@ -175,8 +178,8 @@ class EtcdRegistrationImpl final : public EtcdRegistration {
         options_(std::move(options)),
         key_(target_.prefix + "/" + options_.address),
         value_(options_.tag.empty() ? options_.address : options_.address + " " + options_.tag),
-        client_(target_.host, target_.port, options_.timeout),
-        keepalive_client_(target_.host, target_.port, options_.timeout) {}
+        client_(target_.endpoints, options_.timeout),
+        keepalive_client_(target_.endpoints, options_.timeout) {}
   ~EtcdRegistrationImpl() override { Stop(); }
 
   // Grants the lease and puts the key.

@@ -1,6 +1,6 @@
 // A real etcd for the naming tests: Debian's etcd (package etcd-server) run
-// as a child process on 127.0.0.1 with ports of its own and a temporary data
-// dir, killed and removed at the end. EtcdTest skips (with the reason) when
+// as child processes (one member, or a cluster) on 127.0.0.1 with ports of
+// their own and temporary data dirs, killed and removed at the end. EtcdTest skips (with the reason) when
 // etcd is not installed or does not come up.
 #pragma once
 
@@ -59,23 +59,41 @@ inline std::string FindEtcd() {
 
 class EtcdProcess {
  public:
-  // Starts etcd serving clients on 127.0.0.1:client_port (0: a free one).
+  // Starts a one-member etcd serving clients on 127.0.0.1:client_port (0: a
+  // free one).
   static hrpc::Result<std::unique_ptr<EtcdProcess>> Start(uint16_t client_port = 0) {
-    const std::string binary = FindEtcd();
-    if (binary.empty()) return hrpc::NotFoundError("etcd is not installed (Debian: apt-get install etcd-server)");
-    char tmpl[] = "/tmp/hrpc-etcd-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) return hrpc::ErrnoStatus(errno, "mkdtemp");
-    std::unique_ptr<EtcdProcess> e(new EtcdProcess(binary, tmpl));
     // A port picked free may be taken before etcd binds it: a few tries.
     hrpc::Status last;
     for (int attempt = 0; attempt < 3; ++attempt) {
-      e->port_ = client_port != 0 ? client_port : FreePort();
-      e->peer_port_ = FreePort();
-      last = e->Launch();
-      if (last.ok()) return e;
-      if (client_port != 0) break;
+      auto members = StartCluster(1, client_port);
+      if (members.ok()) return std::move(members->front());
+      last = members.status();
+      if (client_port != 0 || last.code() == hrpc::StatusCode::kNotFound) break;
     }
     return last;
+  }
+
+  // Starts a cluster of n members, each on its own free ports.
+  static hrpc::Result<std::vector<std::unique_ptr<EtcdProcess>>> StartCluster(size_t n, uint16_t client_port = 0) {
+    const std::string binary = FindEtcd();
+    if (binary.empty()) return hrpc::NotFoundError("etcd is not installed (Debian: apt-get install etcd-server)");
+    std::vector<std::unique_ptr<EtcdProcess>> members;
+    std::string initial;
+    for (size_t i = 0; i < n; ++i) {
+      char tmpl[] = "/tmp/hrpc-etcd-XXXXXX";
+      if (::mkdtemp(tmpl) == nullptr) return hrpc::ErrnoStatus(errno, "mkdtemp");
+      auto m = std::unique_ptr<EtcdProcess>(new EtcdProcess(binary, tmpl, "m" + std::to_string(i)));
+      m->port_ = client_port != 0 && n == 1 ? client_port : FreePort();
+      m->peer_port_ = FreePort();
+      initial += (initial.empty() ? "" : ",") + m->name_ + "=" + m->PeerUrl();
+      members.push_back(std::move(m));
+    }
+    for (auto& m : members) {
+      m->initial_cluster_ = initial;
+      HRPC_TRY(m->Spawn());
+    }
+    for (auto& m : members) HRPC_TRY(m->WaitHealthy());
+    return members;
   }
 
   ~EtcdProcess() {
@@ -85,8 +103,10 @@ class EtcdProcess {
   }
 
   uint16_t port() const { return port_; }
+  // "127.0.0.1:<port>"
+  std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
   // "etcd://127.0.0.1:<port><prefix>"
-  std::string Uri(const std::string& prefix) const { return "etcd://127.0.0.1:" + std::to_string(port_) + prefix; }
+  std::string Uri(const std::string& prefix) const { return "etcd://" + Address() + prefix; }
 
   // SIGKILL and reap (the data stays; Restart() brings it back).
   void Kill() {
@@ -98,23 +118,26 @@ class EtcdProcess {
   // Starts etcd again on the same ports and data.
   hrpc::Status Restart() {
     Kill();
-    return Launch();
+    HRPC_TRY(Spawn());
+    return WaitHealthy();
   }
 
  private:
-  EtcdProcess(std::string binary, std::string dir) : binary_(std::move(binary)), dir_(std::move(dir)) {}
+  EtcdProcess(std::string binary, std::string dir, std::string name)
+      : binary_(std::move(binary)), dir_(std::move(dir)), name_(std::move(name)) {}
 
-  hrpc::Status Launch() {
-    const std::string client = "http://127.0.0.1:" + std::to_string(port_);
-    const std::string peer = "http://127.0.0.1:" + std::to_string(peer_port_);
+  std::string PeerUrl() const { return "http://127.0.0.1:" + std::to_string(peer_port_); }
+
+  hrpc::Status Spawn() {
+    const std::string client = "http://" + Address();
     std::vector<std::string> args = {binary_,
-                                     "--name=hrpc-test",
+                                     "--name=" + name_,
                                      "--data-dir=" + dir_ + "/data",
                                      "--listen-client-urls=" + client,
                                      "--advertise-client-urls=" + client,
-                                     "--listen-peer-urls=" + peer,
-                                     "--initial-advertise-peer-urls=" + peer,
-                                     "--initial-cluster=hrpc-test=" + peer,
+                                     "--listen-peer-urls=" + PeerUrl(),
+                                     "--initial-advertise-peer-urls=" + PeerUrl(),
+                                     "--initial-cluster=" + initial_cluster_,
                                      "--log-level=warn"};
     const std::string log = dir_ + "/etcd.log";
     const pid_t pid = ::fork();
@@ -132,6 +155,11 @@ class EtcdProcess {
       ::_exit(127);
     }
     pid_ = pid;
+    return hrpc::Status::Ok();
+  }
+
+  hrpc::Status WaitHealthy() {
+    const std::string log = dir_ + "/etcd.log";
     httplib::Client cli("127.0.0.1", port_);
     cli.set_connection_timeout(std::chrono::milliseconds(200));
     cli.set_read_timeout(std::chrono::milliseconds(1000));
@@ -158,6 +186,8 @@ class EtcdProcess {
 
   const std::string binary_;
   const std::string dir_;
+  const std::string name_;
+  std::string initial_cluster_;
   uint16_t port_ = 0;
   uint16_t peer_port_ = 0;
   pid_t pid_ = -1;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstdio>
 #include <functional>
 #include <mutex>
 
@@ -82,7 +83,8 @@ hrpc::NamingOptions FastRetry() {
 }
 
 std::unique_ptr<hrpc::internal::EtcdClient> ClientOf(const etcdtest::EtcdProcess& etcd) {
-  return std::make_unique<hrpc::internal::EtcdClient>("127.0.0.1", etcd.port(), 2000ms);
+  return std::make_unique<hrpc::internal::EtcdClient>(
+      std::vector<hrpc::internal::EtcdEndpoint>{{"127.0.0.1", etcd.port()}}, 2000ms);
 }
 
 TEST(ServerNodeParse, AcceptsEntriesAndNamesWhatIsWrong) {
@@ -118,7 +120,8 @@ TEST(ServerNodeParse, AcceptsEntriesAndNamesWhatIsWrong) {
 
 TEST(EtcdNamingUri, BadUrisAreInvalidArgument) {
   for (const char* uri : {"etcd://127.0.0.1:2379", "etcd://127.0.0.1:2379/", "etcd://127.0.0.1/p",
-                          "etcd://127.0.0.1:0/p", "etcd://:2379/p", "http://127.0.0.1:2379/p"}) {
+                          "etcd://127.0.0.1:0/p", "etcd://:2379/p", "http://127.0.0.1:2379/p",
+                          "etcd://127.0.0.1:2379,/p", "etcd://127.0.0.1:2379,h:x/p"}) {
     auto w = hrpc::internal::MakeEtcdWatcher(uri, {});
     ASSERT_FALSE(w.ok()) << uri;
     EXPECT_EQ(w.status().code(), hrpc::StatusCode::kInvalidArgument) << uri;
@@ -301,6 +304,48 @@ TEST(EtcdRegistrationOptions, BadOptionsAndEtcdDown) {
   auto bad_uri = o;
   bad_uri.etcd = "etcd://127.0.0.1:2379";
   EXPECT_EQ(hrpc::EtcdRegistration::Create(bad_uri).status().code(), hrpc::StatusCode::kInvalidArgument);
+}
+
+TEST(EtcdCluster, WatcherAndRegistrationPassOverAMemberThatDied) {
+  auto cluster = etcdtest::EtcdProcess::StartCluster(3);
+  if (!cluster.ok()) GTEST_SKIP() << "no etcd cluster: " << cluster.status().ToString();
+  auto& members = *cluster;
+  const std::string uri = "etcd://" + members[0]->Address() + "," + members[1]->Address() + "," +
+                          members[2]->Address() + "/c";
+
+  hrpc::EtcdRegistrationOptions o;
+  o.etcd = uri;
+  o.address = "tcp://127.0.0.1:7300";
+  o.ttl = 2s;
+  auto reg = hrpc::EtcdRegistration::Create(o);
+  ASSERT_TRUE(reg.ok()) << reg.status().ToString();
+  auto w = hrpc::internal::MakeEtcdWatcher(uri, FastRetry());
+  ASSERT_TRUE(w.ok());
+  Updates updates;
+  ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
+  ASSERT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7300"}, 0s));
+
+  // Both talk to the first member; it dies.
+  members[0]->Kill();
+  EXPECT_TRUE(updates.WaitFor(
+      [](const hrpc::Result<NamingUpdate>& x) { return x.status().code() == hrpc::StatusCode::kUnavailable; }, 2s));
+  // The watcher lists and watches on another member...
+  auto other = std::make_unique<hrpc::internal::EtcdClient>(
+      std::vector<hrpc::internal::EtcdEndpoint>{{"127.0.0.1", members[1]->port()}}, 2000ms);
+  // (Writes fail while the two left elect a leader, if the dead one led.)
+  hrpc::Status put = other->Put("/c/x", "tcp://127.0.0.1:7301");
+  for (const auto until = Clock::now() + 5s; !put.ok() && Clock::now() < until;) {
+    std::this_thread::sleep_for(100ms);
+    put = other->Put("/c/x", "tcp://127.0.0.1:7301");
+  }
+  ASSERT_TRUE(put.ok()) << put.ToString();
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7300", "tcp://127.0.0.1:7301"}, 3s));
+  // ...and the registration stays alive through another member, well past its TTL.
+  std::this_thread::sleep_for(3s);
+  ASSERT_TRUE(updates.Last().ok()) << updates.Last().status().ToString();
+  EXPECT_EQ(Updates::Uris(*updates.Last()), (std::vector<std::string>{"tcp://127.0.0.1:7300", "tcp://127.0.0.1:7301"}));
+  (*reg)->Stop();
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7301"}, 1s));
 }
 
 // A server with ServerOptions::etcd_register on its own runtime.
