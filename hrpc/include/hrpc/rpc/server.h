@@ -89,8 +89,10 @@ struct ServerOptions {
   // etcd_register = "etcd://host:port/prefix", Start() registers the server
   // under the prefix once it listens (an EtcdRegistration: a lease of
   // etcd_ttl kept alive by a thread of its own) and fails with that Status
-  // when it cannot; Shutdown() deregisters it first, before it closes
-  // anything, so clients stop picking it at once. Empty (the default): none.
+  // when it cannot; Shutdown() deregisters it first (revokes the lease,
+  // waiting at most the request timeout, 2 s, per etcd member), before it
+  // closes anything, so clients stop picking it at once. Empty (the
+  // default): none. "etcd://h1:p1,h2:p2/prefix" names several members.
   std::string etcd_register;
   // The address registered: what clients connect to ("tcp://10.0.0.5:7000").
   // Empty: the first listen URI as bound (its port filled in), which must
