@@ -24,3 +24,6 @@ find_package(Protobuf REQUIRED)
 # zlib and brotli; its pkg-config flags must be used so the headers match).
 find_package(prometheus-cpp CONFIG REQUIRED)
 pkg_check_modules(hrpc_httplib REQUIRED IMPORTED_TARGET cpp-httplib)
+# etcd naming: etcd's v3 JSON gateway through cpp-httplib, its JSON through
+# nlohmann-json (nlohmann-json3-dev; header-only, used by no public header).
+find_package(nlohmann_json 3 REQUIRED)

@@ -15,6 +15,7 @@
 
 #include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/sync.h"
+#include "hrpc/rpc/naming.h"
 #include "hrpc/rpc/server_context.h"
 #include "hrpc/rpc/wire.h"
 #include "bulk.h"
@@ -83,6 +84,27 @@ void WaitFor(const std::function<bool()>& done, Clock::time_point until) {
   }
 }
 
+// ServerOptions::etcd_register: the registration of a server listening on `bound`.
+Result<std::unique_ptr<EtcdRegistration>> RegisterInEtcd(const ServerOptions& options, const std::string& bound) {
+  EtcdRegistrationOptions reg;
+  reg.etcd = options.etcd_register;
+  reg.address = options.advertise;
+  reg.tag = options.etcd_tag;
+  reg.ttl = options.etcd_ttl;
+  if (reg.address.empty()) {
+    HRPC_ASSIGN_OR_RETURN(transport::Uri uri, transport::ParseUri(bound));
+    if (uri.scheme != "loop" && (uri.host == "0.0.0.0" || uri.host == "::")) {
+      return InvalidArgumentError("ServerOptions.etcd_register: the server listens on " + bound +
+                                  "; set ServerOptions.advertise to the address clients connect to");
+    }
+    reg.address = bound;
+  }
+  auto registration = EtcdRegistration::Create(std::move(reg));
+  if (!registration.ok()) return registration.status().WithContext("registering in " + options.etcd_register);
+  SPDLOG_INFO("hrpc server: registered in {} as {}", options.etcd_register, (*registration)->key());
+  return registration;
+}
+
 }  // namespace
 
 class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public internal::ServerView {
@@ -119,6 +141,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   std::unique_ptr<internal::HttpEndpoint> http;
   std::string http_addr;
   std::unique_ptr<internal::DedupWindow> dedup;  // null when ServerOptions::dedup_window is 0
+  std::unique_ptr<EtcdRegistration> registration;  // with options.etcd_register
 
   // --- ServerView (the endpoint's thread)
   const StatsRegistry& server_stats() const override { return stats; }
@@ -657,6 +680,9 @@ Status Server::Start() {
     im.bound.push_back(bound_uri);
     SPDLOG_INFO("hrpc server: listening on {} ({} worker{})", bound_uri, nworkers, nworkers == 1 ? "" : "s");
   }
+  if (!im.options.etcd_register.empty()) {
+    HRPC_ASSIGN_OR_RETURN(im.registration, RegisterInEtcd(im.options, im.bound.front()));
+  }
   return Status::Ok();
 }
 
@@ -664,6 +690,7 @@ void Server::Shutdown() {
   Impl& im = *impl_;
   if (im.shut_down || !im.workers) return;
   im.shut_down = true;
+  if (im.registration) im.registration->Stop();  // clients stop picking it before it closes
   im.stopping.store(true);
   for (size_t w = 0; w < im.workers->size(); ++w) {
     im.workers->RunOn(w, [&im, w] {

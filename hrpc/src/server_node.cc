@@ -1,3 +1,4 @@
+// ParseServerNode: one server entry of a naming source.
 #include <cctype>
 #include <string>
 
@@ -6,28 +7,41 @@
 
 namespace hrpc {
 
+namespace {
+
+bool IsSpace(char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && IsSpace(s.front())) s.remove_prefix(1);
+  while (!s.empty() && IsSpace(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+}  // namespace
+
 Result<ServerNode> ParseServerNode(std::string_view entry) {
-  auto trim = [](std::string_view s) {
-    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
-    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
-    return s;
-  };
-  entry = trim(entry);
-  if (entry.empty()) return InvalidArgumentError("empty server entry");
-  size_t ws = 0;
-  while (ws < entry.size() && !std::isspace(static_cast<unsigned char>(entry[ws]))) ++ws;
-  ServerNode node;
-  node.uri = std::string(entry.substr(0, ws));
-  node.tag = std::string(trim(entry.substr(ws)));
-  const bool has_scheme = node.uri.find("://") != std::string::npos;
-  auto parsed = transport::ParseUri(has_scheme ? node.uri : "tcp://" + node.uri);
-  if (!parsed.ok()) {
-    return parsed.status().WithContext("server entry '" + std::string(entry) + "'");
+  const std::string_view e = Trim(entry);
+  if (e.empty()) return InvalidArgumentError("empty server entry");
+  size_t end = 0;
+  while (end < e.size() && !IsSpace(e[end])) ++end;
+  const std::string_view address = e.substr(0, end);
+  const std::string_view tag = Trim(e.substr(end));
+  for (char c : tag) {
+    if (IsSpace(c)) {
+      return InvalidArgumentError("server entry '" + std::string(e) + "': more than one word after the address");
+    }
   }
-  if (parsed->scheme != "loop" && parsed->port == 0) {
-    return InvalidArgumentError("server entry '" + std::string(entry) + "': port 0");
+  // A scheme-less "host:port" is checked as tcp://host:port (the channel
+  // picks its transport later) and kept as written.
+  const bool has_scheme = address.find("://") != std::string_view::npos;
+  auto uri = transport::ParseUri(has_scheme ? std::string(address) : "tcp://" + std::string(address));
+  if (!uri.ok()) {
+    return InvalidArgumentError("server entry '" + std::string(e) + "': " + std::string(uri.status().message()));
   }
-  return node;
+  if (uri->scheme != "loop" && uri->port == 0) {
+    return InvalidArgumentError("server entry '" + std::string(e) + "': port 0 (expected 1..65535)");
+  }
+  return ServerNode{std::string(address), std::string(tag)};
 }
 
 }  // namespace hrpc

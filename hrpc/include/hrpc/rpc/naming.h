@@ -10,7 +10,9 @@
 //   etcd://host:port/prefix           the values of every key under /prefix in
 //                                     etcd (v3 API through its JSON gateway),
 //                                     listed then watched: a server whose lease
-//                                     expires or who deregisters leaves the set
+//                                     expires or who deregisters leaves the set;
+//                                     etcd://h1:p1,h2:p2/prefix names several
+//                                     members of one etcd cluster
 // A server entry is a channel URI ("tcp://10.0.0.1:7000", "rdma://h:p", or a
 // scheme-less "h:p" resolved by the runtime's transport choice), optionally
 // followed by whitespace and a tag ("10.0.0.1:7000 rack-a").
