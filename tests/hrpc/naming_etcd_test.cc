@@ -8,11 +8,13 @@
 #include <cstdio>
 #include <functional>
 #include <mutex>
+#include <thread>
 
 #include <gtest/gtest.h>
 
 #include "etcd_client.h"
 #include "etcd_harness.h"
+#include "hrpc/rpc/cluster_channel.h"
 #include "hrpc/rpc/naming.h"
 #include "hrpc/rpc/server.h"
 #include "naming_internal.h"
@@ -368,6 +370,49 @@ struct RegisteredServer {
     return server->Start();
   }
 };
+
+// A ClusterChannel on etcd://: it calls the one registered server, then uses
+// a second one within a second of its registering, and stops calling the
+// first the moment it deregisters.
+TEST_F(EtcdTest, AClusterChannelFollowsTheRegisteredServers) {
+  RegisteredServer a;
+  ASSERT_TRUE(a.Start(etcd_->Uri("/kv")).ok());
+  hrpc::RuntimeOptions ro;
+  ro.workers = 1;
+  ro.transport_choice = hrpc::TransportChoice::kTcp;
+  auto rt = hrpc::Runtime::Create(ro).value();
+  hrpc::ClusterChannelOptions co;
+  co.naming = FastRetry();
+  auto ch = hrpc::ClusterChannel::Create(*rt, etcd_->Uri("/kv"), co);
+  ASSERT_TRUE(ch.ok()) << ch.status().ToString();
+  ASSERT_EQ((*ch)->servers().size(), 1u);
+  rpctest::Test::Stub stub(ch->get());
+  auto call = [&] {
+    hrpc::ClientContext ctx;
+    ctx.set_timeout(5s);
+    rpctest::Req req;
+    req.set_text("kv");
+    rpctest::Resp resp;
+    return stub.Call(ctx, req, &resp);
+  };
+  ASSERT_TRUE(call().ok());
+  EXPECT_EQ(a.service.calls.load(), 1);
+
+  RegisteredServer b;
+  ASSERT_TRUE(b.Start(etcd_->Uri("/kv")).ok());
+  const auto registered = Clock::now();
+  while (b.service.calls.load() == 0 && Clock::now() - registered < 1s) ASSERT_TRUE(call().ok());
+  EXPECT_GE(b.service.calls.load(), 1) << "the new server got no call within 1 s of registering";
+  EXPECT_EQ((*ch)->servers().size(), 2u);
+
+  a.server->Shutdown();
+  const auto gone = Clock::now();
+  while ((*ch)->servers().size() != 1 && Clock::now() - gone < 1s) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ((*ch)->servers().size(), 1u);
+  const int a_calls = a.service.calls.load();
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE(call().ok());
+  EXPECT_EQ(a.service.calls.load(), a_calls);
+}
 
 TEST_F(EtcdTest, ARegisteredServerIsSeenCalledAndLeavesOnShutdown) {
   auto w = hrpc::internal::MakeEtcdWatcher(etcd_->Uri("/echo"), FastRetry());
