@@ -246,6 +246,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "blockstore_server: --followers goes with --role=leader, and a leader needs it\n");
     return 2;
   }
+  if (ro.role != hrpc_blockstore::Role::kSingle && so.durability == hrpc::nvme::Durability::kFdatasyncOnFlush) {
+    // A write is acknowledged when its record is written on each node: durable there only with dsync.
+    std::fprintf(stderr, "blockstore_server: a replicated server runs --durability=none or dsync\n");
+    return 2;
+  }
   ro.log_path = log_path.empty() ? file + ".wal" : log_path;
   ro.replicate_timeout = std::chrono::milliseconds(replicate_timeout_ms);
   ro.copy_payload = copy_payload;
