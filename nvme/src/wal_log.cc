@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <mutex>
 
 #include <fmt/format.h>
@@ -15,6 +16,22 @@ namespace hrpc::nvme {
 namespace {
 
 constexpr size_t kRecoveryReadBytes = size_t{1} << 20;  // one read slab
+
+// Whether [off, end) of the file reads as zeros (preallocated, never written).
+bool AllZeros(Sink& reader, uint64_t off, uint64_t end) {
+  if ((end - off) % reader.rules().logical_block != 0) return false;  // preallocation is whole blocks
+  while (off < end) {
+    const uint64_t n = std::min<uint64_t>(end - off, kRecoveryReadBytes);
+    auto data = reader.Read(off, n);
+    if (!data.ok()) return false;
+    for (size_t i = 0; i < data->num_slices(); ++i) {
+      const mempool::Buffer& b = data->slice(i);
+      if (!std::all_of(b.data(), b.data() + b.size(), [](char c) { return c == 0; })) return false;
+    }
+    off += n;
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -55,7 +72,7 @@ Status WalLog::Recover(const ReplayFn& replay) {
   const uint64_t size = static_cast<uint64_t>(end);
 
   const uint32_t block = opts_.block_bytes;
-  uint64_t off = 0;
+  uint64_t off = 0, preallocated = 0;
   std::string problem;
   while (off < size) {
     if (size - off < block) {
@@ -68,6 +85,11 @@ Status WalLog::Recover(const ReplayFn& replay) {
     const mempool::Buffer& head = first.slice(0);
     auto info = ParseWalMeta(std::span<const char>(head.data(), head.size()));
     if (!info.ok()) {
+      const bool zeros = std::all_of(head.data(), head.data() + block, [](char c) { return c == 0; });
+      if (zeros && AllZeros(*reader, off, size)) {
+        preallocated = size - off;  // the end of the log
+        break;
+      }
       problem = info.status().message();
       break;
     }
@@ -110,14 +132,17 @@ Status WalLog::Recover(const ReplayFn& replay) {
     off += info->record_bytes;
   }
   recovery_.valid_bytes = off;
-  recovery_.cut_bytes = size - off;
+  recovery_.cut_bytes = size - off - preallocated;
   recovery_.cut_reason = problem;
   if (off < size) {
     if (ftruncate(fd_, static_cast<off_t>(off)) != 0) return ErrnoStatus(errno, "WalLog: truncate " + opts_.path);
     if (fdatasync(fd_) != 0) return ErrnoStatus(errno, "WalLog: fdatasync " + opts_.path);
-    SPDLOG_WARN("WalLog {}: cut {} bytes after {} good records at offset {}: {}", opts_.path, size - off,
-                recovery_.records, off, problem);
+    if (recovery_.cut_bytes > 0) {
+      SPDLOG_WARN("WalLog {}: cut {} bytes after {} good records at offset {}: {}", opts_.path, size - off,
+                  recovery_.records, off, problem);
+    }
   }
+  allocated_ = off;
   tail_ = off;
   next_sequence_ = recovery_.last_sequence + 1;
   SPDLOG_INFO("WalLog {}: {} records replayed, appends continue at {} (sequence {})", opts_.path, recovery_.records,
@@ -152,6 +177,15 @@ Result<mempool::IoBuf> WalLog::Encode(std::string_view request, mempool::IoBuf p
 }
 
 Status WalLog::WriteAt(uint64_t offset, const mempool::IoBuf& record) {
+  if (opts_.preallocate_bytes > 0 && offset + record.size() > allocated_) {
+    const uint64_t grow = std::max<uint64_t>(opts_.preallocate_bytes, offset + record.size() - allocated_);
+    if (fallocate(fd_, 0, static_cast<off_t>(allocated_), static_cast<off_t>(grow)) == 0) {
+      allocated_ += grow;
+    } else {
+      SPDLOG_DEBUG("WalLog {}: fallocate {} bytes at {}: {}; the append extends the file", opts_.path, grow,
+                   allocated_, strerror(errno));
+    }
+  }
   if (sink_ == nullptr) {
     // Not attached: a blocking sink of this thread.
     SinkOptions so;
@@ -196,6 +230,7 @@ Status WalLog::Append(const mempool::IoBuf& record) {
     if (tail_ == off + record.size()) {
       // The last record: give its space back (a partial write may have grown the file).
       tail_ = off;
+      allocated_ = off;
       if (ftruncate(fd_, static_cast<off_t>(off)) != 0) broken_ = ErrnoStatus(errno, "WalLog: truncate after " + s.ToString());
     } else {
       broken_ = s;
@@ -203,6 +238,7 @@ Status WalLog::Append(const mempool::IoBuf& record) {
     if (coro::Scheduler::Current() != nullptr) written_.NotifyAll();
     return s;
   }
+  allocated_ = std::max(allocated_, off + record.size());
   ++stats_.records;
   stats_.bytes += record.size();
   if (coro::Scheduler::Current() == nullptr) return Status::Ok();  // blocking: nothing else in flight

@@ -82,7 +82,7 @@ TEST(NvmeWalLog, AppendsReplayInOrderAfterReopen) {
     EXPECT_EQ((*log)->stats().head_bytes_built, 5u * 4096);
     EXPECT_EQ((*log)->end_offset(), 5u * 4096 + (1 + 2 + 3 + 4 + 5) * 4096u);
   }
-  EXPECT_EQ(FileSize(path), 20u * 4096);
+  EXPECT_EQ(FileSize(path), 16u << 20);  // preallocated ahead of the tail
   std::vector<Replayed> got;
   auto log = OpenLog(path, *pool, &got);
   ASSERT_TRUE(log.ok()) << log.status().ToString();
@@ -103,6 +103,31 @@ TEST(NvmeWalLog, AppendsReplayInOrderAfterReopen) {
   ASSERT_TRUE(log.ok());
   ASSERT_EQ(got.size(), 6u);
   EXPECT_EQ(got[5].sequence, 6u);
+}
+
+// Appends grow the file ahead by fallocate; the zeroed space after the last
+// record is the log's end on reopen (truncated, not counted as cut).
+TEST(NvmeWalLog, PreallocatedSpaceIsTheEndNotACut) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  auto pool = SmallPool();
+  const std::string path = dir.File("prealloc.wal");
+  uint64_t end = 0;
+  {
+    std::vector<Replayed> none;
+    auto log = OpenLog(path, *pool, &none);
+    ASSERT_TRUE(log.ok());
+    AppendSome(**log, *pool, 3);
+    end = (*log)->end_offset();
+  }
+  EXPECT_EQ(FileSize(path), 16u << 20);
+  std::vector<Replayed> got;
+  auto log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  EXPECT_EQ(got.size(), 3u);
+  EXPECT_EQ((*log)->recovery().cut_bytes, 0u);
+  EXPECT_TRUE((*log)->recovery().cut_reason.empty());
+  EXPECT_EQ(FileSize(path), end);
 }
 
 TEST(NvmeWalLog, TornTailIsCutOff) {
@@ -170,6 +195,7 @@ TEST(NvmeWalLog, GarbageAndZerosAfterTheLastRecordAreCutOff) {
     ASSERT_TRUE(log.ok());
     AppendSome(**log, *pool, 2, &ends);
   }
+  ASSERT_EQ(truncate(path.c_str(), static_cast<off_t>(ends[1])), 0);  // no preallocated space: junk right after
   for (const char fill : {'\0', 'x'}) {
     SCOPED_TRACE(static_cast<int>(fill));
     const int fd = open(path.c_str(), O_WRONLY | O_APPEND);

@@ -16,7 +16,8 @@
 // or corrupt (bad magic, a CRC mismatch, inconsistent lengths; zeroed space
 // reads as bad magic), and everything after it, is cut off: the file is
 // truncated to the end of the last good record, and recovery() says how many
-// bytes went and why. Appends then continue at that end with the sequence
+// bytes went and why. Space that is all zeros after the last record (what
+// preallocation leaves) is truncated too but is not counted as cut. Appends then continue at that end with the sequence
 // after the highest one replayed. A record whose head block does not fit in
 // one read slab (SinkOptions::read_slab_bytes, 1 MiB) is treated as corrupt.
 //
@@ -70,6 +71,13 @@ struct WalLogOptions {
   EngineChoice engine = EngineChoice::kAuto;
   uint32_t block_bytes = 4096;    // record alignment: a power of two >= the device's logical block
   bool register_fixed_buffers = true;  // io_uring: the pool's arenas as fixed buffers (appends)
+  // Appends grow the file by fallocate in steps of this many bytes (0: never),
+  // so a record is written inside the file's size: the file system then takes
+  // its inode lock shared and io_uring need not hand the write to a worker
+  // thread, as it must for a write that extends the file. Zeroed space after
+  // the last record is the log's end, not a cut (recovery truncates it).
+  // When fallocate fails (disk full, RLIMIT_FSIZE) appends extend the file.
+  uint64_t preallocate_bytes = 16ull << 20;
   std::optional<DeviceRules> rules;    // override QueryDeviceRules (tests)
 };
 
@@ -134,6 +142,7 @@ class WalLog {
   int fd_ = -1;  // plain fd for truncation
   std::unique_ptr<Sink> sink_;
   uint64_t tail_ = 0;
+  uint64_t allocated_ = 0;  // file size: tail_ and preallocated space after it
   uint64_t next_sequence_ = 1;
   std::set<uint64_t> in_flight_;  // offsets of records being written
   Status broken_;
