@@ -150,8 +150,7 @@ Status WalLog::Recover(const ReplayFn& replay) {
   return Status::Ok();
 }
 
-Status WalLog::AttachTo(coro::Scheduler& scheduler) {
-  if (sink_ != nullptr) return FailedPreconditionError("WalLog: already attached");
+Status WalLog::OpenAppendSink() {
   SinkOptions so;
   so.path = opts_.path;
   so.pool = opts_.pool;
@@ -161,6 +160,12 @@ Status WalLog::AttachTo(coro::Scheduler& scheduler) {
   so.register_fixed_buffers = opts_.register_fixed_buffers;
   so.rules = opts_.rules;
   HRPC_ASSIGN_OR_RETURN(sink_, Sink::Open(so));
+  return Status::Ok();
+}
+
+Status WalLog::AttachTo(coro::Scheduler& scheduler) {
+  if (sink_ != nullptr) return FailedPreconditionError("WalLog: already attached");
+  HRPC_TRY(OpenAppendSink());
   return sink_->AttachTo(scheduler);
 }
 
@@ -186,18 +191,7 @@ Status WalLog::WriteAt(uint64_t offset, const mempool::IoBuf& record) {
                    allocated_, strerror(errno));
     }
   }
-  if (sink_ == nullptr) {
-    // Not attached: a blocking sink of this thread.
-    SinkOptions so;
-    so.path = opts_.path;
-    so.pool = opts_.pool;
-    so.create = false;
-    so.engine = opts_.engine;
-    so.durability = opts_.durability;
-    so.register_fixed_buffers = opts_.register_fixed_buffers;
-    so.rules = opts_.rules;
-    HRPC_ASSIGN_OR_RETURN(sink_, Sink::Open(so));
-  }
+  if (sink_ == nullptr) HRPC_TRY(OpenAppendSink());  // not attached: a blocking sink of this thread
   return sink_->Write(offset, record);
 }
 

@@ -13,6 +13,10 @@
 //  (d) a follower whose disk is full (RLIMIT_FSIZE): RESOURCE_EXHAUSTED to the
 //      client, every acknowledged write still reads back, and the follower's
 //      log replays with nothing cut.
+// Built with REPLICATION_OVER_RDMA (replication_rdma_test, label rdma: run in
+// the Soft-RoCE guest), (a) runs with every hop over rdma:// — payloads
+// pulled by one-sided READ — and the other cases skip (they exercise the
+// processes and the disk, which TCP covers; the emulated guest is slow).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -23,10 +27,44 @@
 #include <thread>
 
 #include "blockstore_test_util.h"
+#ifdef REPLICATION_OVER_RDMA
+#include "hrpc/transport/rdma.h"
+#endif
 
 namespace {
 
 using namespace blockstore_test;
+
+#ifdef REPLICATION_OVER_RDMA
+// The rdma netdev's address: RXE_GUEST_ADDR in the guest, or HRPC_RDMA_TEST_ADDR.
+std::string Host() {
+  for (const char* v : {"HRPC_RDMA_TEST_ADDR", "RXE_GUEST_ADDR"}) {
+    const char* a = std::getenv(v);
+    if (a != nullptr && *a != '\0') return a;
+  }
+  return "";
+}
+const char* const kScheme = "rdma";
+#define REPLICATION_SUITE ReplicationRdma
+// Why this case cannot run here ("" when it can).
+std::string SkipReason(bool tcp_only) {
+  if (tcp_only) return "a process/disk fault case: runs over TCP (replication_test, label integration)";
+  if (!hrpc::transport::RdmaDeviceAvailable()) return "no RDMA device (run inside ../shared/rxe/run-in-rxe-guest.sh)";
+  if (Host().empty()) return "RDMA device found but no address: set HRPC_RDMA_TEST_ADDR";
+  return "";
+}
+#else
+std::string Host() { return "127.0.0.1"; }
+const char* const kScheme = "tcp";
+#define REPLICATION_SUITE Replication
+std::string SkipReason(bool) { return ""; }
+#endif
+
+#define SKIP_UNLESS_RUNNABLE(tcp_only)                         \
+  do {                                                         \
+    const std::string why_ = SkipReason(tcp_only);             \
+    if (!why_.empty()) GTEST_SKIP() << why_;                   \
+  } while (0)
 
 // A loopback port free right now (the followers keep theirs across restarts).
 int FreePort() {
@@ -62,7 +100,9 @@ class Cluster {
 
   std::string Disk(int node) const { return dir_.File("node" + std::to_string(node) + ".img"); }
   std::string Log(int node) const { return Disk(node) + ".wal"; }
-  std::string FollowerUri(int i) const { return "tcp://127.0.0.1:" + std::to_string(follower_ports_[i]); }
+  std::string FollowerUri(int i) const {
+    return std::string(kScheme) + "://" + Host() + ":" + std::to_string(follower_ports_[i]);
+  }
 
   std::vector<std::string> NodeArgs(int node, const std::string& size) const {
     return {"--file=" + Disk(node), "--size=" + size, "--durability=" + durability_, "--log=warn"};
@@ -80,7 +120,7 @@ class Cluster {
     args.push_back("--role=leader");
     args.push_back("--followers=" + FollowerUri(0) + "," + FollowerUri(1));
     args.push_back("--ack=" + (ack.empty() ? ack_ : ack));
-    args.push_back("--listen=tcp://127.0.0.1:0");
+    args.push_back("--listen=" + std::string(kScheme) + "://" + Host() + ":0");
     args.push_back("--replicate_timeout_ms=3000");
     leader_ = StartServer(args);
     return !leader_.uri.empty();
@@ -98,7 +138,8 @@ class Cluster {
   Child leader_;
 };
 
-TEST(Replication, ThreeNodesHoldTheSameBytesWithoutCopies) {
+TEST(REPLICATION_SUITE, ThreeNodesHoldTheSameBytesWithoutCopies) {
+  SKIP_UNLESS_RUNNABLE(false);
   Cluster cluster("all");
   ASSERT_TRUE(cluster.StartAll());
   auto leader = Connect(cluster.leader().uri);
@@ -202,7 +243,8 @@ struct Stream {
   }
 };
 
-TEST(Replication, FollowerKilledMidStream) {
+TEST(REPLICATION_SUITE, FollowerKilledMidStream) {
+  SKIP_UNLESS_RUNNABLE(true);
   Cluster cluster("all", "none");
   ASSERT_TRUE(cluster.StartAll("32M"));
   // --ack=all: a write that needs the dead follower fails with UNAVAILABLE within its deadline (10 s).
@@ -245,7 +287,8 @@ TEST(Replication, FollowerKilledMidStream) {
   for (uint64_t off : s2.acked) ASSERT_TRUE(ReadCheck(*leader, off, Stream::kBlock, 32).ok()) << off;
 }
 
-TEST(Replication, LeaderKilledMidStreamAckedWritesSurvive) {
+TEST(REPLICATION_SUITE, LeaderKilledMidStreamAckedWritesSurvive) {
+  SKIP_UNLESS_RUNNABLE(true);
   Cluster cluster("all", "dsync");
   ASSERT_TRUE(cluster.StartAll("32M"));
   Stream s;
@@ -270,7 +313,8 @@ TEST(Replication, LeaderKilledMidStreamAckedWritesSurvive) {
   EXPECT_TRUE(Write(*nodes[0], 0, 4096, 42).ok());
 }
 
-TEST(Replication, DiskFullFollowerIsResourceExhausted) {
+TEST(REPLICATION_SUITE, DiskFullFollowerIsResourceExhausted) {
+  SKIP_UNLESS_RUNNABLE(true);
   Cluster cluster("all", "none");
   // Follower 0's files may not grow past 4 MiB: its chunk file is 4 MiB from
   // the start, so its log fills up after about 60 writes of 64 KiB.

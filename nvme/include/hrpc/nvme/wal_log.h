@@ -136,6 +136,7 @@ class WalLog {
  private:
   WalLog() = default;
   Status Recover(const ReplayFn& replay);
+  Status OpenAppendSink();
   Status WriteAt(uint64_t offset, const mempool::IoBuf& record);
 
   WalLogOptions opts_;
