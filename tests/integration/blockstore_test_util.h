@@ -3,14 +3,17 @@
 // temporary directory, the write pattern and its checks through the stub.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -80,21 +83,40 @@ inline void Stop(Child& c, int sig) {
   c.out = nullptr;
 }
 
-// A fresh directory under /tmp holding disk.img (and whatever else a test
-// puts there, File()), removed with its contents on destruction.
+// A fresh directory holding disk.img (and whatever else a test puts there,
+// File()), removed with its contents on destruction. It is made under
+// $HRPC_BLOCKSTORE_TEST_DIR, else BLOCKSTORE_TEST_DIR (the build tree), else
+// /tmp — which may be tmpfs, where O_DIRECT is refused (ODirectProblem()).
 class TempFile {
  public:
   TempFile() {
-    char tmpl[] = "/tmp/hrpc_blockstore_XXXXXX";
-    dir_ = mkdtemp(tmpl);
+    const char* env = std::getenv("HRPC_BLOCKSTORE_TEST_DIR");
+#ifdef BLOCKSTORE_TEST_DIR
+    std::string root = env != nullptr ? env : BLOCKSTORE_TEST_DIR;
+#else
+    std::string root = env != nullptr ? env : "/tmp";
+#endif
+    std::string tmpl = root + "/hrpc_blockstore_XXXXXX";
+    if (mkdtemp(tmpl.data()) != nullptr) dir_ = tmpl;
     path_ = dir_ + "/disk.img";
   }
   ~TempFile() {
     std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
+    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
   }
   const std::string& path() const { return path_; }
   std::string File(const std::string& name) const { return dir_ + "/" + name; }
+
+  // Empty when files here open with O_DIRECT, else why not (for GTEST_SKIP).
+  std::string ODirectProblem() const {
+    if (dir_.empty()) return "cannot create a temporary directory";
+    const std::string probe = File(".odirect-probe");
+    const int fd = open(probe.c_str(), O_RDWR | O_CREAT | O_DIRECT, 0644);
+    if (fd < 0) return "O_DIRECT not supported on the file system of " + dir_ + ": " + std::strerror(errno);
+    close(fd);
+    unlink(probe.c_str());
+    return "";
+  }
 
  private:
   std::string dir_, path_;
