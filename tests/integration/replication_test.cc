@@ -254,7 +254,7 @@ TEST(REPLICATION_SUITE, FollowerKilledMidStream) {
   SKIP_UNLESS_RUNNABLE(true);
   Cluster cluster("all", "none");
   ASSERT_TRUE(cluster.StartAll("32M"));
-  // --ack=all: a write that needs the dead follower fails with UNAVAILABLE within its deadline (10 s).
+  // --ack=all: a write that needs the dead follower fails with UNAVAILABLE within the replicate deadline (3 s).
   Stream s1;
   s1.Start(cluster.leader().uri, 0, 16 << 20, 31);
   ASSERT_TRUE(s1.WaitFor(20));

@@ -65,6 +65,16 @@ std::vector<uint32_t> AppendSome(WalLog& log, mempool::Pool& pool, int n, std::v
   return crcs;
 }
 
+// A new log at `path` with `n` records (AppendSome); their end offsets.
+std::vector<uint64_t> FreshLog(const std::string& path, mempool::Pool& pool, int n) {
+  std::vector<Replayed> none;
+  auto log = OpenLog(path, pool, &none);
+  EXPECT_TRUE(log.ok()) << log.status().ToString();
+  std::vector<uint64_t> ends;
+  if (log.ok()) AppendSome(**log, pool, n, &ends);
+  return ends;
+}
+
 TEST(NvmeWalLog, AppendsReplayInOrderAfterReopen) {
   TempDir dir;
   HRPC_NVME_REQUIRE_ODIRECT(dir);
@@ -135,13 +145,8 @@ TEST(NvmeWalLog, TornTailIsCutOff) {
   HRPC_NVME_REQUIRE_ODIRECT(dir);
   auto pool = SmallPool();
   const std::string path = dir.File("torn.wal");
-  std::vector<uint64_t> ends;
-  {
-    std::vector<Replayed> none;
-    auto log = OpenLog(path, *pool, &none);
-    ASSERT_TRUE(log.ok());
-    AppendSome(**log, *pool, 3, &ends);
-  }
+  const std::vector<uint64_t> ends = FreshLog(path, *pool, 3);
+  ASSERT_EQ(ends.size(), 3u);
   // A crash in the middle of the third record: its last 4 KiB never reached the disk.
   ASSERT_EQ(truncate(path.c_str(), static_cast<off_t>(ends[2] - 4096)), 0);
   std::vector<Replayed> got;
@@ -159,14 +164,9 @@ TEST(NvmeWalLog, CorruptRecordAndEverythingAfterItIsCutOff) {
   TempDir dir;
   HRPC_NVME_REQUIRE_ODIRECT(dir);
   auto pool = SmallPool();
-  std::vector<uint64_t> ends;
   const std::string path = dir.File("corrupt.wal");
-  {
-    std::vector<Replayed> none;
-    auto log = OpenLog(path, *pool, &none);
-    ASSERT_TRUE(log.ok());
-    AppendSome(**log, *pool, 4, &ends);
-  }
+  const std::vector<uint64_t> ends = FreshLog(path, *pool, 4);
+  ASSERT_EQ(ends.size(), 4u);
   // One flipped payload byte in record 2 (a bit rot or a torn page).
   const int fd = open(path.c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
@@ -188,13 +188,8 @@ TEST(NvmeWalLog, GarbageAndZerosAfterTheLastRecordAreCutOff) {
   HRPC_NVME_REQUIRE_ODIRECT(dir);
   auto pool = SmallPool();
   const std::string path = dir.File("garbage.wal");
-  std::vector<uint64_t> ends;
-  {
-    std::vector<Replayed> none;
-    auto log = OpenLog(path, *pool, &none);
-    ASSERT_TRUE(log.ok());
-    AppendSome(**log, *pool, 2, &ends);
-  }
+  const std::vector<uint64_t> ends = FreshLog(path, *pool, 2);
+  ASSERT_EQ(ends.size(), 2u);
   ASSERT_EQ(truncate(path.c_str(), static_cast<off_t>(ends[1])), 0);  // no preallocated space: junk right after
   for (const char fill : {'\0', 'x'}) {
     SCOPED_TRACE(static_cast<int>(fill));
