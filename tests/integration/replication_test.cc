@@ -6,7 +6,8 @@
 //      INVALID_ARGUMENT and the cluster keeps serving;
 //  (b) a follower SIGKILLed mid-stream: under --ack=all the next write fails
 //      with UNAVAILABLE within its deadline; restarted, the follower replays
-//      its log and every write it acknowledged reads back from it; under
+//      its log and every write it acknowledged reads back from it, and the
+//      running leader reconnects to it (--ack=all writes succeed again); under
 //      --ack=majority writes keep succeeding with a follower down;
 //  (c) the leader SIGKILLed mid-stream (--durability=dsync): restarted, it
 //      replays its log and every acknowledged write reads back from every node;
@@ -278,11 +279,20 @@ TEST(REPLICATION_SUITE, FollowerKilledMidStream) {
     }
   }
 
+  // The leader reconnects to the restarted follower: --ack=all writes succeed again.
+  {
+    auto leader = Connect(cluster.leader().uri);
+    hrpc::Status again = Write(*leader, 16 << 20, Stream::kBlock, 33);
+    ASSERT_TRUE(again.ok()) << again.ToString();
+    auto f = Connect(cluster.follower(0).uri);
+    EXPECT_TRUE(ReadCheck(*f, 16 << 20, Stream::kBlock, 33).ok());
+  }
+
   // --ack=majority: the leader restarted with it keeps acknowledging with a follower gone.
   Stop(cluster.leader(), SIGTERM);
   ASSERT_TRUE(cluster.StartLeader("32M", "majority"));
   Stream s2;
-  s2.Start(cluster.leader().uri, 16 << 20, 32 << 20, 32);
+  s2.Start(cluster.leader().uri, (16 << 20) + Stream::kBlock, 32 << 20, 32);
   ASSERT_TRUE(s2.WaitFor(10));
   Stop(cluster.follower(1), SIGKILL);
   const size_t at_kill = s2.count.load();
