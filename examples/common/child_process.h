@@ -3,6 +3,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,8 +19,9 @@ struct Child {
   FILE* out = nullptr;  // the child's stdout: kept open so its later log lines do not hit SIGPIPE
 };
 
-// Runs `binary args...` and waits for its "READY <uri>" line on stdout.
-inline Child StartChild(const std::string& binary, const std::vector<std::string>& args) {
+// Runs `binary args...` (with RLIMIT_FSIZE = fsize_limit when non-zero) and
+// waits for its "READY <uri>" line on stdout.
+inline Child StartChild(const std::string& binary, const std::vector<std::string>& args, rlim_t fsize_limit = 0) {
   int fds[2];
   if (pipe(fds) != 0) return {};
   std::vector<char*> argv;  // built before fork(): no allocation in the child
@@ -31,6 +33,10 @@ inline Child StartChild(const std::string& binary, const std::vector<std::string
     dup2(fds[1], 1);
     close(fds[0]);
     close(fds[1]);
+    if (fsize_limit != 0) {
+      rlimit lim{fsize_limit, fsize_limit};
+      if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(126);
+    }
     execv(binary.c_str(), argv.data());
     _exit(127);
   }
@@ -38,7 +44,7 @@ inline Child StartChild(const std::string& binary, const std::vector<std::string
   Child c;
   c.pid = pid;
   FILE* f = fdopen(fds[0], "r");
-  char line[512];
+  char line[1024];
   while (f != nullptr && fgets(line, sizeof line, f) != nullptr) {  // skips log lines
     std::string s(line);
     if (s.rfind("READY ", 0) == 0) {

@@ -149,6 +149,18 @@ bool WaitFor(F&& cond, std::chrono::milliseconds limit) {
 
 // --- naming ---------------------------------------------------------------
 
+// What a watcher delivered, in order.
+struct Updates {
+  std::mutex mu;
+  std::vector<hrpc::Result<hrpc::NamingUpdate>> got;
+  hrpc::NamingWatcher::Callback Callback() {
+    return [this](hrpc::Result<hrpc::NamingUpdate> u) {
+      std::lock_guard lock(mu);
+      got.push_back(std::move(u));
+    };
+  }
+};
+
 TEST(Naming, ServerEntries) {
   auto n = hrpc::ParseServerNode("  tcp://10.0.0.1:7000   rack-a ");
   ASSERT_TRUE(n.ok()) << n.status().ToString();
@@ -184,13 +196,10 @@ TEST(Naming, FileIsReloadedAndAMissingFileKeepsTheLastSet) {
   }
   auto w = hrpc::MakeNamingWatcher("file://" + path);
   ASSERT_TRUE(w.ok()) << w.status().ToString();
-  std::mutex mu;
-  std::vector<hrpc::Result<hrpc::NamingUpdate>> got;
-  ASSERT_TRUE((*w)->Start([&](hrpc::Result<hrpc::NamingUpdate> u) {
-                    std::lock_guard lock(mu);
-                    got.push_back(std::move(u));
-                  })
-                  .ok());
+  Updates updates;
+  ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
+  std::mutex& mu = updates.mu;
+  auto& got = updates.got;
   {
     std::lock_guard lock(mu);
     ASSERT_EQ(got.size(), 1u);
@@ -354,13 +363,10 @@ TEST(Naming, DnsNameIsResolvedAndRefreshed) {
   no.dns_refresh = 100ms;
   auto w = hrpc::MakeNamingWatcher("dns://storage.hrpc.test:7000", no);
   ASSERT_TRUE(w.ok()) << w.status().ToString();
-  std::mutex mu;
-  std::vector<hrpc::Result<hrpc::NamingUpdate>> got;
-  ASSERT_TRUE((*w)->Start([&](hrpc::Result<hrpc::NamingUpdate> u) {
-                    std::lock_guard lock(mu);
-                    got.push_back(std::move(u));
-                  })
-                  .ok());
+  Updates updates;
+  ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
+  std::mutex& mu = updates.mu;
+  auto& got = updates.got;
   {
     std::lock_guard lock(mu);
     ASSERT_TRUE(got.at(0).ok()) << got.at(0).status().ToString();

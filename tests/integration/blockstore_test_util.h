@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "blockstore/blockstore.hrpc.h"
+#include "common/child_process.h"
 #include "hrpc/base/crc32c.h"
 #include "hrpc/rpc/rpc_channel.h"
 
@@ -30,58 +31,15 @@ namespace blockstore_test {
 
 using namespace std::chrono_literals;
 
-struct Child {
-  pid_t pid = -1;
-  std::string uri;
-  FILE* out = nullptr;
-};
+using hrpc::examples::Child;
 
 // Starts blockstore_server with `args` (and RLIMIT_FSIZE = fsize_limit when
 // non-zero); waits for its "READY <uri>" line.
 inline Child StartServer(const std::vector<std::string>& args, rlim_t fsize_limit = 0) {
-  int fds[2];
-  if (pipe(fds) != 0) return {};
-  std::vector<char*> argv;  // built before fork(): no allocation in the child
-  argv.push_back(const_cast<char*>(BLOCKSTORE_SERVER));
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fds[1], 1);
-    close(fds[0]);
-    close(fds[1]);
-    if (fsize_limit != 0) {
-      rlimit lim{fsize_limit, fsize_limit};
-      if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(126);
-    }
-    execv(BLOCKSTORE_SERVER, argv.data());
-    _exit(127);
-  }
-  close(fds[1]);
-  Child c;
-  c.pid = pid;
-  FILE* f = fdopen(fds[0], "r");
-  char line[1024];
-  while (f != nullptr && fgets(line, sizeof line, f) != nullptr) {
-    std::string s(line);
-    if (s.rfind("READY ", 0) == 0) {
-      c.uri = s.substr(6, s.find_last_not_of("\r\n") - 5);
-      break;
-    }
-  }
-  c.out = f;
-  return c;
+  return hrpc::examples::StartChild(BLOCKSTORE_SERVER, args, fsize_limit);
 }
 
-inline void Stop(Child& c, int sig) {
-  if (c.pid <= 0) return;
-  kill(c.pid, sig);
-  int st = 0;
-  waitpid(c.pid, &st, 0);
-  c.pid = -1;
-  if (c.out != nullptr) fclose(c.out);
-  c.out = nullptr;
-}
+inline void Stop(Child& c, int sig) { hrpc::examples::KillChild(c, sig); }
 
 // A fresh directory holding disk.img (and whatever else a test puts there,
 // File()), removed with its contents on destruction. It is made under
