@@ -67,7 +67,7 @@ case $CASE in
     run 2 "$HRPC" call "$URI" hrpc_examples.Echo.Echo --proto "$PROTO" '{"no_such_field": 1}'
     expect_err 'not a valid hrpc_examples\.EchoRequest'
     run 2 "$HRPC" call "$URI" hrpc_examples.Echo.Nope --proto "$PROTO" '{}'
-    expect_err "service hrpc_examples\.Echo has no method 'Nope' \(it has: Echo, ServerStats\)"
+    expect_err "service hrpc_examples\.Echo has no method 'Nope' \(it has: Echo, ServerStats, Chat\)"
     run 2 "$HRPC" call "$URI" hrpc_examples.Nope.Echo '{}'
     expect_err "serves no service 'hrpc_examples\.Nope' \(it serves: hrpc\.Reflection, hrpc_examples\.Echo\)"
     echo 'syntax = "proto3"; message {' >"$TMP/broken.proto"
