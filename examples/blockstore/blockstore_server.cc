@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "blockstore/blockstore.hrpc.h"
+#include "blockstore_streams.h"
 #include "common/cli.h"
 #include "common/signals.h"
 #include "hrpc/coroutine/scheduler.h"
@@ -79,6 +80,9 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
     ctx.response_attachment() = std::move(data);
     return hrpc::Status::Ok();
   }
+
+  // The sink of the calling handler's worker, for the streaming service.
+  hrpc::Result<hrpc::nvme::Sink*> SinkOf(hrpc::ServerContext& ctx) { return SinkForThisWorker(ctx); }
 
   hrpc::Status Flush(hrpc::ServerContext& ctx, const hrpc_blockstore::FlushRequest&,
                      hrpc_blockstore::FlushResponse*) override {
@@ -218,6 +222,11 @@ int main(int argc, char** argv) {
   // Leaked on purpose: the sink belongs to the worker thread and must not be torn down from main.
   auto* service = new BlockStoreImpl(so, durability);
   if (auto s = (*server)->RegisterService(service); !s.ok()) {
+    std::fprintf(stderr, "blockstore_server: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  auto* streams = new hrpc::examples::BlockStreamsImpl([service](hrpc::ServerContext& ctx) { return service->SinkOf(ctx); });
+  if (auto s = (*server)->RegisterService(streams); !s.ok()) {
     std::fprintf(stderr, "blockstore_server: %s\n", s.ToString().c_str());
     return 1;
   }
