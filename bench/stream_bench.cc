@@ -4,10 +4,12 @@
 // client this process pinned to --client_cpu (one worker each). One line per
 // case:
 //
-//   stream_bench transport=raw case=stream payload=1048576 MBps=... cpu=C/S
+//   stream_bench transport=raw case=stream payload=1048576 MBps=... cpu=C/S rounds=3 all_MBps=...
 //   stream_bench transport=tcp case=server_stream payload=1048576 window=64/8388608 MBps=... cpu=C/S raw_stream_MBps=... ratio_vs_raw_stream=...
 //   stream_bench transport=tcp case=unary payload=1048576 concurrency=8 MBps=... cpu=C/S ratio_stream_vs_unary=...
 //
+// The cases run in --rounds interleaved rounds (raw, stream, unary, raw, ...)
+// and each line is the round with the median MBps (all_MBps lists them).
 // cpu=C/S: client and server process CPU in % of one core over the measured
 // interval. The messages' attachments are one pool block filled once and
 // shared (the server sends the same block again), so MBps is the transport's
@@ -21,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -50,6 +53,8 @@ struct Config {
   size_t concurrency = 8;
   double duration = 3;
   double warmup = 1;
+  uint64_t window_bytes = 8u << 20;
+  size_t rounds = 3;  // the client's stream window (bytes; messages: 64)
 };
 
 void Pin(int cpu) {
@@ -203,35 +208,11 @@ int ClientMain(const Config& cfg, const char* self) {
   Pin(cfg.client_cpu);
   const size_t payload = cfg.payload;
 
-  // Raw TCP stream, server -> client.
-  Measure raw;
-  {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(static_cast<uint16_t>(raw_port));
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return 1;
-    std::vector<char> buf(payload);
-    raw = Run(cfg, pid, [&]() -> uint64_t {
-      size_t off = 0;
-      while (off < payload) {
-        ssize_t n = ::recv(fd, buf.data() + off, payload - off, 0);
-        if (n <= 0) return 0;
-        off += static_cast<size_t>(n);
-      }
-      return payload;
-    });
-    ::close(fd);
-    std::printf("stream_bench transport=raw case=stream payload=%zu MBps=%.1f cpu=%.0f/%.0f pin=server:%d,client:%d\n",
-                payload, raw.mbps, raw.client_cpu, raw.server_cpu, cfg.server_cpu, cfg.client_cpu);
-    std::fflush(stdout);
-  }
-
   hrpc::RpcChannelOptions co;
   co.runtime.workers = 1;
   co.runtime.transport_choice = hrpc::TransportChoice::kTcp;
   if (cfg.client_cpu >= 0) co.runtime.cpus = {cfg.client_cpu};
+  co.stream_window.bytes = static_cast<uint32_t>(cfg.window_bytes);
   auto channel = hrpc::RpcChannel::Create("tcp://127.0.0.1:" + std::to_string(hrpc_port), co);
   if (!channel.ok() || !(*channel)->Connect().ok()) {
     std::printf("stream_bench error=connect\n");
@@ -241,16 +222,38 @@ int ClientMain(const Config& cfg, const char* self) {
   stream_bench::DownloadRequest req;
   req.set_block_bytes(payload);
 
+  // Raw TCP stream, server -> client, recv() into one buffer.
+  auto raw_case = [&]() -> Measure {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(raw_port));
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return {};
+    std::vector<char> buf(payload);
+    Measure m = Run(cfg, pid, [&]() -> uint64_t {
+      size_t off = 0;
+      while (off < payload) {
+        ssize_t n = ::recv(fd, buf.data() + off, payload - off, 0);
+        if (n <= 0) return 0;
+        off += static_cast<size_t>(n);
+      }
+      return payload;
+    });
+    ::close(fd);
+    return m;
+  };
+
   // Server stream: a coroutine on the channel's worker reads.
-  Measure st;
-  {
+  auto stream_case = [&]() -> Measure {
+    Measure m;
     hrpc::coro::Event done;
     (*channel)->scheduler(0).Post([&] {
       hrpc::ClientContext ctx;
       auto reader = stub.Download(ctx, req);
       stream_bench::Block b;
       hrpc::mempool::IoBuf att;
-      st = Run(cfg, pid, [&]() -> uint64_t {
+      m = Run(cfg, pid, [&]() -> uint64_t {
         if (!reader->Read(&b, &att) || att.size() != payload) return 0;
         att = hrpc::mempool::IoBuf();
         return payload;
@@ -260,16 +263,11 @@ int ClientMain(const Config& cfg, const char* self) {
       done.Set();
     });
     done.Wait().IgnoreError();
-    const auto& w = co.stream_window;
-    std::printf("stream_bench transport=tcp case=server_stream payload=%zu window=%u/%u MBps=%.1f cpu=%.0f/%.0f "
-                "raw_stream_MBps=%.1f ratio_vs_raw_stream=%.2f pin=server:%d,client:%d\n",
-                payload, w.messages, w.bytes, st.mbps, st.client_cpu, st.server_cpu, raw.mbps,
-                raw.mbps > 0 ? st.mbps / raw.mbps : 0.0, cfg.server_cpu, cfg.client_cpu);
-    std::fflush(stdout);
-  }
+    return m;
+  };
 
   // The same bytes as unary calls, `concurrency` in flight.
-  {
+  auto unary_case = [&]() -> Measure {
     std::atomic<uint64_t> bytes{0};
     std::atomic<bool> stop{false};
     std::atomic<int> errors{0};
@@ -297,13 +295,43 @@ int ClientMain(const Config& cfg, const char* self) {
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     stop.store(true);
     wg.Wait().IgnoreError();
-    const double mbps = (b1 - b0) / secs / 1e6;
-    std::printf("stream_bench transport=tcp case=unary payload=%zu concurrency=%zu MBps=%.1f cpu=%.0f/%.0f errors=%d "
-                "ratio_stream_vs_unary=%.2f pin=server:%d,client:%d\n",
-                payload, cfg.concurrency, mbps, (c1 - c0) / 1e9 / secs * 100, (s1 - s0) / 1e9 / secs * 100,
-                errors.load(), mbps > 0 ? st.mbps / mbps : 0.0, cfg.server_cpu, cfg.client_cpu);
-    std::fflush(stdout);
+    if (errors.load() > 0) return {};
+    return {(b1 - b0) / secs / 1e6, (c1 - c0) / 1e9 / secs * 100, (s1 - s0) / 1e9 / secs * 100};
+  };
+
+  // Interleaved rounds, so that a noisy neighbour hits every case alike;
+  // each line is the round with the median MBps.
+  std::vector<Measure> raws, streams, unaries;
+  for (size_t r = 0; r < cfg.rounds; ++r) {
+    raws.push_back(raw_case());
+    streams.push_back(stream_case());
+    unaries.push_back(unary_case());
   }
+  auto median = [](std::vector<Measure> v) {
+    std::sort(v.begin(), v.end(), [](const Measure& a, const Measure& b) { return a.mbps < b.mbps; });
+    return v[v.size() / 2];
+  };
+  const Measure raw = median(raws), st = median(streams), un = median(unaries);
+  auto all = [](const std::vector<Measure>& v) {
+    std::string s;
+    for (const Measure& m : v) s += (s.empty() ? "" : ",") + std::to_string(static_cast<int>(m.mbps));
+    return s;
+  };
+  std::printf("stream_bench transport=raw case=stream payload=%zu MBps=%.1f cpu=%.0f/%.0f rounds=%zu all_MBps=%s "
+              "pin=server:%d,client:%d\n",
+              payload, raw.mbps, raw.client_cpu, raw.server_cpu, cfg.rounds, all(raws).c_str(), cfg.server_cpu,
+              cfg.client_cpu);
+  const auto& w = co.stream_window;
+  std::printf("stream_bench transport=tcp case=server_stream payload=%zu window=%u/%u MBps=%.1f cpu=%.0f/%.0f "
+              "raw_stream_MBps=%.1f ratio_vs_raw_stream=%.2f rounds=%zu all_MBps=%s pin=server:%d,client:%d\n",
+              payload, w.messages, w.bytes, st.mbps, st.client_cpu, st.server_cpu, raw.mbps,
+              raw.mbps > 0 ? st.mbps / raw.mbps : 0.0, cfg.rounds, all(streams).c_str(), cfg.server_cpu,
+              cfg.client_cpu);
+  std::printf("stream_bench transport=tcp case=unary payload=%zu concurrency=%zu MBps=%.1f cpu=%.0f/%.0f "
+              "ratio_stream_vs_unary=%.2f rounds=%zu all_MBps=%s pin=server:%d,client:%d\n",
+              payload, cfg.concurrency, un.mbps, un.client_cpu, un.server_cpu, un.mbps > 0 ? st.mbps / un.mbps : 0.0,
+              cfg.rounds, all(unaries).c_str(), cfg.server_cpu, cfg.client_cpu);
+  std::fflush(stdout);
   channel->reset();
   kill(pid, SIGTERM);
   waitpid(pid, nullptr, 0);
@@ -321,6 +349,11 @@ int main(int argc, char** argv) {
   app.add_option("--client_cpu", cfg.client_cpu, "cpu of the client (-1: not pinned)")->capture_default_str();
   hrpc::examples::AddSize(app, "--payload", &cfg.payload, "bytes per message");
   app.add_option("--concurrency", cfg.concurrency, "unary calls in flight")->capture_default_str();
+  hrpc::examples::AddSize(app, "--window", &cfg.window_bytes, "the client's stream window in bytes (>= 256K, < 4G)")
+      ->check(CLI::Range(uint64_t{256} << 10, (uint64_t{4} << 30) - 1));
+  app.add_option("--rounds", cfg.rounds, "interleaved rounds; each line is the median one")
+      ->check(CLI::Range(size_t{1}, size_t{99}))
+      ->capture_default_str();
   app.add_option("--duration", cfg.duration, "seconds measured per case")->capture_default_str();
   app.add_option("--warmup", cfg.warmup, "seconds before measuring")->capture_default_str();
   std::string log = "warn";
