@@ -59,6 +59,7 @@ case $CASE in
     expect_out '^hrpc_examples\.Echo +\(id 0x1ee9d1b7, echo/echo\.proto\)'
     expect_out '^  rpc Echo\(hrpc_examples\.EchoRequest\) returns \(hrpc_examples\.EchoResponse\)'
     expect_out '^  rpc ServerStats\(hrpc_examples\.StatsRequest\) returns \(hrpc_examples\.StatsResponse\)'
+    expect_out '^  rpc Chat\(stream hrpc_examples\.EchoRequest\) returns \(stream hrpc_examples\.EchoResponse\)'
     expect_out '^hrpc\.Reflection '
     ;;
   bad_input)
