@@ -55,14 +55,7 @@ class StreamRdmaTest : public ::testing::Test {
     server_.reset();
     channel_.reset();
   }
-  void OnWorker(const std::function<void()>& fn) {
-    hrpc::coro::Event done;
-    channel_->scheduler(0).Post([&] {
-      fn();
-      done.Set();
-    }, "stream-rdma-test");
-    ASSERT_TRUE(done.WaitFor(300s).ok());
-  }
+  void OnWorker(const std::function<void()>& fn) { streamtest::OnWorker(*channel_, fn); }
 
   streamtest::StreamerImpl service_;
   std::unique_ptr<hrpc::Server> server_;

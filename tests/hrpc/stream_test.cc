@@ -73,16 +73,7 @@ struct Env {
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     channel = std::move(*c);
   }
-  // Runs fn in a coroutine on the channel's worker (streams run in place
-  // there) and waits for it.
-  void OnWorker(const std::function<void()>& fn) {
-    hrpc::coro::Event done;
-    channel->scheduler(0).Post([&] {
-      fn();
-      done.Set();
-    }, "stream-test");
-    ASSERT_TRUE(done.WaitFor(120s).ok()) << "test coroutine did not finish";
-  }
+  void OnWorker(const std::function<void()>& fn) { streamtest::OnWorker(*channel, fn); }
   ~Env() {
     server.reset();
     channel.reset();

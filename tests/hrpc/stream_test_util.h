@@ -5,12 +5,16 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
+
+#include <gtest/gtest.h>
 
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/iobuf.h"
 #include "hrpc/mempool/pool.h"
+#include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/server_context.h"
 #include "rpc_test_util.h"
 #include "stream_test.hrpc.h"
@@ -24,6 +28,17 @@ using hrpc::mempool::IoBuf;
 // n bytes of `pool` with rpctest's pattern, in blocks of the pool's largest class.
 inline IoBuf Payload(hrpc::mempool::Pool& pool, size_t n, uint32_t seed) {
   return rpctest::MakePayload(pool, n, seed, pool.options().max_class_bytes);
+}
+
+// Runs fn in a coroutine on the channel's worker 0 (streams run in place
+// there) and waits for it.
+inline void OnWorker(hrpc::RpcChannel& channel, const std::function<void()>& fn) {
+  hrpc::coro::Event done;
+  channel.scheduler(0).Post([&] {
+    fn();
+    done.Set();
+  }, "stream-test");
+  ASSERT_TRUE(done.WaitFor(std::chrono::seconds(300)).ok()) << "test coroutine did not finish";
 }
 
 inline Chunk Describe(uint64_t seq, const IoBuf& att) {
