@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
   app.add_option("--uri", uri, "server: host:port, tcp://host:port, rdma://host:port")->capture_default_str();
   app.add_option("--text", text, "text to echo")->capture_default_str();
   app.add_option("--count", count, "calls to make (messages, with --chat)")->capture_default_str();
-  app.add_option("--chat", chat, "send the messages over one bidirectional Chat stream")->capture_default_str();
+  app.add_flag("--chat", chat, "send the messages over one bidirectional Chat stream");
   hrpc::examples::AddSize(app, "--attachment", &attachment, "bytes of request attachment (e.g. 4K, 1M)");
   app.add_flag("--echo_attachment", echo_attachment,
                "ask the server to send the attachment back (on by default; --echo_attachment=false turns it off)");
