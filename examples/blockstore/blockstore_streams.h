@@ -1,5 +1,7 @@
 // The streaming side of the block store: hrpc_blockstore.BlockStreams over the
 // same per-worker sink as BlockStore (the server passes in how to get it).
+// Both act on this node's chunk file only: CopyChunk is how a chunk is copied
+// to a new replica, not a replicated write (no WAL record, no forwarding).
 #pragma once
 
 #include <functional>
