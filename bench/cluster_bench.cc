@@ -51,6 +51,10 @@ class DelayedEcho final : public hrpc_examples::Echo::Service {
     resp->set_cpu_ns(hrpc::examples::SelfCpuNs());
     return hrpc::Status::Ok();
   }
+  hrpc::Status Chat(hrpc::ServerContext&,
+                    hrpc::ServerReaderWriter<hrpc_examples::EchoResponse, hrpc_examples::EchoRequest>*) override {
+    return hrpc::UnimplementedError("cluster_bench serves unary Echo only");
+  }
 
  private:
   std::chrono::milliseconds delay_;

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "blockstore/blockstore.hrpc.h"
+#include "blockstore_streams.h"
 #include "blockstore/replication.h"
 #include "common/cli.h"
 #include "common/signals.h"
@@ -300,6 +301,12 @@ int main(int argc, char** argv) {
   // Leaked on purpose: the sink belongs to the worker thread and must not be torn down from main.
   auto* service = new BlockStoreImpl(so, durability);
   if (auto s = (*server)->RegisterService(service); !s.ok()) {
+    std::fprintf(stderr, "blockstore_server: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  auto* streams = new hrpc::examples::BlockStreamsImpl(
+      [service](hrpc::ServerContext& ctx) { return service->SinkForThisWorker(ctx); });
+  if (auto s = (*server)->RegisterService(streams); !s.ok()) {
     std::fprintf(stderr, "blockstore_server: %s\n", s.ToString().c_str());
     return 1;
   }

@@ -37,6 +37,20 @@ class EchoServiceImpl final : public hrpc_examples::Echo::Service {
     return hrpc::Status::Ok();
   }
 
+  hrpc::Status Chat(hrpc::ServerContext&,
+                    hrpc::ServerReaderWriter<hrpc_examples::EchoResponse, hrpc_examples::EchoRequest>* stream) override {
+    hrpc_examples::EchoRequest req;
+    hrpc::mempool::IoBuf att;
+    while (stream->Read(&req, &att)) {
+      hrpc_examples::EchoResponse resp;
+      resp.set_text(req.text());
+      resp.set_attachment_bytes(att.size());
+      if (!stream->Write(resp, req.echo_attachment() ? std::move(att) : hrpc::mempool::IoBuf())) break;
+      att = hrpc::mempool::IoBuf();
+    }
+    return hrpc::Status::Ok();
+  }
+
   hrpc::Status ServerStats(hrpc::ServerContext&, const hrpc_examples::StatsRequest&,
                            hrpc_examples::StatsResponse* resp) override {
     resp->set_cpu_ns(SelfCpuNs());

@@ -1,5 +1,7 @@
 // echo_client: calls hrpc_examples.Echo a few times (optionally with an
 // attachment) and prints the answers and the client-side stats.
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 
@@ -14,13 +16,15 @@ int main(int argc, char** argv) {
   std::string uri = "127.0.0.1:7000", text = "hello, hrpc";
   uint64_t count = 3, attachment = 0, timeout_ms = 5000;
   bool echo_attachment = true;
+  bool chat = false;
   CLI::App app("Calls hrpc_examples.Echo/Echo --count times and prints what comes back, then the\n"
                "client's per-method stats. Attachments above 16 KiB travel by one-sided READ\n"
                "(request) and WRITE (response) instead of inline.",
                "echo_client");
   app.add_option("--uri", uri, "server: host:port, tcp://host:port, rdma://host:port")->capture_default_str();
   app.add_option("--text", text, "text to echo")->capture_default_str();
-  app.add_option("--count", count, "calls to make")->capture_default_str();
+  app.add_option("--count", count, "calls to make (messages, with --chat)")->capture_default_str();
+  app.add_flag("--chat", chat, "send the messages over one bidirectional Chat stream");
   hrpc::examples::AddSize(app, "--attachment", &attachment, "bytes of request attachment (e.g. 4K, 1M)");
   app.add_flag("--echo_attachment", echo_attachment,
                "ask the server to send the attachment back (on by default; --echo_attachment=false turns it off)");
@@ -37,6 +41,43 @@ int main(int argc, char** argv) {
   }
   hrpc_examples::Echo::Stub stub(channel->get());
   int failures = 0;
+  if (chat) {
+    // One bidirectional stream: `count` messages out, each echoed back.
+    hrpc::ClientContext ctx;
+    ctx.set_timeout(std::chrono::milliseconds(timeout_ms) * static_cast<int64_t>(std::max<uint64_t>(count, 1)));
+    auto stream = stub.Chat(ctx);
+    for (uint64_t i = 0; i < count; ++i) {
+      hrpc_examples::EchoRequest req;
+      req.set_text(text + " #" + std::to_string(i));
+      req.set_echo_attachment(echo_attachment);
+      hrpc::mempool::IoBuf att;
+      if (attachment > 0) {
+        auto buf = (*channel)->pool().Allocate(attachment);
+        if (!buf.ok()) break;
+        for (uint64_t j = 0; j < attachment; ++j) buf->data()[j] = static_cast<char>('a' + (i + j) % 26);
+        att = hrpc::mempool::IoBuf(std::move(*buf));
+      }
+      const uint32_t crc = att.Crc32c();
+      if (!stream->Write(req, std::move(att))) break;
+      hrpc_examples::EchoResponse resp;
+      hrpc::mempool::IoBuf back;
+      if (!stream->Read(&resp, &back)) break;
+      std::printf("chat %llu: \"%s\"; server got %llu attachment bytes", static_cast<unsigned long long>(i),
+                  resp.text().c_str(), static_cast<unsigned long long>(resp.attachment_bytes()));
+      if (echo_attachment && attachment > 0) {
+        const bool same = back.size() == attachment && back.Crc32c() == crc;
+        std::printf("; echoed back %zu bytes, crc %s", back.size(), same ? "ok" : "MISMATCH");
+        if (!same) ++failures;
+      }
+      std::printf("\n");
+    }
+    stream->WritesDone();
+    hrpc::Status s = stream->Finish();
+    std::printf("chat ended: %s\n", s.ToString().c_str());
+    if (!s.ok()) ++failures;
+    std::printf("\n%s", hrpc::FormatStatsTable((*channel)->Stats()).c_str());
+    return failures == 0 ? 0 : 1;
+  }
   for (uint64_t i = 0; i < count; ++i) {
     hrpc::ClientContext ctx;
     ctx.set_timeout(std::chrono::milliseconds(timeout_ms));

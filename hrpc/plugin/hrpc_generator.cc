@@ -92,8 +92,11 @@ std::string QualifiedNamespace(const pb::FileDescriptor* file) {
   return ns;
 }
 
+enum class Kind { kUnary, kClientStreaming, kServerStreaming, kBidiStreaming };
+
 struct MethodNames {
   const pb::MethodDescriptor* method;
+  Kind kind = Kind::kUnary;
   std::string cpp;     // member name of the handler / sync call
   std::string async;   // <name>Async
   std::string future;  // <name>Future
@@ -124,16 +127,12 @@ void BuildService(const pb::ServiceDescriptor* service, ServiceNames* out, std::
   std::map<uint32_t, std::string> ids;
   for (int i = 0; i < service->method_count(); ++i) {
     const pb::MethodDescriptor* m = service->method(i);
-    if (m->client_streaming() || m->server_streaming()) {
-      errors->push_back("hrpc does not support streaming method " + m->full_name() + " yet (" +
-                        (m->client_streaming() && m->server_streaming() ? "bidirectional"
-                         : m->client_streaming()                          ? "client"
-                                                                          : "server") +
-                        " streaming); only unary methods can be generated");
-      continue;
-    }
     MethodNames mn;
     mn.method = m;
+    mn.kind = m->client_streaming() && m->server_streaming() ? Kind::kBidiStreaming
+              : m->client_streaming()                        ? Kind::kClientStreaming
+              : m->server_streaming()                        ? Kind::kServerStreaming
+                                                             : Kind::kUnary;
     mn.cpp = ResolveKeyword(m->name());
     mn.async = m->name() + "Async";
     mn.future = m->name() + "Future";
@@ -141,7 +140,10 @@ void BuildService(const pb::ServiceDescriptor* service, ServiceNames* out, std::
     mn.response_type = pb::compiler::cpp::QualifiedClassName(m->output_type());
     mn.id = MethodIdOf(m->name());
     mn.index = static_cast<size_t>(i);
-    for (const std::string* name : {&mn.cpp, &mn.async, &mn.future}) {
+    // A streaming method generates one member; a unary one three.
+    std::vector<const std::string*> members = {&mn.cpp};
+    if (mn.kind == Kind::kUnary) members = {&mn.cpp, &mn.async, &mn.future};
+    for (const std::string* name : members) {
       if (ReservedMemberNames().count(*name) != 0 || *name == out->mock) {
         errors->push_back("method " + m->full_name() + " generates member " + *name +
                           ", a name hrpc reserves in generated classes; rename the method");
@@ -229,6 +231,7 @@ void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const st
       "#pragma once\n\n"
       "#include <array>\n"
       "#include <cstdint>\n"
+      "#include <memory>\n"
       "#include <span>\n"
       "#include <string_view>\n\n"
       "#include \"hrpc/rpc/channel.h\"\n"
@@ -236,6 +239,7 @@ void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const st
       "#include \"hrpc/rpc/method.h\"\n"
       "#include \"hrpc/rpc/server_context.h\"\n"
       "#include \"hrpc/rpc/service.h\"\n"
+      "#include \"hrpc/rpc/stream.h\"\n"
       "#include \"$base$.pb.h\"\n\n",
       "file", file->name(), "base", base);
   if (services.empty()) {
@@ -290,12 +294,38 @@ void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const st
             "  uint32_t service_id() const noexcept final { return $svc$::kServiceId; }\n"
             "  std::span<const ::hrpc::MethodDescriptor> methods() const noexcept final { return $svc$::kMethods; }\n"
             "  ::hrpc::Status CallMethod(uint32_t method_id, ::hrpc::ServerContext& ctx, std::string_view request,\n"
-            "                            ::hrpc::ResponseWriter& response) final;\n\n");
+            "                            ::hrpc::ResponseWriter& response) final;\n"
+            "  ::hrpc::Status CallStream(uint32_t method_id, ::hrpc::ServerContext& ctx,\n"
+            "                            ::hrpc::ServerStreamBase& stream) final;\n\n");
     for (const MethodNames& m : s.methods) {
-      p.Print(MethodVars(s, m),
-              "  // rpc $proto_name$\n"
-              "  virtual ::hrpc::Status $Method$(::hrpc::ServerContext& ctx, const $Req$& request,\n"
-              "                                  $Resp$* response) = 0;\n");
+      switch (m.kind) {
+        case Kind::kUnary:
+          p.Print(MethodVars(s, m),
+                  "  // rpc $proto_name$\n"
+                  "  virtual ::hrpc::Status $Method$(::hrpc::ServerContext& ctx, const $Req$& request,\n"
+                  "                                  $Resp$* response) = 0;\n");
+          break;
+        case Kind::kClientStreaming:
+          p.Print(MethodVars(s, m),
+                  "  // rpc $proto_name$(stream $Req$): read until Read() is false, fill *response\n"
+                  "  // (ctx.response_attachment() goes with it).\n"
+                  "  virtual ::hrpc::Status $Method$(::hrpc::ServerContext& ctx, ::hrpc::ServerReader<$Req$>* reader,\n"
+                  "                                  $Resp$* response) = 0;\n");
+          break;
+        case Kind::kServerStreaming:
+          p.Print(MethodVars(s, m),
+                  "  // rpc $proto_name$ returns (stream $Resp$): the request's attachment is\n"
+                  "  // ctx.request_attachment().\n"
+                  "  virtual ::hrpc::Status $Method$(::hrpc::ServerContext& ctx, const $Req$& request,\n"
+                  "                                  ::hrpc::ServerWriter<$Resp$>* writer) = 0;\n");
+          break;
+        case Kind::kBidiStreaming:
+          p.Print(MethodVars(s, m),
+                  "  // rpc $proto_name$(stream $Req$) returns (stream $Resp$)\n"
+                  "  virtual ::hrpc::Status $Method$(::hrpc::ServerContext& ctx,\n"
+                  "                                  ::hrpc::ServerReaderWriter<$Resp$, $Req$>* stream) = 0;\n");
+          break;
+      }
     }
     p.Print("};\n\n");
 
@@ -308,14 +338,38 @@ void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const st
             " public:\n"
             "  virtual ~StubInterface() = default;\n");
     for (const MethodNames& m : s.methods) {
-      p.Print(MethodVars(s, m),
-              "  // rpc $proto_name$\n"
-              "  virtual ::hrpc::Status $Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
-              "                                  $Resp$* response) = 0;\n"
-              "  virtual void $MethodAsync$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
-              "                             $Resp$* response, ::hrpc::DoneCallback done) = 0;\n"
-              "  virtual ::hrpc::coro::Future<$Resp$> $MethodFuture$(::hrpc::ClientContext& ctx,\n"
-              "                                                      const $Req$& request) = 0;\n");
+      switch (m.kind) {
+        case Kind::kUnary:
+          p.Print(MethodVars(s, m),
+                  "  // rpc $proto_name$\n"
+                  "  virtual ::hrpc::Status $Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
+                  "                                  $Resp$* response) = 0;\n"
+                  "  virtual void $MethodAsync$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
+                  "                             $Resp$* response, ::hrpc::DoneCallback done) = 0;\n"
+                  "  virtual ::hrpc::coro::Future<$Resp$> $MethodFuture$(::hrpc::ClientContext& ctx,\n"
+                  "                                                      const $Req$& request) = 0;\n");
+          break;
+        case Kind::kClientStreaming:
+          p.Print(MethodVars(s, m),
+                  "  // rpc $proto_name$(stream $Req$): Write()s, then Finish() fills *response\n"
+                  "  // (its attachment: ctx.response_attachment()).\n"
+                  "  virtual std::unique_ptr<::hrpc::ClientWriter<$Req$, $Resp$>> $Method$(::hrpc::ClientContext& ctx,\n"
+                  "                                                                    $Resp$* response) = 0;\n");
+          break;
+        case Kind::kServerStreaming:
+          p.Print(MethodVars(s, m),
+                  "  // rpc $proto_name$ returns (stream $Resp$): sends `request` with\n"
+                  "  // ctx.request_attachment(); Read() until false, then Finish().\n"
+                  "  virtual std::unique_ptr<::hrpc::ClientReader<$Resp$>> $Method$(::hrpc::ClientContext& ctx,\n"
+                  "                                                           const $Req$& request) = 0;\n");
+          break;
+        case Kind::kBidiStreaming:
+          p.Print(MethodVars(s, m),
+                  "  // rpc $proto_name$(stream $Req$) returns (stream $Resp$)\n"
+                  "  virtual std::unique_ptr<::hrpc::ClientReaderWriter<$Req$, $Resp$>> $Method$(\n"
+                  "      ::hrpc::ClientContext& ctx) = 0;\n");
+          break;
+      }
     }
     p.Print("};\n\n");
 
@@ -326,13 +380,32 @@ void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const st
             " public:\n"
             "  explicit Stub(::hrpc::Channel* channel) noexcept : channel_(channel) {}\n\n");
     for (const MethodNames& m : s.methods) {
-      p.Print(MethodVars(s, m),
-              "  ::hrpc::Status $Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
-              "                          $Resp$* response) override;\n"
-              "  void $MethodAsync$(::hrpc::ClientContext& ctx, const $Req$& request, $Resp$* response,\n"
-              "                     ::hrpc::DoneCallback done) override;\n"
-              "  ::hrpc::coro::Future<$Resp$> $MethodFuture$(::hrpc::ClientContext& ctx,\n"
-              "                                              const $Req$& request) override;\n");
+      switch (m.kind) {
+        case Kind::kUnary:
+          p.Print(MethodVars(s, m),
+                  "  ::hrpc::Status $Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
+                  "                          $Resp$* response) override;\n"
+                  "  void $MethodAsync$(::hrpc::ClientContext& ctx, const $Req$& request, $Resp$* response,\n"
+                  "                     ::hrpc::DoneCallback done) override;\n"
+                  "  ::hrpc::coro::Future<$Resp$> $MethodFuture$(::hrpc::ClientContext& ctx,\n"
+                  "                                              const $Req$& request) override;\n");
+          break;
+        case Kind::kClientStreaming:
+          p.Print(MethodVars(s, m),
+                  "  std::unique_ptr<::hrpc::ClientWriter<$Req$, $Resp$>> $Method$(::hrpc::ClientContext& ctx,\n"
+                  "                                                            $Resp$* response) override;\n");
+          break;
+        case Kind::kServerStreaming:
+          p.Print(MethodVars(s, m),
+                  "  std::unique_ptr<::hrpc::ClientReader<$Resp$>> $Method$(::hrpc::ClientContext& ctx,\n"
+                  "                                                   const $Req$& request) override;\n");
+          break;
+        case Kind::kBidiStreaming:
+          p.Print(MethodVars(s, m),
+                  "  std::unique_ptr<::hrpc::ClientReaderWriter<$Req$, $Resp$>> $Method$(\n"
+                  "      ::hrpc::ClientContext& ctx) override;\n");
+          break;
+      }
     }
     p.Print(s.methods.empty() ? "\n private:\n  [[maybe_unused]] ::hrpc::Channel* channel_;\n};\n\n"
                               : "\n private:\n  ::hrpc::Channel* channel_;\n};\n\n");
@@ -358,6 +431,12 @@ void GenerateSource(pb::io::Printer& p, const pb::FileDescriptor* file, const st
     }
     p.Print("  switch (method_id) {\n");
     for (const MethodNames& m : s.methods) {
+      if (m.kind != Kind::kUnary) {
+        p.Print(MethodVars(s, m),
+                "    case $method_id$:  // $proto_name$\n"
+                "      return ::hrpc::internal::WrongMethodKind($svc$::kMethods[$index$], true);\n");
+        continue;
+      }
       p.Print(MethodVars(s, m),
               "    case $method_id$:  // $proto_name$\n"
               "      return ::hrpc::internal::DispatchUnary(*this, &$svc$::Service::$Method$, $svc$::kMethods[$index$],\n"
@@ -368,7 +447,59 @@ void GenerateSource(pb::io::Printer& p, const pb::FileDescriptor* file, const st
             "      return ::hrpc::internal::UnknownMethod($svc$::kServiceName, method_id);\n"
             "  }\n"
             "}\n\n");
+    p.Print(v,
+            "::hrpc::Status $Svc$::Service::CallStream(uint32_t method_id, ::hrpc::ServerContext& ctx,\n"
+            "                                          ::hrpc::ServerStreamBase& stream) {\n");
+    if (s.methods.empty()) p.Print("  (void)ctx;\n  (void)stream;\n");
+    p.Print("  switch (method_id) {\n");
     for (const MethodNames& m : s.methods) {
+      Vars mv = MethodVars(s, m);
+      mv["dispatch"] = m.kind == Kind::kClientStreaming   ? "DispatchClientStreaming"
+                       : m.kind == Kind::kServerStreaming ? "DispatchServerStreaming"
+                                                          : "DispatchBidiStreaming";
+      if (m.kind == Kind::kUnary) {
+        p.Print(mv,
+                "    case $method_id$:  // $proto_name$\n"
+                "      return ::hrpc::internal::WrongMethodKind($svc$::kMethods[$index$], false);\n");
+        continue;
+      }
+      p.Print(mv,
+              "    case $method_id$:  // $proto_name$\n"
+              "      return ::hrpc::internal::$dispatch$(*this, &$svc$::Service::$Method$, $svc$::kMethods[$index$],\n"
+              "                                             ctx, stream);\n");
+    }
+    p.Print(v,
+            "    default:\n"
+            "      return ::hrpc::internal::UnknownMethod($svc$::kServiceName, method_id);\n"
+            "  }\n"
+            "}\n\n");
+    for (const MethodNames& m : s.methods) {
+      if (m.kind == Kind::kClientStreaming) {
+        p.Print(MethodVars(s, m),
+                "std::unique_ptr<::hrpc::ClientWriter<$Req$, $Resp$>> $Svc$::Stub::$Method$(::hrpc::ClientContext& ctx,\n"
+                "                                                                        $Resp$* response) {\n"
+                "  return ::hrpc::internal::StartClientStreaming<$Req$, $Resp$>(*channel_, $svc$::kMethods[$index$], ctx,\n"
+                "                                                              response);\n"
+                "}\n\n");
+        continue;
+      }
+      if (m.kind == Kind::kServerStreaming) {
+        p.Print(MethodVars(s, m),
+                "std::unique_ptr<::hrpc::ClientReader<$Resp$>> $Svc$::Stub::$Method$(::hrpc::ClientContext& ctx,\n"
+                "                                                               const $Req$& request) {\n"
+                "  return ::hrpc::internal::StartServerStreaming<$Req$, $Resp$>(*channel_, $svc$::kMethods[$index$], ctx,\n"
+                "                                                              request);\n"
+                "}\n\n");
+        continue;
+      }
+      if (m.kind == Kind::kBidiStreaming) {
+        p.Print(MethodVars(s, m),
+                "std::unique_ptr<::hrpc::ClientReaderWriter<$Req$, $Resp$>> $Svc$::Stub::$Method$(\n"
+                "    ::hrpc::ClientContext& ctx) {\n"
+                "  return ::hrpc::internal::StartBidiStreaming<$Req$, $Resp$>(*channel_, $svc$::kMethods[$index$], ctx);\n"
+                "}\n\n");
+        continue;
+      }
       p.Print(MethodVars(s, m),
               "::hrpc::Status $Svc$::Stub::$Method$(::hrpc::ClientContext& ctx, const $Req$& request,\n"
               "                                     $Resp$* response) {\n"
@@ -403,6 +534,24 @@ void GenerateMock(pb::io::Printer& p, const pb::FileDescriptor* file, const std:
             "class $Mock$ : public $svc$::StubInterface {\n"
             " public:\n");
     for (const MethodNames& m : s.methods) {
+      if (m.kind == Kind::kClientStreaming) {
+        p.Print(MethodVars(s, m),
+                "  MOCK_METHOD((std::unique_ptr<::hrpc::ClientWriter<$Req$, $Resp$>>), $Method$,\n"
+                "              (::hrpc::ClientContext & ctx, $Resp$* response), (override));\n");
+        continue;
+      }
+      if (m.kind == Kind::kServerStreaming) {
+        p.Print(MethodVars(s, m),
+                "  MOCK_METHOD((std::unique_ptr<::hrpc::ClientReader<$Resp$>>), $Method$,\n"
+                "              (::hrpc::ClientContext & ctx, const $Req$& request), (override));\n");
+        continue;
+      }
+      if (m.kind == Kind::kBidiStreaming) {
+        p.Print(MethodVars(s, m),
+                "  MOCK_METHOD((std::unique_ptr<::hrpc::ClientReaderWriter<$Req$, $Resp$>>), $Method$,\n"
+                "              (::hrpc::ClientContext & ctx), (override));\n");
+        continue;
+      }
       p.Print(MethodVars(s, m),
               "  MOCK_METHOD(::hrpc::Status, $Method$,\n"
               "              (::hrpc::ClientContext & ctx, const $Req$& request, $Resp$* response), (override));\n"

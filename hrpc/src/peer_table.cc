@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "hrpc/rpc/wire.h"
+#include "stream_core.h"
 
 namespace hrpc::internal {
 
@@ -16,6 +17,11 @@ using Clock = std::chrono::steady_clock;
 struct Link {
   std::unique_ptr<transport::Connection> conn;
   std::unordered_map<uint64_t, Call*> calls;
+  struct Stream {
+    std::shared_ptr<StreamCore> core;
+    std::shared_ptr<ChannelState> channel;
+  };
+  std::unordered_map<uint64_t, Stream> streams;  // open streams (until the server's close or a cancel)
   bool dead = false;
   std::string key;  // in the table
   std::string peer;
@@ -58,7 +64,10 @@ MethodCounters& ChannelState::CountersFor(StatsRegistry& registry, uint32_t serv
 
 PeerTable::~PeerTable() {
   for (auto& [key, e] : table_) {
-    if (e.link) e.link->calls.clear();
+    if (e.link) {
+      e.link->calls.clear();
+      e.link->streams.clear();
+    }
   }
 }
 
@@ -158,6 +167,12 @@ void PeerTable::FailLink(const std::shared_ptr<Link>& link, const Status& why) {
   auto calls = std::move(link->calls);
   link->calls.clear();
   for (auto& [txn, call] : calls) Complete(call, why, nullptr);
+  std::vector<uint64_t> streams;
+  for (auto& [txn, st] : link->streams) streams.push_back(txn);
+  for (uint64_t txn : streams) {
+    link->streams[txn].core->End(why);
+    ForgetStream(*link, txn);
+  }
 }
 
 void PeerTable::ReadLoop(std::shared_ptr<Link> link) {
@@ -203,6 +218,10 @@ void PeerTable::OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw
       Complete(call, rx->frame.status(), &*rx);
       return;
     }
+    case wire::FrameKind::kStreamMessage:
+    case wire::FrameKind::kStreamWindow:
+    case wire::FrameKind::kStreamClose:
+      return OnStreamFrame(link, std::move(*rx));
     case wire::FrameKind::kPing: {
       wire::FrameHeader pong;
       pong.kind = wire::FrameKind::kPong;
@@ -419,14 +438,93 @@ void PeerTable::Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status wh
 }
 
 void PeerTable::AbortChannel(const ChannelState* channel, const Status& why) {
-  std::vector<std::pair<std::shared_ptr<Link>, uint64_t>> doomed;
+  std::vector<std::pair<std::shared_ptr<Link>, uint64_t>> doomed, streams;
   for (auto& [key, e] : table_) {
     if (!e.link) continue;
     for (auto& [txn, call] : e.link->calls) {
       if (call->channel.get() == channel) doomed.emplace_back(e.link, txn);
     }
+    for (auto& [txn, st] : e.link->streams) {
+      if (st.channel.get() == channel) streams.emplace_back(e.link, txn);
+    }
   }
   for (auto& [link, txn] : doomed) Abort(link, txn, why);
+  for (auto& [link, txn] : streams) CancelStream(link, txn, why);
+}
+
+Result<OpenedStream> PeerTable::OpenStream(const std::shared_ptr<ChannelState>& channel, size_t index,
+                                           uint32_t service_id, uint32_t method_id, ClientContext& ctx) {
+  if (channel->closed.load(std::memory_order_acquire)) return CancelledError("channel destroyed");
+  if (ctx.IsCancelled()) return CancelledError("stream cancelled before it started");
+  if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired before the stream started");
+  HRPC_ASSIGN_OR_RETURN(std::shared_ptr<Link> link, EnsureLink(*channel, index));
+  ctx.set_peer(link->peer);
+  StreamSettings settings;
+  settings.receive_window = channel->stream_window;
+  settings.eager_threshold = channel->eager_threshold;
+  mempool::Pool& pool = workers_.pool(worker_);
+  settings.pull_chunk = std::min(kDefaultBulkChunkBytes, pool.options().max_class_bytes);
+  settings.pull_window = kResponsePullWindow;
+  const uint64_t txn = link->next_txn++;
+  auto core = std::make_shared<StreamCore>(*link->conn, pool, txn, settings);
+  link->streams.emplace(txn, Link::Stream{core, channel});
+  channel->in_flight.fetch_add(1, std::memory_order_acq_rel);
+  link->info->started.Add();
+  link->idle_sweeps = 0;
+  if (Status s = core->SendOpen(service_id, method_id, ctx.DeadlineBudgetMicros()); !s.ok()) {
+    Status why = Status(StatusCode::kUnavailable, "open stream to " + link->peer + ": " + s.ToString());
+    core->End(why);
+    ForgetStream(*link, txn);
+    return why;
+  }
+  return OpenedStream{std::move(link), std::move(core)};
+}
+
+void PeerTable::ForgetStream(Link& link, uint64_t txn) {
+  auto it = link.streams.find(txn);
+  if (it == link.streams.end()) return;
+  std::shared_ptr<ChannelState> channel = std::move(it->second.channel);
+  link.streams.erase(it);
+  link.info->finished.Add();
+  channel->in_flight.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void PeerTable::CancelStream(const std::shared_ptr<Link>& link, uint64_t txn, Status why) {
+  auto it = link->streams.find(txn);
+  if (it == link->streams.end()) return;
+  std::shared_ptr<StreamCore> core = it->second.core;
+  core->End(why);
+  ForgetStream(*link, txn);
+  if (!link->dead) {
+    wire::FrameHeader h;
+    h.kind = wire::FrameKind::kCancel;
+    h.txn_id = txn;
+    if (auto f = SmallFrame(workers_.pool(worker_), h, {}); f.ok()) link->conn->Send(std::move(*f)).IgnoreError();
+  }
+}
+
+void PeerTable::OnStreamFrame(const std::shared_ptr<Link>& link, ReceivedFrame rx) {
+  const wire::FrameHeader h = rx.frame.header();
+  auto it = link->streams.find(h.txn_id);
+  if (it == link->streams.end()) return;  // cancelled or ended here: late frames are dropped
+  std::shared_ptr<StreamCore> core = it->second.core;
+  Status bad;
+  switch (h.kind) {
+    case wire::FrameKind::kStreamMessage:
+      bad = core->OnMessage(std::move(rx));
+      break;
+    case wire::FrameKind::kStreamWindow:
+      bad = core->OnWindow(rx.frame.message());
+      break;
+    default:  // kStreamClose: the server's final status; nothing more comes
+      core->OnClose(rx.frame.status());
+      ForgetStream(*link, h.txn_id);
+      return;
+  }
+  if (!bad.ok()) {
+    SPDLOG_WARN("hrpc client: ending stream {} to {}: {}", h.txn_id, link->peer, bad.ToString());
+    CancelStream(link, h.txn_id, std::move(bad));
+  }
 }
 
 void PeerTable::CloseAll(const Status& why) {
@@ -451,7 +549,7 @@ void PeerTable::SweepIdle() {
     for (auto it = table_.begin(); it != table_.end();) {
       Entry& e = it->second;
       if (e.link && !e.link->dead) {
-        if (!e.link->calls.empty() || e.link->pulling > 0) {
+        if (!e.link->calls.empty() || !e.link->streams.empty() || e.link->pulling > 0) {
           e.link->idle_sweeps = 0;
         } else if (++e.link->idle_sweeps >= kIdleSweeps) {
           expired.push_back(e.link);

@@ -44,6 +44,7 @@ struct ChannelState {
   std::string scheme;  // "tcp", "rdma", "loop"
   size_t eager_threshold = 0;
   size_t connections_per_worker = 1;
+  StreamWindowOptions stream_window;
   // Keys of its connections in the peer tables, one per index ("uri#i"),
   // made once so that a call builds no string.
   std::vector<std::string> link_keys;
@@ -62,6 +63,13 @@ struct ChannelState {
 };
 
 struct Link;
+class StreamCore;
+
+// A stream opened on a connection of this worker (OpenStream).
+struct OpenedStream {
+  std::shared_ptr<Link> link;
+  std::shared_ptr<StreamCore> core;
+};
 
 // A call in flight: allocated by RpcChannel::Impl::Begin, deleted by
 // PeerTable::Complete, which then runs its done callback.
@@ -101,7 +109,16 @@ class PeerTable {
   // Sends `call` (takes ownership) on this worker's connection to its peer,
   // connecting first if needed. In a coroutine on this worker.
   void StartCall(Call* call);
-  // Ends every call of `channel` with `why`. On this worker.
+  // Opens a stream for method (service_id, method_id) on this worker's
+  // connection `index` to the channel's peer (connecting first if needed):
+  // registers it, sends the open frame. In a coroutine on this worker.
+  Result<OpenedStream> OpenStream(const std::shared_ptr<ChannelState>& channel, size_t index, uint32_t service_id,
+                                  uint32_t method_id, ClientContext& ctx);
+  // Ends stream `txn` of `link` on this side with `why` and, unless the
+  // server has already closed it, tells the server (cancel frame). No-op for
+  // a stream already forgotten. On this worker.
+  void CancelStream(const std::shared_ptr<Link>& link, uint64_t txn, Status why);
+  // Ends every call and stream of `channel` with `why`. On this worker.
   void AbortChannel(const ChannelState* channel, const Status& why);
   // Closes every connection, failing its calls with `why`; stops the idle
   // sweeper. On this worker. Readers leave afterwards (live_links()).
@@ -141,6 +158,8 @@ class PeerTable {
   void Complete(Call* call, Status status, ReceivedFrame* rx);
   Status FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in);
   void Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status why);
+  void OnStreamFrame(const std::shared_ptr<Link>& link, ReceivedFrame rx);
+  void ForgetStream(Link& link, uint64_t txn);
   void SweepIdle();
 
   WorkerSet& workers_;

@@ -55,6 +55,8 @@ class ReflectionService final : public Reflection::Service {
         if (md != nullptr) {
           mi->set_input_type(md->input_type()->full_name());
           mi->set_output_type(md->output_type()->full_name());
+          mi->set_client_streaming(md->client_streaming());
+          mi->set_server_streaming(md->server_streaming());
         }
       }
       if (sd != nullptr && request.include_descriptors()) AddFileWithImports(sd->file(), seen, response);

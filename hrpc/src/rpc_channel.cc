@@ -10,6 +10,7 @@
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/rpc/wire.h"
 #include "bulk.h"
+#include "client_stream.h"
 #include "peer_table.h"
 #include "runtime_internal.h"
 
@@ -160,6 +161,11 @@ Result<std::unique_ptr<RpcChannel>> RpcChannel::CreateOn(std::shared_ptr<interna
   impl->state->scheme = impl->state->uri.substr(0, impl->state->uri.find("://"));
   impl->state->eager_threshold = options.eager_threshold;
   impl->state->connections_per_worker = options.connections_per_worker;
+  if (options.stream_window.messages < wire::kInitialStreamWindowMessages ||
+      options.stream_window.bytes < wire::kInitialStreamWindowBytes) {
+    return InvalidArgumentError("stream_window must be at least 16 messages and 256 KiB");
+  }
+  impl->state->stream_window = options.stream_window;
   for (size_t i = 0; i < options.connections_per_worker; ++i) {
     impl->state->link_keys.push_back(impl->state->uri + "#" + std::to_string(i));
   }
@@ -203,6 +209,10 @@ Status RpcChannel::CallRaw(uint32_t service_id, uint32_t method_id, std::string_
   Call* call = impl_->NewCall(service_id, method_id, name, ctx);
   call->raw_response = response;
   return impl_->CallSync(call, nullptr, request);
+}
+
+std::unique_ptr<ClientStreamBase> RpcChannel::OpenStream(const MethodDescriptor& method, ClientContext& ctx) {
+  return internal::OpenClientStream(impl_->workers, impl_->state, impl_->PickWorker(), method, ctx);
 }
 
 Status RpcChannel::Connect() {

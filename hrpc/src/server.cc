@@ -22,6 +22,7 @@
 #include "dedup.h"
 #include "observability.h"
 #include "reflection.h"
+#include "stream_core.h"
 #include "rpcz.h"
 #include "runtime_internal.h"
 
@@ -36,7 +37,8 @@ struct ServerConn {
   std::unique_ptr<transport::Connection> conn;
   size_t worker = 0;
   std::string peer;
-  std::unordered_map<uint64_t, ServerContext*> active;  // txn -> running request
+  std::unordered_map<uint64_t, ServerContext*> active;  // txn -> running request or stream
+  std::unordered_map<uint64_t, std::shared_ptr<internal::StreamCore>> streams;  // txn -> open stream
   std::unordered_map<uint64_t, coro::LocalEvent*> releases;  // txn -> response held for the client's READ
   bool closed = false;
   std::shared_ptr<internal::ConnectionInfo> info;  // what /status shows of it
@@ -83,6 +85,25 @@ void WaitFor(const std::function<bool()>& done, Clock::time_point until) {
     }
   }
 }
+
+// A handler's view of its stream: operations bounded by the call's deadline.
+class HandlerStream final : public ServerStreamBase {
+ public:
+  HandlerStream(internal::StreamCore& core, const ServerContext& ctx) : core_(core), ctx_(ctx) {}
+  bool Read(google::protobuf::MessageLite* message, mempool::IoBuf* attachment) override {
+    auto r = core_.Read(message, attachment, ctx_.deadline());
+    return r.ok() && *r;
+  }
+  bool Write(const google::protobuf::MessageLite& message, mempool::IoBuf attachment) override {
+    Status s = core_.Write(message, std::move(attachment), ctx_.deadline());
+    if (!s.ok()) core_.End(std::move(s));
+    return core_.end_status().ok();
+  }
+
+ private:
+  internal::StreamCore& core_;
+  const ServerContext& ctx_;
+};
 
 // ServerOptions::etcd_register: the registration of a server listening on `bound`.
 Result<std::unique_ptr<EtcdRegistration>> RegisterInEtcd(const ServerOptions& options, const std::string& bound) {
@@ -273,6 +294,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     sc->conn->Close();
     for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
     for (auto& [txn, ev] : sc->releases) ev->Set();
+    for (auto& [txn, core] : sc->streams) core->End(UnavailableError("connection closed"));
   }
 
   void ReadLoop(std::shared_ptr<ServerConn> sc) {
@@ -291,8 +313,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         break;
       }
       const wire::FrameHeader& h = rx->frame.header();
-      if (h.kind == wire::FrameKind::kRequest) {
-        if (sc->active.count(h.txn_id) != 0) {
+      if (h.kind == wire::FrameKind::kRequest || h.kind == wire::FrameKind::kStreamOpen) {
+        if (sc->active.count(h.txn_id) != 0 || sc->streams.count(h.txn_id) != 0) {
           SPDLOG_WARN("hrpc server: closing connection {}: duplicate txn id {}", sc->peer, h.txn_id);
           break;
         }
@@ -300,6 +322,21 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         const uint64_t arrival_tick = rpcz.empty() ? 0 : clock->Now();
         sc->info->started.Add();
         auto req = std::make_shared<internal::ReceivedFrame>(std::move(*rx));
+        if (h.kind == wire::FrameKind::kStreamOpen) {
+          // Registered now, so that its messages, which may follow at once, find it.
+          internal::StreamSettings st;
+          st.receive_window = options.stream_window;
+          st.eager_threshold = options.eager_threshold;
+          st.pull_chunk = options.bulk_chunk_bytes;
+          st.pull_window = options.bulk_window;
+          st.server_side = true;
+          auto core = std::make_shared<internal::StreamCore>(*sc->conn, pool, h.txn_id, st);
+          sc->streams.emplace(h.txn_id, core);
+          workers->scheduler(sc->worker).Spawn(
+              [self = shared_from_this(), sc, req, core, arrival] { self->HandleStream(sc, *req, core, arrival); },
+              "hrpc-stream");
+          continue;
+        }
         workers->scheduler(sc->worker).Spawn(
             [self = shared_from_this(), sc, req, arrival, arrival_tick] {
               self->HandleRequest(sc, *req, arrival, arrival_tick);
@@ -308,6 +345,26 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       } else if (h.kind == wire::FrameKind::kCancel) {
         auto it = sc->active.find(h.txn_id);
         if (it != sc->active.end()) it->second->MarkCancelled();
+        if (auto st = sc->streams.find(h.txn_id); st != sc->streams.end()) {
+          st->second->End(CancelledError("stream cancelled by the client"));
+        }
+      } else if (h.kind == wire::FrameKind::kStreamMessage || h.kind == wire::FrameKind::kStreamWindow ||
+                 h.kind == wire::FrameKind::kStreamClose) {
+        auto it = sc->streams.find(h.txn_id);
+        if (it == sc->streams.end()) continue;  // ended here: late frames are dropped
+        std::shared_ptr<internal::StreamCore> core = it->second;
+        Status bad;
+        if (h.kind == wire::FrameKind::kStreamMessage) {
+          bad = core->OnMessage(std::move(*rx));
+        } else if (h.kind == wire::FrameKind::kStreamWindow) {
+          bad = core->OnWindow(rx->frame.message());
+        } else {
+          core->OnClose(Status::Ok());
+        }
+        if (!bad.ok()) {
+          SPDLOG_WARN("hrpc server: ending stream {} of {}: {}", h.txn_id, sc->peer, bad.ToString());
+          core->End(std::move(bad));
+        }
       } else if (h.kind == wire::FrameKind::kPing) {
         wire::FrameHeader pong;
         pong.kind = wire::FrameKind::kPong;
@@ -588,12 +645,65 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     internal::RevokeAll(*sc->conn, placed.for_read);
     finish(Status::Ok());
   }
+
+  // One stream, from its open frame to the close frame with the handler's
+  // Status (not sent when the client cancelled: it has ended the stream).
+  void HandleStream(const std::shared_ptr<ServerConn>& sc, internal::ReceivedFrame& rx,
+                    const std::shared_ptr<internal::StreamCore>& core, Clock::time_point arrival) {
+    const wire::FrameHeader& h = rx.frame.header();
+    MethodCounters& mc = CountersFor(h.service_id, h.method_id);
+    mc.Begin();
+    ServerContext ctx;
+    ctx.set_deadline_budget_us(h.deadline_us, arrival);
+    bool counted = false;
+    Status status = [&]() -> Status {
+      auto svc_it = services_by_id.find(h.service_id);
+      if (svc_it == services_by_id.end()) return UnimplementedError("unknown service id " + std::to_string(h.service_id));
+      if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired before the stream was served");
+      if (running.fetch_add(1) >= static_cast<int64_t>(options.max_concurrent_requests)) {
+        running.fetch_sub(1);
+        return ResourceExhaustedError("server is at max_concurrent_requests (" +
+                                      std::to_string(options.max_concurrent_requests) + ")");
+      }
+      counted = true;
+      HRPC_TRY(core->OnWindow(rx.frame.message()).WithContext("stream open"));
+      sc->active.emplace(h.txn_id, &ctx);
+      ctx.set_peer(sc->peer);
+      ctx.set_pool(&workers->pool(sc->worker));
+      if (Status s = core->SendInitialWindow(); !s.ok()) return s;
+      HandlerStream stream(*core, ctx);
+      Status s = services_by_id.at(h.service_id)->CallStream(h.method_id, ctx, stream);
+      // Wait for the client to READ what it was left exposed.
+      if (s.ok()) core->AwaitConsumed(std::min(ctx.deadline(), Clock::now() + options.release_timeout));
+      return s;
+    }();
+    // A stream that broke (cancelled, deadline, connection, a bad message)
+    // ends with why, whatever the handler made of it.
+    if (core->ended()) status = core->end_status();
+    if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
+    const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
+    sc->active.erase(h.txn_id);
+    if (!client_cancelled && !sc->closed) {
+      if (Status s = core->SendClose(status); !s.ok()) {
+        SPDLOG_DEBUG("hrpc server: close of stream {} to {} not sent: {}", h.txn_id, sc->peer, s.ToString());
+      }
+    }
+    core->ReleaseExposures();
+    sc->streams.erase(h.txn_id);
+    if (counted) running.fetch_sub(1);
+    mc.End(Clock::now() - arrival, status.code(), core->bytes_in(), core->bytes_out());
+    sc->info->finished.Add();
+  }
 };
 
 Result<std::unique_ptr<Server>> Server::Create(Runtime& runtime, ServerOptions options) {
   if (options.listen.empty()) return InvalidArgumentError("ServerOptions.listen is empty");
   if (options.bulk_chunk_bytes == 0) return InvalidArgumentError("bulk_chunk_bytes must be > 0");
   if (options.bulk_window == 0) return InvalidArgumentError("bulk_window must be > 0");
+  if (options.stream_window.messages < wire::kInitialStreamWindowMessages ||
+      options.stream_window.bytes < wire::kInitialStreamWindowBytes) {
+    return InvalidArgumentError("stream_window must be at least 16 messages and 256 KiB");
+  }
   auto impl = std::make_shared<Impl>();
   impl->workers = runtime.core();
   options.bulk_chunk_bytes = std::min(options.bulk_chunk_bytes, runtime.pool(0).options().max_class_bytes);
@@ -698,6 +808,7 @@ void Server::Shutdown() {
       for (auto& sc : im.conns[w]) {
         for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
         for (auto& [txn, ev] : sc->releases) ev->Set();
+        for (auto& [txn, core] : sc->streams) core->End(UnavailableError("server shutting down"));
       }
       return Status::Ok();
     }).IgnoreError();

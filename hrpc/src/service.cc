@@ -12,6 +12,12 @@ Status StringResponseWriter::Write(const google::protobuf::MessageLite& response
   return Status::Ok();
 }
 
+Status Service::CallStream(uint32_t method_id, ServerContext& ctx, ServerStreamBase& stream) {
+  (void)ctx;
+  (void)stream;
+  return internal::UnknownMethod(service_name(), method_id);
+}
+
 namespace internal {
 
 Status MalformedRequest(const MethodDescriptor& method) {
@@ -25,6 +31,12 @@ Status UnknownMethod(std::string_view service_name, uint32_t method_id) {
 
 Status HandlerThrew(const MethodDescriptor& method, const char* what) {
   return InternalError("handler of " + std::string(method.full_name) + " threw: " + what);
+}
+
+Status WrongMethodKind(const MethodDescriptor& method, bool is_streaming) {
+  return UnimplementedError(std::string(method.full_name) +
+                            (is_streaming ? " is a streaming method, called as a unary one"
+                                          : " is a unary method, called as a stream"));
 }
 
 }  // namespace internal

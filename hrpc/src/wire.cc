@@ -49,7 +49,7 @@ T Load(const std::byte* p) noexcept {
 Status Corrupt(const std::string& what) { return DataLossError("hrpc wire: " + what); }
 
 bool KnownKind(uint8_t k) noexcept {
-  return k >= static_cast<uint8_t>(FrameKind::kRequest) && k <= static_cast<uint8_t>(FrameKind::kPong);
+  return k >= static_cast<uint8_t>(FrameKind::kRequest) && k <= static_cast<uint8_t>(FrameKind::kStreamClose);
 }
 
 // Message and status message: the body without the attachment.
@@ -66,6 +66,10 @@ std::string_view FrameKindName(FrameKind kind) noexcept {
     case FrameKind::kPing: return "ping";
     case FrameKind::kRelease: return "release";
     case FrameKind::kPong: return "pong";
+    case FrameKind::kStreamOpen: return "stream_open";
+    case FrameKind::kStreamMessage: return "stream_message";
+    case FrameKind::kStreamWindow: return "stream_window";
+    case FrameKind::kStreamClose: return "stream_close";
   }
   return "unknown";
 }
@@ -224,7 +228,8 @@ Result<FrameHeader> DecodeHeader(std::span<const std::byte> prefix) {
     return Corrupt("status message length " + std::to_string(h.status_message_len) + " exceeds " +
                    std::to_string(kMaxStatusMessage));
   }
-  if (h.status_message_len != 0 && (h.kind != FrameKind::kResponse || h.status == StatusCode::kOk)) {
+  const bool carries_status = h.kind == FrameKind::kResponse || h.kind == FrameKind::kStreamClose;
+  if (h.status_message_len != 0 && (!carries_status || h.status == StatusCode::kOk)) {
     return Corrupt("status message on a frame that is not an error response");
   }
   if (FrameLength(h) - h.attachment_len > kMaxFrameBytes) {
@@ -243,6 +248,30 @@ BulkDescriptor Frame::descriptor(size_t i) const noexcept {
   out.crc32c = Load<uint32_t>(d + kDescCrc);
   out.direction = static_cast<BulkDirection>(Load<uint8_t>(d + kDescDirection));
   return out;
+}
+
+void EncodeStreamWindow(const StreamWindow& w, std::span<std::byte, kStreamWindowSize> out) noexcept {
+  Store<uint64_t>(out.data(), w.consumed_messages);
+  Store<uint64_t>(out.data() + 8, w.consumed_bytes);
+  Store<uint32_t>(out.data() + 16, w.window_messages);
+  Store<uint32_t>(out.data() + 20, w.window_bytes);
+}
+
+Result<StreamWindow> DecodeStreamWindow(std::span<const std::byte> body) {
+  if (body.size() != kStreamWindowSize) {
+    return Corrupt("stream window of " + std::to_string(body.size()) + " bytes, expected " +
+                   std::to_string(kStreamWindowSize));
+  }
+  StreamWindow w;
+  w.consumed_messages = Load<uint64_t>(body.data());
+  w.consumed_bytes = Load<uint64_t>(body.data() + 8);
+  w.window_messages = Load<uint32_t>(body.data() + 16);
+  w.window_bytes = Load<uint32_t>(body.data() + 20);
+  if (w.window_messages < kInitialStreamWindowMessages || w.window_bytes < kInitialStreamWindowBytes) {
+    return Corrupt("stream window of " + std::to_string(w.window_messages) + " messages / " +
+                   std::to_string(w.window_bytes) + " bytes is below the initial window");
+  }
+  return w;
 }
 
 Status Frame::status() const {

@@ -414,7 +414,8 @@ int RunList(const Common& c) {
       if (m.input_type().empty()) {
         std::printf("  rpc %s  (id 0x%08x)\n", m.name().c_str(), m.method_id());
       } else {
-        std::printf("  rpc %s(%s) returns (%s)\n", m.name().c_str(), m.input_type().c_str(), m.output_type().c_str());
+        std::printf("  rpc %s(%s%s) returns (%s%s)\n", m.name().c_str(), m.client_streaming() ? "stream " : "",
+                    m.input_type().c_str(), m.server_streaming() ? "stream " : "", m.output_type().c_str());
       }
     }
   }

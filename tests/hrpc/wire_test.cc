@@ -144,7 +144,8 @@ TEST(WireTest, RoundTripErrorResponseCarriesStatusMessage) {
 
 TEST(WireTest, EveryKindRoundTrips) {
   for (FrameKind k : {FrameKind::kRequest, FrameKind::kResponse, FrameKind::kCredit, FrameKind::kCancel,
-                      FrameKind::kPing, FrameKind::kRelease, FrameKind::kPong}) {
+                      FrameKind::kPing, FrameKind::kRelease, FrameKind::kPong, FrameKind::kStreamOpen,
+                      FrameKind::kStreamMessage, FrameKind::kStreamWindow, FrameKind::kStreamClose}) {
     FrameHeader h;
     h.kind = k;
     h.credits = 3;
@@ -153,6 +154,39 @@ TEST(WireTest, EveryKindRoundTrips) {
     EXPECT_EQ(frame->header().kind, k);
     EXPECT_EQ(frame->header().deadline_us, kNoDeadline);
   }
+}
+
+// A stream's final status travels in its close frame, as a response's does.
+TEST(WireTest, StreamCloseCarriesTheFinalStatus) {
+  FrameHeader h;
+  h.kind = FrameKind::kStreamClose;
+  h.txn_id = 9;
+  h.status = StatusCode::kAborted;
+  const std::vector<std::byte> buf = Encode(h, {}, "", "", "lease lost");
+  auto frame = Decode(buf);
+  ASSERT_TRUE(frame.ok()) << frame.status().ToString();
+  EXPECT_EQ(frame->status(), Status(StatusCode::kAborted, "lease lost"));
+}
+
+TEST(WireTest, StreamWindowLayoutIsPinned) {
+  StreamWindow w{0x0102030405060708ull, 0x1112131415161718ull, 64, 8u << 20};
+  std::array<std::byte, kStreamWindowSize> b{};
+  EncodeStreamWindow(w, b);
+  EXPECT_EQ(b[0], std::byte{0x08});
+  EXPECT_EQ(b[7], std::byte{0x01});
+  EXPECT_EQ(b[8], std::byte{0x18});
+  EXPECT_EQ(b[16], std::byte{64});
+  EXPECT_EQ(b[22], std::byte{0x80});
+  auto back = DecodeStreamWindow(b);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, w);
+  auto short_body = DecodeStreamWindow(std::span(b).first(20));
+  EXPECT_EQ(short_body.status().code(), StatusCode::kDataLoss);
+  w.window_messages = kInitialStreamWindowMessages - 1;
+  EncodeStreamWindow(w, b);
+  auto small = DecodeStreamWindow(b);
+  EXPECT_EQ(small.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(small.status().message().find("below the initial window"), std::string::npos);
 }
 
 TEST(WireTest, DecodeHeaderGivesFrameLengthForStreamReaders) {
@@ -284,7 +318,7 @@ TEST_F(WireMalformedTest, TooManyDescriptors) {
 }
 
 TEST_F(WireMalformedTest, UnknownKind) {
-  for (uint8_t kind : {uint8_t{0}, uint8_t{8}, uint8_t{255}}) {
+  for (uint8_t kind : {uint8_t{0}, uint8_t{12}, uint8_t{255}}) {
     auto f = good_;
     f[5] = std::byte{kind};
     ExpectDecodeError(f, StatusCode::kDataLoss, "unknown frame kind " + std::to_string(kind));

@@ -158,3 +158,71 @@ TEST(Blockstore, SigkillMidStreamDsyncAckedWritesSurvive) {
 }
 
 }  // namespace
+
+// The streaming service: a chunk copied in by a client stream, read back by a
+// server stream of any length in page-aligned chunks (no size announced),
+// neither copied by the server's CPU.
+TEST(Blockstore, CopyChunkThenReadStream) {
+  TempFile file;
+  Child server = StartServer({"--file=" + file.path(), "--listen=tcp://127.0.0.1:0", "--size=16M", "--log=warn"});
+  ASSERT_GT(server.pid, 0);
+  ASSERT_FALSE(server.uri.empty()) << "server did not print READY";
+  auto ch = Connect(server.uri);
+  ASSERT_NE(ch, nullptr);
+  auto base = Stat(*ch);
+  ASSERT_TRUE(base.ok()) << base.status().ToString();
+  hrpc_blockstore::BlockStreams::Stub streams(ch.get());
+  constexpr uint64_t kOff = 4u << 20, kPiece = 1u << 20, kPieces = 3;
+  {
+    hrpc::ClientContext ctx;
+    ctx.set_timeout(10s);
+    hrpc_blockstore::CopyChunkResponse resp;
+    auto writer = streams.CopyChunk(ctx, &resp);
+    for (uint64_t i = 0; i < kPieces; ++i) {
+      auto buf = ch->pool().Allocate(kPiece);
+      ASSERT_TRUE(buf.ok());
+      FillPattern(buf->data(), kOff + i * kPiece, kPiece, 11);
+      hrpc_blockstore::CopyChunkRequest req;
+      req.set_offset(kOff);
+      ASSERT_TRUE(writer->Write(req, hrpc::mempool::IoBuf(std::move(*buf)))) << i;
+    }
+    hrpc::Status s = writer->Finish();
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(resp.bytes(), kPieces * kPiece);
+    EXPECT_EQ(resp.crc32c(), PatternCrc(kOff, kPieces * kPiece, 11));
+  }
+  ASSERT_TRUE(ReadCheck(*ch, kOff, kPieces * kPiece, 11).ok()) << "the unary read disagrees with the copy";
+  {
+    const uint64_t length = kPieces * kPiece - 1000;  // not a multiple of anything
+    hrpc::ClientContext ctx;
+    ctx.set_timeout(10s);
+    hrpc_blockstore::ReadStreamRequest req;
+    req.set_offset(kOff);
+    req.set_length(length);
+    req.set_chunk_bytes(256 << 10);
+    auto reader = streams.ReadStream(ctx, req);
+    hrpc_blockstore::ReadStreamChunk chunk;
+    hrpc::mempool::IoBuf data;
+    uint64_t got = 0;
+    uint32_t crc = 0;
+    int chunks = 0;
+    while (reader->Read(&chunk, &data)) {
+      EXPECT_EQ(chunk.offset(), kOff + got);
+      EXPECT_EQ(chunk.crc32c(), data.Crc32c());
+      ASSERT_GT(data.num_slices(), 0u);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(data.slice(0).data()) % 4096, 0u) << "chunk " << chunks << " not page-aligned";
+      for (size_t i = 0; i < data.num_slices(); ++i) crc = hrpc::Crc32c(data.slice(i).data(), data.slice(i).size(), crc);
+      got += data.size();
+      ++chunks;
+    }
+    hrpc::Status s = reader->Finish();
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(got, length);
+    EXPECT_EQ(chunks, 12);
+    EXPECT_EQ(crc, PatternCrc(kOff, length, 11));
+  }
+  auto st = Stat(*ch);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->copied_bytes() - base->copied_bytes(), 0u) << "stream payloads must not be copied by the server CPU";
+  Stop(server, SIGTERM);
+}

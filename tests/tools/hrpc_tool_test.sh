@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The hrpc command-line tool against a real echo_server process.
-#   hrpc_tool_test.sh CASE HRPC ECHO_SERVER ECHO_PROTO
-# CASE: call | call_reflection | attachment | list | bad_input | press | stats
+# (case chat: echo_client's bidirectional Chat stream against it).
+#   hrpc_tool_test.sh CASE HRPC ECHO_SERVER ECHO_PROTO [ECHO_CLIENT]
+# CASE: call | call_reflection | attachment | list | bad_input | press | stats | chat
 set -euo pipefail
-CASE=$1 HRPC=$2 SERVER=$3 PROTO=$4
+CASE=$1 HRPC=$2 SERVER=$3 PROTO=$4 CLIENT=${5:-}
 TMP=$(mktemp -d)
 SERVER_PID=
 cleanup() {
@@ -59,6 +60,7 @@ case $CASE in
     expect_out '^hrpc_examples\.Echo +\(id 0x1ee9d1b7, echo/echo\.proto\)'
     expect_out '^  rpc Echo\(hrpc_examples\.EchoRequest\) returns \(hrpc_examples\.EchoResponse\)'
     expect_out '^  rpc ServerStats\(hrpc_examples\.StatsRequest\) returns \(hrpc_examples\.StatsResponse\)'
+    expect_out '^  rpc Chat\(stream hrpc_examples\.EchoRequest\) returns \(stream hrpc_examples\.EchoResponse\)'
     expect_out '^hrpc\.Reflection '
     ;;
   bad_input)
@@ -67,7 +69,7 @@ case $CASE in
     run 2 "$HRPC" call "$URI" hrpc_examples.Echo.Echo --proto "$PROTO" '{"no_such_field": 1}'
     expect_err 'not a valid hrpc_examples\.EchoRequest'
     run 2 "$HRPC" call "$URI" hrpc_examples.Echo.Nope --proto "$PROTO" '{}'
-    expect_err "service hrpc_examples\.Echo has no method 'Nope' \(it has: Echo, ServerStats\)"
+    expect_err "service hrpc_examples\.Echo has no method 'Nope' \(it has: Echo, ServerStats, Chat\)"
     run 2 "$HRPC" call "$URI" hrpc_examples.Nope.Echo '{}'
     expect_err "serves no service 'hrpc_examples\.Nope' \(it serves: hrpc\.Reflection, hrpc_examples\.Echo\)"
     echo 'syntax = "proto3"; message {' >"$TMP/broken.proto"
@@ -98,6 +100,14 @@ case $CASE in
       fail "stats do not show the 3 Echo calls"
     expect_out '^hrpc_examples\.Echo\.ServerStats +0 '
     ! grep -q 'hrpc\.Reflection' "$TMP/out" || fail "stats count reflection calls"
+    ;;
+  chat)
+    # Five messages with 64 KiB attachments over one stream, each echoed back.
+    run 0 "$CLIENT" --uri="$URI" --chat --count=5 --attachment=64K
+    [ "$(grep -c 'echoed back 65536 bytes, crc ok' "$TMP/out")" -eq 5 ] || fail "not every chat message came back intact"
+    expect_out '^chat 4: "hello, hrpc #4"'
+    expect_out '^chat ended: OK'
+    expect_out '^hrpc_examples\.Echo\.Chat +1 +0 '
     ;;
   *) fail "unknown case $CASE" ;;
 esac

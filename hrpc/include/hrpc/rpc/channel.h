@@ -15,6 +15,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include <google/protobuf/message_lite.h>
@@ -23,6 +24,7 @@
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/rpc/client_context.h"
 #include "hrpc/rpc/method.h"
+#include "hrpc/rpc/stream.h"
 
 namespace hrpc {
 
@@ -47,6 +49,13 @@ class Channel {
   virtual void CallMethodAsync(const MethodDescriptor& method, ClientContext& ctx,
                                const google::protobuf::MessageLite& request,
                                google::protobuf::MessageLite* response, DoneCallback done) = 0;
+
+  // Opens a stream (hrpc/rpc/stream.h). `ctx` must outlive it. A channel
+  // without streams returns one whose operations fail with UNIMPLEMENTED.
+  virtual std::unique_ptr<ClientStreamBase> OpenStream(const MethodDescriptor& method, ClientContext& ctx) {
+    (void)ctx;
+    return internal::FailedStream(UnimplementedError("this channel has no streams: " + std::string(method.full_name)));
+  }
 };
 
 namespace internal {
@@ -70,6 +79,34 @@ coro::Future<Response> CallFuture(Channel& channel, const MethodDescriptor& meth
     }
   });
   return future;
+}
+
+// The client sides of streams, for generated stubs. Server streaming sends
+// the request (with ctx.request_attachment()) and half-closes; client
+// streaming's Finish() reads the response, its attachment into
+// ctx.response_attachment().
+template <class Request, class Response>
+std::unique_ptr<ClientReader<Response>> StartServerStreaming(Channel& channel, const MethodDescriptor& method,
+                                                             ClientContext& ctx, const Request& request) {
+  std::unique_ptr<ClientStreamBase> stream = channel.OpenStream(method, ctx);
+  mempool::IoBuf attachment = std::move(ctx.request_attachment());
+  ctx.request_attachment() = mempool::IoBuf();
+  if (stream->Write(request, std::move(attachment))) stream->WritesDone();
+  return std::make_unique<ClientReader<Response>>(std::move(stream));
+}
+
+template <class Request, class Response>
+std::unique_ptr<ClientWriter<Request, Response>> StartClientStreaming(Channel& channel, const MethodDescriptor& method,
+                                                                      ClientContext& ctx, Response* response) {
+  return std::make_unique<ClientWriter<Request, Response>>(channel.OpenStream(method, ctx), response,
+                                                           &ctx.response_attachment());
+}
+
+template <class Request, class Response>
+std::unique_ptr<ClientReaderWriter<Request, Response>> StartBidiStreaming(Channel& channel,
+                                                                          const MethodDescriptor& method,
+                                                                          ClientContext& ctx) {
+  return std::make_unique<ClientReaderWriter<Request, Response>>(channel.OpenStream(method, ctx));
 }
 
 }  // namespace internal

@@ -7,7 +7,8 @@
 // Attachments move: the request attachment goes to the handler's
 // ServerContext, the handler's response attachment comes back in the
 // ClientContext. There is no bulk transport: ServerContext::PullBulk/PushBulk
-// return UNIMPLEMENTED. The async form completes before it returns.
+// return UNIMPLEMENTED. The async form completes before it returns. No
+// streams: OpenStream gives one whose operations fail with UNIMPLEMENTED.
 // AddService is not thread-safe with calls; register everything first.
 #pragma once
 

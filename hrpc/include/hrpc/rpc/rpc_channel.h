@@ -60,6 +60,8 @@ struct RpcChannelOptions {
   // channels of the runtime to the same URI).
   size_t connections_per_worker = 1;
   size_t eager_threshold = kDefaultEagerThreshold;
+  // What this channel's streams let the server have in flight to them.
+  StreamWindowOptions stream_window;
 };
 
 class RpcChannel final : public Channel {
@@ -83,6 +85,11 @@ class RpcChannel final : public Channel {
   void CallMethodAsync(const MethodDescriptor& method, ClientContext& ctx,
                        const google::protobuf::MessageLite& request, google::protobuf::MessageLite* response,
                        DoneCallback done) override;
+
+  // A stream on the caller's worker's connection (round robin off the
+  // workers); see hrpc/rpc/stream.h. Opening connects if needed: a stream
+  // that cannot open fails its first operation.
+  std::unique_ptr<ClientStreamBase> OpenStream(const MethodDescriptor& method, ClientContext& ctx) override;
 
   // Bytes in, bytes out, by ids: for proxies and tests (e.g. sending a request
   // that does not parse). `name` labels the stats ("" = the ids).

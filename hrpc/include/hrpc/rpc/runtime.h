@@ -179,4 +179,13 @@ inline constexpr size_t kDefaultEagerThreshold = 16 * 1024;
 inline constexpr size_t kDefaultBulkChunkBytes = 4u << 20;
 static_assert(kDefaultEagerThreshold < 64 * 1024, "eager payloads must fit the default control message");
 
+// Flow control of what one side of a stream receives: the messages and bytes
+// (message + attachment) it lets the peer have in flight beyond what it has
+// read (docs/rpc.md, "Streams"). A writer past the window suspends. At least
+// wire::kInitialStreamWindowMessages / kInitialStreamWindowBytes (16, 256 KiB).
+struct StreamWindowOptions {
+  uint32_t messages = 64;
+  uint32_t bytes = 8u << 20;
+};
+
 }  // namespace hrpc

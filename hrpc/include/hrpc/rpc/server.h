@@ -72,7 +72,10 @@ struct ServerOptions {
   // Pieces of one bulk READ in flight at once (one large call reaches the
   // link's bandwidth instead of waiting out a round trip per piece).
   size_t bulk_window = 4;
+  // Requests and streams running at once.
   size_t max_concurrent_requests = 65536;
+  // What each stream lets its client have in flight to the handler.
+  StreamWindowOptions stream_window;
   bool auto_pull = true;
   // How long Shutdown() lets running handlers finish (they see IsCancelled()).
   std::chrono::milliseconds shutdown_grace{2000};

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 #include <exception>
+#include <string>
+#include <utility>
 #include <limits>
 #include <span>
 #include <string>
@@ -21,6 +23,7 @@
 #include "hrpc/base/status.h"
 #include "hrpc/rpc/method.h"
 #include "hrpc/rpc/server_context.h"
+#include "hrpc/rpc/stream.h"
 
 namespace hrpc {
 
@@ -57,6 +60,11 @@ class Service {
   // lacks proto2 required fields), INTERNAL when a handler throws.
   virtual Status CallMethod(uint32_t method_id, ServerContext& ctx, std::string_view request,
                             ResponseWriter& response) = 0;
+
+  // Runs streaming method `method_id` over `stream` and returns its final
+  // Status. UNIMPLEMENTED for an unknown method id or a unary one (and, by
+  // default, for every id: services without streaming methods).
+  virtual Status CallStream(uint32_t method_id, ServerContext& ctx, ServerStreamBase& stream);
 };
 
 namespace internal {
@@ -64,6 +72,61 @@ namespace internal {
 Status MalformedRequest(const MethodDescriptor& method);
 Status UnknownMethod(std::string_view service_name, uint32_t method_id);
 Status HandlerThrew(const MethodDescriptor& method, const char* what);
+// A unary method called as a stream, or a streaming one called as a unary call.
+Status WrongMethodKind(const MethodDescriptor& method, bool is_streaming);
+
+// Runs a handler, turning an exception into INTERNAL.
+template <class Fn>
+Status GuardHandler(const MethodDescriptor& method, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    return HandlerThrew(method, e.what());
+  } catch (...) {
+    return HandlerThrew(method, "unknown exception");
+  }
+}
+
+// The bodies of the generated switch cases of CallStream.
+template <class Svc, class Request, class Response>
+Status DispatchClientStreaming(Svc& service,
+                               Status (Svc::*handler)(ServerContext&, ServerReader<Request>*, Response*),
+                               const MethodDescriptor& method, ServerContext& ctx, ServerStreamBase& stream) {
+  ctx.set_method(&method);
+  ServerReader<Request> reader(&stream);
+  Response response;
+  HRPC_TRY(GuardHandler(method, [&] { return (service.*handler)(ctx, &reader, &response); }));
+  if (!response.IsInitialized()) {
+    return InternalError("response lacks required fields: " + response.InitializationErrorString());
+  }
+  if (!stream.Write(response, std::move(ctx.response_attachment()))) {
+    return UnavailableError("the response of " + std::string(method.full_name) + " could not be sent");
+  }
+  return Status::Ok();
+}
+
+template <class Svc, class Request, class Response>
+Status DispatchServerStreaming(Svc& service,
+                               Status (Svc::*handler)(ServerContext&, const Request&, ServerWriter<Response>*),
+                               const MethodDescriptor& method, ServerContext& ctx, ServerStreamBase& stream) {
+  ctx.set_method(&method);
+  Request request;
+  if (!stream.Read(&request, &ctx.request_attachment())) {
+    return InvalidArgumentError("server-streaming call " + std::string(method.full_name) + " without a request");
+  }
+  ServerWriter<Response> writer(&stream);
+  return GuardHandler(method, [&] { return (service.*handler)(ctx, request, &writer); });
+}
+
+template <class Svc, class Request, class Response>
+Status DispatchBidiStreaming(Svc& service,
+                             Status (Svc::*handler)(ServerContext&, ServerReaderWriter<Response, Request>*),
+                             const MethodDescriptor& method, ServerContext& ctx, ServerStreamBase& stream) {
+  ctx.set_method(&method);
+  ServerReaderWriter<Response, Request> rw(&stream);
+  return GuardHandler(method, [&] { return (service.*handler)(ctx, &rw); });
+}
+
 
 // The body of every generated switch case.
 template <class Svc, class Request, class Response>

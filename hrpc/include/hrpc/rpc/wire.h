@@ -75,6 +75,11 @@ enum class FrameKind : uint8_t {
   kPing = 5,     // liveness probe; answered by a pong with the same txn_id
   kRelease = 6,  // client -> server: the response attachment exposed for txn_id was read
   kPong = 7,     // the answer to a ping; never answered
+  // Streams (docs/protocol.md, "Streams"): txn_id names the stream.
+  kStreamOpen = 8,     // client -> server: opens a stream; body = StreamWindow (the client's receive window)
+  kStreamMessage = 9,  // either way: one message of the stream (message + attachment, like a request)
+  kStreamWindow = 10,  // either way: the receiver's consumption so far and its window; body = StreamWindow
+  kStreamClose = 11,   // half-close: client -> server, no more messages; server -> client, the final status
 };
 std::string_view FrameKindName(FrameKind kind) noexcept;
 
@@ -174,5 +179,34 @@ class Frame {
 
 // Validates and decodes a whole frame; `frame` must be exactly one frame.
 Result<Frame> Decode(std::span<const std::byte> frame);
+
+// --- streams ------------------------------------------------------------------
+
+// Flow control of one direction of a stream, as its receiver states it: how
+// many messages and bytes (message + attachment) it has consumed since the
+// stream opened, and how many more than that it lets the sender have in
+// flight. The sender may send while sent_messages - consumed_messages <
+// window_messages and sent_bytes - consumed_bytes < window_bytes (so one
+// message larger than the byte window still goes, alone). Cumulative counts
+// make a lost or reordered update harmless and tell the sender which messages
+// are done (it may revoke their exposures).
+struct StreamWindow {
+  uint64_t consumed_messages = 0;
+  uint64_t consumed_bytes = 0;
+  uint32_t window_messages = 0;
+  uint32_t window_bytes = 0;
+
+  friend bool operator==(const StreamWindow&, const StreamWindow&) = default;
+};
+inline constexpr size_t kStreamWindowSize = 24;
+// The window a sender assumes until the receiver's first StreamWindow
+// arrives; a receiver's window is at least this.
+inline constexpr uint32_t kInitialStreamWindowMessages = 16;
+inline constexpr uint32_t kInitialStreamWindowBytes = 256u << 10;
+
+void EncodeStreamWindow(const StreamWindow& w, std::span<std::byte, kStreamWindowSize> out) noexcept;
+// DATA_LOSS unless `body` is exactly kStreamWindowSize bytes and the window is
+// at least the initial one.
+Result<StreamWindow> DecodeStreamWindow(std::span<const std::byte> body);
 
 }  // namespace hrpc::wire
