@@ -15,6 +15,7 @@ HRPC_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc  # bench/grpc_echo: the same-run gRPC baseline
   prometheus-cpp-dev libcpp-httplib-dev  # the HTTP endpoint: /metrics, /status, /rpcz
   iproute2 procps fio
+  clang libclang-rt-14-dev  # tests/fuzz: libFuzzer (-fsanitize=fuzzer) and clang's sanitizers
 )
 # The Soft-RoCE guest (../shared/rxe) and the reference RDMA tools.
 HRPC_RXE_PACKAGES=(

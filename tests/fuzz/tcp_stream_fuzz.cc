@@ -1,0 +1,156 @@
+// The TCP transport's receive path (frame parser, handshake, credits, one-sided
+// op checks) fed by a real socket: a listening TcpTransport on loopback, whose
+// accepted connections expose a buffer and take every message, and for each
+// input a fresh client socket that writes the bytes and half-closes. The first
+// input byte is a mode: bit 0 puts a valid HELLO before the bytes (so that they
+// reach the frame parser of an open connection), bit 1 asks for in-stream
+// payloads in that HELLO. The transport must close the connection (a bad
+// frame, or the client's end of stream) without a sanitizer report and within
+// kCloseWithin; the next input gets a new connection from the same listener.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "fuzz_util.h"
+#include "hrpc/coroutine/sync.h"
+#include "hrpc/coroutine/worker.h"
+#include "hrpc/mempool/pool.h"
+#include "hrpc/transport/tcp.h"
+
+using namespace hrpc;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto kCloseWithin = 20s;
+
+struct Server {
+  std::unique_ptr<mempool::Pool> pool;
+  std::unique_ptr<coro::Worker> worker;
+  std::unique_ptr<transport::Transport> transport;
+  std::unique_ptr<transport::Listener> listener;
+  uint16_t port = 0;
+};
+
+void Serve(Server& s) {
+  for (;;) {
+    auto c = s.listener->Accept();
+    if (!c.ok()) return;
+    std::shared_ptr<transport::Connection> conn = std::move(*c);
+    s.worker->scheduler().Spawn([&s, conn] {
+      auto buf = s.pool->Allocate(64 * 1024);
+      if (buf.ok()) (void)conn->Expose(*buf, transport::Access::kReadWrite);
+      while (conn->Recv().ok()) {
+      }
+    });
+  }
+}
+
+Server* Start() {
+  spdlog::set_level(spdlog::level::off);  // every input is a protocol violation worth a log line
+  auto* s = new Server;  // lives until exit, reachable (not a leak)
+  mempool::PoolOptions po;
+  po.arena_bytes = 64u << 20;
+  po.max_class_bytes = 16u << 20;
+  po.best_page_mode = mempool::PageMode::kTransparentHuge;
+  po.prefault = false;
+  po.max_arenas = 2;
+  s->pool = std::move(mempool::Pool::Create(po)).value();
+  s->worker = std::move(coro::Worker::Start({.sched = {.name = "fuzz-tcp"}})).value();
+  auto ok = coro::Async(s->worker->scheduler(), [&]() -> Status {
+              transport::TcpOptions o;
+              o.common.recv_depth = 16;
+              o.common.keepalive_interval = 100ms;
+              o.common.dead_peer_timeout = 5000ms;
+              o.common.handshake_timeout = 5000ms;
+              o.max_payload_bytes = 1u << 20;
+              HRPC_ASSIGN_OR_RETURN(s->transport, transport::CreateTcpTransport(s->worker->scheduler(), *s->pool, o));
+              HRPC_ASSIGN_OR_RETURN(s->listener, s->transport->Listen("tcp://127.0.0.1:0"));
+              HRPC_ASSIGN_OR_RETURN(auto u, transport::ParseUri(s->listener->uri()));
+              s->port = u.port;
+              s->worker->scheduler().Spawn([s] { Serve(*s); });
+              return Status::Ok();
+            }).Get();
+  HRPC_FUZZ_CHECK(ok.ok(), "%s", ok.ToString().c_str());
+  return s;
+}
+
+std::vector<uint8_t> Hello(bool payloads) {
+  std::vector<uint8_t> f(64, 0);
+  f[0] = 0xA7;
+  f[1] = 1;  // HELLO
+  const uint32_t len = 32;
+  std::memcpy(&f[4], &len, 4);
+  const uint64_t magic = 0x3150435450524831ull;
+  const uint16_t version = 3, flags = payloads ? 1 : 0;
+  const uint32_t max_msg = 65536, depth = 16, keepalive = 1000, dead = 5000, pages = 64;
+  std::memcpy(&f[32], &magic, 8);
+  std::memcpy(&f[40], &version, 2);
+  std::memcpy(&f[42], &flags, 2);
+  std::memcpy(&f[44], &max_msg, 4);
+  std::memcpy(&f[48], &depth, 4);
+  std::memcpy(&f[52], &keepalive, 4);
+  std::memcpy(&f[56], &dead, 4);
+  std::memcpy(&f[60], &pages, 4);
+  return f;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static Server* server = Start();
+  if (size == 0) return 0;
+  std::vector<uint8_t> bytes;
+  if (data[0] & 1) bytes = Hello((data[0] & 2) != 0);
+  bytes.insert(bytes.end(), data + 1, data + size);
+
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  HRPC_FUZZ_CHECK(fd >= 0, "socket: %s", strerror(errno));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server->port);
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  HRPC_FUZZ_CHECK(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0, "connect: %s", strerror(errno));
+  // Write while reading what the server answers (it may fill our receive
+  // buffer), until everything is written or the server has closed.
+  size_t off = 0;
+  bool eof = false;
+  const auto until = std::chrono::steady_clock::now() + kCloseWithin;
+  bool shut = false;
+  while (!eof) {
+    if (off == bytes.size() && !shut) {
+      shutdown(fd, SHUT_WR);
+      shut = true;
+    }
+    pollfd p{fd, static_cast<short>(POLLIN | (shut ? 0 : POLLOUT)), 0};
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    HRPC_FUZZ_CHECK(left.count() > 0, "the server did not close the connection within %llds",
+                    static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(kCloseWithin).count()));
+    if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+    if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+      uint8_t sink[4096];
+      const ssize_t r = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+      if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) eof = true;
+    }
+    if (!shut && (p.revents & POLLOUT)) {
+      const ssize_t w = send(fd, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w > 0) {
+        off += static_cast<size_t>(w);
+      } else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        off = bytes.size();  // the server reset the connection: nothing more to write
+      }
+    }
+  }
+  close(fd);
+  return 0;
+}
