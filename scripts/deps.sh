@@ -7,7 +7,7 @@ HRPC_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost-context-dev libnuma-dev numactl libhwloc-dev hwloc
-  libisal-dev liburing-dev libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
+  libisal-dev libssl-dev liburing-dev libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
   libprotobuf-dev libprotoc-dev protobuf-compiler
   libspdlog-dev libfmt-dev
   libcli11-dev  # command-line flags: the hrpc tool, the samples, the benchmarks
