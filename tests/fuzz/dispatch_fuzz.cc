@@ -73,13 +73,7 @@ Env* Start() {
   const Status started = e->server->Start();
   HRPC_FUZZ_CHECK(started.ok(), "%s", started.ToString().c_str());
 
-  mempool::PoolOptions po;
-  po.arena_bytes = 64u << 20;
-  po.max_class_bytes = 16u << 20;
-  po.best_page_mode = mempool::PageMode::kTransparentHuge;
-  po.prefault = false;
-  po.max_arenas = 2;
-  e->pool = std::move(mempool::Pool::Create(po)).value();
+  e->pool = MakeFuzzPool();
   e->worker = std::move(coro::Worker::Start({.sched = {.name = "fuzz-client"}})).value();
   const Status made = coro::Async(e->worker->scheduler(), [e]() -> Status {
                         transport::TransportOptions o;

@@ -59,13 +59,7 @@ void Serve(Server& s) {
 Server* Start() {
   spdlog::set_level(spdlog::level::off);  // every input is a protocol violation worth a log line
   auto* s = new Server;  // lives until exit, reachable (not a leak)
-  mempool::PoolOptions po;
-  po.arena_bytes = 64u << 20;
-  po.max_class_bytes = 16u << 20;
-  po.best_page_mode = mempool::PageMode::kTransparentHuge;
-  po.prefault = false;
-  po.max_arenas = 2;
-  s->pool = std::move(mempool::Pool::Create(po)).value();
+  s->pool = MakeFuzzPool();
   s->worker = std::move(coro::Worker::Start({.sched = {.name = "fuzz-tcp"}})).value();
   auto ok = coro::Async(s->worker->scheduler(), [&]() -> Status {
               transport::TcpOptions o;
