@@ -147,6 +147,15 @@ void TcpSeeds() {
   write_body.resize(kPad + 100, 'w');
   Write("tcp_stream", "write", Cat({TcpFrame(4, write_body, 0, 1, 0x1000, 0x10001, 0, 100)}, 1));
   Write("tcp_stream", "read-req", Cat({TcpFrame(6, {}, 0, 2, 0x1000, 0x10001, 64)}, 1));
+  // Mode 5: at the buffer the server exposed (placeholders "AAAAAAAA", "KKKK").
+  constexpr uint64_t kAddr = 0x4141414141414141ull;
+  constexpr uint32_t kKey = 0x4B4B4B4Bu;
+  Write("tcp_stream", "write-exposed", Cat({TcpFrame(4, write_body, 0, 1, kAddr, kKey, 0, 100)}, 5));
+  Write("tcp_stream", "read-exposed", Cat({TcpFrame(6, {}, 0, 2, kAddr, kKey, 4096)}, 5));
+  Write("tcp_stream", "read-exposed-too-long", Cat({TcpFrame(6, {}, 0, 3, kAddr, kKey, 65537)}, 5));
+  Bytes big_write(kPad, 0);
+  big_write.resize(kPad + 65536, 'w');
+  Write("tcp_stream", "write-exposed-whole", Cat({TcpFrame(4, big_write, 0, 4, kAddr, kKey, 0, 65536)}, 5));
   Write("tcp_stream", "read-resp-unasked", Cat({TcpFrame(7, Bytes(kPad + 8, 0), 0, 3, 0, 0, 0, 8)}, 1));
   const std::string why = "bad thing";
   Write("tcp_stream", "error", Cat({TcpFrame(8, Bytes(why.begin(), why.end()), 0, 0, 0, 0, 13)}, 1));

@@ -4,7 +4,10 @@
 // input a fresh client socket that writes the bytes and half-closes. The first
 // input byte is a mode: bit 0 puts a valid HELLO before the bytes (so that they
 // reach the frame parser of an open connection), bit 1 asks for in-stream
-// payloads in that HELLO. The transport must close the connection (a bad
+// payloads in that HELLO, bit 2 (with bit 0) replaces the placeholders
+// "AAAAAAAA" and "KKKK" in the bytes by the address and key of the buffer the
+// server exposed and announced (so WRITE and READ_REQ frames reach the served
+// paths and their bounds checks, not only the key check). The transport must close the connection (a bad
 // frame, or the client's end of stream) without a sanitizer report and within
 // kCloseWithin; the next input gets a new connection from the same listener.
 #include <arpa/inet.h>
@@ -33,6 +36,11 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr auto kCloseWithin = 20s;
+constexpr size_t kExposed = 64 * 1024;
+// Placeholders an input may hold (mode bit 2): replaced by the address and the
+// key of the buffer the server exposed on this connection.
+constexpr uint64_t kAddrMark = 0x4141414141414141ull;  // "AAAAAAAA"
+constexpr uint32_t kKeyMark = 0x4B4B4B4Bu;             // "KKKK"
 
 struct Server {
   std::unique_ptr<mempool::Pool> pool;
@@ -48,8 +56,17 @@ void Serve(Server& s) {
     if (!c.ok()) return;
     std::shared_ptr<transport::Connection> conn = std::move(*c);
     s.worker->scheduler().Spawn([&s, conn] {
-      auto buf = s.pool->Allocate(64 * 1024);
-      if (buf.ok()) (void)conn->Expose(*buf, transport::Access::kReadWrite);
+      // Expose a buffer and tell the client where it is (addr, len, key: the
+      // descriptor an RPC layer would send), so that its one-sided ops can
+      // name memory that exists.
+      auto buf = s.pool->Allocate(kExposed);
+      if (!buf.ok()) return;
+      auto d = conn->Expose(*buf, transport::Access::kReadWrite);
+      auto msg = s.pool->Allocate(sizeof(transport::RemoteDescriptor));
+      if (d.ok() && msg.ok()) {
+        std::memcpy(msg->data(), &*d, sizeof *d);
+        (void)conn->Send(mempool::IoBuf(std::move(*msg)));
+      }
       while (conn->Recv().ok()) {
       }
     });
@@ -99,6 +116,19 @@ std::vector<uint8_t> Hello(bool payloads) {
   return f;
 }
 
+// Reads exactly n bytes (false at EOF, error or after 5 s).
+bool ReadFull(int fd, uint8_t* out, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 5000) <= 0) return false;
+    const ssize_t r = recv(fd, out + got, n - got, 0);
+    if (r <= 0) return false;
+    got += static_cast<size_t>(r);
+  }
+  return true;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -115,6 +145,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   a.sin_port = htons(server->port);
   inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
   HRPC_FUZZ_CHECK(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0, "connect: %s", strerror(errno));
+  if ((data[0] & 5) == 5) {
+    // Handshake first, read HELLO_ACK and the descriptor message, then put the
+    // exposed address and key where the input has the placeholders.
+    const size_t hello = 64;
+    HRPC_FUZZ_CHECK(send(fd, bytes.data(), hello, MSG_NOSIGNAL) == static_cast<ssize_t>(hello), "send hello");
+    bytes.erase(bytes.begin(), bytes.begin() + hello);
+    uint8_t in[64 + 32 + sizeof(transport::RemoteDescriptor)];
+    if (ReadFull(fd, in, sizeof in) && in[64 + 1] == 3) {
+      transport::RemoteDescriptor d;
+      std::memcpy(&d, in + 96, sizeof d);
+      for (size_t i = 0; i + 8 <= bytes.size(); ++i) {
+        uint64_t v;
+        std::memcpy(&v, &bytes[i], 8);
+        if (v == kAddrMark) std::memcpy(&bytes[i], &d.addr, 8);
+      }
+      for (size_t i = 0; i + 4 <= bytes.size(); ++i) {
+        uint32_t v;
+        std::memcpy(&v, &bytes[i], 4);
+        if (v == kKeyMark) std::memcpy(&bytes[i], &d.key, 4);
+      }
+    }
+  }
   // Write while reading what the server answers (it may fill our receive
   // buffer), until everything is written or the server has closed.
   size_t off = 0;
