@@ -116,13 +116,43 @@ std::vector<uint8_t> Hello(bool payloads) {
   return f;
 }
 
+// libFuzzer's timer signals interrupt blocking calls: every call here
+// retries on EINTR (a connect() that was interrupted goes on in the kernel:
+// wait for it and read its outcome).
+bool Connect(int fd, const sockaddr_in& a) {
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0) return true;
+  if (errno != EINTR) return false;
+  pollfd p{fd, POLLOUT, 0};
+  while (poll(&p, 1, 5000) < 0 && errno == EINTR) {
+  }
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return false;
+  errno = err;
+  return err == 0;
+}
+
+bool SendAll(int fd, const uint8_t* p, size_t n) {
+  while (n > 0) {
+    const ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
 // Reads exactly n bytes (false at EOF, error or after 5 s).
 bool ReadFull(int fd, uint8_t* out, size_t n) {
   size_t got = 0;
   while (got < n) {
     pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, 5000) <= 0) return false;
+    const int ready = poll(&p, 1, 5000);
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) return false;
     const ssize_t r = recv(fd, out + got, n - got, 0);
+    if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return false;
     got += static_cast<size_t>(r);
   }
@@ -144,12 +174,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   a.sin_family = AF_INET;
   a.sin_port = htons(server->port);
   inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-  HRPC_FUZZ_CHECK(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0, "connect: %s", strerror(errno));
+  HRPC_FUZZ_CHECK(Connect(fd, a), "connect: %s", strerror(errno));
   if ((data[0] & 5) == 5) {
     // Handshake first, read HELLO_ACK and the descriptor message, then put the
     // exposed address and key where the input has the placeholders.
     const size_t hello = 64;
-    HRPC_FUZZ_CHECK(send(fd, bytes.data(), hello, MSG_NOSIGNAL) == static_cast<ssize_t>(hello), "send hello");
+    HRPC_FUZZ_CHECK(SendAll(fd, bytes.data(), hello), "send hello: %s", strerror(errno));
     bytes.erase(bytes.begin(), bytes.begin() + hello);
     uint8_t in[64 + 32 + sizeof(transport::RemoteDescriptor)];
     if (ReadFull(fd, in, sizeof in) && in[64 + 1] == 3) {
@@ -186,13 +216,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
       uint8_t sink[4096];
       const ssize_t r = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
-      if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) eof = true;
+      if (r == 0 || (r < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) eof = true;
     }
     if (!shut && (p.revents & POLLOUT)) {
       const ssize_t w = send(fd, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (w > 0) {
         off += static_cast<size_t>(w);
-      } else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      } else if (w < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
         off = bytes.size();  // the server reset the connection: nothing more to write
       }
     }
