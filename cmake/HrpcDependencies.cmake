@@ -11,6 +11,7 @@ pkg_check_modules(hrpc_numa REQUIRED IMPORTED_TARGET numa)
 pkg_check_modules(hrpc_hwloc REQUIRED IMPORTED_TARGET hwloc)
 pkg_check_modules(hrpc_isal REQUIRED IMPORTED_TARGET libisal)  # CRC32C (Debian: libisal-dev)
 pkg_check_modules(hrpc_crypto REQUIRED IMPORTED_TARGET libcrypto)  # peer authentication: HMAC-SHA256 (libssl-dev)
+pkg_check_modules(hrpc_cares REQUIRED IMPORTED_TARGET libcares)  # host names, off the workers (libc-ares-dev)
 if(HRPC_WITH_NVME)
   pkg_check_modules(hrpc_uring REQUIRED IMPORTED_TARGET liburing)
 endif()
@@ -24,3 +25,6 @@ find_package(Protobuf REQUIRED)
 # zlib and brotli; its pkg-config flags must be used so the headers match).
 find_package(prometheus-cpp CONFIG REQUIRED)
 pkg_check_modules(hrpc_httplib REQUIRED IMPORTED_TARGET cpp-httplib)
+# etcd naming: etcd's v3 JSON gateway through cpp-httplib, its JSON through
+# nlohmann-json (nlohmann-json3-dev; header-only, used by no public header).
+find_package(nlohmann_json 3 REQUIRED)

@@ -7,13 +7,16 @@ HRPC_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost-context-dev libnuma-dev numactl libhwloc-dev hwloc
-  libisal-dev libssl-dev liburing-dev libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
+  libisal-dev libssl-dev libc-ares-dev liburing-dev libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
   libprotobuf-dev libprotoc-dev protobuf-compiler
   libspdlog-dev libfmt-dev
   libcli11-dev  # command-line flags: the hrpc tool, the samples, the benchmarks
   python3-matplotlib  # bench/plot.py
   libgrpc++-dev protobuf-compiler-grpc  # bench/grpc_echo: the same-run gRPC baseline
   prometheus-cpp-dev libcpp-httplib-dev  # the HTTP endpoint: /metrics, /status, /rpcz
+  dnsmasq-base  # a local DNS server for the dns:// naming tests (run on 127.0.0.1 by the tests)
+  nlohmann-json3-dev  # etcd naming: the JSON of etcd's v3 gateway
+  etcd-server  # the etcd naming tests run their own etcd (free 127.0.0.1 ports, a temp dir; a system etcd.service is not used)
   iproute2 procps fio
   clang libclang-rt-14-dev  # tests/fuzz: libFuzzer (-fsanitize=fuzzer) and clang's sanitizers
 )

@@ -14,6 +14,11 @@
 // through CountedCopy, so Stat reports it. Stat also reports how many slices
 // went to the disk as WRITE_FIXED/READ_FIXED and how many as WRITEV/READV.
 //
+// Replication (--role=leader --followers=URI,... / --role=follower): writes go
+// through the replicated path of replication.h (WAL on every node, records
+// forwarded to the followers as attachments, --ack=majority|all); without
+// --role the server is the single node described above, with no log.
+//
 // Threads: the server runs ONE worker (--workers is not offered); the sink is
 // opened lazily by the first handler on that worker and attached to its
 // scheduler, so disk I/O suspends only the handler's coroutine.
@@ -25,9 +30,11 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <vector>
 
 #include "blockstore/blockstore.hrpc.h"
+#include "blockstore/replication.h"
 #include "common/cli.h"
 #include "common/signals.h"
 #include "hrpc/coroutine/scheduler.h"
@@ -48,10 +55,15 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
       : opts_(std::move(opts)), durability_name_(std::move(durability_name)),
         copied_at_start_(hrpc::mempool::CopiedBytesTotal()) {}
 
+  void set_replication(hrpc_blockstore::Replication* r) { repl_ = r; }
+
   hrpc::Status WriteBlocks(hrpc::ServerContext& ctx, const hrpc_blockstore::WriteBlocksRequest& req,
                            hrpc_blockstore::WriteBlocksResponse* resp) override {
     HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker(ctx));
     hrpc::mempool::IoBuf data = std::move(ctx.request_attachment());
+    if (repl_ != nullptr && repl_->role() == hrpc_blockstore::Role::kFollower) {
+      return hrpc::FailedPreconditionError("WriteBlocks: this server is a follower; write to the leader");
+    }
     HRPC_TRY(CheckRange(*sink, req.offset(), data.size(), "WriteBlocks"));
     std::vector<iovec> iov = data.Iovecs();
     if (!hrpc::nvme::CheckScatterList(iov, req.offset(), sink->rules()).ok()) {
@@ -59,6 +71,14 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
       HRPC_ASSIGN_OR_RETURN(hrpc::mempool::Buffer slab, ctx.pool()->Allocate(data.size()));
       data.CopyTo(slab.data(), 0, data.size());
       data = hrpc::mempool::IoBuf(slab.Slice(0, data.size()));
+    }
+    const size_t n = data.size();
+    if (repl_ != nullptr) {
+      HRPC_TRY(repl_->Write(ctx, req.offset(), std::move(data)));
+      bytes_written_.fetch_add(n, std::memory_order_relaxed);
+      writes_.fetch_add(1, std::memory_order_relaxed);
+      resp->set_bytes(n);
+      return hrpc::Status::Ok();
     }
     HRPC_TRY(sink->Write(req.offset(), data));
     bytes_written_.fetch_add(data.size(), std::memory_order_relaxed);
@@ -70,7 +90,7 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
   hrpc::Status ReadBlocks(hrpc::ServerContext& ctx, const hrpc_blockstore::ReadBlocksRequest& req,
                           hrpc_blockstore::ReadBlocksResponse* resp) override {
     HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * sink, SinkForThisWorker(ctx));
-    HRPC_TRY(CheckRange(*sink, req.offset(), req.length(), "ReadBlocks"));
+    HRPC_TRY(CheckRange(*sink, req.offset(), req.length(), "ReadBlocks", false));
     HRPC_ASSIGN_OR_RETURN(hrpc::mempool::IoBuf data, sink->Read(req.offset(), req.length()));
     bytes_read_.fetch_add(data.size(), std::memory_order_relaxed);
     reads_.fetch_add(1, std::memory_order_relaxed);
@@ -100,17 +120,7 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
     resp->set_fixed_slices(sink->stats().fixed_slices);
     resp->set_vectored_slices(sink->stats().vectored_slices);
     resp->set_fixed_buffers(sink->fixed_buffers());
-    return hrpc::Status::Ok();
-  }
-
- private:
-  static hrpc::Status CheckRange(const hrpc::nvme::Sink& sink, uint64_t offset, uint64_t len, const char* what) {
-    const uint64_t block = sink.rules().logical_block;
-    if (len == 0 || offset % block != 0 || len % block != 0) {
-      return hrpc::InvalidArgumentError(std::string(what) + ": offset " + std::to_string(offset) + " and length " +
-                                        std::to_string(len) + " must be non-zero multiples of the block size " +
-                                        std::to_string(block));
-    }
+    if (repl_ != nullptr) repl_->FillStat(resp->mutable_replication());
     return hrpc::Status::Ok();
   }
 
@@ -135,13 +145,39 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
     return sinks_.back().second.get();
   }
 
+ private:
+  // Replicated writes are records of a log with 4 KiB blocks: their length
+  // must be a multiple of that too (else the record's tail would need a copy).
+  hrpc::Status CheckRange(const hrpc::nvme::Sink& sink, uint64_t offset, uint64_t len, const char* what,
+                          bool write = true) const {
+    uint64_t block = sink.rules().logical_block;
+    if (write && repl_ != nullptr) block = std::max<uint64_t>(block, kLogBlock);
+    if (len == 0 || offset % block != 0 || len % block != 0) {
+      return hrpc::InvalidArgumentError(std::string(what) + ": offset " + std::to_string(offset) + " and length " +
+                                        std::to_string(len) + " must be non-zero multiples of the block size " +
+                                        std::to_string(block));
+    }
+    return hrpc::Status::Ok();
+  }
+
   hrpc::nvme::SinkOptions opts_;
   std::string durability_name_;
   uint64_t copied_at_start_;
   std::mutex mu_;
   std::vector<std::pair<hrpc::coro::Scheduler*, std::unique_ptr<hrpc::nvme::Sink>>> sinks_;
   std::atomic<uint64_t> bytes_written_{0}, bytes_read_{0}, writes_{0}, reads_{0};
+  hrpc_blockstore::Replication* repl_ = nullptr;
+  static constexpr uint64_t kLogBlock = 4096;
 };
+
+std::vector<std::string> SplitList(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -162,6 +198,19 @@ int main(int argc, char** argv) {
                           "response attachments up to this size travel inline (0: always pushed)");
   app.add_option("--pool_mib", pool_mib, "arena size of the server pool (pulled payloads, read slabs), MiB")
       ->capture_default_str();
+  std::string role = "single", followers, ack = "majority", log_path;
+  uint64_t replicate_timeout_ms = 2000;
+  bool copy_payload = false;
+  app.add_option("--role", role, "single (no log) | leader (log, forward to --followers) | follower")
+      ->capture_default_str();
+  app.add_option("--followers", followers, "leader: comma-separated follower addresses");
+  app.add_option("--ack", ack, "leader: answer a write once it is logged on the leader and a majority | all")
+      ->capture_default_str();
+  app.add_option("--wal", log_path, "leader/follower: the write-ahead log file (default: <file>.wal)");
+  app.add_option("--replicate_timeout_ms", replicate_timeout_ms, "leader: deadline of a call to a follower")
+      ->capture_default_str();
+  app.add_flag("--copy-payload", copy_payload,
+               "leader/follower: copy each payload into a fresh aligned buffer first (the copying baseline)");
   std::string log_level = "info";
   hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
@@ -180,6 +229,31 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "blockstore_server: bad --durability '%s'\n", durability.c_str());
     return 2;
   }
+  hrpc_blockstore::ReplicationOptions ro;
+  if (role == "leader") ro.role = hrpc_blockstore::Role::kLeader;
+  else if (role == "follower") ro.role = hrpc_blockstore::Role::kFollower;
+  else if (role != "single") {
+    std::fprintf(stderr, "blockstore_server: bad --role '%s'\n", role.c_str());
+    return 2;
+  }
+  if (ack == "all") ro.ack = hrpc_blockstore::AckPolicy::kAll;
+  else if (ack != "majority") {
+    std::fprintf(stderr, "blockstore_server: bad --ack '%s'\n", ack.c_str());
+    return 2;
+  }
+  ro.followers = SplitList(followers);
+  if ((ro.role == hrpc_blockstore::Role::kLeader) != !ro.followers.empty()) {
+    std::fprintf(stderr, "blockstore_server: --followers goes with --role=leader, and a leader needs it\n");
+    return 2;
+  }
+  if (ro.role != hrpc_blockstore::Role::kSingle && so.durability == hrpc::nvme::Durability::kFdatasyncOnFlush) {
+    // A write is acknowledged when its record is written on each node: durable there only with dsync.
+    std::fprintf(stderr, "blockstore_server: a replicated server runs --durability=none or dsync\n");
+    return 2;
+  }
+  ro.log_path = log_path.empty() ? file + ".wal" : log_path;
+  ro.replicate_timeout = std::chrono::milliseconds(replicate_timeout_ms);
+  ro.copy_payload = copy_payload;
   if (engine == "io_uring") so.engine = hrpc::nvme::EngineChoice::kIoUring;
   else if (engine == "psync") so.engine = hrpc::nvme::EngineChoice::kPsync;
   else if (engine != "auto") {
@@ -191,14 +265,22 @@ int main(int argc, char** argv) {
   signal(SIGXFSZ, SIG_IGN);
   const sigset_t stop = hrpc::examples::BlockStopSignals();  // before the workers start: they inherit it
 
+  // One runtime for the process: the server and a leader's channels to its
+  // followers share its worker, pool and registrations.
+  hrpc::RuntimeOptions rto = hrpc::RuntimeOptions::FromEnv();
+  rto.workers = 1;  // one worker: one sink, attached to it
+  rto.name = "blockstore";
+  rto.pool.arena_bytes = pool_mib << 20;
+  rto.pool.max_class_bytes = std::min<size_t>(rto.pool.max_class_bytes, pool_mib << 20);
+  auto runtime = hrpc::Runtime::Create(rto);
+  if (!runtime.ok()) {
+    std::fprintf(stderr, "blockstore_server: %s\n", runtime.status().ToString().c_str());
+    return 1;
+  }
   hrpc::ServerOptions opts;
   opts.listen = {listen};
-  opts.runtime.workers = 1;  // one worker: one sink, attached to it
-  opts.runtime.name = "blockstore";
-  opts.runtime.pool.arena_bytes = pool_mib << 20;
-  opts.runtime.pool.max_class_bytes = std::min<size_t>(opts.runtime.pool.max_class_bytes, pool_mib << 20);
   opts.eager_threshold = eager;
-  auto server = hrpc::Server::Create(opts);
+  auto server = hrpc::Server::Create(**runtime, opts);
   if (!server.ok()) {
     std::fprintf(stderr, "blockstore_server: %s\n", server.status().ToString().c_str());
     return 1;
@@ -220,6 +302,26 @@ int main(int argc, char** argv) {
   if (auto s = (*server)->RegisterService(service); !s.ok()) {
     std::fprintf(stderr, "blockstore_server: %s\n", s.ToString().c_str());
     return 1;
+  }
+  if (ro.role != hrpc_blockstore::Role::kSingle) {
+    ro.chunk = so;
+    // Recovers the log into the chunk file before the server accepts anything.
+    auto repl = hrpc_blockstore::Replication::Create(
+        **runtime, (*server)->pool(), ro,
+        [service](hrpc::ServerContext& ctx) { return service->SinkForThisWorker(ctx); });
+    if (!repl.ok()) {
+      std::fprintf(stderr, "blockstore_server: %s: %s\n", ro.log_path.c_str(), repl.status().ToString().c_str());
+      return 1;
+    }
+    auto* r = repl->release();  // leaked like the service: its log belongs to the worker
+    service->set_replication(r);
+    if (auto s = (*server)->RegisterService(r); !s.ok()) {
+      std::fprintf(stderr, "blockstore_server: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    std::printf("%s: log %s, %llu records replayed, %llu bytes cut\n", std::string(RoleName(ro.role)).c_str(),
+                ro.log_path.c_str(), static_cast<unsigned long long>(r->recovery().records),
+                static_cast<unsigned long long>(r->recovery().cut_bytes));
   }
   if (auto s = (*server)->Start(); !s.ok()) {
     std::fprintf(stderr, "blockstore_server: %s\n", s.ToString().c_str());

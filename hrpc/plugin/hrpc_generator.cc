@@ -263,7 +263,11 @@ void GenerateHeader(pb::io::Printer& p, const pb::FileDescriptor* file, const st
       Vars mv = MethodVars(s, m);
       mv["full"] = s.service->full_name();
       mv["sid"] = Hex(s.id);
-      p.Print(mv, "      {\"$full$\", \"$proto_name$\", \"$full_name$\", $sid$, $method_id$},\n");
+      // protobuf's own method option: `option idempotency_level = IDEMPOTENT;`
+      // (or NO_SIDE_EFFECTS) marks a method a cluster channel may retry.
+      mv["idempotent"] =
+          m.method->options().idempotency_level() != pb::MethodOptions::IDEMPOTENCY_UNKNOWN ? "true" : "false";
+      p.Print(mv, "      {\"$full$\", \"$proto_name$\", \"$full_name$\", $sid$, $method_id$, $idempotent$},\n");
     }
     p.Print(v,
             "  }};\n\n"

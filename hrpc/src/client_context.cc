@@ -1,5 +1,6 @@
 #include "hrpc/rpc/client_context.h"
 
+#include "hrpc/rpc/method.h"
 #include "hrpc/rpc/wire.h"
 
 namespace hrpc {
@@ -11,6 +12,8 @@ uint64_t ClientContext::DeadlineBudgetMicros(Clock::time_point now) const noexce
   // A finite deadline never maps to "none".
   return static_cast<uint64_t>(us) >= wire::kNoDeadline ? wire::kNoDeadline - 1 : static_cast<uint64_t>(us);
 }
+
+void ClientContext::set_request_key(std::string_view key) noexcept { set_request_key(Fnv1a64(key)); }
 
 void ClientContext::Cancel() {
   cancelled_.store(true, std::memory_order_release);

@@ -39,7 +39,10 @@ struct LoadState {
 
 }  // namespace
 
-LoadResult RunLoad(RpcChannel& channel, const LoadOptions& o, const LoadCall& call) {
+namespace {
+
+LoadResult RunLoadOn(size_t workers, const std::function<coro::Scheduler&(size_t)>& scheduler, const LoadOptions& o,
+                     const LoadCall& call) {
   LoadResult r;
   if (o.coroutines_per_worker == 0 || o.qps < 0 || o.duration.count() <= 0 || o.warmup.count() < 0) {
     r.errors = 1;
@@ -50,11 +53,10 @@ LoadResult RunLoad(RpcChannel& channel, const LoadOptions& o, const LoadCall& ca
   auto st = std::make_shared<LoadState>();
   st->start = Clock::now();
   if (o.qps > 0) st->period = std::chrono::nanoseconds(static_cast<int64_t>(1e9 / o.qps));
-  const size_t workers = channel.num_workers();
   st->wg.Add(static_cast<int64_t>(workers * o.coroutines_per_worker));
   for (size_t w = 0; w < workers; ++w) {
     for (size_t k = 0; k < o.coroutines_per_worker; ++k) {
-      channel.scheduler(w).Post([st, &call] {
+      scheduler(w).Post([st, &call] {
         while (!st->stop.load(std::memory_order_relaxed)) {
           if (st->period.count() > 0) {
             const uint64_t slot = st->next_slot.fetch_add(1, std::memory_order_relaxed);
@@ -129,6 +131,18 @@ LoadResult RunLoad(RpcChannel& channel, const LoadOptions& o, const LoadCall& ca
   r.max_us = static_cast<double>(st->hist.max_ns()) / 1e3;
   r.client_cpu_pct = static_cast<double>(cpu1 - cpu0) / 1e9 / r.seconds * 100;
   return r;
+}
+
+}  // namespace
+
+LoadResult RunLoad(RpcChannel& channel, const LoadOptions& o, const LoadCall& call) {
+  return RunLoadOn(channel.num_workers(), [&channel](size_t w) -> coro::Scheduler& { return channel.scheduler(w); },
+                   o, call);
+}
+
+LoadResult RunLoad(Runtime& runtime, const LoadOptions& o, const LoadCall& call) {
+  return RunLoadOn(runtime.num_workers(), [&runtime](size_t w) -> coro::Scheduler& { return runtime.scheduler(w); },
+                   o, call);
 }
 
 }  // namespace hrpc

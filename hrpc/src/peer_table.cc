@@ -331,8 +331,9 @@ void PeerTable::StartCall(Call* call) {
   call->bytes_out = call->msg.message_len + att.size();
   const transport::Limits& limits = conn.limits();
   const size_t limit = limits.max_message_bytes;
+  const bool rid = ctx.request_id() != 0;
   const AttachmentPath path =
-      ChooseAttachmentPath(att.size(), wire::PrefixSize(0) + call->msg.message_len, ch.eager_threshold, limits);
+      ChooseAttachmentPath(att.size(), wire::PrefixSize(0, rid) + call->msg.message_len, ch.eager_threshold, limits);
   if (path == AttachmentPath::kDescriptors) {
     if (Status s = ExposeForRead(conn, pool, std::move(att), call->bulk); !s.ok()) {
       return Complete(call, std::move(s), nullptr);
@@ -358,8 +359,9 @@ void PeerTable::StartCall(Call* call) {
   // The room in front of the message was planned for every descriptor this
   // call can need (PlannedDescriptors), so the prefix fits (FinishFrame
   // checks).
-  if (wire::PrefixSize(descs.size()) + call->msg.message_len > limit ||
-      (path == AttachmentPath::kInline && wire::PrefixSize(descs.size()) + call->msg.message_len + att.size() > limit)) {
+  if (wire::PrefixSize(descs.size(), rid) + call->msg.message_len > limit ||
+      (path == AttachmentPath::kInline &&
+       wire::PrefixSize(descs.size(), rid) + call->msg.message_len + att.size() > limit)) {
     return Complete(call,
                     ResourceExhaustedError("request message of " + std::to_string(call->msg.message_len) +
                                            " bytes does not fit a control message of " + std::to_string(limit) +
@@ -373,6 +375,7 @@ void PeerTable::StartCall(Call* call) {
   h.service_id = call->service_id;
   h.method_id = call->method_id;
   h.deadline_us = ctx.DeadlineBudgetMicros();
+  h.request_id = ctx.request_id();
   h.attachment_len = static_cast<uint32_t>(att.size());
   auto frame = FinishFrame(call->msg, h, descs);
   if (!frame.ok()) return Complete(call, frame.status(), nullptr);

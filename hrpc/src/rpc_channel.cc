@@ -47,7 +47,7 @@ class RpcChannel::Impl {
     const size_t cap = call->ctx->response_attachment_capacity();
     const size_t ndesc = internal::PlannedDescriptors(att, cap > state->eager_threshold ? cap : 0,
                                                       pool.options().max_class_bytes);
-    const size_t room = wire::PrefixSize(std::min(ndesc, wire::kMaxDescriptors));
+    const size_t room = wire::PrefixSize(std::min(ndesc, wire::kMaxDescriptors), call->ctx->request_id() != 0);
     Result<SerializedMessage> m = InternalError("unset");
     if (request != nullptr) {
       if (!request->IsInitialized()) {
@@ -147,9 +147,14 @@ class RpcChannel::Impl {
 
 Result<std::unique_ptr<RpcChannel>> RpcChannel::Create(Runtime& runtime, std::string_view uri,
                                                        RpcChannelOptions options) {
+  return CreateOn(runtime.core(), uri, std::move(options));
+}
+
+Result<std::unique_ptr<RpcChannel>> RpcChannel::CreateOn(std::shared_ptr<internal::WorkerSet> workers,
+                                                         std::string_view uri, RpcChannelOptions options) {
   if (options.connections_per_worker == 0) return InvalidArgumentError("connections_per_worker must be >= 1");
   auto impl = std::make_unique<Impl>();
-  impl->workers = runtime.core();
+  impl->workers = std::move(workers);
   impl->state = std::make_shared<ChannelState>();
   HRPC_ASSIGN_OR_RETURN(impl->state->uri, ResolveUri(uri, impl->workers->options().transport_choice));
   impl->state->scheme = impl->state->uri.substr(0, impl->state->uri.find("://"));

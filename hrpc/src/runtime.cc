@@ -343,7 +343,7 @@ Result<SerializedMessage> RawWithRoom(mempool::Pool& pool, std::string_view byte
 
 Result<mempool::IoBuf> FinishFrame(SerializedMessage& m, wire::FrameHeader header,
                                    std::span<const wire::BulkDescriptor> descriptors) {
-  const size_t prefix = wire::PrefixSize(descriptors.size());
+  const size_t prefix = wire::PrefixSize(descriptors.size(), header.request_id != 0);
   if (prefix > m.room) return InternalError("frame prefix does not fit the room reserved for it");
   header.message_len = static_cast<uint32_t>(m.message_len);
   const size_t start = m.room - prefix;

@@ -15,10 +15,12 @@
 
 #include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/sync.h"
+#include "hrpc/rpc/naming.h"
 #include "hrpc/rpc/server_context.h"
 #include "hrpc/rpc/wire.h"
 #include "hrpc/transport/auth.h"
 #include "bulk.h"
+#include "dedup.h"
 #include "observability.h"
 #include "reflection.h"
 #include "rpcz.h"
@@ -86,6 +88,27 @@ void WaitFor(const std::function<bool()>& done, Clock::time_point until) {
   }
 }
 
+// ServerOptions::etcd_register: the registration of a server listening on `bound`.
+Result<std::unique_ptr<EtcdRegistration>> RegisterInEtcd(const ServerOptions& options, const std::string& bound) {
+  EtcdRegistrationOptions reg;
+  reg.etcd = options.etcd_register;
+  reg.address = options.advertise;
+  reg.tag = options.etcd_tag;
+  reg.ttl = options.etcd_ttl;
+  if (reg.address.empty()) {
+    HRPC_ASSIGN_OR_RETURN(transport::Uri uri, transport::ParseUri(bound));
+    if (uri.scheme != "loop" && (uri.host == "0.0.0.0" || uri.host == "::")) {
+      return InvalidArgumentError("ServerOptions.etcd_register: the server listens on " + bound +
+                                  "; set ServerOptions.advertise to the address clients connect to");
+    }
+    reg.address = bound;
+  }
+  auto registration = EtcdRegistration::Create(std::move(reg));
+  if (!registration.ok()) return registration.status().WithContext("registering in " + options.etcd_register);
+  SPDLOG_INFO("hrpc server: registered in {} as {}", options.etcd_register, (*registration)->key());
+  return registration;
+}
+
 }  // namespace
 
 class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public internal::ServerView {
@@ -124,6 +147,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   std::unique_ptr<internal::MetricsCollector> metrics;
   std::unique_ptr<internal::HttpEndpoint> http;
   std::string http_addr;
+  std::unique_ptr<internal::DedupWindow> dedup;  // null when ServerOptions::dedup_window is 0
+  std::unique_ptr<EtcdRegistration> registration;  // with options.etcd_register
 
   // --- ServerView (the endpoint's thread)
   const StatsRegistry& server_stats() const override { return stats; }
@@ -376,6 +401,85 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     live_conns.fetch_sub(1);
   }
 
+  // Finishes (or abandons, when the handler did not run) a dedup entry when
+  // HandleRequest returns, after the response was sent.
+  class DedupGuard {
+   public:
+    DedupGuard() = default;
+    DedupGuard(internal::DedupWindow* w, uint64_t id, std::shared_ptr<internal::DedupEntry> e)
+        : window_(w), id_(id), entry_(std::move(e)) {}
+    DedupGuard(DedupGuard&& o) noexcept { *this = std::move(o); }
+    DedupGuard& operator=(DedupGuard&& o) noexcept {
+      window_ = std::exchange(o.window_, nullptr);
+      id_ = o.id_;
+      entry_ = std::move(o.entry_);
+      ran_ = o.ran_;
+      status_ = std::move(o.status_);
+      response_ = std::move(o.response_);
+      attachment_ = o.attachment_;
+      return *this;
+    }
+    ~DedupGuard() {
+      if (window_ == nullptr) return;
+      if (ran_) {
+        window_->Finish(id_, entry_, std::move(status_), response_, attachment_);
+      } else {
+        window_->Abandon(id_, entry_);
+      }
+    }
+    void Ran(const Status& s, std::string_view response, bool attachment) {
+      if (window_ == nullptr) return;
+      ran_ = true;
+      status_ = s;
+      response_.assign(response);
+      attachment_ = attachment;
+    }
+
+   private:
+    internal::DedupWindow* window_ = nullptr;
+    uint64_t id_ = 0;
+    std::shared_ptr<internal::DedupEntry> entry_;
+    bool ran_ = false;
+    Status status_;
+    std::string response_;
+    bool attachment_ = false;
+  };
+
+  // Answers a retry of request h.request_id with what its first run answered.
+  Status AnswerRetry(ServerConn& sc, const wire::FrameHeader& h, internal::DedupEntry& e, Clock::time_point deadline) {
+    Status s;
+    if (!e.done.IsSet() && !e.done.WaitUntil(deadline).ok() && !e.done.IsSet()) {
+      s = DeadlineExceededError("deadline expired waiting for the first run of this request (a retry)");
+    } else if (!e.ran) {
+      s = UnavailableError("the first run of this request (a retry) ended before its handler ran: retry");
+    } else if (!e.status.ok()) {
+      s = e.status;
+    } else if (!e.kept) {
+      s = AbortedError("request already executed; its response is not kept (it had an attachment or was too large)");
+    }
+    if (!s.ok()) {
+      SendError(sc, h, s);
+      return s;
+    }
+    wire::FrameHeader rh;
+    rh.kind = wire::FrameKind::kResponse;
+    rh.txn_id = h.txn_id;
+    rh.service_id = h.service_id;
+    rh.method_id = h.method_id;
+    auto m = internal::RawWithRoom(workers->pool(sc.worker), e.response, wire::PrefixSize(0));
+    if (!m.ok()) {
+      SendError(sc, h, m.status());
+      return m.status();
+    }
+    auto f = internal::FinishFrame(*m, rh, {});
+    if (!f.ok()) {
+      SendError(sc, h, f.status());
+      return f.status();
+    }
+    if (!sc.closed) sc.conn->Send(std::move(*f)).IgnoreError();
+    return Status::Ok();
+  }
+
   void SendError(ServerConn& sc, const wire::FrameHeader& req, const Status& s) {
     wire::FrameHeader h;
     h.kind = wire::FrameKind::kResponse;
@@ -423,6 +527,16 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       SendError(*sc, h, s);
       return finish(s);
     }
+    // A retry of a request this server ran (or runs) gets the first answer.
+    DedupGuard dedup_guard;
+    if (h.request_id != 0 && dedup != nullptr) {
+      auto [entry, first] = dedup->Begin(h.request_id, h.service_id, h.method_id);
+      if (entry != nullptr && !first) {
+        Status s = AnswerRetry(*sc, h, *entry, ctx.deadline());
+        return finish(s);
+      }
+      if (first) dedup_guard = DedupGuard(dedup.get(), h.request_id, std::move(entry));
+    }
     if (running.fetch_add(1) >= static_cast<int64_t>(options.max_concurrent_requests)) {
       running.fetch_sub(1);
       Status s = ResourceExhaustedError("server is at max_concurrent_requests (" +
@@ -458,7 +572,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     }
     mark(ticks.pulled);
     FrameWriter writer(pool, num_push, ctx);
-    if (status.ok()) {
+    const bool handler_ran = status.ok();
+    if (handler_ran) {
       status = svc_it->second->CallMethod(h.method_id, ctx, std::string_view(reinterpret_cast<const char*>(frame.message().data()), frame.message().size()),
                                           writer);
     }
@@ -466,6 +581,12 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
     if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     if (status.ok() && !writer.written) status = InternalError("handler returned OK without a response");
+    if (handler_ran) {
+      dedup_guard.Ran(status, writer.written ? std::string_view(writer.msg.buf.data() + writer.msg.room,
+                                                                writer.msg.message_len)
+                                             : std::string_view(),
+                      ctx.response_attachment().size() > 0);
+    }
 
     internal::ResponseAttachment placed;
     if (status.ok()) {
@@ -555,6 +676,10 @@ Result<std::unique_ptr<Server>> Server::Create(Runtime& runtime, ServerOptions o
     impl->registered[(uint64_t{m.service_id} << 32) | m.method_id] =
         &impl->reflection_stats.For(m.service_id, m.method_id, m.full_name);
   }
+  if (impl->options.dedup_window.count() > 0) {
+    impl->dedup = std::make_unique<internal::DedupWindow>(impl->options.dedup_window, impl->options.dedup_max_entries,
+                                                          impl->options.dedup_max_bytes);
+  }
   impl->metrics = std::make_unique<internal::MetricsCollector>(*impl->workers, impl.get());
   impl->workers->servers.fetch_add(1, std::memory_order_relaxed);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
@@ -625,6 +750,9 @@ Status Server::Start() {
     im.bound.push_back(bound_uri);
     SPDLOG_INFO("hrpc server: listening on {} ({} worker{})", bound_uri, nworkers, nworkers == 1 ? "" : "s");
   }
+  if (!im.options.etcd_register.empty()) {
+    HRPC_ASSIGN_OR_RETURN(im.registration, RegisterInEtcd(im.options, im.bound.front()));
+  }
   return Status::Ok();
 }
 
@@ -632,6 +760,7 @@ void Server::Shutdown() {
   Impl& im = *impl_;
   if (im.shut_down || !im.workers) return;
   im.shut_down = true;
+  if (im.registration) im.registration->Stop();  // clients stop picking it before it closes
   im.stopping.store(true);
   for (size_t w = 0; w < im.workers->size(); ++w) {
     im.workers->RunOn(w, [&im, w] {
@@ -679,6 +808,8 @@ size_t Server::num_workers() const noexcept { return impl_->workers->size(); }
 mempool::Pool& Server::pool(size_t worker) { return impl_->workers->pool(worker); }
 
 size_t Server::num_connections() const { return static_cast<size_t>(std::max<int64_t>(0, impl_->live_conns.load())); }
+
+uint64_t Server::deduplicated_requests() const { return impl_->dedup ? impl_->dedup->hits() : 0; }
 
 std::string Server::http_address() const { return impl_->http_addr; }
 

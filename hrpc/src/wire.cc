@@ -107,7 +107,9 @@ Result<size_t> EncodePrefix(const FrameHeader& header, std::span<const BulkDescr
   if (header.status_message_len > kMaxStatusMessage) {
     return InvalidArgumentError("hrpc wire: status message longer than " + std::to_string(kMaxStatusMessage));
   }
-  const size_t prefix = PrefixSize(descriptors.size());
+  const bool has_request_id = header.request_id != 0;
+  const size_t header_len = HeaderSize(has_request_id);
+  const size_t prefix = PrefixSize(descriptors.size(), has_request_id);
   if (prefix + ControlBodyLength(header) > kMaxFrameBytes) {
     return InvalidArgumentError("hrpc wire: control frame of " + std::to_string(prefix + ControlBodyLength(header)) +
                                 " bytes exceeds the limit of " + std::to_string(kMaxFrameBytes));
@@ -121,8 +123,9 @@ Result<size_t> EncodePrefix(const FrameHeader& header, std::span<const BulkDescr
   Store<uint32_t>(p + kOffMagic, kMagic);
   Store<uint8_t>(p + kOffVersion, kVersion);
   Store<uint8_t>(p + kOffKind, static_cast<uint8_t>(header.kind));
-  Store<uint16_t>(p + kOffHeaderLen, kHeaderSize);
-  Store<uint16_t>(p + kOffFlags, header.flags);
+  Store<uint16_t>(p + kOffHeaderLen, static_cast<uint16_t>(header_len));
+  Store<uint16_t>(p + kOffFlags, has_request_id ? (header.flags | kFlagRequestId)
+                                                : static_cast<uint16_t>(header.flags & ~kFlagRequestId));
   Store<uint16_t>(p + kOffCredits, header.credits);
   Store<uint16_t>(p + kOffNumDescriptors, static_cast<uint16_t>(descriptors.size()));
   Store<uint8_t>(p + kOffStatus, static_cast<uint8_t>(header.status));
@@ -133,7 +136,8 @@ Result<size_t> EncodePrefix(const FrameHeader& header, std::span<const BulkDescr
   Store<uint32_t>(p + kOffMessageLen, header.message_len);
   Store<uint32_t>(p + kOffAttachmentLen, header.attachment_len);
   Store<uint32_t>(p + kOffStatusMessageLen, header.status_message_len);
-  std::byte* d = p + kHeaderSize;
+  if (has_request_id) Store<uint64_t>(p + kHeaderSize, header.request_id);
+  std::byte* d = p + header_len;
   for (const BulkDescriptor& desc : descriptors) {
     Store<uint64_t>(d + kDescAddr, desc.addr);
     Store<uint32_t>(d + kDescLen, desc.len);
@@ -205,6 +209,13 @@ Result<FrameHeader> DecodeHeader(std::span<const std::byte> prefix) {
   if (h.num_descriptors > kMaxDescriptors) {
     return Corrupt("too many bulk descriptors: " + std::to_string(h.num_descriptors) + ", at most " +
                    std::to_string(kMaxDescriptors));
+  }
+  if ((h.flags & kFlagRequestId) != 0) {
+    if (h.header_len < kRequestIdHeaderSize) {
+      return Corrupt("request id flag on a header of " + std::to_string(h.header_len) + " bytes (needs " +
+                     std::to_string(kRequestIdHeaderSize) + ")");
+    }
+    if (prefix.size() >= kRequestIdHeaderSize) h.request_id = Load<uint64_t>(p + kHeaderSize);
   }
   h.txn_id = Load<uint64_t>(p + kOffTxnId);
   h.service_id = Load<uint32_t>(p + kOffServiceId);

@@ -34,10 +34,12 @@ T Get(const char* base, size_t off) {
 
 bool ValidBlock(uint32_t b) { return b >= 512 && std::has_single_bit(b); }
 
+size_t RoundUp4(size_t n) { return (n + 3) & ~size_t{3}; }
+
 }  // namespace
 
 size_t WalHeaderBlockBytes(size_t header_bytes, uint32_t block) noexcept {
-  const size_t n = kWalMetaBytes + header_bytes;
+  const size_t n = kWalMetaBytes + 4 + RoundUp4(header_bytes);
   return block == 0 ? n : (n + block - 1) / block * block;
 }
 
@@ -91,9 +93,12 @@ Result<WalRecordInfo> EncodeWalHeaderBlock(std::span<char> out, uint64_t sequenc
   Put<uint32_t>(p, kOffPayloadCrc, payload_crc);
   Put<uint32_t>(p, kOffFlags, 0);
   Put<uint32_t>(p, kOffMetaCrc, Crc32c(p, kOffMetaCrc));
-  // Request header: control data, not payload, so a plain memcpy.
-  if (!request_header.empty()) std::memcpy(p + kWalMetaBytes, request_header.data(), request_header.size());
-  std::memset(p + kWalMetaBytes + request_header.size(), 0, hb - kWalMetaBytes - request_header.size());
+  // Zero padding, then the request with its size at the end of the block.
+  // Control data, not payload, so a plain memcpy.
+  const size_t req_off = WalRequestOffset(info);
+  std::memset(p + kWalMetaBytes, 0, hb - kWalMetaBytes);
+  Put<uint32_t>(p, req_off, info.header_bytes);
+  if (!request_header.empty()) std::memcpy(p + req_off + 4, request_header.data(), request_header.size());
   return info;
 }
 
@@ -140,6 +145,10 @@ Result<WalRecordInfo> ParseWalMeta(std::span<const char> bytes) {
   return info;
 }
 
+size_t WalRequestOffset(const WalRecordInfo& info) noexcept {
+  return info.header_block_bytes() - 4 - RoundUp4(info.header_bytes);
+}
+
 Result<std::string_view> VerifyWalHeaderBlock(const WalRecordInfo& info,
                                               std::span<const char> block) {
   const size_t hb = info.header_block_bytes();
@@ -147,15 +156,20 @@ Result<std::string_view> VerifyWalHeaderBlock(const WalRecordInfo& info,
     return InvalidArgumentError(
         fmt::format("WAL header block needs {} bytes, got {}", hb, block.size()));
   }
-  std::string_view header(block.data() + kWalMetaBytes, info.header_bytes);
+  const size_t req_off = WalRequestOffset(info);
+  if (Get<uint32_t>(block.data(), req_off) != info.header_bytes) {
+    return DataLossError(fmt::format("WAL record {}: request size field {} != meta's {}", info.sequence,
+                                     Get<uint32_t>(block.data(), req_off), info.header_bytes));
+  }
+  std::string_view header(block.data() + req_off + 4, info.header_bytes);
   const uint32_t crc = Crc32c(header.data(), header.size());
   if (crc != info.header_crc) {
     return DataLossError(fmt::format("WAL record {}: request header crc {:#010x} != recorded {:#010x}",
                                      info.sequence, crc, info.header_crc));
   }
-  const char* pad = block.data() + kWalMetaBytes + info.header_bytes;
-  const char* pad_end = block.data() + hb;
-  if (std::any_of(pad, pad_end, [](char c) { return c != 0; })) {
+  auto nonzero = [](const char* b, const char* e) { return std::any_of(b, e, [](char c) { return c != 0; }); };
+  if (nonzero(block.data() + kWalMetaBytes, block.data() + req_off) ||
+      nonzero(header.data() + header.size(), block.data() + hb)) {
     return DataLossError(fmt::format("WAL record {}: non-zero padding", info.sequence));
   }
   return header;

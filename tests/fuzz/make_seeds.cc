@@ -37,7 +37,7 @@ Bytes Frame(wire::FrameHeader h, const std::vector<wire::BulkDescriptor>& d, con
   h.message_len = static_cast<uint32_t>(msg.size());
   h.attachment_len = static_cast<uint32_t>(attachment.size());
   h.status_message_len = static_cast<uint32_t>(status_message.size());
-  Bytes out(wire::PrefixSize(d.size()) + msg.size() + attachment.size() + status_message.size());
+  Bytes out(wire::PrefixSize(d.size(), h.request_id != 0) + msg.size() + attachment.size() + status_message.size());
   auto n = wire::EncodeFrame(h, d, std::as_bytes(std::span(msg)), std::as_bytes(std::span(attachment)),
                              status_message, std::as_writable_bytes(std::span(out)));
   if (!n.ok()) {
@@ -88,6 +88,9 @@ std::vector<std::pair<std::string, Bytes>> RpcFrames() {
   f.push_back({"echo-push", Frame(Request("hrpcfuzz.Fuzz", "Echo", 4),
                                   {{.addr = 0x20000, .len = 8192, .rkey = 0x202, .direction = wire::BulkDirection::kPush}},
                                   req)});
+  wire::FrameHeader with_id = Request("hrpcfuzz.Fuzz", "Echo", 8);
+  with_id.request_id = 0x1234567890abcdefull;  // a retried call's id: the 64-byte header
+  f.push_back({"echo-request-id", Frame(with_id, {}, req)});
   f.push_back({"reflection-list", Frame(Request("hrpc.Reflection", "ListServices", 5), {}, std::string("\x08\x01", 2))});
   f.push_back({"reflection-stats", Frame(Request("hrpc.Reflection", "GetStats", 6), {}, "")});
   f.push_back({"unknown-method", Frame(Request("hrpcfuzz.Fuzz", "Nope", 7), {}, "")});

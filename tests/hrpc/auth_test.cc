@@ -219,7 +219,7 @@ class RawPeer {
                      .value();
   }
   ~RawPeer() {
-    On([&] {
+    (void)On([&] {
       conn_.reset();
       listener_.reset();
       transport_.reset();
@@ -348,7 +348,7 @@ TEST_F(Auth, SilentPeerIsClosedAtTheHandshakeTimeout) {
 TEST(AuthClient, ReplayedServerProofIsRefused) {
   const std::string key = "k";
   RawPeer fake;
-  fake.On([&] {
+  (void)fake.On([&] {
     fake.listener_ = std::move(fake.transport_->Listen("tcp://127.0.0.1:0")).value();
     return 0;
   });

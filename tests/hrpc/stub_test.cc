@@ -118,6 +118,12 @@ TEST(GeneratedIdsTest, IdsAreFnv1aOfNames) {
   EXPECT_EQ(Echo::kMethods[0].method_id, Fnv1a32("Echo"));
   EXPECT_EQ(Echo::kMethods[1].method_id, MethodIdOf("Ping"));
   EXPECT_EQ(Echo::kMethods[1].service_id, Echo::kServiceId);
+  // protobuf's idempotency_level option (NO_SIDE_EFFECTS, IDEMPOTENT) marks
+  // the methods a cluster channel may retry.
+  EXPECT_FALSE(Echo::kMethods[0].idempotent);
+  EXPECT_TRUE(Echo::kMethods[1].idempotent);
+  EXPECT_TRUE(hrpc_test::echo::Admin::kMethods[0].idempotent);
+  EXPECT_FALSE(hrpc_test::echo::Admin::kMethods[1].idempotent);
   EXPECT_NE(hrpc_test::echo::Admin::kServiceId, Echo::kServiceId);
   // Keyword-named service/methods keep their proto spelling on the wire.
   EXPECT_EQ(hrpc_test::legacy::switch_::kServiceName, "hrpc_test.legacy.switch");

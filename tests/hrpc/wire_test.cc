@@ -38,7 +38,8 @@ FrameHeader RequestHeader() {
 
 std::vector<std::byte> Encode(FrameHeader h, std::span<const BulkDescriptor> descs, std::string_view msg,
                               std::string_view att, std::string_view status_msg = {}) {
-  std::vector<std::byte> buf(PrefixSize(descs.size()) + msg.size() + att.size() + status_msg.size());
+  std::vector<std::byte> buf(PrefixSize(descs.size(), h.request_id != 0) + msg.size() + att.size() +
+                             status_msg.size());
   auto n = EncodeFrame(h, descs, AsBytes(msg), AsBytes(att), status_msg, buf);
   EXPECT_TRUE(n.ok()) << n.status().ToString();
   if (n.ok()) EXPECT_EQ(*n, buf.size());
@@ -62,6 +63,33 @@ TEST(WireTest, HeaderLayoutIsPinned) {
   // service id at 24.
   EXPECT_EQ(f[24], std::byte{0xef});
   EXPECT_EQ(f[27], std::byte{0xde});
+}
+
+TEST(WireTest, RequestIdTravelsInTheHeaderExtension) {
+  FrameHeader h = RequestHeader();
+  h.request_id = 0x1122334455667788ull;
+  const std::vector<BulkDescriptor> descs = {{0x1000, 64, 9, 0, BulkDirection::kPush}};
+  std::vector<std::byte> f = Encode(h, descs, "msg", "");
+  ASSERT_EQ(f.size(), kRequestIdHeaderSize + kDescriptorSize + 3);
+  EXPECT_EQ(f[6], std::byte{64});                          // header_len
+  EXPECT_EQ(f[8], std::byte{kFlagRequestId});              // flags
+  EXPECT_EQ(f[56], std::byte{0x88});                       // the id, little-endian at 56
+  EXPECT_EQ(f[63], std::byte{0x11});
+  auto frame = Decode(f);
+  ASSERT_TRUE(frame.ok()) << frame.status().ToString();
+  EXPECT_EQ(frame->header().request_id, h.request_id);
+  EXPECT_EQ(frame->header().header_len, kRequestIdHeaderSize);
+  EXPECT_EQ(frame->descriptor(0), descs[0]);
+  EXPECT_EQ(ToString(frame->message()), "msg");
+  // Without an id: the version-1 header, flag clear.
+  h.request_id = 0;
+  h.flags = kFlagRequestId;  // a stale flag is not sent
+  std::vector<std::byte> plain = Encode(h, {}, "", "");
+  EXPECT_EQ(plain.size(), kHeaderSize);
+  EXPECT_EQ(plain[8], std::byte{0});
+  // The flag on a 56-byte header is a corrupt frame.
+  plain[8] = std::byte{kFlagRequestId};
+  EXPECT_EQ(Decode(plain).status().code(), StatusCode::kDataLoss);
 }
 
 TEST(WireTest, RoundTripRequestWithDescriptors) {

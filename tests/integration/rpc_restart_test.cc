@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/child_process.h"
 #include "hrpc/rpc/rpc_channel.h"
 #include "rpc_test.hrpc.h"
 
@@ -18,50 +19,10 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct Child {
-  pid_t pid = -1;
-  std::string uri;
-  FILE* out = nullptr;  // the child's stdout: kept open so its later log lines do not hit SIGPIPE
-};
+using hrpc::examples::Child;
+using hrpc::examples::KillChild;
 
-// Starts rpc_test_server and waits for its "READY <uri>" line.
-Child StartServer(const std::string& listen) {
-  int fds[2];
-  if (pipe(fds) != 0) return {};
-  const std::string arg = "--listen=" + listen;  // no allocation after fork()
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fds[1], 1);
-    close(fds[0]);
-    close(fds[1]);
-    execl(RPC_TEST_SERVER, RPC_TEST_SERVER, arg.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(fds[1]);
-  Child c;
-  c.pid = pid;
-  FILE* f = fdopen(fds[0], "r");
-  char line[512];
-  while (f != nullptr && fgets(line, sizeof line, f) != nullptr) {  // skips log lines
-    std::string s(line);
-    if (s.rfind("READY ", 0) == 0) {
-      c.uri = s.substr(6, s.find_last_not_of("\r\n") - 5);
-      break;
-    }
-  }
-  c.out = f;
-  return c;
-}
-
-void Kill(Child& c) {
-  if (c.pid <= 0) return;
-  kill(c.pid, SIGKILL);
-  int st = 0;
-  waitpid(c.pid, &st, 0);
-  c.pid = -1;
-  if (c.out != nullptr) fclose(c.out);
-  c.out = nullptr;
-}
+Child StartServer(const std::string& listen) { return hrpc::examples::StartChild(RPC_TEST_SERVER, {"--listen=" + listen}); }
 
 hrpc::Status Ping(hrpc::RpcChannel& ch, const std::string& text) {
   rpctest::Test::Stub stub(&ch);
@@ -93,7 +54,7 @@ TEST(RpcRestart, ServerKilledThenRestarted) {
   slow.set_sleep_ms(5000);
   auto fut = stub.CallFuture(slow_ctx, slow);
   std::this_thread::sleep_for(100ms);
-  Kill(server);
+  KillChild(server);
   auto r = fut.WaitFor(10s);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), hrpc::StatusCode::kUnavailable) << r.status().ToString();
@@ -105,7 +66,7 @@ TEST(RpcRestart, ServerKilledThenRestarted) {
   ASSERT_FALSE(server.uri.empty()) << "restarted server did not report READY (port " << port << " busy?)";
   s = Ping(**ch, "after restart");
   EXPECT_TRUE(s.ok()) << s.ToString();
-  Kill(server);
+  KillChild(server);
 }
 
 }  // namespace

@@ -38,8 +38,8 @@ std::vector<char> Record(uint64_t seq, std::string_view header, const std::vecto
 
 TEST(NvmeWal, LayoutIsBlockAligned) {
   EXPECT_EQ(WalHeaderBlockBytes(0, 4096), 4096u);
-  EXPECT_EQ(WalHeaderBlockBytes(4096 - 64, 4096), 4096u);
-  EXPECT_EQ(WalHeaderBlockBytes(4096 - 63, 4096), 8192u);
+  EXPECT_EQ(WalHeaderBlockBytes(4096 - 68, 4096), 4096u);
+  EXPECT_EQ(WalHeaderBlockBytes(4096 - 67, 4096), 8192u);  // the request is padded to 4 bytes
   EXPECT_EQ(WalHeaderBlockBytes(100, 512), 512u);
   const std::string header(300, 'h');
   WalRecordInfo info;
@@ -49,6 +49,29 @@ TEST(NvmeWal, LayoutIsBlockAligned) {
   EXPECT_EQ(info.record_bytes % 4096, 0u);
   // The payload starts on a block boundary of the record.
   EXPECT_EQ(info.header_block_bytes() % 4096, 0u);
+}
+
+// Curve's example: a 12 KiB write with 50 B of meta and 100 B of request makes
+// one 4 KiB head block and a 16 KiB record; the size + request piece ends the
+// head block, so the payload follows it with no gap.
+TEST(NvmeWal, RequestEndsTheHeadBlock) {
+  const std::string request(100, 'r');
+  WalRecordInfo info;
+  auto rec = Record(3, request, Payload(12 * 1024, 4), 4096, &info);
+  EXPECT_EQ(info.header_block_bytes(), 4096u);
+  EXPECT_EQ(info.record_bytes, 16u * 1024);
+  const size_t off = WalRequestOffset(info);
+  EXPECT_EQ(off, 4096u - 4 - 100);
+  uint32_t size_field = 0;
+  std::memcpy(&size_field, rec.data() + off, 4);
+  EXPECT_EQ(size_field, 100u);
+  EXPECT_EQ(std::string(rec.data() + off + 4, 100), request);
+  // A request whose size is not a multiple of 4 gets zero padding behind it.
+  auto odd = Record(4, std::string(101, 'q'), Payload(4096, 5), 4096, &info);
+  EXPECT_EQ(WalRequestOffset(info) % 4, 0u);
+  EXPECT_EQ(WalRequestOffset(info), 4096u - 4 - 104);
+  EXPECT_EQ(odd[4095], 0);
+  EXPECT_EQ(odd[4092], 'q');
 }
 
 TEST(NvmeWal, RoundTrip) {
@@ -82,10 +105,12 @@ TEST(NvmeWal, EmptyPayload) {
 }
 
 TEST(NvmeWal, CorruptionIsDetected) {
-  const std::string header = "request header bytes";
+  const std::string header = "request header byte";  // 19 bytes: one byte of padding behind it
   const auto payload = Payload(8192, 3);
-  const auto good = Record(5, header, payload, 4096);
+  WalRecordInfo info;
+  const auto good = Record(5, header, payload, 4096, &info);
   ASSERT_TRUE(DecodeWalRecord(good).ok());
+  const size_t req = WalRequestOffset(info);
 
   struct Flip {
     const char* what;
@@ -94,8 +119,9 @@ TEST(NvmeWal, CorruptionIsDetected) {
   const Flip flips[] = {
       {"magic", 0},         {"version", 4},        {"block size", 8},   {"header length", 12},
       {"sequence", 16},     {"payload length", 24}, {"record length", 32}, {"header crc", 40},
-      {"payload crc", 44},  {"meta crc", 60},       {"request header", 64 + 3},
-      {"padding", 64 + header.size() + 10},          {"payload first byte", 4096},
+      {"payload crc", 44},  {"meta crc", 60},       {"request size", req},
+      {"request header", req + 4 + 3},               {"padding after the meta", 64 + 10},
+      {"padding after the request", 4095},           {"payload first byte", 4096},
       {"payload last byte", 4096 + 8191},
   };
   for (const Flip& f : flips) {

@@ -15,7 +15,6 @@
 // socket enables EPOLLOUT and parks callers once the queue passes its high
 // water mark.
 #include <arpa/inet.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -39,6 +38,7 @@
 #include "exposure.h"
 #include "frame.h"
 #include "hrpc/coroutine/sync.h"
+#include "hrpc/transport/resolver.h"
 #include "hrpc/transport/tcp.h"
 
 namespace hrpc::transport {
@@ -1446,22 +1446,11 @@ class TcpListener final : public Listener {
   std::shared_ptr<ListenerState> ls_;
 };
 
-Result<std::pair<sockaddr_storage, socklen_t>> Resolve(const Uri& u, bool passive) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = passive ? AI_PASSIVE : 0;
-  addrinfo* res = nullptr;
-  const std::string port = std::to_string(u.port);
-  const int rc = getaddrinfo(u.host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0 || res == nullptr) {
-    return UnavailableError("cannot resolve '" + u.host + "': " + gai_strerror(rc));
-  }
-  std::pair<sockaddr_storage, socklen_t> out{};
-  std::memcpy(&out.first, res->ai_addr, res->ai_addrlen);
-  out.second = res->ai_addrlen;
-  freeaddrinfo(res);
-  return out;
+// Names go through the process's c-ares resolver: a connecting coroutine
+// suspends, its worker keeps running.
+Result<std::pair<sockaddr_storage, socklen_t>> Resolve(const Uri& u, Clock::time_point deadline) {
+  HRPC_ASSIGN_OR_RETURN(auto addrs, Resolver::Default().Resolve(u.host, u.port, AF_UNSPEC, deadline));
+  return std::pair<sockaddr_storage, socklen_t>{addrs.front().addr, addrs.front().len};
 }
 
 class TcpTransport final : public Transport {
@@ -1475,7 +1464,7 @@ class TcpTransport final : public Transport {
   Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override {
     HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
     if (u.scheme != "tcp") return InvalidArgumentError("tcp transport cannot listen on '" + std::string(uri) + "'");
-    HRPC_ASSIGN_OR_RETURN(auto addr, Resolve(u, /*passive=*/true));
+    HRPC_ASSIGN_OR_RETURN(auto addr, Resolve(u, Clock::now() + core_->opt.common.connect_timeout));
     int fd = socket(addr.first.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return ErrnoStatus(errno, "socket");
     int one = 1;
@@ -1510,7 +1499,7 @@ class TcpTransport final : public Transport {
   Result<std::unique_ptr<Connection>> Connect(std::string_view uri) override {
     HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
     if (u.scheme != "tcp") return InvalidArgumentError("tcp transport cannot connect to '" + std::string(uri) + "'");
-    HRPC_ASSIGN_OR_RETURN(auto addr, Resolve(u, /*passive=*/false));
+    HRPC_ASSIGN_OR_RETURN(auto addr, Resolve(u, Clock::now() + core_->opt.common.connect_timeout));
     int fd = socket(addr.first.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return ErrnoStatus(errno, "socket");
     int one = 1;

@@ -19,7 +19,6 @@
 // when the pool cannot refill a WQE, the refill is retried and its credit waits.
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -41,6 +40,7 @@
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/rdma.h"
+#include "hrpc/transport/resolver.h"
 #include "verbs.h"
 
 namespace hrpc::transport {
@@ -1531,23 +1531,17 @@ TransportImpl::~TransportImpl() {
 Result<std::unique_ptr<Listener>> TransportImpl::Listen(std::string_view uri) {
   HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
   if (u.scheme != "rdma") return InvalidArgumentError("rdma transport: URI '" + std::string(uri) + "' is not rdma://");
-  addrinfo hints{};
-  hints.ai_family = AF_INET;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* ai = nullptr;
+  auto addrs = Resolver::Default().Resolve(u.host, u.port, AF_INET, Clock::now() + opts_.common.connect_timeout);
+  if (!addrs.ok()) return Status(StatusCode::kInvalidArgument, addrs.status().WithContext("rdma Listen").message());
   const std::string port = std::to_string(u.port);
-  const int gai = getaddrinfo(u.host == "0.0.0.0" ? nullptr : u.host.c_str(), port.c_str(), &hints, &ai);
-  if (gai != 0) return InvalidArgumentError("rdma Listen: cannot resolve '" + u.host + "': " + gai_strerror(gai));
   auto l = std::make_unique<ListenerImpl>(*this);
   rdma_cm_id* id = nullptr;
   if (rdma_create_id(cm_channel_.get(), &id, static_cast<CmTarget*>(l.get()), RDMA_PS_TCP) != 0) {
-    freeaddrinfo(ai);
     return ErrnoStatus(errno, "rdma_create_id");
   }
   l->id_ = CmId(id);
-  const int rc = rdma_bind_addr(id, ai->ai_addr);
+  const int rc = rdma_bind_addr(id, reinterpret_cast<sockaddr*>(&addrs->front().addr));
   const int err = errno;
-  freeaddrinfo(ai);
   if (rc != 0) return ErrnoStatus(err, "rdma_bind_addr(" + u.host + ":" + port + ")");
   if (id->verbs != nullptr && id->verbs != domain_->context()) {
     return FailedPreconditionError(u.host + " is on device " + std::string(ibv_get_device_name(id->verbs->device)) +
@@ -1562,18 +1556,11 @@ Result<std::unique_ptr<Listener>> TransportImpl::Listen(std::string_view uri) {
 Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri) {
   HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
   if (u.scheme != "rdma") return InvalidArgumentError("rdma transport: URI '" + std::string(uri) + "' is not rdma://");
-  addrinfo hints{};
-  hints.ai_family = AF_INET;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* ai = nullptr;
-  const std::string port = std::to_string(u.port);
-  const int gai = getaddrinfo(u.host.c_str(), port.c_str(), &hints, &ai);
-  if (gai != 0) return UnavailableError("rdma Connect: cannot resolve '" + u.host + "': " + gai_strerror(gai));
-  sockaddr_storage dst{};
-  std::memcpy(&dst, ai->ai_addr, ai->ai_addrlen);
-  freeaddrinfo(ai);
-
   const Clock::time_point deadline = Clock::now() + opts_.common.connect_timeout;
+  auto addrs = Resolver::Default().Resolve(u.host, u.port, AF_INET, deadline);
+  if (!addrs.ok()) return addrs.status().WithContext("rdma Connect");
+  sockaddr_storage dst = addrs->front().addr;
+
   Conn* c = NewConn(true);
   c->peer_ = u.ToString();
   // On any failure below, hand the core to the reaper.

@@ -63,6 +63,40 @@ class ClientContext {
   // Peer that served the call, set by the channel.
   std::string_view peer() const noexcept { return peer_; }
 
+  // --- Cluster channels (cluster_channel.h) -------------------------------
+  // The key a consistent-hashing balancer routes by. A string is hashed
+  // (FNV-1a-64), so every client maps it the same way.
+  void set_request_key(uint64_t key) noexcept {
+    request_key_ = key;
+    has_request_key_ = true;
+  }
+  void set_request_key(std::string_view key) noexcept;
+  bool has_request_key() const noexcept { return has_request_key_; }
+  uint64_t request_key() const noexcept { return request_key_; }
+  // Overrides the method's idempotency (its proto option) for this call:
+  // idempotent calls may be retried on another server and get backup requests.
+  void set_idempotent(bool idempotent) noexcept { idempotent_ = idempotent ? 1 : 0; }
+  // -1: as the method says; 0 or 1: as set.
+  int idempotent_override() const noexcept { return idempotent_; }
+  // Attempts in all (first included) for this call; 0: the channel's policy.
+  void set_max_attempts(int attempts) noexcept { max_attempts_ = attempts; }
+  int max_attempts() const noexcept { return max_attempts_; }
+  // Identifies one logical call across its retries; carried in the request
+  // header, where a server's dedup window (ServerOptions::dedup_window)
+  // recognises a retry. 0: none. A cluster channel gives a call without one
+  // a fresh random id for all its attempts (the context keeps 0); set one
+  // yourself to retry by hand.
+  void set_request_id(uint64_t id) noexcept { request_id_ = id; }
+  uint64_t request_id() const noexcept { return request_id_; }
+  // After a call through a cluster channel: attempts made (backups included),
+  // and whether a backup request was sent.
+  int attempts() const noexcept { return attempts_; }
+  bool backup_sent() const noexcept { return backup_sent_; }
+  void set_attempts(int n, bool backup_sent) noexcept {
+    attempts_ = n;
+    backup_sent_ = backup_sent;
+  }
+
   // --- For Channel implementations ----------------------------------------
   // Installs the function Cancel() runs (e.g. "send a cancel frame for txn 42").
   // If the context is already cancelled, runs `hook` right away instead.
@@ -79,6 +113,13 @@ class ClientContext {
   mempool::IoBuf response_attachment_;
   std::string peer_;
   size_t response_attachment_capacity_ = 0;
+  uint64_t request_key_ = 0;
+  uint64_t request_id_ = 0;
+  int idempotent_ = -1;
+  int max_attempts_ = 0;
+  int attempts_ = 0;
+  bool has_request_key_ = false;
+  bool backup_sent_ = false;
 };
 
 }  // namespace hrpc

@@ -1,8 +1,9 @@
-// RunLoad: a load generator over an RpcChannel, for benchmarks and the `hrpc
-// press` tool. `coroutines_per_worker` coroutines on each of the channel's
-// workers call back to back (closed loop), or on a fixed schedule of `qps`
-// calls per second over all of them (a call starts at its slot, or as soon as
-// a coroutine is free when the server falls behind). Calls during `warmup` are
+// RunLoad: a load generator over an RpcChannel or a runtime's workers, for
+// benchmarks and the `hrpc press` tool. `coroutines_per_worker` coroutines on
+// each of the channel's (runtime's) workers call back to back (closed loop),
+// or on a fixed schedule of `qps` calls per second over all of them (a call
+// starts at its slot, or as soon as a coroutine is free when the server falls
+// behind). Calls during `warmup` are
 // not measured; then for `duration` every call's latency goes into a
 // histogram and, with `progress`, a line on stderr shows the totals once a
 // second.
@@ -22,6 +23,7 @@
 #include "hrpc/base/status.h"
 #include "hrpc/rpc/client_context.h"
 #include "hrpc/rpc/rpc_channel.h"
+#include "hrpc/rpc/runtime.h"
 
 namespace hrpc {
 
@@ -54,5 +56,8 @@ using LoadCall = std::function<Status(ClientContext& ctx)>;
 // INVALID_ARGUMENT (as first_error, with errors = 1 and no call made) for
 // zero coroutines, a negative qps or a non-positive duration.
 LoadResult RunLoad(RpcChannel& channel, const LoadOptions& options, const LoadCall& call);
+// The same on the workers of `runtime`, for any channel made on it (a
+// ClusterChannel, say).
+LoadResult RunLoad(Runtime& runtime, const LoadOptions& options, const LoadCall& call);
 
 }  // namespace hrpc

@@ -38,6 +38,18 @@ struct MethodDescriptor {
   std::string_view full_name;     // "pkg.Service.Method", for messages and stats
   uint32_t service_id = 0;        // ServiceIdOf(service_name)
   uint32_t method_id = 0;         // MethodIdOf(method_name)
+  // The proto option (hrpc.idempotent): calling it twice has the effect of
+  // calling it once, so a cluster channel may retry it on another server.
+  bool idempotent = false;
 };
+
+constexpr uint64_t Fnv1a64(std::string_view s) noexcept {
+  uint64_t h = 14695981039346656037ull;
+  for (char c : s) {
+    h ^= static_cast<uint8_t>(c);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
 
 }  // namespace hrpc

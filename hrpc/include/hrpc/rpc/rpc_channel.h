@@ -112,6 +112,11 @@ class RpcChannel final : public Channel {
   class Impl;
 
  private:
+  friend class ClusterChannel;
+  // A channel on the runtime that `workers` belong to (Create(Runtime&) and
+  // the cluster channel, which outlives the Runtime object like any channel).
+  static Result<std::unique_ptr<RpcChannel>> CreateOn(std::shared_ptr<internal::WorkerSet> workers,
+                                                      std::string_view uri, RpcChannelOptions options);
   explicit RpcChannel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

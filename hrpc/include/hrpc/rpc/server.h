@@ -86,6 +86,34 @@ struct ServerOptions {
   // everything it counts to whoever reaches the port: bind it to a private
   // or loopback address.
   std::string http_listen;
+  // The dedup window (requests that carry a request id: calls through a
+  // ClusterChannel, or ClientContext::set_request_id): a retry of a request
+  // this server ran within `dedup_window` gets the first answer instead of a
+  // second run (a retry that arrives while the first still runs waits for
+  // it). At most dedup_max_entries ids and dedup_max_bytes of kept response
+  // messages; a response with an attachment is not kept (its retry gets
+  // ABORTED). 0: off.
+  std::chrono::milliseconds dedup_window{10'000};
+  size_t dedup_max_entries = 65536;
+  size_t dedup_max_bytes = 16u << 20;
+  // Registration in etcd (docs/cluster.md, "Naming: etcd"): with
+  // etcd_register = "etcd://host:port/prefix", Start() registers the server
+  // under the prefix once it listens (an EtcdRegistration: a lease of
+  // etcd_ttl kept alive by a thread of its own) and fails with that Status
+  // when it cannot; Shutdown() deregisters it first (revokes the lease,
+  // waiting at most the request timeout, 2 s, per etcd member), before it
+  // closes anything, so clients stop picking it at once. Empty (the
+  // default): none. "etcd://h1:p1,h2:p2/prefix" names several members.
+  std::string etcd_register;
+  // The address registered: what clients connect to ("tcp://10.0.0.5:7000").
+  // Empty: the first listen URI as bound (its port filled in), which must
+  // then name a host clients can reach: a wildcard host (0.0.0.0, ::) fails
+  // Start() with INVALID_ARGUMENT, since no address of this machine is right
+  // for every client.
+  std::string advertise;
+  // Stored after the address ("rack-a"), as in a file:// line; one word.
+  std::string etcd_tag;
+  std::chrono::seconds etcd_ttl{5};
   // Authenticates every accepted connection before it is served
   // (transport/auth.h; e.g. transport::MakeSharedSecretAuthenticator(secret)).
   // A peer that fails gets UNAUTHENTICATED (an RPC request it sent first is
@@ -128,6 +156,8 @@ class Server final {
   std::vector<MethodStats> Stats() const;
   // Connections currently open (for tests and monitoring).
   size_t num_connections() const;
+  // Retries answered from the dedup window instead of running again.
+  uint64_t deduplicated_requests() const;
 
   // The HTTP endpoint's bound address ("127.0.0.1:41234") once started; ""
   // when ServerOptions::http_listen is empty.

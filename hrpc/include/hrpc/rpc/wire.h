@@ -49,6 +49,10 @@ inline constexpr uint8_t kVersion = 1;
 // are reserved for extensions and skipped.
 inline constexpr size_t kHeaderSize = 56;
 inline constexpr size_t kMaxHeaderSize = 256;
+// Header flags. kFlagRequestId: the header is at least kRequestIdHeaderSize
+// bytes and carries the request id (a u64) at offset 56.
+inline constexpr uint16_t kFlagRequestId = 0x1;
+inline constexpr size_t kRequestIdHeaderSize = 64;
 inline constexpr size_t kDescriptorSize = 24;
 inline constexpr size_t kMaxDescriptors = 64;
 // Largest control part (header, descriptors, message, status message) a
@@ -103,7 +107,7 @@ Status CheckBulkCrc(const BulkDescriptor& d, const mempool::IoBuf& bytes);
 // takes it from the descriptor span it is given.
 struct FrameHeader {
   FrameKind kind = FrameKind::kRequest;
-  uint16_t flags = 0;    // v1 defines none: senders write 0, receivers ignore
+  uint16_t flags = 0;    // kFlag*; EncodePrefix sets kFlagRequestId from request_id, receivers ignore unknown bits
   uint16_t credits = 0;  // receive buffers the sender has re-posted for the peer
   uint16_t num_descriptors = 0;
   StatusCode status = StatusCode::kOk;  // responses only
@@ -114,20 +118,24 @@ struct FrameHeader {
   uint32_t message_len = 0;
   uint32_t attachment_len = 0;
   uint32_t status_message_len = 0;
-  uint16_t header_len = kHeaderSize;   // as received; EncodePrefix always writes kHeaderSize
+  uint16_t header_len = kHeaderSize;   // as received; EncodePrefix writes HeaderSize(request_id != 0)
+  // One logical call across its retries (requests only; 0 = none): a
+  // server's dedup window answers a retry with the first answer.
+  uint64_t request_id = 0;
 
   friend bool operator==(const FrameHeader&, const FrameHeader&) = default;
 };
 
 // Bytes of header + descriptors for `num_descriptors` descriptors.
-constexpr size_t PrefixSize(size_t num_descriptors) noexcept {
-  return kHeaderSize + num_descriptors * kDescriptorSize;
+constexpr size_t HeaderSize(bool request_id) noexcept { return request_id ? kRequestIdHeaderSize : kHeaderSize; }
+constexpr size_t PrefixSize(size_t num_descriptors, bool request_id = false) noexcept {
+  return HeaderSize(request_id) + num_descriptors * kDescriptorSize;
 }
 // Total frame length the header declares.
 uint64_t FrameLength(const FrameHeader& h) noexcept;
 
 // Writes header + descriptors into `out`; returns the bytes written
-// (PrefixSize(descriptors.size())). INVALID_ARGUMENT if out is too small, there
+// (PrefixSize(descriptors.size(), header.request_id != 0)). INVALID_ARGUMENT if out is too small, there
 // are more than kMaxDescriptors descriptors, the status message is longer than
 // kMaxStatusMessage or the frame would exceed kMaxFrameBytes.
 Result<size_t> EncodePrefix(const FrameHeader& header, std::span<const BulkDescriptor> descriptors,

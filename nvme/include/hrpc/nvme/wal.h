@@ -1,16 +1,21 @@
 // WAL records laid out for zero-copy payloads (the layout Curve describes).
 //
-//   record = [ meta (64 B) | request header | zero padding ] [ payload ... ]
-//            \______ header block: a multiple of the block ______/ \_ multiple of the block _/
+//   record = [ meta (64 B) | zero padding | u32 request bytes | request | pad to 4 ] [ payload ... ]
+//            \________________ head block: a multiple of the block _______________/ \_ multiple of the block _/
 //
-// The header block is the only part written fresh (from a pool buffer); the
+// The head block is the only part written fresh (from a pool buffer); the
 // payload slabs go to the disk exactly as they arrived from the network, so
 // the payload starts on a block boundary of the file and in memory stays in
 // its page-aligned slabs. The whole record is a multiple of the block size,
-// so records can be appended back to back with O_DIRECT.
+// so records can be appended back to back with O_DIRECT. The request sits at
+// the END of the head block, right before the payload, with its 4-byte size
+// in front and zero padding to a multiple of 4 behind: the "size + request +
+// payload" tail of a record is one contiguous piece whose payload part stays
+// 4-byte aligned (and page-aligned in memory), as Curve forwards it. A 12 KiB
+// write with a 100-byte request makes a 4 KiB head block and a 16 KiB record.
 //
 // Meta (little-endian, 64 bytes):
-//   0  u32 magic "HWAL"      4  u16 version (1)     6  u16 meta bytes (64)
+//   0  u32 magic "HWAL"      4  u16 version (2)     6  u16 meta bytes (64)
 //   8  u32 block bytes      12  u32 request header bytes
 //  16  u64 sequence         24  u64 payload bytes
 //  32  u64 record bytes     40  u32 crc32c(request header)
@@ -36,7 +41,7 @@
 namespace hrpc::nvme {
 
 inline constexpr uint32_t kWalMagic = 0x4C415748;  // "HWAL" little-endian
-inline constexpr uint16_t kWalVersion = 1;
+inline constexpr uint16_t kWalVersion = 2;
 inline constexpr size_t kWalMetaBytes = 64;
 // Largest request header a record may carry (keeps a corrupt length from
 // making recovery read gigabytes).
@@ -58,13 +63,13 @@ struct WalRecordInfo {
 };
 
 // Bytes of the header block for a request header of `header_bytes`:
-// round_up(64 + header_bytes, block).
+// round_up(64 + 4 + round_up(header_bytes, 4), block).
 size_t WalHeaderBlockBytes(size_t header_bytes, uint32_t block_bytes) noexcept;
 
 // CRC32C over a scatter list, chained in order.
 uint32_t Crc32cOf(std::span<const iovec> iov) noexcept;
 
-// Writes meta + request header + zero padding into `out`, which must be exactly
+// Writes meta + zero padding + request size + request header + padding into `out`, which must be exactly
 // WalHeaderBlockBytes(request_header.size(), block_bytes) bytes.
 // INVALID_ARGUMENT when block_bytes is not a power of two >= 512, the payload
 // length is not a multiple of block_bytes (its tail would need padding, i.e. a
@@ -82,7 +87,11 @@ Result<WalRecordInfo> EncodeWalHeaderBlock(std::span<char> out, uint64_t sequenc
 // INVALID_ARGUMENT when `bytes` is shorter than the meta.
 Result<WalRecordInfo> ParseWalMeta(std::span<const char> bytes);
 
-// Checks the request header CRC and the zero padding of a header block (at
+// Where the 4-byte request size starts inside the head block: the forwarded
+// "size + request" piece is head_block[WalRequestOffset(info) .. end).
+size_t WalRequestOffset(const WalRecordInfo& info) noexcept;
+
+// Checks the request size, its CRC and the zero padding of a header block (at
 // least info.header_block_bytes() bytes) and returns the request header bytes
 // (a view into `header_block`). DATA_LOSS on mismatch.
 Result<std::string_view> VerifyWalHeaderBlock(const WalRecordInfo& info,

@@ -1,0 +1,285 @@
+// Naming sources: list://, file:// (inotify), dns:// (c-ares); etcd:// lives
+// in naming_etcd.cc.
+#include "hrpc/rpc/naming.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "hrpc/transport/resolver.h"
+#include "naming_internal.h"
+
+namespace hrpc {
+namespace {
+
+// Sorted, without duplicates: the form every watcher delivers.
+void Normalize(NamingUpdate& u) {
+  std::sort(u.servers.begin(), u.servers.end());
+  u.servers.erase(std::unique(u.servers.begin(), u.servers.end()), u.servers.end());
+}
+
+// Entries separated by `sep`; blank ones and '#' comments skipped, bad ones
+// reported in problems.
+NamingUpdate ParseEntries(std::string_view text, char sep) {
+  NamingUpdate u;
+  size_t line_no = 0;
+  while (!text.empty()) {
+    const size_t end = text.find(sep);
+    std::string_view entry = text.substr(0, end);
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
+    ++line_no;
+    if (const size_t hash = entry.find('#'); hash != std::string_view::npos) entry = entry.substr(0, hash);
+    if (entry.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    auto node = ParseServerNode(entry);
+    if (node.ok()) {
+      u.servers.push_back(std::move(*node));
+    } else {
+      u.problems.push_back((sep == '\n' ? "line " + std::to_string(line_no) + ": " : std::string()) +
+                           std::string(node.status().message()));
+    }
+  }
+  Normalize(u);
+  return u;
+}
+
+// A watcher that delivers from a thread of its own: holds the callback, the
+// last set delivered (to deliver changes only) and the stop signal.
+class ThreadedWatcher : public NamingWatcher {
+ public:
+  ~ThreadedWatcher() override { Stop(); }
+
+  Status Start(Callback on_update) override {
+    if (thread_.joinable() || stopped_) return FailedPreconditionError("naming watcher already started");
+    on_update_ = std::move(on_update);
+    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
+    HRPC_TRY(Prepare());
+    Status first = Poll(/*force=*/true);
+    thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "hrpc-naming");
+      Run();
+    });
+    return first;
+  }
+
+  void Stop() override {
+    if (stopped_) return;
+    stopped_ = true;
+    stop_.store(true, std::memory_order_release);
+    if (wake_fd_ >= 0) {
+      const uint64_t one = 1;
+      [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof one);
+    }
+    if (thread_.joinable()) thread_.join();
+    if (wake_fd_ >= 0) close(wake_fd_);
+    wake_fd_ = -1;
+  }
+
+ protected:
+  // Set up what Run() waits on (before the first Poll()).
+  virtual Status Prepare() { return Status::Ok(); }
+  // Reads the source once.
+  virtual Result<NamingUpdate> Read() = 0;
+  // Waits for the next reason to read, returns false when stopped.
+  virtual bool WaitForChange() = 0;
+
+  bool stopping() const noexcept { return stop_.load(std::memory_order_acquire); }
+  int wake_fd() const noexcept { return wake_fd_; }
+
+  // Waits on `fd` (or only the stop signal when fd < 0) up to `timeout`;
+  // false when stopped.
+  bool WaitFd(int fd, std::chrono::milliseconds timeout) {
+    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {fd, POLLIN, 0}};
+    const int rc = poll(fds, fd >= 0 ? 2 : 1, static_cast<int>(timeout.count()));
+    if (rc < 0 && errno != EINTR) return false;
+    return !stopping();
+  }
+
+ private:
+  // Reads and delivers a changed set or an error.
+  Status Poll(bool force) {
+    Result<NamingUpdate> u = Read();
+    if (!u.ok()) {
+      on_update_(u.status());
+      have_last_ = false;
+      return u.status();
+    }
+    if (!force && have_last_ && u->servers == last_.servers && u->problems == last_.problems) return Status::Ok();
+    last_ = *u;
+    have_last_ = true;
+    on_update_(std::move(u));
+    return Status::Ok();
+  }
+
+  void Run() {
+    while (!stopping()) {
+      if (!WaitForChange()) break;
+      Poll(/*force=*/false).IgnoreError();
+    }
+  }
+
+  Callback on_update_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  bool stopped_ = false;
+  int wake_fd_ = -1;
+  NamingUpdate last_;
+  bool have_last_ = false;
+};
+
+class ListWatcher final : public NamingWatcher {
+ public:
+  explicit ListWatcher(NamingUpdate set) : set_(std::move(set)) {}
+  std::string_view scheme() const override { return "list"; }
+  Status Start(Callback on_update) override {
+    on_update(set_);
+    return Status::Ok();
+  }
+  void Stop() override {}
+
+ private:
+  NamingUpdate set_;
+};
+
+// file:///path: one entry per line. Watches the directory, so that an editor
+// that replaces the file (write to a temp file, rename over) is seen too.
+class FileWatcher final : public ThreadedWatcher {
+ public:
+  explicit FileWatcher(std::string path) : path_(std::move(path)) {
+    const size_t slash = path_.rfind('/');
+    dir_ = slash == 0 ? "/" : path_.substr(0, slash);
+    name_ = path_.substr(slash + 1);
+  }
+  ~FileWatcher() override {
+    Stop();
+    if (ino_ >= 0) close(ino_);
+  }
+  std::string_view scheme() const override { return "file"; }
+
+ protected:
+  Status Prepare() override {
+    ino_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (ino_ < 0) return ErrnoStatus(errno, "inotify_init1");
+    if (inotify_add_watch(ino_, dir_.c_str(),
+                          IN_CLOSE_WRITE | IN_MODIFY | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM) < 0) {
+      return ErrnoStatus(errno, "watching " + dir_);
+    }
+    return Status::Ok();
+  }
+
+  Result<NamingUpdate> Read() override {
+    std::ifstream in(path_);
+    if (!in) return NotFoundError("naming file " + path_ + ": " + std::strerror(errno));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ParseEntries(ss.str(), '\n');
+  }
+
+  bool WaitForChange() override {
+    while (!stopping()) {
+      if (!WaitFd(ino_, std::chrono::milliseconds(-1))) return false;
+      alignas(inotify_event) char buf[4096];
+      bool ours = false;
+      for (;;) {
+        const ssize_t n = read(ino_, buf, sizeof buf);
+        if (n <= 0) break;
+        for (ssize_t off = 0; off < n;) {
+          const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+          if (ev->len > 0 && name_ == ev->name) ours = true;
+          off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+        }
+      }
+      if (ours) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::string path_, dir_, name_;
+  int ino_ = -1;
+};
+
+// dns://name:port: every address of the name, re-resolved every dns_refresh.
+class DnsWatcher final : public ThreadedWatcher {
+ public:
+  DnsWatcher(std::string host, uint16_t port, std::unique_ptr<transport::Resolver> resolver,
+             std::chrono::milliseconds refresh)
+      : host_(std::move(host)), port_(port), resolver_(std::move(resolver)), refresh_(refresh) {}
+  ~DnsWatcher() override { Stop(); }
+  std::string_view scheme() const override { return "dns"; }
+
+ protected:
+  Result<NamingUpdate> Read() override {
+    HRPC_ASSIGN_OR_RETURN(auto addrs, resolver_->Resolve(host_, port_));
+    NamingUpdate u;
+    for (const auto& a : addrs) u.servers.push_back(ServerNode{a.ToString(), ""});
+    Normalize(u);
+    return u;
+  }
+  bool WaitForChange() override { return WaitFd(-1, refresh_); }
+
+ private:
+  std::string host_;
+  uint16_t port_;
+  std::unique_ptr<transport::Resolver> resolver_;
+  std::chrono::milliseconds refresh_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<NamingWatcher>> MakeNamingWatcher(std::string_view uri, const NamingOptions& options) {
+  const size_t sep = uri.find("://");
+  if (sep == std::string_view::npos) {
+    return InvalidArgumentError("naming URI '" + std::string(uri) + "': expected list://, file://, dns:// or etcd://");
+  }
+  const std::string_view scheme = uri.substr(0, sep);
+  const std::string_view rest = uri.substr(sep + 3);
+  if (scheme == "list") {
+    NamingUpdate set = ParseEntries(rest, ',');
+    if (!set.problems.empty()) {
+      return InvalidArgumentError("naming URI '" + std::string(uri) + "': " + set.problems.front());
+    }
+    if (set.servers.empty()) return InvalidArgumentError("naming URI '" + std::string(uri) + "': no server");
+    return std::unique_ptr<NamingWatcher>(new ListWatcher(std::move(set)));
+  }
+  if (scheme == "file") {
+    if (rest.empty() || rest.front() != '/' || rest.back() == '/') {
+      return InvalidArgumentError("naming URI '" + std::string(uri) + "': expected file:///absolute/path");
+    }
+    return std::unique_ptr<NamingWatcher>(new FileWatcher(std::string(rest)));
+  }
+  if (scheme == "dns") {
+    const size_t colon = rest.rfind(':');
+    unsigned port = 0;
+    const std::string_view ps = colon == std::string_view::npos ? std::string_view() : rest.substr(colon + 1);
+    auto [p, ec] = std::from_chars(ps.data(), ps.data() + ps.size(), port);
+    if (colon == 0 || colon == std::string_view::npos || ps.empty() || ec != std::errc() ||
+        p != ps.data() + ps.size() || port == 0 || port > 65535) {
+      return InvalidArgumentError("naming URI '" + std::string(uri) + "': expected dns://name:port");
+    }
+    if (options.dns_refresh.count() <= 0) return InvalidArgumentError("dns_refresh must be positive");
+    transport::ResolverOptions ro;
+    ro.servers = options.dns_servers;
+    HRPC_ASSIGN_OR_RETURN(auto resolver, transport::Resolver::Create(ro));
+    return std::unique_ptr<NamingWatcher>(new DnsWatcher(std::string(rest.substr(0, colon)),
+                                                         static_cast<uint16_t>(port), std::move(resolver),
+                                                         options.dns_refresh));
+  }
+  if (scheme == "etcd") return internal::MakeEtcdWatcher(uri, options);
+  return InvalidArgumentError("naming URI '" + std::string(uri) + "': unknown scheme '" + std::string(scheme) +
+                              "' (list, file, dns, etcd)");
+}
+
+}  // namespace hrpc

@@ -1,0 +1,258 @@
+// WalLog on real files opened O_DIRECT: appends replay in order after a
+// reopen; a torn tail, a corrupt record (and all after it) and trailing
+// garbage are cut off and the file truncated; a disk-full append (RLIMIT_FSIZE,
+// in a child process) is rolled back and the log stays good.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "hrpc/base/crc32c.h"
+#include "hrpc/mempool/copy.h"
+#include "hrpc/nvme/wal_log.h"
+#include "nvme_test_util.h"
+
+namespace hrpc::nvme {
+namespace {
+
+using testing::PatternIoBuf;
+using testing::SmallPool;
+using testing::TempDir;
+
+struct Replayed {
+  uint64_t sequence;
+  std::string request;
+  uint64_t bytes;
+  uint32_t crc;
+};
+
+Result<std::unique_ptr<WalLog>> OpenLog(const std::string& path, mempool::Pool& pool, std::vector<Replayed>* out) {
+  WalLogOptions o;
+  o.path = path;
+  o.pool = &pool;
+  return WalLog::Open(o, [out](const WalRecordInfo& info, std::string_view request, mempool::IoBuf payload) {
+    out->push_back({info.sequence, std::string(request), payload.size(), payload.Crc32c()});
+    return Status::Ok();
+  });
+}
+
+uint64_t FileSize(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+// Appends `n` records of (i+1) * 4 KiB payload, request "req-<i>"; returns their payload CRCs.
+std::vector<uint32_t> AppendSome(WalLog& log, mempool::Pool& pool, int n, std::vector<uint64_t>* ends = nullptr) {
+  std::vector<uint32_t> crcs;
+  for (int i = 0; i < n; ++i) {
+    mempool::IoBuf payload = PatternIoBuf(pool, (i + 1) * 4096, 8192, 100 + i);
+    crcs.push_back(payload.Crc32c());
+    mempool::ResetCopiedBytesThisThread();
+    auto rec = log.Encode("req-" + std::to_string(i), std::move(payload));
+    EXPECT_TRUE(rec.ok()) << rec.status().ToString();
+    if (!rec.ok()) break;
+    EXPECT_EQ(mempool::CopiedBytesThisThread(), 0u);
+    EXPECT_TRUE(log.Append(*rec).ok());
+    if (ends != nullptr) ends->push_back(log.end_offset());
+  }
+  return crcs;
+}
+
+// A new log at `path` with `n` records (AppendSome); their end offsets.
+std::vector<uint64_t> FreshLog(const std::string& path, mempool::Pool& pool, int n) {
+  std::vector<Replayed> none;
+  auto log = OpenLog(path, pool, &none);
+  EXPECT_TRUE(log.ok()) << log.status().ToString();
+  std::vector<uint64_t> ends;
+  if (log.ok()) AppendSome(**log, pool, n, &ends);
+  return ends;
+}
+
+TEST(NvmeWalLog, AppendsReplayInOrderAfterReopen) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  auto pool = SmallPool();
+  const std::string path = dir.File("a.wal");
+  std::vector<uint32_t> crcs;
+  {
+    std::vector<Replayed> none;
+    auto log = OpenLog(path, *pool, &none);
+    ASSERT_TRUE(log.ok()) << log.status().ToString();
+    EXPECT_TRUE(none.empty());
+    crcs = AppendSome(**log, *pool, 5);
+    // Every record: one 4 KiB head block + its payload; the head is all the CPU built.
+    EXPECT_EQ((*log)->stats().records, 5u);
+    EXPECT_EQ((*log)->stats().head_bytes_built, 5u * 4096);
+    EXPECT_EQ((*log)->end_offset(), 5u * 4096 + (1 + 2 + 3 + 4 + 5) * 4096u);
+  }
+  EXPECT_EQ(FileSize(path), 16u << 20);  // preallocated ahead of the tail
+  std::vector<Replayed> got;
+  auto log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  ASSERT_EQ(got.size(), 5u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].sequence, i + 1);
+    EXPECT_EQ(got[i].request, "req-" + std::to_string(i));
+    EXPECT_EQ(got[i].bytes, (i + 1) * 4096);
+    EXPECT_EQ(got[i].crc, crcs[i]);
+  }
+  EXPECT_EQ((*log)->recovery().cut_bytes, 0u);
+  EXPECT_TRUE((*log)->recovery().cut_reason.empty());
+  EXPECT_EQ((*log)->next_sequence(), 6u);
+  // Appends continue after the replayed records.
+  AppendSome(**log, *pool, 1);
+  got.clear();
+  log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok());
+  ASSERT_EQ(got.size(), 6u);
+  EXPECT_EQ(got[5].sequence, 6u);
+}
+
+// Appends grow the file ahead by fallocate; the zeroed space after the last
+// record is the log's end on reopen (truncated, not counted as cut).
+TEST(NvmeWalLog, PreallocatedSpaceIsTheEndNotACut) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  auto pool = SmallPool();
+  const std::string path = dir.File("prealloc.wal");
+  uint64_t end = 0;
+  {
+    std::vector<Replayed> none;
+    auto log = OpenLog(path, *pool, &none);
+    ASSERT_TRUE(log.ok());
+    AppendSome(**log, *pool, 3);
+    end = (*log)->end_offset();
+  }
+  EXPECT_EQ(FileSize(path), 16u << 20);
+  std::vector<Replayed> got;
+  auto log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  EXPECT_EQ(got.size(), 3u);
+  EXPECT_EQ((*log)->recovery().cut_bytes, 0u);
+  EXPECT_TRUE((*log)->recovery().cut_reason.empty());
+  EXPECT_EQ(FileSize(path), end);
+}
+
+TEST(NvmeWalLog, TornTailIsCutOff) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  auto pool = SmallPool();
+  const std::string path = dir.File("torn.wal");
+  const std::vector<uint64_t> ends = FreshLog(path, *pool, 3);
+  ASSERT_EQ(ends.size(), 3u);
+  // A crash in the middle of the third record: its last 4 KiB never reached the disk.
+  ASSERT_EQ(truncate(path.c_str(), static_cast<off_t>(ends[2] - 4096)), 0);
+  std::vector<Replayed> got;
+  auto log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  EXPECT_EQ(got.size(), 2u);
+  EXPECT_EQ((*log)->recovery().valid_bytes, ends[1]);
+  EXPECT_EQ((*log)->recovery().cut_bytes, ends[2] - 4096 - ends[1]);
+  EXPECT_NE((*log)->recovery().cut_reason.find("torn"), std::string::npos) << (*log)->recovery().cut_reason;
+  EXPECT_EQ(FileSize(path), ends[1]);
+  EXPECT_EQ((*log)->next_sequence(), 3u);
+}
+
+TEST(NvmeWalLog, CorruptRecordAndEverythingAfterItIsCutOff) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  auto pool = SmallPool();
+  const std::string path = dir.File("corrupt.wal");
+  const std::vector<uint64_t> ends = FreshLog(path, *pool, 4);
+  ASSERT_EQ(ends.size(), 4u);
+  // One flipped payload byte in record 2 (a bit rot or a torn page).
+  const int fd = open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  char c = 0;
+  ASSERT_EQ(pread(fd, &c, 1, static_cast<off_t>(ends[0] + 4096 + 100)), 1);
+  c ^= 0x40;
+  ASSERT_EQ(pwrite(fd, &c, 1, static_cast<off_t>(ends[0] + 4096 + 100)), 1);
+  close(fd);
+  std::vector<Replayed> got;
+  auto log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  EXPECT_EQ(got.size(), 1u);
+  EXPECT_NE((*log)->recovery().cut_reason.find("payload crc"), std::string::npos) << (*log)->recovery().cut_reason;
+  EXPECT_EQ(FileSize(path), ends[0]);
+}
+
+TEST(NvmeWalLog, GarbageAndZerosAfterTheLastRecordAreCutOff) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  auto pool = SmallPool();
+  const std::string path = dir.File("garbage.wal");
+  const std::vector<uint64_t> ends = FreshLog(path, *pool, 2);
+  ASSERT_EQ(ends.size(), 2u);
+  ASSERT_EQ(truncate(path.c_str(), static_cast<off_t>(ends[1])), 0);  // no preallocated space: junk right after
+  for (const char fill : {'\0', 'x'}) {
+    SCOPED_TRACE(static_cast<int>(fill));
+    const int fd = open(path.c_str(), O_WRONLY | O_APPEND);
+    ASSERT_GE(fd, 0);
+    const std::string junk(8192 + 100, fill);
+    ASSERT_EQ(write(fd, junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+    close(fd);
+    std::vector<Replayed> got;
+    auto log = OpenLog(path, *pool, &got);
+    ASSERT_TRUE(log.ok());
+    EXPECT_EQ(got.size(), 2u);
+    EXPECT_EQ((*log)->recovery().cut_bytes, junk.size());
+    EXPECT_EQ(FileSize(path), ends[1]);
+  }
+}
+
+// A child process with RLIMIT_FSIZE appends until the disk is "full": that
+// append fails with RESOURCE_EXHAUSTED and is rolled back; the log still
+// takes appends that fit and replays exactly the successful ones.
+TEST(NvmeWalLog, DiskFullAppendIsRolledBack) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  const std::string path = dir.File("full.wal");
+  constexpr rlim_t kLimit = 64 * 4096;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    signal(SIGXFSZ, SIG_IGN);
+    rlimit lim{kLimit, kLimit};
+    if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(10);
+    auto pool = SmallPool();
+    std::vector<Replayed> none;
+    auto log = OpenLog(path, *pool, &none);
+    if (!log.ok()) _exit(11);
+    int ok = 0;
+    Status last;
+    for (;;) {  // 5 blocks per record: the 13th would end past 64 blocks
+      auto rec = (*log)->Encode("r", PatternIoBuf(*pool, 4 * 4096, 4096, ok));
+      if (!rec.ok()) _exit(12);
+      last = (*log)->Append(*rec);
+      if (!last.ok()) break;
+      ++ok;
+    }
+    if (last.code() != StatusCode::kResourceExhausted) _exit(13);
+    if (FileSize(path) != ok * 5u * 4096) _exit(14);  // the partial record is gone
+    // A small record still fits.
+    auto small = (*log)->Encode("small", PatternIoBuf(*pool, 4096, 4096, 77));
+    if (!small.ok() || !(*log)->Append(*small).ok()) _exit(15);
+    _exit(ok == 12 ? 0 : 16);
+  }
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(WIFEXITED(st));
+  ASSERT_EQ(WEXITSTATUS(st), 0);
+  auto pool = SmallPool();
+  std::vector<Replayed> got;
+  auto log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  ASSERT_EQ(got.size(), 13u);
+  EXPECT_EQ(got.back().request, "small");
+  EXPECT_EQ((*log)->recovery().cut_bytes, 0u);
+}
+
+}  // namespace
+}  // namespace hrpc::nvme
