@@ -7,7 +7,7 @@ HRPC_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost-context-dev libnuma-dev numactl libhwloc-dev hwloc
-  libisal-dev libc-ares-dev liburing-dev libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
+  libisal-dev libssl-dev libc-ares-dev liburing-dev libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
   libprotobuf-dev libprotoc-dev protobuf-compiler
   libspdlog-dev libfmt-dev
   libcli11-dev  # command-line flags: the hrpc tool, the samples, the benchmarks
@@ -18,6 +18,7 @@ HRPC_PACKAGES=(
   nlohmann-json3-dev  # etcd naming: the JSON of etcd's v3 gateway
   etcd-server  # the etcd naming tests run their own etcd (free 127.0.0.1 ports, a temp dir; a system etcd.service is not used)
   iproute2 procps fio
+  clang libclang-rt-14-dev  # tests/fuzz: libFuzzer (-fsanitize=fuzzer) and clang's sanitizers
 )
 # The Soft-RoCE guest (../shared/rxe) and the reference RDMA tools.
 HRPC_RXE_PACKAGES=(

@@ -314,6 +314,14 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     f.Gauge("hrpc_server_max_concurrent_requests", "ServerOptions.max_concurrent_requests.", {},
             static_cast<double>(server_->max_concurrent_requests()));
     f.Gauge("hrpc_server_start_time_seconds", "When the server started (Unix time).", {}, Seconds(server_->start_time()));
+    if (!server_->authenticator().empty()) {
+      const Labels a = {{"authenticator", std::string(server_->authenticator())}};
+      f.Counter("hrpc_server_authenticated_total", "Accepted connections whose peer passed authentication.", a,
+                static_cast<double>(server_->auth_successes()));
+      f.Counter("hrpc_server_auth_failures_total",
+                "Accepted connections refused and closed because the peer failed authentication.", a,
+                static_cast<double>(server_->auth_failure_count()));
+    }
   }
   // Outgoing connections of the runtime, per worker.
   for (size_t w = 0; w < ws.size(); ++w) {
@@ -326,6 +334,9 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     f.Counter("hrpc_client_connects_total", "Outgoing connections made.", l, static_cast<double>(c.connects.Get()));
     f.Counter("hrpc_client_connect_failures_total", "Outgoing connection attempts that failed.", l,
               static_cast<double>(c.connect_failures.Get()));
+    f.Counter("hrpc_client_auth_failures_total",
+              "Outgoing connections closed because authentication failed (RuntimeOptions.authenticator).", l,
+              static_cast<double>(c.auth_failures.Get()));
     f.Counter("hrpc_client_reconnects_total", "Outgoing connections made to replace one that failed.", l,
               static_cast<double>(c.reconnects.Get()));
     f.Counter("hrpc_client_connections_lost_total",

@@ -44,6 +44,11 @@ class ServerView {
   virtual std::vector<std::shared_ptr<const ConnectionInfo>> connections() const = 0;
   virtual int64_t requests_running() const = 0;
   virtual size_t max_concurrent_requests() const = 0;
+  // ServerOptions::authenticator's name ("" without one), the connections that
+  // passed it and those that failed it (refused and closed).
+  virtual std::string_view authenticator() const = 0;
+  virtual uint64_t auth_successes() const = 0;
+  virtual uint64_t auth_failure_count() const = 0;
   virtual std::chrono::system_clock::time_point start_time() const = 0;
   // The rpcz rings of every worker (empty when rpcz is off).
   virtual void ReadRpcz(std::vector<RpczRecord>* slow, std::vector<RpczRecord>* failed) const = 0;

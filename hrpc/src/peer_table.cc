@@ -97,7 +97,20 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
       err = transport.status();
     } else {
       auto conn = (*transport)->Connect(uri);  // suspends this coroutine
-      if (!conn.ok()) {
+      if (conn.ok() && workers_.options().authenticator) {
+        const Status auth = transport::AuthenticateWithin(
+            *workers_.options().authenticator, **conn, workers_.pool(worker_), transport::AuthRole::kClient,
+            workers_.options().transport.connect_timeout);
+        if (!auth.ok()) {
+          transport::CloseAfter(**conn, std::chrono::milliseconds(500));  // our refusal reaches the server
+          counters_.auth_failures.Add();
+          conn = auth.WithContext("connect to " + uri);
+        }
+      }
+      if (!conn.ok() && conn.status().code() == StatusCode::kUnauthenticated) {
+        counters_.connect_failures.Add();
+        err = conn.status();
+      } else if (!conn.ok()) {
         counters_.connect_failures.Add();
         err = conn.status().code() == StatusCode::kUnavailable
                   ? conn.status()

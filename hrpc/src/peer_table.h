@@ -135,6 +135,7 @@ class PeerTable {
     OwnerCounter connect_failures;  // connection attempts that failed
     OwnerCounter reconnects;        // connections made to replace one that failed
     OwnerCounter lost;              // connections that failed (not closed idle or at shutdown)
+    OwnerCounter auth_failures;     // of connect_failures: RuntimeOptions::authenticator failed
   };
   const Counters& counters() const noexcept { return counters_; }
   // The open connections, for /status (any thread).

@@ -18,6 +18,7 @@
 #include "hrpc/rpc/naming.h"
 #include "hrpc/rpc/server_context.h"
 #include "hrpc/rpc/wire.h"
+#include "hrpc/transport/auth.h"
 #include "bulk.h"
 #include "dedup.h"
 #include "observability.h"
@@ -30,6 +31,9 @@ namespace hrpc {
 
 using Clock = std::chrono::steady_clock;
 using internal::SerializedMessage;
+
+// How long a refused peer is given to read why before its connection closes.
+constexpr std::chrono::milliseconds kRefusalLinger{500};
 
 namespace {
 
@@ -139,9 +143,12 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   std::vector<std::string> bound;  // one per options.listen entry
   std::vector<std::vector<std::unique_ptr<transport::Listener>>> listeners;  // per worker
   std::vector<std::vector<std::shared_ptr<ServerConn>>> conns;              // per worker (touched on it)
+  std::vector<std::vector<transport::Connection*>> authenticating;          // per worker: not admitted yet
   std::atomic<int64_t> running{0};        // requests in handlers/bulk
   std::atomic<int64_t> live_conns{0};
   std::atomic<int64_t> accept_loops{0};
+  // Connections that passed options.authenticator, and that failed it.
+  std::atomic<uint64_t> authenticated{0}, auth_failures{0};
   std::atomic<bool> started{false};
   std::atomic<bool> stopping{false};
   bool shut_down = false;
@@ -187,6 +194,11 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   }
   int64_t requests_running() const override { return running.load(std::memory_order_relaxed); }
   size_t max_concurrent_requests() const override { return options.max_concurrent_requests; }
+  std::string_view authenticator() const override {
+    return options.authenticator ? options.authenticator->name() : std::string_view();
+  }
+  uint64_t auth_successes() const override { return authenticated.load(std::memory_order_relaxed); }
+  uint64_t auth_failure_count() const override { return auth_failures.load(std::memory_order_relaxed); }
   std::chrono::system_clock::time_point start_time() const override { return started_at; }
   void ReadRpcz(std::vector<internal::RpczRecord>* slow, std::vector<internal::RpczRecord>* failed) const override {
     for (const auto& r : rpcz) r->Read(slow, failed);
@@ -268,24 +280,81 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         (*c)->Close();
         continue;
       }
-      auto sc = std::make_shared<ServerConn>();
-      sc->conn = std::move(*c);
-      sc->worker = w;
-      sc->peer = std::string(sc->conn->peer());
-      sc->info = std::make_shared<internal::ConnectionInfo>();
-      sc->info->peer = sc->peer;
-      sc->info->scheme = listener->uri().substr(0, listener->uri().find("://"));
-      sc->info->worker = w;
-      sc->info->opened = std::chrono::system_clock::now();
-      {
-        std::lock_guard lock(conn_infos_mu);
-        conn_infos.push_back(sc->info);
+      std::string scheme = listener->uri().substr(0, listener->uri().find("://"));
+      if (!options.authenticator) {
+        Admit(w, std::move(*c), std::move(scheme));
+        continue;
       }
-      live_conns.fetch_add(1);
-      conns[w].push_back(sc);
-      workers->scheduler(w).Spawn([self = shared_from_this(), sc] { self->ReadLoop(sc); }, "hrpc-server-rx");
+      // Authenticated apart from the accept loop, so that a slow or silent
+      // peer holds up only its own connection.
+      auto pending = std::make_shared<std::unique_ptr<transport::Connection>>(std::move(*c));
+      live_conns.fetch_add(1);  // until admitted or refused: Shutdown waits for it
+      workers->scheduler(w).Spawn(
+          [self = shared_from_this(), w, pending, scheme = std::move(scheme)]() mutable {
+            self->AuthenticateAndAdmit(w, std::move(*pending), std::move(scheme));
+          },
+          "hrpc-server-auth");
     }
     accept_loops.fetch_sub(1);
+  }
+
+  // A connection that passed authentication (or needed none) joins the server:
+  // from here on its requests are dispatched.
+  void Admit(size_t w, std::unique_ptr<transport::Connection> conn, std::string scheme) {
+    auto sc = std::make_shared<ServerConn>();
+    sc->conn = std::move(conn);
+    sc->worker = w;
+    sc->peer = std::string(sc->conn->peer());
+    sc->info = std::make_shared<internal::ConnectionInfo>();
+    sc->info->peer = sc->peer;
+    sc->info->scheme = std::move(scheme);
+    sc->info->worker = w;
+    sc->info->opened = std::chrono::system_clock::now();
+    {
+      std::lock_guard lock(conn_infos_mu);
+      conn_infos.push_back(sc->info);
+    }
+    live_conns.fetch_add(1);
+    conns[w].push_back(sc);
+    workers->scheduler(w).Spawn([self = shared_from_this(), sc] { self->ReadLoop(sc); }, "hrpc-server-rx");
+  }
+
+  // Runs options.authenticator on a fresh connection; one that fails is
+  // answered (an RPC request from a client that skipped authentication gets
+  // UNAUTHENTICATED as its response), counted and closed, never admitted.
+  void AuthenticateAndAdmit(size_t w, std::unique_ptr<transport::Connection> conn, std::string scheme) {
+    struct Done {
+      std::atomic<int64_t>& n;
+      ~Done() { n.fetch_sub(1); }
+    } done{live_conns};
+    mempool::Pool& pool = workers->pool(w);
+    mempool::IoBuf first;
+    authenticating[w].push_back(conn.get());
+    const Status s = transport::AuthenticateWithin(*options.authenticator, *conn, pool, transport::AuthRole::kServer,
+                                                   workers->options().transport.handshake_timeout, &first);
+    std::erase(authenticating[w], conn.get());
+    if (s.ok() && !stopping.load()) {
+      authenticated.fetch_add(1, std::memory_order_relaxed);
+      return Admit(w, std::move(conn), std::move(scheme));
+    }
+    if (s.ok()) return conn->Close();
+    auth_failures.fetch_add(1, std::memory_order_relaxed);
+    SPDLOG_WARN("hrpc server: closing connection {}: {}", conn->peer(), s.ToString());
+    if (!first.empty()) {
+      auto rx = internal::ReadFrame(pool, first);
+      if (rx.ok() && rx->frame.header().kind == wire::FrameKind::kRequest) {
+        wire::FrameHeader h;
+        h.kind = wire::FrameKind::kResponse;
+        h.txn_id = rx->frame.header().txn_id;
+        h.service_id = rx->frame.header().service_id;
+        h.method_id = rx->frame.header().method_id;
+        h.status = StatusCode::kUnauthenticated;
+        auto f = internal::SmallFrame(pool, h, "this server requires authentication (" +
+                                                   std::string(options.authenticator->name()) + ")");
+        if (f.ok()) conn->Send(std::move(*f)).IgnoreError();
+      }
+    }
+    transport::CloseAfter(*conn, kRefusalLinger);
   }
 
   void CloseConn(const std::shared_ptr<ServerConn>& sc) {
@@ -710,6 +779,7 @@ Result<std::unique_ptr<Server>> Server::Create(Runtime& runtime, ServerOptions o
   impl->options = std::move(options);
   impl->listeners.resize(impl->workers->size());
   impl->conns.resize(impl->workers->size());
+  impl->authenticating.resize(impl->workers->size());
   impl->reflection = internal::MakeReflectionService(impl->services_by_id, impl->stats);
   impl->services_by_id.emplace(impl->reflection->service_id(), impl->reflection.get());
   for (const MethodDescriptor& m : impl->reflection->methods()) {
@@ -818,6 +888,7 @@ void Server::Shutdown() {
     im.workers->RunOn(w, [&im, w] {
       auto list = im.conns[w];
       for (auto& sc : list) im.CloseConn(sc);
+      for (transport::Connection* c : im.authenticating[w]) c->Close();
       return Status::Ok();
     }).IgnoreError();
   }

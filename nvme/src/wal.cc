@@ -135,6 +135,8 @@ Result<WalRecordInfo> ParseWalMeta(std::span<const char> bytes) {
   info.payload_crc = Get<uint32_t>(p, kOffPayloadCrc);
   if (!ValidBlock(info.block_bytes) || info.header_bytes > kWalMaxHeaderBytes ||
       info.payload_bytes % info.block_bytes != 0 ||
+      // A payload length near 2^64 would wrap the sum below and pass.
+      info.payload_bytes > UINT64_MAX - WalHeaderBlockBytes(info.header_bytes, info.block_bytes) ||
       info.record_bytes != WalHeaderBlockBytes(info.header_bytes, info.block_bytes) + info.payload_bytes) {
     return DataLossError(fmt::format(
         "WAL record: inconsistent lengths (block {}, header {}, payload {}, record {})",

@@ -164,6 +164,44 @@ TEST_F(RpcRdmaTest, ManyConcurrentCalls) {
   EXPECT_EQ(ok.load(), kCalls);
 }
 
+// Authentication runs over RDMA too (its first messages, after the rdmacm
+// connection): the right secret is served, a wrong one gets UNAUTHENTICATED
+// and is counted, and the server keeps serving.
+TEST_F(RpcRdmaTest, SharedSecretAuthenticationOverRdma) {
+  rpctest::TestService service;
+  hrpc::ServerOptions so;
+  so.listen = {"rdma://" + RdmaTestAddr() + ":0"};
+  so.authenticator = hrpc::transport::MakeSharedSecretAuthenticator("rdma secret").value();
+  auto server = hrpc::Server::Create(so);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->RegisterService(&service).ok());
+  ASSERT_TRUE((*server)->Start().ok());
+  const std::string bound = (*server)->listen_uris().at(0);
+  const std::string target = "rdma://" + RdmaTestAddr() + ":" + bound.substr(bound.rfind(':') + 1);
+  auto call = [&](const std::string& secret) {
+    hrpc::RpcChannelOptions co;
+    co.runtime.authenticator = hrpc::transport::MakeSharedSecretAuthenticator(secret).value();
+    auto ch = hrpc::RpcChannel::Create(target, co);
+    if (!ch.ok()) return ch.status();
+    rpctest::Test::Stub stub(ch->get());
+    ClientContext ctx;
+    ctx.set_timeout(20s);
+    rpctest::Req req;
+    req.set_text("authenticated");
+    rpctest::Resp resp;
+    return stub.Call(ctx, req, &resp);
+  };
+  const hrpc::Status wrong = call("not the secret");
+  EXPECT_EQ(wrong.code(), StatusCode::kUnauthenticated) << wrong.ToString();
+  EXPECT_EQ(service.calls.load(), 0);
+  const hrpc::Status right = call("rdma secret");
+  EXPECT_TRUE(right.ok()) << right.ToString();
+  EXPECT_EQ(service.calls.load(), 1);
+  const std::string m = (*server)->MetricsText();
+  EXPECT_EQ(SeriesValue(m, "hrpc_server_auth_failures_total{authenticator=\"hmac-sha256\"}"), 1) << m;
+  EXPECT_EQ(SeriesValue(m, "hrpc_server_authenticated_total{authenticator=\"hmac-sha256\"}"), 1);
+}
+
 }  // namespace
 
 std::unique_ptr<hrpc::Runtime> RdmaRuntime(size_t workers) {

@@ -331,6 +331,19 @@ TEST_F(WireMalformedTest, UnknownStatusCode) {
   ExpectDecodeError(f, StatusCode::kDataLoss, "unknown status code 17");
 }
 
+// Found by fuzzing (tests/fuzz/corpus/wire/crash-status-on-request): a request
+// with a status code decoded, and Frame::status() made it an error.
+TEST_F(WireMalformedTest, StatusOnlyOnResponses) {
+  auto f = good_;
+  f[14] = std::byte{1};
+  ExpectDecodeError(f, StatusCode::kDataLoss, "status 1 on a request frame (only responses carry one)");
+  FrameHeader ping;
+  ping.kind = FrameKind::kPing;
+  auto p = Encode(ping, {}, "", "");
+  p[14] = std::byte{13};
+  ExpectDecodeError(p, StatusCode::kDataLoss, "status 13 on a ping frame");
+}
+
 TEST_F(WireMalformedTest, UnknownBulkDirection) {
   auto f = good_;
   f[kHeaderSize + kDescriptorSize + 20] = std::byte{9};
@@ -367,6 +380,7 @@ TEST_F(WireMalformedTest, EveryErrorMessageIsDistinct) {
   mut([](auto& f) { Put16(f, 12, 1000); });
   mut([](auto& f) { f[5] = std::byte{77}; });
   mut([](auto& f) { f[14] = std::byte{99}; });
+  mut([](auto& f) { f[14] = std::byte{1}; });
   mut([](auto& f) { f[kHeaderSize + 20] = std::byte{0}; });
   std::set<std::string> prefixes;
   for (const auto& f : frames) {

@@ -141,6 +141,30 @@ TEST(NvmeWal, CorruptionIsDetected) {
   EXPECT_EQ(DecodeWalRecord(tiny).status().code(), StatusCode::kInvalidArgument);
 }
 
+// Found while writing the WAL fuzz target (tests/fuzz/corpus/wal/crash-payload-length-wraps):
+// a payload length near 2^64 made header block + payload wrap to a small
+// record length that matched, and decoding read far past the record.
+TEST(NvmeWal, PayloadLengthThatWrapsTheRecordLengthIsRefused) {
+  std::vector<char> rec(512, 0);
+  auto put = [&](size_t off, auto v) { std::memcpy(rec.data() + off, &v, sizeof v); };
+  put(0, kWalMagic);
+  put(4, kWalVersion);
+  put(6, static_cast<uint16_t>(kWalMetaBytes));
+  put(8, uint32_t{512});                 // block
+  put(12, uint32_t{0});                  // request header bytes: header block = 512
+  put(16, uint64_t{7});                  // sequence
+  put(24, UINT64_MAX - 511);             // payload bytes: 512 + this wraps to 0
+  put(32, uint64_t{0});                  // record bytes
+  put(40, Crc32c(rec.data(), 0));        // crc of the empty request header
+  put(44, uint32_t{0});
+  put(60, Crc32c(rec.data(), 60));       // meta crc
+  auto meta = ParseWalMeta(rec);
+  ASSERT_FALSE(meta.ok());
+  EXPECT_EQ(meta.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(meta.status().message().find("inconsistent lengths"), std::string_view::npos) << meta.status().ToString();
+  EXPECT_EQ(DecodeWalRecord(rec).status().code(), StatusCode::kDataLoss);
+}
+
 TEST(NvmeWal, EncoderRejectsUnpaddablePayloads) {
   std::vector<char> block(4096);
   EXPECT_EQ(EncodeWalHeaderBlock(block, 1, "h", 1000, 0, 4096).status().code(),

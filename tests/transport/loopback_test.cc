@@ -178,5 +178,26 @@ TEST(Uri, ParsesAndRejects) {
   }
 }
 
+// Found by fuzzing (tests/fuzz/corpus/uri/crash-host-with-bracket-and-nul): a
+// host with ']' and ':' parsed, but printed to a URI that did not parse back;
+// one with a NUL would have named another host to the resolver.
+TEST(Uri, HostBytesThatAreNoPartOfANameAreRefused) {
+  using namespace std::string_literals;
+  for (const std::string bad : {"tcp://a]:b:1"s, "tcp://evil\0.example:80"s, "tcp://a/b:1"s, "tcp://a b:1"s,
+                                "tcp://[[::1]:1"s, "tcp://h\x01:1"s}) {
+    auto u = ParseUri(bad);
+    EXPECT_EQ(u.status().code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(u.status().message().find("in the host"), std::string_view::npos) << u.status().ToString();
+  }
+  for (const char* good : {"tcp://node-1.rack_2.example:7000", "rdma://[fe80::1%eth0]:4791", "tcp://::1:80"}) {
+    auto u = ParseUri(good);
+    ASSERT_TRUE(u.ok()) << good << ": " << u.status().ToString();
+    auto again = ParseUri(u->ToString());
+    ASSERT_TRUE(again.ok()) << u->ToString();
+    EXPECT_EQ(again->host, u->host);
+    EXPECT_EQ(again->port, u->port);
+  }
+}
+
 }  // namespace
 }  // namespace hrpc::transport::testing

@@ -4,6 +4,21 @@
 #include "hrpc/transport/transport.h"
 
 namespace hrpc::transport {
+namespace {
+// What a host name or an IP address (v4, v6 with an optional %zone) is made
+// of. Anything else (a NUL that would cut the name short for the resolver, a
+// '/', a bracket, a space, a control byte) is refused, so that every accepted
+// URI prints (Uri::ToString) to one that parses to the same parts.
+std::string HexByte(char c) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  const auto b = static_cast<unsigned char>(c);
+  return {kDigits[b >> 4], kDigits[b & 15]};
+}
+bool HostChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+         c == '_' || c == ':' || c == '%';
+}
+}  // namespace
 
 std::string_view AccessName(Access a) {
   switch (a) {
@@ -54,6 +69,12 @@ Result<Uri> ParseUri(std::string_view uri) {
     port = rest.substr(colon + 1);
   }
   if (host.empty()) return InvalidArgumentError("URI '" + std::string(uri) + "': empty host");
+  for (char c : host) {
+    if (!HostChar(c)) {
+      return InvalidArgumentError("URI '" + std::string(uri) + "': byte 0x" + HexByte(c) +
+                                  " in the host (letters, digits, . - _ : % only)");
+    }
+  }
   unsigned value = 0;
   auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
   if (port.empty() || ec != std::errc() || p != port.data() + port.size() || value > 65535) {

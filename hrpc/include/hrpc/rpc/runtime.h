@@ -42,6 +42,7 @@
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/mempool/pool.h"
 #include "hrpc/rpc/stats.h"
+#include "hrpc/transport/auth.h"
 #include "hrpc/transport/rdma.h"
 #include "hrpc/transport/tcp.h"
 #include "hrpc/transport/transport.h"
@@ -104,6 +105,12 @@ struct RuntimeOptions {
   TransportChoice transport_choice = TransportChoice::kAuto;
   // Outgoing connections with nothing in flight this long are closed (0: never).
   std::chrono::milliseconds idle_timeout{60'000};
+  // Runs on every outgoing connection (of every channel of the runtime)
+  // before its first call, within transport.connect_timeout: the server's
+  // ServerOptions::authenticator must be the same kind with the same secret.
+  // A failure fails the calls waiting for that connection with UNAUTHENTICATED
+  // (and counts in hrpc_client_auth_failures_total). Null: none.
+  std::shared_ptr<const transport::Authenticator> authenticator;
 
   // The defaults, with transport_choice from HRPC_TRANSPORT=tcp|rdma|auto: the
   // one place hrpc reads its environment. An unknown value is logged and

@@ -54,6 +54,7 @@
 #include "hrpc/rpc/runtime.h"
 #include "hrpc/rpc/service.h"
 #include "hrpc/rpc/stats.h"
+#include "hrpc/transport/auth.h"
 
 namespace prometheus {
 class Collectable;
@@ -116,6 +117,14 @@ struct ServerOptions {
   // Stored after the address ("rack-a"), as in a file:// line; one word.
   std::string etcd_tag;
   std::chrono::seconds etcd_ttl{5};
+  // Authenticates every accepted connection before it is served
+  // (transport/auth.h; e.g. transport::MakeSharedSecretAuthenticator(secret)).
+  // A peer that fails gets UNAUTHENTICATED (an RPC request it sent first is
+  // answered with it) and its connection is closed, counted in
+  // hrpc_server_auth_failures_total; no request of it is dispatched. The
+  // exchange must finish within runtime transport.handshake_timeout. Null
+  // (the default): every peer that reaches the port is served.
+  std::shared_ptr<const transport::Authenticator> authenticator;
 };
 
 class Server final {

@@ -23,7 +23,8 @@
 //                        magic, truncated frame, bad header length, declared
 //                        lengths beyond the frame or the frame limit, trailing
 //                        bytes, too many descriptors, unknown kind, unknown
-//                        status code, unknown bulk direction, status message on
+//                        status code, a status on a frame that is not a
+//                        response, unknown bulk direction, status message on
 //                        a frame that is not an error response.
 // INVALID_ARGUMENT is reserved for encode-side misuse by the local caller (and,
 // one layer up, for a request payload that is not a valid protobuf).

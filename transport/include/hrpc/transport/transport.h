@@ -259,7 +259,8 @@ struct Uri {
   std::string ToString() const;
 };
 // INVALID_ARGUMENT with the reason for anything else (a missing port, a port
-// out of range, an unknown scheme, an empty host).
+// out of range, an unknown scheme, an empty host, a host with a byte that is
+// not a letter, digit, '.', '-', '_', ':' or '%').
 Result<Uri> ParseUri(std::string_view uri);
 
 }  // namespace hrpc::transport
