@@ -199,14 +199,24 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
         continue;
       }
       if (balancer == Balancer::kLeastLoaded) {
+        // A server with no latency yet (new to the set) counts as the fastest
+        // of the others: it gets tried at once, and is not flooded (as a zero
+        // would) until it has answered.
+        double fastest = 0;
+        for (const auto& n : s.nodes) {
+          const double l = n->latency_us.load(std::memory_order_relaxed);
+          if (l > 0 && (fastest == 0 || l < fastest)) fastest = l;
+        }
+        const double unknown = fastest > 0 ? fastest : 1.0;
         std::shared_ptr<Node> best;
         double best_score = 0;
         const size_t start = rr.fetch_add(1, std::memory_order_relaxed);  // ties go round robin
         for (size_t k = 0; k < s.nodes.size(); ++k) {
           const auto& n = s.nodes[(start + k) % s.nodes.size()];
           if (!ok(n.get())) continue;
-          const double score = static_cast<double>(n->in_flight.load(std::memory_order_relaxed) + 1) *
-                               std::max(1.0, n->latency_us.load(std::memory_order_relaxed));
+          const double l = n->latency_us.load(std::memory_order_relaxed);
+          const double score =
+              static_cast<double>(n->in_flight.load(std::memory_order_relaxed) + 1) * std::max(1.0, l > 0 ? l : unknown);
           if (!best || score < best_score) {
             best = n;
             best_score = score;
@@ -235,13 +245,21 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
     }
     if (lost_race) return;  // cancelled because the other attempt answered
     n.errors.fetch_add(1, std::memory_order_relaxed);
-    if (s.code() != StatusCode::kUnavailable) return;
+    if (s.code() != StatusCode::kCancelled && s.code() != StatusCode::kDeadlineExceeded) {
+      // A quick refusal must not make a server look fast to `la`: a failure
+      // weighs like an answer ten times slower than its recent mean.
+      const double old = n.latency_us.load(std::memory_order_relaxed);
+      n.latency_us.store(old == 0 ? 10'000 : old * 0.8 + old * 10 * 0.2, std::memory_order_relaxed);
+    }
+    if (s.code() != StatusCode::kUnavailable) {
+      n.consecutive_failures.store(0, std::memory_order_relaxed);
+      return;
+    }
     if (n.consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1 >= options.eject_after_failures &&
         !n.ejected.exchange(true, std::memory_order_relaxed)) {
       n.ejections.fetch_add(1, std::memory_order_relaxed);
       SPDLOG_WARN("hrpc cluster {}: server {} ejected after {} failures: {}", uri, n.node.uri,
                   options.eject_after_failures, s.ToString());
-      health_cv.notify_one();
     }
   }
 
@@ -485,7 +503,16 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
       health_stop = true;
     }
     health_cv.notify_all();
-    if (health.joinable()) health.join();
+    if (health.joinable()) {
+      // On one of the runtime's workers a join could wait on a probe that
+      // waits on this very worker: let the thread finish on its own (it holds
+      // the Impl alive until then).
+      if (workers->CurrentIndex() >= 0) {
+        health.detach();
+      } else {
+        health.join();
+      }
+    }
     closed.store(true, std::memory_order_release);
     const auto until = Clock::now() + std::chrono::seconds(10);
     for (;;) {
@@ -540,7 +567,7 @@ Result<std::unique_ptr<ClusterChannel>> ClusterChannel::Create(Runtime& runtime,
     impl->watcher->Stop();
     return first.ok() ? UnavailableError("cluster " + impl->uri + ": naming gave no server") : first;
   }
-  impl->health = std::thread([raw = impl.get()] { raw->HealthLoop(); });
+  impl->health = std::thread([self = impl] { self->HealthLoop(); });
   return std::unique_ptr<ClusterChannel>(new ClusterChannel(std::move(impl)));
 }
 

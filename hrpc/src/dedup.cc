@@ -3,30 +3,37 @@
 namespace hrpc::internal {
 
 std::pair<std::shared_ptr<DedupEntry>, bool> DedupWindow::Begin(uint64_t id, uint32_t service_id,
-                                                                 uint32_t method_id) {
+                                                                 uint32_t method_id, uint32_t request_crc) {
   std::lock_guard lock(mu_);
   Evict(Clock::now());
   auto [it, inserted] = by_id_.try_emplace(id);
   if (!inserted) {
-    if (it->second->service_id != service_id || it->second->method_id != method_id) return {nullptr, false};
+    const DedupEntry& e = *it->second;
+    if (e.service_id != service_id || e.method_id != method_id || e.request_crc != request_crc) {
+      return {nullptr, false};
+    }
     ++hits_;
     return {it->second, false};
   }
   it->second = std::make_shared<DedupEntry>();
   it->second->service_id = service_id;
   it->second->method_id = method_id;
+  it->second->request_crc = request_crc;
   return {it->second, true};
 }
 
-void DedupWindow::Finish(uint64_t id, const std::shared_ptr<DedupEntry>& e, Status status, std::string_view response,
+void DedupWindow::Finish(uint64_t id, const std::shared_ptr<DedupEntry>& e, Status status, std::string&& response,
                          bool had_attachment) {
+  if (status.code() == StatusCode::kUnavailable || status.code() == StatusCode::kResourceExhausted) {
+    return Abandon(id, e);
+  }
   {
     std::lock_guard lock(mu_);
     e->ran = true;
     e->status = std::move(status);
     e->had_attachment = had_attachment;
     e->kept = e->status.ok() && !had_attachment && response.size() <= max_bytes_;
-    if (e->kept) e->response.assign(response);
+    if (e->kept) e->response = std::move(response);
     bytes_ += e->response.size();
     finished_.emplace_back(id, Clock::now());
     Evict(Clock::now());

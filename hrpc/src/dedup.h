@@ -29,6 +29,7 @@ namespace hrpc::internal {
 struct DedupEntry {
   uint32_t service_id = 0;
   uint32_t method_id = 0;
+  uint32_t request_crc = 0;  // CRC32C of the request message: a reused id with other bytes is another call
   coro::Event done;  // set once the first request finished (or gave up)
   // Valid once done is set:
   bool ran = false;             // false: the first request ended before its handler ran
@@ -46,9 +47,13 @@ class DedupWindow {
 
   // The entry for `id`, and whether this request is its first (then it must
   // end with Finish or Abandon). A retry gets the first's entry (wait for
-  // done). An id seen with another method is not deduplicated: nullptr.
-  std::pair<std::shared_ptr<DedupEntry>, bool> Begin(uint64_t id, uint32_t service_id, uint32_t method_id);
-  void Finish(uint64_t id, const std::shared_ptr<DedupEntry>& e, Status status, std::string_view response,
+  // done). An id seen with another method or other request bytes is not a
+  // retry and is not deduplicated: nullptr.
+  std::pair<std::shared_ptr<DedupEntry>, bool> Begin(uint64_t id, uint32_t service_id, uint32_t method_id,
+                                                      uint32_t request_crc);
+  // A handler's UNAVAILABLE or RESOURCE_EXHAUSTED is not remembered (the id
+  // is forgotten, as by Abandon): a retry may succeed, so it runs again.
+  void Finish(uint64_t id, const std::shared_ptr<DedupEntry>& e, Status status, std::string&& response,
               bool had_attachment);
   // The first request ended without running its handler: forget the id (a
   // retry runs), and wake the retries waiting on it.

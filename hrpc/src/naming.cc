@@ -65,7 +65,10 @@ class ThreadedWatcher : public NamingWatcher {
     on_update_ = std::move(on_update);
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
-    HRPC_TRY(Prepare());
+    if (Status s = Prepare(); !s.ok()) {
+      on_update_(s);  // the channel sees (and counts) why it has no servers
+      return s;
+    }
     Status first = Poll(/*force=*/true);
     thread_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "hrpc-naming");
@@ -172,8 +175,9 @@ class FileWatcher final : public ThreadedWatcher {
   Status Prepare() override {
     ino_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (ino_ < 0) return ErrnoStatus(errno, "inotify_init1");
-    if (inotify_add_watch(ino_, dir_.c_str(),
-                          IN_CLOSE_WRITE | IN_MODIFY | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM) < 0) {
+    // A file is read once it is complete: closed after writing, or renamed
+    // into place; not on every write (a truncate would read as empty).
+    if (inotify_add_watch(ino_, dir_.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM) < 0) {
       return ErrnoStatus(errno, "watching " + dir_);
     }
     return Status::Ok();
@@ -197,7 +201,7 @@ class FileWatcher final : public ThreadedWatcher {
         if (n <= 0) break;
         for (ssize_t off = 0; off < n;) {
           const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
-          if (ev->len > 0 && name_ == ev->name) ours = true;
+          if ((ev->len > 0 && name_ == ev->name) || (ev->mask & IN_Q_OVERFLOW) != 0) ours = true;
           off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
         }
       }
@@ -222,7 +226,8 @@ class DnsWatcher final : public ThreadedWatcher {
 
  protected:
   Result<NamingUpdate> Read() override {
-    HRPC_ASSIGN_OR_RETURN(auto addrs, resolver_->Resolve(host_, port_));
+    HRPC_ASSIGN_OR_RETURN(auto addrs, resolver_->Resolve(host_, port_, AF_UNSPEC,
+                                                         std::chrono::steady_clock::now() + std::chrono::seconds(10)));
     NamingUpdate u;
     for (const auto& a : addrs) u.servers.push_back(ServerNode{a.ToString(), ""});
     Normalize(u);

@@ -13,6 +13,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "hrpc/base/crc32c.h"
 #include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/rpc/naming.h"
@@ -479,7 +480,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     ~DedupGuard() {
       if (window_ == nullptr) return;
       if (ran_) {
-        window_->Finish(id_, entry_, std::move(status_), response_, attachment_);
+        window_->Finish(id_, entry_, std::move(status_), std::move(response_), attachment_);
       } else {
         window_->Abandon(id_, entry_);
       }
@@ -488,7 +489,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       if (window_ == nullptr) return;
       ran_ = true;
       status_ = s;
-      response_.assign(response);
+      if (!attachment) response_.assign(response);  // a response with an attachment is not kept
       attachment_ = attachment;
     }
 
@@ -505,10 +506,13 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   // Answers a retry of request h.request_id with what its first run answered.
   Status AnswerRetry(ServerConn& sc, const wire::FrameHeader& h, internal::DedupEntry& e, Clock::time_point deadline) {
     Status s;
-    if (!e.done.IsSet() && !e.done.WaitUntil(deadline).ok() && !e.done.IsSet()) {
-      s = DeadlineExceededError("deadline expired waiting for the first run of this request (a retry)");
+    // Bounded by the window too: a retry never waits longer than the first
+    // run's answer would be kept.
+    const auto until = std::min(deadline, Clock::now() + options.dedup_window);
+    if (!e.done.IsSet() && !e.done.WaitUntil(until).ok() && !e.done.IsSet()) {
+      s = DeadlineExceededError("gave up waiting for the first run of this request (a retry)");
     } else if (!e.ran) {
-      s = UnavailableError("the first run of this request (a retry) ended before its handler ran: retry");
+      s = UnavailableError("the first run of this request (a retry) did not complete: retry");
     } else if (!e.status.ok()) {
       s = e.status;
     } else if (!e.kept) {
@@ -587,7 +591,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     // A retry of a request this server ran (or runs) gets the first answer.
     DedupGuard dedup_guard;
     if (h.request_id != 0 && dedup != nullptr) {
-      auto [entry, first] = dedup->Begin(h.request_id, h.service_id, h.method_id);
+      auto [entry, first] = dedup->Begin(h.request_id, h.service_id, h.method_id,
+                                         Crc32c(frame.message().data(), frame.message().size()));
       if (entry != nullptr && !first) {
         Status s = AnswerRetry(*sc, h, *entry, ctx.deadline());
         return finish(s);

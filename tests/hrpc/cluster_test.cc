@@ -513,7 +513,9 @@ TEST(ClusterChannel, ConsistentHashKeepsKeysAndMovesAboutOneInNWhenAServerJoins)
 TEST(ClusterChannel, IdempotentCallIsRetriedOnAnotherServer) {
   Cluster c(2);
   c.services[0]->fail_code = static_cast<int>(StatusCode::kUnavailable);
-  auto ch = ClusterChannel::Create(*c.runtime, c.List()).value();
+  ClusterChannelOptions o;
+  o.eject_after_failures = 1000;  // the failing server stays in the rotation
+  auto ch = ClusterChannel::Create(*c.runtime, c.List(), o).value();
   for (int i = 0; i < 6; ++i) {
     ClientContext ctx;
     ctx.set_timeout(5s);
@@ -675,6 +677,62 @@ TEST(ClusterChannel, FailingServerIsEjectedAndTakenBackWhenItReturns) {
   EXPECT_GE(c.services[0]->calls.load(), 1);
 }
 
+// A server new to the set is not flooded by `la` before it has answered.
+TEST(ClusterChannel, LeastLoadedDoesNotFloodANewServer) {
+  Cluster c(3);
+  const std::string path = TempPath("la-servers");
+  {
+    std::ofstream f(path);
+    f << c.uris[0] << "\n" << c.uris[1] << "\n";
+  }
+  ClusterChannelOptions o;
+  o.load_balancer = "la";
+  auto ch = ClusterChannel::Create(*c.runtime, "file://" + path, o).value();
+  for (int i = 0; i < 20; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    ASSERT_TRUE(Call(*ch, ctx, "warm").ok());
+  }
+  {
+    std::ofstream f(path + ".tmp");
+    f << c.uris[0] << "\n" << c.uris[1] << "\n" << c.uris[2] << "\n";
+  }
+  std::filesystem::rename(path + ".tmp", path);
+  ASSERT_TRUE(WaitFor([&] { return ch->servers().size() == 3; }, 2s));
+  for (int i = 0; i < 30; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    ASSERT_TRUE(Call(*ch, ctx, "spread").ok());
+  }
+  EXPECT_GE(c.services[2]->calls.load(), 1);
+  EXPECT_LT(c.services[2]->calls.load(), 25) << "the new server took nearly every call";
+  std::filesystem::remove(path);
+}
+
+// Destroyed from a coroutine on the runtime's own worker while its health
+// thread probes an ejected server through that worker: no deadlock.
+TEST(ClusterChannel, DestroyedOnItsOwnWorkerWhileProbing) {
+  Cluster c(2);
+  ClusterChannelOptions o;
+  o.eject_after_failures = 1;
+  o.health_check_interval = 1ms;
+  auto ch = ClusterChannel::Create(*c.runtime, c.List(), o).value();
+  c.servers[0]->Shutdown();
+  for (int i = 0; i < 4; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    ctx.set_idempotent(true);
+    ASSERT_TRUE(Call(*ch, ctx, "x").ok());
+  }
+  ASSERT_TRUE(ch->ServerStats()[0].ejected);
+  hrpc::coro::Event done;
+  c.runtime->scheduler(0).Post([&] {
+    ch.reset();
+    done.Set();
+  });
+  EXPECT_TRUE(done.WaitFor(10s).ok());
+}
+
 TEST(ClusterChannel, CancelEndsTheCallAndItsAttempts) {
   Cluster c(1);
   c.services[0]->delay_ms = 5000;
@@ -786,6 +844,31 @@ TEST(Dedup, AnErrorIsRememberedAndAnAttachmentIsNotKept) {
     EXPECT_EQ(s.code(), round == 0 ? StatusCode::kOk : StatusCode::kAborted) << s.ToString();
   }
   EXPECT_EQ(e.c.services[0]->Runs("with-attachment"), 1);
+}
+
+TEST(Dedup, AReusedIdWithOtherBytesIsAnotherCallAndRetryableErrorsAreNotKept) {
+  DedupEnv e;
+  for (const char* text : {"first", "second"}) {
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    ctx.set_request_id(42);
+    auto r = Call(*e.ch, ctx, text);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->text(), text) << "another request under the same id got the first one's answer";
+  }
+  EXPECT_EQ(e.c.servers[0]->deduplicated_requests(), 0u);
+  // A handler's UNAVAILABLE is not remembered: the retry runs (and succeeds).
+  e.c.services[0]->fail_code = static_cast<int>(StatusCode::kUnavailable);
+  ClientContext ctx;
+  ctx.set_timeout(5s);
+  ctx.set_request_id(43);
+  EXPECT_EQ(Call(*e.ch, ctx, "flaky").status().code(), StatusCode::kUnavailable);
+  e.c.services[0]->fail_code = 0;
+  ClientContext again;
+  again.set_timeout(5s);
+  again.set_request_id(43);
+  EXPECT_TRUE(Call(*e.ch, again, "flaky").ok());
+  EXPECT_EQ(e.c.services[0]->Runs("flaky"), 2);
 }
 
 TEST(Dedup, TheWindowIsBounded) {

@@ -32,8 +32,8 @@
 // by default) is sent again to another server, up to max_attempts in all,
 // after a backoff, while its deadline allows. A non-idempotent call is never
 // sent to a second server: it is resent only to the same server, with the
-// same request id (ClientContext::request_id(), set by the channel when
-// unset), which a server with a dedup window (ServerOptions::dedup_window)
+// same request id (ClientContext::request_id(), or a random one the channel
+// picks for the call), which a server with a dedup window (ServerOptions::dedup_window)
 // answers with the first answer instead of running it twice.
 //
 // Backup requests. With a backup_request_delay, an idempotent call that has
@@ -43,7 +43,8 @@
 //
 // Ejection. A server whose calls fail with UNAVAILABLE `eject_after_failures`
 // times in a row gets no calls; a thread of the channel's tries to connect to
-// it every health_check_interval and takes it back once that succeeds.
+// it every health_check_interval (the first try one interval after the
+// ejection) and takes it back once that succeeds.
 // When every server is ejected, calls still go to them (better than failing
 // without trying).
 #pragma once
