@@ -203,9 +203,9 @@ Result<FrameHeader> DecodeHeader(std::span<const std::byte> prefix) {
   const uint8_t status = Load<uint8_t>(p + kOffStatus);
   if (status >= kStatusCodeCount) return Corrupt("unknown status code " + std::to_string(status));
   h.status = static_cast<StatusCode>(status);
-  if (h.status != StatusCode::kOk && h.kind != FrameKind::kResponse) {
+  if (h.status != StatusCode::kOk && h.kind != FrameKind::kResponse && h.kind != FrameKind::kStreamClose) {
     return Corrupt("status " + std::to_string(status) + " on a " + std::string(FrameKindName(h.kind)) +
-                   " frame (only responses carry one)");
+                   " frame (only responses and stream_close carry one)");
   }
   h.flags = Load<uint16_t>(p + kOffFlags);
   h.credits = Load<uint16_t>(p + kOffCredits);

@@ -336,7 +336,7 @@ TEST_F(WireMalformedTest, UnknownStatusCode) {
 TEST_F(WireMalformedTest, StatusOnlyOnResponses) {
   auto f = good_;
   f[14] = std::byte{1};
-  ExpectDecodeError(f, StatusCode::kDataLoss, "status 1 on a request frame (only responses carry one)");
+  ExpectDecodeError(f, StatusCode::kDataLoss, "status 1 on a request frame (only responses and stream_close carry one)");
   FrameHeader ping;
   ping.kind = FrameKind::kPing;
   auto p = Encode(ping, {}, "", "");
