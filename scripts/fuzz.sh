@@ -41,7 +41,10 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     mkdir -p "$work/$t"
     log="$work/$t.log"
     rc=0
-    "$BUILD/tests/fuzz/fuzz_$t" -max_total_time="$SECONDS_EACH" -timeout=30 -rss_limit_mb=4096 \
+    leaks=()
+    # Targets that run a transport's threads: no per-input leak check (see tests/fuzz/CMakeLists.txt).
+    case "$t" in tcp_stream|dispatch) leaks=(-detect_leaks=0) ;; esac
+    "$BUILD/tests/fuzz/fuzz_$t" -max_total_time="$SECONDS_EACH" -timeout=30 -rss_limit_mb=4096 "${leaks[@]}" \
       -print_final_stats=1 -artifact_prefix="$work/$t-" "$work/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
     stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
     execs=$(stat number_of_executed_units)
