@@ -192,8 +192,11 @@ class Resolver::Impl {
       const int ms = t == nullptr ? -1 : static_cast<int>(t->tv_sec * 1000 + (t->tv_usec + 999) / 1000);
       const int rc = poll(fds, n, ms);
       if (rc < 0 && errno != EINTR) {
+        // Never leave the loop while the resolver lives: queries would wait
+        // for a thread that is gone. Log, pause, and poll again.
         SPDLOG_ERROR("hrpc resolver: poll: {}", std::strerror(errno));
-        return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        continue;
       }
       for (int i = 1; i < n; ++i) {
         const bool r = fds[i].revents & (POLLIN | POLLERR | POLLHUP);
