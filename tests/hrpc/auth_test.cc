@@ -264,7 +264,7 @@ Bytes Nonce() {
 TEST_F(Auth, ReplayedClientProofIsRefused) {
   const std::string key = "correct horse battery staple";
   const Bytes cn = Nonce();
-  // Session 1, by the book: recorded.
+  // First connection, by the book: its hello and proof are recorded.
   Bytes recorded_proof;
   {
     RawPeer p;
@@ -285,7 +285,7 @@ TEST_F(Auth, ReplayedClientProofIsRefused) {
     EXPECT_EQ((*verdict)[8], 4);
     EXPECT_EQ((*verdict)[12], 0) << "accepted";
   }
-  // Session 2: the same hello and the recorded proof against a fresh server nonce.
+  // Second connection: the same hello and the recorded proof replayed against a fresh server nonce.
   RawPeer p;
   ASSERT_TRUE(p.Connect(uri_).ok());
   ASSERT_TRUE(p.Send(Msg(1, cn)).ok());

@@ -778,23 +778,33 @@ struct DedupEnv {
   std::unique_ptr<hrpc::RpcChannel> ch = hrpc::RpcChannel::Create(*c.runtime, c.uris[0]).value();
 };
 
+// One call of `req` carrying request id `id` (what a retry sends again).
+hrpc::Result<Resp> CallWithId(hrpc::Channel& ch, uint64_t id, const Req& req) {
+  ClientContext ctx;
+  ctx.set_timeout(5s);
+  ctx.set_request_id(id);
+  Resp resp;
+  HRPC_TRY(rpctest::Test::Stub(&ch).Call(ctx, req, &resp));
+  return resp;
+}
+hrpc::Result<Resp> CallWithId(hrpc::Channel& ch, uint64_t id, const std::string& text, uint32_t sleep_ms = 0) {
+  Req req;
+  req.set_text(text);
+  req.set_sleep_ms(sleep_ms);
+  return CallWithId(ch, id, req);
+}
+
 TEST(Dedup, ARetryWithTheSameRequestIdGetsTheFirstAnswer) {
   DedupEnv e;
   for (int round = 0; round < 2; ++round) {
-    ClientContext ctx;
-    ctx.set_timeout(5s);
-    ctx.set_request_id(0xfeed);
-    auto r = Call(*e.ch, ctx, "append-once");
+    auto r = CallWithId(*e.ch, 0xfeed, "append-once");
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     EXPECT_EQ(r->text(), "append-once");
   }
   EXPECT_EQ(e.c.services[0]->Runs("append-once"), 1);
   EXPECT_EQ(e.c.servers[0]->deduplicated_requests(), 1u);
   // Another id runs.
-  ClientContext ctx;
-  ctx.set_timeout(5s);
-  ctx.set_request_id(0xbeef);
-  ASSERT_TRUE(Call(*e.ch, ctx, "append-once").ok());
+  ASSERT_TRUE(CallWithId(*e.ch, 0xbeef, "append-once").ok());
   EXPECT_EQ(e.c.services[0]->Runs("append-once"), 2);
 }
 
@@ -804,10 +814,7 @@ TEST(Dedup, ARetryWhileTheFirstRunsWaitsForItsAnswer) {
   std::atomic<int> ok{0};
   for (int i = 0; i < 3; ++i) {
     ts.emplace_back([&] {
-      ClientContext ctx;
-      ctx.set_timeout(5s);
-      ctx.set_request_id(77);
-      auto r = Call(*e.ch, ctx, "slow-append", 100);
+      auto r = CallWithId(*e.ch, 77, "slow-append", 100);
       if (r.ok() && r->text() == "slow-append") ok.fetch_add(1);
     });
   }
@@ -820,27 +827,17 @@ TEST(Dedup, ARetryWhileTheFirstRunsWaitsForItsAnswer) {
 TEST(Dedup, AnErrorIsRememberedAndAnAttachmentIsNotKept) {
   DedupEnv e;
   for (int round = 0; round < 2; ++round) {
-    ClientContext ctx;
-    ctx.set_timeout(5s);
-    ctx.set_request_id(5);
-    rpctest::Test::Stub stub(e.ch.get());
     Req req;
     req.set_text("fails");
     req.set_fail_code(static_cast<int>(StatusCode::kFailedPrecondition));
-    Resp resp;
-    EXPECT_EQ(stub.Call(ctx, req, &resp).code(), StatusCode::kFailedPrecondition);
+    EXPECT_EQ(CallWithId(*e.ch, 5, req).status().code(), StatusCode::kFailedPrecondition);
   }
   EXPECT_EQ(e.c.services[0]->Runs("fails"), 1);
   for (int round = 0; round < 2; ++round) {
-    ClientContext ctx;
-    ctx.set_timeout(5s);
-    ctx.set_request_id(6);
-    rpctest::Test::Stub stub(e.ch.get());
     Req req;
     req.set_text("with-attachment");
     req.set_response_bytes(4096);
-    Resp resp;
-    const hrpc::Status s = stub.Call(ctx, req, &resp);
+    const hrpc::Status s = CallWithId(*e.ch, 6, req).status();
     EXPECT_EQ(s.code(), round == 0 ? StatusCode::kOk : StatusCode::kAborted) << s.ToString();
   }
   EXPECT_EQ(e.c.services[0]->Runs("with-attachment"), 1);
@@ -849,25 +846,16 @@ TEST(Dedup, AnErrorIsRememberedAndAnAttachmentIsNotKept) {
 TEST(Dedup, AReusedIdWithOtherBytesIsAnotherCallAndRetryableErrorsAreNotKept) {
   DedupEnv e;
   for (const char* text : {"first", "second"}) {
-    ClientContext ctx;
-    ctx.set_timeout(5s);
-    ctx.set_request_id(42);
-    auto r = Call(*e.ch, ctx, text);
+    auto r = CallWithId(*e.ch, 42, text);
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     EXPECT_EQ(r->text(), text) << "another request under the same id got the first one's answer";
   }
   EXPECT_EQ(e.c.servers[0]->deduplicated_requests(), 0u);
   // A handler's UNAVAILABLE is not remembered: the retry runs (and succeeds).
   e.c.services[0]->fail_code = static_cast<int>(StatusCode::kUnavailable);
-  ClientContext ctx;
-  ctx.set_timeout(5s);
-  ctx.set_request_id(43);
-  EXPECT_EQ(Call(*e.ch, ctx, "flaky").status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(CallWithId(*e.ch, 43, "flaky").status().code(), StatusCode::kUnavailable);
   e.c.services[0]->fail_code = 0;
-  ClientContext again;
-  again.set_timeout(5s);
-  again.set_request_id(43);
-  EXPECT_TRUE(Call(*e.ch, again, "flaky").ok());
+  EXPECT_TRUE(CallWithId(*e.ch, 43, "flaky").ok());
   EXPECT_EQ(e.c.services[0]->Runs("flaky"), 2);
 }
 
@@ -877,16 +865,10 @@ TEST(Dedup, TheWindowIsBounded) {
   Cluster c(1, "bounded", so);
   auto ch = hrpc::RpcChannel::Create(*c.runtime, c.uris[0]).value();
   for (uint64_t id = 1; id <= 20; ++id) {
-    ClientContext ctx;
-    ctx.set_timeout(5s);
-    ctx.set_request_id(id);
-    ASSERT_TRUE(Call(*ch, ctx, "x").ok());
+    ASSERT_TRUE(CallWithId(*ch, id, "x").ok());
   }
   // Id 1 fell out of the window: its retry runs again.
-  ClientContext ctx;
-  ctx.set_timeout(5s);
-  ctx.set_request_id(1);
-  ASSERT_TRUE(Call(*ch, ctx, "x").ok());
+  ASSERT_TRUE(CallWithId(*ch, 1, "x").ok());
   EXPECT_EQ(c.services[0]->Runs("x"), 21);
   EXPECT_EQ(c.servers[0]->deduplicated_requests(), 0u);
 }
