@@ -1651,6 +1651,11 @@ std::optional<RdmaConnectionStats> RdmaStatsOf(const Connection& c) {
   return r->core().stats_;
 }
 
+std::shared_ptr<RdmaDomain> RdmaDomainOf(const Transport& t) {
+  const auto* r = dynamic_cast<const TransportImpl*>(&t);
+  return r != nullptr ? r->domain_ : nullptr;
+}
+
 Result<std::unique_ptr<Transport>> CreateRdmaTransport(coro::Scheduler& scheduler, mempool::Pool& pool,
                                                        RdmaOptions options) {
   auto t = std::make_unique<TransportImpl>(scheduler, pool, std::move(options));
