@@ -11,12 +11,14 @@
 #include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/tcp.h"
 #include "transport_harness.h"
@@ -412,6 +414,84 @@ TEST(TcpPayload, DisabledOnEitherSideMeansUnimplemented) {
     return env.client().SendWithPayload(IoBuf(), IoBuf(Filled(env.pool(), 4096, 3)));
   });
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s.ToString();
+  env.DropConnections();
+}
+
+// Takes every block the pool has left, on the calling thread (a worker's
+// thread cache included), from the largest class down to the smallest.
+std::vector<mempool::Buffer> ExhaustPool(mempool::Pool& pool) {
+  std::vector<mempool::Buffer> held;
+  for (size_t size = pool.options().max_class_bytes; size >= mempool::Pool::kSmallClassMin; size /= 2) {
+    for (auto b = pool.Allocate(size); b.ok(); b = pool.Allocate(size)) held.push_back(std::move(*b));
+  }
+  return held;
+}
+
+// A receiver whose pool is empty stops reading (the sender's bytes wait in
+// the socket) instead of closing the connection, and delivers every message
+// intact once memory is returned.
+TEST(TcpPayload, AnExhaustedPoolPausesReadingUntilMemoryIsBack) {
+  Env env(TcpKind());
+  env.ConnectPair();
+  constexpr size_t kPayload = 3u << 20;  // several blocks ahead of the reader
+  constexpr int kMsgs = 3;
+  std::vector<std::vector<mempool::Buffer>> held(1);
+  const uint64_t stalls_before = env.server_transport().counters()->receive_memory_stalls.Get();
+  // Messages and payloads first: the pool is shared, and the client's side needs no more memory after.
+  std::vector<IoBuf> msgs, payloads;
+  auto made = On(env.client_worker(), [&]() -> Status {
+    for (int i = 0; i < kMsgs; ++i) {
+      msgs.push_back(IoBuf(Filled(env.pool(), 200 + i, 100 + i)));
+      payloads.push_back(IoBuf(Filled(env.pool(), kPayload, 200 + i)));
+    }
+    return Status::Ok();
+  });
+  ASSERT_TRUE(made.ok());
+  std::vector<uint32_t> crcs;
+  for (int i = 0; i < kMsgs; ++i) crcs.push_back(msgs[i].Crc32c() ^ payloads[i].Crc32c());
+  // Kept here too, so that a payload sent and freed by the client does not
+  // hand the server's empty pool a block.
+  std::vector<IoBuf> sent_payloads;
+  for (auto& p : payloads) sent_payloads.push_back(p.Share());
+  held[0] = On(env.server_worker(), [&]() { return ExhaustPool(env.pool()); });
+  ASSERT_FALSE(held[0].empty());
+  // The payload needs a 4 MiB block: none is left (small ones the transport
+  // frees meanwhile can carry the message, never the payload).
+  ASSERT_FALSE(On(env.server_worker(), [&]() { return env.pool().Allocate(kPayload).ok(); }))
+      << "the pool still gives payload blocks on the server's thread";
+  (void)On(env.client_worker(), [&]() -> Status {
+    coro::Scheduler::Current()->Spawn([&] {
+      for (int i = 0; i < kMsgs; ++i) env.client().SendWithPayload(std::move(msgs[i]), std::move(payloads[i])).IgnoreError();
+    });
+    return Status::Ok();
+  });
+  auto got = coro::Async(env.server_worker().scheduler(), [&]() -> Result<std::vector<IoBuf>> {
+    std::vector<IoBuf> out;
+    for (int i = 0; i < kMsgs; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env.server().Recv());
+      out.push_back(std::move(m));
+    }
+    return out;
+  });
+  // Stalled for a while (well past a few retries), not failed.
+  std::this_thread::sleep_for(300ms);
+  EXPECT_FALSE(got.IsReady()) << "a message arrived while the pool was empty";
+  EXPECT_GT(env.server_transport().counters()->receive_memory_stalls.Get(), stalls_before);
+  EXPECT_TRUE(On(env.server_worker(), [&]() { return env.server().status(); }).ok());
+  EXPECT_TRUE(On(env.client_worker(), [&]() { return env.client().status(); }).ok());
+  // Memory back (freed on the server's thread, as a handler would): all arrive.
+  On(env.server_worker(), [&]() { held.clear(); });
+  On(env.client_worker(), [&]() { sent_payloads.clear(); });
+  auto r = got.WaitFor(10s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->size(), static_cast<size_t>(kMsgs));
+  for (int i = 0; i < kMsgs; ++i) {
+    IoBuf& m = (*r)[i];
+    ASSERT_EQ(m.size(), 200 + i + kPayload) << "message " << i;
+    IoBuf msg = m.CutFront(200 + i);
+    EXPECT_EQ(msg.Crc32c() ^ m.Crc32c(), crcs[i]) << "message " << i;
+  }
+  EXPECT_TRUE(On(env.server_worker(), [&]() { return env.server().status(); }).ok());
   env.DropConnections();
 }
 

@@ -8,7 +8,10 @@
 // response) plus, in the same readv, the header of the frame after it. The
 // socket is never read past the next header, so payload bytes never land in a
 // staging buffer and are never copied. A refused WRITE's body is drained into
-// a small scratch buffer (that is discarding, not payload delivery).
+// a small scratch buffer (that is discarding, not payload delivery). When the
+// pool cannot give a receive buffer the connection stops reading its socket
+// (backpressure: the peer's sends fill the kernel buffers and then wait) and
+// tries again on a timer, backing off from 1 to 32 ms, until memory is back.
 //
 // Send path. Frames queue per connection with references to their payload
 // buffers and go out in batches with one sendmsg (writev) per call; a full
@@ -60,6 +63,8 @@ constexpr int kAcceptBudget = 64;  // accepts per listener per Poll()
 constexpr uint64_t kListenerBit = 1ull << 63;
 // Pool blocks a MESSAGE_PAYLOAD's receiver holds ready ahead of the bytes read.
 constexpr uint64_t kPayloadAheadBytes = 8u << 20;
+// Retry interval of a connection whose receive buffer the pool refused.
+constexpr std::chrono::milliseconds kMemoryRetryFirst{1}, kMemoryRetryMax{32};
 
 // The handshake body in a pool buffer. Control bytes, not payload: a plain
 // memcpy, not counted by CountedCopy.
@@ -165,6 +170,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::deque<OutFrame> outq;
   size_t queued_bytes = 0;
   bool epollout = false;
+  bool in_epoll = true;  // the fd is in the epoll set (out of it while paused and not waiting for EPOLLOUT)
   uint32_t send_credits = 0;
   uint32_t credits_to_return = 0;
   uint32_t unreturned = 0;  // messages received whose credit has not been returned
@@ -172,6 +178,10 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::deque<Parked*> drain_waiters;
 
   // Receive side.
+  // The pool refused a receive buffer: the socket is not read until the
+  // retry timer (retry_in, doubling) finds memory.
+  bool rx_paused = false;
+  std::chrono::milliseconds retry_in = kMemoryRetryFirst;
   uint8_t hdr_buf[kHeaderBytes];
   size_t hdr_got = 0;
   bool in_body = false;
@@ -251,6 +261,11 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   void Fail(Conn& c, Status s);
   void ProtocolError(Conn& c, std::string reason);
   void SetEpollOut(Conn& c, bool on);
+  // The fd's epoll interest: EPOLLIN unless paused, EPOLLOUT while the socket is full.
+  void UpdateEvents(Conn& c);
+  // A receive buffer the pool refused: stop reading `c` and retry later.
+  void PauseForMemory(Conn& c, const Status& why);
+  void ResumeAfterMemory(const std::weak_ptr<Conn>& weak);
   void Queue(Conn& c, FrameHeader h, mempool::IoBuf payload = {}, uint32_t expo_index = UINT32_MAX);
   void QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after = false);
   void Flush(Conn& c);
@@ -366,10 +381,54 @@ void Core::ProtocolError(Conn& c, std::string reason) {
 void Core::SetEpollOut(Conn& c, bool on) {
   if (c.epollout == on || c.fd < 0) return;
   c.epollout = on;
+  UpdateEvents(c);
+}
+
+void Core::UpdateEvents(Conn& c) {
+  if (c.fd < 0) return;
+  const uint32_t events = (c.rx_paused ? 0u : static_cast<uint32_t>(EPOLLIN)) |
+                          (c.epollout ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+  if (events == 0) {
+    // Out of the set: a hang-up (always reported) must not spin the poller
+    // while the connection is not reading.
+    if (c.in_epoll) epoll_ctl(epfd, EPOLL_CTL_DEL, c.fd, nullptr);
+    c.in_epoll = false;
+    return;
+  }
   epoll_event ev{};
-  ev.events = EPOLLIN | (on ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+  ev.events = events;
   ev.data.u64 = c.token;
-  epoll_ctl(epfd, EPOLL_CTL_MOD, c.fd, &ev);
+  if (epoll_ctl(epfd, c.in_epoll ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c.fd, &ev) < 0) {
+    Fail(c, ErrnoStatus(errno, "epoll_ctl"));
+    return;
+  }
+  c.in_epoll = true;
+}
+
+void Core::PauseForMemory(Conn& c, [[maybe_unused]] const Status& why) {
+  if (c.rx_paused || c.closed()) return;
+  SPDLOG_DEBUG("hrpc tcp: connection {} waits for memory ({}); retry in {} ms", c.peer, why.ToString(),
+               c.retry_in.count());
+  ctr().receive_memory_stalls.Add();
+  c.rx_paused = true;
+  UpdateEvents(c);
+  sched->AddTimer(Clock::now() + c.retry_in,
+                  [weak = std::weak_ptr<Conn>(c.shared_from_this())] {
+                    if (auto conn = weak.lock(); conn && !conn->closed()) conn->core->ResumeAfterMemory(weak);
+                  });
+  c.retry_in = std::min(c.retry_in * 2, kMemoryRetryMax);
+}
+
+void Core::ResumeAfterMemory(const std::weak_ptr<Conn>& weak) {
+  auto c = weak.lock();
+  if (!c || c->closed() || stopped) return;
+  c->rx_paused = false;
+  c->last_rx = Clock::now();  // silence while paused was ours, not the peer's
+  UpdateEvents(*c);
+  if (c->closed()) return;
+  OnReadable(*c);  // pauses again (with a longer wait) if memory is still short
+  if (!c->closed() && !c->rx_paused) c->retry_in = kMemoryRetryFirst;
+  if (!c->closed() && !c->outq.empty()) MarkDirty(*c);
 }
 
 void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf payload, uint32_t expo_index) {
@@ -572,12 +631,14 @@ bool Core::OnReadable(Conn& c) {
         if (d > 0) iov[n++] = {scratch.data(), d};
         covered = d == c.body_left;
       } else if (c.body_left > 0) {
-        if (c.sink == Sink::kPayload && c.body_pos == c.body_iov.size() && !MorePayloadBlocks(c)) return any;
+        if (c.sink == Sink::kPayload && c.body_pos == c.body_iov.size() && !MorePayloadBlocks(c)) {
+          PauseForMemory(c, ResourceExhaustedError("no pool block for the payload"));
+          return any;
+        }
         if (c.sink == Sink::kMessage && c.body_iov.empty()) {
           auto buf = pool->Allocate(c.body_left);
           if (!buf.ok()) {
-            SPDLOG_WARN("hrpc tcp: closing connection {}: no receive buffer: {}", c.peer, buf.status().ToString());
-            Fail(c, buf.status().WithContext("receive buffer for " + c.peer));
+            PauseForMemory(c, buf.status());
             return any;
           }
           c.body_iov.push_back({buf->data(), buf->size()});
@@ -595,11 +656,16 @@ bool Core::OnReadable(Conn& c) {
     mempool::Buffer pf;
     if (covered) {
       auto b = pool->Allocate(tcp::kPrefetchBytes);
-      if (!b.ok()) {
-        Fail(c, b.status().WithContext("prefetch buffer for " + c.peer));
+      if (b.ok()) {
+        pf = std::move(*b);
+      } else if (n == 0) {
+        PauseForMemory(c, b.status());
         return any;
+      } else {
+        covered = false;  // read the body's own target now, the rest once memory is back
       }
-      pf = std::move(*b);
+    }
+    if (covered) {
       // The padding guarantee (kHeaderBytes + kPayloadPad >= kPrefetchBytes)
       // holds for a prefetch that starts at the start of a header. When the
       // last prefetch ended inside a header (hdr_got bytes of it are in
@@ -940,18 +1006,13 @@ bool Core::MorePayloadBlocks(Conn& c) {
   while (off < c.body_total && mapped < kPayloadAheadBytes) {
     const size_t k = static_cast<size_t>(std::min<uint64_t>(block, c.body_total - off));
     auto b = pool->Allocate(k);
-    if (!b.ok()) {
-      SPDLOG_WARN("hrpc tcp: closing connection {}: no memory for a payload of {} bytes: {}", c.peer, c.body_total,
-                  b.status().ToString());
-      Fail(c, b.status().WithContext("payload of " + std::to_string(c.body_total) + " bytes from " + c.peer));
-      return false;
-    }
+    if (!b.ok()) break;  // read into what is mapped; the caller waits for memory when nothing is
     c.body_iov.push_back({b->data(), b->size()});
     c.body_hold.Append(std::move(*b));
     off += k;
     mapped += k;
   }
-  return true;
+  return mapped > 0 || off >= c.body_total;  // false: the pool gave nothing to read into
 }
 
 void Core::OnHello(Conn& c, const tcp::Hello& hello) {
@@ -1122,7 +1183,7 @@ int Core::Poll() {
   // plain readv before asking epoll (saves the epoll_wait on a ping-pong).
   // Level-triggered epoll keeps everyone else's events; it is consulted at
   // least every kHotSkips polls.
-  if (auto h = hot.lock(); h && h->phase == Phase::kOpen && hot_skips < kHotSkips) {
+  if (auto h = hot.lock(); h && h->phase == Phase::kOpen && !h->rx_paused && hot_skips < kHotSkips) {
     if (OnReadable(*h)) {
       ++hot_skips;
       if (!h->closed() && !h->outq.empty()) MarkDirty(*h);
@@ -1153,7 +1214,7 @@ int Core::Poll() {
       continue;
     }
     if (e & EPOLLOUT) Flush(*c);
-    if ((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) && OnReadable(*c) && !c->closed()) hot = c;
+    if ((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) && !c->rx_paused && OnReadable(*c) && !c->closed()) hot = c;
     if (!c->closed() && !c->outq.empty()) MarkDirty(*c);
   }
   return (n > 0 ? n : 0) + flushed + FlushDirty();
@@ -1191,7 +1252,7 @@ void Core::Tick() {
       }
       continue;
     }
-    if (now - c->last_rx > opt.common.dead_peer_timeout) {
+    if (!c->rx_paused && now - c->last_rx > opt.common.dead_peer_timeout) {
       const std::string reason = "nothing received for " + std::to_string(Ms(now - c->last_rx)) +
                                  " ms (dead-peer timeout " + std::to_string(opt.common.dead_peer_timeout.count()) +
                                  " ms)";

@@ -208,8 +208,9 @@ struct TransportCounters {
   // Callers parked: a Send() without a credit (the peer's receive slots are
   // full); a Send()/Write() behind a full send queue (TCP: unsent bytes above
   // send_queue_high_water; RDMA: no send WQE free); a one-sided op at
-  // max_outstanding_ops.
-  OwnerCounter credit_stalls, send_queue_stalls, op_slot_stalls;
+  // max_outstanding_ops. A connection that stopped reading because the pool
+  // refused a receive buffer (TCP: it reads again once memory is back).
+  OwnerCounter credit_stalls, send_queue_stalls, op_slot_stalls, receive_memory_stalls;
   // RDMA: work completions that failed (flushes of a dead QP not counted),
   // of them the RNR retries and the transport retries that ran out; receive
   // slots the pool could not refill at once (the peer's credit waits; with
