@@ -188,10 +188,14 @@ void TransportFamilies(Families& f, const WorkerSet::TransportEntry& e) {
   }
   constexpr const char* kStalls =
       "Callers parked: credits = a message waited for the peer's receive slots; send_queue = for the send queue "
-      "(TCP: unsent bytes over the high water mark; RDMA: no send WQE); op_slots = at max_outstanding_ops.";
+      "(TCP: unsent bytes over the high water mark; RDMA: no send WQE); op_slots = at max_outstanding_ops; "
+      "memory = a connection stopped reading until the pool had a receive buffer for it (TCP).";
   f.Counter("hrpc_transport_stalls_total", kStalls, with("reason", "credits"), d(c.credit_stalls));
   f.Counter("hrpc_transport_stalls_total", kStalls, with("reason", "send_queue"), d(c.send_queue_stalls));
   f.Counter("hrpc_transport_stalls_total", kStalls, with("reason", "op_slots"), d(c.op_slot_stalls));
+  if (e.scheme == "tcp") {
+    f.Counter("hrpc_transport_stalls_total", kStalls, with("reason", "memory"), d(c.receive_memory_stalls));
+  }
   if (e.scheme == "rdma") {
     const Labels w = {{"worker", Str(e.worker)}};
     f.Counter("hrpc_rdma_completion_errors_total", "Work completions that failed (flushes of a dead QP not counted).",
@@ -313,6 +317,10 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
             static_cast<double>(server_->requests_running()));
     f.Gauge("hrpc_server_max_concurrent_requests", "ServerOptions.max_concurrent_requests.", {},
             static_cast<double>(server_->max_concurrent_requests()));
+    f.Counter("hrpc_server_quota_waits_total",
+              "Requests that waited (their connection not read meanwhile) for the connection's quota of requests "
+              "or request bytes.",
+              {}, static_cast<double>(server_->quota_waits()));
     f.Gauge("hrpc_server_start_time_seconds", "When the server started (Unix time).", {}, Seconds(server_->start_time()));
     if (!server_->authenticator().empty()) {
       const Labels a = {{"authenticator", std::string(server_->authenticator())}};

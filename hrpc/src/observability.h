@@ -44,6 +44,9 @@ class ServerView {
   virtual std::vector<std::shared_ptr<const ConnectionInfo>> connections() const = 0;
   virtual int64_t requests_running() const = 0;
   virtual size_t max_concurrent_requests() const = 0;
+  // Requests that waited for their connection's quota (ServerOptions::
+  // max_requests_per_connection / max_request_bytes_per_connection).
+  virtual uint64_t quota_waits() const = 0;
   // ServerOptions::authenticator's name ("" without one), the connections that
   // passed it and those that failed it (refused and closed).
   virtual std::string_view authenticator() const = 0;

@@ -47,7 +47,25 @@ struct ServerConn {
   std::unordered_map<uint64_t, coro::LocalEvent*> releases;  // txn -> response held for the client's READ
   bool closed = false;
   std::shared_ptr<internal::ConnectionInfo> info;  // what /status shows of it
+  // Quota (ServerOptions::max_requests_per_connection and
+  // max_request_bytes_per_connection): unary requests admitted and not
+  // finished, their attachment bytes; the read loop parks on quota_waiter
+  // while the next request does not fit.
+  size_t requests = 0;
+  uint64_t request_bytes = 0;
+  coro::LocalEvent* quota_waiter = nullptr;
 };
+
+// Bytes of a request's attachment that the server holds while it runs:
+// received with the frame (inline or streamed) and to be pulled.
+uint64_t RequestBytes(const internal::ReceivedFrame& rx) {
+  uint64_t n = rx.attachment.size();
+  for (size_t i = 0; i < rx.frame.num_descriptors(); ++i) {
+    const wire::BulkDescriptor d = rx.frame.descriptor(i);
+    if (d.direction == wire::BulkDirection::kPull) n += d.len;
+  }
+  return n;
+}
 
 // Serializes the handler's response behind room for the response prefix:
 // the echoed push regions, and the regions the response attachment (final
@@ -146,6 +164,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   std::vector<std::vector<std::shared_ptr<ServerConn>>> conns;              // per worker (touched on it)
   std::vector<std::vector<transport::Connection*>> authenticating;          // per worker: not admitted yet
   std::atomic<int64_t> running{0};        // requests in handlers/bulk
+  std::atomic<uint64_t> quota_waits_{0};  // requests that waited for their connection's quota
   std::atomic<int64_t> live_conns{0};
   std::atomic<int64_t> accept_loops{0};
   // Connections that passed options.authenticator, and that failed it.
@@ -195,6 +214,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   }
   int64_t requests_running() const override { return running.load(std::memory_order_relaxed); }
   size_t max_concurrent_requests() const override { return options.max_concurrent_requests; }
+  uint64_t quota_waits() const override { return quota_waits_.load(std::memory_order_relaxed); }
   std::string_view authenticator() const override {
     return options.authenticator ? options.authenticator->name() : std::string_view();
   }
@@ -362,9 +382,41 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     if (sc->closed) return;
     sc->closed = true;
     sc->conn->Close();
+    if (auto* w = std::exchange(sc->quota_waiter, nullptr)) w->Set();
     for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
     for (auto& [txn, ev] : sc->releases) ev->Set();
     for (auto& [txn, core] : sc->streams) core->End(UnavailableError("connection closed"));
+  }
+
+  bool QuotaFits(const ServerConn& sc, uint64_t bytes) const {
+    const size_t max_requests = options.max_requests_per_connection;
+    const uint64_t max_bytes = options.max_request_bytes_per_connection;
+    if (max_requests != 0 && sc.requests >= max_requests) return false;
+    return max_bytes == 0 || sc.request_bytes == 0 || sc.request_bytes + bytes <= max_bytes;
+  }
+
+  // Admits a request of `bytes` on `sc`, first waiting (the connection is not
+  // read meanwhile) until it fits its quota. False when the connection closed.
+  bool AwaitQuota(ServerConn& sc, uint64_t bytes) {
+    if (!QuotaFits(sc, bytes)) {
+      quota_waits_.fetch_add(1, std::memory_order_relaxed);
+      while (!sc.closed && !QuotaFits(sc, bytes)) {
+        coro::LocalEvent freed;
+        sc.quota_waiter = &freed;
+        freed.Wait().IgnoreError();
+      }
+    }
+    if (sc.closed) return false;
+    ++sc.requests;
+    sc.request_bytes += bytes;
+    return true;
+  }
+
+  // A request admitted by AwaitQuota finished (its handler returned).
+  void ReleaseQuota(ServerConn& sc, uint64_t bytes) {
+    --sc.requests;
+    sc.request_bytes -= bytes;
+    if (auto* w = std::exchange(sc.quota_waiter, nullptr)) w->Set();
   }
 
   void ReadLoop(std::shared_ptr<ServerConn> sc) {
@@ -388,6 +440,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
           SPDLOG_WARN("hrpc server: closing connection {}: duplicate txn id {}", sc->peer, h.txn_id);
           break;
         }
+        const uint64_t quota_bytes = h.kind == wire::FrameKind::kRequest ? RequestBytes(*rx) : 0;
+        if (h.kind == wire::FrameKind::kRequest && !AwaitQuota(*sc, quota_bytes)) break;
         const Clock::time_point arrival = Clock::now();
         const uint64_t arrival_tick = rpcz.empty() ? 0 : clock->Now();
         sc->info->started.Add();
@@ -408,8 +462,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
           continue;
         }
         workers->scheduler(sc->worker).Spawn(
-            [self = shared_from_this(), sc, req, arrival, arrival_tick] {
-              self->HandleRequest(sc, *req, arrival, arrival_tick);
+            [self = shared_from_this(), sc, req, arrival, arrival_tick, quota_bytes] {
+              self->HandleRequest(sc, *req, arrival, arrival_tick, quota_bytes);
             },
             "hrpc-handler");
       } else if (h.kind == wire::FrameKind::kCancel) {
@@ -553,7 +607,19 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   }
 
   void HandleRequest(const std::shared_ptr<ServerConn>& sc, internal::ReceivedFrame& rx, Clock::time_point arrival,
-                     uint64_t arrival_tick) {
+                     uint64_t arrival_tick, uint64_t quota_bytes) {
+    // The connection's quota is given back once the handler is done with the
+    // request (before a response waits for the client's release).
+    struct Quota {
+      Impl& im;
+      ServerConn& sc;
+      uint64_t bytes;
+      bool held = true;
+      void Release() {
+        if (std::exchange(held, false)) im.ReleaseQuota(sc, bytes);
+      }
+      ~Quota() { Release(); }
+    } quota{*this, *sc, quota_bytes};
     const wire::Frame& frame = rx.frame;
     const wire::FrameHeader& h = frame.header();
     mempool::Pool& pool = workers->pool(sc->worker);
@@ -666,6 +732,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
 
     sc->active.erase(h.txn_id);
     running.fetch_sub(1);
+    ctx.request_attachment() = mempool::IoBuf();
+    quota.Release();
     if (client_cancelled) {
       // The client has completed the call already; nobody reads a response.
       internal::RevokeAll(*sc->conn, placed.for_read);

@@ -53,6 +53,7 @@ class TestService final : public Test::Service {
   std::atomic<int> calls{0};
   std::atomic<int> saw_cancel{0};
   std::atomic<int> running{0};
+  std::atomic<int> max_running{0};  // most calls ever running at once
   hrpc::mempool::Pool* pool = nullptr;  // for response_bytes
   // What ctx.pool() was on the last call, and how many request attachment
   // slices lay in an arena of it (checked by KeyFor through registrar slot
@@ -63,7 +64,9 @@ class TestService final : public Test::Service {
 
   hrpc::Status Call(hrpc::ServerContext& ctx, const Req& req, Resp* resp) override {
     calls.fetch_add(1);
-    running.fetch_add(1);
+    const int now = running.fetch_add(1) + 1;
+    for (int m = max_running.load(); now > m && !max_running.compare_exchange_weak(m, now);) {
+    }
     struct Dec {
       std::atomic<int>& r;
       ~Dec() { r.fetch_sub(1); }

@@ -75,6 +75,17 @@ struct ServerOptions {
   size_t bulk_window = 4;
   // Requests and streams running at once.
   size_t max_concurrent_requests = 65536;
+  // Per-connection quotas (docs/rpc.md, "Per-connection quotas"): unary
+  // requests one connection may have running at once, and the bytes of their
+  // request attachments (streamed or inline bytes received, plus the bulk
+  // regions to pull). A connection at either limit is not read until one of
+  // its requests finishes: its further requests wait in the transport, whose
+  // credits then hold the client's sends back (backpressure, as HTTP/2's
+  // stream limit does; nothing is refused). A single request larger than the
+  // byte limit runs, alone. Streams count only against
+  // max_concurrent_requests. 0: no limit.
+  size_t max_requests_per_connection = 256;
+  size_t max_request_bytes_per_connection = 64u << 20;
   // What each stream lets its client have in flight to the handler.
   StreamWindowOptions stream_window;
   bool auto_pull = true;
