@@ -495,5 +495,26 @@ TEST(TcpPayload, AnExhaustedPoolPausesReadingUntilMemoryIsBack) {
   env.DropConnections();
 }
 
+// The wait is bounded: memory that never comes back (here held by the test;
+// it may be the connection's own half-received payload) fails the connection
+// with RESOURCE_EXHAUSTED after the dead-peer timeout, not never.
+TEST(TcpPayload, AMemoryWaitLongerThanTheDeadPeerTimeoutFailsTheConnection) {
+  Env env(TcpKind(), FastDeadPeerOptions());
+  env.ConnectPair();
+  IoBuf payload(Filled(env.pool(), 3u << 20, 5));
+  IoBuf kept = payload.Share();
+  auto held = On(env.server_worker(), [&]() { return ExhaustPool(env.pool()); });
+  const auto t0 = std::chrono::steady_clock::now();
+  (void)On(env.client_worker(), [&]() { return env.client().SendWithPayload(IoBuf(), std::move(payload)); });
+  auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(m.status().code(), StatusCode::kResourceExhausted) << m.status().ToString();
+  EXPECT_GE(waited, 900ms) << "failed before the dead-peer timeout (1 s)";
+  EXPECT_LT(waited, 10s);
+  On(env.server_worker(), [&]() { held.clear(); });
+  On(env.client_worker(), [&]() { kept = IoBuf(); });
+  env.DropConnections();
+}
+
 }  // namespace
 }  // namespace hrpc::transport::testing

@@ -11,7 +11,9 @@
 // a small scratch buffer (that is discarding, not payload delivery). When the
 // pool cannot give a receive buffer the connection stops reading its socket
 // (backpressure: the peer's sends fill the kernel buffers and then wait) and
-// tries again on a timer, backing off from 1 to 32 ms, until memory is back.
+// tries again on a timer, backing off from 1 to 32 ms, until memory is back;
+// one that waits longer than the dead-peer timeout fails (RESOURCE_EXHAUSTED):
+// what it already holds may be what it waits for.
 //
 // Send path. Frames queue per connection with references to their payload
 // buffers and go out in batches with one sendmsg (writev) per call; a full
@@ -182,6 +184,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   // retry timer (retry_in, doubling) finds memory.
   bool rx_paused = false;
   std::chrono::milliseconds retry_in = kMemoryRetryFirst;
+  Clock::time_point memory_wait_since;  // first refusal of the current wait
   uint8_t hdr_buf[kHeaderBytes];
   size_t hdr_got = 0;
   bool in_body = false;
@@ -405,14 +408,23 @@ void Core::UpdateEvents(Conn& c) {
   c.in_epoll = true;
 }
 
-void Core::PauseForMemory(Conn& c, [[maybe_unused]] const Status& why) {
+void Core::PauseForMemory(Conn& c, const Status& why) {
   if (c.rx_paused || c.closed()) return;
+  const auto now = Clock::now();
+  if (c.retry_in == kMemoryRetryFirst) c.memory_wait_since = now;  // a new wait
+  if (now - c.memory_wait_since > opt.common.dead_peer_timeout) {
+    const std::string reason = "no receive memory for " + std::to_string(Ms(now - c.memory_wait_since)) + " ms (" +
+                               why.ToString() + ")";
+    SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, reason);
+    Fail(c, ResourceExhaustedError("connection " + c.peer + ": " + reason));
+    return;
+  }
   SPDLOG_DEBUG("hrpc tcp: connection {} waits for memory ({}); retry in {} ms", c.peer, why.ToString(),
                c.retry_in.count());
   ctr().receive_memory_stalls.Add();
   c.rx_paused = true;
   UpdateEvents(c);
-  sched->AddTimer(Clock::now() + c.retry_in,
+  sched->AddTimer(now + c.retry_in,
                   [weak = std::weak_ptr<Conn>(c.shared_from_this())] {
                     if (auto conn = weak.lock(); conn && !conn->closed()) conn->core->ResumeAfterMemory(weak);
                   });
