@@ -271,6 +271,21 @@ TEST(RdmaSgl, OneSidedOpsSplitToMaxSgeAndSendsCoalesce) {
   EXPECT_EQ(RdmaStatsOf(env.client())->coalesced_sends - mid->coalesced_sends, 1u);
 }
 
+// `n` more client connections to env's listener (env.Listen() first) and the
+// server's side of each.
+void ConnectMany(Env& env, int n, std::vector<std::unique_ptr<Connection>>& clients,
+                 std::vector<std::unique_ptr<Connection>>& servers) {
+  for (int i = 0; i < n; ++i) {
+    auto acc = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+    auto c = env.ConnectClient();
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    auto s = acc.WaitFor(10s);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    clients.push_back(std::move(*c));
+    servers.push_back(std::move(*s));
+  }
+}
+
 TEST(RdmaSrq, ManyConnectionsShareOneReceiveQueue) {
   RdmaOptions base;
   base.use_srq = true;
@@ -283,15 +298,7 @@ TEST(RdmaSrq, ManyConnectionsShareOneReceiveQueue) {
   constexpr int kConns = 16;
   constexpr int kMsgs = 40;  // > recv_depth: credits must come back through the SRQ path
   std::vector<std::unique_ptr<Connection>> clients, servers;
-  for (int i = 0; i < kConns; ++i) {
-    auto acc = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
-    auto c = env.ConnectClient();
-    ASSERT_TRUE(c.ok()) << c.status().ToString();
-    auto s = acc.WaitFor(10s);
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    clients.push_back(std::move(*c));
-    servers.push_back(std::move(*s));
-  }
+  ASSERT_NO_FATAL_FAILURE(ConnectMany(env, kConns, clients, servers));
   auto sent = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
     coro::WaitGroup wg;
     std::atomic<int> bad{0};
@@ -429,15 +436,7 @@ TEST(RdmaExposure, WithWindowsTheArenaKeyOpensNothing) {
   // Three client connections: two hostile ones (READ, WRITE with the arena
   // key) and a polite one that must not notice.
   std::vector<std::unique_ptr<Connection>> clients, servers;
-  for (int i = 0; i < 3; ++i) {
-    auto acc = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
-    auto c = env.ConnectClient();
-    ASSERT_TRUE(c.ok()) << c.status().ToString();
-    auto s = acc.WaitFor(10s);
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    clients.push_back(std::move(*c));
-    servers.push_back(std::move(*s));
-  }
+  ASSERT_NO_FATAL_FAILURE(ConnectMany(env, 3, clients, servers));
   constexpr size_t kN = 16 * 1024;
   Buffer big = Filled(env.pool(), 4 * kN, 1);
   const uint32_t arena_rkey = big.key(domain->registrar_slot()).rkey;
