@@ -1,5 +1,6 @@
 // Device discovery, transport selection, and RdmaDomain (context + PD + the
-// pool's ibv_reg_mr registration, once per arena).
+// pool's ibv_reg_mr registration, once per arena: local access and MW_BIND
+// only when memory windows are used, remote READ/WRITE otherwise).
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -83,8 +84,12 @@ class DomainImpl final : public RdmaDomain {
     pd_.reset(ibv_alloc_pd(ctx_));
     if (!pd_) return ErrnoStatus(errno, "ibv_alloc_pd(" + info_.name + ")");
     mw_ = want_mw && info_.mw_type2;
-    int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE;
-    if (mw_) access |= IBV_ACCESS_MW_BIND;
+    // With windows the arena MR grants no remote access at all: its rkey opens
+    // nothing, only a window bound over an exposed range does. (Binding a
+    // window with remote write needs LOCAL_WRITE on the MR, which the receive
+    // buffers and READ targets need anyway.)
+    const int access = mw_ ? IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_MW_BIND
+                           : IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE;
     registrar_ = std::make_unique<VerbsRegistrar>(pd_.get(), access);
     HRPC_ASSIGN_OR_RETURN(slot_, pool_.AttachRegistrar(registrar_.get()));
     attached_ = true;

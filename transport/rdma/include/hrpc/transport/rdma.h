@@ -9,9 +9,10 @@
 // Resources (docs/rdma.md has the full picture):
 //  * RdmaDomain — one per device per network group (share it between the
 //    group's workers): the verbs context (librdmacm's), one protection domain,
-//    and a mempool Registrar that calls ibv_reg_mr ONCE per arena
-//    (LOCAL_WRITE | REMOTE_READ | REMOTE_WRITE, + MW_BIND when memory windows
-//    are used). Holds the pool's registrar slot until destroyed.
+//    and a mempool Registrar that calls ibv_reg_mr ONCE per arena: with
+//    memory windows LOCAL_WRITE | MW_BIND only (the arena's rkey opens
+//    nothing remotely), without them LOCAL_WRITE | REMOTE_READ | REMOTE_WRITE.
+//    Holds the pool's registrar slot until destroyed.
 //  * Transport (one per worker): an rdmacm event channel, one CQ with a
 //    completion channel (both driven by the worker's scheduler through
 //    coro::Poller hooks), optionally one shared receive queue.
@@ -20,9 +21,9 @@
 //
 // Exposure: with memory windows (type 2, bound on the connection's QP) a
 // descriptor's rkey reaches exactly the exposed range with the exposed access,
-// only from that connection's peer, until Revoke() invalidates it (the arena
-// MR still carries remote access: a peer that learns an arena's rkey, which
-// hrpc never sends, reaches the arena). Without
+// only from that connection's peer, until Revoke() invalidates it; the arena
+// MRs carry no remote access, so a peer that learns an arena's rkey reaches
+// nothing with it. Without
 // them (device lacks MW type 2, or use_memory_windows=false) the descriptor
 // carries the arena MR's rkey: the peer can then read and write the WHOLE
 // arena the buffer lives in, and Revoke() only forgets the exposure locally.
