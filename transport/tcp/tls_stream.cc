@@ -2,12 +2,16 @@
 #include "tls_stream.h"
 
 #include <arpa/inet.h>
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 namespace hrpc::transport {
@@ -45,6 +49,53 @@ bool IsCertificateReason(int reason) {
     default:
       return false;
   }
+}
+
+// The socket as OpenSSL's BIO: like its socket BIO, but sends with
+// MSG_NOSIGNAL (a peer that reset the connection is an EPIPE, not a SIGPIPE
+// that ends the process) and leaves the fd to the connection.
+int SockFd(BIO* b) { return static_cast<int>(reinterpret_cast<intptr_t>(BIO_get_data(b))); }
+
+int SockWrite(BIO* b, const char* data, size_t len, size_t* written) {
+  BIO_clear_retry_flags(b);
+  const ssize_t w = send(SockFd(b), data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (w < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) BIO_set_retry_write(b);
+    return 0;
+  }
+  *written = static_cast<size_t>(w);
+  return 1;
+}
+
+int SockRead(BIO* b, char* data, size_t len, size_t* got) {
+  BIO_clear_retry_flags(b);
+  const ssize_t r = recv(SockFd(b), data, len, MSG_DONTWAIT);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) BIO_set_retry_read(b);
+    return 0;
+  }
+  if (r == 0) errno = 0;  // the peer's FIN: OpenSSL sees EOF (SSL_ERROR_SYSCALL/ZERO_RETURN), errno 0
+  *got = static_cast<size_t>(r);
+  return r > 0 ? 1 : 0;
+}
+
+long SockCtrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
+
+int SockCreate(BIO* b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+const BIO_METHOD* SocketMethod() {
+  static BIO_METHOD* const method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hrpc tcp socket");
+    BIO_meth_set_write_ex(m, SockWrite);
+    BIO_meth_set_read_ex(m, SockRead);
+    BIO_meth_set_ctrl(m, SockCtrl);
+    BIO_meth_set_create(m, SockCreate);
+    return m;
+  }();
+  return method;
 }
 
 constexpr size_t kDirectBytes = 4096;       // pieces this large are encrypted where they are
@@ -105,7 +156,10 @@ Result<std::unique_ptr<TlsStream>> TlsStream::Create(const TlsContext& ctx, int 
   SSL* ssl = SSL_new(ctx.ctx());
   if (ssl == nullptr) return InternalError("tls: SSL_new: " + ErrorQueue());
   std::unique_ptr<TlsStream> s(new TlsStream(ssl, std::move(peer)));
-  if (SSL_set_fd(ssl, fd) != 1) return InternalError("tls: SSL_set_fd: " + ErrorQueue());
+  BIO* bio = BIO_new(SocketMethod());
+  if (bio == nullptr) return InternalError("tls: BIO_new: " + ErrorQueue());
+  BIO_set_data(bio, reinterpret_cast<void*>(static_cast<intptr_t>(fd)));
+  SSL_set_bio(ssl, bio, bio);  // the SSL owns it
   if (server) {
     SSL_set_accept_state(ssl);
     SSL_set_verify(ssl, o.require_client_cert ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_NONE,

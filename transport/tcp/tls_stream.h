@@ -3,7 +3,8 @@
 // (and only then: the plain path does not see this class).
 //
 // The socket stays the connection's; OpenSSL reads and writes it directly
-// (a socket BIO), so the transport's epoll loop drives it: a call that would
+// (a BIO of ours on the fd: recv, and send with MSG_NOSIGNAL), so the
+// transport's epoll loop drives it: a call that would
 // block returns EAGAIN (Readv/Writev) or kWantRead/kWantWrite (Handshake), and
 // the loop calls again when the socket is ready. No read-ahead: OpenSSL takes
 // one record at a time from the socket, so a decrypted record can only be
