@@ -87,6 +87,7 @@ class Auth : public ::testing::Test {
     hrpc::ServerOptions so;
     so.listen = {"tcp://127.0.0.1:0"};
     so.authenticator = Secret("correct horse battery staple");
+    Configure(so);
     auto s = hrpc::Server::Create(*server_rt_, so);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     server_ = std::move(*s);
@@ -100,6 +101,7 @@ class Auth : public ::testing::Test {
     server_.reset();
     server_rt_.reset();
   }
+  virtual void Configure(hrpc::ServerOptions& so) { (void)so; }
   // The failure count once it reached n (the server counts after closing).
   double FailuresReach(double n) const {
     const auto until = std::chrono::steady_clock::now() + 5s;
@@ -386,7 +388,8 @@ TEST(AuthClient, ReplayedServerProofIsRefused) {
 
 // --- TLS under the RPC layer, with the authenticator on top ------------------
 
-class TlsRpc : public ::testing::Test {
+// The Auth server (shared secret) with mutual TLS under it.
+class TlsRpc : public Auth {
  protected:
   void SetUp() override {
     char tmpl[] = "/tmp/hrpc-rpc-tls-XXXXXX";
@@ -399,26 +402,12 @@ class TlsRpc : public ::testing::Test {
     auto ctx = hrpc::transport::CreateTlsContext(
         {.cert_file = server->cert, .key_file = server->key, .ca_file = ca_file_, .require_client_cert = true});
     ASSERT_TRUE(ctx.ok()) << ctx.status().ToString();
-
-    auto rt = hrpc::Runtime::Create(TcpRuntime());
-    ASSERT_TRUE(rt.ok()) << rt.status().ToString();
-    server_rt_ = std::move(*rt);
-    hrpc::ServerOptions so;
-    so.listen = {"tcp://127.0.0.1:0"};
-    so.authenticator = Secret("correct horse battery staple");
-    so.tls = *ctx;
-    auto s = hrpc::Server::Create(*server_rt_, so);
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    server_ = std::move(*s);
-    ASSERT_TRUE(server_->RegisterService(&service_).ok());
-    ASSERT_TRUE(server_->Start().ok());
-    const std::string bound = server_->listen_uris()[0];
-    uri_ = "tcp://127.0.0.1:" + bound.substr(bound.rfind(':') + 1);
+    tls_ = *ctx;
+    Auth::SetUp();
   }
+  void Configure(hrpc::ServerOptions& so) override { so.tls = tls_; }
   void TearDown() override {
-    if (server_) server_->Shutdown();
-    server_.reset();
-    server_rt_.reset();
+    Auth::TearDown();
     std::filesystem::remove_all(dir_);
   }
   // A client runtime: TLS with our client certificate (or none), and a secret.
@@ -448,11 +437,9 @@ class TlsRpc : public ::testing::Test {
     return sum;
   }
 
-  std::string dir_, ca_file_, uri_;
+  std::string dir_, ca_file_;
   hrpc::testing::CertFiles client_;
-  rpctest::TestService service_;
-  std::unique_ptr<hrpc::Runtime> server_rt_;
-  std::unique_ptr<hrpc::Server> server_;
+  std::shared_ptr<const hrpc::transport::TlsContext> tls_;
 };
 
 TEST_F(TlsRpc, CallsWithAttachmentsRunOverMutualTlsAndTheAuthenticator) {

@@ -4,6 +4,7 @@
 // closing only its own connection with a clear Status.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +16,8 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
 #include "hrpc/base/crc32c.h"
 #include "hrpc/mempool/copy.h"
@@ -200,8 +203,15 @@ class TlsTcp : public ::testing::Test {
 };
 
 TEST_F(TlsTcp, EchoesMessagesPayloadsAndOneSidedOpsIntactWithoutCopies) {
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
+  spdlog::default_logger()->sinks().push_back(sink);
   ListenTls(ServerCtx(pki_.server));
   Pair(ClientCtx(pki_.ca.ca_file()));
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
+  bool tls13 = false;  // "hrpc tcp: TLSv1.3 TLS_AES_256_GCM_SHA384 with tcp://..."
+  for (const auto& line : sink->last_formatted()) tls13 |= line.find("hrpc tcp: TLSv1.3 ") != std::string::npos;
+  EXPECT_TRUE(tls13) << "TLS 1.3 negotiated";
   const uint64_t copied = mempool::CopiedBytesTotal();
   Echo(64, 1);
   Echo(1 << 20, 2, /*with_payload=*/true);
@@ -343,6 +353,75 @@ TEST_F(TlsTcp, PlainAndTlsPeersRefuseEachOtherAndTheListenerKeepsServing) {
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), StatusCode::kUnavailable) << c.status().ToString();
   EXPECT_NE(c.status().message().find("TLS handshake"), std::string::npos) << c.status().ToString();
+}
+
+TEST_F(TlsTcp, SendingToAPeerThatWentAwayFailsThatConnectionWithoutASignal) {
+  ListenTls(ServerCtx(pki_.server));
+  Pair(ClientCtx(pki_.ca.ca_file()));
+  On(env_->client_worker(), [&] { client_.reset(); });
+  // The server keeps sending 1 MiB payloads into the closed connection: the
+  // socket answers with a reset, then EPIPE (no SIGPIPE: the test goes on).
+  mempool::Pool& pool = env_->pool();
+  IoBuf big(Filled(pool, 1 << 20, 3));
+  Status s = On(env_->server_worker(), [&]() -> Status {
+    for (int i = 0; i < 1000; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf head, Head(pool, "x"));
+      HRPC_TRY(server_->SendWithPayload(std::move(head), big.Share()));
+      coro::this_coro::SleepFor(1ms);
+    }
+    return Status::Ok();
+  });
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  // The listener serves the next client.
+  On(env_->server_worker(), [&] { server_.reset(); });
+  Pair(ClientCtx(pki_.ca.ca_file()));
+  Echo(64, 11);
+}
+
+// A raw OpenSSL client limited to TLS `version` at most: whether its
+// handshake with the listener at `port` completes.
+bool RawHandshake(uint16_t port, int version, const std::string& ca_file) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SSL_CTX_set_security_level(ctx, 0);  // let it offer what Debian's default forbids
+  SSL_CTX_set_min_proto_version(ctx, 0);
+  SSL_CTX_set_max_proto_version(ctx, version);
+  SSL_CTX_load_verify_locations(ctx, ca_file.c_str(), nullptr);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  SSL* ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, fd);
+  ok = ok && SSL_connect(ssl) == 1 && SSL_version(ssl) == version;
+  SSL_free(ssl);
+  close(fd);
+  SSL_CTX_free(ctx);
+  return ok;
+}
+
+TEST_F(TlsTcp, Tls12IsTheOldestVersionAccepted) {
+  ListenTls(ServerCtx(pki_.server));
+  const uint16_t port = ParseUri(listener_->uri()).value().port;
+  const auto failures = [&] { return env_->server_transport().counters()->handshake_failures.Get(); };
+  const auto reach = [&](uint64_t n) {
+    for (int i = 0; i < 500 && failures() < n; ++i) std::this_thread::sleep_for(5ms);
+    return failures();
+  };
+  // TLS 1.2 passes; the raw client then leaves without the transport's HELLO
+  // (one handshake failure, counted before the refusals below).
+  const uint64_t start = failures();
+  EXPECT_TRUE(RawHandshake(port, TLS1_2_VERSION, pki_.ca.ca_file()));
+  EXPECT_EQ(reach(start + 1), start + 1);
+  EXPECT_FALSE(RawHandshake(port, TLS1_1_VERSION, pki_.ca.ca_file()));
+  EXPECT_FALSE(RawHandshake(port, TLS1_VERSION, pki_.ca.ca_file()));
+  EXPECT_EQ(reach(start + 3), start + 3);
+  Pair(ClientCtx(pki_.ca.ca_file()));
+  Echo(64, 12);
 }
 
 TEST(TlsOptionsTest, BadFilesAndMissingPartsAreRefusedUpFront) {

@@ -1173,12 +1173,12 @@ void Core::DriveTls(Conn& c) {
     SetEpollOut(c, *step == tcp::TlsStream::Step::kWantWrite);
     return;
   }
-  SPDLOG_DEBUG("hrpc tcp: {} with {}", c.tls->Describe(), c.peer);
   SetEpollOut(c, false);
   if (c.server) {
     c.phase = Phase::kHandshake;
     NoteTlsBuffered(c);
   } else {
+    SPDLOG_INFO("hrpc tcp: {} with {}", c.tls->Describe(), c.peer);
     SendHello(c);
   }
 }
