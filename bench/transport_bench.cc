@@ -565,7 +565,7 @@ int main(int argc, char** argv) {
   for (size_t size : {size_t{4} << 10, size_t{64} << 10, size_t{1} << 20, size_t{4} << 20}) c.OneSided(true, size);
   for (size_t size : {size_t{4} << 10, size_t{64} << 10, size_t{1} << 20, size_t{4} << 20}) c.OneSided(false, size);
   if (a.tls) {
-    printf("# TLS cases: each on plain TCP, then on TLS (%s)\n", "TLS 1.3, EC P-256 certificate");
+    printf("# TLS cases: each on plain TCP, then on TLS (EC P-256 certificate)\n");
     Client s{"tls", a, child, w->get(), pool->get(), tls_conn.get(), tls_desc};
     for (Client* x : {&c, &s}) x->PingPong(64);
     for (Client* x : {&c, &s}) x->OneSided(true, 1 << 20);
