@@ -44,7 +44,7 @@ TEST(Netem, DelayAndLossEveryCallCompletesWithItsPayload) {
   const Tally small = RunEchoCalls(**ch, (*rt)->pool(0), 300, 512, 16, 30s);
   EXPECT_EQ(small.ok, small.made) << small.failed << " failed (first: " << small.first_error << ")";
   EXPECT_EQ(small.wrong, 0);
-  const Tally large = RunEchoCalls(**ch, (*rt)->pool(0), 16, 1u << 20, 4, 60s);
+  const Tally large = RunEchoCalls(**ch, (*rt)->pool(0), 8, 1u << 20, 4, 60s);
   EXPECT_EQ(large.ok, large.made) << large.failed << " failed (first: " << large.first_error << ")";
   EXPECT_EQ(large.wrong, 0);
   std::printf("netns case=netem delay_ms=5 loss_pct=1 calls=%d ok=%d lost=%d wrong=%d rtt_min_ms=%.1f small_s=%.2f "
