@@ -42,7 +42,40 @@ class Netns : public ::testing::Test {
     ASSERT_EQ(*uri, NetnsPair::ServerUri(kPort));
   }
 
-  std::unique_ptr<NetnsPair> net_;
+  // The client's runtime (in the client namespace) and a channel to the server.
+  void Connect(std::chrono::milliseconds keepalive, std::chrono::milliseconds dead_peer) {
+    auto rt = ClientRuntime(*net_, keepalive, dead_peer);
+    ASSERT_TRUE(rt.ok()) << rt.status().ToString();
+    rt_ = std::move(*rt);
+    auto ch = RpcChannel::Create(*rt_, NetnsPair::ServerUri(kPort));
+    ASSERT_TRUE(ch.ok()) << ch.status().ToString();
+    ch_ = std::move(*ch);
+  }
+
+  Tally Echo(int calls, size_t attachment_bytes, int in_flight, std::chrono::milliseconds timeout) {
+    return RunEchoCalls(*ch_, rt_->pool(0), calls, attachment_bytes, in_flight, timeout);
+  }
+
+  // One call without attachment; its response in *resp.
+  Status CallOnce(std::chrono::milliseconds timeout, rpctest::Resp* resp) {
+    rpctest::Test::Stub stub(ch_.get());
+    ClientContext ctx;
+    ctx.set_timeout(timeout);
+    rpctest::Req req;
+    req.set_text("once");
+    return stub.Call(ctx, req, resp);
+  }
+
+  // The server sees the client's namespace address: the calls really cross the veth.
+  void ExpectPeerIsClientHost() {
+    rpctest::Resp resp;
+    ASSERT_TRUE(CallOnce(5s, &resp).ok());
+    EXPECT_EQ(resp.peer().rfind(std::string("tcp://") + NetnsPair::kClientAddr + ":", 0), 0u) << resp.peer();
+  }
+
+  std::unique_ptr<NetnsPair> net_;  // declared first: destroyed after the runtime
+  std::unique_ptr<Runtime> rt_;
+  std::unique_ptr<RpcChannel> ch_;
 };
 
 void ExpectAllAnswered(const Tally& t, const char* what) {
@@ -51,31 +84,17 @@ void ExpectAllAnswered(const Tally& t, const char* what) {
   EXPECT_EQ(t.wrong, 0) << what;
 }
 
-// The server sees the client's namespace address: the call really crossed the veth.
-void ExpectPeerIsClientHost(RpcChannel& ch) {
-  rpctest::Test::Stub stub(&ch);
-  ClientContext ctx;
-  ctx.set_timeout(5s);
-  rpctest::Req req;
-  rpctest::Resp resp;
-  ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
-  EXPECT_EQ(resp.peer().rfind(std::string("tcp://") + NetnsPair::kClientAddr + ":", 0), 0u) << resp.peer();
-}
-
 // 1% of the packets in each direction dropped: TCP retransmits, every call
 // completes, and every payload comes back bit for bit.
 TEST_F(Netns, OnePercentLossEveryCallCompletesWithItsPayload) {
   ASSERT_TRUE(net_->SetLoss(1).ok());
-  StartServer();
-  auto rt = ClientRuntime(*net_, 250ms, 3000ms);
-  ASSERT_TRUE(rt.ok()) << rt.status().ToString();
-  auto ch = RpcChannel::Create(**rt, NetnsPair::ServerUri(kPort));
-  ASSERT_TRUE(ch.ok()) << ch.status().ToString();
-  ExpectPeerIsClientHost(**ch);
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  ASSERT_NO_FATAL_FAILURE(Connect(250ms, 3000ms));
+  ASSERT_NO_FATAL_FAILURE(ExpectPeerIsClientHost());
 
-  const Tally small = RunEchoCalls(**ch, (*rt)->pool(0), 3000, 512, 16, 20s);
+  const Tally small = Echo(3000, 512, 16, 20s);
   ExpectAllAnswered(small, "512 B calls");
-  const Tally large = RunEchoCalls(**ch, (*rt)->pool(0), 128, 1u << 20, 4, 30s);
+  const Tally large = Echo(128, 1u << 20, 4, 30s);
   ExpectAllAnswered(large, "1 MiB calls");
   auto dropped = net_->DroppedPackets();
   ASSERT_TRUE(dropped.ok()) << dropped.status().ToString();
@@ -92,12 +111,9 @@ TEST_F(Netns, OnePercentLossEveryCallCompletesWithItsPayload) {
 // timeout; once the partition heals, new calls on the same channel succeed.
 TEST_F(Netns, PartitionMidCallFailsWithinDeadPeerTimeoutThenHeals) {
   constexpr auto kKeepalive = 200ms, kDeadPeer = 1000ms;
-  StartServer();
-  auto rt = ClientRuntime(*net_, kKeepalive, kDeadPeer);
-  ASSERT_TRUE(rt.ok()) << rt.status().ToString();
-  auto ch = RpcChannel::Create(**rt, NetnsPair::ServerUri(kPort));
-  ASSERT_TRUE(ch.ok()) << ch.status().ToString();
-  ExpectAllAnswered(RunEchoCalls(**ch, (*rt)->pool(0), 16, 512, 8, 5s), "before the partition");
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  ASSERT_NO_FATAL_FAILURE(Connect(kKeepalive, kDeadPeer));
+  ExpectAllAnswered(Echo(16, 512, 8, 5s), "before the partition");
 
   struct InFlight {
     ClientContext ctx;
@@ -107,14 +123,14 @@ TEST_F(Netns, PartitionMidCallFailsWithinDeadPeerTimeoutThenHeals) {
     Status status;
     Clock::time_point ended;
   };
-  rpctest::Test::Stub stub(ch->get());
+  rpctest::Test::Stub stub(ch_.get());
   std::vector<std::unique_ptr<InFlight>> calls;
   auto start = [&](uint32_t sleep_ms, std::chrono::milliseconds deadline, size_t attachment) {
     auto c = std::make_unique<InFlight>();
     c->req.set_sleep_ms(sleep_ms);
     if (deadline.count() > 0) c->ctx.set_timeout(deadline);
     if (attachment > 0) {
-      c->ctx.request_attachment() = rpctest::MakePayload((*rt)->pool(0), attachment, 1);
+      c->ctx.request_attachment() = rpctest::MakePayload(rt_->pool(0), attachment, 1);
       c->req.set_echo_attachment(true);
     }
     InFlight* p = c.get();
@@ -157,10 +173,10 @@ TEST_F(Netns, PartitionMidCallFailsWithinDeadPeerTimeoutThenHeals) {
 
   ASSERT_TRUE(net_->Heal().ok());
   const auto healed = Clock::now();
-  const Tally after_small = RunEchoCalls(**ch, (*rt)->pool(0), 32, 512, 8, 5s);
+  const Tally after_small = Echo(32, 512, 8, 5s);
   const double first_ok_ms = Ms(Clock::now() - healed);
   ExpectAllAnswered(after_small, "after healing");
-  const Tally after_large = RunEchoCalls(**ch, (*rt)->pool(0), 4, 1u << 20, 2, 10s);
+  const Tally after_large = Echo(4, 1u << 20, 2, 10s);
   ExpectAllAnswered(after_large, "1 MiB after healing");
   std::printf("netns case=partition dead_peer_ms=%lld in_flight=%zu unavailable=%d deadline_exceeded=%d "
               "fail_ms_min=%.0f fail_ms_max=%.0f bound_ms=%lld calls_after_heal=%d ok_after_heal=%d "
@@ -178,23 +194,20 @@ TEST_F(Netns, PartitionMidCallFailsWithinDeadPeerTimeoutThenHeals) {
 // dead-peer timeout. Calls succeed again without a new channel.
 TEST_F(Netns, ServerHostRebootClientReconnects) {
   constexpr auto kKeepalive = 200ms, kDeadPeer = 3000ms;
-  StartServer();
-  auto rt = ClientRuntime(*net_, kKeepalive, kDeadPeer);
-  ASSERT_TRUE(rt.ok()) << rt.status().ToString();
-  auto ch = RpcChannel::Create(**rt, NetnsPair::ServerUri(kPort));
-  ASSERT_TRUE(ch.ok()) << ch.status().ToString();
-  ExpectAllAnswered(RunEchoCalls(**ch, (*rt)->pool(0), 16, 4096, 8, 5s), "before the reboot");
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  ASSERT_NO_FATAL_FAILURE(Connect(kKeepalive, kDeadPeer));
+  ExpectAllAnswered(Echo(16, 4096, 8, 5s), "before the reboot");
 
   ASSERT_TRUE(net_->PowerOffServerHost().ok());
   const auto off = Clock::now();
-  const Tally down = RunEchoCalls(**ch, (*rt)->pool(0), 2, 512, 2, 300ms);
+  const Tally down = Echo(2, 512, 2, 300ms);
   EXPECT_EQ(down.failed, 2) << "calls to a powered-off host cannot succeed";
-  EXPECT_EQ((*rt)->stats().client_connections, 1u) << "no FIN or reset reached the client: its connection stays open";
+  EXPECT_EQ(rt_->stats().client_connections, 1u) << "no FIN or reset reached the client: its connection stays open";
 
   ASSERT_TRUE(net_->BootServerHost().ok());
   const auto booted = Clock::now();
-  const size_t open_at_boot = (*rt)->stats().client_connections;
-  StartServer();
+  const size_t open_at_boot = rt_->stats().client_connections;
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   const auto up = Clock::now();
   const double down_ms = Ms(booted - off);
   // Calls as an application would make them, each with a deadline, until
@@ -204,13 +217,8 @@ TEST_F(Netns, ServerHostRebootClientReconnects) {
   int attempts = 0;
   Status last;
   for (; Clock::now() - up < 10s; ++attempts) {
-    rpctest::Test::Stub stub(ch->get());
-    ClientContext ctx;
-    ctx.set_timeout(500ms);
-    rpctest::Req req;
-    req.set_text("after reboot");
     rpctest::Resp resp;
-    last = stub.Call(ctx, req, &resp);
+    last = CallOnce(500ms, &resp);
     if (last.ok()) break;
     EXPECT_TRUE(last.code() == StatusCode::kUnavailable || last.code() == StatusCode::kDeadlineExceeded)
         << last.ToString();
@@ -218,11 +226,11 @@ TEST_F(Netns, ServerHostRebootClientReconnects) {
   ASSERT_TRUE(last.ok()) << "no call succeeded 10 s after the reboot: " << last.ToString();
   const double reconnect_ms = Ms(Clock::now() - up), boot_to_ok_ms = Ms(Clock::now() - booted);
   EXPECT_LT(Clock::now() - booted, kDeadPeer) << "the reset from the new host should end the old connection";
-  const Tally after = RunEchoCalls(**ch, (*rt)->pool(0), 32, 4096, 8, 5s);
+  const Tally after = Echo(32, 4096, 8, 5s);
   ExpectAllAnswered(after, "after the reboot");
-  const Tally after_large = RunEchoCalls(**ch, (*rt)->pool(0), 4, 1u << 20, 2, 10s);
+  const Tally after_large = Echo(4, 1u << 20, 2, 10s);
   ExpectAllAnswered(after_large, "1 MiB after the reboot");
-  ExpectPeerIsClientHost(**ch);
+  ExpectPeerIsClientHost();
   std::printf("netns case=reboot dead_peer_ms=%lld down_ms=%.0f failed_while_down=%d old_connection_open_at_boot=%zu "
               "failed_attempts_before_ok=%d ready_to_ok_ms=%.0f boot_to_ok_ms=%.0f calls_after=%d ok_after=%d\n",
               static_cast<long long>(kDeadPeer.count()), down_ms, down.failed, open_at_boot, attempts, reconnect_ms,
