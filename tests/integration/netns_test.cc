@@ -125,6 +125,12 @@ TEST_F(Netns, PartitionMidCallFailsWithinDeadPeerTimeoutThenHeals) {
   };
   rpctest::Test::Stub stub(ch_.get());
   std::vector<std::unique_ptr<InFlight>> calls;
+  // Should an assertion end the test early, the channel goes first: it ends
+  // the calls still in flight (CANCELLED) before their records are freed.
+  struct ChannelFirst {
+    std::unique_ptr<RpcChannel>& ch;
+    ~ChannelFirst() { ch.reset(); }
+  } channel_first{ch_};
   auto start = [&](uint32_t sleep_ms, std::chrono::milliseconds deadline, size_t attachment) {
     auto c = std::make_unique<InFlight>();
     c->req.set_sleep_ms(sleep_ms);
