@@ -11,7 +11,7 @@
 #
 # Environment:
 #   HRPC_RXE_GUEST      path of run-in-rxe-guest.sh (default: ../shared/rxe/ next to the repo)
-#   RXE_GUEST_TIMEOUT   overall guest limit in seconds, boot included (default here: 900; the rdma label takes about 6 minutes in the guest here)
+#   RXE_GUEST_TIMEOUT   overall guest limit in seconds, boot included (default here: 900; the rdma label takes 6–9 minutes in the guest here, netem about 30 s)
 #   HRPC_RDMA_REQUIRED  1 = a skip is an error (exit 1), for machines that must run them
 #   ASAN_OPTIONS / UBSAN_OPTIONS are passed through to the guest (its whole exported env is).
 set -uo pipefail
