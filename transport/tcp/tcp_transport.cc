@@ -36,6 +36,7 @@
 #include <spdlog/spdlog.h>
 
 #include "exposure.h"
+#include "faults.h"
 #include "frame.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/transport/resolver.h"
@@ -160,6 +161,9 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::weak_ptr<ListenerState> listener;
   Parked* connect_waiter = nullptr;
   bool peer_closed = false;  // the peer ended the stream between frames (an orderly close)
+  bool checked = false;      // both hellos set kHelloChecked: messages carry a sequence number and a CRC32C
+  uint64_t tx_seq = 0;       // messages sent (numbered from 1)
+  internal::SeqFilter rx_seq;
 
   // Send side.
   std::deque<OutFrame> outq;
@@ -239,6 +243,15 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   std::weak_ptr<Conn> hot;  // last connection that had input
   std::shared_ptr<TransportCounters> counters = std::make_shared<TransportCounters>();
   TransportCounters& ctr() { return *counters; }
+  internal::FaultInjector faults;
+  // A receive buffer (message body, prefetch, payload block) from the pool,
+  // unless fault injection refuses it.
+  Result<mempool::Buffer> RxAllocate(size_t n) {
+    if (faults.armed() && faults.RefuseAllocation(ctr())) {
+      return ResourceExhaustedError("fault injection: receive buffer of " + std::to_string(n) + " bytes refused");
+    }
+    return pool->Allocate(n);
+  }
   int hot_skips = 0;
   static constexpr int kHotSkips = 8;
 
@@ -286,6 +299,7 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
     h.recv_depth = opt.common.recv_depth;
     h.keepalive_ms = static_cast<uint32_t>(opt.common.keepalive_interval.count());
     h.dead_peer_ms = static_cast<uint32_t>(opt.common.dead_peer_timeout.count());
+    h.flags |= tcp::kHelloChecked;
     const uint64_t pages = std::min<uint64_t>(opt.max_payload_bytes / 4096, UINT32_MAX);
     if (pages > 0) {
       h.flags |= tcp::kHelloPayloads;
@@ -383,12 +397,42 @@ void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf payload, uint32_t expo_i
 }
 
 void Core::QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload) {
+  internal::FaultAction fault;
+  if (faults.armed()) {
+    if (const int64_t after = faults.disconnect_after(); after >= 0 && static_cast<int64_t>(c.tx_seq) >= after) {
+      ctr().faults_disconnects.Add();
+      Status s = UnavailableError("fault injection: connection to " + c.peer + " broken after " +
+                                  std::to_string(after) + " messages");
+      SPDLOG_INFO("hrpc tcp: {}", s.message());
+      Fail(c, std::move(s));
+      return;
+    }
+    fault = faults.OnMessage(message.size(), ctr(), /*can_duplicate=*/payload.empty());
+    if (fault.drop) {
+      ++c.tx_seq;    // the receiver sees a gap, as after a lost frame
+      ++c.send_credits;  // the receive slot is never used
+      return;
+    }
+  }
   ctr().messages_sent.Add();
   ctr().message_bytes_sent.Add(message.size());
   if (!payload.empty()) ctr().payload_bytes_sent.Add(payload.size());
   FrameHeader h;
+  if (c.checked) {
+    h.op_id = ++c.tx_seq;
+    h.aux = internal::MessageCrc(message, message.size());
+  }
+  if (fault.truncate || fault.corrupt) {
+    auto damaged = internal::Damage(std::move(message), fault, *pool, h.aux);
+    if (!damaged.ok()) {
+      Fail(c, damaged.status().WithContext("fault injection"));
+      return;
+    }
+    message = std::move(*damaged);
+  }
   if (payload.empty()) {
     h.type = FrameType::kMessage;
+    if (fault.duplicate) Queue(c, h, message.Share());
     Queue(c, h, std::move(message));
     return;
   }
@@ -574,7 +618,7 @@ bool Core::OnReadable(Conn& c) {
       } else if (c.body_left > 0) {
         if (c.sink == Sink::kPayload && c.body_pos == c.body_iov.size() && !MorePayloadBlocks(c)) return any;
         if (c.sink == Sink::kMessage && c.body_iov.empty()) {
-          auto buf = pool->Allocate(c.body_left);
+          auto buf = RxAllocate(c.body_left);
           if (!buf.ok()) {
             SPDLOG_WARN("hrpc tcp: closing connection {}: no receive buffer: {}", c.peer, buf.status().ToString());
             Fail(c, buf.status().WithContext("receive buffer for " + c.peer));
@@ -594,7 +638,7 @@ bool Core::OnReadable(Conn& c) {
     }
     mempool::Buffer pf;
     if (covered) {
-      auto b = pool->Allocate(tcp::kPrefetchBytes);
+      auto b = RxAllocate(tcp::kPrefetchBytes);
       if (!b.ok()) {
         Fail(c, b.status().WithContext("prefetch buffer for " + c.peer));
         return any;
@@ -744,11 +788,26 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
                              std::to_string(c.limits.max_message_bytes));
         return;
       }
+      if (c.checked && !c.rx_seq.Accept(h.op_id)) {
+        // A copy of a message already delivered: it used no receive slot.
+        if (h.type == FrameType::kMessagePayload) {
+          ProtocolError(c, "MESSAGE_PAYLOAD with an old sequence number " + std::to_string(h.op_id));
+          return;
+        }
+        ctr().duplicates_discarded.Add();
+        c.sink = Sink::kDrain;
+        break;
+      }
       if (c.unreturned >= c.limits.recv_depth) {
         ProtocolError(c, "message without a credit (" + std::to_string(c.unreturned) + " receive slots in use)");
         return;
       }
       if (h.length == 0 && c.payload_pending == 0) {
+        if (c.checked && h.aux != 0) {
+          ctr().corrupt_messages.Add();
+          ProtocolError(c, "empty message with CRC32C " + internal::ExposureTable::Hex(h.aux));
+          return;
+        }
         Deliver(c, mempool::IoBuf());
         return;
       }
@@ -860,6 +919,14 @@ void Core::OnBodyDone(Conn& c) {
       m.Append(std::move(c.body_hold));
       c.body_hold = mempool::IoBuf();
       c.body_iov.clear();
+      if (c.checked) {
+        if (Status ok = internal::CheckMessage(m, m.size(), h.aux, c.peer); !ok.ok()) {
+          ctr().corrupt_messages.Add();
+          SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, ok.message());
+          Fail(c, std::move(ok));
+          return;
+        }
+      }
       if (c.payload_pending > 0) {
         c.msg_before_payload = std::move(m);
         StartPayload(c);
@@ -888,6 +955,7 @@ void Core::OnBodyDone(Conn& c) {
       break;
     }
     case Sink::kDrain:
+      if (h.type != FrameType::kWrite) break;  // a duplicate message, discarded
       QueueError(c, h.op_id, c.refusal);
       c.refusal = Status::Ok();
       break;
@@ -939,7 +1007,7 @@ bool Core::MorePayloadBlocks(Conn& c) {
   uint64_t off = received + mapped;  // payload offset of the next block
   while (off < c.body_total && mapped < kPayloadAheadBytes) {
     const size_t k = static_cast<size_t>(std::min<uint64_t>(block, c.body_total - off));
-    auto b = pool->Allocate(k);
+    auto b = RxAllocate(k);
     if (!b.ok()) {
       SPDLOG_WARN("hrpc tcp: closing connection {}: no memory for a payload of {} bytes: {}", c.peer, c.body_total,
                   b.status().ToString());
@@ -979,6 +1047,7 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
   }
   c.limits.max_message_bytes = std::min(opt.common.max_message_bytes, hello.max_message_bytes);
   c.limits.recv_depth = std::min(opt.common.recv_depth, hello.recv_depth);
+  c.checked = (hello.flags & tcp::kHelloChecked) != 0;
   c.limits.max_payload_bytes =
       (hello.flags & tcp::kHelloPayloads) != 0 ? std::min<uint64_t>(opt.max_payload_bytes, uint64_t{hello.max_payload_pages} * 4096) : 0;
   c.send_credits = c.limits.recv_depth;
@@ -1267,6 +1336,12 @@ class TcpConnection final : public Connection {
                                   " bytes exceeds the limit of " + std::to_string(c->limits.max_payload_bytes));
     }
     Core& core = *c->core;
+    if (core.faults.armed()) {
+      if (const auto delay = core.faults.Delay(core.ctr()); delay.count() > 0) {
+        coro::this_coro::SleepFor(delay);
+        if (c->closed()) return c->status;
+      }
+    }
     if (c->send_credits > 0 && c->send_waiters.empty()) {
       --c->send_credits;
       core.QueueMessage(*c, std::move(message), std::move(payload));
@@ -1460,6 +1535,18 @@ class TcpTransport final : public Transport {
   ~TcpTransport() override { core_->Shutdown(); }
 
   std::string_view scheme() const override { return "tcp"; }
+  TransportCapabilities capabilities() const override { return Capabilities(); }
+  static TransportCapabilities Capabilities() {
+    TransportCapabilities c;
+    c.faults = kFaultDrop | kFaultDuplicate | kFaultTruncate | kFaultCorrupt | kFaultDelay | kFaultRefuseAllocation |
+               kFaultDisconnect;
+    return c;
+  }
+  Status SetFaults(const FaultOptions& faults) override {
+    HRPC_TRY(internal::CheckFaults(faults, Capabilities().faults, "tcp"));
+    core_->faults.Set(faults);
+    return Status::Ok();
+  }
 
   Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override {
     HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
@@ -1555,7 +1642,9 @@ Result<std::unique_ptr<Transport>> CreateTcpTransport(coro::Scheduler& scheduler
   if (o.connect_timeout.count() <= 0 || o.handshake_timeout.count() <= 0) {
     return InvalidArgumentError("tcp: connect/handshake timeouts must be > 0");
   }
+  HRPC_TRY(internal::CheckFaults(o.faults, TcpTransport::Capabilities().faults, "tcp"));
   auto core = std::make_shared<Core>();
+  core->faults.Set(o.faults);
   core->sched = &scheduler;
   core->pool = &pool;
   core->opt = options;
