@@ -353,7 +353,8 @@ class TransportImpl final : public Transport {
   TransportCapabilities capabilities() const override {
     TransportCapabilities c;
     c.refusal_keeps_connection = false;
-    c.exact_exposure = domain_ && domain_->memory_windows();
+    // rxe checks a window's range against its MR, not the window (docs/rdma.md).
+    c.exact_exposure = domain_ && domain_->memory_windows() && domain_->device().name.rfind("rxe", 0) != 0;
     c.checks_messages = false;
     c.refused_allocation_keeps_connection = true;
     c.faults = kFaults;
@@ -836,6 +837,7 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
   }
   if (kind == kKindCredit) return;
   if (kind != kKindData || wc.byte_len > limits_.max_message_bytes) {
+    t_.ctr().corrupt_messages.Add();
     Fail(DataLossError("bad control message (kind " + std::to_string(kind) + ", " + std::to_string(wc.byte_len) +
                        " bytes)"));
     return;
