@@ -15,6 +15,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "conn_parts.h"
 #include "exposure.h"
 #include "faults.h"
 #include "hrpc/coroutine/sync.h"
@@ -65,7 +66,6 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   mempool::Pool* pool = nullptr;
   std::string peer_name;
   Limits limits;
-  std::uint32_t max_ops = 1;
   std::weak_ptr<LoopEnd> peer;
   std::shared_ptr<Link> link;
   std::shared_ptr<internal::FaultInjector> faults;  // this end's transport's
@@ -81,10 +81,8 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   std::deque<MsgWaiter*> send_waiters;
   std::deque<mempool::IoBuf> rxq;
   std::deque<MsgWaiter*> recv_waiters;
-  std::unordered_map<uint64_t, Op*> ops;
-  uint64_t next_op = 1;
-  uint32_t ops_outstanding = 0;
-  std::deque<Parked*> slot_waiters;
+  internal::OpTable<Op> ops;
+  internal::OpSlots op_slots;
   internal::ExposureTable expo;
 
   // Own thread only.
@@ -104,11 +102,10 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
     }
     status = std::move(s);
     expo.Clear();
-    auto o = std::exchange(ops, {});
-    for (auto& [id, op] : o) op->parked.Finish(status);
+    ops.FailAll(status);
     for (auto* w : std::exchange(send_waiters, {})) w->parked.Finish(status);
     for (auto* w : std::exchange(recv_waiters, {})) w->parked.Finish(status);
-    for (auto* p : std::exchange(slot_waiters, {})) p->Finish(status);
+    op_slots.FailAll(status);
   }
 
   // Any thread: fail the peer on its own worker.
@@ -258,13 +255,7 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
     }
   }
 
-  void CompleteOp(uint64_t id, Status s) {
-    auto it = ops.find(id);
-    if (it == ops.end()) return;
-    Op* op = it->second;
-    ops.erase(it);
-    op->parked.Finish(std::move(s));
-  }
+  void CompleteOp(uint64_t id, Status s) { ops.Complete(id, std::move(s)); }
 
   std::chrono::microseconds Delay() const { return std::max(link->faults->inj.delay(), faults->delay()); }
 };
@@ -401,16 +392,9 @@ class LoopConnection final : public Connection {
     if (!p) return UnavailableError("loopback peer is gone");
     TransportCounters& ctr = *e->ctr;
     ctr.CountOp(is_read, remote.len);
-    if (e->ops_outstanding >= e->max_ops) ctr.op_slot_stalls.Add();
-    while (e->ops_outstanding >= e->max_ops) {
-      Parked w;
-      e->slot_waiters.push_back(&w);
-      HRPC_TRY(w.Wait());
-    }
-    ++e->ops_outstanding;
+    HRPC_TRY(e->op_slots.Acquire(ctr.op_slot_stalls));
     Op op;
-    op.id = e->next_op++;
-    e->ops[op.id] = &op;
+    e->ops.Add(&op);
     auto buf = std::make_shared<mempool::IoBuf>(local.Share());
     const auto delay = e->Delay();
     std::weak_ptr<LoopEnd> req = e;
@@ -447,12 +431,7 @@ class LoopConnection final : public Connection {
         is_read ? "loop-read" : "loop-write");
     Status done = op.parked.Wait();
     if (IsRefusal(done.code())) ctr.refused_by_peer.Add();
-    --e->ops_outstanding;
-    if (!e->slot_waiters.empty()) {
-      Parked* w = e->slot_waiters.front();
-      e->slot_waiters.pop_front();
-      w->Finish(Status::Ok());
-    }
+    e->op_slots.Release();
     return done;
   }
 
@@ -555,14 +534,14 @@ class LoopTransport final : public Transport {
     client->sched = sched_;
     client->pool = pool_;
     client->peer_name = "loop://" + u.host;
-    client->max_ops = opt_.max_outstanding_ops;
+    client->op_slots.set_max(opt_.max_outstanding_ops);
     auto server = std::make_shared<LoopEnd>();
     server->ctr = ls->ctr;
     server->faults = ls->faults;
     server->sched = ls->sched;
     server->pool = ls->pool;
     server->peer_name = "loop://" + u.host + "#client" + std::to_string(n);
-    server->max_ops = ls->opt.max_outstanding_ops;
+    server->op_slots.set_max(ls->opt.max_outstanding_ops);
     for (auto* e : {client.get(), server.get()}) {
       e->limits = lim;
       e->send_credits = lim.recv_depth;

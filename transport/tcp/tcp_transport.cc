@@ -35,6 +35,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "conn_parts.h"
 #include "exposure.h"
 #include "faults.h"
 #include "frame.h"
@@ -197,10 +198,8 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::deque<MsgWaiter*> recv_waiters;
 
   // One-sided ops.
-  std::unordered_map<uint64_t, Op*> ops;
-  uint64_t next_op = 1;
-  uint32_t ops_outstanding = 0;
-  std::deque<Parked*> slot_waiters;
+  internal::OpTable<Op> ops;
+  internal::OpSlots op_slots;
   internal::ExposureTable expo;
 
   bool dirty = false;  // frames queued since the last Flush (in Core::dirty)
@@ -316,6 +315,7 @@ std::shared_ptr<Conn> Core::NewConn(int fd, bool server, std::string peer) {
   c->core = shared_from_this();
   c->fd = fd;
   c->token = next_token++;
+  c->op_slots.set_max(opt.common.max_outstanding_ops);
   c->server = server;
   c->peer = std::move(peer);
   c->last_rx = c->last_tx = Clock::now();
@@ -362,13 +362,11 @@ void Core::Fail(Conn& c, Status s) {
   c.body_iov.clear();
   c.expo.Clear();
   // Move the lists out first: waking may run nothing now (same thread), but keep it simple.
-  auto ops = std::move(c.ops);
-  c.ops.clear();
-  for (auto& [id, op] : ops) op->parked.Finish(c.status);
+  c.ops.FailAll(c.status);
   for (auto* w : std::exchange(c.send_waiters, {})) w->parked.Finish(c.status);
   for (auto* w : std::exchange(c.recv_waiters, {})) w->parked.Finish(c.status);
   for (auto* p : std::exchange(c.drain_waiters, {})) p->Finish(c.status);
-  for (auto* p : std::exchange(c.slot_waiters, {})) p->Finish(c.status);
+  c.op_slots.FailAll(c.status);
   if (c.connect_waiter != nullptr) std::exchange(c.connect_waiter, nullptr)->Finish(c.status);
 }
 
@@ -856,15 +854,15 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
       return;
     }
     case FrameType::kReadResp: {
-      auto it = c.ops.find(h.op_id);
-      if (it == c.ops.end() || !it->second->is_read || it->second->len != h.length) {
+      Op* op = c.ops.Find(h.op_id);
+      if (op == nullptr || !op->is_read || op->len != h.length) {
         ProtocolError(c, "READ response for unknown op " + std::to_string(h.op_id) + " or of the wrong length");
         return;
       }
       c.sink = Sink::kReadResp;
       c.pad_left = tcp::kPayloadPad;
-      c.body_iov = it->second->buf.Iovecs();
-      c.body_hold = it->second->buf.Share();
+      c.body_iov = op->buf.Iovecs();
+      c.body_hold = op->buf.Share();
       break;
     }
     case FrameType::kWriteAck: {
@@ -872,8 +870,8 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
         ProtocolError(c, "WRITE ack with a body");
         return;
       }
-      auto it = c.ops.find(h.op_id);
-      if (it == c.ops.end() || it->second->is_read) {
+      Op* op = c.ops.Find(h.op_id);
+      if (op == nullptr || op->is_read) {
         ProtocolError(c, "WRITE ack for unknown op " + std::to_string(h.op_id));
         return;
       }
@@ -889,7 +887,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
         ProtocolError(c, "ERROR frame with status code " + std::to_string(h.aux));
         return;
       }
-      if (h.op_id != 0 && c.ops.find(h.op_id) == c.ops.end()) {
+      if (h.op_id != 0 && c.ops.Find(h.op_id) == nullptr) {
         ProtocolError(c, "ERROR frame for unknown op " + std::to_string(h.op_id));
         return;
       }
@@ -1121,13 +1119,7 @@ void Core::MaybeSendCredits(Conn& c) {
   }
 }
 
-void Core::CompleteOp(Conn& c, uint64_t id, Status s) {
-  auto it = c.ops.find(id);
-  if (it == c.ops.end()) return;
-  Op* op = it->second;
-  c.ops.erase(it);
-  op->parked.Finish(std::move(s));
-}
+void Core::CompleteOp(Conn& c, uint64_t id, Status s) { c.ops.Complete(id, std::move(s)); }
 
 // ------------------------------------------------------------------ connect / accept
 
@@ -1437,15 +1429,9 @@ class TcpConnection final : public Connection {
     Core& core = *c->core;
     TransportCounters& ctr = core.ctr();
     ctr.CountOp(is_read, remote.len);
-    if (c->ops_outstanding >= core.opt.common.max_outstanding_ops) ctr.op_slot_stalls.Add();
-    while (c->ops_outstanding >= core.opt.common.max_outstanding_ops) {
-      Parked p;
-      c->slot_waiters.push_back(&p);
-      HRPC_TRY(p.Wait());
-    }
-    ++c->ops_outstanding;
+    HRPC_TRY(c->op_slots.Acquire(ctr.op_slot_stalls));
     Op op;
-    op.id = c->next_op++;
+    c->ops.Add(&op);
     op.is_read = is_read;
     op.len = remote.len;
     FrameHeader h;
@@ -1461,16 +1447,10 @@ class TcpConnection final : public Connection {
       h.type = FrameType::kWrite;
       core.Queue(*c, h, local.Share());
     }
-    c->ops[op.id] = &op;
     core.MarkDirty(*c);
     Status s = WaitDrained(*c);
     Status done = op.parked.Wait();
-    --c->ops_outstanding;
-    if (!c->slot_waiters.empty()) {
-      Parked* p = c->slot_waiters.front();
-      c->slot_waiters.pop_front();
-      p->Finish(Status::Ok());
-    }
+    c->op_slots.Release();
     (void)s;  // a connection failure also completes the op with that Status
     if (IsRefusal(done.code())) ctr.refused_by_peer.Add();
     return done;
