@@ -62,24 +62,22 @@ std::chrono::microseconds FaultInjector::delay() const {
   return o_.delay;
 }
 
-bool FaultInjector::RefuseAllocation(TransportCounters& ctr) {
+bool FaultInjector::TakeOne(uint32_t FaultOptions::*count, OwnerCounter& counted) {
   if (!armed()) return false;
   std::lock_guard lk(mu_);
-  if (o_.refuse_allocations == 0) return false;
-  --o_.refuse_allocations;
-  ctr.faults_refused_allocations.Add();
+  if (o_.*count == 0) return false;
+  --(o_.*count);
+  counted.Add();
   Rearm();
   return true;
 }
 
+bool FaultInjector::RefuseAllocation(TransportCounters& ctr) {
+  return TakeOne(&FaultOptions::refuse_allocations, ctr.faults_refused_allocations);
+}
+
 bool FaultInjector::TakeQpError(TransportCounters& ctr) {
-  if (!armed()) return false;
-  std::lock_guard lk(mu_);
-  if (o_.qp_error_next == 0) return false;
-  --o_.qp_error_next;
-  ctr.faults_qp_errors.Add();
-  Rearm();
-  return true;
+  return TakeOne(&FaultOptions::qp_error_next, ctr.faults_qp_errors);
 }
 
 int64_t FaultInjector::disconnect_after() const {

@@ -55,6 +55,8 @@ class FaultInjector {
 
  private:
   void Rearm();  // mu_ held
+  // Uses up one of the `count` faults, counting it; false when none is left.
+  bool TakeOne(uint32_t FaultOptions::*count, OwnerCounter& counted);
 
   mutable std::mutex mu_;
   FaultOptions o_;
