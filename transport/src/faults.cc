@@ -1,5 +1,6 @@
 #include "faults.h"
 
+#include <algorithm>
 #include <string>
 
 #include "hrpc/base/crc32c.h"
