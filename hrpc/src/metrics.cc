@@ -196,6 +196,22 @@ void TransportFamilies(Families& f, const WorkerSet::TransportEntry& e) {
   if (e.scheme == "tcp") {
     f.Counter("hrpc_transport_stalls_total", kStalls, with("reason", "memory"), d(c.receive_memory_stalls));
   }
+  constexpr const char* kChecks =
+      "Control messages the receiver's checks caught: check=crc, corrupted or truncated (the connection failed with "
+      "DATA_LOSS); check=duplicate, a copy of a message already delivered (discarded).";
+  f.Counter("hrpc_transport_message_check_failures_total", kChecks, with("check", "crc"), d(c.corrupt_messages));
+  f.Counter("hrpc_transport_message_check_failures_total", kChecks, with("check", "duplicate"),
+            d(c.duplicates_discarded));
+  constexpr const char* kFaults = "Faults this transport injected (TransportOptions::faults, for testing).";
+  const std::pair<const char*, const OwnerCounter*> faults[] = {
+      {"drop", &c.faults_dropped},         {"duplicate", &c.faults_duplicated},
+      {"truncate", &c.faults_truncated},   {"corrupt", &c.faults_corrupted},
+      {"delay", &c.faults_delayed},        {"refused_allocation", &c.faults_refused_allocations},
+      {"disconnect", &c.faults_disconnects}, {"qp_error", &c.faults_qp_errors},
+  };
+  for (const auto& [name, counter] : faults) {
+    f.Counter("hrpc_transport_faults_injected_total", kFaults, with("fault", name), d(*counter));
+  }
   if (e.scheme == "rdma") {
     const Labels w = {{"worker", Str(e.worker)}};
     f.Counter("hrpc_rdma_completion_errors_total", "Work completions that failed (flushes of a dead QP not counted).",

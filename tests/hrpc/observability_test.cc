@@ -246,6 +246,8 @@ TEST(Observability, MetricsScrapedAndParsed) {
       {"hrpc_transport_one_sided_served_total", "counter"},
       {"hrpc_transport_refusals_total", "counter"},
       {"hrpc_transport_stalls_total", "counter"},
+      {"hrpc_transport_message_check_failures_total", "counter"},
+      {"hrpc_transport_faults_injected_total", "counter"},
       {"hrpc_pool_info", "gauge"},
       {"hrpc_pool_arenas", "gauge"},
       {"hrpc_pool_max_arenas", "gauge"},

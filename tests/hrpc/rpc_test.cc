@@ -601,6 +601,87 @@ TEST(RpcMalformedFrame, OnlyThatConnectionIsClosed) {
   EXPECT_EQ(resp.text(), "still here");
 }
 
+// Fault injection under the RPC layer (TCP, transport FaultOptions): a client
+// whose transport drops, duplicates or corrupts its messages loses at most its
+// own call or connection; another client of the same server never notices.
+class RpcFaults : public ::testing::Test {
+ protected:
+  void SetUp() override { env.Start("tcp"); }
+  // A second client of env's server whose transports inject `faults`.
+  std::unique_ptr<hrpc::RpcChannel> FaultyClient(const hrpc::transport::FaultOptions& faults) {
+    hrpc::RpcChannelOptions co;
+    co.runtime.transport_choice = hrpc::TransportChoice::kTcp;
+    co.runtime.transport.faults = faults;
+    auto c = hrpc::RpcChannel::Create(env.uri, co);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+  static hrpc::Status Call(hrpc::RpcChannel* ch, const std::string& text, std::chrono::milliseconds timeout = 5s) {
+    rpctest::Test::Stub stub(ch);
+    ClientContext ctx;
+    ctx.set_timeout(timeout);
+    Req req;
+    req.set_text(text);
+    Resp resp;
+    auto s = stub.Call(ctx, req, &resp);
+    if (s.ok() && resp.text() != text) return hrpc::DataLossError("answer '" + resp.text() + "' to '" + text + "'");
+    return s;
+  }
+  Env env;
+};
+
+TEST_F(RpcFaults, DroppedRequestTimesOutAndTheConnectionServesTheNextCall) {
+  auto faulty = FaultyClient({.drop_next = 1});
+  ASSERT_TRUE(faulty);
+  ASSERT_TRUE(Call(env.channel.get(), "before").ok());
+  auto s = Call(faulty.get(), "lost", 300ms);
+  EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << s.ToString();
+  EXPECT_TRUE(Call(faulty.get(), "next").ok());
+  EXPECT_TRUE(Call(env.channel.get(), "other client").ok());
+  EXPECT_EQ(env.service.calls.load(), 3) << "the dropped request never reached the handler";
+  EXPECT_EQ(env.server->num_connections(), 2u) << "a drop costs no connection";
+}
+
+TEST_F(RpcFaults, DuplicatedRequestRunsTheHandlerOnce) {
+  auto faulty = FaultyClient({.duplicate_next = 2});
+  ASSERT_TRUE(faulty);
+  ASSERT_TRUE(Call(faulty.get(), "twice on the wire").ok());
+  ASSERT_TRUE(Call(faulty.get(), "and again").ok());
+  EXPECT_TRUE(Call(env.channel.get(), "other client").ok());
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(env.service.calls.load(), 3);
+  auto st = env.channel->Stats();
+  ASSERT_EQ(st.size(), 1u);
+  EXPECT_EQ(st[0].count, 1u);
+  auto fst = faulty->Stats();
+  ASSERT_EQ(fst.size(), 1u);
+  EXPECT_EQ(fst[0].count, 2u) << "each call completed once";
+  EXPECT_EQ(fst[0].errors, 0u);
+}
+
+TEST_F(RpcFaults, CorruptedRequestCostsItsConnectionOnly) {
+  auto faulty = FaultyClient({.corrupt_next = 1});
+  ASSERT_TRUE(faulty);
+  ASSERT_TRUE(Call(env.channel.get(), "before").ok());
+  auto s = Call(faulty.get(), "damaged");
+  EXPECT_FALSE(s.ok()) << "a corrupted request was answered";
+  EXPECT_NE(s.code(), StatusCode::kDeadlineExceeded) << "the damage must be detected, not timed out: " << s.ToString();
+  EXPECT_EQ(env.service.calls.load(), 1) << "the damaged request reached the handler";
+  EXPECT_TRUE(Call(env.channel.get(), "other client").ok());
+  EXPECT_TRUE(Call(faulty.get(), "reconnected").ok());
+}
+
+TEST_F(RpcFaults, TruncatedRequestCostsItsConnectionOnly) {
+  auto faulty = FaultyClient({.truncate_next = 1});
+  ASSERT_TRUE(faulty);
+  auto s = Call(faulty.get(), "cut short");
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.code(), StatusCode::kDeadlineExceeded) << s.ToString();
+  EXPECT_EQ(env.service.calls.load(), 0);
+  EXPECT_TRUE(Call(env.channel.get(), "other client").ok());
+  EXPECT_TRUE(Call(faulty.get(), "reconnected").ok());
+}
+
 // An empty control frame (ping, pong) of `kind` for transaction `txn`.
 hrpc::Result<hrpc::mempool::IoBuf> ControlFrame(hrpc::mempool::Pool& pool, hrpc::wire::FrameKind kind, uint64_t txn,
                                                 hrpc::StatusCode code = StatusCode::kOk) {

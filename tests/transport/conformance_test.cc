@@ -99,7 +99,7 @@ TEST_P(Conformance, MessagesArriveInOrderBothWays) {
   EXPECT_TRUE(e.ok()) << e.ToString();
   Status r = recv.Get();
   EXPECT_TRUE(r.ok()) << r.ToString();
-  if (!GetParam().cpu_copies_payload) {
+  if (!env.client_transport().capabilities().cpu_copies_payload) {
     EXPECT_EQ(Copies(env), 0u) << "messages must land in pool buffers uncopied";
   }
   EXPECT_TRUE(env.client().status().ok());
@@ -177,7 +177,7 @@ TEST_P(Conformance, ReadWriteSizesWithCrc) {
     total += n;
   }
   const uint64_t copied = Copies(env);
-  if (GetParam().cpu_copies_payload) {  // NOLINT
+  if (env.client_transport().capabilities().cpu_copies_payload) {  // NOLINT
     EXPECT_GE(copied, 2 * total);
   } else {
     EXPECT_EQ(copied, 0u) << "one-sided payload must go socket <-> registered memory directly";
@@ -189,7 +189,7 @@ TEST_P(Conformance, ReadWrite64MiB) {
   env.ConnectPair();
   ResetCopies(env);
   RoundTrip(env, size_t{64} << 20, 64);
-  if (!GetParam().cpu_copies_payload) {
+  if (!env.client_transport().capabilities().cpu_copies_payload) {
     EXPECT_EQ(Copies(env), 0u);
   }
 }
@@ -256,8 +256,10 @@ TEST_P(Conformance, ManyOutstandingOps) {
 }
 
 TEST_P(Conformance, RefusedOpsKeepTheConnection) {
-  if (!GetParam().refusal_keeps_connection) GTEST_SKIP() << GetParam().name << ": a refused op errors the connection";
   Env env(GetParam());
+  if (!env.server_transport().capabilities().refusal_keeps_connection) {
+    GTEST_SKIP() << GetParam().name << ": a refused op errors the connection (capabilities())";
+  }
   env.ConnectPair();
   constexpr size_t kN = 64 * 1024;
   Buffer rw = Filled(env.pool(), kN, 1);
@@ -340,6 +342,275 @@ TEST_P(Conformance, CloseFailsEverythingOnBothSides) {
   auto again = env.ConnectClient();
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   On(env.client_worker(), [&]() { again->reset(); });
+}
+
+// ---------------------------------------------------------------- fault injection
+//
+// FaultOptions (transport.h): each fault costs what the contract says (one
+// message, or one connection) on every transport that can inject it; the
+// others say so in capabilities().faults and refuse it in SetFaults.
+
+bool Supports(Env& env, uint32_t kind) { return (env.client_transport().capabilities().faults & kind) != 0; }
+
+// A second connection between the env's transports, destroyed on its workers.
+struct ExtraPair {
+  Env& env;
+  std::unique_ptr<Connection> client, server;
+  explicit ExtraPair(Env& e) : env(e) {
+    auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+    auto c = env.ConnectClient();
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    if (c.ok()) client = std::move(*c);
+    auto s = accepted.WaitFor(10s);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    if (s.ok()) server = std::move(*s);
+  }
+  ~ExtraPair() {
+    On(env.client_worker(), [&]() { client.reset(); });
+    On(env.server_worker(), [&]() { server.reset(); });
+  }
+};
+
+Status SendSeq(Env& env, Connection& c, uint32_t seq, size_t n = 256) {
+  return On(env.client_worker(), [&]() { return c.Send(SeqMessage(env.pool(), seq, n)); });
+}
+// The next message on the server side of `c` (sequence number), within 10 s.
+Result<uint32_t> RecvSeq(Env& env, Connection& c) {
+  auto m = coro::Async(env.server_worker().scheduler(), [&c]() { return c.Recv(); }).WaitFor(10s);
+  if (!m.ok()) return m.status();
+  return SeqOf(*m);
+}
+// Messages both ways on a pair whose connections must be untouched.
+void ExpectHealthy(Env& env, Connection& client, Connection& server, uint32_t seq) {
+  ASSERT_TRUE(SendSeq(env, client, seq).ok());
+  auto got = RecvSeq(env, server);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, seq);
+  Status back = On(env.server_worker(), [&]() { return server.Send(SeqMessage(env.pool(), seq + 1, 64)); });
+  ASSERT_TRUE(back.ok()) << back.ToString();
+  auto m = coro::Async(env.client_worker().scheduler(), [&client]() { return client.Recv(); }).WaitFor(10s);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(SeqOf(*m), seq + 1);
+  EXPECT_TRUE(client.status().ok() && server.status().ok());
+}
+// `n` messages from first_seq on, received in order while they are sent.
+void ExpectStream(Env& env, Connection& client, Connection& server, uint32_t first_seq, uint32_t n) {
+  auto rx = coro::Async(env.server_worker().scheduler(), [&server, first_seq, n]() -> Status {
+    for (uint32_t i = 0; i < n; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, server.Recv());
+      if (SeqOf(m) != first_seq + i) {
+        return DataLossError("got message " + std::to_string(SeqOf(m)) + ", want " + std::to_string(first_seq + i));
+      }
+    }
+    return Status::Ok();
+  });
+  auto tx = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
+    for (uint32_t i = 0; i < n; ++i) HRPC_TRY(client.Send(SeqMessage(env.pool(), first_seq + i, 128)));
+    return Status::Ok();
+  });
+  Status sent = tx.WaitFor(20s);
+  EXPECT_TRUE(sent.ok()) << sent.ToString();
+  Status got = rx.WaitFor(20s);
+  EXPECT_TRUE(got.ok()) << got.ToString();
+}
+
+TEST_P(Conformance, FaultsTheTransportCannotInjectAreRefused) {
+  Env env(GetParam());
+  const uint32_t caps = env.client_transport().capabilities().faults;
+  const std::pair<uint32_t, FaultOptions> all[] = {
+      {kFaultDrop, {.drop_next = 1}},          {kFaultDuplicate, {.duplicate_next = 1}},
+      {kFaultTruncate, {.truncate_next = 1}},  {kFaultCorrupt, {.corrupt_next = 1}},
+      {kFaultDelay, {.delay = 1ms}},           {kFaultRefuseAllocation, {.refuse_allocations = 1}},
+      {kFaultDisconnect, {.disconnect_after = 1}}, {kFaultQpError, {.qp_error_next = 1}},
+  };
+  for (const auto& [kind, opts] : all) {
+    Status s = env.client_transport().SetFaults(opts);
+    if ((caps & kind) != 0) {
+      EXPECT_TRUE(s.ok()) << s.ToString();
+    } else {
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << "fault bit " << kind << ": " << s.ToString();
+    }
+  }
+  EXPECT_TRUE(env.client_transport().SetFaults({}).ok());
+  EXPECT_NE(caps & kFaultDrop, 0u) << "every transport drops, delays and refuses allocations";
+  EXPECT_NE(caps & kFaultDelay, 0u);
+  EXPECT_NE(caps & kFaultRefuseAllocation, 0u);
+}
+
+// Drops cost no credit: three windows' worth of dropped messages go out
+// without the receiver taking anything (a credit lost per drop would park the
+// sender after one window), then the next message arrives.
+TEST_P(Conformance, FaultDropLosesThatMessageButNotItsCredit) {
+  Env env(GetParam());
+  env.ConnectPair();
+  const uint32_t dropped = 3 * env.client().limits().recv_depth;
+  ASSERT_TRUE(env.client_transport().SetFaults({.drop_next = dropped}).ok());
+  auto tx = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
+    for (uint32_t i = 1; i <= dropped; ++i) HRPC_TRY(env.client().Send(SeqMessage(env.pool(), i, 128)));
+    return Status::Ok();
+  });
+  Status sent = tx.WaitFor(10s);
+  ASSERT_TRUE(sent.ok()) << "dropped messages used up credits: " << sent.ToString();
+  ASSERT_TRUE(SendSeq(env, env.client(), dropped + 1).ok());
+  auto got = RecvSeq(env, env.server());
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, dropped + 1) << "the dropped messages were delivered";
+  EXPECT_EQ(env.client_transport().counters()->faults_dropped.Get(), dropped);
+  ExpectStream(env, env.client(), env.server(), 1000, 3 * env.client().limits().recv_depth);
+  ExpectHealthy(env, env.client(), env.server(), 5000);
+}
+
+TEST_P(Conformance, FaultDuplicateIsDeliveredOnce) {
+  Env env(GetParam());
+  if (!Supports(env, kFaultDuplicate)) GTEST_SKIP() << GetParam().name << " cannot duplicate a message";
+  env.ConnectPair();
+  ASSERT_TRUE(env.client_transport().SetFaults({.duplicate_next = 1}).ok());
+  for (uint32_t i = 1; i <= 3; ++i) ASSERT_TRUE(SendSeq(env, env.client(), i).ok());
+  for (uint32_t i = 1; i <= 3; ++i) {
+    auto got = RecvSeq(env, env.server());
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(*got, i) << "the copy of message 1 must not be delivered";
+  }
+  EXPECT_EQ(env.client_transport().counters()->faults_duplicated.Get(), 1u);
+  for (int i = 0; i < 500 && env.server_transport().counters()->duplicates_discarded.Get() == 0; ++i) {
+    std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_EQ(env.server_transport().counters()->duplicates_discarded.Get(), 1u);
+  ExpectStream(env, env.client(), env.server(), 4, 3 * env.client().limits().recv_depth);
+  ExpectHealthy(env, env.client(), env.server(), 100);
+}
+
+// A damaged message fails its own connection with DATA_LOSS (the receiver's
+// checks) and nothing else: the other connection of the same transports works.
+void ExpectDataLossOnThatConnectionOnly(Env& env, const FaultOptions& fault) {
+  env.ConnectPair();
+  ExtraPair other(env);
+  ASSERT_TRUE(other.client && other.server);
+  ASSERT_TRUE(env.client_transport().SetFaults(fault).ok());
+  ASSERT_TRUE(SendSeq(env, env.client(), 1, 4096).ok());
+  auto got = RecvSeq(env, env.server());
+  EXPECT_EQ(got.status().code(), StatusCode::kDataLoss) << got.status().ToString();
+  EXPECT_EQ(env.server().status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(env.server_transport().counters()->corrupt_messages.Get(), 1u);
+  // The sender learns that its connection ended.
+  auto r = coro::Async(env.client_worker().scheduler(), [&env]() { return env.client().Recv(); }).WaitFor(10s);
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
+  ExpectHealthy(env, *other.client, *other.server, 10);
+  auto again = env.ConnectClient();
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  On(env.client_worker(), [&]() { again->reset(); });
+}
+
+TEST_P(Conformance, FaultCorruptMessageFailsOnlyItsConnectionWithDataLoss) {
+  Env env(GetParam());
+  if (!Supports(env, kFaultCorrupt)) GTEST_SKIP() << GetParam().name << " cannot corrupt a message";
+  ExpectDataLossOnThatConnectionOnly(env, {.corrupt_next = 1});
+  EXPECT_EQ(env.client_transport().counters()->faults_corrupted.Get(), 1u);
+}
+
+TEST_P(Conformance, FaultTruncatedMessageFailsOnlyItsConnectionWithDataLoss) {
+  Env env(GetParam());
+  if (!Supports(env, kFaultTruncate)) GTEST_SKIP() << GetParam().name << " cannot truncate a message";
+  ExpectDataLossOnThatConnectionOnly(env, {.truncate_next = 1});
+  EXPECT_EQ(env.client_transport().counters()->faults_truncated.Get(), 1u);
+}
+
+TEST_P(Conformance, FaultDelayHoldsMessagesInOrder) {
+  Env env(GetParam());
+  env.ConnectPair();
+  ASSERT_TRUE(env.client_transport().SetFaults({.delay = 30ms}).ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  for (uint32_t i = 1; i <= 4; ++i) ASSERT_TRUE(SendSeq(env, env.client(), i).ok());
+  for (uint32_t i = 1; i <= 4; ++i) {
+    auto got = RecvSeq(env, env.server());
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(*got, i);
+  }
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 30ms);
+  EXPECT_EQ(env.client_transport().counters()->faults_delayed.Get(), 4u);
+  ASSERT_TRUE(env.client_transport().SetFaults({}).ok());
+  ExpectHealthy(env, env.client(), env.server(), 100);
+}
+
+// A receive buffer the pool refuses: backpressure where the transport retries
+// (nothing fails), else RESOURCE_EXHAUSTED for at most one connection; the
+// server keeps serving the other and accepts new ones.
+TEST_P(Conformance, FaultRefusedAllocationCostsAtMostOneConnection) {
+  Env env(GetParam());
+  env.ConnectPair();
+  ExtraPair other(env);
+  ASSERT_TRUE(other.client && other.server);
+  const bool keeps = env.server_transport().capabilities().refused_allocation_keeps_connection;
+  ASSERT_TRUE(env.server_transport().SetFaults({.refuse_allocations = 1}).ok());
+  // Traffic on both connections until the refusal has happened.
+  uint32_t seq = 1;
+  for (int i = 0; i < 200 && env.server_transport().counters()->faults_refused_allocations.Get() == 0; ++i) {
+    const std::pair<Connection*, Connection*> pairs[] = {{&env.client(), &env.server()},
+                                                         {other.client.get(), other.server.get()}};
+    for (const auto& [client, server] : pairs) {
+      if (!client->status().ok() || !server->status().ok()) continue;
+      if (!SendSeq(env, *client, seq++, 4096).ok()) continue;
+      (void)RecvSeq(env, *server);
+    }
+  }
+  ASSERT_EQ(env.server_transport().counters()->faults_refused_allocations.Get(), 1u);
+  std::this_thread::sleep_for(50ms);
+  int failed = 0;
+  for (Connection* c : {&env.server(), other.server.get()}) {
+    if (c->status().ok()) continue;
+    ++failed;
+    EXPECT_EQ(c->status().code(), StatusCode::kResourceExhausted) << c->status().ToString();
+  }
+  if (keeps) {
+    EXPECT_EQ(failed, 0) << "this transport retries a refused receive buffer";
+  } else {
+    EXPECT_LE(failed, 1);
+  }
+  if (env.server().status().ok()) ExpectHealthy(env, env.client(), env.server(), 1000);
+  if (other.server->status().ok()) ExpectHealthy(env, *other.client, *other.server, 2000);
+  ExtraPair fresh(env);
+  ASSERT_TRUE(fresh.client && fresh.server);
+  ExpectHealthy(env, *fresh.client, *fresh.server, 3000);
+}
+
+TEST_P(Conformance, FaultDisconnectAfterBreaksThatConnection) {
+  Env env(GetParam());
+  env.ConnectPair();
+  ExtraPair other(env);
+  ASSERT_TRUE(other.client && other.server);
+  ASSERT_TRUE(env.client_transport().SetFaults({.disconnect_after = 3}).ok());
+  for (uint32_t i = 1; i <= 3; ++i) ASSERT_TRUE(SendSeq(env, env.client(), i).ok());
+  Status s = SendSeq(env, env.client(), 4);
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  // What was delivered before stays readable (TCP: if it left before the close).
+  for (uint32_t i = 1; i <= 4; ++i) {
+    auto got = RecvSeq(env, env.server());
+    if (!got.ok()) {
+      EXPECT_EQ(got.status().code(), StatusCode::kUnavailable) << got.status().ToString();
+      break;
+    }
+    EXPECT_EQ(*got, i);
+    EXPECT_LE(i, 3u) << "message 4 went out after the break";
+  }
+  EXPECT_EQ(env.client_transport().counters()->faults_disconnects.Get(), 1u);
+  ASSERT_TRUE(env.client_transport().SetFaults({}).ok());
+  ExpectHealthy(env, *other.client, *other.server, 10);
+}
+
+TEST_P(Conformance, FaultQpErrorFailsOnlyThatConnection) {
+  Env env(GetParam());
+  if (!Supports(env, kFaultQpError)) GTEST_SKIP() << GetParam().name << " has no QP to move to the error state";
+  env.ConnectPair();
+  ExtraPair other(env);
+  ASSERT_TRUE(other.client && other.server);
+  ASSERT_TRUE(env.client_transport().SetFaults({.qp_error_next = 1}).ok());
+  (void)SendSeq(env, env.client(), 1);  // posted on a QP in error: flushed
+  auto r = coro::Async(env.client_worker().scheduler(), [&env]() { return env.client().Recv(); }).WaitFor(10s);
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
+  auto got = RecvSeq(env, env.server());
+  EXPECT_EQ(got.status().code(), StatusCode::kUnavailable) << got.status().ToString();
+  EXPECT_EQ(env.client_transport().counters()->faults_qp_errors.Get(), 1u);
+  ExpectHealthy(env, *other.client, *other.server, 10);
 }
 
 // ---------------------------------------------------------------- peer process

@@ -42,9 +42,7 @@ inline TransportKind RdmaKind(RdmaOptions base = {}) {
     o.common = opt;
     return CreateRdmaTransport(sched, pool, o);
   };
-  k.cpu_copies_payload = false;
   k.multi_process = false;             // see rdma_conformance_test.cc: RdmaPeerProcess instead
-  k.refusal_keeps_connection = false;  // a NAK'd one-sided op errors the RC QP
   return k;
 }
 

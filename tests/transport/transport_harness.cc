@@ -26,7 +26,6 @@ TransportKind LoopbackKind() {
     if (!shared) shared = LoopbackNetwork::Create();
     return CreateLoopbackTransport(std::static_pointer_cast<LoopbackNetwork>(shared), sched, pool, opt);
   };
-  k.cpu_copies_payload = true;
   return k;
 }
 

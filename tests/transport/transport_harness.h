@@ -40,9 +40,10 @@ struct TransportKind {
   std::function<Result<std::unique_ptr<Transport>>(coro::Scheduler& sched, mempool::Pool& pool,
                                                    const TransportOptions& opt, std::shared_ptr<void>& shared)>
       make;
-  bool cpu_copies_payload = false;      // loopback: its simulated NIC uses CountedCopy
-  bool multi_process = false;           // the peer can be a forked+exec'd child process
-  bool refusal_keeps_connection = true; // RDMA: a NAK'd op errors the QP
+  // The peer can be a forked+exec'd child process. What the transport itself
+  // does differently (refusals, copies, faults) comes from
+  // Transport::capabilities(), not from here.
+  bool multi_process = false;
 };
 
 // gtest prints a parameter with this (ctest names show "GetParam() = tcp", not a byte dump).

@@ -9,14 +9,15 @@
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <random>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include <spdlog/spdlog.h>
 
+#include "conn_parts.h"
 #include "exposure.h"
+#include "faults.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/loopback.h"
@@ -26,12 +27,20 @@ namespace {
 
 using internal::Parked;
 
+// The faults set for one listener name (LoopbackNetwork::SetFaults).
 struct FaultState {
-  std::mutex mu;
-  FaultPlan plan;
-  std::mt19937_64 rng{1};
+  internal::FaultInjector inj;
   std::atomic<uint64_t> dropped{0};
   std::atomic<uint64_t> corrupted{0};
+};
+
+// One message on the simulated wire: its bytes as sent (perhaps damaged by a
+// fault) and what the sender put in its frame, checked by the receiver.
+struct WireMsg {
+  mempool::IoBuf bytes;
+  uint64_t seq = 0;
+  size_t len = 0;
+  uint32_t crc = 0;
 };
 
 // Shared by the two ends of one connection.
@@ -57,9 +66,11 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   mempool::Pool* pool = nullptr;
   std::string peer_name;
   Limits limits;
-  std::uint32_t max_ops = 1;
   std::weak_ptr<LoopEnd> peer;
   std::shared_ptr<Link> link;
+  std::shared_ptr<internal::FaultInjector> faults;  // this end's transport's
+  uint64_t tx_seq = 0;
+  internal::SeqFilter rx_seq;
   // The counters of the transport this end belongs to (its worker's).
   std::shared_ptr<TransportCounters> ctr = std::make_shared<TransportCounters>();
   bool opened = false;  // handed to its owner (connected / accepted)
@@ -70,10 +81,8 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   std::deque<MsgWaiter*> send_waiters;
   std::deque<mempool::IoBuf> rxq;
   std::deque<MsgWaiter*> recv_waiters;
-  std::unordered_map<uint64_t, Op*> ops;
-  uint64_t next_op = 1;
-  uint32_t ops_outstanding = 0;
-  std::deque<Parked*> slot_waiters;
+  internal::OpTable<Op> ops;
+  internal::OpSlots op_slots;
   internal::ExposureTable expo;
 
   // Own thread only.
@@ -93,11 +102,10 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
     }
     status = std::move(s);
     expo.Clear();
-    auto o = std::exchange(ops, {});
-    for (auto& [id, op] : o) op->parked.Finish(status);
+    ops.FailAll(status);
     for (auto* w : std::exchange(send_waiters, {})) w->parked.Finish(status);
     for (auto* w : std::exchange(recv_waiters, {})) w->parked.Finish(status);
-    for (auto* p : std::exchange(slot_waiters, {})) p->Finish(status);
+    op_slots.FailAll(status);
   }
 
   // Any thread: fail the peer on its own worker.
@@ -126,68 +134,108 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
       Fail(UnavailableError("loopback peer " + peer_name + " is gone"));
       return status;
     }
-    ctr->messages_sent.Add();
-    ctr->message_bytes_sent.Add(msg.size());
     const int64_t n = link->messages.fetch_add(1) + 1;
-    bool drop = false, corrupt = false;
+    ++tx_seq;
+    WireMsg w;
+    w.seq = tx_seq;
+    w.len = msg.size();
+    w.crc = internal::MessageCrc(msg, msg.size());
+    internal::FaultAction fault;
     std::chrono::microseconds delay{0};
-    int64_t disconnect_after;
-    {
-      std::lock_guard lk(link->faults->mu);
-      FaultPlan& plan = link->faults->plan;
-      disconnect_after = plan.disconnect_after;
-      if (plan.drop_probability > 0) {
-        drop = std::uniform_real_distribution<double>(0, 1)(link->faults->rng) < plan.drop_probability;
+    FaultState& named = *link->faults;
+    // The listener name's faults count messages in both directions; the
+    // transport's, the messages this end sent.
+    for (auto [inj, count] : {std::pair{&named.inj, n}, std::pair{faults.get(), static_cast<int64_t>(tx_seq)}}) {
+      if (!inj->armed()) continue;
+      if (const int64_t after = inj->disconnect_after(); after >= 0 && count > after) {
+        ctr->faults_disconnects.Add();
+        Status s = UnavailableError("loopback fault: connection to " + peer_name + " broken after " +
+                                    std::to_string(after) + " messages");
+        SPDLOG_INFO("hrpc loop: {}", s.message());
+        FailPeer(s);
+        Fail(s);
+        return status;
       }
-      if (!drop && plan.corrupt_next > 0) {
-        --plan.corrupt_next;
-        corrupt = true;
+      const internal::FaultAction a = inj->OnMessage(msg.size(), *ctr);
+      if (inj == &named.inj) {
+        if (a.drop) named.dropped.fetch_add(1);
+        if (a.corrupt || a.truncate) named.corrupted.fetch_add(1);
       }
-      delay = plan.delay;
+      fault.drop |= a.drop;
+      fault.duplicate |= a.duplicate;
+      fault.truncate |= a.truncate;
+      fault.corrupt |= a.corrupt;
+      delay = std::max(delay, inj->Delay(*ctr));
+      if (fault.drop) break;
     }
-    if (disconnect_after >= 0 && n > disconnect_after) {
-      Status s = UnavailableError("loopback fault: connection to " + peer_name + " broken after " +
-                                  std::to_string(disconnect_after) + " messages");
-      SPDLOG_INFO("hrpc loop: {}", s.message());
-      FailPeer(s);
-      Fail(s);
-      return status;
-    }
-    if (drop) {
-      link->faults->dropped.fetch_add(1);
+    if (fault.drop) {
       ++send_credits;  // the receive slot was never used
       GrantCredits(0);
       return Status::Ok();
     }
-    if (corrupt) link->faults->corrupted.fetch_add(1);
-    auto m = std::make_shared<mempool::IoBuf>(std::move(msg));
+    ctr->messages_sent.Add();
+    ctr->message_bytes_sent.Add(msg.size());
+    if (fault.truncate || fault.corrupt) {
+      auto damaged = internal::Damage(std::move(msg), fault, *pool, w.crc);
+      if (!damaged.ok()) {
+        Fail(damaged.status().WithContext("fault injection"));
+        return status;
+      }
+      msg = std::move(*damaged);
+    }
+    w.bytes = std::move(msg);
+    auto m = std::make_shared<WireMsg>(std::move(w));
     std::weak_ptr<LoopEnd> self = weak_from_this();
-    p->sched->Post(
-        [p, m, corrupt, delay, self] {
-          if (delay.count() > 0) coro::this_coro::SleepFor(delay);
-          p->Arrive(*m, corrupt, self);
-        },
-        "loop-msg");
+    for (int copies = fault.duplicate ? 2 : 1; copies > 0; --copies) {
+      p->sched->Post(
+          [p, m, delay, self] {
+            if (delay.count() > 0) coro::this_coro::SleepFor(delay);
+            p->Arrive(*m, self);
+          },
+          "loop-msg");
+    }
     return Status::Ok();
   }
 
+  // Own thread: the receiving end gives up on the connection (DATA_LOSS,
+  // RESOURCE_EXHAUSTED); the sender sees it end.
+  void Abort(Status s) {
+    SPDLOG_WARN("hrpc loop: closing connection {}: {}", peer_name, s.ToString());
+    FailPeer(UnavailableError("peer " + peer_name + " closed the connection: " + std::string(s.message())));
+    Fail(std::move(s));
+  }
+
   // Own thread: the simulated NIC places a message into a receive buffer.
-  void Arrive(const mempool::IoBuf& wire, bool corrupt, const std::weak_ptr<LoopEnd>& sender) {
+  void Arrive(const WireMsg& wire, const std::weak_ptr<LoopEnd>& sender) {
     if (closed) return;
+    if (!rx_seq.Accept(wire.seq)) {
+      ctr->duplicates_discarded.Add();  // a copy of a delivered message: no slot, no credit
+      return;
+    }
+    if (wire.bytes.size() != wire.len) {
+      ctr->corrupt_messages.Add();
+      Abort(DataLossError("message from " + peer_name + " truncated to " + std::to_string(wire.bytes.size()) +
+                          " of " + std::to_string(wire.len) + " bytes"));
+      return;
+    }
+    if (Status ok = internal::CheckMessage(wire.bytes, wire.len, wire.crc, peer_name); !ok.ok()) {
+      ctr->corrupt_messages.Add();
+      Abort(std::move(ok));
+      return;
+    }
     ctr->messages_received.Add();
-    ctr->message_bytes_received.Add(wire.size());
+    ctr->message_bytes_received.Add(wire.len);
     mempool::IoBuf msg;
-    if (!wire.empty()) {
-      auto buf = pool->Allocate(wire.size());
+    if (!wire.bytes.empty()) {
+      Result<mempool::Buffer> buf = ResourceExhaustedError("fault injection: receive buffer refused");
+      if (!faults->RefuseAllocation(*ctr) && !link->faults->inj.RefuseAllocation(*ctr)) {
+        buf = pool->Allocate(wire.len);
+      }
       if (!buf.ok()) {
-        Status s = buf.status().WithContext("loopback receive buffer");
-        SPDLOG_WARN("hrpc loop: closing connection {}: {}", peer_name, s.ToString());
-        FailPeer(s);
-        Fail(s);
+        Abort(buf.status().WithContext("loopback receive buffer"));
         return;
       }
-      wire.CopyTo(buf->data(), 0, wire.size());
-      if (corrupt) buf->data()[wire.size() / 2] ^= 0x5a;
+      wire.bytes.CopyTo(buf->data(), 0, wire.len);
       msg = mempool::IoBuf(std::move(*buf));
     }
     if (!recv_waiters.empty()) {
@@ -207,18 +255,9 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
     }
   }
 
-  void CompleteOp(uint64_t id, Status s) {
-    auto it = ops.find(id);
-    if (it == ops.end()) return;
-    Op* op = it->second;
-    ops.erase(it);
-    op->parked.Finish(std::move(s));
-  }
+  void CompleteOp(uint64_t id, Status s) { ops.Complete(id, std::move(s)); }
 
-  std::chrono::microseconds Delay() const {
-    std::lock_guard lk(link->faults->mu);
-    return link->faults->plan.delay;
-  }
+  std::chrono::microseconds Delay() const { return std::max(link->faults->inj.delay(), faults->delay()); }
 };
 
 struct AcceptWaiter {
@@ -228,6 +267,7 @@ struct AcceptWaiter {
 
 struct LoopListenerState {
   std::shared_ptr<TransportCounters> ctr;  // the listening transport's
+  std::shared_ptr<internal::FaultInjector> faults;  // the listening transport's
   coro::Scheduler* sched = nullptr;
   mempool::Pool* pool = nullptr;
   TransportOptions opt;
@@ -240,10 +280,7 @@ struct LoopListenerState {
 class Net final : public LoopbackNetwork {
  public:
   void SetFaults(std::string_view name, const FaultPlan& plan) override {
-    auto f = Faults(name);
-    std::lock_guard lk(f->mu);
-    f->plan = plan;
-    f->rng.seed(plan.seed);
+    Faults(name)->inj.Set(plan);
   }
   uint64_t dropped(std::string_view name) const override { return Faults(name)->dropped.load(); }
   uint64_t corrupted(std::string_view name) const override { return Faults(name)->corrupted.load(); }
@@ -355,16 +392,9 @@ class LoopConnection final : public Connection {
     if (!p) return UnavailableError("loopback peer is gone");
     TransportCounters& ctr = *e->ctr;
     ctr.CountOp(is_read, remote.len);
-    if (e->ops_outstanding >= e->max_ops) ctr.op_slot_stalls.Add();
-    while (e->ops_outstanding >= e->max_ops) {
-      Parked w;
-      e->slot_waiters.push_back(&w);
-      HRPC_TRY(w.Wait());
-    }
-    ++e->ops_outstanding;
+    HRPC_TRY(e->op_slots.Acquire(ctr.op_slot_stalls));
     Op op;
-    op.id = e->next_op++;
-    e->ops[op.id] = &op;
+    e->ops.Add(&op);
     auto buf = std::make_shared<mempool::IoBuf>(local.Share());
     const auto delay = e->Delay();
     std::weak_ptr<LoopEnd> req = e;
@@ -401,12 +431,7 @@ class LoopConnection final : public Connection {
         is_read ? "loop-read" : "loop-write");
     Status done = op.parked.Wait();
     if (IsRefusal(done.code())) ctr.refused_by_peer.Add();
-    --e->ops_outstanding;
-    if (!e->slot_waiters.empty()) {
-      Parked* w = e->slot_waiters.front();
-      e->slot_waiters.pop_front();
-      w->Finish(Status::Ok());
-    }
+    e->op_slots.Release();
     return done;
   }
 
@@ -454,17 +479,32 @@ class LoopListener final : public Listener {
 class LoopTransport final : public Transport {
  public:
   LoopTransport(std::shared_ptr<Net> net, coro::Scheduler& sched, mempool::Pool& pool, TransportOptions opt)
-      : net_(std::move(net)), sched_(&sched), pool_(&pool), opt_(opt) {}
+      : net_(std::move(net)), sched_(&sched), pool_(&pool), opt_(opt),
+        faults_(std::make_shared<internal::FaultInjector>(opt.faults)) {}
   TransportCounters& ctr() { return *counters_; }
   const std::shared_ptr<TransportCounters>& counters() const noexcept override { return counters_; }
 
   std::string_view scheme() const override { return "loop"; }
+  TransportCapabilities capabilities() const override { return Capabilities(); }
+  static TransportCapabilities Capabilities() {
+    TransportCapabilities c;
+    c.cpu_copies_payload = true;
+    c.faults = kFaultDrop | kFaultDuplicate | kFaultTruncate | kFaultCorrupt | kFaultDelay | kFaultRefuseAllocation |
+               kFaultDisconnect;
+    return c;
+  }
+  Status SetFaults(const FaultOptions& faults) override {
+    HRPC_TRY(internal::CheckFaults(faults, Capabilities().faults, "loopback"));
+    faults_->Set(faults);
+    return Status::Ok();
+  }
 
   Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override {
     HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
     if (u.scheme != "loop") return InvalidArgumentError("loopback transport cannot listen on '" + std::string(uri) + "'");
     auto ls = std::make_shared<LoopListenerState>();
     ls->ctr = counters_;
+    ls->faults = faults_;
     ls->sched = sched_;
     ls->pool = pool_;
     ls->opt = opt_;
@@ -488,18 +528,20 @@ class LoopTransport final : public Transport {
     const uint64_t n = ++counter_;
     auto client = std::make_shared<LoopEnd>();
     client->ctr = counters_;
+    client->faults = faults_;
     client->opened = true;
     ctr().connected.Add();
     client->sched = sched_;
     client->pool = pool_;
     client->peer_name = "loop://" + u.host;
-    client->max_ops = opt_.max_outstanding_ops;
+    client->op_slots.set_max(opt_.max_outstanding_ops);
     auto server = std::make_shared<LoopEnd>();
     server->ctr = ls->ctr;
+    server->faults = ls->faults;
     server->sched = ls->sched;
     server->pool = ls->pool;
     server->peer_name = "loop://" + u.host + "#client" + std::to_string(n);
-    server->max_ops = ls->opt.max_outstanding_ops;
+    server->op_slots.set_max(ls->opt.max_outstanding_ops);
     for (auto* e : {client.get(), server.get()}) {
       e->limits = lim;
       e->send_credits = lim.recv_depth;
@@ -549,6 +591,7 @@ class LoopTransport final : public Transport {
   mempool::Pool* pool_;
   TransportOptions opt_;
   std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
+  std::shared_ptr<internal::FaultInjector> faults_;
   uint64_t counter_ = 0;
   std::vector<std::weak_ptr<LoopEnd>> ends_;
 };
@@ -565,6 +608,7 @@ Result<std::unique_ptr<Transport>> CreateLoopbackTransport(std::shared_ptr<Loopb
   if (options.recv_depth == 0 || options.max_message_bytes == 0 || options.max_outstanding_ops == 0) {
     return InvalidArgumentError("loopback: recv_depth, max_message_bytes and max_outstanding_ops must be > 0");
   }
+  HRPC_TRY(internal::CheckFaults(options.faults, LoopTransport::Capabilities().faults, "loopback"));
   return std::unique_ptr<Transport>(new LoopTransport(std::move(net), scheduler, pool, options));
 }
 

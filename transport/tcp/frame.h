@@ -8,11 +8,15 @@
 //    1   1   type     FrameType
 //    2   2   credits  receive slots the sender grants back (rides on every frame)
 //    4   4   length   body bytes after the header
-//    8   8   op_id    requester's op id (one-sided ops and their answers)
+//    8   8   op_id    requester's op id (one-sided ops and their answers);
+//                     MESSAGE / MESSAGE_PAYLOAD on a checked connection: the
+//                     message's sequence number (1, 2, ... per direction)
 //   16   8   addr     WRITE / READ_REQ: target address in the peer's memory;
 //                     MESSAGE_PAYLOAD: payload bytes after the message
 //   24   4   key      WRITE / READ_REQ: exposure key
-//   28   4   aux      READ_REQ: bytes to read; ERROR: StatusCode
+//   28   4   aux      READ_REQ: bytes to read; ERROR: StatusCode;
+//                     MESSAGE / MESSAGE_PAYLOAD on a checked connection:
+//                     CRC32C of the message bytes (not of a payload)
 #pragma once
 
 #include <bit>
@@ -75,6 +79,9 @@ inline constexpr uint64_t kHelloMagic = 0x3150435450524831ull;  // "1HRPTCP1" re
 inline constexpr uint16_t kProtocolVersion = 3;  // 3: 992 bytes of payload padding (was 224)
 // Hello flags.
 inline constexpr uint16_t kHelloPayloads = 1;  // accepts MESSAGE_PAYLOAD up to max_payload_pages * 4096 bytes
+// Numbers and checksums its messages (op_id, aux) and checks the peer's; a
+// connection is checked when both hellos set it.
+inline constexpr uint16_t kHelloChecked = 2;
 struct Hello {
   uint64_t magic = kHelloMagic;
   uint16_t version = kProtocolVersion;

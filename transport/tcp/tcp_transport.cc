@@ -44,7 +44,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include "conn_parts.h"
 #include "exposure.h"
+#include "faults.h"
 #include "frame.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/transport/resolver.h"
@@ -172,6 +174,9 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::weak_ptr<ListenerState> listener;
   Parked* connect_waiter = nullptr;
   bool peer_closed = false;  // the peer ended the stream between frames (an orderly close)
+  bool checked = false;      // both hellos set kHelloChecked: messages carry a sequence number and a CRC32C
+  uint64_t tx_seq = 0;       // messages sent (numbered from 1)
+  internal::SeqFilter rx_seq;
   std::unique_ptr<tcp::TlsStream> tls;  // null: plain TCP
 
   // Send side.
@@ -212,10 +217,8 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::deque<MsgWaiter*> recv_waiters;
 
   // One-sided ops.
-  std::unordered_map<uint64_t, Op*> ops;
-  uint64_t next_op = 1;
-  uint32_t ops_outstanding = 0;
-  std::deque<Parked*> slot_waiters;
+  internal::OpTable<Op> ops;
+  internal::OpSlots op_slots;
   internal::ExposureTable expo;
 
   bool dirty = false;  // frames queued since the last Flush (in Core::dirty)
@@ -262,6 +265,15 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   std::vector<std::shared_ptr<Conn>> tls_buffered;
   std::shared_ptr<TransportCounters> counters = std::make_shared<TransportCounters>();
   TransportCounters& ctr() { return *counters; }
+  internal::FaultInjector faults;
+  // A receive buffer (message body, prefetch, payload block) from the pool,
+  // unless fault injection refuses it.
+  Result<mempool::Buffer> RxAllocate(size_t n) {
+    if (faults.armed() && faults.RefuseAllocation(ctr())) {
+      return ResourceExhaustedError("fault injection: receive buffer of " + std::to_string(n) + " bytes refused");
+    }
+    return pool->Allocate(n);
+  }
   int hot_skips = 0;
   static constexpr int kHotSkips = 8;
 
@@ -336,6 +348,7 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
     h.recv_depth = opt.common.recv_depth;
     h.keepalive_ms = static_cast<uint32_t>(opt.common.keepalive_interval.count());
     h.dead_peer_ms = static_cast<uint32_t>(opt.common.dead_peer_timeout.count());
+    h.flags |= tcp::kHelloChecked;
     const uint64_t pages = std::min<uint64_t>(opt.max_payload_bytes / 4096, UINT32_MAX);
     if (pages > 0) {
       h.flags |= tcp::kHelloPayloads;
@@ -352,6 +365,7 @@ std::shared_ptr<Conn> Core::NewConn(int fd, bool server, std::string peer) {
   c->core = shared_from_this();
   c->fd = fd;
   c->token = next_token++;
+  c->op_slots.set_max(opt.common.max_outstanding_ops);
   c->server = server;
   c->peer = std::move(peer);
   c->last_rx = c->last_tx = Clock::now();
@@ -399,13 +413,11 @@ void Core::Fail(Conn& c, Status s) {
   c.body_iov.clear();
   c.expo.Clear();
   // Move the lists out first: waking may run nothing now (same thread), but keep it simple.
-  auto ops = std::move(c.ops);
-  c.ops.clear();
-  for (auto& [id, op] : ops) op->parked.Finish(c.status);
+  c.ops.FailAll(c.status);
   for (auto* w : std::exchange(c.send_waiters, {})) w->parked.Finish(c.status);
   for (auto* w : std::exchange(c.recv_waiters, {})) w->parked.Finish(c.status);
   for (auto* p : std::exchange(c.drain_waiters, {})) p->Finish(c.status);
-  for (auto* p : std::exchange(c.slot_waiters, {})) p->Finish(c.status);
+  c.op_slots.FailAll(c.status);
   if (c.connect_waiter != nullptr) std::exchange(c.connect_waiter, nullptr)->Finish(c.status);
 }
 
@@ -488,12 +500,42 @@ void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf payload, uint32_t expo_i
 }
 
 void Core::QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload) {
+  internal::FaultAction fault;
+  if (faults.armed()) {
+    if (const int64_t after = faults.disconnect_after(); after >= 0 && static_cast<int64_t>(c.tx_seq) >= after) {
+      ctr().faults_disconnects.Add();
+      Status s = UnavailableError("fault injection: connection to " + c.peer + " broken after " +
+                                  std::to_string(after) + " messages");
+      SPDLOG_INFO("hrpc tcp: {}", s.message());
+      Fail(c, std::move(s));
+      return;
+    }
+    fault = faults.OnMessage(message.size(), ctr(), /*can_duplicate=*/payload.empty());
+    if (fault.drop) {
+      ++c.tx_seq;    // the receiver sees a gap, as after a lost frame
+      ++c.send_credits;  // the receive slot is never used
+      return;
+    }
+  }
   ctr().messages_sent.Add();
   ctr().message_bytes_sent.Add(message.size());
   if (!payload.empty()) ctr().payload_bytes_sent.Add(payload.size());
   FrameHeader h;
+  if (c.checked) {
+    h.op_id = ++c.tx_seq;
+    h.aux = internal::MessageCrc(message, message.size());
+  }
+  if (fault.truncate || fault.corrupt) {
+    auto damaged = internal::Damage(std::move(message), fault, *pool, h.aux);
+    if (!damaged.ok()) {
+      Fail(c, damaged.status().WithContext("fault injection"));
+      return;
+    }
+    message = std::move(*damaged);
+  }
   if (payload.empty()) {
     h.type = FrameType::kMessage;
+    if (fault.duplicate) Queue(c, h, message.Share());
     Queue(c, h, std::move(message));
     return;
   }
@@ -680,7 +722,7 @@ bool Core::OnReadable(Conn& c) {
           return any;
         }
         if (c.sink == Sink::kMessage && c.body_iov.empty()) {
-          auto buf = pool->Allocate(c.body_left);
+          auto buf = RxAllocate(c.body_left);
           if (!buf.ok()) {
             PauseForMemory(c, buf.status());
             return any;
@@ -699,7 +741,7 @@ bool Core::OnReadable(Conn& c) {
     }
     mempool::Buffer pf;
     if (covered) {
-      auto b = pool->Allocate(tcp::kPrefetchBytes);
+      auto b = RxAllocate(tcp::kPrefetchBytes);
       if (b.ok()) {
         pf = std::move(*b);
       } else if (n == 0) {
@@ -855,11 +897,26 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
                              std::to_string(c.limits.max_message_bytes));
         return;
       }
+      if (c.checked && !c.rx_seq.Accept(h.op_id)) {
+        // A copy of a message already delivered: it used no receive slot.
+        if (h.type == FrameType::kMessagePayload) {
+          ProtocolError(c, "MESSAGE_PAYLOAD with an old sequence number " + std::to_string(h.op_id));
+          return;
+        }
+        ctr().duplicates_discarded.Add();
+        c.sink = Sink::kDrain;
+        break;
+      }
       if (c.unreturned >= c.limits.recv_depth) {
         ProtocolError(c, "message without a credit (" + std::to_string(c.unreturned) + " receive slots in use)");
         return;
       }
       if (h.length == 0 && c.payload_pending == 0) {
+        if (c.checked && h.aux != 0) {
+          ctr().corrupt_messages.Add();
+          ProtocolError(c, "empty message with CRC32C " + internal::ExposureTable::Hex(h.aux));
+          return;
+        }
         Deliver(c, mempool::IoBuf());
         return;
       }
@@ -908,15 +965,15 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
       return;
     }
     case FrameType::kReadResp: {
-      auto it = c.ops.find(h.op_id);
-      if (it == c.ops.end() || !it->second->is_read || it->second->len != h.length) {
+      Op* op = c.ops.Find(h.op_id);
+      if (op == nullptr || !op->is_read || op->len != h.length) {
         ProtocolError(c, "READ response for unknown op " + std::to_string(h.op_id) + " or of the wrong length");
         return;
       }
       c.sink = Sink::kReadResp;
       c.pad_left = tcp::kPayloadPad;
-      c.body_iov = it->second->buf.Iovecs();
-      c.body_hold = it->second->buf.Share();
+      c.body_iov = op->buf.Iovecs();
+      c.body_hold = op->buf.Share();
       break;
     }
     case FrameType::kWriteAck: {
@@ -924,8 +981,8 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
         ProtocolError(c, "WRITE ack with a body");
         return;
       }
-      auto it = c.ops.find(h.op_id);
-      if (it == c.ops.end() || it->second->is_read) {
+      Op* op = c.ops.Find(h.op_id);
+      if (op == nullptr || op->is_read) {
         ProtocolError(c, "WRITE ack for unknown op " + std::to_string(h.op_id));
         return;
       }
@@ -941,7 +998,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
         ProtocolError(c, "ERROR frame with status code " + std::to_string(h.aux));
         return;
       }
-      if (h.op_id != 0 && c.ops.find(h.op_id) == c.ops.end()) {
+      if (h.op_id != 0 && c.ops.Find(h.op_id) == nullptr) {
         ProtocolError(c, "ERROR frame for unknown op " + std::to_string(h.op_id));
         return;
       }
@@ -971,6 +1028,14 @@ void Core::OnBodyDone(Conn& c) {
       m.Append(std::move(c.body_hold));
       c.body_hold = mempool::IoBuf();
       c.body_iov.clear();
+      if (c.checked) {
+        if (Status ok = internal::CheckMessage(m, m.size(), h.aux, c.peer); !ok.ok()) {
+          ctr().corrupt_messages.Add();
+          SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, ok.message());
+          Fail(c, std::move(ok));
+          return;
+        }
+      }
       if (c.payload_pending > 0) {
         c.msg_before_payload = std::move(m);
         StartPayload(c);
@@ -999,6 +1064,7 @@ void Core::OnBodyDone(Conn& c) {
       break;
     }
     case Sink::kDrain:
+      if (h.type != FrameType::kWrite) break;  // a duplicate message, discarded
       QueueError(c, h.op_id, c.refusal);
       c.refusal = Status::Ok();
       break;
@@ -1050,7 +1116,7 @@ bool Core::MorePayloadBlocks(Conn& c) {
   uint64_t off = received + mapped;  // payload offset of the next block
   while (off < c.body_total && mapped < kPayloadAheadBytes) {
     const size_t k = static_cast<size_t>(std::min<uint64_t>(block, c.body_total - off));
-    auto b = pool->Allocate(k);
+    auto b = RxAllocate(k);
     if (!b.ok()) break;  // read into what is mapped; the caller waits for memory when nothing is
     c.body_iov.push_back({b->data(), b->size()});
     c.body_hold.Append(std::move(*b));
@@ -1085,6 +1151,7 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
   }
   c.limits.max_message_bytes = std::min(opt.common.max_message_bytes, hello.max_message_bytes);
   c.limits.recv_depth = std::min(opt.common.recv_depth, hello.recv_depth);
+  c.checked = (hello.flags & tcp::kHelloChecked) != 0;
   c.limits.max_payload_bytes =
       (hello.flags & tcp::kHelloPayloads) != 0 ? std::min<uint64_t>(opt.max_payload_bytes, uint64_t{hello.max_payload_pages} * 4096) : 0;
   c.send_credits = c.limits.recv_depth;
@@ -1158,13 +1225,7 @@ void Core::MaybeSendCredits(Conn& c) {
   }
 }
 
-void Core::CompleteOp(Conn& c, uint64_t id, Status s) {
-  auto it = c.ops.find(id);
-  if (it == c.ops.end()) return;
-  Op* op = it->second;
-  c.ops.erase(it);
-  op->parked.Finish(std::move(s));
-}
+void Core::CompleteOp(Conn& c, uint64_t id, Status s) { c.ops.Complete(id, std::move(s)); }
 
 // ------------------------------------------------------------------ connect / accept
 
@@ -1432,6 +1493,12 @@ class TcpConnection final : public Connection {
                                   " bytes exceeds the limit of " + std::to_string(c->limits.max_payload_bytes));
     }
     Core& core = *c->core;
+    if (core.faults.armed()) {
+      if (const auto delay = core.faults.Delay(core.ctr()); delay.count() > 0) {
+        coro::this_coro::SleepFor(delay);
+        if (c->closed()) return c->status;
+      }
+    }
     if (c->send_credits > 0 && c->send_waiters.empty()) {
       --c->send_credits;
       core.QueueMessage(*c, std::move(message), std::move(payload));
@@ -1527,15 +1594,9 @@ class TcpConnection final : public Connection {
     Core& core = *c->core;
     TransportCounters& ctr = core.ctr();
     ctr.CountOp(is_read, remote.len);
-    if (c->ops_outstanding >= core.opt.common.max_outstanding_ops) ctr.op_slot_stalls.Add();
-    while (c->ops_outstanding >= core.opt.common.max_outstanding_ops) {
-      Parked p;
-      c->slot_waiters.push_back(&p);
-      HRPC_TRY(p.Wait());
-    }
-    ++c->ops_outstanding;
+    HRPC_TRY(c->op_slots.Acquire(ctr.op_slot_stalls));
     Op op;
-    op.id = c->next_op++;
+    c->ops.Add(&op);
     op.is_read = is_read;
     op.len = remote.len;
     FrameHeader h;
@@ -1551,16 +1612,10 @@ class TcpConnection final : public Connection {
       h.type = FrameType::kWrite;
       core.Queue(*c, h, local.Share());
     }
-    c->ops[op.id] = &op;
     core.MarkDirty(*c);
     Status s = WaitDrained(*c);
     Status done = op.parked.Wait();
-    --c->ops_outstanding;
-    if (!c->slot_waiters.empty()) {
-      Parked* p = c->slot_waiters.front();
-      c->slot_waiters.pop_front();
-      p->Finish(Status::Ok());
-    }
+    c->op_slots.Release();
     (void)s;  // a connection failure also completes the op with that Status
     if (IsRefusal(done.code())) ctr.refused_by_peer.Add();
     return done;
@@ -1625,6 +1680,19 @@ class TcpTransport final : public Transport {
   ~TcpTransport() override { core_->Shutdown(); }
 
   std::string_view scheme() const override { return "tcp"; }
+  TransportCapabilities capabilities() const override { return Capabilities(); }
+  static TransportCapabilities Capabilities() {
+    TransportCapabilities c;
+    c.faults = kFaultDrop | kFaultDuplicate | kFaultTruncate | kFaultCorrupt | kFaultDelay | kFaultRefuseAllocation |
+               kFaultDisconnect;
+    c.refused_allocation_keeps_connection = true;  // PauseForMemory: the socket is read again once memory is back
+    return c;
+  }
+  Status SetFaults(const FaultOptions& faults) override {
+    HRPC_TRY(internal::CheckFaults(faults, Capabilities().faults, "tcp"));
+    core_->faults.Set(faults);
+    return Status::Ok();
+  }
 
   Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override { return DoListen(uri, nullptr); }
   Result<std::unique_ptr<Connection>> Connect(std::string_view uri) override { return DoConnect(uri, nullptr); }
@@ -1746,7 +1814,9 @@ Result<std::unique_ptr<Transport>> CreateTcpTransport(coro::Scheduler& scheduler
   if (o.connect_timeout.count() <= 0 || o.handshake_timeout.count() <= 0) {
     return InvalidArgumentError("tcp: connect/handshake timeouts must be > 0");
   }
+  HRPC_TRY(internal::CheckFaults(o.faults, TcpTransport::Capabilities().faults, "tcp"));
   auto core = std::make_shared<Core>();
+  core->faults.Set(o.faults);
   core->sched = &scheduler;
   core->pool = &pool;
   core->opt = options;

@@ -41,6 +41,7 @@
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/rdma.h"
 #include "hrpc/transport/resolver.h"
+#include "faults.h"
 #include "verbs.h"
 
 namespace hrpc::transport {
@@ -55,6 +56,7 @@ constexpr uint32_t kImmKindShift = 24;
 constexpr uint32_t kImmCreditMask = (1u << kImmKindShift) - 1;
 constexpr uint32_t kKindData = 0;
 constexpr uint32_t kKindCredit = 1;
+constexpr uint32_t kKindCorrupt = 0x5a;  // sent only by fault injection; the receiver refuses it
 constexpr uint32_t kCreditDivisor = 4;                 // credit-only msg carries >= ceil(depth/4)
 constexpr uint32_t kCtrlSlots = kCreditDivisor + 1;    // receive WQEs beyond recv_depth
 static_assert(kCtrlSlots > kCreditDivisor, "credit-only messages in flight <= kCreditDivisor");
@@ -188,6 +190,7 @@ class Conn final : public CmTarget {
   bool user_owned_ = true;
   bool in_listener_ = false;
   bool peer_closed_ = false;  // the peer disconnected (an orderly close)
+  uint64_t messages_posted_ = 0;  // for FaultOptions::disconnect_after
   ListenerImpl* listener_ = nullptr;
   RdmaConnectionStats stats_;
 
@@ -345,6 +348,23 @@ class TransportImpl final : public Transport {
 
   Status Init();
   std::string_view scheme() const override { return "rdma"; }
+  static constexpr uint32_t kFaults =
+      kFaultDrop | kFaultCorrupt | kFaultDelay | kFaultRefuseAllocation | kFaultDisconnect | kFaultQpError;
+  TransportCapabilities capabilities() const override {
+    TransportCapabilities c;
+    c.refusal_keeps_connection = false;
+    // rxe checks a window's range against its MR, not the window (docs/rdma.md).
+    c.exact_exposure = domain_ && domain_->memory_windows() && domain_->device().name.rfind("rxe", 0) != 0;
+    c.checks_messages = false;
+    c.refused_allocation_keeps_connection = true;
+    c.faults = kFaults;
+    return c;
+  }
+  Status SetFaults(const FaultOptions& faults) override {
+    HRPC_TRY(internal::CheckFaults(faults, kFaults, "rdma"));
+    faults_.Set(faults);
+    return Status::Ok();
+  }
   TransportCounters& ctr() { return *counters_; }
   const std::shared_ptr<TransportCounters>& counters() const noexcept override { return counters_; }
   // A work completion that failed (not a flush of a QP already in error).
@@ -389,13 +409,19 @@ class TransportImpl final : public Transport {
                     });
   }
   Status EnsureCqRoom(uint32_t more);
-  Result<mempool::Buffer> AllocRecvBuffer() { return pool_.Allocate(opts_.common.max_message_bytes); }
+  Result<mempool::Buffer> AllocRecvBuffer() {
+    if (faults_.armed() && faults_.RefuseAllocation(ctr())) {
+      return ResourceExhaustedError("fault injection: receive buffer refused");
+    }
+    return pool_.Allocate(opts_.common.max_message_bytes);
+  }
   Status PostSrqSlot(uint32_t idx);
 
   coro::Scheduler& sched_;
   mempool::Pool& pool_;
   RdmaOptions opts_;
   std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
+  internal::FaultInjector faults_;
   std::shared_ptr<RdmaDomain> domain_;  // context + PD + MRs: destroyed last
   mempool::RegistrarSlot slot_ = 0;
   rdma::EventChannelPtr cm_channel_;
@@ -609,6 +635,12 @@ Status Conn::Send(mempool::IoBuf message) {
     message = mempool::IoBuf(std::move(b));
     ++stats_.coalesced_sends;
   }
+  if (t_.faults_.armed()) {
+    if (const auto delay = t_.faults_.Delay(t_.ctr()); delay.count() > 0) {
+      coro::this_coro::SleepFor(delay);
+      if (!status_.ok()) return status_;
+    }
+  }
   if (send_waiters_.empty() && CanSendMessage()) return PostMessage(std::move(message));
   (send_credits_ == 0 ? t_.ctr().credit_stalls : t_.ctr().send_queue_stalls).Add();
   SendWaiter w;
@@ -618,6 +650,27 @@ Status Conn::Send(mempool::IoBuf message) {
 }
 
 Status Conn::PostMessage(mempool::IoBuf message) {
+  internal::FaultAction fault;
+  if (t_.faults_.armed()) {
+    if (const int64_t after = t_.faults_.disconnect_after();
+        after >= 0 && messages_posted_ >= static_cast<uint64_t>(after)) {
+      t_.ctr().faults_disconnects.Add();
+      Fail(UnavailableError("fault injection: connection to " + peer_ + " broken after " + std::to_string(after) +
+                            " messages"));
+      return status_;
+    }
+    fault = t_.faults_.OnMessage(message.size(), t_.ctr(), /*can_duplicate=*/false);
+    if (fault.drop) return Status::Ok();  // never posted: its credit stays
+    if (t_.faults_.TakeQpError(t_.ctr())) {
+      // What a fatal local or remote error does: the QP flushes everything;
+      // the flushes tell this side (OnRecvWc/OnSendWc), the disconnect the peer.
+      SPDLOG_INFO("rdma {}: fault injection: moving the QP to the error state", peer_);
+      ibv_qp_attr attr{};
+      attr.qp_state = IBV_QPS_ERR;
+      ibv_modify_qp(id_.qp(), &attr, IBV_QP_STATE);
+    }
+  }
+  ++messages_posted_;
   --send_credits_;
   stats_.send_credits = send_credits_;
   ++sq_used_;
@@ -628,7 +681,8 @@ Status Conn::PostMessage(mempool::IoBuf message) {
   wr.opcode = IBV_WR_SEND_WITH_IMM;
   wr.sg_list = nsge ? sges : nullptr;
   wr.num_sge = static_cast<int>(nsge);
-  wr.imm_data = htonl(kKindData << kImmKindShift | owed_credits_);
+  // A corrupted frame: the immediate (the frame's header) names no kind.
+  wr.imm_data = htonl((fault.corrupt ? kKindCorrupt : kKindData) << kImmKindShift | owed_credits_);
   stats_.credits_granted += owed_credits_;
   owed_credits_ = 0;
   const bool inl = message.size() > 0 && message.size() <= inline_threshold_;
@@ -757,6 +811,9 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
     if (wc.status != IBV_WC_WR_FLUSH_ERR) {
       t_.CountWcError(wc);
       Fail(WcStatus(wc, "receive"));
+    } else if (status_.ok() && state_ == State::kEstablished) {
+      // The QP went to the error state while this side still used it.
+      Fail(UnavailableError("RC QP to " + peer_ + " is in the error state (receive flushed)"));
     }
     return;
   }
@@ -780,6 +837,7 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
   }
   if (kind == kKindCredit) return;
   if (kind != kKindData || wc.byte_len > limits_.max_message_bytes) {
+    t_.ctr().corrupt_messages.Add();
     Fail(DataLossError("bad control message (kind " + std::to_string(kind) + ", " + std::to_string(wc.byte_len) +
                        " bytes)"));
     return;
@@ -841,6 +899,8 @@ void Conn::OnSendWc(const ibv_wc& wc) {
         }
       }
       Fail(UnavailableError("RC QP failed: " + std::string(precise.message())));
+    } else if (status_.ok() && state_ == State::kEstablished) {
+      Fail(UnavailableError("RC QP to " + peer_ + " is in the error state (send flushed)"));
     }
     return;
   }
@@ -1435,6 +1495,8 @@ Status TransportImpl::PostSrqSlot(uint32_t idx) {
 
 Status TransportImpl::Init() {
   const auto& c = opts_.common;
+  HRPC_TRY(internal::CheckFaults(c.faults, kFaults, "rdma"));
+  faults_.Set(c.faults);
   if (c.max_message_bytes == 0 || c.recv_depth == 0 || c.recv_depth > kMaxRecvDepth) {
     return InvalidArgumentError("RdmaOptions: max_message_bytes must be > 0 and recv_depth in [1, 65536]");
   }

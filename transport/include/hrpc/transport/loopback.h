@@ -20,17 +20,12 @@
 
 namespace hrpc::transport {
 
-// Faults applied to control messages sent on connections to one listener name
-// (both directions). One-sided ops are never dropped or corrupted (RDMA RC is
-// reliable below the message layer) but are delayed like messages and fail
-// after a disconnect.
-struct FaultPlan {
-  double drop_probability = 0.0;     // a dropped message still returns its credit
-  std::chrono::microseconds delay{0};
-  uint32_t corrupt_next = 0;         // flip one byte in each of the next N messages
-  int64_t disconnect_after = -1;     // break the connection after N messages (both directions)
-  uint64_t seed = 1;
-};
+// Faults applied to connections to one listener name, in both directions:
+// the same FaultOptions every transport takes (transport.h), with the same
+// costs. Besides them, the loopback delays one-sided ops by `delay` too (they
+// are never dropped or corrupted: RDMA RC is reliable below the message layer)
+// and counts `disconnect_after` over both directions of the connection.
+using FaultPlan = FaultOptions;
 
 class LoopbackNetwork {
  public:
@@ -38,7 +33,7 @@ class LoopbackNetwork {
   virtual ~LoopbackNetwork() = default;
   // Faults for connections made to `name` from now on, and for the live ones.
   virtual void SetFaults(std::string_view name, const FaultPlan& plan) = 0;
-  // Messages dropped / corrupted so far on connections to `name`.
+  // Messages dropped / corrupted (or truncated) so far by the faults set for `name`.
   virtual uint64_t dropped(std::string_view name) const = 0;
   virtual uint64_t corrupted(std::string_view name) const = 0;
 };

@@ -75,6 +75,88 @@ struct Limits {
   uint64_t max_payload_bytes = 0;
 };
 
+// Faults a transport injects into its own traffic, for testing what each one
+// costs (docs/reliability.md, "Fault injection"). Set them at creation
+// (TransportOptions::faults) or on a live transport (Transport::SetFaults);
+// they apply to every connection of that transport, to what this side sends
+// (and, for refused allocations, receives) from then on. The `*_next` counts
+// are consumed as faults are injected: "the next N messages". All zero = no
+// fault and no cost beyond one relaxed load per message.
+//
+// What each fault costs (the contract the conformance suite checks, on every
+// transport that supports the fault; TransportCapabilities::faults says which):
+//  * drop: that message is lost (its credit is not: the sender keeps it); the
+//    connection lives on. The RPC call it carried hits its deadline.
+//  * duplicate: the message goes twice; the receiver delivers it once (a
+//    per-connection message sequence number) and counts the discarded copy.
+//  * truncate / corrupt: the receiver's length and CRC32C checks catch it and
+//    fail that connection with DATA_LOSS; no other connection notices.
+//  * delay: Send() holds each message this long before it goes on the wire
+//    (loopback: the simulated wire holds it; Send() returns at once).
+//  * refuse_allocations: the next N receive buffers this side allocates from
+//    its pool are refused: TransportCapabilities::refused_allocation_keeps_connection
+//    says whether that is backpressure (the transport retries) or the end of
+//    that connection (RESOURCE_EXHAUSTED).
+//  * disconnect_after: the connection breaks (UNAVAILABLE on both sides) when
+//    this side sends its (N+1)-th message on it.
+//  * qp_error_next (RDMA): the next N connections that send a message move their
+//    QP to the error state first; the connection fails with UNAVAILABLE.
+struct FaultOptions {
+  double drop_probability = 0.0;  // each message independently (seeded below)
+  uint32_t drop_next = 0;
+  uint32_t duplicate_next = 0;
+  uint32_t truncate_next = 0;  // the last byte of each of the next N non-empty messages is cut off
+  uint32_t corrupt_next = 0;   // one byte of each of the next N messages is flipped
+  std::chrono::microseconds delay{0};
+  uint32_t refuse_allocations = 0;
+  int64_t disconnect_after = -1;  // messages per connection; -1 = never
+  uint32_t qp_error_next = 0;
+  uint64_t seed = 1;
+
+  bool any() const {
+    return drop_probability > 0 || drop_next || duplicate_next || truncate_next || corrupt_next || delay.count() > 0 ||
+           refuse_allocations || disconnect_after >= 0 || qp_error_next;
+  }
+};
+
+// Which faults a transport can inject (FaultOptions fields), as a bit set.
+enum FaultKind : uint32_t {
+  kFaultDrop = 1u << 0,
+  kFaultDuplicate = 1u << 1,
+  kFaultTruncate = 1u << 2,
+  kFaultCorrupt = 1u << 3,
+  kFaultDelay = 1u << 4,
+  kFaultRefuseAllocation = 1u << 5,
+  kFaultDisconnect = 1u << 6,
+  kFaultQpError = 1u << 7,
+};
+
+// What differs between transports, for the layers above and for tests.
+struct TransportCapabilities {
+  // A one-sided op the target refuses (key, bounds, access) fails only that
+  // op (TCP, loopback: the target answers with an error frame). False on
+  // RDMA: the NIC NAKs the op and the RC QP, i.e. the connection, goes to error.
+  bool refusal_keeps_connection = true;
+  // Exposure is exact: the peer can reach exactly the exposed bytes. False on
+  // RDMA when no memory windows are available: the rkey of an arena's MR opens
+  // the whole registered arena (the transport still checks nothing remotely).
+  bool exact_exposure = true;
+  // The transport's own CPU copies one-sided payload bytes (loopback's
+  // simulated NIC, through CountedCopy). False for TCP (readv/writev straight
+  // into registered buffers) and RDMA (the NIC's DMA).
+  bool cpu_copies_payload = false;
+  // Control messages carry a CRC32C and a sequence number checked by the
+  // receiver (corruption and truncation fail the connection with DATA_LOSS,
+  // duplicates are discarded). RDMA relies on RoCE's ICRC and RC's packet
+  // sequence numbers below the transport instead.
+  bool checks_messages = true;
+  // A receive buffer the pool refuses is retried (backpressure on the peer's
+  // credits) instead of failing the connection.
+  bool refused_allocation_keeps_connection = false;
+  // FaultKind bits this transport injects; SetFaults refuses the others.
+  uint32_t faults = 0;
+};
+
 // Options every transport understands. Defaults work on a laptop.
 struct TransportOptions {
   uint32_t max_message_bytes = 64 * 1024;
@@ -88,6 +170,7 @@ struct TransportOptions {
   std::chrono::milliseconds dead_peer_timeout{5000};
   std::chrono::milliseconds connect_timeout{5000};    // Connect() incl. handshake
   std::chrono::milliseconds handshake_timeout{5000};  // accepted socket -> handshake done
+  FaultOptions faults;  // none by default
 };
 
 // One connection to a peer. Owned by its creator (unique_ptr); must not
@@ -218,6 +301,18 @@ struct TransportCounters {
   // memory-window binds.
   OwnerCounter completion_errors, rnr_retry_exceeded, retry_exceeded, receive_refill_failures;
   OwnerCounter inline_sends, credit_messages, mw_binds;
+  // Faults injected by this side (FaultOptions), and what the receive side's
+  // checks caught: duplicates discarded, messages that failed the length or
+  // CRC check (each failed its connection with DATA_LOSS).
+  OwnerCounter faults_dropped, faults_duplicated, faults_truncated, faults_corrupted, faults_delayed;
+  OwnerCounter faults_refused_allocations, faults_disconnects, faults_qp_errors;
+  OwnerCounter duplicates_discarded, corrupt_messages;
+
+  uint64_t faults_injected() const noexcept {
+    return faults_dropped.Get() + faults_duplicated.Get() + faults_truncated.Get() + faults_corrupted.Get() +
+           faults_delayed.Get() + faults_refused_allocations.Get() + faults_disconnects.Get() +
+           faults_qp_errors.Get();
+  }
 
   // One one-sided op this side requested (owner thread only).
   void CountOp(bool is_read, uint64_t bytes) noexcept {
@@ -247,6 +342,12 @@ class Transport {
   // This instance's counters (any thread may read them).
   virtual const std::shared_ptr<TransportCounters>& counters() const noexcept = 0;
   virtual std::string_view scheme() const = 0;  // "tcp", "loop", "rdma"
+  // What this transport does differently from the others (see the struct).
+  virtual TransportCapabilities capabilities() const = 0;
+  // Replaces the faults this transport injects (any thread; takes effect for
+  // the next message of each connection). INVALID_ARGUMENT for a fault this
+  // transport cannot inject (capabilities().faults).
+  virtual Status SetFaults(const FaultOptions& faults) = 0;
   virtual Result<std::unique_ptr<Listener>> Listen(std::string_view uri) = 0;
   // Connects and completes the handshake. Suspends. UNAVAILABLE when nobody
   // listens, DEADLINE_EXCEEDED after connect_timeout, FAILED_PRECONDITION
