@@ -164,6 +164,123 @@ TEST_F(RpcRdmaTest, ManyConcurrentCalls) {
   EXPECT_EQ(ok.load(), kCalls);
 }
 
+// A deadline that expires while the server READs a call's attachment ends
+// that call only. The client keeps the memory exposed until the server
+// answers (the server answers once its READs are over), so no READ meets a
+// revoked memory window, which would NAK, fail the RC QP and with it every
+// call on the connection. The calls in flight beside the doomed ones on the
+// same connection all succeed, and no completion fails.
+TEST_F(RpcRdmaTest, DeadlineDuringPullEndsOnlyThatCall) {
+  rpctest::PullLaterService svc;
+  hrpc::ServerOptions so;
+  so.listen = {"rdma://" + RdmaTestAddr() + ":0"};
+  so.auto_pull = false;
+  so.bulk_chunk_bytes = 64 * 1024;  // many READs: the pull takes a while
+  so.bulk_window = 2;
+  auto server = hrpc::Server::Create(so);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->RegisterService(&svc).ok());
+  ASSERT_TRUE((*server)->Start().ok());
+  const std::string bound = (*server)->listen_uris().at(0);
+  hrpc::RpcChannelOptions co;
+  auto channel = hrpc::RpcChannel::Create("rdma://" + RdmaTestAddr() + ":" + bound.substr(bound.rfind(':') + 1), co);
+  ASSERT_TRUE(channel.ok()) << channel.status().ToString();
+  ASSERT_TRUE((*channel)->Connect().ok());
+  rpctest::Test::Stub stub(channel->get());
+  constexpr size_t kDoomedBytes = 8u << 20;
+  constexpr uint32_t kDelayMs = 100;
+
+  // How long one pull of kDoomedBytes takes here, to aim the deadlines into it.
+  {
+    ClientContext ctx;
+    ctx.set_timeout(60s);
+    ctx.request_attachment() = rpctest::MakePayload((*channel)->pool(), kDoomedBytes, 1);
+    const uint32_t crc = ctx.request_attachment().Crc32c();
+    rpctest::Req req;
+    rpctest::Resp resp;
+    auto s = stub.Call(ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    ASSERT_EQ(resp.attachment_crc32c(), crc);
+  }
+  const int64_t pull_ms = std::max<int64_t>(svc.last_pull_ms.load(), 4);
+  std::printf("one pull of %zu MiB: %lld ms\n", kDoomedBytes >> 20, static_cast<long long>(pull_ms));
+
+  struct One {
+    ClientContext ctx;
+    rpctest::Req req;
+    rpctest::Resp resp;
+    uint32_t crc = 0;
+    bool doomed = false;
+    hrpc::Status status;
+  };
+  constexpr int kBeside = 48, kDoomed = 6;
+  std::vector<std::unique_ptr<One>> calls;
+  hrpc::coro::WaitGroup wg;
+  for (int i = 0; i < kBeside + kDoomed; ++i) {
+    auto c = std::make_unique<One>();
+    c->doomed = i % ((kBeside + kDoomed) / kDoomed) == 0;
+    c->req.set_text(std::to_string(i));
+    if (c->doomed) {
+      // Deadlines spread over the pull (from 20% to 80% of it), after the handler's delay.
+      const int k = static_cast<int>(calls.size() / ((kBeside + kDoomed) / kDoomed));
+      c->req.set_sleep_ms(kDelayMs);
+      c->ctx.set_timeout(std::chrono::milliseconds(kDelayMs + pull_ms * (2 + k) / 10));
+      c->ctx.request_attachment() = rpctest::MakePayload((*channel)->pool(), kDoomedBytes, 100 + i);
+    } else {
+      // In flight while the doomed deadlines pass: delayed, with attachments of their own pulled by READ.
+      c->req.set_sleep_ms(kDelayMs + static_cast<uint32_t>(pull_ms) * (i % 10) / 10);
+      c->ctx.set_timeout(120s);
+      c->ctx.request_attachment() = rpctest::MakePayload((*channel)->pool(), 256 * 1024, 200 + i);
+    }
+    c->crc = c->ctx.request_attachment().Crc32c();
+    calls.push_back(std::move(c));
+  }
+  wg.Add(static_cast<int64_t>(calls.size()));
+  for (auto& c : calls) {
+    One* one = c.get();
+    stub.CallAsync(one->ctx, one->req, &one->resp, [one, &wg](hrpc::Status s) {
+      one->status = std::move(s);
+      wg.Done();
+    });
+  }
+  ASSERT_TRUE(wg.WaitFor(120s).ok());
+  int beside_ok = 0, doomed_deadline = 0;
+  for (auto& c : calls) {
+    if (c->doomed) {
+      if (c->status.code() == StatusCode::kDeadlineExceeded) ++doomed_deadline;
+      EXPECT_EQ(c->status.code(), StatusCode::kDeadlineExceeded) << c->status.ToString();
+    } else if (c->status.ok() && c->resp.text() == c->req.text() && c->resp.attachment_crc32c() == c->crc) {
+      ++beside_ok;
+    } else {
+      ADD_FAILURE() << "call " << c->req.text() << " beside the doomed ones: " << c->status.ToString();
+    }
+  }
+  EXPECT_EQ(beside_ok, kBeside);
+  EXPECT_EQ(doomed_deadline, kDoomed);
+  // The server's side: doomed pulls were cut short in the middle (READs in flight).
+  for (int i = 0; i < 500 && svc.pulls.load() < 1 + kBeside + kDoomed; ++i) std::this_thread::sleep_for(10ms);
+  std::printf("doomed pulls cut short while READs were in flight: %d of %d\n", svc.pulls_cut_short.load(), kDoomed);
+  EXPECT_GE(svc.pulls_cut_short.load(), 1) << "no deadline landed inside a pull: the test missed its case";
+  // The same connection serves on.
+  for (int i = 0; i < 10; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(60s);
+    ctx.request_attachment() = rpctest::MakePayload((*channel)->pool(), 1 << 20, 300 + i);
+    const uint32_t crc = ctx.request_attachment().Crc32c();
+    rpctest::Req req;
+    rpctest::Resp resp;
+    auto s = stub.Call(ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(resp.attachment_crc32c(), crc);
+  }
+  const std::string m = (*server)->MetricsText();
+  EXPECT_EQ(SeriesValue(m, R"(hrpc_rdma_completion_errors_total{worker="0"})"), 0) << m;
+  EXPECT_EQ(SeriesValue(m, R"(hrpc_transport_connections_opened_total{transport="rdma",worker="0",direction="in"})"), 1)
+      << "the client reconnected: its connection failed";
+  channel->reset();
+  server->reset();
+}
+
 // Authentication runs over RDMA too (its first messages, after the rdmacm
 // connection): the right secret is served, a wrong one gets UNAUTHENTICATED
 // and is counted, and the server keeps serving.

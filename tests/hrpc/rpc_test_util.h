@@ -138,4 +138,39 @@ class ForwardService final : public Test::Service {
   }
 };
 
+// Waits req.sleep_ms (without looking at cancellation), then pulls its
+// request attachment itself (run the server with auto_pull off) and records
+// how the pull ended and how long it took. Signals when a call started.
+class PullLaterService final : public Test::Service {
+ public:
+  std::atomic<int> started{0}, pulls{0}, pulls_cut_short{0};
+  std::atomic<int64_t> last_pull_ms{-1};
+  std::atomic<int> last_pull_code{-1};
+
+  hrpc::Status Call(hrpc::ServerContext& ctx, const Req& req, Resp* resp) override {
+    started.fetch_add(1);
+    hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(req.sleep_ms()));
+    hrpc::mempool::IoBuf att = std::move(ctx.request_attachment());
+    for (size_t i = 0; i < ctx.bulk().size(); ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto got = ctx.PullBulk(i);
+      last_pull_ms.store(std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+                             .count());
+      last_pull_code.store(static_cast<int>(got.status().code()));
+      pulls.fetch_add(1);
+      if (!got.ok()) {
+        // "during bulk pull": the deadline or cancel stopped READs in flight
+        // (not the check before the pull began).
+        if (got.status().message().find("during bulk pull") != std::string::npos) pulls_cut_short.fetch_add(1);
+        return got.status();
+      }
+      att.Append(std::move(*got));
+    }
+    resp->set_text(req.text());
+    resp->set_attachment_bytes(att.size());
+    resp->set_attachment_crc32c(att.Crc32c());
+    return hrpc::Status::Ok();
+  }
+};
+
 }  // namespace rpctest
