@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "hrpc/base/crc32c.h"
 #include "hrpc/coroutine/scheduler.h"
@@ -143,9 +145,11 @@ class ForwardService final : public Test::Service {
 // how the pull ended and how long it took. Signals when a call started.
 class PullLaterService final : public Test::Service {
  public:
-  std::atomic<int> started{0}, pulls{0}, pulls_cut_short{0};
+  std::atomic<int> started{0}, pulls_started{0}, pulls{0}, pulls_cut_short{0};
   std::atomic<int64_t> last_pull_ms{-1};
   std::atomic<int> last_pull_code{-1};
+  std::mutex mu;
+  std::vector<std::string> failures;  // how the pulls that failed ended
 
   hrpc::Status Call(hrpc::ServerContext& ctx, const Req& req, Resp* resp) override {
     started.fetch_add(1);
@@ -153,12 +157,17 @@ class PullLaterService final : public Test::Service {
     hrpc::mempool::IoBuf att = std::move(ctx.request_attachment());
     for (size_t i = 0; i < ctx.bulk().size(); ++i) {
       const auto t0 = std::chrono::steady_clock::now();
+      pulls_started.fetch_add(1);
       auto got = ctx.PullBulk(i);
       last_pull_ms.store(std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
                              .count());
       last_pull_code.store(static_cast<int>(got.status().code()));
       pulls.fetch_add(1);
       if (!got.ok()) {
+        {
+          std::lock_guard lock(mu);
+          failures.push_back(got.status().ToString() + " after " + std::to_string(last_pull_ms.load()) + " ms");
+        }
         // "during bulk pull": the deadline or cancel stopped READs in flight
         // (not the check before the pull began).
         if (got.status().message().find("during bulk pull") != std::string::npos) pulls_cut_short.fetch_add(1);
