@@ -23,7 +23,8 @@
 # dsync makes the virtual disk's flushes the bottleneck), REPL_REPEAT (default 2:
 # each mode runs this many times, the two modes alternating; per case the run
 # with the most MB per CPU-second of each mode is reported — the machine is shared),
-# REPL_RAW=1 (the client's own lines, per node, on stderr).
+# REPL_RAW=1 (the client's own lines, per node, on stderr), REPL_SPIN_US (default
+# 50: how long each server's worker polls before it blocks; 0 blocks at once).
 # BUILD_DIR defaults to build/release (HRPC_BUILD_EXAMPLES=ON, a Release build).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd -P)
@@ -39,6 +40,7 @@ REPEAT=${REPL_REPEAT:-2}
 LCPU=${REPL_LEADER_CPU:-0}
 FCPU=${REPL_FOLLOWER_CPU:-1}
 CCPU=${REPL_CLIENT_CPU:-1}
+SPIN_US=${REPL_SPIN_US:-50}
 for b in "$SERVER" "$CLIENT"; do
   [ -x "$b" ] || { echo "replication_bench: build $b first (-DHRPC_BUILD_EXAMPLES=ON)" >&2; exit 2; }
 done
@@ -58,7 +60,7 @@ start() {  # log cpu args... -> sets URI (not in a subshell: pids must reach sto
   local log=$1 cpu=$2; shift 2
   URI=
   rm -f "$log"
-  taskset -c "$cpu" "$SERVER" "$@" --listen=tcp://127.0.0.1:0 --durability="$DURABILITY" --log=warn >"$log" 2>&1 &
+  taskset -c "$cpu" "$SERVER" "$@" --listen=tcp://127.0.0.1:0 --durability="$DURABILITY" --spin_us="$SPIN_US" --log=warn >"$log" 2>&1 &
   local pid=$!
   pids+=("$pid")
   for _ in $(seq 200); do
@@ -122,7 +124,7 @@ summ() {  # result -> "MBps MB_per_cpu_s copied head leader_cpg f1_cpg f2_cpg"
   echo "$mbps $(awk -v s="$cpu_sum" 'BEGIN { printf "%.1f", (s > 0 ? 1000 / s : 0) }') $copied $head $l $f1 $f2"
 }
 
-echo "replication_bench dir=$DIR durability=$DURABILITY ack=all transport=tcp repeat=$REPEAT leader_cpu=$LCPU follower_cpu=$FCPU client_cpu=$CCPU nproc=$(nproc)"
+echo "replication_bench dir=$DIR durability=$DURABILITY ack=all transport=tcp spin_us=$SPIN_US repeat=$REPEAT leader_cpu=$LCPU follower_cpu=$FCPU client_cpu=$CCPU nproc=$(nproc)"
 for rep in $(seq "$REPEAT"); do
   if [ $((rep % 2)) = 1 ]; then order="zero_copy copy"; else order="copy zero_copy"; fi
   for mode in $order; do run_mode "$mode" "$rep" || exit 1; done

@@ -18,6 +18,7 @@ HRPC_PACKAGES=(
   nlohmann-json3-dev  # etcd naming: the JSON of etcd's v3 gateway
   etcd-server  # the etcd naming tests run their own etcd (free 127.0.0.1 ports, a temp dir; a system etcd.service is not used)
   iproute2 procps fio
+  nftables  # the network-namespace tests: loss and partitions between the namespaces (nft, inside them only)
   clang libclang-rt-14-dev  # tests/fuzz: libFuzzer (-fsanitize=fuzzer) and clang's sanitizers
 )
 # The Soft-RoCE guest (../shared/rxe) and the reference RDMA tools.

@@ -202,6 +202,7 @@ int main(int argc, char** argv) {
   std::string role = "single", followers, ack = "majority", log_path;
   uint64_t replicate_timeout_ms = 2000;
   bool copy_payload = false;
+  uint64_t spin_us = 50;
   app.add_option("--role", role, "single (no log) | leader (log, forward to --followers) | follower")
       ->capture_default_str();
   app.add_option("--followers", followers, "leader: comma-separated follower addresses");
@@ -212,6 +213,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--copy-payload", copy_payload,
                "leader/follower: copy each payload into a fresh aligned buffer first (the copying baseline)");
+  app.add_option("--spin_us", spin_us,
+                 "how long the worker polls for more work before it blocks (0: block at once)")
+      ->capture_default_str();
   std::string log_level = "info";
   hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
@@ -271,6 +275,7 @@ int main(int argc, char** argv) {
   hrpc::RuntimeOptions rto = hrpc::RuntimeOptions::FromEnv();
   rto.workers = 1;  // one worker: one sink, attached to it
   rto.name = "blockstore";
+  rto.spin_budget = std::chrono::microseconds(spin_us);
   rto.pool.arena_bytes = pool_mib << 20;
   rto.pool.max_class_bytes = std::min<size_t>(rto.pool.max_class_bytes, pool_mib << 20);
   auto runtime = hrpc::Runtime::Create(rto);
