@@ -183,17 +183,11 @@ TEST_F(RpcRdmaTest, DeadlineOrCancelDuringPullEndsOnlyThatCall) {
   so.auto_pull = false;
   so.bulk_chunk_bytes = 64 * 1024;  // many READs, one at a time: the pull takes a while
   so.bulk_window = 1;
-  auto server = hrpc::Server::Create(so);
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->RegisterService(&svc).ok());
-  ASSERT_TRUE((*server)->Start().ok());
-  const std::string bound = (*server)->listen_uris().at(0);
-  hrpc::RpcChannelOptions co;
-  auto channel = hrpc::RpcChannel::Create("rdma://" + RdmaTestAddr() + ":" + bound.substr(bound.rfind(':') + 1), co);
-  ASSERT_TRUE(channel.ok()) << channel.status().ToString();
-  ASSERT_TRUE((*channel)->Connect().ok());
-  rpctest::Test::Stub stub(channel->get());
-  hrpc::mempool::Pool& pool = (*channel)->pool();
+  auto served = rpctest::StartServed(&svc, so, {}, "rdma://" + RdmaTestAddr());
+  ASSERT_TRUE(served.ok()) << served.status().ToString();
+  auto& [server, channel] = *served;
+  rpctest::Test::Stub stub(channel.get());
+  hrpc::mempool::Pool& pool = channel->pool();
   constexpr size_t kDoomedBytes = 16u << 20;
 
   struct One {
@@ -297,12 +291,12 @@ TEST_F(RpcRdmaTest, DeadlineOrCancelDuringPullEndsOnlyThatCall) {
     ASSERT_TRUE(one.status.ok()) << one.status.ToString();
     EXPECT_EQ(one.resp.attachment_crc32c(), one.crc);
   }
-  const std::string m = (*server)->MetricsText();
+  const std::string m = server->MetricsText();
   EXPECT_EQ(SeriesValue(m, R"(hrpc_rdma_completion_errors_total{worker="0"})"), 0) << m;
   EXPECT_EQ(SeriesValue(m, R"(hrpc_transport_connections_opened_total{transport="rdma",worker="0",direction="in"})"), 1)
       << "the client reconnected: its connection failed";
-  channel->reset();
-  server->reset();
+  channel.reset();
+  server.reset();
 }
 
 // Authentication runs over RDMA too (its first messages, after the rdmacm

@@ -545,22 +545,17 @@ TEST(RpcBulkDeadline, TcpPullInFlightEndsAtTheDeadline) {
   so.auto_pull = false;
   so.runtime.transport_choice = hrpc::TransportChoice::kTcp;
   so.runtime.tcp.max_payload_bytes = 0;  // attachments go by descriptors
-  auto server = hrpc::Server::Create(so);
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->RegisterService(&svc).ok());
-  ASSERT_TRUE((*server)->Start().ok());
-  const std::string bound = (*server)->listen_uris().at(0);
   hrpc::RpcChannelOptions co;
   co.runtime.transport_choice = hrpc::TransportChoice::kTcp;
   co.runtime.tcp.max_payload_bytes = 0;
-  auto channel = hrpc::RpcChannel::Create("tcp://127.0.0.1:" + bound.substr(bound.rfind(':') + 1), co);
-  ASSERT_TRUE(channel.ok()) << channel.status().ToString();
-  ASSERT_TRUE((*channel)->Connect().ok());
-  rpctest::Test::Stub stub(channel->get());
+  auto served = rpctest::StartServed(&svc, so, co, "tcp://127.0.0.1");
+  ASSERT_TRUE(served.ok()) << served.status().ToString();
+  auto& [server, channel] = *served;
+  rpctest::Test::Stub stub(channel.get());
   auto call = [&](uint32_t seed) {
     ClientContext ctx;
     ctx.set_timeout(10s);
-    ctx.request_attachment() = rpctest::MakePayload((*channel)->pool(), 4 << 20, seed);
+    ctx.request_attachment() = rpctest::MakePayload(channel->pool(), 4 << 20, seed);
     const uint32_t crc = ctx.request_attachment().Crc32c();
     Req req;
     Resp resp;
@@ -578,7 +573,7 @@ TEST(RpcBulkDeadline, TcpPullInFlightEndsAtTheDeadline) {
   auto done = std::make_shared<Done>();
   ClientContext ctx;
   ctx.set_timeout(600ms);
-  ctx.request_attachment() = rpctest::MakePayload((*channel)->pool(), 4 << 20, 2);
+  ctx.request_attachment() = rpctest::MakePayload(channel->pool(), 4 << 20, 2);
   Req req;
   req.set_sleep_ms(100);
   Resp resp;
@@ -588,7 +583,7 @@ TEST(RpcBulkDeadline, TcpPullInFlightEndsAtTheDeadline) {
   });
   for (int i = 0; i < 5000 && svc.started.load() < 2; ++i) std::this_thread::sleep_for(1ms);
   ASSERT_EQ(svc.started.load(), 2);
-  (*channel)->scheduler(0).Post([] { std::this_thread::sleep_for(2s); }, "test-stall");
+  channel->scheduler(0).Post([] { std::this_thread::sleep_for(2s); }, "test-stall");
   for (int i = 0; i < 1000 && svc.pulls.load() < 2; ++i) std::this_thread::sleep_for(10ms);
   ASSERT_EQ(svc.pulls.load(), 2);
   EXPECT_EQ(svc.last_pull_code.load(), static_cast<int>(StatusCode::kDeadlineExceeded));
@@ -597,8 +592,8 @@ TEST(RpcBulkDeadline, TcpPullInFlightEndsAtTheDeadline) {
   ASSERT_TRUE(done->ev.WaitFor(10s).ok());
   EXPECT_EQ(done->status.code(), StatusCode::kDeadlineExceeded) << done->status.ToString();
   call(3);
-  channel->reset();
-  server->reset();
+  channel.reset();
+  server.reset();
 }
 
 // The client's READ of a response attachment left in the server's memory

@@ -19,6 +19,7 @@
 #include "hrpc/mempool/pool.h"
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/runtime.h"
+#include "hrpc/rpc/server.h"
 #include "rpc_test.hrpc.h"
 
 namespace rpctest {
@@ -139,6 +140,26 @@ class ForwardService final : public Test::Service {
     return hrpc::Status::Ok();
   }
 };
+
+// A started server with one service, and a channel to it, connected, at
+// "<scheme>://<host>:<the port the server bound>" (so.listen names the
+// address to bind).
+struct ServedChannel {
+  std::unique_ptr<hrpc::Server> server;
+  std::unique_ptr<hrpc::RpcChannel> channel;
+};
+inline hrpc::Result<ServedChannel> StartServed(hrpc::Service* service, hrpc::ServerOptions so,
+                                               hrpc::RpcChannelOptions co, const std::string& scheme_host) {
+  ServedChannel out;
+  HRPC_ASSIGN_OR_RETURN(out.server, hrpc::Server::Create(std::move(so)));
+  HRPC_TRY(out.server->RegisterService(service));
+  HRPC_TRY(out.server->Start());
+  const std::string bound = out.server->listen_uris().at(0);
+  HRPC_ASSIGN_OR_RETURN(out.channel,
+                        hrpc::RpcChannel::Create(scheme_host + ":" + bound.substr(bound.rfind(':') + 1), std::move(co)));
+  HRPC_TRY(out.channel->Connect());
+  return out;
+}
 
 // Waits req.sleep_ms (without looking at cancellation), then pulls its
 // request attachment itself (run the server with auto_pull off) and records

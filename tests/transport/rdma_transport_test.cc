@@ -497,6 +497,16 @@ void StartChildPeer(Env& env, pid_t& child, std::unique_ptr<Connection>& conn, R
   first->CopyTo(&desc, 0, sizeof desc);
 }
 
+// Parks a Recv on `conn` (on the server worker) that records how it ended.
+void ParkRecv(Env& env, Connection& conn, std::atomic<int>& unavailable, Status& last, std::atomic<int>& done) {
+  env.server_worker().Post([&] {
+    auto r = conn.Recv();
+    if (r.status().code() == StatusCode::kUnavailable) unavailable++;
+    last = r.status();
+    done++;
+  });
+}
+
 // Why the shared PeerProcess suite (whose premise is "a stopped peer answers
 // nothing") is not instantiated for rdma: one-sided ops are served by the
 // peer's NIC (here its kernel's rxe), not by its CPU, so they keep working
@@ -572,12 +582,7 @@ TEST(RdmaPeerProcess, StoppedPeerHitsDeadPeerTimeout) {
       done++;
     });
   }
-  env.server_worker().Post([&] {
-    auto r = conn->Recv();
-    if (r.status().code() == StatusCode::kUnavailable) unavailable++;
-    last[kOps] = r.status();
-    done++;
-  });
+  ParkRecv(env, *conn, unavailable, last[kOps], done);
   ASSERT_EQ(kill(child, SIGSTOP), 0);
   int wstatus = 0;
   ASSERT_EQ(waitpid(child, &wstatus, WUNTRACED), child);
@@ -635,12 +640,7 @@ TEST(RdmaPeerProcess, KilledPeerFailsEveryOutstandingOpAndListenerKeepsAccepting
       done++;
     });
   }
-  env.server_worker().Post([&] {
-    auto r = conn->Recv();
-    if (r.status().code() == StatusCode::kUnavailable) unavailable++;
-    last[kOps] = r.status();
-    done++;
-  });
+  ParkRecv(env, *conn, unavailable, last[kOps], done);
   const auto t_start = std::chrono::steady_clock::now();
   while (succeeded.load() < 2 * kOps && std::chrono::steady_clock::now() - t_start < 20s) {
     std::this_thread::sleep_for(5ms);
