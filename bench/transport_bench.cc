@@ -2,8 +2,8 @@
 // one run. Server and client are separate processes (fork) pinned to
 // different cores. One line per case:
 //
-//   transport_bench case=<pingpong|write|read|raw_pingpong|raw_stream>
-//     transport=<tcp|raw> size=<bytes> p50_us=.. p99_us=.. MBps=.. cpu=..
+//   transport_bench case=<pingpong|write|read|payload|raw_pingpong|raw_stream>
+//     transport=<tcp|tls|raw> size=<bytes> p50_us=.. p99_us=.. MBps=.. cpu=..
 //     [depth=..] pin=client:<cpu>,server:<cpu> poll=<mode>
 //
 // cpu = CPU-seconds per wall-second summed over both processes (2.0 = both
@@ -13,7 +13,14 @@
 // the same spin-then-block discipline as the workers, so the comparison can be
 // made in the same polling mode.
 //
-// Usage: transport_bench [--seconds=S] [--client-cpu=N] [--server-cpu=N] [--depth=N] [--spin-us=N]
+// TLS: the server also listens with TLS (certificates made at start in a temp
+// dir, EC P-256; TLS 1.3 is negotiated), and the last cases run on a plain and
+// a TLS connection one after the other: 64 B ping-pong, 1 MiB one-sided WRITE
+// and READ, and `payload` (a 1 MiB in-stream payload behind a small message,
+// Connection::SendWithPayload, answered by a 1-byte message: the path RPC
+// attachments take over TCP). --tls=0 skips them.
+//
+// Usage: transport_bench [--seconds=S] [--client-cpu=N] [--server-cpu=N] [--depth=N] [--spin-us=N] [--tls=0|1]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -30,6 +37,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -42,6 +50,7 @@
 #include "hrpc/coroutine/worker.h"
 #include "hrpc/mempool/pool.h"
 #include "hrpc/transport/tcp.h"
+#include "test_pki.h"
 
 using namespace hrpc;
 using namespace std::chrono_literals;
@@ -56,6 +65,8 @@ struct Args {
   int server_cpu = 1;
   int depth = 4;
   int spin_us = 50;
+  bool tls = true;
+  std::string cert_dir;  // made by main(): server.pem/.key, ca.pem
 };
 
 [[noreturn]] void Die(const std::string& what) {
@@ -196,6 +207,37 @@ void RawServe(int lfd) {
 
 constexpr size_t kExposed = 4u << 20;
 
+// Answers every message: messages back as they came; a message with an
+// in-stream payload (larger than a control message may be) with one byte.
+void Serve(std::shared_ptr<transport::Connection> conn, mempool::Pool& pool) {
+  auto mem = pool.Allocate(kExposed);
+  if (!mem.ok()) return;
+  auto d = conn->Expose(*mem, transport::Access::kReadWrite);
+  if (!d.ok()) return;
+  auto msg = pool.Allocate(sizeof *d);
+  std::memcpy(msg->data(), &*d, sizeof *d);
+  if (!conn->Send(IoBuf(std::move(*msg))).ok()) return;
+  for (;;) {
+    auto m = conn->Recv();
+    if (!m.ok()) return;
+    if (m->size() > conn->limits().max_message_bytes) {
+      auto ack = pool.Allocate(1);
+      if (!ack.ok()) return;
+      *m = IoBuf(std::move(*ack));
+    }
+    if (!conn->Send(std::move(*m)).ok()) return;
+  }
+}
+
+void AcceptLoop(transport::Listener* listener, mempool::Pool* pool) {
+  for (;;) {
+    auto c = listener->Accept();
+    if (!c.ok()) return;
+    std::shared_ptr<transport::Connection> conn(std::move(*c));
+    coro::Scheduler::Current()->Spawn([conn, pool] { Serve(conn, *pool); });
+  }
+}
+
 [[noreturn]] void ServerMain(const Args& a, int report_fd) {
   Pin(a.server_cpu);
   spdlog::set_level(spdlog::level::warn);
@@ -217,36 +259,24 @@ constexpr size_t kExposed = 4u << 20;
   if (!w.ok()) Die(w.status().ToString());
   coro::Worker& worker = **w;
   std::unique_ptr<transport::Transport> t;
-  std::unique_ptr<transport::Listener> listener;
+  std::unique_ptr<transport::Listener> listener, tls_listener;
   Status st = coro::Async(worker.scheduler(), [&]() -> Status {
     HRPC_ASSIGN_OR_RETURN(t, transport::CreateTcpTransport(worker.scheduler(), **pool, {}));
     HRPC_ASSIGN_OR_RETURN(listener, t->Listen("tcp://127.0.0.1:0"));
+    if (a.tls) {
+      HRPC_ASSIGN_OR_RETURN(auto ctx, transport::CreateTlsContext({.cert_file = a.cert_dir + "/server.pem",
+                                                                   .key_file = a.cert_dir + "/server.key"}));
+      HRPC_ASSIGN_OR_RETURN(tls_listener, t->ListenTls("tcp://127.0.0.1:0", ctx));
+    }
     return Status::Ok();
   }).Get();
   if (!st.ok()) Die(st.ToString());
-  std::string line = listener->uri() + " " + std::to_string(raw_port) + "\n";
+  std::string line = listener->uri() + " " + std::to_string(raw_port) + " " +
+                     (tls_listener ? tls_listener->uri() : std::string("-")) + "\n";
   if (write(report_fd, line.data(), line.size()) < 0) Die("pipe");
   close(report_fd);
-  worker.Post([&] {
-    for (;;) {
-      auto c = listener->Accept();
-      if (!c.ok()) return;
-      std::shared_ptr<transport::Connection> conn(std::move(*c));
-      coro::Scheduler::Current()->Spawn([conn, &pool] {
-        auto mem = (*pool)->Allocate(kExposed);
-        if (!mem.ok()) return;
-        auto d = conn->Expose(*mem, transport::Access::kReadWrite);
-        if (!d.ok()) return;
-        auto msg = (*pool)->Allocate(sizeof *d);
-        std::memcpy(msg->data(), &*d, sizeof *d);
-        if (!conn->Send(IoBuf(std::move(*msg))).ok()) return;
-        for (;;) {
-          auto m = conn->Recv();
-          if (!m.ok() || !conn->Send(std::move(*m)).ok()) return;
-        }
-      });
-    }
-  });
+  worker.Post([&] { AcceptLoop(listener.get(), pool->get()); });
+  if (tls_listener) worker.Post([&] { AcceptLoop(tls_listener.get(), pool->get()); });
   pause();
   _exit(0);
 }
@@ -254,6 +284,7 @@ constexpr size_t kExposed = 4u << 20;
 // ------------------------------------------------------------------ client cases
 
 struct Client {
+  const char* name;  // "tcp" or "tls": the transport= field
   Args a;
   pid_t server;
   coro::Worker* worker;
@@ -290,7 +321,7 @@ struct Client {
     }).Get();
     if (!s.ok()) Die("pingpong: " + s.ToString());
     const double cpu = (Cpu0() - cpu0) / wall;
-    Print("pingpong", "tcp", size, Percentiles(us), 2.0 * size * n / wall / 1e6, cpu, a,
+    Print("pingpong", name, size, Percentiles(us), 2.0 * size * n / wall / 1e6, cpu, a,
           " poll=spin" + std::to_string(a.spin_us) + "us+epoll");
   }
 
@@ -342,8 +373,44 @@ struct Client {
     }).Get();
     if (!s.ok()) Die(std::string(write ? "write: " : "read: ") + s.ToString());
     const double cpu = (Cpu0() - cpu0) / wall;
-    Print(write ? "write" : "read", "tcp", size, Percentiles(us), double(size) * ops.load() / wall / 1e6, cpu, a,
+    Print(write ? "write" : "read", name, size, Percentiles(us), double(size) * ops.load() / wall / 1e6, cpu, a,
           " depth=" + std::to_string(a.depth) + " poll=spin" + std::to_string(a.spin_us) + "us+epoll");
+  }
+
+  // A `size`-byte in-stream payload behind a 16-byte message, answered by a
+  // 1-byte message; one at a time.
+  void Payload(size_t size) {
+    auto head = pool->Allocate(16);
+    auto body = pool->Allocate(size);
+    if (!head.ok() || !body.ok()) Die("payload buffers");
+    std::memset(head->data(), 'h', 16);
+    std::memset(body->data(), 'b', size);
+    std::vector<double> us;
+    us.reserve(1 << 20);
+    double cpu0 = 0, wall = 0;
+    size_t n = 0;
+    Status s = coro::Async(worker->scheduler(), [&]() -> Status {
+      auto one = [&]() -> Status {
+        HRPC_TRY(conn->SendWithPayload(IoBuf(*head), IoBuf(*body)));
+        HRPC_ASSIGN_OR_RETURN(IoBuf ack, conn->Recv());
+        return ack.size() == 1 ? Status::Ok() : DataLossError("payload answered with " + std::to_string(ack.size()));
+      };
+      for (int i = 0; i < 20; ++i) HRPC_TRY(one());
+      cpu0 = Cpu0();
+      const auto start = Clock::now();
+      const auto end = start + std::chrono::duration<double>(a.seconds);
+      while (Clock::now() < end) {
+        const auto t0 = Clock::now();
+        HRPC_TRY(one());
+        us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+        ++n;
+      }
+      wall = std::chrono::duration<double>(Clock::now() - start).count();
+      return Status::Ok();
+    }).Get();
+    if (!s.ok()) Die("payload: " + s.ToString());
+    Print("payload", name, size, Percentiles(us), double(size) * n / wall / 1e6, (Cpu0() - cpu0) / wall, a,
+          " poll=spin" + std::to_string(a.spin_us) + "us+epoll");
   }
 
   void RawPingPong(uint16_t port, bool spin) {
@@ -417,8 +484,19 @@ int main(int argc, char** argv) {
   app.add_option("--server-cpu", a.server_cpu, "cpu of the server process")->capture_default_str();
   app.add_option("--depth", a.depth, "write/read: operations in flight")->capture_default_str();
   app.add_option("--spin-us", a.spin_us, "busy-poll this long before blocking in epoll_wait")->capture_default_str();
+  app.add_option("--tls", a.tls, "also run the TLS cases (each beside the same case on plain TCP)")
+      ->capture_default_str();
   int code = 0;
   if (!hrpc::examples::Parse(app, argc, argv, &code)) return code;
+  if (a.tls) {
+    char tmpl[] = "/tmp/transport_bench-tls-XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) Die("mkdtemp");
+    a.cert_dir = tmpl;
+    auto ca = hrpc::testing::TestPki::Create(a.cert_dir, "transport_bench CA");
+    if (!ca.ok()) Die(ca.status().ToString());
+    auto server = ca->Issue("server", {"IP:127.0.0.1"});
+    if (!server.ok()) Die(server.status().ToString());
+  }
   int pfd[2];
   if (pipe(pfd) != 0) Die("pipe");
   const pid_t child = fork();
@@ -437,9 +515,9 @@ int main(int argc, char** argv) {
     if (r <= 0) break;
     got += static_cast<size_t>(r);
   }
-  char uri[200];
+  char uri[200], tls_uri[200];
   unsigned raw_port = 0;
-  if (sscanf(line, "%199s %u", uri, &raw_port) != 2) Die("server did not report its ports");
+  if (sscanf(line, "%199s %u %199s", uri, &raw_port, tls_uri) != 3) Die("server did not report its ports");
 
   mempool::PoolOptions po;
   po.arena_bytes = 128u << 20;
@@ -453,32 +531,51 @@ int main(int argc, char** argv) {
   auto w = coro::Worker::Start(wo);
   if (!w.ok()) Die(w.status().ToString());
   std::unique_ptr<transport::Transport> t;
-  std::unique_ptr<transport::Connection> conn;
-  transport::RemoteDescriptor desc;
+  std::unique_ptr<transport::Connection> conn, tls_conn;
+  transport::RemoteDescriptor desc, tls_desc;
   Status st = coro::Async((*w)->scheduler(), [&]() -> Status {
     HRPC_ASSIGN_OR_RETURN(t, transport::CreateTcpTransport((*w)->scheduler(), **pool, {}));
+    auto open = [&](std::unique_ptr<transport::Connection>& c, transport::RemoteDescriptor& d) -> Status {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, c->Recv());
+      if (m.size() != sizeof d) return DataLossError("bad descriptor message");
+      m.CopyTo(&d, 0, sizeof d);
+      return Status::Ok();
+    };
     HRPC_ASSIGN_OR_RETURN(conn, t->Connect(uri));
-    HRPC_ASSIGN_OR_RETURN(IoBuf m, conn->Recv());
-    if (m.size() != sizeof desc) return DataLossError("bad descriptor message");
-    m.CopyTo(&desc, 0, sizeof desc);
+    HRPC_TRY(open(conn, desc));
+    if (a.tls) {
+      HRPC_ASSIGN_OR_RETURN(auto ctx, transport::CreateTlsContext({.ca_file = a.cert_dir + "/ca.pem"}));
+      HRPC_ASSIGN_OR_RETURN(tls_conn, t->ConnectTls(tls_uri, ctx));
+      HRPC_TRY(open(tls_conn, tls_desc));
+    }
     return Status::Ok();
   }).Get();
+  if (a.tls) std::filesystem::remove_all(a.cert_dir);
   if (!st.ok()) Die(st.ToString());
   printf("# transport_bench: client pid %d on cpu %d, server pid %d on cpu %d, %.1f s per case, "
          "hrpc workers spin %d us then epoll_wait, one-sided depth %d, pool page mode %s\n",
          getpid(), a.client_cpu, child, a.server_cpu, a.seconds, a.spin_us, a.depth,
          std::string(mempool::PageModeName((*pool)->page_mode())).c_str());
 
-  Client c{a, child, w->get(), pool->get(), conn.get(), desc};
+  Client c{"tcp", a, child, w->get(), pool->get(), conn.get(), desc};
   c.RawPingPong(static_cast<uint16_t>(raw_port), /*spin=*/false);
   c.RawPingPong(static_cast<uint16_t>(raw_port), /*spin=*/true);
   c.PingPong(64);
   c.RawStream(static_cast<uint16_t>(raw_port));
   for (size_t size : {size_t{4} << 10, size_t{64} << 10, size_t{1} << 20, size_t{4} << 20}) c.OneSided(true, size);
   for (size_t size : {size_t{4} << 10, size_t{64} << 10, size_t{1} << 20, size_t{4} << 20}) c.OneSided(false, size);
+  if (a.tls) {
+    printf("# TLS cases: each on plain TCP, then on TLS (EC P-256 certificate)\n");
+    Client s{"tls", a, child, w->get(), pool->get(), tls_conn.get(), tls_desc};
+    for (Client* x : {&c, &s}) x->PingPong(64);
+    for (Client* x : {&c, &s}) x->OneSided(true, 1 << 20);
+    for (Client* x : {&c, &s}) x->OneSided(false, 1 << 20);
+    for (Client* x : {&c, &s}) x->Payload(1 << 20);
+  }
 
   coro::Async((*w)->scheduler(), [&] {
     conn.reset();
+    tls_conn.reset();
     t.reset();
   }).Get().IgnoreError();
   kill(child, SIGKILL);

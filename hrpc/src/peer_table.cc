@@ -102,7 +102,8 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
     if (!transport.ok()) {
       err = transport.status();
     } else {
-      auto conn = (*transport)->Connect(uri);  // suspends this coroutine
+      const auto& tls = workers_.options().tls;
+      auto conn = tls ? (*transport)->ConnectTls(uri, tls) : (*transport)->Connect(uri);  // suspends this coroutine
       if (conn.ok() && workers_.options().authenticator) {
         const Status auth = transport::AuthenticateWithin(
             *workers_.options().authenticator, **conn, workers_.pool(worker_), transport::AuthRole::kClient,

@@ -860,7 +860,7 @@ Status Server::Start() {
       const std::string target = w == 0 ? uri : bound_uri;
       HRPC_TRY(im.workers->RunOn(w, [&im, w, &scheme, &target, &bound_uri]() -> Status {
         HRPC_ASSIGN_OR_RETURN(transport::Transport * t, im.workers->TransportFor(w, scheme));
-        HRPC_ASSIGN_OR_RETURN(auto listener, t->Listen(target));
+        HRPC_ASSIGN_OR_RETURN(auto listener, im.options.tls ? t->ListenTls(target, im.options.tls) : t->Listen(target));
         if (w == 0) bound_uri = listener->uri();
         transport::Listener* raw_listener = listener.get();
         im.listeners[w].push_back(std::move(listener));

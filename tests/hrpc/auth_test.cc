@@ -2,7 +2,8 @@
 // runtimes over TCP loopback: the right secret is served; a wrong secret, a
 // client without one, a replayed proof and a silent peer are refused with
 // UNAUTHENTICATED before anything is dispatched, counted in the metrics, and
-// the server keeps serving the others. Raw peers build the documented
+// the server keeps serving the others. Then the same with TLS under it
+// (ServerOptions::tls, RuntimeOptions::tls). Raw peers build the documented
 // messages (docs/transport.md, "Authentication") with OpenSSL themselves.
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -10,7 +11,9 @@
 
 #include <array>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -25,8 +28,10 @@
 #include "hrpc/rpc/server.h"
 #include "hrpc/rpc/wire.h"
 #include "hrpc/transport/auth.h"
+#include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
 #include "rpc_test_util.h"
+#include "test_pki.h"
 
 namespace {
 
@@ -82,6 +87,7 @@ class Auth : public ::testing::Test {
     hrpc::ServerOptions so;
     so.listen = {"tcp://127.0.0.1:0"};
     so.authenticator = Secret("correct horse battery staple");
+    Configure(so);
     auto s = hrpc::Server::Create(*server_rt_, so);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     server_ = std::move(*s);
@@ -95,6 +101,7 @@ class Auth : public ::testing::Test {
     server_.reset();
     server_rt_.reset();
   }
+  virtual void Configure(hrpc::ServerOptions& so) { (void)so; }
   // The failure count once it reached n (the server counts after closing).
   double FailuresReach(double n) const {
     const auto until = std::chrono::steady_clock::now() + 5s;
@@ -377,6 +384,129 @@ TEST(AuthClient, ReplayedServerProofIsRefused) {
   EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
   EXPECT_NE(s.ToString().find("the server did not prove"), std::string::npos) << s.ToString();
   EXPECT_TRUE(served.Get().ok());
+}
+
+// --- TLS under the RPC layer, with the authenticator on top ------------------
+
+// The Auth server (shared secret) with mutual TLS under it.
+class TlsRpc : public Auth {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/hrpc-rpc-tls-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    auto ca = hrpc::testing::TestPki::Create(dir_, "hrpc test CA");
+    ASSERT_TRUE(ca.ok()) << ca.status().ToString();
+    const auto server = ca->Issue("server", {"DNS:localhost", "IP:127.0.0.1"});
+    client_ = ca->Issue("client", {"DNS:client.test"}).value();
+    ca_file_ = ca->ca_file();
+    auto ctx = hrpc::transport::CreateTlsContext(
+        {.cert_file = server->cert, .key_file = server->key, .ca_file = ca_file_, .require_client_cert = true});
+    ASSERT_TRUE(ctx.ok()) << ctx.status().ToString();
+    tls_ = *ctx;
+    Auth::SetUp();
+  }
+  void Configure(hrpc::ServerOptions& so) override { so.tls = tls_; }
+  void TearDown() override {
+    Auth::TearDown();
+    std::filesystem::remove_all(dir_);
+  }
+  // A client runtime: TLS with our client certificate (or none), and a secret.
+  std::unique_ptr<hrpc::Runtime> Client(bool tls, bool cert, const std::string& secret) {
+    hrpc::RuntimeOptions ro = TcpRuntime(secret.empty() ? nullptr : Secret(secret));
+    if (tls) {
+      hrpc::transport::TlsOptions o{.ca_file = ca_file_};
+      if (cert) {
+        o.cert_file = client_.cert;
+        o.key_file = client_.key;
+      }
+      ro.tls = hrpc::transport::CreateTlsContext(o).value();
+    }
+    auto rt = hrpc::Runtime::Create(ro);
+    EXPECT_TRUE(rt.ok()) << rt.status().ToString();
+    return rt.ok() ? std::move(*rt) : nullptr;
+  }
+  // Incoming connections the server's transports refused (TLS handshakes among them).
+  double TransportHandshakeFailures() const {
+    const std::string text = server_->MetricsText();
+    double sum = 0;
+    for (size_t at = text.find("\nhrpc_transport_connect_failures_total{"); at != std::string::npos;
+         at = text.find("\nhrpc_transport_connect_failures_total{", at + 1)) {
+      const std::string line = text.substr(at + 1, text.find('\n', at + 1) - at - 1);
+      if (line.find("direction=\"in\"") != std::string::npos) sum += std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    return sum;
+  }
+
+  std::string dir_, ca_file_;
+  hrpc::testing::CertFiles client_;
+  std::shared_ptr<const hrpc::transport::TlsContext> tls_;
+};
+
+TEST_F(TlsRpc, CallsWithAttachmentsRunOverMutualTlsAndTheAuthenticator) {
+  auto rt = Client(/*tls=*/true, /*cert=*/true, "correct horse battery staple");
+  ASSERT_TRUE(rt);
+  auto ch = hrpc::RpcChannel::Create(*rt, uri_);
+  ASSERT_TRUE(ch.ok());
+  rpctest::Test::Stub stub(ch->get());
+  for (const size_t n : {size_t{64}, size_t{1} << 20}) {
+    ClientContext ctx;
+    ctx.set_timeout(10s);
+    ctx.request_attachment() = rpctest::MakePayload((*ch)->pool(), n, static_cast<uint32_t>(n));
+    const uint32_t crc = ctx.request_attachment().Crc32c();
+    rpctest::Req req;
+    req.set_text("tls");
+    req.set_echo_attachment(true);
+    rpctest::Resp resp;
+    ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
+    EXPECT_EQ(resp.attachment_bytes(), n);
+    EXPECT_EQ(resp.attachment_crc32c(), crc);
+    EXPECT_EQ(ctx.response_attachment().size(), n);
+    EXPECT_EQ(ctx.response_attachment().Crc32c(), crc);
+  }
+  EXPECT_EQ(service_.calls.load(), 2);
+}
+
+TEST_F(TlsRpc, TlsRefusalsAndAWrongSecretOverTlsAreRefusedAndOthersServed) {
+  // No client certificate: refused by TLS (the server asks for one).
+  auto no_cert = Client(/*tls=*/true, /*cert=*/false, "correct horse battery staple");
+  Status s = Call(*no_cert, uri_, "x");
+  EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
+  EXPECT_NE(s.ToString().find("certificate required"), std::string::npos) << s.ToString();
+  // No TLS at all: the server does not answer a plain hello.
+  auto plain = Client(/*tls=*/false, /*cert=*/false, "correct horse battery staple");
+  s = Call(*plain, uri_, "x");
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  // TLS passes, the authenticator on top refuses the wrong secret.
+  auto wrong = Client(/*tls=*/true, /*cert=*/true, "wrong horse");
+  s = Call(*wrong, uri_, "x");
+  EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
+  EXPECT_NE(s.ToString().find("did not prove knowledge of the shared secret"), std::string::npos) << s.ToString();
+  EXPECT_EQ(service_.calls.load(), 0);
+  // Still serving, and the TLS refusals were counted by the transport.
+  auto good = Client(/*tls=*/true, /*cert=*/true, "correct horse battery staple");
+  EXPECT_TRUE(Call(*good, uri_, "still here").ok());
+  EXPECT_EQ(service_.calls.load(), 1);
+  EXPECT_GE(TransportHandshakeFailures(), 2);
+}
+
+TEST(TlsRpcOptions, TlsOnANonTcpListenerIsRefused) {
+  char tmpl[] = "/tmp/hrpc-rpc-tls-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  auto ca = hrpc::testing::TestPki::Create(dir, "ca").value();
+  auto cert = ca.Issue("server", {"IP:127.0.0.1"}).value();
+  hrpc::ServerOptions so;
+  so.listen = {"loop://tls-server"};
+  so.tls = hrpc::transport::CreateTlsContext({.cert_file = cert.cert, .key_file = cert.key}).value();
+  hrpc::RuntimeOptions ro = TcpRuntime();
+  ro.loopback = hrpc::transport::LoopbackNetwork::Create();
+  auto lrt = hrpc::Runtime::Create(ro);
+  ASSERT_TRUE(lrt.ok());
+  auto server = hrpc::Server::Create(**lrt, so);
+  ASSERT_TRUE(server.ok());
+  rpctest::TestService svc;
+  ASSERT_TRUE((*server)->RegisterService(&svc).ok());
+  EXPECT_EQ((*server)->Start().code(), StatusCode::kUnimplemented);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -14,6 +14,10 @@
 // buffers and go out in batches with one sendmsg (writev) per call; a full
 // socket enables EPOLLOUT and parks callers once the queue passes its high
 // water mark.
+//
+// TLS (ListenTls/ConnectTls): the same paths, with TlsStream::Readv/Writev in
+// place of readv/sendmsg (OpenSSL decrypts into, and encrypts from, the same
+// iovecs), after a TLS handshake that runs before HELLO (Phase::kTls).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -40,6 +44,7 @@
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/transport/resolver.h"
 #include "hrpc/transport/tcp.h"
+#include "tls_stream.h"
 
 namespace hrpc::transport {
 namespace {
@@ -143,7 +148,7 @@ struct MsgWaiter {  // Send() waiting for a credit, Recv() waiting for a message
   mempool::IoBuf payload;  // SendWithPayload
 };
 
-enum class Phase : uint8_t { kConnecting, kHandshake, kOpen, kClosed };
+enum class Phase : uint8_t { kConnecting, kTls, kHandshake, kOpen, kClosed };
 enum class Sink : uint8_t { kMessage, kPayload, kWrite, kDrain, kReadResp, kHello, kErrorText };
 
 struct Conn : std::enable_shared_from_this<Conn> {
@@ -160,6 +165,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::weak_ptr<ListenerState> listener;
   Parked* connect_waiter = nullptr;
   bool peer_closed = false;  // the peer ended the stream between frames (an orderly close)
+  std::unique_ptr<tcp::TlsStream> tls;  // null: plain TCP
 
   // Send side.
   std::deque<OutFrame> outq;
@@ -214,6 +220,7 @@ struct ListenerState {
   uint64_t token = 0;
   std::string uri;
   bool closed = false;
+  std::shared_ptr<const TlsContext> tls;  // null: plain TCP
   std::deque<std::shared_ptr<Conn>> ready;
   std::deque<AcceptWaiter*> waiters;
 };
@@ -237,6 +244,9 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   // coroutines leave in one writev.
   std::vector<std::shared_ptr<Conn>> dirty;
   std::weak_ptr<Conn> hot;  // last connection that had input
+  // TLS connections whose decrypted bytes OpenSSL holds, beyond what the last
+  // OnReadable() asked for: epoll will not report them, Poll() serves them.
+  std::vector<std::shared_ptr<Conn>> tls_buffered;
   std::shared_ptr<TransportCounters> counters = std::make_shared<TransportCounters>();
   TransportCounters& ctr() { return *counters; }
   int hot_skips = 0;
@@ -269,6 +279,28 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   void OnHeader(Conn& c, const FrameHeader& h);
   void OnBodyDone(Conn& c);
   void FinishConnect(Conn& c);
+  void SendHello(Conn& c);
+  void DriveTls(Conn& c);
+  void NoteTlsBuffered(Conn& c) {
+    if (c.tls && !c.closed() && c.tls->HasBuffered()) tls_buffered.push_back(c.shared_from_this());
+  }
+  int ServeTlsBuffered();
+  ssize_t ReadSocket(Conn& c, const iovec* iov, int n) {
+    if (c.tls) [[unlikely]] return c.tls->Readv(iov, n);
+    return readv(c.fd, iov, n);
+  }
+  ssize_t WriteSocket(Conn& c, const iovec* iov, int n) {
+    if (c.tls) [[unlikely]] return c.tls->Writev(iov, n);
+    msghdr mh{};
+    mh.msg_iov = const_cast<iovec*>(iov);
+    mh.msg_iovlen = n;
+    return sendmsg(c.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+  // The Status of a failed ReadSocket/WriteSocket (errno `err`).
+  Status IoError(Conn& c, int err, const char* what) {
+    if (c.tls && !c.tls->error().ok()) return c.tls->error();
+    return ErrnoStatus(err, std::string(what) + " " + c.peer);
+  }
   void OnHello(Conn& c, const tcp::Hello& hello);
   // `payload_bytes`: how many of msg's bytes are an in-stream payload.
   void Deliver(Conn& c, mempool::IoBuf msg, uint64_t payload_bytes = 0);
@@ -332,6 +364,7 @@ void Core::Fail(Conn& c, Status s) {
   c.status = std::move(s);
   if (c.fd >= 0) {
     epoll_ctl(epfd, EPOLL_CTL_DEL, c.fd, nullptr);
+    c.tls.reset();  // its close_notify goes out before the socket closes
     close(c.fd);
     c.fd = -1;
   }
@@ -451,10 +484,7 @@ void Core::Flush(Conn& c) {
       }
       if (f.pad > 0 && f.pad_slice >= f.payload.num_slices() && s == f.payload.num_slices()) add(kZeros, f.pad);
     }
-    msghdr mh{};
-    mh.msg_iov = iov;
-    mh.msg_iovlen = n;
-    ssize_t w = sendmsg(c.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = WriteSocket(c, iov, n);
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -462,8 +492,9 @@ void Core::Flush(Conn& c) {
         return;
       }
       const int err = errno;
-      SPDLOG_INFO("hrpc tcp: send to {} failed: {}", c.peer, strerror(err));
-      Fail(c, ErrnoStatus(err, "send to " + c.peer));
+      Status s = IoError(c, err, "send to");
+      SPDLOG_INFO("hrpc tcp: send to {} failed: {}", c.peer, s.ToString());
+      Fail(c, std::move(s));
       return;
     }
     c.last_tx = Clock::now();
@@ -611,13 +642,14 @@ bool Core::OnReadable(Conn& c) {
     }
     size_t asked = 0;
     for (int i = 0; i < n; ++i) asked += iov[i].iov_len;
-    ssize_t r = readv(c.fd, iov, n);
+    ssize_t r = ReadSocket(c, iov, n);
     if (r < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return any;
       const int err = errno;
-      SPDLOG_INFO("hrpc tcp: connection {} failed: {}", c.peer, strerror(err));
-      Fail(c, ErrnoStatus(err, "receive from " + c.peer));
+      Status s = IoError(c, err, "receive from");
+      SPDLOG_INFO("hrpc tcp: connection {} failed: {}", c.peer, s.ToString());
+      Fail(c, std::move(s));
       return any;
     }
     if (r == 0) {
@@ -1070,6 +1102,15 @@ void Core::FinishConnect(Conn& c) {
     Fail(c, ErrnoStatus(err, "connect to " + c.peer));
     return;
   }
+  if (c.tls) {
+    c.phase = Phase::kTls;
+    DriveTls(c);
+    return;
+  }
+  SendHello(c);
+}
+
+void Core::SendHello(Conn& c) {
   c.phase = Phase::kHandshake;
   FrameHeader h;
   h.type = FrameType::kHello;
@@ -1102,6 +1143,15 @@ void Core::OnAccept(ListenerState& ls) {
     for (auto& [tok, l] : listeners) {
       if (l.get() == &ls) c->listener = l;
     }
+    if (ls.tls) {
+      auto tls = tcp::TlsStream::Create(*ls.tls, fd, /*server=*/true, {}, c->peer);
+      if (!tls.ok()) {
+        Fail(*c, tls.status());
+        continue;
+      }
+      c->tls = std::move(*tls);
+      c->phase = Phase::kTls;
+    }
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = c->token;
@@ -1111,13 +1161,48 @@ void Core::OnAccept(ListenerState& ls) {
   }
 }
 
+// The TLS handshake, before HELLO; driven by the socket's events.
+void Core::DriveTls(Conn& c) {
+  auto step = c.tls->Handshake();
+  if (!step.ok()) {
+    SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, step.status().ToString());
+    Fail(c, step.status());
+    return;
+  }
+  if (*step != tcp::TlsStream::Step::kDone) {
+    SetEpollOut(c, *step == tcp::TlsStream::Step::kWantWrite);
+    return;
+  }
+  SetEpollOut(c, false);
+  if (c.server) {
+    c.phase = Phase::kHandshake;
+    NoteTlsBuffered(c);
+  } else {
+    SPDLOG_INFO("hrpc tcp: {} with {}", c.tls->Describe(), c.peer);
+    SendHello(c);
+  }
+}
+
+int Core::ServeTlsBuffered() {
+  int served = 0;
+  for (auto& c : std::exchange(tls_buffered, {})) {
+    if (c->closed()) continue;
+    ++served;
+    OnReadable(*c);
+    NoteTlsBuffered(*c);
+    if (!c->closed() && !c->outq.empty()) MarkDirty(*c);
+  }
+  return served;
+}
+
 // ------------------------------------------------------------------ poll / timers
 
 int Core::Poll() {
   if (stopped) return 0;
   // Frames queued by the coroutines that just ran go out before we look for
   // input: one syscall earlier on the latency path.
-  const int flushed = FlushDirty();
+  int flushed = FlushDirty();
+  if (!tls_buffered.empty()) [[unlikely]] flushed += ServeTlsBuffered();
   // Busy connection fast path: try the connection that last had input with a
   // plain readv before asking epoll (saves the epoll_wait on a ping-pong).
   // Level-triggered epoll keeps everyone else's events; it is consulted at
@@ -1125,6 +1210,7 @@ int Core::Poll() {
   if (auto h = hot.lock(); h && h->phase == Phase::kOpen && hot_skips < kHotSkips) {
     if (OnReadable(*h)) {
       ++hot_skips;
+      NoteTlsBuffered(*h);
       if (!h->closed() && !h->outq.empty()) MarkDirty(*h);
       return 1 + flushed + FlushDirty();
     }
@@ -1148,12 +1234,17 @@ int Core::Poll() {
     const uint32_t e = evs[i].events;
     if (c->phase == Phase::kConnecting) {
       if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) FinishConnect(*c);
-      if (c->closed()) continue;
+      if (c->closed() || c->phase == Phase::kTls) continue;
       SetEpollOut(*c, !c->outq.empty());
+      continue;
+    }
+    if (c->phase == Phase::kTls) {
+      DriveTls(*c);
       continue;
     }
     if (e & EPOLLOUT) Flush(*c);
     if ((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) && OnReadable(*c) && !c->closed()) hot = c;
+    if (c->tls) NoteTlsBuffered(*c);
     if (!c->closed() && !c->outq.empty()) MarkDirty(*c);
   }
   return (n > 0 ? n : 0) + flushed + FlushDirty();
@@ -1461,7 +1552,25 @@ class TcpTransport final : public Transport {
 
   std::string_view scheme() const override { return "tcp"; }
 
-  Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override {
+  Result<std::unique_ptr<Listener>> Listen(std::string_view uri) override { return DoListen(uri, nullptr); }
+  Result<std::unique_ptr<Connection>> Connect(std::string_view uri) override { return DoConnect(uri, nullptr); }
+
+  Result<std::unique_ptr<Listener>> ListenTls(std::string_view uri, std::shared_ptr<const TlsContext> tls) override {
+    if (!tls || tls->options().cert_file.empty()) {
+      return InvalidArgumentError("tcp: a TLS listener needs a context with cert_file and key_file");
+    }
+    return DoListen(uri, std::move(tls));
+  }
+  Result<std::unique_ptr<Connection>> ConnectTls(std::string_view uri,
+                                                 std::shared_ptr<const TlsContext> tls) override {
+    if (!tls || tls->options().ca_file.empty()) {
+      return InvalidArgumentError("tcp: a TLS connection needs a context with ca_file (to verify the server)");
+    }
+    return DoConnect(uri, std::move(tls));
+  }
+
+ private:
+  Result<std::unique_ptr<Listener>> DoListen(std::string_view uri, std::shared_ptr<const TlsContext> tls) {
     HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
     if (u.scheme != "tcp") return InvalidArgumentError("tcp transport cannot listen on '" + std::string(uri) + "'");
     HRPC_ASSIGN_OR_RETURN(auto addr, Resolve(u, Clock::now() + core_->opt.common.connect_timeout));
@@ -1483,6 +1592,7 @@ class TcpTransport final : public Transport {
     ls->fd = fd;
     ls->token = kListenerBit | core_->next_token++;
     ls->uri = SockName(bound);
+    ls->tls = std::move(tls);
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = ls->token;
@@ -1492,11 +1602,11 @@ class TcpTransport final : public Transport {
       return ErrnoStatus(err, "epoll_ctl");
     }
     core_->listeners[ls->token] = ls;
-    SPDLOG_INFO("hrpc tcp: listening on {}", ls->uri);
+    SPDLOG_INFO("hrpc tcp: listening on {}{}", ls->uri, ls->tls ? " (TLS)" : "");
     return std::unique_ptr<Listener>(new TcpListener(core_, std::move(ls)));
   }
 
-  Result<std::unique_ptr<Connection>> Connect(std::string_view uri) override {
+  Result<std::unique_ptr<Connection>> DoConnect(std::string_view uri, std::shared_ptr<const TlsContext> tls) {
     HRPC_ASSIGN_OR_RETURN(Uri u, ParseUri(uri));
     if (u.scheme != "tcp") return InvalidArgumentError("tcp transport cannot connect to '" + std::string(uri) + "'");
     HRPC_ASSIGN_OR_RETURN(auto addr, Resolve(u, Clock::now() + core_->opt.common.connect_timeout));
@@ -1505,6 +1615,14 @@ class TcpTransport final : public Transport {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     auto c = core_->NewConn(fd, /*server=*/false, u.ToString());
+    if (tls) {
+      auto stream = tcp::TlsStream::Create(*tls, fd, /*server=*/false, u.host, c->peer);
+      if (!stream.ok()) {
+        core_->Fail(*c, stream.status());
+        return c->status;
+      }
+      c->tls = std::move(*stream);
+    }
     int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr.first), addr.second);
     if (rc < 0 && errno != EINPROGRESS) {
       const int err = errno;
@@ -1532,7 +1650,6 @@ class TcpTransport final : public Transport {
     return std::unique_ptr<Connection>(new TcpConnection(std::move(c)));
   }
 
- private:
   std::shared_ptr<Core> core_;
   std::shared_ptr<TransportCounters> counters_;
 };

@@ -111,6 +111,13 @@ struct RuntimeOptions {
   // A failure fails the calls waiting for that connection with UNAUTHENTICATED
   // (and counts in hrpc_client_auth_failures_total). Null: none.
   std::shared_ptr<const transport::Authenticator> authenticator;
+  // TLS on every outgoing tcp:// connection (transport::CreateTlsContext();
+  // its ca_file verifies the server, its cert_file is sent for mutual TLS),
+  // below the authenticator if both are set. A refused certificate fails the
+  // calls waiting for that connection with UNAUTHENTICATED, a server that does
+  // not speak TLS with UNAVAILABLE. Other schemes have no TLS: an rdma:// or
+  // loop:// connection fails with UNIMPLEMENTED while this is set. Null: plain TCP.
+  std::shared_ptr<const transport::TlsContext> tls;
 
   // The defaults, with transport_choice from HRPC_TRANSPORT=tcp|rdma|auto: the
   // one place hrpc reads its environment. An unknown value is logged and

@@ -129,6 +129,13 @@ struct ServerOptions {
   // exchange must finish within runtime transport.handshake_timeout. Null
   // (the default): every peer that reaches the port is served.
   std::shared_ptr<const transport::Authenticator> authenticator;
+  // TLS on the tcp:// listeners (transport::CreateTlsContext() with cert_file
+  // and key_file; with require_client_cert, mutual TLS against its ca_file):
+  // a peer whose TLS handshake fails is closed before the transport's own
+  // handshake, logged and counted in the transport's handshake_failures.
+  // Start() fails with UNIMPLEMENTED for an rdma:// or loop:// listen URI
+  // while this is set. Null: plain TCP.
+  std::shared_ptr<const transport::TlsContext> tls;
 };
 
 class Server final {

@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/mempool/pool.h"
@@ -35,6 +36,38 @@ struct TcpOptions {
   // transport attaches its own (a pool takes at most kMaxRegistrars).
   std::optional<mempool::RegistrarSlot> registrar_slot;
 };
+
+// TLS on TCP connections (OpenSSL, TLS 1.2 at least, 1.3 preferred): run on
+// the socket before the transport's own handshake, after which every byte of
+// the connection (frames, in-stream payloads, one-sided ops) is encrypted.
+// Files are read once, by CreateTlsContext(); the context is then used with
+// Transport::ListenTls()/ConnectTls() (ServerOptions::tls, RuntimeOptions::tls).
+// docs/transport.md, "TLS".
+struct TlsOptions {
+  // This side's certificate (PEM, leaf first, then any intermediates) and its
+  // private key (PEM). Needed to accept; a connecting side sends them when the
+  // server asks (mutual TLS).
+  std::string cert_file;
+  std::string key_file;
+  // CA certificates (PEM) that the peer's certificate must chain to. Needed to
+  // connect (a server is always verified) and with require_client_cert.
+  std::string ca_file;
+  // Accepting side: mutual TLS, a client without a certificate that verifies
+  // against ca_file is refused.
+  bool require_client_cert = false;
+  // Connecting side: the name the server's certificate must carry (a DNS name
+  // in its subjectAltName, or an IP address in its IP SANs); a DNS name is
+  // also sent as SNI. Empty: the host of the URI connected to.
+  std::string server_name;
+};
+
+// OpenSSL's SSL_CTX with the files of a TlsOptions loaded; immutable, shared by
+// every connection and thread that uses it.
+class TlsContext;
+// INVALID_ARGUMENT with OpenSSL's reason for a file that cannot be read or
+// parsed, a key that does not match the certificate, or only one of
+// cert_file/key_file.
+Result<std::shared_ptr<const TlsContext>> CreateTlsContext(const TlsOptions& options);
 
 // The TCP "registration": a key table of arenas. TCP needs no pinning, but
 // registering makes the transport's pool the only memory it will expose.

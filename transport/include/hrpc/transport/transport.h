@@ -231,6 +231,8 @@ struct TransportCounters {
   }
 };
 
+class TlsContext;  // tcp.h: CreateTlsContext()
+
 // True for the statuses of a one-sided op the target refused (the connection lives on).
 constexpr bool IsRefusal(StatusCode c) {
   return c == StatusCode::kPermissionDenied || c == StatusCode::kOutOfRange || c == StatusCode::kNotFound;
@@ -249,6 +251,27 @@ class Transport {
   // listens, DEADLINE_EXCEEDED after connect_timeout, FAILED_PRECONDITION
   // when the peer rejects the handshake (version, limits), with its reason.
   virtual Result<std::unique_ptr<Connection>> Connect(std::string_view uri) = 0;
+
+  // Listen()/Connect() with TLS under the transport's handshake (TCP only;
+  // the others return UNIMPLEMENTED). A TLS handshake that fails closes that
+  // connection: ConnectTls() returns UNAUTHENTICATED when a certificate was
+  // refused (by either side: unknown CA, expired, wrong name, none given)
+  // and UNAVAILABLE for anything else (a peer that does not speak TLS,
+  // garbage), with OpenSSL's reason; a listener logs it, counts it in
+  // handshake_failures and keeps accepting. Both run within the same
+  // connect_timeout / handshake_timeout as the plain handshake.
+  // INVALID_ARGUMENT: a context without cert_file (listen) or ca_file (connect).
+  virtual Result<std::unique_ptr<Listener>> ListenTls(std::string_view uri, std::shared_ptr<const TlsContext> tls) {
+    (void)uri;
+    (void)tls;
+    return UnimplementedError(std::string(scheme()) + ": no TLS on this transport");
+  }
+  virtual Result<std::unique_ptr<Connection>> ConnectTls(std::string_view uri,
+                                                         std::shared_ptr<const TlsContext> tls) {
+    (void)uri;
+    (void)tls;
+    return UnimplementedError(std::string(scheme()) + ": no TLS on this transport");
+  }
 };
 
 // "tcp://host:port", "rdma://host:port", "loop://name".
