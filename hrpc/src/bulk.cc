@@ -1,6 +1,7 @@
 #include "bulk.h"
 
 #include <algorithm>
+#include <memory>
 #include <string>
 
 #include "hrpc/base/crc32c.h"
@@ -81,8 +82,44 @@ void RevokeAll(transport::Connection& conn, const Exposed& what) {
   }
 }
 
+Status BulkOps::Run(std::vector<std::function<Status()>> ops, Clock::time_point deadline,
+                    const std::function<Status()>& live) {
+  coro::Scheduler* sched = coro::Scheduler::Current();
+  if (sched == nullptr || !coro::this_coro::InCoroutine()) {
+    for (auto& op : ops) HRPC_TRY(op());
+    return Status::Ok();
+  }
+  struct Group {
+    coro::WaitGroup wg;
+    std::vector<Status> status;
+  };
+  auto g = std::make_shared<Group>();
+  g->status.resize(ops.size());
+  g->wg.Add(static_cast<int64_t>(ops.size()));
+  all_->Add(static_cast<int64_t>(ops.size()));
+  for (size_t i = 0; i < ops.size(); ++i) {
+    sched->Spawn(
+        [g, all = all_, i, op = std::move(ops[i])] {
+          g->status[i] = op();
+          g->wg.Done();
+          all->Done();
+        },
+        "hrpc-bulk-op");
+  }
+  for (;;) {
+    if (g->wg.WaitUntil(std::min(deadline, Clock::now() + kLivePoll)).ok()) break;
+    HRPC_TRY(live());  // stop waiting: the ops finish on their own
+    if (Clock::now() >= deadline) return DeadlineExceededError("deadline expired during a one-sided transfer");
+  }
+  for (const Status& s : g->status) HRPC_TRY(s);
+  return Status::Ok();
+}
+
+void BulkOps::Drain() const { all_->Wait().IgnoreError(); }
+
 Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& pool, const wire::BulkDescriptor& d,
-                                  size_t chunk, size_t window, const std::function<Status()>& live) {
+                                  size_t chunk, size_t window, const std::function<Status()>& live, BulkOps* ops,
+                                  Clock::time_point deadline, std::shared_ptr<const void> keep) {
   const transport::RemoteDescriptor src{d.addr, d.len, d.rkey};
   const size_t pieces = d.len == 0 ? 0 : (d.len + chunk - 1) / chunk;
   std::vector<mempool::Buffer> slabs(pieces);
@@ -97,6 +134,15 @@ Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& po
     const size_t last = std::min(pieces, first + window);
     for (size_t i = first; i < last; ++i) {
       HRPC_ASSIGN_OR_RETURN(slabs[i], pool.Allocate(std::min<size_t>(chunk, d.len - i * chunk)));
+    }
+    if (ops != nullptr) {
+      std::vector<std::function<Status()>> group;
+      for (size_t i = first; i < last; ++i) {
+        group.push_back([&conn, keep, piece = src.Sub(i * chunk, static_cast<uint32_t>(slabs[i].size())),
+                         slab = slabs[i]] { return conn.Read(piece, mempool::IoBuf(slab)); });
+      }
+      HRPC_TRY(ops->Run(std::move(group), deadline, live));
+      continue;
     }
     auto read = [&](size_t i) { status[i] = conn.Read(src.Sub(i * chunk, static_cast<uint32_t>(slabs[i].size())), mempool::IoBuf(slabs[i])); };
     coro::WaitGroup wg;
@@ -156,7 +202,8 @@ Status ConnBulk::Live(Clock::time_point deadline, const char* what) const {
 }
 
 Result<mempool::IoBuf> ConnBulk::Pull(const wire::BulkDescriptor& remote, Clock::time_point deadline) {
-  return PullRegion(conn_, pool_, remote, chunk_, window_, [&] { return Live(deadline, "pull"); });
+  return PullRegion(conn_, pool_, remote, chunk_, window_, [&] { return Live(deadline, "pull"); }, &ops_, deadline,
+                    keep_);
 }
 
 Status ConnBulk::Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& data, Clock::time_point deadline) {
@@ -166,8 +213,10 @@ Status ConnBulk::Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& 
   while (!rest.empty()) {
     HRPC_TRY(Live(deadline, "push"));
     const size_t n = std::min(chunk_, rest.size());
-    mempool::IoBuf piece = rest.CutFront(n);
-    HRPC_TRY(conn_.Write(piece, dst.Sub(off, static_cast<uint32_t>(n))));
+    std::vector<std::function<Status()>> write;
+    write.push_back([&conn = conn_, keep = keep_, piece = std::make_shared<mempool::IoBuf>(rest.CutFront(n)),
+                     to = dst.Sub(off, static_cast<uint32_t>(n))] { return conn.Write(*piece, to); });
+    HRPC_TRY(ops_.Run(std::move(write), deadline, [&] { return Live(deadline, "push"); }));
     off += n;
   }
   pushed_[RegionKey(remote)] = {static_cast<uint32_t>(data.size()), data.Crc32c()};

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "hrpc/base/status.h"
+#include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/buffer.h"
 #include "hrpc/mempool/iobuf.h"
 #include "hrpc/mempool/pool.h"
@@ -67,13 +68,48 @@ Status ExposeForWrite(transport::Connection& conn, mempool::Pool& pool, size_t b
 // Ends every exposure of `what` (while the connection lives).
 void RevokeAll(transport::Connection& conn, const Exposed& what);
 
+// The one-sided ops of one call, each run on a coroutine of its own whose
+// closure holds its buffers (and whatever keeps its connection alive). The
+// call waits for them only until its deadline passes or it is cancelled, and
+// then ends: the ops it stopped waiting for still run to completion (or fail
+// with their connection), and only then may the peer be told that its memory
+// is free (the server's response, the client's RELEASE): Drain(). On RDMA,
+// memory revoked under a READ or WRITE still in flight NAKs it and fails the
+// whole connection, every other call on it included. Copies share the ops.
+class BulkOps {
+ public:
+  BulkOps() : all_(std::make_shared<coro::WaitGroup>()) {}
+  // How often a wait looks at `live` (cancellation needs no wake-up of its own).
+  static constexpr std::chrono::milliseconds kLivePoll{20};
+
+  // Runs every op of `ops` at once and waits until all finished (their first
+  // error, else OK), `deadline` passed or `live` returned an error (that error;
+  // DEADLINE_EXCEEDED at the deadline): the ops still running are left to
+  // finish on their own. Outside a coroutine the ops run one after the other.
+  Status Run(std::vector<std::function<Status()>> ops, std::chrono::steady_clock::time_point deadline,
+             const std::function<Status()>& live);
+  // Suspends until every op Run() started has finished.
+  void Drain() const;
+  bool idle() const { return all_->count() == 0; }
+
+ private:
+  std::shared_ptr<coro::WaitGroup> all_;
+};
+
 // READs one kPull region into blocks of `pool`, in pieces of at most `chunk`
 // bytes with up to `window` of them in flight at once, calling `live` before
 // each group of pieces (it returns why to stop), and checks length and
 // CRC32C. Call from a coroutine (the window needs one; elsewhere pieces go
-// one at a time).
+// one at a time). With `ops`, the READs run there and the pull stops waiting
+// for them at `deadline` or when `live` fails (see BulkOps); `keep` is held by
+// every READ until it finishes (the owner of `conn`). Without, every READ is
+// waited for.
 Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& pool, const wire::BulkDescriptor& d,
-                                  size_t chunk, size_t window, const std::function<Status()>& live);
+                                  size_t chunk, size_t window, const std::function<Status()>& live,
+                                  BulkOps* ops = nullptr,
+                                  std::chrono::steady_clock::time_point deadline =
+                                      std::chrono::steady_clock::time_point::max(),
+                                  std::shared_ptr<const void> keep = nullptr);
 
 // Whether a response carries kPull descriptors: an attachment the server
 // exposed for the client to READ (the client offered too little room).
@@ -87,17 +123,22 @@ Result<mempool::IoBuf> CollectResponseAttachment(const wire::Frame& frame, mempo
 
 // ServerContext's bulk seam over one connection: READ into aligned blocks
 // (`window` pieces in flight), WRITE from the response attachment, in pieces
-// of `chunk` bytes, checking the call's deadline and cancellation between them.
+// of `chunk` bytes, checking the call's deadline and cancellation between them
+// and while waiting for them (BulkOps: a pull or push ends at the deadline or
+// cancel; the server answers only after Drain()). `keep` owns `conn`.
 class ConnBulk final : public BulkTransfer {
  public:
-  ConnBulk(transport::Connection& conn, mempool::Pool& pool, size_t chunk, size_t window, const ServerContext& ctx)
-      : conn_(conn), pool_(pool), chunk_(chunk), window_(window), ctx_(ctx) {}
+  ConnBulk(transport::Connection& conn, mempool::Pool& pool, size_t chunk, size_t window, const ServerContext& ctx,
+           std::shared_ptr<const void> keep = nullptr)
+      : conn_(conn), pool_(pool), chunk_(chunk), window_(window), ctx_(ctx), keep_(std::move(keep)) {}
 
   Result<mempool::IoBuf> Pull(const wire::BulkDescriptor& remote, std::chrono::steady_clock::time_point deadline) override;
   Status Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& data,
               std::chrono::steady_clock::time_point deadline) override;
   // Bytes and CRC32C a handler pushed into region `d` itself (PushBulk), if any.
   bool Pushed(const wire::BulkDescriptor& d, uint32_t* len, uint32_t* crc) const;
+  // The ops this call stopped waiting for: wait for them before answering.
+  const BulkOps& ops() const { return ops_; }
 
  private:
   static uint64_t RegionKey(const wire::BulkDescriptor& d) { return d.addr ^ (uint64_t{d.rkey} << 32); }
@@ -108,6 +149,8 @@ class ConnBulk final : public BulkTransfer {
   size_t chunk_;
   size_t window_;
   const ServerContext& ctx_;
+  std::shared_ptr<const void> keep_;
+  BulkOps ops_;
   std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> pushed_;
 };
 

@@ -30,6 +30,12 @@ struct Link {
   // clock read on the call path.
   uint32_t idle_sweeps = 0;
   uint32_t pulling = 0;  // responses being READ from the server (PullResponse)
+  // What calls that ended without the server's answer (deadline, cancel)
+  // exposed: the server may still READ or WRITE it, and on RDMA revoking it
+  // under such an op would fail this connection. Revoked when the server's
+  // (late) response for the txn arrives: the server answers only once its
+  // ops are over.
+  std::unordered_map<uint64_t, Exposed> lingering;
   std::shared_ptr<ConnectionInfo> info;  // for /status
 };
 
@@ -180,6 +186,7 @@ void PeerTable::FailLink(const std::shared_ptr<Link>& link, const Status& why) {
   }
   auto calls = std::move(link->calls);
   link->calls.clear();
+  link->lingering.clear();  // the peer can no longer reach them
   for (auto& [txn, call] : calls) Complete(call, why, nullptr);
   std::vector<uint64_t> streams;
   for (auto& [txn, st] : link->streams) streams.push_back(txn);
@@ -218,7 +225,7 @@ void PeerTable::OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw
   switch (h.kind) {
     case wire::FrameKind::kResponse: {
       auto it = link->calls.find(h.txn_id);
-      if (it == link->calls.end()) return;  // late: timed out or cancelled
+      if (it == link->calls.end()) return LateResponse(link, rx->frame);  // timed out or cancelled
       Call* call = it->second;
       link->calls.erase(it);
       if (rx->frame.status().ok() && HasPullRegions(rx->frame)) {
@@ -274,6 +281,25 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
 
 bool CompletingCallOf(const ChannelState* channel) noexcept { return tls_completing == channel; }
 
+void PeerTable::SendRelease(Link& link, uint64_t txn) {
+  if (link.dead) return;
+  wire::FrameHeader h;
+  h.kind = wire::FrameKind::kRelease;
+  h.txn_id = txn;
+  if (auto f = SmallFrame(workers_.pool(worker_), h, {}); f.ok()) link.conn->Send(std::move(*f)).IgnoreError();
+}
+
+void PeerTable::LateResponse(const std::shared_ptr<Link>& link, const wire::Frame& frame) {
+  const uint64_t txn = frame.header().txn_id;
+  // The server holds an attachment it exposed for this call: nobody reads it.
+  if (frame.status().ok() && HasPullRegions(frame)) SendRelease(*link, txn);
+  auto it = link->lingering.find(txn);
+  if (it == link->lingering.end()) return;
+  Exposed gone = std::move(it->second);
+  link->lingering.erase(it);
+  if (!link->dead) RevokeAll(*link->conn, gone);
+}
+
 std::vector<std::shared_ptr<const ConnectionInfo>> PeerTable::Links() const {
   std::lock_guard lock(links_mu_);
   return {link_infos_.begin(), link_infos_.end()};
@@ -308,22 +334,31 @@ void PeerTable::PullResponse(std::shared_ptr<Link> link, Call* call, ReceivedFra
     return Status::Ok();
   };
   Status status;
+  // The call ends at its deadline or cancel even with READs in flight; those
+  // finish on their own before the RELEASE lets the server revoke the memory.
+  BulkOps ops;
   for (size_t i = 0; i < rx.frame.num_descriptors() && status.ok(); ++i) {
     const wire::BulkDescriptor d = rx.frame.descriptor(i);
     if (d.direction != wire::BulkDirection::kPull) continue;
     const size_t chunk = std::min(kDefaultBulkChunkBytes, pool.options().max_class_bytes);
-    auto got = PullRegion(*link->conn, pool, d, chunk, kResponsePullWindow, live);
+    auto got = PullRegion(*link->conn, pool, d, chunk, kResponsePullWindow, live, &ops, ctx.deadline(), link);
     if (got.ok()) {
       call->pulled.Append(std::move(*got));
     } else {
       status = got.status();
     }
   }
-  if (!link->dead) {  // the server may let go of the attachment now, whatever happened
-    wire::FrameHeader h;
-    h.kind = wire::FrameKind::kRelease;
-    h.txn_id = call->txn;
-    if (auto f = SmallFrame(pool, h, {}); f.ok()) link->conn->Send(std::move(*f)).IgnoreError();
+  // The server may let go of the attachment once no READ of it is in flight,
+  // whatever happened.
+  if (ops.idle()) {
+    SendRelease(*link, call->txn);
+  } else {
+    workers_.scheduler(worker_).Spawn(
+        [this, link, ops, txn = call->txn] {
+          ops.Drain();
+          SendRelease(*link, txn);
+        },
+        "hrpc-release");
   }
   --link->pulling;
   Complete(call, status, status.ok() ? &rx : nullptr);
@@ -442,6 +477,11 @@ void PeerTable::Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status wh
   Call* call = it->second;
   link->calls.erase(it);
   call->has_timer = call->has_timer && why.code() != StatusCode::kDeadlineExceeded;
+  if (!link->dead && !call->bulk.exposed.empty()) {
+    // The server may be READing or WRITING these now: they stay exposed until it answers.
+    link->lingering[txn] = std::move(call->bulk);
+    call->bulk = Exposed();
+  }
   if (!link->dead) {
     wire::FrameHeader h;
     h.kind = wire::FrameKind::kCancel;

@@ -156,6 +156,9 @@ class PeerTable {
   void OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw);
   // READs a response attachment the server exposed, RELEASEs it, completes the call.
   void PullResponse(std::shared_ptr<Link> link, Call* call, ReceivedFrame& rx);
+  // A response for a call that already ended: frees what the call left exposed.
+  void LateResponse(const std::shared_ptr<Link>& link, const wire::Frame& frame);
+  void SendRelease(Link& link, uint64_t txn);
   void Complete(Call* call, Status status, ReceivedFrame* rx);
   Status FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in);
   void Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status why);

@@ -682,7 +682,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       descs.push_back(frame.descriptor(i));
       if (descs.back().direction == wire::BulkDirection::kPush) ++num_push;
     }
-    internal::ConnBulk bulk(*sc->conn, pool, options.bulk_chunk_bytes, options.bulk_window, ctx);
+    internal::ConnBulk bulk(*sc->conn, pool, options.bulk_chunk_bytes, options.bulk_window, ctx, sc);
     ctx.set_bulk(descs, &bulk);
 
     Status status;
@@ -729,6 +729,9 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       }
     }
     mark(ticks.pushed);
+    // READs and WRITEs the call stopped waiting for (deadline, cancel) end
+    // before the answer: the client frees its exposed memory when it hears.
+    bulk.ops().Drain();
 
     sc->active.erase(h.txn_id);
     running.fetch_sub(1);
@@ -736,8 +739,12 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     quota.Release();
     if (client_cancelled) {
       // The client has completed the call already; nobody reads a response.
+      // One that exposed memory for this call holds it until it hears that
+      // the server is done with it.
       internal::RevokeAll(*sc->conn, placed.for_read);
-      return finish(status.ok() ? CancelledError("cancelled") : status);
+      const Status why = status.ok() ? CancelledError("cancelled") : status;
+      if (!descs.empty()) SendError(*sc, h, CancelledError("cancelled by the client"));
+      return finish(why);
     }
     if (!status.ok()) {
       SendError(*sc, h, status);
@@ -774,9 +781,11 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       }
       if (!sent.ok()) SPDLOG_DEBUG("hrpc server: response to {} not sent: {}", sc->peer, sent.ToString());
       if (hold) {
-        // Exposed until the client releases it, the call's deadline (or
-        // release_timeout) passes, or the connection closes.
-        const auto until = std::min(ctx.deadline(), Clock::now() + options.release_timeout);
+        // Exposed until the client releases it, release_timeout passes, or
+        // the connection closes. Not only until the call's deadline: a client
+        // whose deadline passed during its READs releases once they finished,
+        // and revoking under them would fail the whole RDMA connection.
+        const auto until = Clock::now() + options.release_timeout;
         if (sent.ok() && !sc->closed && !released.IsSet() && !released.WaitUntil(until).ok()) {
           SPDLOG_DEBUG("hrpc server: {} did not release the response of txn {} in time", sc->peer, h.txn_id);
         }

@@ -533,6 +533,106 @@ TEST(RpcBulkDeadline, ExpiresDuringPull) {
   std::this_thread::sleep_for(200ms);
 }
 
+// TCP without in-stream payloads moves attachments by one-sided ops, which
+// the peer's CPU serves. While the server READs a call's attachment the
+// client's worker stalls (it serves nothing for 2 s): the server's pull ends
+// at the call's deadline instead of waiting for the READs in flight, and the
+// connection serves the next call.
+TEST(RpcBulkDeadline, TcpPullInFlightEndsAtTheDeadline) {
+  rpctest::PullLaterService svc;
+  hrpc::ServerOptions so;
+  so.listen = {"tcp://127.0.0.1:0"};
+  so.auto_pull = false;
+  so.runtime.transport_choice = hrpc::TransportChoice::kTcp;
+  so.runtime.tcp.max_payload_bytes = 0;  // attachments go by descriptors
+  hrpc::RpcChannelOptions co;
+  co.runtime.transport_choice = hrpc::TransportChoice::kTcp;
+  co.runtime.tcp.max_payload_bytes = 0;
+  auto served = rpctest::StartServed(&svc, so, co, "tcp://127.0.0.1");
+  ASSERT_TRUE(served.ok()) << served.status().ToString();
+  auto& [server, channel] = *served;
+  rpctest::Test::Stub stub(channel.get());
+  auto call = [&](uint32_t seed) {
+    ClientContext ctx;
+    ctx.set_timeout(10s);
+    ctx.request_attachment() = rpctest::MakePayload(channel->pool(), 4 << 20, seed);
+    const uint32_t crc = ctx.request_attachment().Crc32c();
+    Req req;
+    Resp resp;
+    auto s = stub.Call(ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(resp.attachment_crc32c(), crc);
+  };
+  call(1);
+  ASSERT_EQ(svc.pulls.load(), 1) << "the attachment did not go by descriptors";
+
+  struct Done {
+    hrpc::coro::Event ev;
+    hrpc::Status status;
+  };
+  auto done = std::make_shared<Done>();
+  ClientContext ctx;
+  ctx.set_timeout(600ms);
+  ctx.request_attachment() = rpctest::MakePayload(channel->pool(), 4 << 20, 2);
+  Req req;
+  req.set_sleep_ms(100);
+  Resp resp;
+  stub.CallAsync(ctx, req, &resp, [done](hrpc::Status s) {
+    done->status = std::move(s);
+    done->ev.Set();
+  });
+  for (int i = 0; i < 5000 && svc.started.load() < 2; ++i) std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(svc.started.load(), 2);
+  channel->scheduler(0).Post([] { std::this_thread::sleep_for(2s); }, "test-stall");
+  for (int i = 0; i < 1000 && svc.pulls.load() < 2; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(svc.pulls.load(), 2);
+  EXPECT_EQ(svc.last_pull_code.load(), static_cast<int>(StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(svc.pulls_cut_short.load(), 1);
+  EXPECT_LT(svc.last_pull_ms.load(), 1200) << "the pull waited for the stalled client";
+  ASSERT_TRUE(done->ev.WaitFor(10s).ok());
+  EXPECT_EQ(done->status.code(), StatusCode::kDeadlineExceeded) << done->status.ToString();
+  call(3);
+  channel.reset();
+  server.reset();
+}
+
+// The client's READ of a response attachment left in the server's memory
+// (loopback: each message and op delayed 1 s) ends at the call's deadline, not when
+// the READs in flight finish; its RELEASE follows them, and the connection
+// serves on.
+TEST(RpcBulkDeadline, ResponsePullInFlightEndsAtTheDeadline) {
+  Env env;
+  env.Start("loop");
+  env.service.pool = &env.server->pool(0);
+  ASSERT_TRUE(env.channel->Connect().ok());
+  rpctest::Test::Stub stub(env.channel.get());
+  hrpc::transport::FaultPlan plan;
+  plan.delay = 1s;  // request at 1 s, response at 2 s, READ done at 3 s
+  env.net->SetFaults(env.uri.substr(strlen("loop://")), plan);
+  ClientContext ctx;
+  ctx.set_timeout(2500ms);
+  Req req;
+  req.set_response_bytes(4 << 20);
+  Resp resp;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto s = stub.Call(ctx, req, &resp);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << s.ToString();
+  EXPECT_NE(s.message().find("response attachment"), std::string::npos)
+      << "the call did not end while reading the response: " << s.ToString();
+  EXPECT_LT(took, 2900ms) << "the call waited for the READs in flight";
+  env.net->SetFaults(env.uri.substr(strlen("loop://")), {});
+  ClientContext again;
+  again.set_timeout(10s);
+  Req small;
+  small.set_text("after");
+  Resp r2;
+  auto s2 = stub.Call(again, small, &r2);
+  ASSERT_TRUE(s2.ok()) << s2.ToString();
+  EXPECT_EQ(r2.text(), "after");
+  std::this_thread::sleep_for(1500ms);  // delayed frames still in flight land before teardown
+}
+
 // Pieces of one pull overlap (bulk_window): 16 pieces each delayed 50 ms by
 // the loopback take far less than the 800 ms they take one at a time.
 TEST(RpcBulkWindow, PiecesOfOnePullOverlap) {

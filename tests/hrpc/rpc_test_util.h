@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "hrpc/base/crc32c.h"
 #include "hrpc/coroutine/scheduler.h"
@@ -17,6 +19,7 @@
 #include "hrpc/mempool/pool.h"
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/runtime.h"
+#include "hrpc/rpc/server.h"
 #include "rpc_test.hrpc.h"
 
 namespace rpctest {
@@ -137,6 +140,68 @@ class ForwardService final : public Test::Service {
     const bool same = pthread_equal(before, pthread_self()) && runtime->CurrentWorker() == worker.load();
     (same ? same_thread : other_thread).fetch_add(1);
     *resp = got;
+    return hrpc::Status::Ok();
+  }
+};
+
+// A started server with one service, and a channel to it, connected, at
+// "<scheme>://<host>:<the port the server bound>" (so.listen names the
+// address to bind).
+struct ServedChannel {
+  std::unique_ptr<hrpc::Server> server;
+  std::unique_ptr<hrpc::RpcChannel> channel;
+};
+inline hrpc::Result<ServedChannel> StartServed(hrpc::Service* service, hrpc::ServerOptions so,
+                                               hrpc::RpcChannelOptions co, const std::string& scheme_host) {
+  ServedChannel out;
+  HRPC_ASSIGN_OR_RETURN(out.server, hrpc::Server::Create(std::move(so)));
+  HRPC_TRY(out.server->RegisterService(service));
+  HRPC_TRY(out.server->Start());
+  const std::string bound = out.server->listen_uris().at(0);
+  HRPC_ASSIGN_OR_RETURN(out.channel,
+                        hrpc::RpcChannel::Create(scheme_host + ":" + bound.substr(bound.rfind(':') + 1), std::move(co)));
+  HRPC_TRY(out.channel->Connect());
+  return out;
+}
+
+// Waits req.sleep_ms (without looking at cancellation), then pulls its
+// request attachment itself (run the server with auto_pull off) and records
+// how the pull ended and how long it took. Signals when a call started.
+class PullLaterService final : public Test::Service {
+ public:
+  std::atomic<int> started{0}, pulls_started{0}, pulls{0}, pulls_cut_short{0};
+  std::atomic<int64_t> last_pull_ms{-1};
+  std::atomic<int> last_pull_code{-1};
+  std::mutex mu;
+  std::vector<std::string> failures;  // how the pulls that failed ended
+
+  hrpc::Status Call(hrpc::ServerContext& ctx, const Req& req, Resp* resp) override {
+    started.fetch_add(1);
+    hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(req.sleep_ms()));
+    hrpc::mempool::IoBuf att = std::move(ctx.request_attachment());
+    for (size_t i = 0; i < ctx.bulk().size(); ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      pulls_started.fetch_add(1);
+      auto got = ctx.PullBulk(i);
+      last_pull_ms.store(std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+                             .count());
+      last_pull_code.store(static_cast<int>(got.status().code()));
+      pulls.fetch_add(1);
+      if (!got.ok()) {
+        {
+          std::lock_guard lock(mu);
+          failures.push_back(got.status().ToString() + " after " + std::to_string(last_pull_ms.load()) + " ms");
+        }
+        // "during bulk pull": the deadline or cancel stopped READs in flight
+        // (not the check before the pull began).
+        if (got.status().message().find("during bulk pull") != std::string::npos) pulls_cut_short.fetch_add(1);
+        return got.status();
+      }
+      att.Append(std::move(*got));
+    }
+    resp->set_text(req.text());
+    resp->set_attachment_bytes(att.size());
+    resp->set_attachment_crc32c(att.Crc32c());
     return hrpc::Status::Ok();
   }
 };

@@ -5,9 +5,11 @@
 // next to them; its CMakeLists entry filters the binary to the Rdma/* cases (the
 // Software/* ones run in transport_conformance_test already). The shared
 // PeerProcess suite is not instantiated for rdma: its premise, "a stopped peer
-// answers nothing", does not hold when the peer's NIC serves one-sided ops;
-// rdma_transport_test.cc (RdmaPeerProcess) tests a stopped peer and a killed
-// peer with verbs semantics.
+// answers nothing" (ops parked on it wait until it dies or the dead-peer
+// timeout fires), does not hold when the peer's NIC serves one-sided ops;
+// rdma_transport_test.cc (RdmaPeerProcess) tests a stopped peer (its ops
+// complete until the keepalive's dead-peer timeout fails the connection) and a
+// killed peer with verbs semantics.
 #include "conformance_test.cc"  // NOLINT(bugprone-suspicious-include)
 #include "rdma_test_util.h"
 

@@ -580,12 +580,21 @@ void StartChildPeer(Env& env, pid_t& child, std::unique_ptr<Connection>& conn, R
   first->CopyTo(&desc, 0, sizeof desc);
 }
 
+// Parks a Recv on `conn` (on the server worker) that records how it ended.
+void ParkRecv(Env& env, Connection& conn, std::atomic<int>& unavailable, Status& last, std::atomic<int>& done) {
+  env.server_worker().Post([&] {
+    auto r = conn.Recv();
+    if (r.status().code() == StatusCode::kUnavailable) unavailable++;
+    last = r.status();
+    done++;
+  });
+}
+
 // Why the shared PeerProcess suite (whose premise is "a stopped peer answers
 // nothing") is not instantiated for rdma: one-sided ops are served by the
 // peer's NIC (here its kernel's rxe), not by its CPU, so they keep working
 // while the peer process is stopped; only the peer's own progress (replies)
-// stops. A silent peer is caught by RC retransmission only when its NIC stops
-// acknowledging (the killed-peer case below).
+// stops; the keepalive notices that (StoppedPeerHitsDeadPeerTimeout).
 TEST(RdmaPeerProcess, StoppedPeerStillServesOneSidedOps) {
   Env env(RdmaKind());
   pid_t child = -1;
@@ -617,6 +626,74 @@ TEST(RdmaPeerProcess, StoppedPeerStillServesOneSidedOps) {
   On(env.server_worker(), [&]() { conn.reset(); });
 }
 
+// A stopped peer's NIC still serves one-sided ops, but its process answers no
+// PING: the connection fails with UNAVAILABLE after the dead-peer timeout,
+// every outstanding op and the parked Recv complete, the listener keeps
+// accepting. While the peer runs, an idle connection outlives the timeout
+// several times over (its PINGs are answered).
+TEST(RdmaPeerProcess, StoppedPeerHitsDeadPeerTimeout) {
+  Env env(RdmaKind(), FastDeadPeerOptions());
+  const auto timeout = FastDeadPeerOptions().dead_peer_timeout;
+  pid_t child = -1;
+  std::unique_ptr<Connection> conn;
+  RemoteDescriptor desc;
+  StartChildPeer(env, child, conn, desc);
+  ASSERT_FALSE(HasFatalFailure());
+
+  std::this_thread::sleep_for(timeout * 5 / 2);  // idle, peer alive
+  auto idle = On(env.server_worker(), [&]() { return *RdmaStatsOf(*conn); });
+  ASSERT_TRUE(On(env.server_worker(), [&]() { return conn->status(); }).ok()) << "an idle live peer was declared dead";
+  EXPECT_GE(idle.pings_sent + idle.pongs_sent, 2u) << "no keepalive on an idle connection";
+  EXPECT_EQ(idle.dead_peer_timeouts, 0u);
+
+  constexpr int kOps = 8;
+  constexpr size_t kChunk = 64 * 1024;
+  std::atomic<int> done{0}, unavailable{0};
+  std::atomic<uint64_t> succeeded{0};
+  std::vector<Status> last(kOps + 1);
+  for (int i = 0; i < kOps; ++i) {
+    env.server_worker().Post([&, i] {
+      IoBuf local(*env.pool().Allocate(kChunk));
+      const RemoteDescriptor sub = desc.Sub(i * kChunk, kChunk);
+      Status s;
+      while ((s = (i % 2) ? conn->Write(local, sub) : conn->Read(sub, local)).ok()) {
+        succeeded++;
+        coro::this_coro::SleepFor(10ms);
+      }
+      if (s.code() == StatusCode::kUnavailable) unavailable++;
+      last[i] = s;
+      done++;
+    });
+  }
+  ParkRecv(env, *conn, unavailable, last[kOps], done);
+  ASSERT_EQ(kill(child, SIGSTOP), 0);
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, WUNTRACED), child);
+  ASSERT_TRUE(WIFSTOPPED(wstatus));
+  const auto t0 = std::chrono::steady_clock::now();
+  while (done.load() < kOps + 1 && std::chrono::steady_clock::now() - t0 < timeout * 10) {
+    std::this_thread::sleep_for(5ms);
+  }
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+  ASSERT_EQ(done.load(), kOps + 1) << "outstanding ops hang on a stopped peer";
+  EXPECT_GT(succeeded.load(), 0u) << "the stopped peer's NIC serves one-sided ops until the timeout";
+  EXPECT_EQ(unavailable.load(), kOps + 1) << last[0].ToString() << " / " << last[kOps].ToString();
+  EXPECT_NE(last[kOps].message().find("dead-peer timeout"), std::string::npos) << last[kOps].ToString();
+  EXPECT_GE(took, timeout / 2);
+  EXPECT_LT(took, timeout * 3);
+  std::printf("stopped peer: %d ops + 1 recv failed after %lld ms (%s)\n", kOps, static_cast<long long>(took.count()),
+              last[kOps].ToString().c_str());
+  EXPECT_EQ(On(env.server_worker(), [&]() { return RdmaStatsOf(*conn)->dead_peer_timeouts; }), 1u);
+  On(env.server_worker(), [&]() { conn.reset(); });
+  ReapTestChild(child);
+
+  env.ConnectPair();  // the listener keeps accepting
+  ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Send(Msg(env.pool(), 64, 7)); }).ok());
+  auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->Crc32c(), Msg(env.pool(), 64, 7).Crc32c());
+}
+
 TEST(RdmaPeerProcess, KilledPeerFailsEveryOutstandingOpAndListenerKeepsAccepting) {
   Env env(RdmaKind());
   pid_t child = -1;
@@ -646,12 +723,7 @@ TEST(RdmaPeerProcess, KilledPeerFailsEveryOutstandingOpAndListenerKeepsAccepting
       done++;
     });
   }
-  env.server_worker().Post([&] {
-    auto r = conn->Recv();
-    if (r.status().code() == StatusCode::kUnavailable) unavailable++;
-    last[kOps] = r.status();
-    done++;
-  });
+  ParkRecv(env, *conn, unavailable, last[kOps], done);
   const auto t_start = std::chrono::steady_clock::now();
   while (succeeded.load() < 2 * kOps && std::chrono::steady_clock::now() - t_start < 20s) {
     std::this_thread::sleep_for(5ms);
@@ -680,6 +752,35 @@ TEST(RdmaPeerProcess, KilledPeerFailsEveryOutstandingOpAndListenerKeepsAccepting
   auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(m->Crc32c(), Msg(env.pool(), 64, 7).Crc32c());
+}
+
+// PINGs and PONGs need no credit: a sender whose credits are all spent on
+// messages the receiver has not taken yet keeps the connection alive past the
+// dead-peer timeout, and the messages and credits flow again afterwards.
+TEST(RdmaKeepalive, IdleWithZeroCreditsStaysAlive) {
+  Env env(RdmaKind(), FastDeadPeerOptions());
+  env.ConnectPair();
+  const uint32_t depth = env.client().limits().recv_depth;
+  for (uint32_t i = 0; i < depth; ++i) {
+    ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Send(Msg(env.pool(), 128, i)); }).ok());
+  }
+  EXPECT_EQ(On(env.client_worker(), [&]() { return RdmaStatsOf(env.client())->send_credits; }), 0u);
+  std::this_thread::sleep_for(FastDeadPeerOptions().dead_peer_timeout * 5 / 2);
+  auto cs = On(env.client_worker(), [&]() { return *RdmaStatsOf(env.client()); });
+  auto ss = On(env.server_worker(), [&]() { return *RdmaStatsOf(env.server()); });
+  ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().status(); }).ok());
+  ASSERT_TRUE(On(env.server_worker(), [&]() { return env.server().status(); }).ok());
+  EXPECT_GE(cs.pings_sent + cs.pongs_sent, 1u);
+  EXPECT_GE(ss.pings_sent + ss.pongs_sent, 1u);
+  // One more message than the credits allow: it waits for the server to take one.
+  auto extra = coro::Async(env.client_worker().scheduler(),
+                           [&]() { return env.client().Send(Msg(env.pool(), 128, depth)); });
+  for (uint32_t i = 0; i <= depth; ++i) {
+    auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    EXPECT_EQ(m->Crc32c(), Msg(env.pool(), 128, i).Crc32c()) << i;
+  }
+  EXPECT_TRUE(extra.WaitFor(10s).ok());
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 //
 // Wire: a control message is one SEND_WITH_IMM; imm = kind << 24 | credits the
 // sender returns. kind kData carries a message (possibly empty); kind kCredit
-// carries only credits (zero bytes). Handshake: Hello in the rdmacm private data.
+// carries only credits (zero bytes); kinds kPing and kPong (zero bytes, any
+// credits) are the keepalive. Handshake: Hello in the rdmacm private data.
 //
 // Credits: each side posts recv_depth + kCtrlSlots receive WQEs. A data message
 // costs the sender one credit; the receiver returns it once the application has
@@ -17,6 +18,17 @@
 // unprocessed at the peer — kCtrlSlots = 5 receive WQEs cover them. RNR therefore
 // does not happen (rnr_retry stays as a backstop, e.g. for an oversubscribed SRQ);
 // when the pool cannot refill a WQE, the refill is retried and its credit waits.
+//
+// Liveness: one-sided ops are served by the peer's NIC, so only a message from
+// the peer's process proves it alive. A connection from which nothing arrived
+// for keepalive_interval sends a PING; the peer's poller answers with a PONG.
+// Neither needs a credit (they bypass the senders waiting for one, like
+// credit-only messages): a side has at most one PING unanswered and answers
+// each PING once, so at most one of each is unprocessed at the peer, and two
+// more receive WQEs (kLivenessSlots) cover them. A connection from which nothing
+// arrived for dead_peer_timeout fails with UNAVAILABLE. All of it runs from one
+// timer per transport (armed while connections are open): no polling, no clock
+// read per message.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/eventfd.h>
@@ -57,8 +69,11 @@ constexpr uint32_t kImmCreditMask = (1u << kImmKindShift) - 1;
 constexpr uint32_t kKindData = 0;
 constexpr uint32_t kKindCredit = 1;
 constexpr uint32_t kKindCorrupt = 0x5a;  // sent only by fault injection; the receiver refuses it
+constexpr uint32_t kKindPing = 2;
+constexpr uint32_t kKindPong = 3;
 constexpr uint32_t kCreditDivisor = 4;                 // credit-only msg carries >= ceil(depth/4)
-constexpr uint32_t kCtrlSlots = kCreditDivisor + 1;    // receive WQEs beyond recv_depth
+constexpr uint32_t kLivenessSlots = 2;                 // one PING and one PONG from the peer
+constexpr uint32_t kCtrlSlots = kCreditDivisor + 1 + kLivenessSlots;  // receive WQEs beyond recv_depth
 static_assert(kCtrlSlots > kCreditDivisor, "credit-only messages in flight <= kCreditDivisor");
 constexpr uint32_t kMaxRecvDepth = 1u << 16;
 static_assert(kMaxRecvDepth <= kImmCreditMask, "returned credits must fit the immediate");
@@ -172,6 +187,10 @@ class Conn final : public CmTarget {
   void Fail(Status s);
   void Release();  // the user's handle is gone
   void MaybeSendCredits();
+  // Keepalive (timer of the transport): notes what arrived since the last
+  // tick, fails a dead peer, pings an idle one.
+  void StartLiveness(Clock::time_point now);
+  void LivenessTick(Clock::time_point now);
   bool Reapable() const { return !user_owned_ && !in_listener_ && drained_; }
 
   // Connection API
@@ -234,6 +253,9 @@ class Conn final : public CmTarget {
   void WakeSqWaiters();
   bool CanSendMessage() const { return send_credits_ > 0 && sq_used_ < sq_cap_; }
   Status PostMessage(mempool::IoBuf message);
+  // A PING or PONG when the SQ has room, else left pending for the next send
+  // completion.
+  void FlushLiveness();
   // Posts wrs[0..n) (slots already reserved). The last WR carries `hold` and
   // `op` and is signaled when op != nullptr.
   Status PostWrs(ibv_send_wr* wrs, uint32_t n, mempool::IoBuf hold, Parked* op);
@@ -265,6 +287,13 @@ class Conn final : public CmTarget {
   uint32_t owed_credits_ = 0;
   uint32_t credit_batch_ = 1;
   bool credit_pending_ = false;
+  // Keepalive: receives counted on the fast path, turned into a time by the tick.
+  uint64_t rx_count_ = 0;
+  uint64_t rx_seen_ = 0;
+  Clock::time_point last_rx_{};
+  bool ping_outstanding_ = false;  // sent (or pending), no PONG yet
+  bool ping_pending_ = false;
+  bool pong_pending_ = false;
   uint32_t inline_threshold_ = 0;
   uint32_t max_send_sge_ = 1;
   uint32_t max_rd_sge_ = 1;
@@ -408,6 +437,10 @@ class TransportImpl final : public Transport {
                       if (!alive.expired()) refill_retry_armed_ = false;
                     });
   }
+  // The keepalive timer: armed while a connection is established, every
+  // min(keepalive_interval, dead_peer_timeout / 4) (at least 5 ms).
+  void ArmLiveness();
+  void LivenessTick();
   Status EnsureCqRoom(uint32_t more);
   Result<mempool::Buffer> AllocRecvBuffer() {
     if (faults_.armed() && faults_.RefuseAllocation(ctr())) {
@@ -440,6 +473,8 @@ class TransportImpl final : public Transport {
   std::unordered_map<uint32_t, Conn*> by_qpn_;
   std::vector<Conn*> refill_conns_, refilling_;  // connections with slots to refill
   bool refill_retry_armed_ = false;
+  bool liveness_armed_ = false;
+  coro::Scheduler::TimerId liveness_timer_ = 0;
   uint32_t last_qpn_ = 0;
   Conn* last_conn_ = nullptr;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
@@ -720,6 +755,54 @@ void Conn::MaybeSendCredits() {
   (void)PostWrs(&wr, 1, mempool::IoBuf(), nullptr);
 }
 
+void Conn::FlushLiveness() {
+  if (!status_.ok() || state_ != State::kEstablished) return;
+  for (const uint32_t kind : {kKindPong, kKindPing}) {
+    bool& pending = kind == kKindPong ? pong_pending_ : ping_pending_;
+    if (!pending || sq_used_ + 1 > sq_cap_) continue;
+    pending = false;
+    sq_used_ += 1;
+    ibv_send_wr wr{};
+    wr.opcode = IBV_WR_SEND_WITH_IMM;
+    wr.imm_data = htonl(kind << kImmKindShift | owed_credits_);  // credits owed below a batch go along
+    stats_.credits_granted += owed_credits_;
+    owed_credits_ = 0;
+    wr.send_flags = IBV_SEND_INLINE;
+    ++(kind == kKindPong ? stats_.pongs_sent : stats_.pings_sent);
+    if (!PostWrs(&wr, 1, mempool::IoBuf(), nullptr).ok()) return;
+  }
+}
+
+void Conn::StartLiveness(Clock::time_point now) {
+  last_rx_ = now;
+  rx_seen_ = rx_count_;
+  FlushLiveness();  // a PING that arrived before ESTABLISHED was seen is answered now
+  t_.ArmLiveness();
+}
+
+void Conn::LivenessTick(Clock::time_point now) {
+  if (!status_.ok() || state_ != State::kEstablished) return;
+  if (rx_count_ != rx_seen_) {
+    rx_seen_ = rx_count_;
+    last_rx_ = now;
+  }
+  const TransportOptions& o = t_.opts_.common;
+  const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_rx_);
+  if (silent >= o.dead_peer_timeout) {
+    const std::string reason = "nothing received for " + std::to_string(silent.count()) + " ms (dead-peer timeout " +
+                               std::to_string(o.dead_peer_timeout.count()) + " ms)";
+    SPDLOG_WARN("rdma: closing connection {}: {}", peer_, reason);
+    ++stats_.dead_peer_timeouts;
+    Fail(UnavailableError("peer " + peer_ + " is dead: " + reason));
+    return;
+  }
+  if (silent >= o.keepalive_interval && !ping_outstanding_) {
+    ping_outstanding_ = true;
+    ping_pending_ = true;
+  }
+  FlushLiveness();  // also what waited for an SQ slot
+}
+
 void Conn::Took() {
   if (t_.opts_.use_srq || reposted_uncredited_ > 0) {  // SRQ slots are refilled at once, per transport
     if (!t_.opts_.use_srq) --reposted_uncredited_;
@@ -825,6 +908,7 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
   const uint32_t imm = ntohl(wc.imm_data);
   const uint32_t kind = imm >> kImmKindShift;
   const uint32_t credits = imm & kImmCreditMask;
+  ++rx_count_;  // the peer's process is alive
   if (credits > 0) {
     send_credits_ += credits;
     stats_.credits_received += credits;
@@ -836,6 +920,19 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
     WakeSqWaiters();
   }
   if (kind == kKindCredit) return;
+  if (kind == kKindPing || kind == kKindPong) {
+    if (wc.byte_len != 0) {
+      Fail(DataLossError("keepalive message with " + std::to_string(wc.byte_len) + " bytes"));
+      return;
+    }
+    if (kind == kKindPong) {
+      ping_outstanding_ = false;
+    } else {
+      pong_pending_ = true;
+      FlushLiveness();
+    }
+    return;
+  }
   if (kind != kKindData || wc.byte_len > limits_.max_message_bytes) {
     t_.ctr().corrupt_messages.Add();
     Fail(DataLossError("bad control message (kind " + std::to_string(kind) + ", " + std::to_string(wc.byte_len) +
@@ -914,6 +1011,7 @@ void Conn::OnSendWc(const ibv_wc& wc) {
     if (e.op != nullptr) e.op->Finish(Status::Ok());
   }
   if (credit_pending_) MaybeSendCredits();
+  if (ping_pending_ || pong_pending_) FlushLiveness();
   WakeSqWaiters();
 }
 
@@ -1163,6 +1261,7 @@ void Conn::OnCmEvent(const CmEv& ev) {
       if (state_ == State::kAccepting) {
         state_ = State::kEstablished;
         connected_ = true;
+        StartLiveness(Clock::now());
         if (listener_ != nullptr) {
           listener_->Established(this);
         } else {
@@ -1465,6 +1564,33 @@ void TransportImpl::ScheduleReap(Conn* c) {
       "rdma-reap");
 }
 
+void TransportImpl::ArmLiveness() {
+  if (liveness_armed_) return;
+  liveness_armed_ = true;
+  const TransportOptions& o = opts_.common;
+  const auto tick = std::max(std::chrono::milliseconds(5), std::min(o.keepalive_interval, o.dead_peer_timeout / 4));
+  liveness_timer_ = sched_.AddTimer(Clock::now() + tick, [this, alive = std::weak_ptr<bool>(alive_)] {
+    if (alive.expired()) return;
+    liveness_armed_ = false;
+    LivenessTick();
+  });
+}
+
+void TransportImpl::LivenessTick() {
+  const Clock::time_point now = Clock::now();
+  std::vector<Conn*> open;
+  for (auto& [p, c] : conns_) {
+    if (c->state_ == Conn::State::kEstablished && c->status_.ok()) open.push_back(p);
+  }
+  for (Conn* c : open) c->LivenessTick(now);  // may fail some: they stay in conns_ until reaped
+  for (Conn* c : open) {
+    if (c->status_.ok()) {
+      ArmLiveness();  // idle transports (no open connection) need no timer
+      break;
+    }
+  }
+}
+
 Status TransportImpl::EnsureCqRoom(uint32_t more) {
   const uint32_t need = cq_budget_used_ + more;
   if (need > cq_size_) {
@@ -1499,6 +1625,9 @@ Status TransportImpl::Init() {
   faults_.Set(c.faults);
   if (c.max_message_bytes == 0 || c.recv_depth == 0 || c.recv_depth > kMaxRecvDepth) {
     return InvalidArgumentError("RdmaOptions: max_message_bytes must be > 0 and recv_depth in [1, 65536]");
+  }
+  if (c.keepalive_interval.count() <= 0 || c.dead_peer_timeout <= c.keepalive_interval) {
+    return InvalidArgumentError("RdmaOptions: need 0 < keepalive_interval < dead_peer_timeout");
   }
   if (opts_.signal_interval == 0 || opts_.sq_depth < 2 * opts_.signal_interval + 1) {
     return InvalidArgumentError("RdmaOptions: need sq_depth >= 2 * signal_interval + 1 (unsignaled WQEs hold "
@@ -1546,6 +1675,7 @@ Status TransportImpl::Init() {
 }
 
 TransportImpl::~TransportImpl() {
+  if (liveness_armed_) sched_.CancelTimer(liveness_timer_);
   *alive_ = false;
   alive_.reset();
   // Fail every connection still alive (the user's handles must be gone by now),
@@ -1700,6 +1830,7 @@ Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri)
   }
   c->SetLimits(ev.hello->max_message_bytes, ev.hello->recv_depth);
   c->state_ = Conn::State::kEstablished;
+  c->StartLiveness(Clock::now());
   ctr().connected.Add();
   c->MaybeSendCredits();  // messages may have been taken before ESTABLISHED was seen
   return std::unique_ptr<Connection>(std::make_unique<RdmaConnection>(c));

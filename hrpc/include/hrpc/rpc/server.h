@@ -18,8 +18,9 @@
 //    with auto_pull (default) bulk (pull) descriptors are READ into 4 KiB-aligned
 //    pool slabs and appended to it before the handler runs (in pieces of
 //    bulk_chunk_bytes, bulk_window of them in flight, checking deadline and
-//    cancel between groups of pieces: a deadline that
-//    expires during the pull ends the call with DEADLINE_EXCEEDED, unrun);
+//    cancel between groups of pieces and while waiting for them: a deadline
+//    that expires during the pull ends the call with DEADLINE_EXCEEDED at
+//    once, unrun; READs still in flight finish before the server answers);
 //    without auto_pull the handler calls ServerContext::PullBulk(i);
 //  * malformed request message → INVALID_ARGUMENT (the generated dispatch);
 //  * the response attachment goes inline when it is at most eager_threshold
@@ -29,7 +30,9 @@
 //    carries those descriptors with the lengths written and CRC32C); else it
 //    is exposed for the client to READ and held until the client releases it
 //    (release_timeout);
-//  * a cancel frame marks the ServerContext cancelled (no response is sent);
+//  * a cancel frame marks the ServerContext cancelled (no response is sent,
+//    unless the request carried regions of the client's memory: then a
+//    CANCELLED response tells the client it may free them);
 //  * a frame that does not decode closes that connection (logged with the
 //    reason); other connections are not affected.
 //
@@ -93,7 +96,8 @@ struct ServerOptions {
   std::chrono::milliseconds shutdown_grace{2000};
   // A response attachment exposed for the client to READ (RDMA, loopback:
   // the client offered too little room) stays exposed until the client
-  // releases it, the call's deadline, or this long.
+  // releases it (also after the call's deadline: the client releases once its
+  // READs in flight are done), or this long.
   std::chrono::milliseconds release_timeout{30'000};
   // The HTTP endpoint: "host:port" ("127.0.0.1:9100"; port 0 picks one,
   // http_address() tells which). Empty (the default): no endpoint. It shows

@@ -157,6 +157,9 @@ struct RdmaConnectionStats {
   uint64_t refill_refusals = 0;
   uint64_t one_sided_ops = 0, one_sided_wrs = 0;
   uint64_t mw_binds = 0, mw_invalidates = 0;
+  // Keepalive: PINGs sent on an idle connection, PONGs answering the peer's,
+  // and whether this connection was failed by the dead-peer timeout (0 or 1).
+  uint64_t pings_sent = 0, pongs_sent = 0, dead_peer_timeouts = 0;
   uint32_t inline_threshold = 0;  // effective (min of option and QP max_inline_data)
   uint32_t max_send_sge = 0;
   uint32_t qp_num = 0;
