@@ -11,7 +11,7 @@
 #
 # Environment:
 #   HRPC_RXE_GUEST      path of run-in-rxe-guest.sh (default: ../shared/rxe/ next to the repo)
-#   RXE_GUEST_TIMEOUT   overall guest limit in seconds, boot included (default here: 900; the rdma label takes 6–9 minutes in the guest here, netem about 30 s)
+#   RXE_GUEST_TIMEOUT   overall guest limit in seconds, boot included (default here: 1500; the rdma label takes 6–11 minutes in the guest here, netem about 30 s, longer while the host is busy)
 #   HRPC_RDMA_REQUIRED  1 = a skip is an error (exit 1), for machines that must run them
 #   ASAN_OPTIONS / UBSAN_OPTIONS are passed through to the guest (its whole exported env is).
 set -uo pipefail
@@ -46,7 +46,7 @@ if [ -z "$n" ] || [ "$n" = 0 ]; then
   skip "no tests with label rdma or netem in $BUILD"
 fi
 
-export RXE_GUEST_TIMEOUT=${RXE_GUEST_TIMEOUT:-900}
+export RXE_GUEST_TIMEOUT=${RXE_GUEST_TIMEOUT:-1500}
 # ASan reserves terabytes of virtual memory but little RSS; the guest (2 GiB, no swap,
 # overcommit on) runs it fine. LeakSanitizer works too (the command runs as root).
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
