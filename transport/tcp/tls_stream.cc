@@ -118,7 +118,7 @@ Result<std::shared_ptr<const TlsContext>> CreateTlsContext(const TlsOptions& opt
   // No renegotiation, no compression; a peer that closes without close_notify
   // reads as a close (the frame layer sees a truncated frame itself).
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-  // No session tickets: nothing arrives after the handshake but data.
+  // No resumption tickets and no cache of earlier handshakes: nothing arrives after the handshake but data.
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);

@@ -50,7 +50,7 @@ class TlsStream {
   // options().server_name is set). `peer`: for messages.
   static Result<std::unique_ptr<TlsStream>> Create(const TlsContext& ctx, int fd, bool server, std::string_view host,
                                                    std::string peer);
-  ~TlsStream();  // sends close_notify when the session is healthy (best effort)
+  ~TlsStream();  // sends close_notify when the TLS connection has not failed (best effort)
   TlsStream(const TlsStream&) = delete;
   TlsStream& operator=(const TlsStream&) = delete;
 
