@@ -1,5 +1,7 @@
 #include <cstdlib>
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -93,16 +95,92 @@ std::vector<MethodStats> Runtime::ClientStats() const { return core_->client_sta
 std::string Runtime::MetricsText() const { return internal::SerializeMetrics(core_->runtime_metrics().Collect()); }
 
 namespace internal {
+namespace {
+
+// Deletes the worker sets whose last reference dropped on one of their own
+// workers (a thread cannot stop and join itself). The process waits for it
+// at exit, so no worker of a released set still runs while static objects
+// (the log registry among them) are destroyed. Never destroyed itself.
+class Reaper {
+ public:
+  static Reaper& Get() {
+    static Reaper* r = [] {
+      // The log registry is built first, so it is destroyed after
+      // WaitAtExit() has run: handlers run in the reverse order of
+      // registration, interleaved with static destructors.
+      spdlog::default_logger_raw();
+      auto* reaper = new Reaper;
+      reaper->thread_ = std::thread([reaper] { reaper->Run(); });
+      std::atexit(&Reaper::WaitAtExit);
+      return reaper;
+    }();
+    return *r;
+  }
+
+  void Delete(WorkerSet* ws) {
+    {
+      std::lock_guard lock(mu_);
+      if (!exiting_) {
+        queue_.push_back(ws);
+        cv_.notify_all();
+        return;
+      }
+    }
+    std::thread([ws] { delete ws; }).detach();  // the process is already exiting
+  }
+
+ private:
+  void Run() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return !queue_.empty() || exiting_; });
+      if (queue_.empty()) return;
+      WorkerSet* ws = queue_.front();
+      queue_.pop_front();
+      busy_ = true;
+      lock.unlock();
+      delete ws;
+      lock.lock();
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  static void WaitAtExit() {
+    Reaper& r = Get();
+    std::unique_lock lock(r.mu_);
+    r.exiting_ = true;
+    r.cv_.notify_all();
+    // exit() called on a worker of a set being deleted would wait forever.
+    const bool drained = r.cv_.wait_for(lock, std::chrono::seconds(10), [&] { return r.queue_.empty() && !r.busy_; });
+    lock.unlock();
+    if (drained) {
+      r.thread_.join();
+    } else {
+      SPDLOG_WARN("hrpc: process exits while a released runtime is still stopping");
+      r.thread_.detach();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<WorkerSet*> queue_;
+  bool busy_ = false;
+  bool exiting_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
 
 WorkerSet::WorkerSet(const RuntimeOptions& o) : options_(o) {}
 
 Result<std::shared_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& options) {
   // The last reference may drop on one of the set's own workers (the last
-  // channel destroyed in a handler): a thread cannot stop and join itself, so
-  // that destruction runs on a thread of its own.
+  // channel destroyed in a handler, or a stream ending after its channel):
+  // the reaper thread stops and deletes that set.
   std::shared_ptr<WorkerSet> set(new WorkerSet(options), [](WorkerSet* ws) {
     if (ws->CurrentIndex() >= 0) {
-      std::thread([ws] { delete ws; }).detach();
+      Reaper::Get().Delete(ws);
     } else {
       delete ws;
     }

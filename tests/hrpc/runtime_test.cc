@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -277,6 +279,35 @@ TEST(Runtime, RuntimeDestroyedBeforeItsServerAndChannels) {
   EXPECT_EQ(ThreadsInProcess(), threads_with_runtime);
   channel->reset();  // the last user: stops the two workers
   EXPECT_EQ(ThreadsInProcess(), threads_with_runtime - 2);
+}
+
+void FailExitIfThreadsRemain() {
+  const size_t threads = ThreadsInProcess();
+  if (threads != 1) {
+    std::fprintf(stderr, "%zu threads still run at exit\n", threads);
+    std::_Exit(3);
+  }
+}
+
+// The last reference to a runtime dropped on one of its own workers (a stream
+// ending after its channel): another thread stops it, and exit() waits for
+// that, so no worker still runs while static objects are destroyed.
+TEST(RuntimeDeathTest, RuntimeReleasedOnItsOwnWorkerIsStoppedBeforeExit) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        std::atexit(&FailExitIfThreadsRemain);  // runs after the handlers registered later
+        std::unique_ptr<hrpc::Runtime> rt = MakeRuntime(2);
+        if (rt == nullptr) std::_Exit(4);
+        std::atomic<bool> released{false};
+        rt->scheduler(0).Post([&] {
+          rt.reset();
+          released.store(true);
+        });
+        while (!released.load()) std::this_thread::sleep_for(1ms);
+        std::exit(0);
+      },
+      testing::ExitedWithCode(0), "");
 }
 
 // An idle connection is closed after idle_timeout; the next call reconnects.

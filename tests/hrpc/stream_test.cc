@@ -251,14 +251,16 @@ TEST_P(StreamTest, SlowReaderBlocksTheWriterAtTheWindow) {
   hrpc::coro::Event upload_done;
   Status upload_status;
   env.channel->scheduler(0).Post([&] {
-    auto up = stub.Upload(ctx, &summary);
-    for (int i = 0; i < kMessages; ++i) {
-      IoBuf att = Payload(env.channel->pool(), kBytes, static_cast<uint32_t>(i));
-      const Chunk c = Describe(static_cast<uint64_t>(i), att);
-      if (!up->Write(c, std::move(att))) break;
-      written.fetch_add(1);
-    }
-    upload_status = up->Finish();
+    {
+      auto up = stub.Upload(ctx, &summary);
+      for (int i = 0; i < kMessages; ++i) {
+        IoBuf att = Payload(env.channel->pool(), kBytes, static_cast<uint32_t>(i));
+        const Chunk c = Describe(static_cast<uint64_t>(i), att);
+        if (!up->Write(c, std::move(att))) break;
+        written.fetch_add(1);
+      }
+      upload_status = up->Finish();
+    }  // the stream is gone before the test goes on to tear the channel down
     upload_done.Set();
   });
   // The window is 4 MiB: four 1 MiB messages are in flight, the fifth waits.
