@@ -146,6 +146,16 @@ void TcpSeeds() {
   payload_body.resize(10 + kPad, 0);
   payload_body.resize(10 + kPad + 4096, 'p');
   Write("tcp_stream", "message-payload", Cat({TcpFrame(11, payload_body, 0, 0, 4096, 0, 0, 10)}, 3));
+  // Runs announced in the header's key: the receiver reads them together.
+  Write("tcp_stream", "message-payload-announced",
+        Cat({TcpFrame(11, payload_body, 0, 0, 4096, 2, 0, 10), TcpFrame(11, payload_body, 0, 0, 4096, 1, 0, 10),
+             TcpFrame(11, payload_body, 0, 0, 4096, 0, 0, 10)},
+            3));
+  Write("tcp_stream", "message-payload-not-as-announced",
+        Cat({TcpFrame(11, payload_body, 0, 0, 4096, 1, 0, 10), TcpFrame(11, payload_body, 0, 0, 4095, 0, 0, 10)}, 3));
+  const Bytes long_msg(2000, 'l');
+  Write("tcp_stream", "messages-announced",
+        Cat({TcpFrame(3, long_msg, 0, 0, 0, 2), TcpFrame(3, long_msg, 0, 0, 0, 1), TcpFrame(3, long_msg)}, 1));
   Bytes write_body(kPad, 0);
   write_body.resize(kPad + 100, 'w');
   Write("tcp_stream", "write", Cat({TcpFrame(4, write_body, 0, 1, 0x1000, 0x10001, 0, 100)}, 1));
