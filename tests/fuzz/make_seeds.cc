@@ -186,6 +186,18 @@ void TcpSeeds() {
   bad.back() ^= 0x5A;  // the body no longer matches its CRC
   Write("tcp_stream", "checked-corrupt", Cat({bad}, 9));
   Write("tcp_stream", "checked-payload", Cat({checked(11, payload_body, 1, 10, 4096, 10)}, 11));
+  // Announced runs on a checked connection: a duplicate planned message is
+  // dropped, a planned payload frame is checked like any other.
+  const auto announced = [](uint8_t type, const Bytes& body, uint64_t seq, size_t msg_bytes, uint32_t more,
+                            uint64_t payload = 0, uint32_t length = UINT32_MAX) {
+    return TcpFrame(type, body, 0, seq, payload, more, Crc32c(body.data(), msg_bytes), length);
+  };
+  Write("tcp_stream", "checked-duplicate-announced",
+        Cat({announced(3, long_msg, 1, long_msg.size(), 2), announced(3, long_msg, 1, long_msg.size(), 1),
+             announced(3, long_msg, 2, long_msg.size(), 0)},
+            9));
+  Write("tcp_stream", "checked-payload-announced",
+        Cat({announced(11, payload_body, 1, 10, 1, 4096, 10), announced(11, payload_body, 2, 10, 0, 4096, 10)}, 11));
   Write("tcp_stream", "hello-only", Cat({}, 1));
   Write("tcp_stream", "garbage-before-hello", Cat({Bytes(40, 0xEE)}, 0));
 }
