@@ -1,6 +1,7 @@
 // The per-connection building blocks every transport is made of
 // (transport/src/conn_parts.h), driven by coroutines on a real scheduler:
 // credits and parked senders, the inbox, the accept queue, and FailAll.
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -132,6 +133,11 @@ TEST(CreditGate, ReturningMoreCreditsThanReceiveSlotsIsAnError) {
   Status s = gate.Grant(1);
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
   EXPECT_NE(s.message().find("5 > 4"), std::string_view::npos) << s.ToString();
+  EXPECT_EQ(gate.credits(), 4u) << "a refused grant leaves the count alone";
+  // A count that would wrap around 32 bits is refused too, not taken as small.
+  s = gate.Grant(UINT32_MAX - 1);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+  EXPECT_EQ(gate.credits(), 4u);
 }
 
 TEST(CreditGate, FailAllFinishesEveryParkedSenderWithoutSending) {
@@ -175,8 +181,8 @@ TEST(Inbox, QueuesWithoutReceiversAndHandsToParkedReceiversInFifoOrder) {
   auto pool = testing::MakeTestPool(4u << 20, 64u << 10);
   RunMain([&](coro::Scheduler& sched) {
     Inbox<Parked> inbox;
-    EXPECT_FALSE(inbox.Deliver(Msg(*pool, 1)));
-    EXPECT_FALSE(inbox.Deliver(Msg(*pool, 2)));
+    EXPECT_FALSE(inbox.Put(Msg(*pool, 1)));
+    EXPECT_FALSE(inbox.Put(Msg(*pool, 2)));
     ASSERT_FALSE(inbox.empty());
     EXPECT_EQ(IdOf(inbox.Take()), 1u);
     EXPECT_EQ(IdOf(inbox.Take()), 2u);
@@ -190,16 +196,16 @@ TEST(Inbox, QueuesWithoutReceiversAndHandsToParkedReceiversInFifoOrder) {
       });
     }
     Settle();
-    EXPECT_TRUE(inbox.Deliver(Msg(*pool, 10)));
-    EXPECT_TRUE(inbox.Deliver(Msg(*pool, 11)));
-    EXPECT_FALSE(inbox.Deliver(Msg(*pool, 12))) << "nobody parked any more: queued";
+    EXPECT_TRUE(inbox.Put(Msg(*pool, 10)));
+    EXPECT_TRUE(inbox.Put(Msg(*pool, 11)));
+    EXPECT_FALSE(inbox.Put(Msg(*pool, 12))) << "nobody parked any more: queued";
     Settle();
     EXPECT_EQ(got, (std::vector<std::pair<int, uint32_t>>{{0, 10u}, {1, 11u}}));
     EXPECT_EQ(IdOf(inbox.Take()), 12u);
   });
 }
 
-TEST(Inbox, FailAllEndsParkedReceiversAndKeepsQueuedMessagesUntilCleared) {
+TEST(Inbox, FailAllEndsParkedReceiversAndKeepsQueuedMessagesUntilTakenAll) {
   auto pool = testing::MakeTestPool(4u << 20, 64u << 10);
   RunMain([&](coro::Scheduler& sched) {
     Inbox<Parked> inbox;
@@ -211,10 +217,12 @@ TEST(Inbox, FailAllEndsParkedReceiversAndKeepsQueuedMessagesUntilCleared) {
     inbox.FailAll(DataLossError("bad frame"));
     Settle();
     for (const Status& s : results) EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
-    EXPECT_FALSE(inbox.Deliver(Msg(*pool, 7))) << "the failed receivers are no longer parked";
+    EXPECT_FALSE(inbox.Put(Msg(*pool, 7))) << "the failed receivers are no longer parked";
     inbox.FailAll(DataLossError("bad frame"));
     ASSERT_FALSE(inbox.empty());
-    inbox.Clear();
+    auto left = inbox.TakeAll();
+    ASSERT_EQ(left.size(), 1u);
+    EXPECT_EQ(IdOf(left[0]), 7u);
     EXPECT_TRUE(inbox.empty());
   });
 }

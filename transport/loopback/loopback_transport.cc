@@ -231,7 +231,7 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
       wire.bytes.CopyTo(buf->data(), 0, wire.len);
       msg = mempool::IoBuf(std::move(*buf));
     }
-    if (inbox.Deliver(std::move(msg))) ReturnCredit(sender);
+    if (inbox.Put(std::move(msg))) ReturnCredit(sender);
   }
 
   void ReturnCredit(const std::weak_ptr<LoopEnd>& sender) {

@@ -116,13 +116,15 @@ class CreditGate {
   // (Pump finishes it with its send's Status, FailAll with the connection's).
   void Park(W& w) { waiters_.push_back(&w); }
   // The peer returned `n` credits. DATA_LOSS when it now claims more free
-  // slots than it has: a protocol violation the connection must die of.
+  // slots than it has: a protocol violation the connection must die of (the
+  // count is then left as it was).
   Status Grant(uint32_t n) {
-    credits_ += n;
-    if (credits_ > depth_) {
-      return DataLossError("peer returned more credits than it has receive slots (" + std::to_string(credits_) +
+    const uint64_t total = uint64_t{credits_} + n;
+    if (total > depth_) {
+      return DataLossError("peer returned more credits than it has receive slots (" + std::to_string(total) +
                            " > " + std::to_string(depth_) + ")");
     }
+    credits_ = static_cast<uint32_t>(total);
     return Status::Ok();
   }
   // Serves parked senders, oldest first, while a credit is free and `more()`
@@ -153,102 +155,88 @@ class CreditGate {
   std::deque<W*> waiters_;
 };
 
-// Received messages not yet taken by Recv(), and the receivers parked for
-// one. A message goes to the oldest parked receiver, else to the queue.
-template <class P>
-class Inbox {
+// Items handed from the connection to coroutines parked for them: an item
+// goes to the oldest parked taker, else it waits in the queue for the next
+// one. The inbox and the accept queue are made of it.
+template <class T, class P>
+class Handoff {
  public:
-  // A message arrived. True when a parked receiver got it (it was taken: its
-  // credit may go back), false when it was queued.
-  bool Deliver(mempool::IoBuf msg) {
+  // True when the oldest parked taker got `item`, false when it was queued.
+  bool Put(T item) {
     if (waiters_.empty()) {
-      queue_.push_back(std::move(msg));
+      queue_.push_back(std::move(item));
       return false;
     }
     Waiter* w = waiters_.front();
     waiters_.pop_front();
-    w->msg = std::move(msg);
+    w->item = std::move(item);
     w->Finish(Status::Ok());
     return true;
   }
   bool empty() const { return queue_.empty(); }
-  // The oldest queued message; only when !empty().
-  mempool::IoBuf Take() {
-    mempool::IoBuf m = std::move(queue_.front());
+  // The oldest queued item; only when !empty().
+  T Take() {
+    T item = std::move(queue_.front());
     queue_.pop_front();
-    return m;
+    return item;
   }
-  // Parks until Deliver() hands this receiver a message or FailAll() ends it.
-  Result<mempool::IoBuf> Wait() {
+  // Parks until Put() hands this taker an item or FailAll() ends the wait.
+  Result<T> Wait() {
     Waiter w;
     waiters_.push_back(&w);
     HRPC_TRY(w.Wait());
-    return std::move(w.msg);
+    return std::move(w.item);
   }
-  // The connection failed: every parked receiver gets `s`. Queued messages
-  // stay (Clear() drops them).
+  // Every parked taker gets `s`. Queued items stay.
   void FailAll(const Status& s) {
     for (Waiter* w : std::exchange(waiters_, {})) w->Finish(s);
   }
-  void Clear() { queue_.clear(); }
+  // Empties the queue, handing its items back.
+  std::deque<T> TakeAll() { return std::exchange(queue_, {}); }
 
  private:
   struct Waiter : P {
-    mempool::IoBuf msg;
+    T item{};
   };
-  std::deque<mempool::IoBuf> queue_;
+  std::deque<T> queue_;
   std::deque<Waiter*> waiters_;
 };
 
+// Received messages not yet taken by Recv(), and the receivers parked for
+// one. Put() says whether a parked receiver took the message (its credit may
+// go back); a failed connection's FailAll() leaves the queued messages, which
+// tcp and loopback still hand out (rdma drops them with TakeAll()).
+template <class P>
+using Inbox = Handoff<mempool::IoBuf, P>;
+
 // A listener's connections that finished their handshake and wait for
 // Accept(), and the acceptors parked for one. T is the transport's handle on
-// a connection (a shared_ptr or a pointer it owns elsewhere).
+// a connection (a shared_ptr, or a pointer to one it owns elsewhere).
 template <class T, class P>
 class AcceptQueue {
  public:
   bool closed() const { return closed_; }
   // A connection is ready. True when the oldest parked acceptor got it, false
   // when it was queued.
-  bool Push(T conn) {
-    if (waiters_.empty()) {
-      ready_.push_back(std::move(conn));
-      return false;
-    }
-    Waiter* w = waiters_.front();
-    waiters_.pop_front();
-    w->conn = std::move(conn);
-    w->Finish(Status::Ok());
-    return true;
-  }
+  bool Push(T conn) { return q_.Put(std::move(conn)); }
   // The oldest ready connection, at once when one is queued; else parks until
   // Push() hands one over or Close() ends the wait with its Status. The caller
   // checks closed() first (each listener words its own refusal).
   Result<T> Pop() {
-    if (!ready_.empty()) {
-      T c = std::move(ready_.front());
-      ready_.pop_front();
-      return c;
-    }
-    Waiter w;
-    waiters_.push_back(&w);
-    HRPC_TRY(w.Wait());
-    return std::move(w.conn);
+    if (!q_.empty()) return q_.Take();
+    return q_.Wait();
   }
   // The listener closed: every parked acceptor gets `s`; the queued
   // connections are handed back for the caller to close. Idempotent.
   std::deque<T> Close(const Status& s) {
     closed_ = true;
-    for (Waiter* w : std::exchange(waiters_, {})) w->Finish(s);
-    return std::exchange(ready_, {});
+    q_.FailAll(s);
+    return q_.TakeAll();
   }
 
  private:
-  struct Waiter : P {
-    T conn{};
-  };
   bool closed_ = false;
-  std::deque<T> ready_;
-  std::deque<Waiter*> waiters_;
+  Handoff<T, P> q_;
 };
 
 }  // namespace hrpc::transport::internal

@@ -1172,7 +1172,7 @@ void Core::Deliver(Conn& c, mempool::IoBuf msg, uint64_t payload_bytes) {
   ctr().message_bytes_received.Add(msg.size() - payload_bytes);
   if (payload_bytes > 0) ctr().payload_bytes_received.Add(payload_bytes);
   ++c.unreturned;
-  if (c.inbox.Deliver(std::move(msg))) ReturnCredit(c);
+  if (c.inbox.Put(std::move(msg))) ReturnCredit(c);
 }
 
 void Core::ReturnCredit(Conn& c) {

@@ -853,7 +853,7 @@ void Conn::Deliver(mempool::IoBuf msg) {
   ++stats_.recvs;
   t_.ctr().messages_received.Add();
   t_.ctr().message_bytes_received.Add(msg.size());
-  if (inbox_.Deliver(std::move(msg))) Took();
+  if (inbox_.Put(std::move(msg))) Took();
 }
 
 Result<mempool::IoBuf> Conn::Recv() {
@@ -1170,7 +1170,7 @@ void Conn::Fail(Status s) {
     if (e.op != nullptr) e.op->Finish(status_);
     e.op = nullptr;  // the entry keeps holding buffers until the QP is drained
   }
-  inbox_.Clear();
+  (void)inbox_.TakeAll();
   if (listener_ != nullptr && !was_established) listener_->Forget(this);
   if (connected_ && id_) rdma_disconnect(id_.get());  // moves the QP to error too
   StartDrain();
