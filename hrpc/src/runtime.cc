@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <cstdlib>
 #include <algorithm>
 #include <condition_variable>
@@ -148,6 +150,7 @@ class Reaper {
 
   static void WaitAtExit() {
     Reaper& r = Get();
+    if (getpid() != r.pid_) return;  // a forked child: the reaper thread is not in it
     std::unique_lock lock(r.mu_);
     r.exiting_ = true;
     r.cv_.notify_all();
@@ -167,6 +170,7 @@ class Reaper {
   std::deque<WorkerSet*> queue_;
   bool busy_ = false;
   bool exiting_ = false;
+  const pid_t pid_ = getpid();
   std::thread thread_;
 };
 

@@ -162,6 +162,20 @@ void TcpSeeds() {
   Write("tcp_stream", "read-resp-unasked", Cat({TcpFrame(7, Bytes(kPad + 8, 0), 0, 3, 0, 0, 0, 8)}, 1));
   const std::string why = "bad thing";
   Write("tcp_stream", "error", Cat({TcpFrame(8, Bytes(why.begin(), why.end()), 0, 0, 0, 0, 13)}, 1));
+  // Mode 9 (11 with payloads): a checked connection; MESSAGE frames carry
+  // their sequence number (op_id) and the CRC32C of the message (aux).
+  const auto checked = [](uint8_t type, const Bytes& body, uint64_t seq, size_t msg_bytes, uint64_t payload = 0,
+                          uint32_t length = UINT32_MAX) {
+    return TcpFrame(type, body, 0, seq, payload, 0, Crc32c(body.data(), msg_bytes), length);
+  };
+  Write("tcp_stream", "checked-messages",
+        Cat({checked(3, msg, 1, msg.size()), checked(3, Bytes(10, 'x'), 2, 10), TcpFrame(9, {}, 4)}, 9));
+  Write("tcp_stream", "checked-duplicate", Cat({checked(3, msg, 1, msg.size()), checked(3, msg, 1, msg.size())}, 9));
+  Write("tcp_stream", "checked-gap", Cat({checked(3, msg, 1, msg.size()), checked(3, msg, 5, msg.size())}, 9));
+  Bytes bad = checked(3, msg, 1, msg.size());
+  bad.back() ^= 0x5A;  // the body no longer matches its CRC
+  Write("tcp_stream", "checked-corrupt", Cat({bad}, 9));
+  Write("tcp_stream", "checked-payload", Cat({checked(11, payload_body, 1, 10, 4096, 10)}, 11));
   Write("tcp_stream", "hello-only", Cat({}, 1));
   Write("tcp_stream", "garbage-before-hello", Cat({Bytes(40, 0xEE)}, 0));
 }

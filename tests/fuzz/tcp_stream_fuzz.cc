@@ -7,7 +7,9 @@
 // payloads in that HELLO, bit 2 (with bit 0) replaces the placeholders
 // "AAAAAAAA" and "KKKK" in the bytes by the address and key of the buffer the
 // server exposed and announced (so WRITE and READ_REQ frames reach the served
-// paths and their bounds checks, not only the key check). The transport must close the connection (a bad
+// paths and their bounds checks, not only the key check), bit 3 asks for
+// checked messages in that HELLO (so MESSAGE frames reach the sequence and
+// CRC32C checks). The transport must close the connection (a bad
 // frame, or the client's end of stream) without a sanitizer report and within
 // kCloseWithin; the next input gets a new connection from the same listener.
 #include <arpa/inet.h>
@@ -96,14 +98,14 @@ Server* Start() {
   return s;
 }
 
-std::vector<uint8_t> Hello(bool payloads) {
+std::vector<uint8_t> Hello(bool payloads, bool checked) {
   std::vector<uint8_t> f(64, 0);
   f[0] = 0xA7;
   f[1] = 1;  // HELLO
   const uint32_t len = 32;
   std::memcpy(&f[4], &len, 4);
   const uint64_t magic = 0x3150435450524831ull;
-  const uint16_t version = 3, flags = payloads ? 1 : 0;
+  const uint16_t version = 3, flags = (payloads ? 1 : 0) | (checked ? 2 : 0);
   const uint32_t max_msg = 65536, depth = 16, keepalive = 1000, dead = 5000, pages = 64;
   std::memcpy(&f[32], &magic, 8);
   std::memcpy(&f[40], &version, 2);
@@ -165,7 +167,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static Server* server = Start();
   if (size == 0) return 0;
   std::vector<uint8_t> bytes;
-  if (data[0] & 1) bytes = Hello((data[0] & 2) != 0);
+  if (data[0] & 1) bytes = Hello((data[0] & 2) != 0, (data[0] & 8) != 0);
   bytes.insert(bytes.end(), data + 1, data + size);
 
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

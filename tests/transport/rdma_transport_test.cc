@@ -1,6 +1,6 @@
 // rdma-specific tests (label rdma; they skip without an RDMA device and run for
 // real inside the Soft-RoCE guest): device capabilities, the inline threshold,
-// SGL splitting and coalescing, many connections over a shared receive queue,
+// SGL splitting and coalescing, many connections over a shared receive queue and RNR when it runs dry,
 // memory-window revoke vs MR exposure, blocking vs polling completion modes,
 // transport selection, and the QP error path when the peer process is killed.
 #include <signal.h>
@@ -337,6 +337,120 @@ TEST(RdmaSrq, ManyConnectionsShareOneReceiveQueue) {
   for (auto& c : clients) EXPECT_TRUE(c->status().ok()) << c->status().ToString();
   On(env.client_worker(), [&]() { clients.clear(); });
   On(env.server_worker(), [&]() { servers.clear(); });
+}
+
+// A shared receive queue whose refills the pool refuses runs dry: the
+// sender's next SENDs draw RNR NAKs. The refused slots are retried, so once
+// memory is back the NIC's retries (rnr_retry = 7) land every message, in
+// order, and the connection lives on. (A slot dropped on refusal instead
+// shrinks the queue for good and strands the sender.)
+TEST(RdmaSrq, DrySharedQueueDrawsRnrNaksThatAreRetriedAndNothingIsLost) {
+  const long rnr_before = RnrNaks();
+  if (rnr_before < 0) GTEST_SKIP() << "the device has no RNR hw_counters";
+  RdmaOptions base;
+  base.use_srq = true;
+  base.srq_depth = 48;  // >= recv_depth + control slots: RNR only while refills are refused
+  TransportOptions opt = TestOptions();
+  opt.recv_depth = 32;
+  opt.max_message_bytes = 4096;
+  opt.keepalive_interval = std::chrono::seconds(60);
+  opt.dead_peer_timeout = std::chrono::seconds(120);
+  Env env(RdmaKind(base), opt);
+  env.ConnectPair();
+  FaultOptions refuse;
+  refuse.refuse_allocations = 1u << 30;  // until cleared below
+  ASSERT_TRUE(env.server_transport().SetFaults(refuse).ok());
+  constexpr int kMsgs = 200;
+  auto sender = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
+    for (int i = 0; i < kMsgs; ++i) HRPC_TRY(env.client().Send(Msg(env.pool(), 100 + i, i)));
+    return Status::Ok();
+  });
+  std::atomic<int> got{0};
+  auto receiver = coro::Async(env.server_worker().scheduler(), [&]() -> Status {
+    for (int i = 0; i < kMsgs; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env.server().Recv());
+      if (m.size() != static_cast<size_t>(100 + i) || m.Crc32c() != Msg(env.pool(), 100 + i, i).Crc32c()) {
+        return DataLossError("message " + std::to_string(i) + " of " + std::to_string(m.size()) + " bytes");
+      }
+      got++;
+    }
+    return Status::Ok();
+  });
+  const auto give_up = std::chrono::steady_clock::now() + 20s;
+  while (RnrNaks() == rnr_before && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(2ms);
+  EXPECT_GT(RnrNaks(), rnr_before) << "the queue never ran dry: nothing was provoked";
+  EXPECT_LT(got.load(), kMsgs);
+  ASSERT_TRUE(env.server_transport().SetFaults(FaultOptions{}).ok());
+  Status r = receiver.WaitFor(30s);
+  EXPECT_TRUE(r.ok()) << r.ToString() << " after " << got.load() << " messages";
+  Status w = sender.WaitFor(30s);
+  EXPECT_TRUE(w.ok()) << w.ToString();
+  EXPECT_GT(env.server_transport().counters()->receive_refill_failures.Get(), 0u);
+  EXPECT_EQ(env.client_transport().counters()->rnr_retry_exceeded.Get(), 0u);
+  EXPECT_TRUE(env.client().status().ok()) << env.client().status().ToString();
+  // Still a working connection.
+  Status again = On(env.client_worker(), [&]() { return env.client().Send(Msg(env.pool(), 64, 7)); });
+  EXPECT_TRUE(again.ok()) << again.ToString();
+  Status back = On(env.server_worker(), [&]() -> Status {
+    HRPC_ASSIGN_OR_RETURN(IoBuf m, env.server().Recv());
+    return m.size() == 64u ? Status::Ok() : DataLossError("wrong size");
+  });
+  EXPECT_TRUE(back.ok()) << back.ToString();
+}
+
+// The same dry queue with rnr_retry = 0: the sender's QP fails at the first
+// RNR NAK, with a status that says so; only that connection is lost and the
+// listener serves the next one once memory is back.
+TEST(RdmaSrq, RnrWithoutRetriesFailsOnlyThatConnection) {
+  RdmaOptions base;
+  base.use_srq = true;
+  base.srq_depth = 8;  // the credits (32) outrun it as soon as refills are refused
+  base.rnr_retry = 0;
+  TransportOptions opt = TestOptions();
+  opt.recv_depth = 32;
+  opt.max_message_bytes = 4096;
+  opt.keepalive_interval = std::chrono::seconds(60);
+  opt.dead_peer_timeout = std::chrono::seconds(120);
+  Env env(RdmaKind(base), opt);
+  env.ConnectPair();
+  FaultOptions refuse;
+  refuse.refuse_allocations = 1u << 30;  // dry until the faults are cleared below
+  ASSERT_TRUE(env.server_transport().SetFaults(refuse).ok());
+  constexpr int kMsgs = 32;  // the credits: 8 land, the 9th draws the NAK
+  Status sent = On(env.client_worker(), [&]() -> Status {
+    for (int i = 0; i < kMsgs; ++i) HRPC_TRY(env.client().Send(Msg(env.pool(), 100, i)));
+    return Status::Ok();
+  });
+  EXPECT_TRUE(sent.ok()) << sent.ToString();  // posted; the NAK comes later
+  Status taken = On(env.server_worker(), [&]() -> Status {
+    for (int i = 0; i < 8; ++i) HRPC_TRY(env.server().Recv().status());
+    return Status::Ok();
+  });
+  EXPECT_TRUE(taken.ok()) << taken.ToString();
+  const auto give_up = std::chrono::steady_clock::now() + 20s;
+  while (env.client_transport().counters()->rnr_retry_exceeded.Get() == 0 &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(env.client_transport().counters()->rnr_retry_exceeded.Get(), 1u);
+  Status after = On(env.client_worker(), [&]() { return env.client().Send(Msg(env.pool(), 100, 99)); });
+  EXPECT_EQ(after.code(), StatusCode::kUnavailable) << after.ToString();
+  EXPECT_NE(after.message().find("RNR"), std::string_view::npos) << after.ToString();
+  ASSERT_TRUE(env.server_transport().SetFaults(FaultOptions{}).ok());
+  auto acc = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  auto c2 = env.ConnectClient();
+  ASSERT_TRUE(c2.ok()) << c2.status().ToString();
+  auto s2 = acc.WaitFor(10s);
+  ASSERT_TRUE(s2.ok()) << s2.status().ToString();
+  Status ok2 = On(env.client_worker(), [&]() { return (*c2)->Send(Msg(env.pool(), 64, 5)); });
+  EXPECT_TRUE(ok2.ok()) << ok2.ToString();
+  Status got2 = On(env.server_worker(), [&]() -> Status {
+    HRPC_ASSIGN_OR_RETURN(IoBuf m, (*s2)->Recv());
+    return m.Crc32c() == Msg(env.pool(), 64, 5).Crc32c() ? Status::Ok() : DataLossError("second connection");
+  });
+  EXPECT_TRUE(got2.ok()) << got2.ToString();
+  On(env.client_worker(), [&]() { c2->reset(); });
+  On(env.server_worker(), [&]() { s2->reset(); });
 }
 
 TEST(RdmaExposure, MemoryWindowRevokeCutsThePeerOff) {

@@ -446,6 +446,10 @@ class TransportImpl final : public Transport {
     return pool_.Allocate(opts_.common.max_message_bytes);
   }
   Status PostSrqSlot(uint32_t idx);
+  // A fresh block for SRQ slot idx, posted; false (counted) when the pool
+  // refused it.
+  bool RefillSrqSlot(uint32_t idx);
+  void RetryStarvedSrqSlots();
 
   coro::Scheduler& sched_;
   mempool::Pool& pool_;
@@ -465,7 +469,12 @@ class TransportImpl final : public Transport {
   bool cq_armed_ = false;
   uint32_t idle_polls_ = 0;
   uint32_t unacked_cq_events_ = 0;
-  uint32_t srq_starved_ = 0;
+  // SRQ slots whose refill the pool refused: retried at the start of each
+  // poll round (with a timer armed so a sleeping worker comes back), so the
+  // shared queue never shrinks for good. While it is short, senders see RNR
+  // NAKs and their NICs retry (rnr_retry).
+  std::vector<uint32_t> srq_starved_;
+  bool srq_starved_warned_ = false;
   std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
   std::unordered_map<uint32_t, Conn*> by_qpn_;
   std::vector<Conn*> refill_conns_, refilling_;  // connections with slots to refill
@@ -1398,6 +1407,7 @@ int TransportImpl::PollCq() {
     for (Conn* c : refilling_) c->Refill();
     refilling_.clear();
   }
+  if (!srq_starved_.empty()) RetryStarvedSrqSlots();
   int total = 0;
   const bool blocking = opts_.completion == CompletionMode::kBlocking;
   ibv_wc wcs[32];
@@ -1421,17 +1431,14 @@ int TransportImpl::PollCq() {
             mempool::Buffer b = std::move(srq_slots_[idx]);
             const bool handed_out = wc.status == IBV_WC_SUCCESS && wc.byte_len > 0;
             if (handed_out) {
-              auto fresh = AllocRecvBuffer();
-              if (fresh.ok()) srq_slots_[idx] = std::move(fresh).value();
+              if (!RefillSrqSlot(idx)) {
+                srq_starved_.push_back(idx);
+                ArmRefillRetry();  // a sleeping worker must come back to retry
+              }
             } else {
               srq_slots_[idx] = b;
-            }
-            if (srq_slots_[idx]) {
               Status s = PostSrqSlot(idx);
               if (!s.ok()) SPDLOG_WARN("rdma: SRQ repost failed: {}", s.ToString());
-            } else {
-              ++srq_starved_;
-              ctr().receive_refill_failures.Add();
             }
             if (Conn* c = ConnFor(wc.qp_num)) c->OnRecvWc(wc, std::move(b));
             continue;
@@ -1575,6 +1582,33 @@ Status TransportImpl::PostSrqSlot(uint32_t idx) {
   const int rc = ibv_post_srq_recv(srq_.get(), &wr, &bad);
   if (rc != 0) return ErrnoStatus(rc, "ibv_post_srq_recv");
   return Status::Ok();
+}
+
+bool TransportImpl::RefillSrqSlot(uint32_t idx) {
+  auto fresh = AllocRecvBuffer();
+  if (!fresh.ok()) {
+    ctr().receive_refill_failures.Add();
+    if (!srq_starved_warned_) {
+      SPDLOG_WARN("rdma: cannot refill an SRQ slot ({}); retrying, senders may see RNR meanwhile",
+                  fresh.status().ToString());
+      srq_starved_warned_ = true;
+    }
+    return false;
+  }
+  srq_starved_warned_ = false;
+  srq_slots_[idx] = std::move(fresh).value();
+  Status s = PostSrqSlot(idx);
+  if (!s.ok()) SPDLOG_WARN("rdma: SRQ repost failed: {}", s.ToString());
+  return true;
+}
+
+void TransportImpl::RetryStarvedSrqSlots() {
+  size_t kept = 0;
+  for (size_t i = 0; i < srq_starved_.size(); ++i) {
+    if (!RefillSrqSlot(srq_starved_[i])) srq_starved_[kept++] = srq_starved_[i];
+  }
+  srq_starved_.resize(kept);
+  if (!srq_starved_.empty()) ArmRefillRetry();
 }
 
 Status TransportImpl::Init() {
