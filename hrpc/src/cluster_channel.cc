@@ -505,10 +505,10 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
     health_cv.notify_all();
     if (health.joinable()) {
       // On one of the runtime's workers a join could wait on a probe that
-      // waits on this very worker: let the thread finish on its own (it holds
-      // the Impl alive until then).
+      // waits on this very worker: the reaper joins it (the thread holds the
+      // Impl alive until then).
       if (workers->CurrentIndex() >= 0) {
-        health.detach();
+        internal::ReapLater([t = std::make_shared<std::thread>(std::move(health))] { t->join(); });
       } else {
         health.join();
       }

@@ -99,10 +99,7 @@ std::string Runtime::MetricsText() const { return internal::SerializeMetrics(cor
 namespace internal {
 namespace {
 
-// Deletes the worker sets whose last reference dropped on one of their own
-// workers (a thread cannot stop and join itself). The process waits for it
-// at exit, so no worker of a released set still runs while static objects
-// (the log registry among them) are destroyed. Never destroyed itself.
+// The thread behind ReapLater().
 class Reaper {
  public:
   static Reaper& Get() {
@@ -111,7 +108,7 @@ class Reaper {
       // WaitAtExit() has run: handlers run in the reverse order of
       // registration, interleaved with static destructors.
       spdlog::default_logger_raw();
-      auto* reaper = new Reaper;
+      auto* reaper = new Reaper;  // never destroyed
       reaper->thread_ = std::thread([reaper] { reaper->Run(); });
       std::atexit(&Reaper::WaitAtExit);
       return reaper;
@@ -119,16 +116,16 @@ class Reaper {
     return *r;
   }
 
-  void Delete(WorkerSet* ws) {
+  void Add(std::function<void()> task) {
     {
       std::lock_guard lock(mu_);
       if (!exiting_) {
-        queue_.push_back(ws);
+        queue_.push_back(std::move(task));
         cv_.notify_all();
         return;
       }
     }
-    std::thread([ws] { delete ws; }).detach();  // the process is already exiting
+    std::thread(std::move(task)).detach();  // the process is already exiting
   }
 
  private:
@@ -137,11 +134,12 @@ class Reaper {
     for (;;) {
       cv_.wait(lock, [&] { return !queue_.empty() || exiting_; });
       if (queue_.empty()) return;
-      WorkerSet* ws = queue_.front();
+      std::function<void()> task = std::move(queue_.front());
       queue_.pop_front();
       busy_ = true;
       lock.unlock();
-      delete ws;
+      task();
+      task = nullptr;  // what it holds goes here too, not under the lock
       lock.lock();
       busy_ = false;
       cv_.notify_all();
@@ -154,7 +152,7 @@ class Reaper {
     std::unique_lock lock(r.mu_);
     r.exiting_ = true;
     r.cv_.notify_all();
-    // exit() called on a worker of a set being deleted would wait forever.
+    // exit() called on a worker that a queued stop waits for would wait forever.
     const bool drained = r.cv_.wait_for(lock, std::chrono::seconds(10), [&] { return r.queue_.empty() && !r.busy_; });
     lock.unlock();
     if (drained) {
@@ -167,7 +165,7 @@ class Reaper {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<WorkerSet*> queue_;
+  std::deque<std::function<void()>> queue_;
   bool busy_ = false;
   bool exiting_ = false;
   const pid_t pid_ = getpid();
@@ -175,6 +173,8 @@ class Reaper {
 };
 
 }  // namespace
+
+void ReapLater(std::function<void()> task) { Reaper::Get().Add(std::move(task)); }
 
 WorkerSet::WorkerSet(const RuntimeOptions& o) : options_(o) {}
 
@@ -184,7 +184,7 @@ Result<std::shared_ptr<WorkerSet>> WorkerSet::Create(const RuntimeOptions& optio
   // the reaper thread stops and deletes that set.
   std::shared_ptr<WorkerSet> set(new WorkerSet(options), [](WorkerSet* ws) {
     if (ws->CurrentIndex() >= 0) {
-      Reaper::Get().Delete(ws);
+      ReapLater([ws] { delete ws; });
     } else {
       delete ws;
     }

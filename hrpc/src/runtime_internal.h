@@ -55,6 +55,13 @@ struct ConnectionInfo {
 class PeerTable;
 class MetricsCollector;
 
+// Runs `task` on the reaper: one thread per process that exit() waits for (up
+// to 10 s), for the stops a runtime's own worker cannot do itself: deleting
+// the runtime whose last reference dropped there, joining a thread that may
+// wait on that worker. So no worker or helper thread of the runtime still runs
+// while the process destroys its static objects.
+void ReapLater(std::function<void()> task);
+
 // The runtime's core: workers, their pools, one registration per pool and
 // transport kind, per-worker transports and outgoing-connection tables.
 // Shared (shared_ptr) by the Runtime object and every Server and RpcChannel
