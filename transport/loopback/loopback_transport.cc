@@ -49,8 +49,7 @@ struct Link {
   std::atomic<int64_t> messages{0};
 };
 
-struct MsgWaiter {
-  Parked parked;
+struct SendWaiter : Parked {  // Send() waiting for a credit
   mempool::IoBuf msg;
 };
 
@@ -77,10 +76,8 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
 
   bool closed = false;
   Status status;
-  uint32_t send_credits = 0;
-  std::deque<MsgWaiter*> send_waiters;
-  std::deque<mempool::IoBuf> rxq;
-  std::deque<MsgWaiter*> recv_waiters;
+  internal::CreditGate<SendWaiter> credits;
+  internal::Inbox<Parked> inbox;
   internal::OpTable<Op> ops;
   internal::OpSlots op_slots;
   internal::ExposureTable expo;
@@ -103,8 +100,8 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
     status = std::move(s);
     expo.Clear();
     ops.FailAll(status);
-    for (auto* w : std::exchange(send_waiters, {})) w->parked.Finish(status);
-    for (auto* w : std::exchange(recv_waiters, {})) w->parked.Finish(status);
+    credits.FailAll(status);
+    inbox.FailAll(status);
     op_slots.FailAll(status);
   }
 
@@ -117,14 +114,11 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
 
   void GrantCredits(uint32_t n) {
     if (closed) return;
-    send_credits += n;
-    while (send_credits > 0 && !send_waiters.empty()) {
-      MsgWaiter* w = send_waiters.front();
-      send_waiters.pop_front();
-      --send_credits;
-      Status s = Transmit(std::move(w->msg));
-      w->parked.Finish(std::move(s));
+    if (Status s = credits.Grant(n); !s.ok()) {
+      Abort(std::move(s));
+      return;
     }
+    credits.Pump([this](SendWaiter& w) { return Transmit(std::move(w.msg)); });
   }
 
   // Puts one message on the wire (a credit was taken for it).
@@ -169,8 +163,7 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
       if (fault.drop) break;
     }
     if (fault.drop) {
-      ++send_credits;  // the receive slot was never used
-      GrantCredits(0);
+      credits.Refund();  // the receive slot was never used
       return Status::Ok();
     }
     ctr->messages_sent.Add();
@@ -238,15 +231,7 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
       wire.bytes.CopyTo(buf->data(), 0, wire.len);
       msg = mempool::IoBuf(std::move(*buf));
     }
-    if (!recv_waiters.empty()) {
-      MsgWaiter* w = recv_waiters.front();
-      recv_waiters.pop_front();
-      w->msg = std::move(msg);
-      ReturnCredit(sender);
-      w->parked.Finish(Status::Ok());
-    } else {
-      rxq.push_back(std::move(msg));
-    }
+    if (inbox.Put(std::move(msg))) ReturnCredit(sender);
   }
 
   void ReturnCredit(const std::weak_ptr<LoopEnd>& sender) {
@@ -260,11 +245,6 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   std::chrono::microseconds Delay() const { return std::max(link->faults->inj.delay(), faults->delay()); }
 };
 
-struct AcceptWaiter {
-  Parked parked;
-  std::shared_ptr<LoopEnd> end;
-};
-
 struct LoopListenerState {
   std::shared_ptr<TransportCounters> ctr;  // the listening transport's
   std::shared_ptr<internal::FaultInjector> faults;  // the listening transport's
@@ -272,9 +252,7 @@ struct LoopListenerState {
   mempool::Pool* pool = nullptr;
   TransportOptions opt;
   std::string name;
-  bool closed = false;  // own thread
-  std::deque<std::shared_ptr<LoopEnd>> ready;
-  std::deque<AcceptWaiter*> waiters;
+  internal::AcceptQueue<std::shared_ptr<LoopEnd>, Parked> accepts;  // own thread
 };
 
 class Net final : public LoopbackNetwork {
@@ -327,30 +305,23 @@ class LoopConnection final : public Connection {
       return InvalidArgumentError("Send: message of " + std::to_string(message.size()) +
                                   " bytes exceeds the limit of " + std::to_string(e->limits.max_message_bytes));
     }
-    if (e->send_credits > 0 && e->send_waiters.empty()) {
-      --e->send_credits;
-      return e->Transmit(std::move(message));
-    }
+    if (e->credits.TryTake()) return e->Transmit(std::move(message));
     e->ctr->credit_stalls.Add();
-    MsgWaiter w;
+    SendWaiter w;
     w.msg = std::move(message);
-    e->send_waiters.push_back(&w);
-    return w.parked.Wait();
+    e->credits.Park(w);
+    return w.Wait();
   }
 
   Result<mempool::IoBuf> Recv() override {
     auto e = e_;
-    if (!e->rxq.empty()) {
-      mempool::IoBuf m = std::move(e->rxq.front());
-      e->rxq.pop_front();
+    if (!e->inbox.empty()) {
+      mempool::IoBuf m = e->inbox.Take();
       if (!e->closed) e->ReturnCredit(e->peer);
       return m;
     }
     if (e->closed) return e->status;
-    MsgWaiter w;
-    e->recv_waiters.push_back(&w);
-    HRPC_TRY(w.parked.Wait());
-    return std::move(w.msg);
+    return e->inbox.Wait();
   }
 
   Result<RemoteDescriptor> Expose(const mempool::Buffer& buf, Access access) override {
@@ -446,26 +417,15 @@ class LoopListener final : public Listener {
 
   Result<std::unique_ptr<Connection>> Accept() override {
     auto ls = ls_;
-    while (true) {
-      if (ls->closed) return CancelledError("listener loop://" + ls->name + " closed");
-      if (!ls->ready.empty()) {
-        auto e = std::move(ls->ready.front());
-        ls->ready.pop_front();
-        return std::unique_ptr<Connection>(new LoopConnection(std::move(e)));
-      }
-      AcceptWaiter w;
-      ls->waiters.push_back(&w);
-      HRPC_TRY(w.parked.Wait());
-      if (w.end) return std::unique_ptr<Connection>(new LoopConnection(std::move(w.end)));
-    }
+    if (ls->accepts.closed()) return CancelledError("listener loop://" + ls->name + " closed");
+    HRPC_ASSIGN_OR_RETURN(std::shared_ptr<LoopEnd> e, ls->accepts.Pop());
+    return std::unique_ptr<Connection>(new LoopConnection(std::move(e)));
   }
   std::string uri() const override { return "loop://" + ls_->name; }
   void Close() override {
-    if (ls_->closed) return;
-    ls_->closed = true;
+    if (ls_->accepts.closed()) return;
     net_->Unbind(ls_->name, ls_.get());
-    for (auto* w : std::exchange(ls_->waiters, {})) w->parked.Finish(CancelledError("listener closed"));
-    for (auto& e : std::exchange(ls_->ready, {})) {
+    for (auto& e : ls_->accepts.Close(CancelledError("listener closed"))) {
       e->FailPeer(UnavailableError("listener closed"));
       e->Fail(CancelledError("listener closed"));
     }
@@ -544,7 +504,7 @@ class LoopTransport final : public Transport {
     server->op_slots.set_max(ls->opt.max_outstanding_ops);
     for (auto* e : {client.get(), server.get()}) {
       e->limits = lim;
-      e->send_credits = lim.recv_depth;
+      e->credits.Open(lim.recv_depth);
       e->link = link;
     }
     client->peer = server;
@@ -553,7 +513,7 @@ class LoopTransport final : public Transport {
     ls->sched->Post(
         [weak_ls, server] {
           auto l = weak_ls.lock();
-          if (!l || l->closed) {
+          if (!l || l->accepts.closed()) {
             server->FailPeer(UnavailableError("listener closed before accepting"));
             server->Fail(CancelledError("listener closed"));
             return;
@@ -562,14 +522,7 @@ class LoopTransport final : public Transport {
             server->opened = true;
             l->ctr->accepted.Add();
           }
-          if (!l->waiters.empty()) {
-            AcceptWaiter* w = l->waiters.front();
-            l->waiters.pop_front();
-            w->end = server;
-            w->parked.Finish(Status::Ok());
-          } else {
-            l->ready.push_back(server);
-          }
+          l->accepts.Push(server);
         },
         "loop-accept");
     ends_.push_back(client);

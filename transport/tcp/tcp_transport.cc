@@ -159,8 +159,7 @@ struct Op {  // a one-sided op this side requested
   Parked parked;
 };
 
-struct MsgWaiter {  // Send() waiting for a credit, Recv() waiting for a message
-  Parked parked;
+struct SendWaiter : Parked {  // Send() waiting for a credit
   mempool::IoBuf msg;
   mempool::IoBuf payload;  // SendWithPayload
 };
@@ -209,10 +208,9 @@ struct Conn : std::enable_shared_from_this<Conn> {
   size_t queued_bytes = 0;
   bool epollout = false;
   bool in_epoll = true;  // the fd is in the epoll set (out of it while paused and not waiting for EPOLLOUT)
-  uint32_t send_credits = 0;
+  internal::CreditGate<SendWaiter> credits;
   uint32_t credits_to_return = 0;
   uint32_t unreturned = 0;  // messages received whose credit has not been returned
-  std::deque<MsgWaiter*> send_waiters;
   std::deque<Parked*> drain_waiters;
 
   // Receive side.
@@ -238,8 +236,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   uint32_t body_expo = UINT32_MAX;
   Status refusal;                 // a refused WRITE's answer, sent after the drain
   std::string small_body;         // HELLO / ERROR text
-  std::deque<mempool::IoBuf> rxq;
-  std::deque<MsgWaiter*> recv_waiters;
+  internal::Inbox<Parked> inbox;
   // Frames behind the current one that its header announced (key): the first
   // `plan.size()` have buffers, `run_left` more have none yet. plan_ctrl: the
   // bytes being parsed are plan.front()'s header, message and padding.
@@ -257,19 +254,12 @@ struct Conn : std::enable_shared_from_this<Conn> {
   bool closed() const { return phase == Phase::kClosed; }
 };
 
-struct AcceptWaiter {
-  Parked parked;
-  std::shared_ptr<Conn> conn;
-};
-
 struct ListenerState {
   int fd = -1;
   uint64_t token = 0;
   std::string uri;
-  bool closed = false;
   std::shared_ptr<const TlsContext> tls;  // null: plain TCP
-  std::deque<std::shared_ptr<Conn>> ready;
-  std::deque<AcceptWaiter*> waiters;
+  internal::AcceptQueue<std::shared_ptr<Conn>, Parked> accepts;
 };
 
 struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
@@ -452,8 +442,8 @@ void Core::Fail(Conn& c, Status s) {
   c.expo.Clear();
   // Move the lists out first: waking may run nothing now (same thread), but keep it simple.
   c.ops.FailAll(c.status);
-  for (auto* w : std::exchange(c.send_waiters, {})) w->parked.Finish(c.status);
-  for (auto* w : std::exchange(c.recv_waiters, {})) w->parked.Finish(c.status);
+  c.credits.FailAll(c.status);
+  c.inbox.FailAll(c.status);
   for (auto* p : std::exchange(c.drain_waiters, {})) p->Finish(c.status);
   c.op_slots.FailAll(c.status);
   if (c.connect_waiter != nullptr) std::exchange(c.connect_waiter, nullptr)->Finish(c.status);
@@ -551,7 +541,7 @@ void Core::QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload)
     fault = faults.OnMessage(message.size(), ctr(), /*can_duplicate=*/payload.empty());
     if (fault.drop) {
       ++c.tx_seq;    // the receiver sees a gap, as after a lost frame
-      ++c.send_credits;  // the receive slot is never used
+      c.credits.Refund();  // the receive slot is never used
       return;
     }
   }
@@ -957,19 +947,14 @@ bool Core::OnReadable(Conn& c) {
 }
 
 void Core::GrantCredits(Conn& c, uint32_t n) {
-  c.send_credits += n;
-  if (c.send_credits > c.limits.recv_depth) {
-    ProtocolError(c, "peer returned more credits than it has receive slots (" + std::to_string(c.send_credits) +
-                         " > " + std::to_string(c.limits.recv_depth) + ")");
+  if (Status s = c.credits.Grant(n); !s.ok()) {
+    ProtocolError(c, std::string(s.message()));
     return;
   }
-  while (c.send_credits > 0 && !c.send_waiters.empty()) {
-    MsgWaiter* w = c.send_waiters.front();
-    c.send_waiters.pop_front();
-    --c.send_credits;
-    QueueMessage(c, std::move(w->msg), std::move(w->payload));
-    w->parked.Finish(Status::Ok());
-  }
+  c.credits.Pump([&](SendWaiter& w) {
+    QueueMessage(c, std::move(w.msg), std::move(w.payload));
+    return Status::Ok();  // a failure reaches the sender through the connection's status
+  });
 }
 
 void Core::OnHeader(Conn& c, const FrameHeader& h) {
@@ -1317,7 +1302,7 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
   c.checked = (hello.flags & tcp::kHelloChecked) != 0;
   c.limits.max_payload_bytes =
       (hello.flags & tcp::kHelloPayloads) != 0 ? std::min<uint64_t>(opt.max_payload_bytes, uint64_t{hello.max_payload_pages} * 4096) : 0;
-  c.send_credits = c.limits.recv_depth;
+  c.credits.Open(c.limits.recv_depth);
   // Ping often enough for the peer's dead-peer timeout too.
   c.keepalive = std::min(opt.common.keepalive_interval, std::chrono::milliseconds(hello.dead_peer_ms / 3 + 1));
   if (c.server) {
@@ -1333,18 +1318,11 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
     c.phase = Phase::kOpen;
     ctr().accepted.Add();
     auto ls = c.listener.lock();
-    if (!ls || ls->closed) {
+    if (!ls || ls->accepts.closed()) {
       Fail(c, CancelledError("listener closed"));
       return;
     }
-    if (!ls->waiters.empty()) {
-      AcceptWaiter* w = ls->waiters.front();
-      ls->waiters.pop_front();
-      w->conn = c.shared_from_this();
-      w->parked.Finish(Status::Ok());
-    } else {
-      ls->ready.push_back(c.shared_from_this());
-    }
+    ls->accepts.Push(c.shared_from_this());
   } else {
     c.phase = Phase::kOpen;
     ctr().connected.Add();
@@ -1357,15 +1335,7 @@ void Core::Deliver(Conn& c, mempool::IoBuf msg, uint64_t payload_bytes) {
   ctr().message_bytes_received.Add(msg.size() - payload_bytes);
   if (payload_bytes > 0) ctr().payload_bytes_received.Add(payload_bytes);
   ++c.unreturned;
-  if (!c.recv_waiters.empty()) {
-    MsgWaiter* w = c.recv_waiters.front();
-    c.recv_waiters.pop_front();
-    w->msg = std::move(msg);
-    ReturnCredit(c);
-    w->parked.Finish(Status::Ok());
-  } else {
-    c.rxq.push_back(std::move(msg));
-  }
+  if (c.inbox.Put(std::move(msg))) ReturnCredit(c);
 }
 
 void Core::ReturnCredit(Conn& c) {
@@ -1381,7 +1351,7 @@ void Core::ReturnCredit(Conn& c) {
 void Core::MaybeSendCredits(Conn& c) {
   if (c.credits_to_return == 0) return;
   const uint32_t threshold = std::max<uint32_t>(1, c.limits.recv_depth / 4);
-  if ((c.credits_to_return >= threshold || !c.send_waiters.empty()) && (c.outq.empty() || c.outq.back().encoded)) {
+  if ((c.credits_to_return >= threshold || c.credits.has_waiters()) && (c.outq.empty() || c.outq.back().encoded)) {
     FrameHeader h;
     h.type = FrameType::kCredit;
     Queue(c, h);
@@ -1423,7 +1393,7 @@ void Core::SendHello(Conn& c) {
 }
 
 void Core::OnAccept(ListenerState& ls) {
-  for (int i = 0; i < kAcceptBudget && !ls.closed; ++i) {
+  for (int i = 0; i < kAcceptBudget && !ls.accepts.closed(); ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     int fd = accept4(ls.fd, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -1619,11 +1589,9 @@ void Core::Shutdown() {
   std::vector<std::shared_ptr<ListenerState>> ls;
   for (auto& [t, l] : listeners) ls.push_back(l);
   for (auto& l : ls) {
-    l->closed = true;
     epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, nullptr);
     close(l->fd);
-    for (auto* w : std::exchange(l->waiters, {})) w->parked.Finish(CancelledError("transport destroyed"));
-    l->ready.clear();
+    l->accepts.Close(CancelledError("transport destroyed"));  // the queued ones failed above
   }
   listeners.clear();
   stopped = true;
@@ -1662,18 +1630,17 @@ class TcpConnection final : public Connection {
         if (c->closed()) return c->status;
       }
     }
-    if (c->send_credits > 0 && c->send_waiters.empty()) {
-      --c->send_credits;
+    if (c->credits.TryTake()) {
       core.QueueMessage(*c, std::move(message), std::move(payload));
     } else {
       core.ctr().credit_stalls.Add();
-      MsgWaiter w;
+      SendWaiter w;
       w.msg = std::move(message);
       w.payload = std::move(payload);
-      c->send_waiters.push_back(&w);
+      c->credits.Park(w);
       core.MaybeSendCredits(*c);
       core.MarkDirty(*c);
-      HRPC_TRY(w.parked.Wait());
+      HRPC_TRY(w.Wait());
     }
     core.MarkDirty(*c);
     return WaitDrained(*c);
@@ -1681,9 +1648,8 @@ class TcpConnection final : public Connection {
 
   Result<mempool::IoBuf> Recv() override {
     auto c = c_;
-    if (!c->rxq.empty()) {
-      mempool::IoBuf m = std::move(c->rxq.front());
-      c->rxq.pop_front();
+    if (!c->inbox.empty()) {
+      mempool::IoBuf m = c->inbox.Take();
       if (!c->closed()) {
         c->core->ReturnCredit(*c);
         if (!c->outq.empty()) c->core->MarkDirty(*c);
@@ -1691,10 +1657,7 @@ class TcpConnection final : public Connection {
       return m;
     }
     if (c->closed()) return c->status;
-    MsgWaiter w;
-    c->recv_waiters.push_back(&w);
-    HRPC_TRY(w.parked.Wait());
-    return std::move(w.msg);
+    return c->inbox.Wait();
   }
 
   Result<RemoteDescriptor> Expose(const mempool::Buffer& buf, Access access) override {
@@ -1796,32 +1759,23 @@ class TcpListener final : public Listener {
   Result<std::unique_ptr<Connection>> Accept() override {
     auto ls = ls_;
     while (true) {
-      if (ls->closed) return CancelledError("listener " + ls->uri + " closed");
-      if (!ls->ready.empty()) {
-        auto c = std::move(ls->ready.front());
-        ls->ready.pop_front();
-        if (c->closed()) continue;  // died between handshake and Accept()
-        return std::unique_ptr<Connection>(new TcpConnection(std::move(c)));
-      }
-      AcceptWaiter w;
-      ls->waiters.push_back(&w);
-      HRPC_TRY(w.parked.Wait());
-      if (w.conn && !w.conn->closed()) return std::unique_ptr<Connection>(new TcpConnection(std::move(w.conn)));
+      if (ls->accepts.closed()) return CancelledError("listener " + ls->uri + " closed");
+      HRPC_ASSIGN_OR_RETURN(std::shared_ptr<Conn> c, ls->accepts.Pop());
+      if (c->closed()) continue;  // died between handshake and Accept()
+      return std::unique_ptr<Connection>(new TcpConnection(std::move(c)));
     }
   }
 
   std::string uri() const override { return ls_->uri; }
 
   void Close() override {
-    if (ls_->closed) return;
-    ls_->closed = true;
+    if (ls_->accepts.closed()) return;
     if (!core_->stopped) {
       epoll_ctl(core_->epfd, EPOLL_CTL_DEL, ls_->fd, nullptr);
       close(ls_->fd);
       core_->listeners.erase(ls_->token);
     }
-    for (auto* w : std::exchange(ls_->waiters, {})) w->parked.Finish(CancelledError("listener closed"));
-    for (auto& c : std::exchange(ls_->ready, {})) core_->Fail(*c, CancelledError("listener closed"));
+    for (auto& c : ls_->accepts.Close(CancelledError("listener closed"))) core_->Fail(*c, CancelledError("listener closed"));
   }
 
  private:

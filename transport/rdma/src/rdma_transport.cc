@@ -53,6 +53,7 @@
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/rdma.h"
 #include "hrpc/transport/resolver.h"
+#include "conn_parts.h"
 #include "faults.h"
 #include "verbs.h"
 
@@ -192,6 +193,7 @@ class Conn final : public CmTarget {
   void StartLiveness(Clock::time_point now);
   void LivenessTick(Clock::time_point now);
   bool Reapable() const { return !user_owned_ && !in_listener_ && drained_; }
+  uint32_t send_credits() const { return credits_.credits(); }
 
   // Connection API
   Status Send(mempool::IoBuf message);
@@ -228,9 +230,6 @@ class Conn final : public CmTarget {
   struct SqWaiter : Parked {
     uint32_t n = 0;
   };
-  struct RecvWaiter : Parked {
-    mempool::IoBuf msg;
-  };
   // A Send parked for a credit or an SQ slot. The waker posts the message
   // itself (in FIFO order), so messages leave in Send() order.
   struct SendWaiter : Parked {
@@ -251,7 +250,7 @@ class Conn final : public CmTarget {
   // of credits never blocks one-sided ops behind it).
   Status Reserve(uint32_t n);
   void WakeSqWaiters();
-  bool CanSendMessage() const { return send_credits_ > 0 && sq_used_ < sq_cap_; }
+  // Posts a message a credit was taken for (and an SQ slot is free for).
   Status PostMessage(mempool::IoBuf message);
   // A PING or PONG when the SQ has room, else left pending for the next send
   // completion.
@@ -282,8 +281,7 @@ class Conn final : public CmTarget {
   uint64_t last_signaled_seq_ = 0;
   std::deque<SendEntry> inflight_;
   std::deque<SqWaiter*> sq_waiters_;
-  std::deque<SendWaiter*> send_waiters_;
-  uint32_t send_credits_ = 0;
+  internal::CreditGate<SendWaiter> credits_;
   uint32_t owed_credits_ = 0;
   uint32_t credit_batch_ = 1;
   bool credit_pending_ = false;
@@ -312,8 +310,7 @@ class Conn final : public CmTarget {
   uint32_t cq_budget_ = 0;  // CQ entries this connection may need
 
  private:
-  std::deque<mempool::IoBuf> msgs_;
-  std::deque<RecvWaiter*> recv_waiters_;
+  internal::Inbox<Parked> inbox_;
   bool connected_ = false;  // rdma_connect/accept completed (disconnect needed)
   bool draining_ = false;
   bool sq_drained_ = false;
@@ -513,13 +510,10 @@ class ListenerImpl final : public Listener, public CmTarget {
   std::string uri_;
 
  private:
-  struct AcceptWaiter : Parked {
-    Conn* conn = nullptr;
-  };
-  bool closed_ = false;
+  // The user's handle owns `c` from now on.
+  static void HandOut(Conn* c);
   std::vector<Conn*> pending_;  // accepted, not established
-  std::deque<Conn*> ready_;
-  std::deque<AcceptWaiter*> waiters_;
+  internal::AcceptQueue<Conn*, Parked> accepts_;
 };
 
 // ----------------------------------------------------------------- Conn
@@ -533,8 +527,7 @@ Conn::~Conn() {
 void Conn::SetLimits(uint32_t max_message_bytes, uint32_t recv_depth) {
   limits_.max_message_bytes = max_message_bytes;
   limits_.recv_depth = recv_depth;
-  send_credits_ = recv_depth;
-  stats_.send_credits = send_credits_;
+  credits_.Open(recv_depth);
   credit_batch_ = CreditBatch(recv_depth);
 }
 
@@ -620,12 +613,8 @@ Status Conn::Reserve(uint32_t n) {
 
 void Conn::WakeSqWaiters() {
   // Control messages first (each needs a credit and a slot), then one-sided ops.
-  while (status_.ok() && !send_waiters_.empty() && CanSendMessage()) {
-    SendWaiter* w = send_waiters_.front();
-    send_waiters_.pop_front();
-    Status s = PostMessage(std::move(w->msg));
-    w->Finish(std::move(s));
-  }
+  credits_.Pump([this](SendWaiter& w) { return PostMessage(std::move(w.msg)); },
+                [this] { return status_.ok() && sq_used_ < sq_cap_; });
   while (status_.ok() && !sq_waiters_.empty()) {
     SqWaiter* w = sq_waiters_.front();
     if (!CanTake(w->n)) break;
@@ -685,11 +674,11 @@ Status Conn::Send(mempool::IoBuf message) {
       if (!status_.ok()) return status_;
     }
   }
-  if (send_waiters_.empty() && CanSendMessage()) return PostMessage(std::move(message));
-  (send_credits_ == 0 ? t_.ctr().credit_stalls : t_.ctr().send_queue_stalls).Add();
+  if (sq_used_ < sq_cap_ && credits_.TryTake()) return PostMessage(std::move(message));
+  (credits_.credits() == 0 ? t_.ctr().credit_stalls : t_.ctr().send_queue_stalls).Add();
   SendWaiter w;
   w.msg = std::move(message);
-  send_waiters_.push_back(&w);
+  credits_.Park(w);
   return w.Wait();  // posted (or failed) by WakeSqWaiters / Fail
 }
 
@@ -704,7 +693,10 @@ Status Conn::PostMessage(mempool::IoBuf message) {
       return status_;
     }
     fault = t_.faults_.OnMessage(message.size(), t_.ctr(), /*can_duplicate=*/false);
-    if (fault.drop) return Status::Ok();  // never posted: its credit stays
+    if (fault.drop) {
+      credits_.Refund();  // never posted: its credit stays
+      return Status::Ok();
+    }
     if (t_.faults_.TakeQpError(t_.ctr())) {
       // What a fatal local or remote error does: the QP flushes everything;
       // the flushes tell this side (OnRecvWc/OnSendWc), the disconnect the peer.
@@ -715,8 +707,6 @@ Status Conn::PostMessage(mempool::IoBuf message) {
     }
   }
   ++messages_posted_;
-  --send_credits_;
-  stats_.send_credits = send_credits_;
   ++sq_used_;
   ibv_sge sges[16];
   const uint32_t nsge = static_cast<uint32_t>(
@@ -872,30 +862,17 @@ void Conn::Deliver(mempool::IoBuf msg) {
   ++stats_.recvs;
   t_.ctr().messages_received.Add();
   t_.ctr().message_bytes_received.Add(msg.size());
-  if (!recv_waiters_.empty()) {
-    RecvWaiter* w = recv_waiters_.front();
-    recv_waiters_.pop_front();
-    w->msg = std::move(msg);
-    Took();
-    w->Finish(Status::Ok());
-    return;
-  }
-  msgs_.push_back(std::move(msg));
+  if (inbox_.Put(std::move(msg))) Took();
 }
 
 Result<mempool::IoBuf> Conn::Recv() {
   if (!status_.ok()) return status_;
-  if (!msgs_.empty()) {
-    mempool::IoBuf m = std::move(msgs_.front());
-    msgs_.pop_front();
+  if (!inbox_.empty()) {
+    mempool::IoBuf m = inbox_.Take();
     Took();
     return m;
   }
-  RecvWaiter w;
-  recv_waiters_.push_back(&w);
-  Status s = w.Wait();
-  if (!s.ok()) return s;
-  return std::move(w.msg);
+  return inbox_.Wait();
 }
 
 void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
@@ -919,11 +896,9 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
   const uint32_t credits = imm & kImmCreditMask;
   ++rx_count_;  // the peer's process is alive
   if (credits > 0) {
-    send_credits_ += credits;
     stats_.credits_received += credits;
-    stats_.send_credits = send_credits_;
-    if (send_credits_ > limits_.recv_depth) {
-      Fail(DataLossError("peer returned more credits than it was given"));
+    if (Status s = credits_.Grant(credits); !s.ok()) {
+      Fail(std::move(s));
       return;
     }
     WakeSqWaiters();
@@ -1198,15 +1173,13 @@ void Conn::Fail(Status s) {
   }
   for (SqWaiter* w : sq_waiters_) w->Finish(status_);
   sq_waiters_.clear();
-  for (SendWaiter* w : send_waiters_) w->Finish(status_);
-  send_waiters_.clear();
-  for (RecvWaiter* w : recv_waiters_) w->Finish(status_);
-  recv_waiters_.clear();
+  credits_.FailAll(status_);
+  inbox_.FailAll(status_);
   for (SendEntry& e : inflight_) {
     if (e.op != nullptr) e.op->Finish(status_);
     e.op = nullptr;  // the entry keeps holding buffers until the QP is drained
   }
-  msgs_.clear();
+  (void)inbox_.TakeAll();
   if (listener_ != nullptr && !was_established) listener_->Forget(this);
   if (connected_ && id_) rdma_disconnect(id_.get());  // moves the QP to error too
   StartDrain();
@@ -1311,7 +1284,7 @@ void ListenerImpl::OnRequest(const CmEv& ev) {
     snprintf(h.reason, sizeof h.reason, "%s", why.c_str());
     rdma_reject(id.get(), &h, sizeof h);
   };
-  if (closed_) {
+  if (accepts_.closed()) {
     reject("listener closed");
     return;
   }
@@ -1374,48 +1347,33 @@ void ListenerImpl::OnRequest(const CmEv& ev) {
   pending_.push_back(c);
 }
 
+void ListenerImpl::HandOut(Conn* c) {
+  c->in_listener_ = false;
+  c->listener_ = nullptr;
+  c->user_owned_ = true;
+}
+
 void ListenerImpl::Established(Conn* c) {
   Forget(c);
   t_.ctr().accepted.Add();
-  if (!waiters_.empty()) {
-    AcceptWaiter* w = waiters_.front();
-    waiters_.pop_front();
-    c->in_listener_ = false;
-    c->listener_ = nullptr;
-    c->user_owned_ = true;
-    w->conn = c;
-    w->Finish(Status::Ok());
-    return;
-  }
-  ready_.push_back(c);
+  // Handed to a parked acceptor: the user owns it from now, before that
+  // coroutine runs.
+  if (accepts_.Push(c)) HandOut(c);
 }
 
 Result<std::unique_ptr<Connection>> ListenerImpl::Accept() {
-  if (closed_) return CancelledError("listener closed");
-  while (!ready_.empty()) {
-    Conn* c = ready_.front();
-    ready_.pop_front();
-    c->in_listener_ = false;
-    c->listener_ = nullptr;
-    c->user_owned_ = true;
-    return std::unique_ptr<Connection>(std::make_unique<RdmaConnection>(c));
-  }
-  AcceptWaiter w;
-  waiters_.push_back(&w);
-  Status s = w.Wait();
-  if (!s.ok()) return s;
-  return std::unique_ptr<Connection>(std::make_unique<RdmaConnection>(w.conn));
+  if (accepts_.closed()) return CancelledError("listener closed");
+  HRPC_ASSIGN_OR_RETURN(Conn* c, accepts_.Pop());
+  HandOut(c);  // already done when Established() handed it over
+  return std::unique_ptr<Connection>(std::make_unique<RdmaConnection>(c));
 }
 
 void ListenerImpl::Close() {
-  if (closed_) return;
-  closed_ = true;
-  for (AcceptWaiter* w : waiters_) w->Finish(CancelledError("listener closed"));
-  waiters_.clear();
+  if (accepts_.closed()) return;
+  std::deque<Conn*> ready = accepts_.Close(CancelledError("listener closed"));
   std::vector<Conn*> drop(pending_.begin(), pending_.end());
-  drop.insert(drop.end(), ready_.begin(), ready_.end());
+  drop.insert(drop.end(), ready.begin(), ready.end());
   pending_.clear();
-  ready_.clear();
   for (Conn* c : drop) {
     c->listener_ = nullptr;
     c->in_listener_ = false;
@@ -1875,7 +1833,9 @@ Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri)
 std::optional<RdmaConnectionStats> RdmaStatsOf(const Connection& c) {
   const auto* r = dynamic_cast<const RdmaConnection*>(&c);
   if (r == nullptr) return std::nullopt;
-  return r->core().stats_;
+  RdmaConnectionStats s = r->core().stats_;
+  s.send_credits = r->core().send_credits();
+  return s;
 }
 
 std::shared_ptr<RdmaDomain> RdmaDomainOf(const Transport& t) {
