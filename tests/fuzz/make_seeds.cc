@@ -146,6 +146,16 @@ void TcpSeeds() {
   payload_body.resize(10 + kPad, 0);
   payload_body.resize(10 + kPad + 4096, 'p');
   Write("tcp_stream", "message-payload", Cat({TcpFrame(11, payload_body, 0, 0, 4096, 0, 0, 10)}, 3));
+  // Runs announced in the header's key: the receiver reads them together.
+  Write("tcp_stream", "message-payload-announced",
+        Cat({TcpFrame(11, payload_body, 0, 0, 4096, 2, 0, 10), TcpFrame(11, payload_body, 0, 0, 4096, 1, 0, 10),
+             TcpFrame(11, payload_body, 0, 0, 4096, 0, 0, 10)},
+            3));
+  Write("tcp_stream", "message-payload-not-as-announced",
+        Cat({TcpFrame(11, payload_body, 0, 0, 4096, 1, 0, 10), TcpFrame(11, payload_body, 0, 0, 4095, 0, 0, 10)}, 3));
+  const Bytes long_msg(2000, 'l');
+  Write("tcp_stream", "messages-announced",
+        Cat({TcpFrame(3, long_msg, 0, 0, 0, 2), TcpFrame(3, long_msg, 0, 0, 0, 1), TcpFrame(3, long_msg)}, 1));
   Bytes write_body(kPad, 0);
   write_body.resize(kPad + 100, 'w');
   Write("tcp_stream", "write", Cat({TcpFrame(4, write_body, 0, 1, 0x1000, 0x10001, 0, 100)}, 1));
@@ -176,6 +186,18 @@ void TcpSeeds() {
   bad.back() ^= 0x5A;  // the body no longer matches its CRC
   Write("tcp_stream", "checked-corrupt", Cat({bad}, 9));
   Write("tcp_stream", "checked-payload", Cat({checked(11, payload_body, 1, 10, 4096, 10)}, 11));
+  // Announced runs on a checked connection: a duplicate planned message is
+  // dropped, a planned payload frame is checked like any other.
+  const auto announced = [](uint8_t type, const Bytes& body, uint64_t seq, size_t msg_bytes, uint32_t more,
+                            uint64_t payload = 0, uint32_t length = UINT32_MAX) {
+    return TcpFrame(type, body, 0, seq, payload, more, Crc32c(body.data(), msg_bytes), length);
+  };
+  Write("tcp_stream", "checked-duplicate-announced",
+        Cat({announced(3, long_msg, 1, long_msg.size(), 2), announced(3, long_msg, 1, long_msg.size(), 1),
+             announced(3, long_msg, 2, long_msg.size(), 0)},
+            9));
+  Write("tcp_stream", "checked-payload-announced",
+        Cat({announced(11, payload_body, 1, 10, 1, 4096, 10), announced(11, payload_body, 2, 10, 0, 4096, 10)}, 11));
   Write("tcp_stream", "hello-only", Cat({}, 1));
   Write("tcp_stream", "garbage-before-hello", Cat({Bytes(40, 0xEE)}, 0));
 }

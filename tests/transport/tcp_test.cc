@@ -382,6 +382,204 @@ TEST_F(TcpWire, PayloadLargerThanOfferedClosesThatConnection) {
   ServerUnaffected();
 }
 
+// A raw client whose hello offers payloads up to 64 KiB, handshaken.
+std::unique_ptr<RawClient> PayloadClient(Env& env) {
+  auto raw = std::make_unique<RawClient>(env.listener().uri());
+  std::vector<uint8_t> hello = HelloFrame();
+  const uint16_t flags = 1;     // payloads
+  const uint32_t pages = 16;    // up to 64 KiB
+  std::memcpy(&hello[32 + 10], &flags, 2);
+  std::memcpy(&hello[32 + 28], &pages, 4);
+  raw->Write(hello);
+  EXPECT_EQ(raw->Read(64).size(), 64u);
+  return raw;
+}
+
+// A frame that announces `announced` (header key) same-shaped frames behind
+// it: a MESSAGE_PAYLOAD (MessagePayloadFrame) when payload_len > 0, else a
+// MESSAGE. Message bytes are `tag`, payload byte j is tag * 31 + j.
+std::vector<uint8_t> AnnouncingFrame(uint32_t msg_len, uint32_t payload_len, uint32_t announced, uint8_t tag) {
+  std::vector<uint8_t> f;
+  if (payload_len > 0) {
+    f = MessagePayloadFrame(msg_len, payload_len, payload_len);
+    std::fill(f.begin() + 32 + msg_len, f.begin() + 32 + msg_len + 992, 0);
+    for (uint32_t j = 0; j < payload_len; ++j) f[32 + msg_len + 992 + j] = static_cast<uint8_t>(tag * 31 + j);
+  } else {
+    f = Header(/*MESSAGE*/ 3, msg_len);
+    f.resize(32 + msg_len);
+  }
+  std::memcpy(&f[24], &announced, 4);
+  std::fill(f.begin() + 32, f.begin() + 32 + msg_len, tag);
+  return f;
+}
+
+// Frames whose header announces the ones behind it are read several to a
+// readv (header, message and padding into one buffer, a payload into its own
+// blocks); a read may end anywhere in them. Here the bytes arrive in pieces
+// that end inside the first frame (its header, its padding, or at its end),
+// inside the second payload (or message), inside the third header and inside
+// the fourth message: every message arrives whole and in order, a payload in
+// aligned pool blocks, and not a byte copied.
+TEST_F(TcpWire, AnnouncedFramesSplitAnywhereArriveWholeAndUncopied) {
+  constexpr uint32_t kFrames = 5;
+  struct Shape {
+    uint32_t msg, payload;
+  };
+  for (Shape shape : {Shape{10, 4096}, Shape{4200, 0}}) {
+    const size_t pad = shape.payload > 0 ? 992 : 0;
+    const size_t frame = 32 + shape.msg + pad + shape.payload;
+    for (size_t first_cut : {size_t{32 + 10 + 500}, size_t{20}, frame}) {
+      SCOPED_TRACE("message " + std::to_string(shape.msg) + " payload " + std::to_string(shape.payload) +
+                   ", first piece " + std::to_string(first_cut) + " bytes");
+      auto raw = PayloadClient(*env_);
+      auto accepted = coro::Async(env_->server_worker().scheduler(), [&]() { return env_->listener().Accept(); });
+      auto conn = accepted.WaitFor(5s);
+      ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+      std::vector<uint8_t> stream;
+      for (uint32_t i = 0; i < kFrames; ++i) {
+        auto f = AnnouncingFrame(shape.msg, shape.payload, kFrames - 1 - i, static_cast<uint8_t>(i + 1));
+        stream.insert(stream.end(), f.begin(), f.end());
+      }
+      const uint64_t copied0 = mempool::CopiedBytesTotal();
+      const std::vector<size_t> cuts = {first_cut, frame + 32 + shape.msg + pad + shape.payload / 4 - 100,
+                                        2 * frame + 12, 3 * frame + 32 + 4, stream.size()};
+      size_t at = 0;
+      for (size_t cut : cuts) {
+        raw->Write(std::vector<uint8_t>(stream.begin() + at, stream.begin() + cut));
+        at = cut;
+        std::this_thread::sleep_for(20ms);  // the server reads each piece on its own
+      }
+      auto got = On(env_->server_worker(), [&]() -> Result<std::vector<IoBuf>> {
+        std::vector<IoBuf> v;
+        for (uint32_t i = 0; i < kFrames; ++i) {
+          HRPC_ASSIGN_OR_RETURN(IoBuf m, (*conn)->Recv());
+          v.push_back(std::move(m));
+        }
+        return v;
+      });
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      EXPECT_EQ(mempool::CopiedBytesTotal() - copied0, 0u);
+      for (uint32_t i = 0; i < kFrames; ++i) {
+        SCOPED_TRACE("frame " + std::to_string(i));
+        IoBuf& m = (*got)[i];
+        ASSERT_EQ(m.size(), shape.msg + shape.payload);
+        std::vector<uint8_t> bytes(m.size());
+        size_t off = 0;
+        for (size_t slice = 0; slice < m.num_slices(); ++slice) {
+          const mempool::Buffer& b = m.slice(slice);
+          std::memcpy(bytes.data() + off, b.data(), b.size());  // the test's own check, not the data path
+          off += b.size();
+          if (shape.payload > 0 && off == m.size()) {
+            EXPECT_EQ(b.size(), shape.payload) << "the payload is one block";
+            EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 4096, 0u);
+          }
+        }
+        for (uint32_t j = 0; j < shape.msg; ++j) ASSERT_EQ(bytes[j], i + 1) << "message byte " << j;
+        for (uint32_t j = 0; j < shape.payload; ++j) {
+          ASSERT_EQ(bytes[shape.msg + j], static_cast<uint8_t>((i + 1) * 31 + j)) << "payload byte " << j;
+        }
+      }
+      EXPECT_TRUE(On(env_->server_worker(), [&]() { return (*conn)->status(); }).ok());
+      On(env_->server_worker(), [&]() { conn->reset(); });
+    }
+  }
+}
+
+// A frame that is not what its predecessor announced (another payload or
+// message length, another type) closes that connection only: the bytes the
+// receiver had placed for it are never delivered.
+TEST_F(TcpWire, FrameNotAsAnnouncedClosesThatConnection) {
+  struct Liar {
+    std::vector<uint8_t> first, second;
+    std::string why;
+  };
+  const std::string payload_announced = " is not the one its predecessor announced (type 11, 10 + 4096 bytes";
+  const std::string message_announced = " is not the one its predecessor announced (type 3, 2000 + 0 bytes";
+  std::vector<Liar> liars;
+  liars.push_back({AnnouncingFrame(10, 4096, 1, 1), AnnouncingFrame(10, 8192, 0, 2),
+                   "(type 11, 10 + 8192 bytes, 0 more announced)" + payload_announced});
+  liars.push_back({AnnouncingFrame(10, 4096, 1, 1), AnnouncingFrame(11, 4096, 0, 2),
+                   "(type 11, 11 + 4096 bytes, 0 more announced)" + payload_announced});
+  liars.push_back({AnnouncingFrame(10, 4096, 1, 1), AnnouncingFrame(10 + 992 + 4096, 0, 0, 2),
+                   "(type 3, 5098 + 0 bytes, 0 more announced)" + payload_announced});
+  liars.push_back({AnnouncingFrame(2000, 0, 2, 1), AnnouncingFrame(1000, 0, 1, 2),
+                   "(type 3, 1000 + 0 bytes, 1 more announced)" + message_announced});
+  liars.push_back({AnnouncingFrame(2000, 0, 2, 1), AnnouncingFrame(2000, 0, 0, 2),
+                   "(type 3, 2000 + 0 bytes, 0 more announced)" + message_announced});  // 1 more was planned
+  for (const Liar& l : liars) {
+    SCOPED_TRACE(l.why);
+    auto raw = PayloadClient(*env_);
+    std::vector<uint8_t> stream = l.first;
+    stream.insert(stream.end(), l.second.begin(), l.second.end());
+    stream.resize(stream.size() + 8192, 0xA7);  // the rest of what was announced (never delivered)
+    raw->Write(stream);
+    EXPECT_TRUE(raw->ClosedByServer());
+    EXPECT_TRUE(Logged(l.why));
+  }
+  ServerUnaffected();
+}
+
+// The sender announces runs of same-shaped frames; runs broken by
+// plain messages and by other shapes arrive whole, in order and uncopied.
+TEST_F(TcpWire, RunsOfPayloadsArriveInOrderUncopied) {
+  Connection& client = env_->client();
+  struct Shape {
+    size_t msg, payload;
+  };
+  std::vector<Shape> shapes;
+  for (int i = 0; i < 20; ++i) shapes.push_back({24, 4096});
+  shapes.push_back({40, 0});  // a plain message
+  for (int i = 0; i < 6; ++i) shapes.push_back({24, 8192});
+  for (int i = 0; i < 6; ++i) shapes.push_back({100, 8192});
+  for (int i = 0; i < 3; ++i) shapes.push_back({24, 65536});
+  for (int i = 0; i < 10; ++i) shapes.push_back({5000, 0});  // messages no prefetch holds
+  shapes.push_back({24, 4096});
+  std::vector<uint32_t> crcs;
+  std::vector<IoBuf> msgs, payloads;
+  (void)On(env_->client_worker(), [&]() -> Status {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      msgs.push_back(IoBuf(Filled(env_->pool(), shapes[i].msg, static_cast<uint32_t>(i))));
+      payloads.push_back(shapes[i].payload > 0 ? IoBuf(Filled(env_->pool(), shapes[i].payload, static_cast<uint32_t>(1000 + i)))
+                                               : IoBuf());
+      crcs.push_back(msgs.back().Crc32c() ^ payloads.back().Crc32c());
+    }
+    return Status::Ok();
+  });
+  const uint64_t copied0 = mempool::CopiedBytesTotal();
+  auto got = coro::Async(env_->server_worker().scheduler(), [&]() -> Result<std::vector<IoBuf>> {
+    std::vector<IoBuf> v;
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env_->server().Recv());
+      v.push_back(std::move(m));
+    }
+    return v;
+  });
+  Status sent = On(env_->client_worker(), [&]() -> Status {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      if (payloads[i].empty()) {
+        HRPC_TRY(client.Send(std::move(msgs[i])));
+      } else {
+        HRPC_TRY(client.SendWithPayload(std::move(msgs[i]), std::move(payloads[i])));
+      }
+    }
+    return Status::Ok();
+  });
+  ASSERT_TRUE(sent.ok()) << sent.ToString();
+  auto r = got.WaitFor(10s);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(mempool::CopiedBytesTotal() - copied0, 0u);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    SCOPED_TRACE("message " + std::to_string(i));
+    IoBuf& m = (*r)[i];
+    ASSERT_EQ(m.size(), shapes[i].msg + shapes[i].payload);
+    IoBuf head = m.CutFront(shapes[i].msg);
+    EXPECT_EQ(head.Crc32c() ^ m.Crc32c(), crcs[i]);
+    for (size_t s = 0; s < m.num_slices(); ++s) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(m.slice(s).data()) % 4096, 0u) << "payload slice " << s;
+    }
+  }
+}
+
 TransportKind TcpWithPayloadLimit(uint64_t max_payload_bytes) {
   TransportKind k = TcpKind();
   k.make = [max_payload_bytes](coro::Scheduler& sched, mempool::Pool& pool, const TransportOptions& opt,

@@ -13,7 +13,11 @@
 //                     message's sequence number (1, 2, ... per direction)
 //   16   8   addr     WRITE / READ_REQ: target address in the peer's memory;
 //                     MESSAGE_PAYLOAD: payload bytes after the message
-//   24   4   key      WRITE / READ_REQ: exposure key
+//   24   4   key      WRITE / READ_REQ: exposure key;
+//                     MESSAGE_PAYLOAD: how many frames right behind this one
+//                     are MESSAGE_PAYLOADs of the same `length` and `addr`
+//                     (the receiver reads them with one readv; a frame that
+//                     is not what was announced is a protocol error)
 //   28   4   aux      READ_REQ: bytes to read; ERROR: StatusCode;
 //                     MESSAGE / MESSAGE_PAYLOAD on a checked connection:
 //                     CRC32C of the message bytes (not of a payload)
@@ -103,6 +107,14 @@ static_assert(sizeof(Hello) == 32);
 // between its message and its payload (a prefetch that starts at its header
 // ends inside message + padding, and its message is never read together with
 // bytes beyond it).
+//
+// Announced frames (a MESSAGE_PAYLOAD's `key`) are read without that limit:
+// the receiver knows where each one's header, message and padding end and its
+// payload starts, so one readv takes the current payload, then for each
+// announced frame its header + message + padding (into one pool buffer,
+// parsed like a prefetch) and its payload (into its own pool blocks), then a
+// prefetch that starts at the next header. A header found there that is not
+// the announced one closes the connection before any byte behind it is used.
 inline constexpr size_t kPrefetchBytes = 1024;
 inline constexpr uint32_t kPayloadPad = 992;
 static_assert(kHeaderBytes + kPayloadPad >= kPrefetchBytes,

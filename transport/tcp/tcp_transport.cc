@@ -72,6 +72,14 @@ constexpr int kAcceptBudget = 64;  // accepts per listener per Poll()
 constexpr uint64_t kListenerBit = 1ull << 63;
 // Pool blocks a MESSAGE_PAYLOAD's receiver holds ready ahead of the bytes read.
 constexpr uint64_t kPayloadAheadBytes = 8u << 20;
+// Announced frames (FrameHeader::key of a MESSAGE / MESSAGE_PAYLOAD) the
+// receiver gives buffers ahead of their bytes, so one readv takes several of
+// them: at most kPlanFrames, each with at most kPlanCtrlBytes of header +
+// message + padding and kPlanPayloadBytes of payload, kPlanAheadBytes in all.
+constexpr size_t kPlanFrames = 64;
+constexpr size_t kPlanCtrlBytes = 64u << 10;
+constexpr uint64_t kPlanPayloadBytes = 256u << 10;
+constexpr uint64_t kPlanAheadBytes = 1u << 20;
 // Retry interval of a connection whose receive buffer the pool refused.
 constexpr std::chrono::milliseconds kMemoryRetryFirst{1}, kMemoryRetryMax{32};
 
@@ -156,6 +164,23 @@ struct SendWaiter : Parked {  // Send() waiting for a credit
   mempool::IoBuf payload;  // SendWithPayload
 };
 
+// A MESSAGE or MESSAGE_PAYLOAD announced by the frame before it (same type,
+// message and payload length), given its buffers before its bytes arrive: its
+// header, message and padding land in `ctrl` (parsed like a prefetch, the
+// message kept as slices), its payload in `payload` (pool blocks, aligned like
+// MorePayloadBlocks').
+struct PlannedFrame {
+  FrameType type = FrameType::kMessagePayload;
+  mempool::Buffer ctrl;
+  size_t ctrl_len = 0;  // kHeaderBytes + message (+ kPayloadPad)
+  size_t ctrl_got = 0;
+  uint32_t msg_len = 0;
+  uint64_t payload_len = 0;
+  std::vector<iovec> payload_iov;
+  mempool::IoBuf payload_hold;
+  bool adopted = false;  // StartPayload took the payload blocks
+};
+
 enum class Phase : uint8_t { kConnecting, kTls, kHandshake, kOpen, kClosed };
 enum class Sink : uint8_t { kMessage, kPayload, kWrite, kDrain, kReadResp, kHello, kErrorText };
 
@@ -212,6 +237,12 @@ struct Conn : std::enable_shared_from_this<Conn> {
   Status refusal;                 // a refused WRITE's answer, sent after the drain
   std::string small_body;         // HELLO / ERROR text
   internal::Inbox<Parked> inbox;
+  // Frames behind the current one that its header announced (key): the first
+  // `plan.size()` have buffers, `run_left` more have none yet. plan_ctrl: the
+  // bytes being parsed are plan.front()'s header, message and padding.
+  std::deque<PlannedFrame> plan;
+  uint32_t run_left = 0;
+  bool plan_ctrl = false;
 
   // One-sided ops.
   internal::OpTable<Op> ops;
@@ -291,7 +322,12 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   }
   int FlushDirty();
   bool OnReadable(Conn& c);  // true if any bytes arrived
-  void ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t len);
+  // Parses bytes [from, from + len) of `pf`.
+  void ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t from, size_t len);
+  // Gives buffers to the announced frames that fit the limits (kPlan*).
+  void ExtendPlan(Conn& c);
+  // Bytes read into the current frame's padding and body; false if that closed c.
+  bool TakeBody(Conn& c, size_t& got);
   // A control message, or (payload non-empty) a MESSAGE_PAYLOAD frame.
   void QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload);
   bool StartPayload(Conn& c);
@@ -401,6 +437,8 @@ void Core::Fail(Conn& c, Status s) {
   c.body_hold = mempool::IoBuf();
   c.msg = mempool::IoBuf();
   c.body_iov.clear();
+  c.plan.clear();
+  c.run_left = 0;
   c.expo.Clear();
   // Move the lists out first: waking may run nothing now (same thread), but keep it simple.
   c.ops.FailAll(c.status);
@@ -557,18 +595,41 @@ void Core::QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after
   c.outq.back().close_after = close_after;
 }
 
+// A MESSAGE / MESSAGE_PAYLOAD header announces (key) how many frames right
+// behind it have its type, message and payload length, so the receiver reads
+// several at once.
+static bool SameShape(const OutFrame& a, const OutFrame& b) {
+  return (a.h.type == FrameType::kMessagePayload || a.h.type == FrameType::kMessage) && a.h.type == b.h.type &&
+         a.h.length == b.h.length && a.h.addr == b.h.addr;
+}
+constexpr uint32_t kMaxAnnounced = 1024;
+
 void Core::Flush(Conn& c) {
   while (!c.closed() && !c.outq.empty()) {
     iovec iov[kMaxIov];
     int n = 0;
+    uint32_t next_announced = UINT32_MAX;  // the key of outq[i], when outq[i - 1]'s announced it
     for (size_t i = 0; i < c.outq.size() && n < kMaxIov; ++i) {
       OutFrame& f = c.outq[i];
       if (!f.encoded) {
         const uint32_t give = std::min<uint32_t>(c.credits_to_return, UINT16_MAX);
         f.h.credits = static_cast<uint16_t>(give);
         c.credits_to_return -= give;
+        if (f.h.type == FrameType::kMessagePayload || f.h.type == FrameType::kMessage) {
+          uint32_t same = next_announced;
+          if (same == UINT32_MAX) {
+            same = 0;
+            while (same < kMaxAnnounced && i + 1 + same < c.outq.size() && SameShape(f, c.outq[i + 1 + same])) ++same;
+          }
+          f.h.key = same;
+          next_announced = same > 0 ? same - 1 : UINT32_MAX;
+        } else {
+          next_announced = UINT32_MAX;
+        }
         tcp::EncodeHeader(f.h, f.hdr);
         f.encoded = true;
+      } else {
+        next_announced = UINT32_MAX;
       }
       size_t skip = f.off;
       auto add = [&](const void* base, size_t len) {
@@ -646,10 +707,11 @@ static void AdvanceBody(Conn& c, size_t n) {
 // slices of `pf`: no copy) and padding. Payload of WRITE / READ_RESP /
 // MESSAGE_PAYLOAD never lands here because the sender pads it by kPayloadPad
 // >= kPrefetchBytes - header.
-void Core::ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t len) {
-  size_t pos = 0;
-  while (pos < len && !c.closed()) {
-    const size_t avail = len - pos;
+void Core::ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t from, size_t len) {
+  size_t pos = from;
+  const size_t end = from + len;
+  while (pos < end && !c.closed()) {
+    const size_t avail = end - pos;
     if (!c.in_body) {
       const size_t take = std::min(avail, kHeaderBytes - c.hdr_got);
       std::memcpy(c.hdr_buf + c.hdr_got, pf.data() + pos, take);  // header bytes, not payload
@@ -694,13 +756,69 @@ void Core::ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t len) {
   }
 }
 
+bool Core::TakeBody(Conn& c, size_t& got) {
+  if (!c.in_body) return true;
+  const size_t p = std::min<size_t>(got, c.pad_left);
+  c.pad_left -= static_cast<uint32_t>(p);
+  got -= p;
+  const size_t take = static_cast<size_t>(std::min<uint64_t>(got, c.body_left));
+  if (c.sink != Sink::kDrain) AdvanceBody(c, take);
+  c.body_left -= take;
+  got -= take;
+  if (c.pad_left == 0 && c.body_left == 0) {
+    c.in_body = false;
+    OnBodyDone(c);
+  }
+  return !c.closed();
+}
+
+void Core::ExtendPlan(Conn& c) {
+  const FrameHeader& h = c.cur;  // the announcing frame, or the last planned one (same shape)
+  if (c.run_left == 0 || (h.type != FrameType::kMessage && h.type != FrameType::kMessagePayload)) return;
+  const bool with_payload = h.type == FrameType::kMessagePayload;
+  const size_t ctrl_len = kHeaderBytes + h.length + (with_payload ? tcp::kPayloadPad : 0);
+  const uint64_t p = with_payload ? h.addr : 0;
+  // Plain messages that a prefetch takes several at a time gain nothing.
+  if ((!with_payload && ctrl_len <= tcp::kPrefetchBytes) || ctrl_len > kPlanCtrlBytes || p > kPlanPayloadBytes) return;
+  const uint64_t frame = ctrl_len + p;
+  size_t k = 0;
+  while (k < c.run_left && c.plan.size() + k < kPlanFrames && (c.plan.size() + k + 1) * frame <= kPlanAheadBytes) ++k;
+  if (k == 0) return;
+  // One buffer for the headers, messages and padding of all k.
+  auto ctrl = RxAllocate(k * ctrl_len);
+  if (!ctrl.ok()) return;  // read what has buffers; the rest comes the ordinary way
+  const size_t block = pool->options().max_class_bytes;
+  for (size_t i = 0; i < k; ++i) {
+    PlannedFrame f;
+    f.type = h.type;
+    f.ctrl = ctrl->Slice(i * ctrl_len, ctrl_len);
+    f.ctrl_len = ctrl_len;
+    f.msg_len = h.length;
+    f.payload_len = p;
+    for (uint64_t off = 0; off < p;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(block, p - off));
+      auto b = RxAllocate(n);
+      if (!b.ok()) return;
+      f.payload_iov.push_back({b->data(), b->size()});
+      f.payload_hold.Append(std::move(*b));
+      off += n;
+    }
+    c.plan.push_back(std::move(f));
+    --c.run_left;
+  }
+}
+
 bool Core::OnReadable(Conn& c) {
   bool any = false;
   for (int round = 0; round < kReadBudget && !c.closed(); ++round) {
     iovec iov[kMaxIov];
     int n = 0;
-    bool covered = true;  // the iovecs cover the whole rest of the current frame
-    if (c.in_body) {
+    bool covered = true;  // the iovecs cover the whole rest of the current frame (and of the planned ones)
+    // The last read ended inside a planned frame's header, message or padding:
+    // the current frame's bytes come from plan.front().ctrl.
+    const bool in_plan_ctrl = !c.plan.empty() && c.plan.front().ctrl_got > 0;
+    const bool body = c.in_body && !in_plan_ctrl;
+    if (body) {
       if (c.pad_left > 0) iov[n++] = {scratch.data(), c.pad_left};
       if (c.sink == Sink::kDrain) {
         const size_t d = static_cast<size_t>(std::min<uint64_t>(c.body_left, scratch.size()));
@@ -729,6 +847,22 @@ bool Core::OnReadable(Conn& c) {
         covered = want == c.body_left && c.payload_pending == 0;
       }
     }
+    // Announced frames behind the current one: each one's header, message and
+    // padding, then its payload, whole frames only (a prefetch behind them
+    // starts at a header).
+    size_t planned = 0;
+    // Only where the stream is at a frame's end: behind the current body,
+    // between frames (no header begun), or inside plan.front().
+    if (covered && (body || c.hdr_got == 0 || in_plan_ctrl) && c.phase == Phase::kOpen) {
+      ExtendPlan(c);
+      for (const PlannedFrame& f : c.plan) {
+        if (n + 1 + static_cast<int>(f.payload_iov.size()) > kMaxIov - 1) break;
+        iov[n++] = {f.ctrl.data() + f.ctrl_got, f.ctrl_len - f.ctrl_got};
+        for (const iovec& v : f.payload_iov) iov[n++] = v;
+        ++planned;
+      }
+      covered = planned == c.plan.size();
+    }
     mempool::Buffer pf;
     if (covered) {
       auto b = RxAllocate(tcp::kPrefetchBytes);
@@ -748,7 +882,8 @@ bool Core::OnReadable(Conn& c) {
       // hdr_buf), this one starts hdr_got bytes later, so it must also end
       // hdr_got bytes earlier: else a WRITE / READ_RESP header split there
       // would let it run hdr_got bytes past the padding into the payload.
-      const size_t pf_len = tcp::kPrefetchBytes - (c.in_body ? 0 : c.hdr_got);
+      // Behind planned frames it starts at a header.
+      const size_t pf_len = tcp::kPrefetchBytes - (c.in_body || planned > 0 ? 0 : c.hdr_got);
       iov[n++] = {pf.data(), pf_len};
     }
     size_t asked = 0;
@@ -764,7 +899,7 @@ bool Core::OnReadable(Conn& c) {
       return any;
     }
     if (r == 0) {
-      if (c.in_body || c.hdr_got > 0) {
+      if (c.in_body || c.hdr_got > 0 || in_plan_ctrl) {
         const uint64_t got_body = c.body_total - c.body_left;
         const std::string reason =
             c.in_body ? "truncated frame: peer closed after " + std::to_string(got_body) + " of " +
@@ -783,22 +918,27 @@ bool Core::OnReadable(Conn& c) {
     any = true;
     c.last_rx = Clock::now();
     size_t got = static_cast<size_t>(r);
-    if (c.in_body) {
-      const size_t p = std::min<size_t>(got, c.pad_left);
-      c.pad_left -= static_cast<uint32_t>(p);
-      got -= p;
-      const size_t take = static_cast<size_t>(std::min<uint64_t>(got, c.body_left));
-      if (c.sink != Sink::kDrain) AdvanceBody(c, take);
-      c.body_left -= take;
-      got -= take;
-      if (c.pad_left == 0 && c.body_left == 0) {
-        c.in_body = false;
-        OnBodyDone(c);
-        if (c.closed()) return true;
+    if (body && !TakeBody(c, got)) return true;
+    for (size_t i = 0; i < planned && got > 0; ++i) {
+      PlannedFrame& f = c.plan.front();
+      const size_t k = std::min(got, f.ctrl_len - f.ctrl_got);
+      const mempool::Buffer ctrl = f.ctrl;  // Fail() may drop the plan while it is parsed
+      c.plan_ctrl = true;
+      ConsumePrefetch(c, ctrl, f.ctrl_got, k);
+      c.plan_ctrl = false;
+      if (c.closed()) return true;
+      f.ctrl_got += k;
+      got -= k;
+      if (f.ctrl_got < f.ctrl_len) break;  // the read ended inside it (got is 0)
+      if (f.payload_len > 0 ? !f.adopted : c.in_body) {  // cannot happen: OnHeader checked the frame
+        ProtocolError(c, "a planned frame did not end where it was planned to");
+        return true;
       }
+      c.plan.pop_front();
+      if (!TakeBody(c, got)) return true;
     }
     if (got > 0) {
-      ConsumePrefetch(c, pf, got);
+      ConsumePrefetch(c, pf, 0, got);
       if (c.closed()) return true;
     }
     if (static_cast<size_t>(r) < asked) return true;  // socket drained
@@ -826,6 +966,22 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
   if (type == 0 || type > tcp::kMaxFrameType) {
     ProtocolError(c, "unknown frame type " + std::to_string(type));
     return;
+  }
+  if (c.plan_ctrl) {
+    // A frame its predecessor announced, read into buffers planned for it.
+    const PlannedFrame& f = c.plan.front();
+    if (h.type != f.type || h.length != f.msg_len || h.addr != f.payload_len || h.key < c.plan.size() - 1) {
+      ProtocolError(c, "frame (type " + std::to_string(type) + ", " + std::to_string(h.length) + " + " +
+                           std::to_string(h.addr) + " bytes, " + std::to_string(h.key) +
+                           " more announced) is not the one its predecessor announced (type " +
+                           std::to_string(static_cast<int>(f.type)) + ", " + std::to_string(f.msg_len) + " + " +
+                           std::to_string(f.payload_len) + " bytes, " + std::to_string(c.plan.size() - 1) +
+                           " more planned)");
+      return;
+    }
+    c.run_left = static_cast<uint32_t>(h.key - (c.plan.size() - 1));
+  } else {
+    c.run_left = h.type == FrameType::kMessagePayload || h.type == FrameType::kMessage ? h.key : 0;
   }
   c.cur = h;
   c.body_total = c.body_left = h.length;
@@ -1090,6 +1246,13 @@ bool Core::StartPayload(Conn& c) {
   c.body_total = c.body_left = n;
   c.pad_left = tcp::kPayloadPad;
   c.in_body = true;
+  if (c.plan_ctrl) {  // its blocks were given when it was planned
+    PlannedFrame& f = c.plan.front();
+    c.body_iov = std::move(f.payload_iov);
+    c.body_hold = std::move(f.payload_hold);
+    f.adopted = true;
+    return true;
+  }
   return MorePayloadBlocks(c);
 }
 
