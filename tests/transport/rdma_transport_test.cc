@@ -339,6 +339,30 @@ TEST(RdmaSrq, ManyConnectionsShareOneReceiveQueue) {
   On(env.server_worker(), [&]() { servers.clear(); });
 }
 
+RdmaOptions SrqOptions(uint32_t srq_depth, uint8_t rnr_retry) {
+  RdmaOptions o;
+  o.use_srq = true;
+  o.srq_depth = srq_depth;
+  o.rnr_retry = rnr_retry;
+  return o;
+}
+
+// 32 credits of 4 KiB messages, no keepalive traffic in the receive queue.
+TransportOptions SrqTestOptions() {
+  TransportOptions opt = TestOptions();
+  opt.recv_depth = 32;
+  opt.max_message_bytes = 4096;
+  opt.keepalive_interval = std::chrono::seconds(60);
+  opt.dead_peer_timeout = std::chrono::seconds(120);
+  return opt;
+}
+
+FaultOptions RefuseEveryAllocation() {
+  FaultOptions f;
+  f.refuse_allocations = 1u << 30;
+  return f;
+}
+
 // A shared receive queue whose refills the pool refuses runs dry: the
 // sender's next SENDs draw RNR NAKs. The refused slots are retried, so once
 // memory is back the NIC's retries (rnr_retry = 7) land every message, in
@@ -347,19 +371,10 @@ TEST(RdmaSrq, ManyConnectionsShareOneReceiveQueue) {
 TEST(RdmaSrq, DrySharedQueueDrawsRnrNaksThatAreRetriedAndNothingIsLost) {
   const long rnr_before = RnrNaks();
   if (rnr_before < 0) GTEST_SKIP() << "the device has no RNR hw_counters";
-  RdmaOptions base;
-  base.use_srq = true;
-  base.srq_depth = 48;  // >= recv_depth + control slots: RNR only while refills are refused
-  TransportOptions opt = TestOptions();
-  opt.recv_depth = 32;
-  opt.max_message_bytes = 4096;
-  opt.keepalive_interval = std::chrono::seconds(60);
-  opt.dead_peer_timeout = std::chrono::seconds(120);
-  Env env(RdmaKind(base), opt);
+  // srq_depth >= recv_depth + control slots: RNR only while refills are refused.
+  Env env(RdmaKind(SrqOptions(48, 7)), SrqTestOptions());
   env.ConnectPair();
-  FaultOptions refuse;
-  refuse.refuse_allocations = 1u << 30;  // until cleared below
-  ASSERT_TRUE(env.server_transport().SetFaults(refuse).ok());
+  ASSERT_TRUE(env.server_transport().SetFaults(RefuseEveryAllocation()).ok());  // until cleared below
   constexpr int kMsgs = 200;
   auto sender = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
     for (int i = 0; i < kMsgs; ++i) HRPC_TRY(env.client().Send(Msg(env.pool(), 100 + i, i)));
@@ -402,20 +417,10 @@ TEST(RdmaSrq, DrySharedQueueDrawsRnrNaksThatAreRetriedAndNothingIsLost) {
 // RNR NAK, with a status that says so; only that connection is lost and the
 // listener serves the next one once memory is back.
 TEST(RdmaSrq, RnrWithoutRetriesFailsOnlyThatConnection) {
-  RdmaOptions base;
-  base.use_srq = true;
-  base.srq_depth = 8;  // the credits (32) outrun it as soon as refills are refused
-  base.rnr_retry = 0;
-  TransportOptions opt = TestOptions();
-  opt.recv_depth = 32;
-  opt.max_message_bytes = 4096;
-  opt.keepalive_interval = std::chrono::seconds(60);
-  opt.dead_peer_timeout = std::chrono::seconds(120);
-  Env env(RdmaKind(base), opt);
+  // The credits (32) outrun 8 SRQ slots as soon as refills are refused.
+  Env env(RdmaKind(SrqOptions(8, 0)), SrqTestOptions());
   env.ConnectPair();
-  FaultOptions refuse;
-  refuse.refuse_allocations = 1u << 30;  // dry until the faults are cleared below
-  ASSERT_TRUE(env.server_transport().SetFaults(refuse).ok());
+  ASSERT_TRUE(env.server_transport().SetFaults(RefuseEveryAllocation()).ok());  // until cleared below
   constexpr int kMsgs = 32;  // the credits: 8 land, the 9th draws the NAK
   Status sent = On(env.client_worker(), [&]() -> Status {
     for (int i = 0; i < kMsgs; ++i) HRPC_TRY(env.client().Send(Msg(env.pool(), 100, i)));
