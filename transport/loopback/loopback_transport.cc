@@ -5,6 +5,7 @@
 // into a fresh receive buffer from the receiver's pool for a message, between
 // the exposed range and the requester's IoBuf for READ/WRITE.
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <deque>
 #include <memory>
@@ -18,6 +19,7 @@
 #include "conn_parts.h"
 #include "exposure.h"
 #include "faults.h"
+#include "hrpc/coroutine/scheduler.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/loopback.h"
@@ -36,7 +38,36 @@ struct FaultState {
 
 // One message on the simulated wire: its bytes as sent (perhaps damaged by a
 // fault) and what the sender put in its frame, checked by the receiver.
+// Messages of one transport posted to a receiving worker and not yet placed
+// (their bytes are still the sender's pool blocks): the transport waits for
+// them before it goes, so its pool, destroyed after it, is never read or
+// freed into once gone.
+using InFlightCount = std::shared_ptr<std::atomic<int64_t>>;
+
+class InFlight {
+ public:
+  InFlight() = default;
+  explicit InFlight(InFlightCount c) : c_(std::move(c)) {
+    if (c_) c_->fetch_add(1, std::memory_order_relaxed);
+  }
+  InFlight(InFlight&& o) noexcept : c_(std::move(o.c_)) {}
+  InFlight& operator=(InFlight&& o) noexcept {
+    Drop();
+    c_ = std::move(o.c_);
+    return *this;
+  }
+  ~InFlight() { Drop(); }
+
+ private:
+  void Drop() {
+    if (c_) c_->fetch_sub(1, std::memory_order_release);
+    c_.reset();
+  }
+  InFlightCount c_;
+};
+
 struct WireMsg {
+  InFlight in_flight;  // declared first: released after the bytes
   mempool::IoBuf bytes;
   uint64_t seq = 0;
   size_t len = 0;
@@ -72,6 +103,7 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   internal::SeqFilter rx_seq;
   // The counters of the transport this end belongs to (its worker's).
   std::shared_ptr<TransportCounters> ctr = std::make_shared<TransportCounters>();
+  InFlightCount in_flight;  // that transport's
   bool opened = false;  // handed to its owner (connected / accepted)
 
   bool closed = false;
@@ -177,6 +209,7 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
       msg = std::move(*damaged);
     }
     w.bytes = std::move(msg);
+    w.in_flight = InFlight(in_flight);
     auto m = std::make_shared<WireMsg>(std::move(w));
     std::weak_ptr<LoopEnd> self = weak_from_this();
     for (int copies = fault.duplicate ? 2 : 1; copies > 0; --copies) {
@@ -247,6 +280,7 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
 
 struct LoopListenerState {
   std::shared_ptr<TransportCounters> ctr;  // the listening transport's
+  InFlightCount in_flight;                  // the listening transport's
   std::shared_ptr<internal::FaultInjector> faults;  // the listening transport's
   coro::Scheduler* sched = nullptr;
   mempool::Pool* pool = nullptr;
@@ -464,6 +498,7 @@ class LoopTransport final : public Transport {
     if (u.scheme != "loop") return InvalidArgumentError("loopback transport cannot listen on '" + std::string(uri) + "'");
     auto ls = std::make_shared<LoopListenerState>();
     ls->ctr = counters_;
+    ls->in_flight = in_flight_;
     ls->faults = faults_;
     ls->sched = sched_;
     ls->pool = pool_;
@@ -488,6 +523,7 @@ class LoopTransport final : public Transport {
     const uint64_t n = ++counter_;
     auto client = std::make_shared<LoopEnd>();
     client->ctr = counters_;
+    client->in_flight = in_flight_;
     client->faults = faults_;
     client->opened = true;
     ctr().connected.Add();
@@ -497,6 +533,7 @@ class LoopTransport final : public Transport {
     client->op_slots.set_max(opt_.max_outstanding_ops);
     auto server = std::make_shared<LoopEnd>();
     server->ctr = ls->ctr;
+    server->in_flight = ls->in_flight;
     server->faults = ls->faults;
     server->sched = ls->sched;
     server->pool = ls->pool;
@@ -536,6 +573,16 @@ class LoopTransport final : public Transport {
         e->Fail(CancelledError("transport destroyed"));
       }
     }
+    // Messages still on their way hold blocks of this transport's pool, which
+    // goes after it: wait for their receivers to place them (or to drop them).
+    // In a coroutine the wait lets this worker place its own.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (in_flight_->load(std::memory_order_acquire) > 0 && std::chrono::steady_clock::now() < until) {
+      coro::this_coro::SleepFor(std::chrono::milliseconds(1));
+    }
+    if (const int64_t left = in_flight_->load(); left > 0) {
+      SPDLOG_WARN("hrpc loop: transport destroyed with {} messages still on their way", left);
+    }
   }
 
  private:
@@ -544,6 +591,7 @@ class LoopTransport final : public Transport {
   mempool::Pool* pool_;
   TransportOptions opt_;
   std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
+  InFlightCount in_flight_ = std::make_shared<std::atomic<int64_t>>(0);
   std::shared_ptr<internal::FaultInjector> faults_;
   uint64_t counter_ = 0;
   std::vector<std::weak_ptr<LoopEnd>> ends_;
