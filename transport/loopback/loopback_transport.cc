@@ -5,8 +5,8 @@
 // into a fresh receive buffer from the receiver's pool for a message, between
 // the exposed range and the requester's IoBuf for READ/WRITE.
 #include <algorithm>
-#include <chrono>
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -36,8 +36,6 @@ struct FaultState {
   std::atomic<uint64_t> corrupted{0};
 };
 
-// One message on the simulated wire: its bytes as sent (perhaps damaged by a
-// fault) and what the sender put in its frame, checked by the receiver.
 // Messages of one transport posted to a receiving worker and not yet placed
 // (their bytes are still the sender's pool blocks): the transport waits for
 // them before it goes, so its pool, destroyed after it, is never read or
@@ -66,6 +64,8 @@ class InFlight {
   InFlightCount c_;
 };
 
+// One message on the simulated wire: its bytes as sent (perhaps damaged by a
+// fault) and what the sender put in its frame, checked by the receiver.
 struct WireMsg {
   InFlight in_flight;  // declared first: released after the bytes
   mempool::IoBuf bytes;
