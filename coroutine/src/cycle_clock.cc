@@ -40,8 +40,40 @@ CycleClock::CycleClock() {
   if (p1.tick > p0.tick && rate > 0.05 && rate < 100.0) {  // 50 MHz .. 100 GHz
     tsc_ = true;
     ticks_per_ns_ = rate;
+    ns_per_tick_ = 1.0 / rate;
+    resync_ticks_ = TicksFor(kResync);
   }
 #endif
 }
+
+namespace {
+struct SteadyBase {
+  uint64_t tick = 0;    // TSC at the last steady_clock read (0: none yet)
+  int64_t ns = 0;       // that read
+  int64_t last_ns = 0;  // the latest value handed out on this thread
+};
+thread_local SteadyBase tl_steady;
+}  // namespace
+
+std::chrono::steady_clock::time_point CycleClock::SteadyNow() const noexcept {
+  using Clock = std::chrono::steady_clock;
+  if (!tsc_) return Clock::now();
+  SteadyBase& b = tl_steady;
+  const uint64_t tick = Now();
+  const uint64_t since = tick - b.tick;  // huge when the TSC went backwards
+  int64_t ns;
+  if (b.tick == 0 || since > resync_ticks_) {
+    ns = Clock::now().time_since_epoch().count();
+    b.tick = tick;
+    b.ns = ns;
+  } else {
+    ns = b.ns + static_cast<int64_t>(static_cast<double>(since) * ns_per_tick_);
+  }
+  if (ns < b.last_ns) ns = b.last_ns;
+  b.last_ns = ns;
+  return Clock::time_point(Clock::duration(ns));
+}
+
+std::chrono::steady_clock::time_point SteadyNow() noexcept { return CycleClock::Get().SteadyNow(); }
 
 }  // namespace hrpc::coro

@@ -361,7 +361,7 @@ void Scheduler::Impl::Sleep() {
   timespec ts{};
   timespec* tsp = nullptr;
   if (!heap_.empty()) {
-    auto d = heap_.front().when - Clock::now();
+    auto d = heap_.front().when - SteadyNow();
     if (d < Clock::duration::zero()) d = Clock::duration::zero();
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
     ts.tv_sec = ns / 1000000000;
@@ -472,7 +472,7 @@ bool Scheduler::Impl::CancelTimer(TimerId id) {
 }
 
 void Scheduler::Impl::FireTimers(const CycleClock& sc) {
-  Clock::time_point now = Clock::now();
+  Clock::time_point now = sc.SteadyNow();
   timer_check_tick_ = 0;
   while (!heap_.empty() && heap_.front().when <= now) {
     std::pop_heap(heap_.begin(), heap_.end(), &Later);
@@ -642,7 +642,7 @@ void SleepUntil(std::chrono::steady_clock::time_point tp) {
   s->SwitchOut(f);
 }
 
-void SleepFor(std::chrono::nanoseconds d) { SleepUntil(Clock::now() + d); }
+void SleepFor(std::chrono::nanoseconds d) { SleepUntil(SteadyNow() + d); }
 
 bool InCoroutine() noexcept { return tls_fiber != nullptr; }
 

@@ -268,7 +268,7 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
   uint64_t bytes_in = 0;
   if (status.ok() && rx != nullptr) status = FillResponse(*call, *rx, &bytes_in);
   if (call->link && call->txn != 0) call->link->info->finished.Add();
-  if (call->stats != nullptr) call->stats->End(Clock::now() - call->start, status.code(), bytes_in, call->bytes_out);
+  if (call->stats != nullptr) call->stats->End(coro::SteadyNow() - call->start, status.code(), bytes_in, call->bytes_out);
   DoneCallback done = std::move(call->done);
   std::shared_ptr<ChannelState> channel = std::move(call->channel);
   delete call;

@@ -39,7 +39,7 @@ class RpcChannel::Impl {
     call->connection = state->rr.fetch_add(1, std::memory_order_relaxed) % state->connections_per_worker;
     call->channel = state;
     state->in_flight.fetch_add(1, std::memory_order_acq_rel);
-    call->start = Clock::now();
+    call->start = coro::SteadyNow();
     call->stats->Begin();
     mempool::Pool& pool = workers->pool(worker);
     // Room in front of the message for every descriptor the call may need
@@ -62,7 +62,7 @@ class RpcChannel::Impl {
     }
     if (!m.ok()) {
       call->ctx->request_attachment() = mempool::IoBuf();
-      call->stats->End(Clock::now() - call->start, m.status().code(), 0, 0);
+      call->stats->End(coro::SteadyNow() - call->start, m.status().code(), 0, 0);
       DoneCallback done = std::move(call->done);
       delete call;
       done(m.status());

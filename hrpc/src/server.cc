@@ -442,7 +442,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         }
         const uint64_t quota_bytes = h.kind == wire::FrameKind::kRequest ? RequestBytes(*rx) : 0;
         if (h.kind == wire::FrameKind::kRequest && !AwaitQuota(*sc, quota_bytes)) break;
-        const Clock::time_point arrival = Clock::now();
+        const Clock::time_point arrival = coro::SteadyNow();
         const uint64_t arrival_tick = rpcz.empty() ? 0 : clock->Now();
         sc->info->started.Add();
         auto req = std::make_shared<internal::ReceivedFrame>(std::move(*rx));
@@ -636,7 +636,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     ticks.arrival = arrival_tick;
     mark(ticks.start);
     auto finish = [&](const Status& s) {
-      mc.End(Clock::now() - arrival, s.code(), bytes_in, bytes_out);
+      mc.End(coro::SteadyNow() - arrival, s.code(), bytes_in, bytes_out);
       sc->info->finished.Add();
       if (ring != nullptr) ring->Finish(&mc, sc->peer, s.code(), ticks, clock->Now(), bytes_in, bytes_out, h.txn_id);
     };
@@ -842,7 +842,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     core->ReleaseExposures();
     sc->streams.erase(h.txn_id);
     if (counted) running.fetch_sub(1);
-    mc.End(Clock::now() - arrival, status.code(), core->bytes_in(), core->bytes_out());
+    mc.End(coro::SteadyNow() - arrival, status.code(), core->bytes_in(), core->bytes_out());
     sc->info->finished.Add();
   }
 };

@@ -48,6 +48,7 @@
 #include "exposure.h"
 #include "faults.h"
 #include "frame.h"
+#include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/transport/resolver.h"
 #include "hrpc/transport/tcp.h"
@@ -662,7 +663,7 @@ void Core::Flush(Conn& c) {
       Fail(c, std::move(s));
       return;
     }
-    c.last_tx = Clock::now();
+    c.last_tx = coro::SteadyNow();
     size_t left = static_cast<size_t>(w);
     c.queued_bytes -= left;
     while (left > 0) {
@@ -916,7 +917,7 @@ bool Core::OnReadable(Conn& c) {
       return true;
     }
     any = true;
-    c.last_rx = Clock::now();
+    c.last_rx = coro::SteadyNow();
     size_t got = static_cast<size_t>(r);
     if (body && !TakeBody(c, got)) return true;
     for (size_t i = 0; i < planned && got > 0; ++i) {

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <type_traits>
 
 namespace hrpc::coro {
 
@@ -35,10 +36,25 @@ class CycleClock {
   double ticks_per_ns() const noexcept { return ticks_per_ns_; }
   bool tsc() const noexcept { return tsc_; }
 
+  // steady_clock::now() for hot paths (call start and end, deadlines, timers):
+  // the time of this thread's last steady_clock read plus the TSC ticks since,
+  // re-read from steady_clock once a tick span of kResync has passed (or the TSC
+  // went backwards). It differs from steady_clock::now() by the rate error over
+  // at most kResync (microseconds), and never goes back on one thread. Without a
+  // TSC it is steady_clock::now().
+  static constexpr std::chrono::milliseconds kResync{1};
+  std::chrono::steady_clock::time_point SteadyNow() const noexcept;
+
  private:
   CycleClock();
   bool tsc_ = false;
   double ticks_per_ns_ = 1.0;
+  double ns_per_tick_ = 1.0;
+  uint64_t resync_ticks_ = 0;
 };
+
+// CycleClock::Get().SteadyNow().
+std::chrono::steady_clock::time_point SteadyNow() noexcept;
+static_assert(std::is_same_v<std::chrono::steady_clock::duration, std::chrono::nanoseconds>);
 
 }  // namespace hrpc::coro

@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 
+#include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/mempool/iobuf.h"
 
 namespace hrpc {
@@ -31,13 +32,13 @@ class ClientContext {
   // the request, so the server stops working on it once it expires; the call
   // itself fails with DEADLINE_EXCEEDED. Default: none.
   void set_deadline(Clock::time_point tp) noexcept { deadline_ = tp; }
-  void set_timeout(std::chrono::nanoseconds d) noexcept { deadline_ = Clock::now() + d; }
+  void set_timeout(std::chrono::nanoseconds d) noexcept { deadline_ = coro::SteadyNow() + d; }
   Clock::time_point deadline() const noexcept { return deadline_; }
   bool has_deadline() const noexcept { return deadline_ != Clock::time_point::max(); }
-  bool DeadlineExpired() const noexcept { return has_deadline() && Clock::now() >= deadline_; }
+  bool DeadlineExpired() const noexcept { return has_deadline() && coro::SteadyNow() >= deadline_; }
   // Remaining budget in microseconds for the wire header (wire::kNoDeadline
   // when there is none, 0 when already expired).
-  uint64_t DeadlineBudgetMicros(Clock::time_point now = Clock::now()) const noexcept;
+  uint64_t DeadlineBudgetMicros(Clock::time_point now = coro::SteadyNow()) const noexcept;
 
   // Cancels the call in flight (the channel sends a cancel frame and completes
   // the call with CANCELLED), or the next call if none is in flight. Idempotent.

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "hrpc/base/status.h"
+#include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/mempool/iobuf.h"
 #include "hrpc/mempool/pool.h"
 #include "hrpc/rpc/method.h"
@@ -51,7 +52,7 @@ class ServerContext {
   // Clock::time_point::max() when the client set none.
   Clock::time_point deadline() const noexcept { return deadline_; }
   bool has_deadline() const noexcept { return deadline_ != Clock::time_point::max(); }
-  bool DeadlineExpired() const noexcept { return has_deadline() && Clock::now() >= deadline_; }
+  bool DeadlineExpired() const noexcept { return has_deadline() && coro::SteadyNow() >= deadline_; }
   // True once the client cancelled (cancel frame), went away, or the deadline
   // passed. A handler polls it between steps and gives up with CANCELLED or
   // DEADLINE_EXCEEDED; the runtime discards a late response either way.
@@ -93,7 +94,7 @@ class ServerContext {
   // --- For the runtime ----------------------------------------------------
   void set_deadline(Clock::time_point tp) noexcept { deadline_ = tp; }
   // From a wire deadline budget (wire::kNoDeadline = none), relative to `now`.
-  void set_deadline_budget_us(uint64_t budget_us, Clock::time_point now = Clock::now()) noexcept;
+  void set_deadline_budget_us(uint64_t budget_us, Clock::time_point now = coro::SteadyNow()) noexcept;
   void set_peer(std::string peer) { peer_ = std::move(peer); }
   void set_method(const MethodDescriptor* m) noexcept { method_ = m; }
   void set_bulk(std::vector<wire::BulkDescriptor> descriptors, BulkTransfer* transfer) {
