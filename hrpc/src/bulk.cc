@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "checksum.h"
 #include "hrpc/base/crc32c.h"
 #include "hrpc/coroutine/scheduler.h"
 #include "hrpc/coroutine/sync.h"
@@ -33,13 +34,14 @@ size_t PlannedDescriptors(const mempool::IoBuf& attachment, size_t room, size_t 
 
 Status ExposeForRead(transport::Connection& conn, mempool::Pool& pool, mempool::IoBuf attachment, Exposed& out) {
   const size_t max_class = pool.options().max_class_bytes;
+  const size_t first = out.descriptors.size();
   for (size_t i = 0; i < attachment.num_slices(); ++i) {
     const mempool::Buffer& s = attachment.slice(i);
     auto exp = conn.Expose(s, transport::Access::kRead);
     if (exp.ok()) {
       out.exposed.push_back(*exp);
       out.descriptors.push_back(
-          {exp->addr, exp->len, exp->key, Crc32c(s.data(), s.size()), wire::BulkDirection::kPull});
+          {exp->addr, exp->len, exp->key, 0, wire::BulkDirection::kPull});
       out.held.push_back(s);
       continue;
     }
@@ -54,10 +56,18 @@ Status ExposeForRead(transport::Connection& conn, mempool::Pool& pool, mempool::
       auto e = conn.Expose(b, transport::Access::kRead);
       if (!e.ok()) return e.status().WithContext("expose attachment for READ");
       out.exposed.push_back(*e);
-      out.descriptors.push_back({e->addr, e->len, e->key, Crc32c(b.data(), n), wire::BulkDirection::kPull});
+      out.descriptors.push_back({e->addr, e->len, e->key, 0, wire::BulkDirection::kPull});
       out.held.push_back(std::move(b));
     }
   }
+  // out.held[i] backs out.descriptors[first + i] (held and descriptors grow together).
+  const size_t held0 = out.held.size() - (out.descriptors.size() - first);
+  OffWorker(attachment.size(), [&] {
+    for (size_t i = first; i < out.descriptors.size(); ++i) {
+      const mempool::Buffer& b = out.held[held0 + (i - first)];
+      out.descriptors[i].crc32c = Crc32c(b.data(), b.size());
+    }
+  });
   return Status::Ok();
 }
 
@@ -117,9 +127,10 @@ Status BulkOps::Run(std::vector<std::function<Status()>> ops, Clock::time_point 
 
 void BulkOps::Drain() const { all_->Wait().IgnoreError(); }
 
-Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& pool, const wire::BulkDescriptor& d,
-                                  size_t chunk, size_t window, const std::function<Status()>& live, BulkOps* ops,
-                                  Clock::time_point deadline, std::shared_ptr<const void> keep) {
+Result<mempool::IoBuf> PullRegionUnchecked(transport::Connection& conn, mempool::Pool& pool,
+                                           const wire::BulkDescriptor& d, size_t chunk, size_t window,
+                                           const std::function<Status()>& live, BulkOps* ops,
+                                           Clock::time_point deadline, std::shared_ptr<const void> keep) {
   const transport::RemoteDescriptor src{d.addr, d.len, d.rkey};
   const size_t pieces = d.len == 0 ? 0 : (d.len + chunk - 1) / chunk;
   std::vector<mempool::Buffer> slabs(pieces);
@@ -163,7 +174,21 @@ Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& po
   }
   mempool::IoBuf out;
   for (auto& b : slabs) out.Append(std::move(b));
-  HRPC_TRY(wire::CheckBulkCrc(d, out));
+  return out;
+}
+
+Status CheckBulkCrcOffWorker(const wire::BulkDescriptor& d, const mempool::IoBuf& data) {
+  Status crc;
+  OffWorker(data.size(), [&] { crc = wire::CheckBulkCrc(d, data); });
+  return crc;
+}
+
+Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& pool, const wire::BulkDescriptor& d,
+                                  size_t chunk, size_t window, const std::function<Status()>& live, BulkOps* ops,
+                                  Clock::time_point deadline, std::shared_ptr<const void> keep) {
+  HRPC_ASSIGN_OR_RETURN(mempool::IoBuf out,
+                        PullRegionUnchecked(conn, pool, d, chunk, window, live, ops, deadline, std::move(keep)));
+  HRPC_TRY(CheckBulkCrcOffWorker(d, out));
   return out;
 }
 
@@ -186,7 +211,7 @@ Result<mempool::IoBuf> CollectResponseAttachment(const wire::Frame& frame, mempo
     if (d.len > room.size()) return DataLossError("response claims more pushed bytes than the region holds");
     if (d.len == 0) continue;
     mempool::IoBuf got(room.Slice(0, d.len));
-    HRPC_TRY(wire::CheckBulkCrc(d, got));
+    HRPC_TRY(CheckBulkCrcOffWorker(d, got));
     att.Append(std::move(got));
   }
   att.Append(std::move(pulled));
@@ -202,8 +227,9 @@ Status ConnBulk::Live(Clock::time_point deadline, const char* what) const {
 }
 
 Result<mempool::IoBuf> ConnBulk::Pull(const wire::BulkDescriptor& remote, Clock::time_point deadline) {
-  return PullRegion(conn_, pool_, remote, chunk_, window_, [&] { return Live(deadline, "pull"); }, &ops_, deadline,
-                    keep_);
+  // ServerContext::PullBulk checks the CRC.
+  return PullRegionUnchecked(conn_, pool_, remote, chunk_, window_, [&] { return Live(deadline, "pull"); }, &ops_,
+                             deadline, keep_);
 }
 
 Status ConnBulk::Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& data, Clock::time_point deadline) {
@@ -219,7 +245,9 @@ Status ConnBulk::Push(const wire::BulkDescriptor& remote, const mempool::IoBuf& 
     HRPC_TRY(ops_.Run(std::move(write), deadline, [&] { return Live(deadline, "push"); }));
     off += n;
   }
-  pushed_[RegionKey(remote)] = {static_cast<uint32_t>(data.size()), data.Crc32c()};
+  uint32_t crc = 0;
+  OffWorker(data.size(), [&] { crc = data.Crc32c(); });
+  pushed_[RegionKey(remote)] = {static_cast<uint32_t>(data.size()), crc};
   return Status::Ok();
 }
 

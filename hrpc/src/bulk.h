@@ -99,7 +99,7 @@ class BulkOps {
 // READs one kPull region into blocks of `pool`, in pieces of at most `chunk`
 // bytes with up to `window` of them in flight at once, calling `live` before
 // each group of pieces (it returns why to stop), and checks length and
-// CRC32C. Call from a coroutine (the window needs one; elsewhere pieces go
+// CRC32C (off the worker when large, see checksum.h). Call from a coroutine (the window needs one; elsewhere pieces go
 // one at a time). With `ops`, the READs run there and the pull stops waiting
 // for them at `deadline` or when `live` fails (see BulkOps); `keep` is held by
 // every READ until it finishes (the owner of `conn`). Without, every READ is
@@ -110,6 +110,14 @@ Result<mempool::IoBuf> PullRegion(transport::Connection& conn, mempool::Pool& po
                                   std::chrono::steady_clock::time_point deadline =
                                       std::chrono::steady_clock::time_point::max(),
                                   std::shared_ptr<const void> keep = nullptr);
+// PullRegion without the length and CRC32C check, for a caller that checks.
+Result<mempool::IoBuf> PullRegionUnchecked(transport::Connection& conn, mempool::Pool& pool,
+                                           const wire::BulkDescriptor& d, size_t chunk, size_t window,
+                                           const std::function<Status()>& live, BulkOps* ops,
+                                           std::chrono::steady_clock::time_point deadline,
+                                           std::shared_ptr<const void> keep);
+// wire::CheckBulkCrc, off the worker when `data` is large (see checksum.h).
+Status CheckBulkCrcOffWorker(const wire::BulkDescriptor& d, const mempool::IoBuf& data);
 
 // Whether a response carries kPull descriptors: an attachment the server
 // exposed for the client to READ (the client offered too little room).
