@@ -9,65 +9,44 @@
 
 namespace hrpc::mempool {
 
-void IoBuf::SliceVec::Spill() {
-  heap_.reserve(2 * kInline);
-  for (size_t i = 0; i < n_; ++i) heap_.push_back(std::move(inline_[i]));
-  spilled_ = true;
-}
-
-void IoBuf::SliceVec::PushBack(Buffer b) {
-  if (!spilled_) {
-    if (n_ < kInline) {
-      inline_[n_++] = std::move(b);
-      return;
-    }
-    Spill();
+void IoBuf::SliceVec::Grow() {
+  const uint32_t cap = std::max<uint32_t>(2 * kInline, 2 * capacity());
+  auto* fresh = static_cast<Buffer*>(::operator new(cap * sizeof(Buffer)));
+  Buffer* old = data();
+  for (uint32_t i = 0; i < n_; ++i) {
+    new (fresh + i) Buffer(std::move(old[i]));
+    old[i].~Buffer();
   }
-  heap_.push_back(std::move(b));
-  ++n_;
+  FreeHeap();
+  heap_ = fresh;
+  cap_ = cap;
 }
 
 void IoBuf::SliceVec::PushFront(Buffer b) {
-  if (!spilled_ && n_ < kInline) {
-    for (size_t i = n_; i > 0; --i) inline_[i] = std::move(inline_[i - 1]);
-    inline_[0] = std::move(b);
-    ++n_;
-    return;
+  if (n_ == capacity()) Grow();
+  Buffer* d = data();
+  for (uint32_t i = n_; i > 0; --i) {
+    new (d + i) Buffer(std::move(d[i - 1]));
+    d[i - 1].~Buffer();
   }
-  if (!spilled_) Spill();
-  heap_.insert(heap_.begin(), std::move(b));
+  new (d) Buffer(std::move(b));
   ++n_;
 }
 
 void IoBuf::SliceVec::EraseFront(size_t k) {
-  k = std::min(k, n_);
-  if (spilled_) {
-    heap_.erase(heap_.begin(), heap_.begin() + static_cast<ptrdiff_t>(k));
-  } else {
-    for (size_t i = 0; i + k < n_; ++i) inline_[i] = std::move(inline_[i + k]);
-    for (size_t i = n_ - k; i < n_; ++i) inline_[i].Reset();
+  const auto drop = static_cast<uint32_t>(std::min<size_t>(k, n_));
+  if (drop == 0) return;
+  Buffer* d = data();
+  for (uint32_t i = 0; i < drop; ++i) d[i].~Buffer();
+  for (uint32_t i = drop; i < n_; ++i) {
+    new (d + i - drop) Buffer(std::move(d[i]));
+    d[i].~Buffer();
   }
-  n_ -= k;
+  n_ -= drop;
 }
 
 void IoBuf::SliceVec::Truncate(size_t k) {
-  if (k >= n_) return;
-  if (spilled_) {
-    heap_.erase(heap_.begin() + static_cast<ptrdiff_t>(k), heap_.end());
-  } else {
-    for (size_t i = k; i < n_; ++i) inline_[i].Reset();
-  }
-  n_ = k;
-}
-
-void IoBuf::SliceVec::Clear() noexcept {
-  if (spilled_) {
-    heap_.clear();  // keeps its capacity
-    spilled_ = false;
-  } else {
-    for (size_t i = 0; i < n_; ++i) inline_[i].Reset();
-  }
-  n_ = 0;
+  if (k < n_) Destroy(static_cast<uint32_t>(k));
 }
 
 void IoBuf::Append(Buffer b) {

@@ -198,6 +198,48 @@ TEST_F(IoBufTest, MoveAssignAcrossInlineAndSpilledKeepsEveryReference) {
   EXPECT_EQ(CopiedBytesThisThread(), 0u);
 }
 
+// A chain that grows past its inline slots by prepending, shrinks from both
+// ends, is shared while spilled and is refilled after Clear keeps every
+// reference exact and every slice in order.
+TEST_F(IoBufTest, SpilledChainsGrowShrinkShareAndRefill) {
+  std::vector<Buffer> parts;
+  for (int i = 0; i < 20; ++i) parts.push_back(Filled(10, static_cast<uint8_t>(i)));
+  IoBuf io;
+  for (int i = 19; i >= 0; --i) io.Prepend(parts[i]);  // grows twice by PushFront
+  ASSERT_EQ(io.num_slices(), 20u);
+  for (size_t i = 0; i < 20; ++i) EXPECT_EQ(io.slice(i).data(), parts[i].data());
+  {
+    IoBuf shared = io.Share();
+    EXPECT_EQ(shared.num_slices(), 20u);
+    for (const Buffer& b : parts) EXPECT_EQ(b.use_count(), 3u);
+  }
+  IoBuf front = io.CutFront(35);  // 3 whole slices and half of the fourth
+  ASSERT_EQ(front.num_slices(), 4u);
+  EXPECT_EQ(front.slice(3).data(), parts[3].data());
+  EXPECT_EQ(front.slice(3).size(), 5u);
+  EXPECT_EQ(io.slice(0).data(), parts[3].data() + 5);
+  EXPECT_EQ(io.num_slices(), 17u);
+  IoBuf back = io.CutBack(100);  // the last 10 slices
+  EXPECT_EQ(back.num_slices(), 10u);
+  EXPECT_EQ(back.slice(0).data(), parts[10].data());
+  EXPECT_EQ(io.num_slices(), 7u);
+  EXPECT_EQ(io.size(), 65u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(parts[i].use_count(), 2u);  // parts, front
+  EXPECT_EQ(parts[3].use_count(), 3u);                               // parts, front, io
+  io.TrimFront(io.size());
+  EXPECT_TRUE(io.empty());
+  for (int i = 4; i < 10; ++i) EXPECT_EQ(parts[i].use_count(), 1u);
+  for (int i = 0; i < 6; ++i) io.Append(parts[i]);  // refills the kept array
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(io.slice(i).data(), parts[i].data());
+  io.Append(std::move(back));
+  EXPECT_EQ(io.num_slices(), 16u);
+  EXPECT_EQ(io.slice(15).data(), parts[19].data());
+  front = IoBuf();
+  io = std::move(front);
+  for (const Buffer& b : parts) EXPECT_EQ(b.use_count(), 1u);
+  EXPECT_EQ(CopiedBytesThisThread(), 0u);
+}
+
 TEST_F(IoBufTest, FillSgesCarriesTheRegistrarLkey) {
   testing::FakeRegistrar r(7000);
   auto slot = pool_->AttachRegistrar(&r);

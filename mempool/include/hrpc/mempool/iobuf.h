@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <span>
 #include <utility>
 #include <vector>
@@ -83,52 +84,89 @@ class IoBuf {
 
  private:
   // Slices: up to kInline in place (no heap allocation for short chains),
-  // then all of them in a vector.
+  // then all of them in one heap array. Only the live slices are constructed,
+  // so moving or destroying a short chain touches just those (this runs
+  // several times per message on the control path).
   class SliceVec {
    public:
-    static constexpr size_t kInline = 4;
-    SliceVec() = default;
-    SliceVec(SliceVec&& o) noexcept { *this = std::move(o); }
-    // Invariant: inline_[i] is empty for i >= n_, and all of inline_ is empty
-    // once spilled — so a move touches only the live slices (this runs several
-    // times per message on the control path).
+    static constexpr uint32_t kInline = 4;
+    SliceVec() noexcept {}
+    SliceVec(SliceVec&& o) noexcept { Take(o); }
     SliceVec& operator=(SliceVec&& o) noexcept {
       if (this != &o) {
         Clear();
-        if (o.spilled_) {
-          heap_.swap(o.heap_);  // o keeps our (cleared) capacity
-          spilled_ = true;
-          o.spilled_ = false;
-          o.heap_.clear();
-        } else {
-          for (size_t i = 0; i < o.n_; ++i) inline_[i] = std::move(o.inline_[i]);
-        }
-        n_ = std::exchange(o.n_, 0);
+        if (o.heap_ != nullptr) FreeHeap();
+        Take(o);
       }
       return *this;
     }
+    ~SliceVec() {
+      Destroy(0);
+      FreeHeap();
+    }
     size_t size() const noexcept { return n_; }
     bool empty() const noexcept { return n_ == 0; }
-    Buffer* data() noexcept { return spilled_ ? heap_.data() : inline_; }
-    const Buffer* data() const noexcept { return spilled_ ? heap_.data() : inline_; }
+    Buffer* data() noexcept { return heap_ != nullptr ? heap_ : in_.b; }
+    const Buffer* data() const noexcept { return heap_ != nullptr ? heap_ : in_.b; }
     Buffer& operator[](size_t i) noexcept { return data()[i]; }
     const Buffer& operator[](size_t i) const noexcept { return data()[i]; }
     Buffer* begin() noexcept { return data(); }
     Buffer* end() noexcept { return data() + n_; }
     const Buffer* begin() const noexcept { return data(); }
     const Buffer* end() const noexcept { return data() + n_; }
-    void PushBack(Buffer b);
+    void PushBack(Buffer&& b) {
+      if (n_ == capacity()) Grow();
+      new (data() + n_) Buffer(std::move(b));
+      ++n_;
+    }
+    void PushBack(const Buffer& b) {
+      if (n_ == capacity()) Grow();
+      new (data() + n_) Buffer(b);
+      ++n_;
+    }
     void PushFront(Buffer b);
     void EraseFront(size_t k);  // drop the first k
     void Truncate(size_t k);    // keep the first k
-    void Clear() noexcept;
+    void Clear() noexcept { Destroy(0); }  // keeps a heap array for reuse
 
    private:
-    void Spill();
-    Buffer inline_[kInline];
-    std::vector<Buffer> heap_;
-    size_t n_ = 0;
-    bool spilled_ = false;
+    uint32_t capacity() const noexcept { return heap_ != nullptr ? cap_ : kInline; }
+    // Destroys slices [from, n_).
+    void Destroy(uint32_t from) noexcept {
+      Buffer* d = data();
+      for (uint32_t i = from; i < n_; ++i) d[i].~Buffer();
+      n_ = from;
+    }
+    void FreeHeap() noexcept {
+      if (heap_ == nullptr) return;
+      ::operator delete(heap_);
+      heap_ = nullptr;
+      cap_ = 0;
+    }
+    // Requires: no live slices here and no heap array unless o has none.
+    void Take(SliceVec& o) noexcept {
+      if (o.heap_ != nullptr) {
+        heap_ = std::exchange(o.heap_, nullptr);
+        cap_ = std::exchange(o.cap_, 0);
+      } else {
+        Buffer* d = data();
+        for (uint32_t i = 0; i < o.n_; ++i) {
+          new (d + i) Buffer(std::move(o.in_.b[i]));
+          o.in_.b[i].~Buffer();
+        }
+      }
+      n_ = std::exchange(o.n_, 0);
+    }
+    void Grow();
+
+    union Inline {
+      Inline() noexcept {}
+      ~Inline() {}
+      Buffer b[kInline];
+    } in_;
+    Buffer* heap_ = nullptr;  // null: the slices are in in_
+    uint32_t n_ = 0;
+    uint32_t cap_ = 0;  // of heap_
   };
 
   SliceVec slices_;
