@@ -49,6 +49,7 @@ struct Args {
   uint64_t iters = 5000;
   double seconds = 3.0;
   bool polling = true;
+  int64_t spin_us = -1;  // idle spin before blocking; -1: 1000 with --polling, else 50
   uint64_t chunk = hrpc::kDefaultBulkChunkBytes;  // server: bytes per READ piece
   uint64_t window = 4;                             // server: READ pieces in flight
 };
@@ -59,7 +60,7 @@ hrpc::RuntimeOptions RuntimeFor(const Args& a, const char* name) {
   ro.workers = 1;
   ro.transport_choice = a.transport == "rdma" ? hrpc::TransportChoice::kRdma : hrpc::TransportChoice::kTcp;
   ro.rdma.completion = a.polling ? hrpc::transport::CompletionMode::kPolling : hrpc::transport::CompletionMode::kBlocking;
-  ro.spin_budget = a.polling ? std::chrono::microseconds(1000) : std::chrono::microseconds(50);
+  ro.spin_budget = std::chrono::microseconds(a.spin_us >= 0 ? a.spin_us : a.polling ? 1000 : 50);
   ro.pool.arena_bytes = 256u << 20;
   return ro;
 }
@@ -221,6 +222,10 @@ int main(int argc, char** argv) {
   app.add_flag("--polling", a.polling,
                "workers busy-poll (RDMA CQ polling mode) instead of blocking "
                "(on by default; --polling=false turns it off)");
+  app.add_option("--spin-us", a.spin_us,
+                 "microseconds an idle worker polls before it blocks (-1: 1000 with --polling, else 50; "
+                 "0 makes every wait block, so instruction counts do not depend on timing)")
+      ->capture_default_str();
   hrpc::examples::AddSize(app, "--chunk", &a.chunk,
                           "server: bytes per READ piece of a pulled attachment (bulk_chunk_bytes)");
   app.add_option("--window", a.window, "server: READ pieces in flight per attachment (bulk_window)")
