@@ -281,6 +281,7 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   // the scheduler ran its batch of coroutines, so frames queued by many
   // coroutines leave in one writev.
   std::vector<std::shared_ptr<Conn>> dirty;
+  std::vector<std::shared_ptr<Conn>> flushing;  // FlushDirty's batch in progress
   std::weak_ptr<Conn> hot;  // last connection that had input
   // TLS connections whose decrypted bytes OpenSSL holds, beyond what the last
   // OnReadable() asked for: epoll will not report them, Poll() serves them.
@@ -684,7 +685,7 @@ void Core::Flush(Conn& c) {
   }
   if (c.closed()) return;
   if (c.outq.empty()) SetEpollOut(c, false);
-  if (c.queued_bytes <= opt.send_queue_high_water / 2) {
+  if (!c.drain_waiters.empty() && c.queued_bytes <= opt.send_queue_high_water / 2) {
     for (auto* p : std::exchange(c.drain_waiters, {})) p->Finish(Status::Ok());
   }
 }
@@ -1522,14 +1523,15 @@ int Core::Poll() {
 int Core::FlushDirty() {
   int flushed = 0;
   while (!dirty.empty()) {
-    auto list = std::exchange(dirty, {});
-    for (auto& c : list) {
+    flushing.swap(dirty);  // both keep their capacity: no allocation per round
+    for (auto& c : flushing) {
       c->dirty = false;
       if (!c->closed() && !c->outq.empty()) {
         Flush(*c);
         ++flushed;
       }
     }
+    flushing.clear();
   }
   return flushed;
 }
