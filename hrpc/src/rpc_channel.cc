@@ -49,17 +49,14 @@ class RpcChannel::Impl {
     const size_t ndesc = internal::PlannedDescriptors(att, cap > state->eager_threshold ? cap : 0,
                                                       pool.options().max_class_bytes);
     const size_t room = wire::PrefixSize(std::min(ndesc, wire::kMaxDescriptors), call->ctx->request_id() != 0);
-    Result<SerializedMessage> m = InternalError("unset");
-    if (request != nullptr) {
+    Result<SerializedMessage> m = [&]() -> Result<SerializedMessage> {
+      if (request == nullptr) return internal::RawWithRoom(pool, raw, room);
       if (!request->IsInitialized()) {
-        m = InvalidArgumentError("request for " + std::string(call->name) +
-                                 " lacks required fields: " + request->InitializationErrorString());
-      } else {
-        m = internal::SerializeWithRoom(pool, *request, room);
+        return InvalidArgumentError("request for " + std::string(call->name) +
+                                    " lacks required fields: " + request->InitializationErrorString());
       }
-    } else {
-      m = internal::RawWithRoom(pool, raw, room);
-    }
+      return internal::SerializeWithRoom(pool, *request, room);
+    }();
     if (!m.ok()) {
       call->ctx->request_attachment() = mempool::IoBuf();
       call->stats->End(coro::SteadyNow() - call->start, m.status().code(), 0, 0);
