@@ -315,7 +315,7 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   // A receive buffer the pool refused: stop reading `c` and retry later.
   void PauseForMemory(Conn& c, const Status& why);
   void ResumeAfterMemory(const std::weak_ptr<Conn>& weak);
-  void Queue(Conn& c, FrameHeader h, mempool::IoBuf payload = {}, uint32_t expo_index = UINT32_MAX);
+  void Queue(Conn& c, FrameHeader h, mempool::IoBuf&& payload = mempool::IoBuf(), uint32_t expo_index = UINT32_MAX);
   void QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after = false);
   void Flush(Conn& c);
   void MarkDirty(Conn& c) {
@@ -338,7 +338,7 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   // Bytes read into the current frame's padding and body; false if that closed c.
   bool TakeBody(Conn& c, size_t& got);
   // A control message, or (payload non-empty) a MESSAGE_PAYLOAD frame.
-  void QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload);
+  void QueueMessage(Conn& c, mempool::IoBuf&& message, mempool::IoBuf&& payload);
   bool StartPayload(Conn& c);
   bool MorePayloadBlocks(Conn& c);
   void OnHeader(Conn& c, const FrameHeader& h);
@@ -368,7 +368,7 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   }
   void OnHello(Conn& c, const tcp::Hello& hello);
   // `payload_bytes`: how many of msg's bytes are an in-stream payload.
-  void Deliver(Conn& c, mempool::IoBuf msg, uint64_t payload_bytes = 0);
+  void Deliver(Conn& c, mempool::IoBuf&& msg, uint64_t payload_bytes = 0);
   void ReturnCredit(Conn& c);
   void MaybeSendCredits(Conn& c);
   void GrantCredits(Conn& c, uint32_t n);
@@ -527,7 +527,7 @@ void Core::ResumeAfterMemory(const std::weak_ptr<Conn>& weak) {
   if (!c->closed() && !c->outq.empty()) MarkDirty(*c);
 }
 
-void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf payload, uint32_t expo_index) {
+void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf&& payload, uint32_t expo_index) {
   h.length = static_cast<uint32_t>(payload.size());
   OutFrame& f = c.outq.emplace_back();
   f.h = h;
@@ -537,7 +537,7 @@ void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf payload, uint32_t expo_i
   c.queued_bytes += f.total();
 }
 
-void Core::QueueMessage(Conn& c, mempool::IoBuf message, mempool::IoBuf payload) {
+void Core::QueueMessage(Conn& c, mempool::IoBuf&& message, mempool::IoBuf&& payload) {
   internal::FaultAction fault;
   if (faults.armed()) {
     if (const int64_t after = faults.disconnect_after(); after >= 0 && static_cast<int64_t>(c.tx_seq) >= after) {
@@ -1180,10 +1180,8 @@ void Core::OnBodyDone(Conn& c) {
   const FrameHeader& h = c.cur;
   switch (c.sink) {
     case Sink::kMessage: {
-      mempool::IoBuf m = std::move(c.msg);
-      c.msg = mempool::IoBuf();
-      m.Append(std::move(c.body_hold));
-      c.body_hold = mempool::IoBuf();
+      mempool::IoBuf m = std::move(c.msg);  // leaves c.msg empty
+      m.Append(std::move(c.body_hold));     // and c.body_hold
       c.body_iov.clear();
       if (c.checked) {
         if (Status ok = internal::CheckMessage(m, m.size(), h.aux, c.peer); !ok.ok()) {
@@ -1203,9 +1201,7 @@ void Core::OnBodyDone(Conn& c) {
     }
     case Sink::kPayload: {
       mempool::IoBuf m = std::move(c.msg_before_payload);
-      c.msg_before_payload = mempool::IoBuf();
       m.Append(std::move(c.body_hold));
-      c.body_hold = mempool::IoBuf();
       c.body_iov.clear();
       Deliver(c, std::move(m), h.addr);
       break;
@@ -1346,7 +1342,7 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
   }
 }
 
-void Core::Deliver(Conn& c, mempool::IoBuf msg, uint64_t payload_bytes) {
+void Core::Deliver(Conn& c, mempool::IoBuf&& msg, uint64_t payload_bytes) {
   ctr().messages_received.Add();
   ctr().message_bytes_received.Add(msg.size() - payload_bytes);
   if (payload_bytes > 0) ctr().payload_bytes_received.Add(payload_bytes);
