@@ -82,20 +82,21 @@ class RpcChannel::Impl {
   }
 
   Status CallSync(Call* call, const google::protobuf::MessageLite* request, std::string_view raw) {
-    // Shared: Set() may still be returning on the completing thread when the
-    // waiter wakes up and leaves.
+    // On this stack: Event::Set() touches the event only before it wakes the
+    // waiter (it resumes waiters after its unlock), so the waiter may return
+    // while Set() is still returning on the completing thread. The callback
+    // captures one pointer, which std::function keeps without a heap block.
     struct Wait {
       coro::Event ev;
       Status status;
-    };
-    auto w = std::make_shared<Wait>();
-    call->done = [w](Status s) {
-      w->status = std::move(s);
-      w->ev.Set();
+    } w;
+    call->done = [wp = &w](Status s) {
+      wp->status = std::move(s);
+      wp->ev.Set();
     };
     Begin(call, request, raw, /*may_block=*/true);
-    w->ev.Wait().IgnoreError();
-    return std::move(w->status);
+    w.ev.Wait().IgnoreError();
+    return std::move(w.status);
   }
 
   Call* NewCall(uint32_t service_id, uint32_t method_id, std::string_view name, ClientContext& ctx) {
