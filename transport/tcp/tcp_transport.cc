@@ -231,7 +231,6 @@ struct Conn : std::enable_shared_from_this<Conn> {
   uint64_t body_total = 0;
   uint32_t pad_left = 0;          // padding still to skip before a WRITE / READ_RESP payload
   mempool::IoBuf msg;             // MESSAGE being assembled (prefetch slices + remainder)
-  mempool::Buffer spare_prefetch;  // an unused prefetch buffer for the next read (KeepSparePrefetch)
   uint64_t payload_pending = 0;   // MESSAGE_PAYLOAD: payload bytes still to come after the message
   mempool::IoBuf msg_before_payload;  // MESSAGE_PAYLOAD: its message, while the payload arrives
   mempool::IoBuf body_hold;       // keeps the target alive while bytes land in it
@@ -325,12 +324,6 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   }
   int FlushDirty();
   bool OnReadable(Conn& c);  // true if any bytes arrived
-  // A prefetch buffer that no message kept a slice of serves the next read
-  // (an idle poll's readv returns EAGAIN: no pool round trip for it). Not
-  // while fault injection may refuse receive buffers: each read asks the pool.
-  void KeepSparePrefetch(Conn& c, mempool::Buffer pf) {
-    if (pf && pf.use_count() == 1 && !faults.armed() && !c.closed()) c.spare_prefetch = std::move(pf);
-  }
   // Parses bytes [from, from + len) of `pf`.
   void ConsumePrefetch(Conn& c, const mempool::Buffer& pf, size_t from, size_t len);
   // Gives buffers to the announced frames that fit the limits (kPlan*).
@@ -412,7 +405,6 @@ std::shared_ptr<Conn> Core::NewConn(int fd, bool server, std::string peer) {
 void Core::Fail(Conn& c, Status s) {
   c.msg_before_payload = mempool::IoBuf();
   c.body_hold = mempool::IoBuf();
-  c.spare_prefetch.Reset();
   if (c.closed()) return;
   auto keep = c.shared_from_this();
   if (c.phase == Phase::kOpen) {
@@ -874,9 +866,7 @@ bool Core::OnReadable(Conn& c) {
       covered = planned == c.plan.size();
     }
     mempool::Buffer pf;
-    if (covered && c.spare_prefetch) {
-      pf = std::move(c.spare_prefetch);
-    } else if (covered) {
+    if (covered) {
       auto b = RxAllocate(tcp::kPrefetchBytes);
       if (b.ok()) {
         pf = std::move(*b);
@@ -903,10 +893,7 @@ bool Core::OnReadable(Conn& c) {
     ssize_t r = ReadSocket(c, iov, n);
     if (r < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        KeepSparePrefetch(c, std::move(pf));
-        return any;
-      }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return any;
       const int err = errno;
       Status s = IoError(c, err, "receive from");
       SPDLOG_INFO("hrpc tcp: connection {} failed: {}", c.peer, s.ToString());
@@ -956,7 +943,6 @@ bool Core::OnReadable(Conn& c) {
       ConsumePrefetch(c, pf, 0, got);
       if (c.closed()) return true;
     }
-    KeepSparePrefetch(c, std::move(pf));
     if (static_cast<size_t>(r) < asked) return true;  // socket drained
   }
   return any;
