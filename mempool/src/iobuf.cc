@@ -22,6 +22,19 @@ void IoBuf::SliceVec::Grow() {
   cap_ = cap;
 }
 
+void IoBuf::SliceVec::DestroyAll() noexcept {
+  Destroy(0);
+  FreeHeap();
+}
+
+void IoBuf::SliceVec::MoveInlineFrom(SliceVec& o) noexcept {
+  Buffer* d = data();
+  for (uint32_t i = 0; i < o.n_; ++i) {
+    new (d + i) Buffer(std::move(o.in_.b[i]));
+    o.in_.b[i].~Buffer();
+  }
+}
+
 void IoBuf::SliceVec::PushFront(Buffer b) {
   if (n_ == capacity()) Grow();
   Buffer* d = data();

@@ -101,8 +101,7 @@ class IoBuf {
       return *this;
     }
     ~SliceVec() {
-      Destroy(0);
-      FreeHeap();
+      if (n_ != 0 || heap_ != nullptr) DestroyAll();  // most IoBufs die moved-from
     }
     size_t size() const noexcept { return n_; }
     bool empty() const noexcept { return n_ == 0; }
@@ -148,16 +147,17 @@ class IoBuf {
       if (o.heap_ != nullptr) {
         heap_ = std::exchange(o.heap_, nullptr);
         cap_ = std::exchange(o.cap_, 0);
-      } else {
-        Buffer* d = data();
-        for (uint32_t i = 0; i < o.n_; ++i) {
-          new (d + i) Buffer(std::move(o.in_.b[i]));
-          o.in_.b[i].~Buffer();
-        }
+      } else if (o.n_ == 1) {  // the usual control message: one slice
+        new (data()) Buffer(std::move(o.in_.b[0]));
+        o.in_.b[0].~Buffer();
+      } else if (o.n_ > 1) {
+        MoveInlineFrom(o);
       }
       n_ = std::exchange(o.n_, 0);
     }
     void Grow();
+    void DestroyAll() noexcept;
+    void MoveInlineFrom(SliceVec& o) noexcept;  // o's inline slices to data()
 
     union Inline {
       Inline() noexcept {}
