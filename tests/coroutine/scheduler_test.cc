@@ -198,6 +198,24 @@ TEST(SchedulerTest, EarlierTimerAddedLaterFiresFirstWhileTheLoopSpins) {
   EXPECT_THAT(order, ::testing::ElementsAre(1, 2, 3));
 }
 
+// SteadyNow (the TSC since this thread's last steady_clock read) stays within
+// a rounding of steady_clock across resyncs and never goes back.
+TEST(CycleClockTest, SteadyNowFollowsSteadyClockAndNeverGoesBack) {
+  Clock::time_point prev{};
+  for (int i = 0; i < 3000; ++i) {
+    const auto before = Clock::now();
+    const auto fast = SteadyNow();
+    const auto after = Clock::now();
+    // The rate error over at most one resync period (1 ms) is microseconds;
+    // allow for a preempted thread and a rate measured under load.
+    EXPECT_GT(fast, before - 200us) << "at " << i;
+    EXPECT_LT(fast, after + 200us) << "at " << i;
+    EXPECT_GE(fast, prev) << "at " << i;
+    prev = fast;
+    if (i % 500 == 0) std::this_thread::sleep_for(3ms);  // past a resync
+  }
+}
+
 // The cycle clock's rate (measured once) converts its ticks back to the time
 // steady_clock saw, and a span of TicksFor(d) lasts d of steady_clock time.
 TEST(CycleClockTest, TicksAgreeWithSteadyClock) {

@@ -361,7 +361,7 @@ class CmPoller final : public coro::Poller {
   int fd() const override;
 
  private:
-  static constexpr uint32_t kCmPollEvery = 1024;
+  static constexpr uint32_t kCmPollEvery = 64;
   TransportImpl& t_;
   uint32_t polls_ = 0;
 };
