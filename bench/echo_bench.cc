@@ -82,6 +82,7 @@ struct Config {
   double warmup = 0.3;
   size_t rounds = 3;
   std::string cases = "all";  // all | raw | rpc | metrics
+  std::string only;           // rpc cases: comma-separated PAYLOADxCONCURRENCY (empty: every case)
   std::string grpc_echo;      // path of the grpc_echo program
   bool http = false;          // hrpc-server role: with the HTTP endpoint
   uint64_t scrape_ms = 100;   // metrics cases: /metrics every this many ms
@@ -599,6 +600,8 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
   }
 
   for (const RpcCase& c : cases) {
+    const std::string name = std::to_string(c.payload) + "x" + std::to_string(c.concurrency);
+    if (!cfg.only.empty() && ("," + cfg.only + ",").find("," + name + ",") == std::string::npos) continue;
     std::vector<CaseResult> grpc_rounds;
     std::array<std::vector<CaseResult>, 2> hrpc_rounds;
     for (size_t round = 0; round < cfg.rounds; ++round) {
@@ -780,6 +783,7 @@ int main(int argc, char** argv) {
   app.add_option("--cases", cfg.cases,
                  "all | raw | rpc (gRPC and hrpc) | metrics (hrpc with the HTTP endpoint off vs scraped)")
       ->capture_default_str();
+  app.add_option("--only", cfg.only, "rpc cases to run, as PAYLOADxCONCURRENCY, comma-separated (e.g. 64x32,65536x32)");
   app.add_option("--scrape_ms", cfg.scrape_ms, "metrics cases: fetch /metrics this often")->capture_default_str();
   app.add_flag("--http", cfg.http, "internal (hrpc-server): open the HTTP endpoint");
   app.add_option("--grpc_echo", cfg.grpc_echo, "the grpc_echo program; empty: the one beside this program")
