@@ -10,6 +10,9 @@
 #include "checksum.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/coroutine/worker.h"
+#include "hrpc/mempool/copy.h"
+#include "hrpc/mempool/pool.h"
+#include "hrpc/rpc/server_context.h"
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/server.h"
 #include "hrpc/transport/loopback.h"
@@ -76,29 +79,47 @@ TEST(ChecksumOffWorker, SmallPassesAndPlainThreadsRunInline) {
   EXPECT_EQ(OffWorkerPasses(), passes0);
 }
 
-// A 1 MiB attachment over the loopback transport (one-sided pull and push,
-// each region CRC32C-checked): the passes over it run off the worker, the
-// bytes arrive intact, and a 64 KiB call stays inline.
-TEST(ChecksumOffWorker, PulledAndPushedMegabyteIsCheckedOffTheWorker) {
-  auto net = hrpc::transport::LoopbackNetwork::Create();
+// A server and a channel over the loopback transport (one-sided pull and
+// push, each region CRC32C-checked).
+struct LoopPair {
+  std::shared_ptr<hrpc::transport::LoopbackNetwork> net = hrpc::transport::LoopbackNetwork::Create();
   rpctest::TestService service;
-  hrpc::ServerOptions so;
-  so.listen = {"loop://checksum-test"};
-  so.runtime.loopback = net;
-  so.runtime.transport_choice = hrpc::TransportChoice::kTcp;
-  auto server = hrpc::Server::Create(so);
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->RegisterService(&service).ok());
-  ASSERT_TRUE((*server)->Start().ok());
-  hrpc::RpcChannelOptions co;
-  co.runtime.loopback = net;
-  co.runtime.transport_choice = hrpc::TransportChoice::kTcp;
-  auto channel = hrpc::RpcChannel::Create((*server)->listen_uris().at(0), co);
-  ASSERT_TRUE(channel.ok()) << channel.status().ToString();
-  rpctest::Test::Stub stub(channel->get());
+  std::unique_ptr<hrpc::Server> server;
+  std::unique_ptr<hrpc::RpcChannel> channel;
+
+  explicit LoopPair(const std::string& name) {
+    hrpc::ServerOptions so;
+    so.listen = {"loop://" + name};
+    so.runtime.loopback = net;
+    so.runtime.transport_choice = hrpc::TransportChoice::kTcp;
+    auto s = hrpc::Server::Create(so);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    if (!s.ok()) return;
+    server = std::move(*s);
+    EXPECT_TRUE(server->RegisterService(&service).ok());
+    EXPECT_TRUE(server->Start().ok());
+    hrpc::RpcChannelOptions co;
+    co.runtime.loopback = net;
+    co.runtime.transport_choice = hrpc::TransportChoice::kTcp;
+    auto c = hrpc::RpcChannel::Create(server->listen_uris().at(0), co);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    if (c.ok()) channel = std::move(*c);
+  }
+  ~LoopPair() {
+    server.reset();  // first: its connections close while the client still listens
+    channel.reset();
+  }
+};
+
+// A 1 MiB echo over the loopback transport: the passes over it run off the
+// worker, the bytes arrive intact, and a 64 KiB call stays inline.
+TEST(ChecksumOffWorker, PulledAndPushedMegabyteIsCheckedOffTheWorker) {
+  LoopPair loop("checksum-test");
+  ASSERT_NE(loop.channel, nullptr);
+  rpctest::Test::Stub stub(loop.channel.get());
   for (size_t n : {size_t{64} << 10, size_t{1} << 20}) {
     SCOPED_TRACE("size " + std::to_string(n));
-    hrpc::mempool::IoBuf payload = rpctest::MakePayload((*channel)->pool(), n, 5);
+    hrpc::mempool::IoBuf payload = rpctest::MakePayload(loop.channel->pool(), n, 5);
     const uint32_t crc = payload.Crc32c();
     hrpc::ClientContext ctx;
     ctx.request_attachment() = std::move(payload);
@@ -120,8 +141,84 @@ TEST(ChecksumOffWorker, PulledAndPushedMegabyteIsCheckedOffTheWorker) {
       EXPECT_EQ(passes, 4u);
     }
   }
-  server->reset();
-  channel->reset();
+}
+
+// An attachment from memory the transport cannot expose is copied into the
+// channel's pool in pieces first; the CRC32C of each piece, taken off the
+// worker, is the one the server checks what it pulls against.
+TEST(ChecksumOffWorker, CopiedAttachmentPiecesCarryTheirOwnChecksums) {
+  LoopPair loop("checksum-copied");
+  ASSERT_NE(loop.channel, nullptr);
+  auto other = hrpc::mempool::Pool::Create({.arena_bytes = 4 << 20, .max_class_bytes = 1 << 20, .prefault = false});
+  ASSERT_TRUE(other.ok()) << other.status().ToString();
+  const size_t n = (size_t{1} << 20) + 12345;  // more than one piece of the channel pool's largest class
+  hrpc::mempool::IoBuf payload = rpctest::MakePayload(**other, n, 9, 768u << 10);
+  ASSERT_EQ(payload.size(), n);
+  const uint32_t crc = payload.Crc32c();
+  hrpc::ClientContext ctx;
+  ctx.request_attachment() = std::move(payload);
+  rpctest::Req req;
+  rpctest::Resp resp;
+  const uint64_t copied0 = hrpc::mempool::CopiedBytesTotal();
+  const size_t passes0 = OffWorkerPasses();
+  rpctest::Test::Stub stub(loop.channel.get());
+  auto s = stub.Call(ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(resp.attachment_bytes(), n);
+  EXPECT_EQ(resp.attachment_crc32c(), crc);
+  EXPECT_GE(hrpc::mempool::CopiedBytesTotal() - copied0, n) << "the attachment was not copied";
+  EXPECT_GE(OffWorkerPasses() - passes0, 1u);
+}
+
+// A large pulled region whose bytes do not match its CRC32C: the check, run
+// off the worker, fails the pull with DATA_LOSS.
+class CorruptBulk final : public hrpc::BulkTransfer {
+ public:
+  explicit CorruptBulk(hrpc::mempool::Pool& pool) : pool_(pool) {}
+  hrpc::Result<hrpc::mempool::IoBuf> Pull(const hrpc::wire::BulkDescriptor& d,
+                                          std::chrono::steady_clock::time_point) override {
+    hrpc::mempool::IoBuf data = rpctest::MakePayload(pool_, d.len, 3);
+    if (flip) data.slice(data.num_slices() - 1).data()[0] ^= 1;
+    return data;
+  }
+  hrpc::Status Push(const hrpc::wire::BulkDescriptor&, const hrpc::mempool::IoBuf&,
+                    std::chrono::steady_clock::time_point) override {
+    return hrpc::Status::Ok();
+  }
+  bool flip = false;
+
+ private:
+  hrpc::mempool::Pool& pool_;
+};
+
+TEST(ChecksumOffWorker, LargeRegionThatFailsItsCheckOffTheWorkerIsDataLoss) {
+  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 8 << 20, .max_class_bytes = 1 << 20, .prefault = false});
+  ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+  CorruptBulk bulk(**pool);
+  const uint32_t len = 1u << 20;
+  const uint32_t good_crc = rpctest::MakePayload(**pool, len, 3).Crc32c();
+  auto worker = StartWorker();
+  ASSERT_NE(worker, nullptr);
+  for (bool flip : {false, true}) {
+    SCOPED_TRACE(flip ? "corrupted" : "intact");
+    bulk.flip = flip;
+    hrpc::ServerContext ctx;
+    ctx.set_bulk({{0x1000, len, 7, good_crc, hrpc::wire::BulkDirection::kPull}}, &bulk);
+    const size_t passes0 = OffWorkerPasses();
+    hrpc::Status got;
+    hrpc::coro::Event done;
+    worker->Post([&] {
+      got = ctx.PullBulk(0).status();
+      done.Set();
+    });
+    ASSERT_TRUE(done.WaitFor(10s).ok());
+    EXPECT_EQ(OffWorkerPasses(), passes0 + 1);
+    if (flip) {
+      EXPECT_EQ(got.code(), hrpc::StatusCode::kDataLoss) << got.ToString();
+    } else {
+      EXPECT_TRUE(got.ok()) << got.ToString();
+    }
+  }
 }
 
 }  // namespace
