@@ -56,6 +56,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -67,6 +68,7 @@
 #include "common/cli.h"
 #include "common/load.h"
 #include "common/proc_cpu.h"
+#include "hrpc/transport/tcp.h"
 
 #include <spdlog/spdlog.h>
 
@@ -86,7 +88,22 @@ struct Config {
   std::string grpc_echo;      // path of the grpc_echo program
   bool http = false;          // hrpc-server role: with the HTTP endpoint
   uint64_t scrape_ms = 100;   // metrics cases: /metrics every this many ms
+  // TCP congestion control of hrpc's and the raw sockets; empty: the system's.
+  std::string congestion = hrpc::transport::TcpOptions{}.loopback_congestion_control;
 };
+
+// Gives a raw socket the congestion control hrpc's sockets get, so the raw
+// baselines run under the same algorithm.
+void SetCongestion(int fd, const std::string& algo) {
+  if (!algo.empty()) setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, algo.data(), static_cast<socklen_t>(algo.size()));
+}
+
+std::string SystemCongestion() {
+  std::ifstream f("/proc/sys/net/ipv4/tcp_congestion_control");
+  std::string s;
+  std::getline(f, s);
+  return s.empty() ? "unknown" : s;
+}
 
 void Pin(int cpu) {
   if (cpu < 0) return;
@@ -200,6 +217,7 @@ int RawServerMain(const Config& cfg) {
     int fd = ::accept(ls, nullptr, nullptr);
     if (fd < 0) continue;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    SetCongestion(fd, cfg.congestion);
     char mode = 0;
     uint32_t size = 0;
     if (!RecvAll(fd, &mode, 1, cfg.spin_us) || !RecvAll(fd, reinterpret_cast<char*>(&size), 4, cfg.spin_us)) {
@@ -211,9 +229,13 @@ int RawServerMain(const Config& cfg) {
       while (RecvAll(fd, buf.data(), size, spin) && SendAll(fd, buf.data(), size)) {
       }
     } else if (mode == 's') {
+      // Each `size`-byte message lands in the same place of a buffer of its
+      // size, as a received payload lands in pool blocks reused call to call.
+      std::vector<char> sbuf(std::max<size_t>(size, 1));
       uint64_t total = 0;
       for (;;) {
-        ssize_t r = ::recv(fd, buf.data(), buf.size(), 0);
+        const size_t off = total % sbuf.size();
+        ssize_t r = ::recv(fd, sbuf.data() + off, sbuf.size() - off, 0);
         if (r <= 0) break;
         total += static_cast<uint64_t>(r);
       }
@@ -223,7 +245,7 @@ int RawServerMain(const Config& cfg) {
   }
 }
 
-int RawConnect(const std::string& uri, char mode, uint32_t size) {
+int RawConnect(const std::string& uri, char mode, uint32_t size, const std::string& congestion) {
   const int port = std::stoi(uri.substr(uri.rfind(':') + 1));
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -233,6 +255,7 @@ int RawConnect(const std::string& uri, char mode, uint32_t size) {
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return -1;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  SetCongestion(fd, congestion);
   SendAll(fd, &mode, 1);
   SendAll(fd, reinterpret_cast<char*>(&size), 4);
   return fd;
@@ -250,6 +273,7 @@ int HrpcServerMain(const Config& cfg) {
   so.runtime.workers = 1;
   if (cfg.server_cpu >= 0) so.runtime.cpus = {cfg.server_cpu};
   so.runtime.spin_budget = std::chrono::microseconds(cfg.spin_us);
+  so.runtime.tcp.loopback_congestion_control = cfg.congestion;
   if (cfg.http) so.http_listen = "127.0.0.1:0";
   auto server = hrpc::Server::Create(so);
   if (!server.ok()) {
@@ -317,7 +341,8 @@ Child SpawnReady(std::vector<std::string> args, int cpu) {
 
 Child Spawn(const char* self, const std::string& role, const Config& cfg) {
   std::vector<std::string> args = {self, "--role=" + role, "--server_cpu=" + std::to_string(cfg.server_cpu),
-                                   "--spin_us=" + std::to_string(cfg.spin_us)};
+                                   "--spin_us=" + std::to_string(cfg.spin_us),
+                                   "--congestion=" + (cfg.congestion.empty() ? "system" : cfg.congestion)};
   if (cfg.http) args.push_back("--http=1");
   return SpawnReady(std::move(args), -1);
 }
@@ -361,6 +386,7 @@ struct RawBaseline {
   double pingpong_p50_us = 0;        // 64 B ping-pong, both sides spinning --spin_us before they sleep
   double pingpong_block_p50_us = 0;  // the same, both sides blocking at once
   double stream_mbps = 0;      // 1 MiB writes, one way
+  double stream_64m_mbps = 0;  // 64 MiB writes from and into 64 MiB buffers, one way
 };
 
 RawBaseline RawCases(const char* self, const Config& cfg) {
@@ -376,7 +402,7 @@ RawBaseline RawCases(const char* self, const Config& cfg) {
   // baseline).
   auto pingpong = [&](char mode, uint64_t spin, const char* label) {
     const uint32_t size = 64;
-    int fd = RawConnect(srv.uri, mode, size);
+    int fd = RawConnect(srv.uri, mode, size, cfg.congestion);
     std::vector<char> buf(size, 'x');
     hrpc::LatencyHistogram hist;
     const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
@@ -408,13 +434,16 @@ RawBaseline RawCases(const char* self, const Config& cfg) {
   const std::string spin_label = "poll=spin" + std::to_string(cfg.spin_us) + "us+block";
   base.pingpong_p50_us = pingpong('p', cfg.spin_us, spin_label.c_str());
   base.pingpong_block_p50_us = pingpong('b', 0, "poll=block");
-  // Stream, 1 MiB writes.
-  {
-    const uint32_t size = 1 << 20;
-    int fd = RawConnect(srv.uri, 's', size);
+  // Stream, 1 MiB writes from one buffer into one buffer (cache-resident on
+  // both sides); then 64 MiB writes, buffers larger than the cache, as a
+  // single 64 MiB call's payload is.
+  auto stream = [&](uint32_t size) {
+    int fd = RawConnect(srv.uri, 's', size, cfg.congestion);
     std::vector<char> buf(size, 'y');
     const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
-    while (Clock::now() < warm_end) SendAll(fd, buf.data(), size);
+    do {
+      SendAll(fd, buf.data(), size);
+    } while (Clock::now() < warm_end);
     const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
     const auto t0 = Clock::now();
     const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
@@ -429,17 +458,19 @@ RawBaseline RawCases(const char* self, const Config& cfg) {
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
     ::close(fd);
-    base.stream_mbps = n * double(size) / secs / 1e6;
     std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 rps=%.0f MBps=%.1f cpu=%.0f/%.0f\n",
                 size, n / secs, n * double(size) / secs / 1e6, (c1 - c0) / 1e9 / secs * 100,
                 (s1 - s0) / 1e9 / secs * 100);
     std::fflush(stdout);
-  }
+    return n * double(size) / secs / 1e6;
+  };
+  base.stream_mbps = stream(1u << 20);
+  base.stream_64m_mbps = stream(64u << 20);
   // The same stream sent with MSG_ZEROCOPY: whether zero-copy sends pay on
   // this path (on loopback the kernel copies at delivery and says so).
   {
     const uint32_t size = 1 << 20;
-    int fd = RawConnect(srv.uri, 's', size);
+    int fd = RawConnect(srv.uri, 's', size, cfg.congestion);
     int one = 1;
     if (::setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof one) != 0) {
       std::printf("echo_bench transport=raw case=stream_zerocopy error=\"SO_ZEROCOPY: %s\"\n", std::strerror(errno));
@@ -557,6 +588,10 @@ void PrintRpcLine(const std::string& what, const RpcCase& c, const CaseResult& r
   }
   if (raw != nullptr && !c.echo && raw->stream_mbps > 0) {
     std::printf(" raw_stream_MBps=%.1f ratio_vs_raw_stream=%.2f", raw->stream_mbps, mbps / raw->stream_mbps);
+    if (c.payload == (64u << 20) && raw->stream_64m_mbps > 0) {
+      std::printf(" raw_stream_64MiB_MBps=%.1f ratio_vs_raw_stream_64MiB=%.2f", raw->stream_64m_mbps,
+                  mbps / raw->stream_64m_mbps);
+    }
   }
   std::printf(" rounds=%zu\n", rounds);
   std::fflush(stdout);
@@ -595,6 +630,7 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
     co.runtime.workers = 1;
     if (cfg.client_cpu >= 0) co.runtime.cpus = {cfg.client_cpu};
     co.runtime.spin_budget = std::chrono::microseconds(m.spin_us);
+    co.runtime.tcp.loopback_congestion_control = cfg.congestion;
     auto channel = hrpc::RpcChannel::Create(uri, co);
     if (channel.ok() && (*channel)->Connect().ok()) m.channel = std::move(*channel);
   }
@@ -705,6 +741,7 @@ void MetricsCases(const char* self, const Config& cfg) {
     co.runtime.workers = 1;
     if (cfg.client_cpu >= 0) co.runtime.cpus = {cfg.client_cpu};
     co.runtime.spin_budget = std::chrono::microseconds(cfg.spin_us);
+    co.runtime.tcp.loopback_congestion_control = cfg.congestion;
     auto channel = hrpc::RpcChannel::Create(uri, co);
     if (channel.ok() && (*channel)->Connect().ok()) m.channel = std::move(*channel);
   }
@@ -785,6 +822,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--only", cfg.only, "rpc cases to run, as PAYLOADxCONCURRENCY, comma-separated (e.g. 64x32,65536x32)");
   app.add_option("--scrape_ms", cfg.scrape_ms, "metrics cases: fetch /metrics this often")->capture_default_str();
+  app.add_option("--congestion", cfg.congestion,
+                 "TCP congestion control of hrpc's and the raw sockets (hrpc's default: "
+                 "TcpOptions::loopback_congestion_control); 'system' for the system default, which gRPC uses")
+      ->capture_default_str();
   app.add_flag("--http", cfg.http, "internal (hrpc-server): open the HTTP endpoint");
   app.add_option("--grpc_echo", cfg.grpc_echo, "the grpc_echo program; empty: the one beside this program")
       ->capture_default_str();
@@ -795,12 +836,15 @@ int main(int argc, char** argv) {
   cfg.server_cpu = static_cast<int>(server_cpu) < ncpu ? static_cast<int>(server_cpu) : -1;
   cfg.client_cpu = static_cast<int>(client_cpu) < ncpu ? static_cast<int>(client_cpu) : -1;
   spdlog::set_level(spdlog::level::warn);
+  if (cfg.congestion == "system") cfg.congestion.clear();
   if (role == "raw-server") return RawServerMain(cfg);
   if (role == "hrpc-server") return HrpcServerMain(cfg);
   signal(SIGPIPE, SIG_IGN);
   if (cfg.rounds == 0) cfg.rounds = 1;
-  std::printf("echo_bench: server cpu %d, client cpu %d, spin %llu us then sleep, %.1f s per case and round\n",
-              cfg.server_cpu, cfg.client_cpu, static_cast<unsigned long long>(cfg.spin_us), cfg.duration);
+  std::printf("echo_bench: server cpu %d, client cpu %d, spin %llu us then sleep, %.1f s per case and round, "
+              "tcp congestion control: hrpc and raw %s, gRPC %s (the system default)\n",
+              cfg.server_cpu, cfg.client_cpu, static_cast<unsigned long long>(cfg.spin_us), cfg.duration,
+              cfg.congestion.empty() ? SystemCongestion().c_str() : cfg.congestion.c_str(), SystemCongestion().c_str());
   std::fflush(stdout);
   char self[4096];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);

@@ -20,6 +20,9 @@
 // Connection::SendWithPayload, answered by a 1-byte message: the path RPC
 // attachments take over TCP). --tls=0 skips them.
 //
+// Raw sockets use the congestion control hrpc's loopback connections get
+// (TcpOptions::loopback_congestion_control).
+//
 // Usage: transport_bench [--seconds=S] [--client-cpu=N] [--server-cpu=N] [--depth=N] [--spin-us=N] [--tls=0|1]
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -132,6 +135,13 @@ int Listen0(uint16_t* port) {
   return fd;
 }
 
+// Raw sockets get the congestion control hrpc's TCP transport gives its
+// loopback connections, so raw and hrpc cases run under the same algorithm.
+void SameCongestionAsHrpc(int fd) {
+  const std::string algo = transport::TcpOptions{}.loopback_congestion_control;
+  if (!algo.empty()) setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, algo.data(), static_cast<socklen_t>(algo.size()));
+}
+
 int Dial(uint16_t port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
@@ -141,6 +151,7 @@ int Dial(uint16_t port) {
   if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) Die("raw connect");
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  SameCongestionAsHrpc(fd);
   return fd;
 }
 
@@ -183,6 +194,7 @@ void RawServe(int lfd) {
     if (c < 0) return;
     int one = 1;
     setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    SameCongestionAsHrpc(c);
     char mode[2];
     if (!RecvFull(c, mode, 2, 0)) {
       close(c);

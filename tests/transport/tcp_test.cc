@@ -4,12 +4,14 @@
 // test also pins the wire format.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -711,6 +713,97 @@ TEST(TcpPayload, AMemoryWaitLongerThanTheDeadPeerTimeoutFailsTheConnection) {
   EXPECT_LT(waited, 10s);
   On(env.server_worker(), [&]() { held.clear(); });
   On(env.client_worker(), [&]() { kept = IoBuf(); });
+  env.DropConnections();
+}
+
+TransportKind TcpWithCongestion(std::string loopback) {
+  TransportKind k = TcpKind();
+  k.make = [loopback](coro::Scheduler& sched, mempool::Pool& pool, const TransportOptions& opt,
+                      std::shared_ptr<void>&) -> Result<std::unique_ptr<Transport>> {
+    TcpOptions o;
+    o.common = opt;
+    o.loopback_congestion_control = loopback;
+    return CreateTcpTransport(sched, pool, o);
+  };
+  return k;
+}
+
+std::string ReadLine(const char* path) {
+  std::ifstream f(path);
+  std::string s;
+  std::getline(f, s);
+  return s;
+}
+
+// TCP_CONGESTION of this process's sockets connected to or from `port`.
+std::vector<std::string> CongestionOfSocketsOn(uint16_t port) {
+  std::vector<std::string> out;
+  for (int fd = 0; fd < 4096; ++fd) {
+    int type = 0;
+    socklen_t tl = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM) continue;
+    sockaddr_in local{}, peer{};
+    socklen_t ll = sizeof local, pl = sizeof peer;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 || local.sin_family != AF_INET) continue;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
+    if (ntohs(local.sin_port) != port && ntohs(peer.sin_port) != port) continue;
+    char name[32] = {};
+    socklen_t nl = sizeof name;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &nl) != 0) continue;
+    out.emplace_back(name);
+  }
+  return out;
+}
+
+uint16_t PortOf(const std::string& uri) {
+  auto u = ParseUri(uri);
+  EXPECT_TRUE(u.ok());
+  return u.ok() ? u->port : 0;
+}
+
+TEST(TcpCongestion, ConnectionsOnThisHostUseTheLoopbackChoice) {
+  const std::string system = ReadLine("/proc/sys/net/ipv4/tcp_congestion_control");
+  // reno is built into every kernel; when it is the default, cubic is the
+  // choice that shows the setting took effect.
+  const std::string want = system == "reno" ? "cubic" : "reno";
+  Env env(TcpWithCongestion(want));
+  env.ConnectPair();
+  const auto seen = CongestionOfSocketsOn(PortOf(env.listener().uri()));
+  ASSERT_EQ(seen.size(), 2u) << "the accepted and the connected socket";
+  EXPECT_EQ(seen[0], want);
+  EXPECT_EQ(seen[1], want);
+  env.DropConnections();
+}
+
+TEST(TcpCongestion, EmptyOrUnknownKeepsTheSystemDefault) {
+  const std::string system = ReadLine("/proc/sys/net/ipv4/tcp_congestion_control");
+  ASSERT_FALSE(system.empty());
+  for (const char* choice : {"", "no-such-algorithm"}) {
+    SCOPED_TRACE(choice);
+    Env env(TcpWithCongestion(choice));
+    env.ConnectPair();
+    const auto seen = CongestionOfSocketsOn(PortOf(env.listener().uri()));
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[0], system);
+    EXPECT_EQ(seen[1], system);
+    Status s = On(env.client_worker(), [&]() { return env.client().Send(IoBuf(Filled(env.pool(), 64, 1))); });
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    auto got = On(env.server_worker(), [&]() { return env.server().Recv(); });
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(got->size(), 64u);
+    env.DropConnections();
+  }
+}
+
+TEST(TcpCongestion, DefaultOnLoopbackIsCubicWhereTheKernelHasIt) {
+  const std::string available = ReadLine("/proc/sys/net/ipv4/tcp_available_congestion_control");
+  if (available.find("cubic") == std::string::npos) GTEST_SKIP() << "kernel without cubic: " << available;
+  Env env(TcpKind());
+  env.ConnectPair();
+  const auto seen = CongestionOfSocketsOn(PortOf(env.listener().uri()));
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0], "cubic");
+  EXPECT_EQ(seen[1], "cubic");
   env.DropConnections();
 }
 

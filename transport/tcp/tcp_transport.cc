@@ -114,6 +114,44 @@ std::string SockName(const sockaddr_storage& ss) {
   return "tcp://?";
 }
 
+bool SameHost(const sockaddr_storage& local, const sockaddr_storage& peer) {
+  if (peer.ss_family == AF_INET) {
+    const auto& p = reinterpret_cast<const sockaddr_in&>(peer).sin_addr;
+    if ((ntohl(p.s_addr) >> 24) == 127) return true;
+    return local.ss_family == AF_INET &&
+           reinterpret_cast<const sockaddr_in&>(local).sin_addr.s_addr == p.s_addr;
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto& p = reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(&p)) return true;
+    if (IN6_IS_ADDR_V4MAPPED(&p) && p.s6_addr[12] == 127) return true;
+    return local.ss_family == AF_INET6 &&
+           IN6_ARE_ADDR_EQUAL(&reinterpret_cast<const sockaddr_in6&>(local).sin6_addr, &p);
+  }
+  return false;
+}
+
+// Sets the congestion control the options ask for on a connected (or
+// connecting) socket. An algorithm the kernel does not have or does not allow
+// leaves the system default, with one warning per transport and algorithm.
+void ApplyCongestionControl(int fd, const sockaddr_storage& peer, const TcpOptions& opt,
+                            std::vector<std::string>& warned) {
+  sockaddr_storage local{};
+  socklen_t len = sizeof local;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) return;
+  const std::string& algo = SameHost(local, peer) ? opt.loopback_congestion_control : opt.congestion_control;
+  if (algo.empty()) return;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, algo.data(), static_cast<socklen_t>(algo.size())) == 0) {
+    return;
+  }
+  const int err = errno;
+  if (std::find(warned.begin(), warned.end(), algo) != warned.end()) return;
+  warned.push_back(algo);
+  SPDLOG_WARN("hrpc tcp: congestion control '{}' not set ({}); the system default stays "
+              "(net.ipv4.tcp_available_congestion_control / tcp_allowed_congestion_control)",
+              algo, strerror(err));
+}
+
 // The TCP key table: registration only records the arena, so Expose() can
 // refuse memory that is not from the transport's pool.
 class TcpKeyTable final : public mempool::Registrar {
@@ -288,6 +326,7 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   std::vector<std::shared_ptr<Conn>> tls_buffered;
   std::shared_ptr<TransportCounters> counters = std::make_shared<TransportCounters>();
   TransportCounters& ctr() { return *counters; }
+  std::vector<std::string> cc_warned;  // congestion controls the kernel refused
   internal::FaultInjector faults;
   // A receive buffer (message body, prefetch, payload block) from the pool,
   // unless fault injection refuses it.
@@ -1404,6 +1443,7 @@ void Core::OnAccept(ListenerState& ls) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    ApplyCongestionControl(fd, ss, opt, cc_warned);
     auto c = NewConn(fd, /*server=*/true, SockName(ss));
     c->phase = Phase::kHandshake;
     for (auto& [tok, l] : listeners) {
@@ -1887,6 +1927,7 @@ class TcpTransport final : public Transport {
       core_->Fail(*c, ErrnoStatus(err, "connect to " + c->peer));
       return c->status;
     }
+    ApplyCongestionControl(fd, addr.first, core_->opt, core_->cc_warned);
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT;
     ev.data.u64 = c->token;
