@@ -389,6 +389,41 @@ struct RawBaseline {
   double stream_64m_mbps = 0;  // 64 MiB writes from and into 64 MiB buffers, one way
 };
 
+// One way, `size`-byte writes from one buffer into one buffer of that size:
+// 1 MiB buffers stay in the cache on both sides; 64 MiB ones do not, as a
+// single 64 MiB call's payload does not. Returns MB/s; prints its line when
+// `print`.
+double RawStream(const Child& srv, const Config& cfg, uint32_t size, bool print = true) {
+  Pin(cfg.client_cpu);
+  int fd = RawConnect(srv.uri, 's', size, cfg.congestion);
+  std::vector<char> buf(size, 'y');
+  const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
+  do {
+    SendAll(fd, buf.data(), size);
+  } while (Clock::now() < warm_end);
+  const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+  const auto t0 = Clock::now();
+  const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
+  uint64_t n = 0;
+  while (Clock::now() < end) {
+    SendAll(fd, buf.data(), size);
+    ++n;
+  }
+  ::shutdown(fd, SHUT_WR);
+  uint64_t total = 0;
+  RecvAll(fd, reinterpret_cast<char*>(&total), sizeof total, cfg.spin_us);
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+  ::close(fd);
+  if (print) {
+    std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 rps=%.0f MBps=%.1f cpu=%.0f/%.0f\n",
+                size, n / secs, n * double(size) / secs / 1e6, (c1 - c0) / 1e9 / secs * 100,
+                (s1 - s0) / 1e9 / secs * 100);
+    std::fflush(stdout);
+  }
+  return n * double(size) / secs / 1e6;
+}
+
 RawBaseline RawCases(const char* self, const Config& cfg) {
   RawBaseline base;
   Child srv = Spawn(self, "raw-server", cfg);
@@ -434,38 +469,8 @@ RawBaseline RawCases(const char* self, const Config& cfg) {
   const std::string spin_label = "poll=spin" + std::to_string(cfg.spin_us) + "us+block";
   base.pingpong_p50_us = pingpong('p', cfg.spin_us, spin_label.c_str());
   base.pingpong_block_p50_us = pingpong('b', 0, "poll=block");
-  // Stream, 1 MiB writes from one buffer into one buffer (cache-resident on
-  // both sides); then 64 MiB writes, buffers larger than the cache, as a
-  // single 64 MiB call's payload is.
-  auto stream = [&](uint32_t size) {
-    int fd = RawConnect(srv.uri, 's', size, cfg.congestion);
-    std::vector<char> buf(size, 'y');
-    const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
-    do {
-      SendAll(fd, buf.data(), size);
-    } while (Clock::now() < warm_end);
-    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
-    const auto t0 = Clock::now();
-    const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
-    uint64_t n = 0;
-    while (Clock::now() < end) {
-      SendAll(fd, buf.data(), size);
-      ++n;
-    }
-    ::shutdown(fd, SHUT_WR);
-    uint64_t total = 0;
-    RecvAll(fd, reinterpret_cast<char*>(&total), sizeof total, cfg.spin_us);
-    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
-    ::close(fd);
-    std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 rps=%.0f MBps=%.1f cpu=%.0f/%.0f\n",
-                size, n / secs, n * double(size) / secs / 1e6, (c1 - c0) / 1e9 / secs * 100,
-                (s1 - s0) / 1e9 / secs * 100);
-    std::fflush(stdout);
-    return n * double(size) / secs / 1e6;
-  };
-  base.stream_mbps = stream(1u << 20);
-  base.stream_64m_mbps = stream(64u << 20);
+  base.stream_mbps = RawStream(srv, cfg, 1u << 20);
+  base.stream_64m_mbps = RawStream(srv, cfg, 64u << 20);
   // The same stream sent with MSG_ZEROCOPY: whether zero-copy sends pay on
   // this path (on loopback the kernel copies at delivery and says so).
   {
@@ -612,6 +617,10 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
     if (grpc_server.uri.empty()) grpc_error = "grpc-server-did-not-start";
   }
 
+  // One-way cases are held against raw streams measured in the same rounds
+  // (the host's stream rate drifts by a third within minutes here).
+  Child raw_server = Spawn(self, "raw-server", cfg);
+
   struct Mode {
     std::string label;
     uint64_t spin_us;
@@ -640,8 +649,13 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
     if (!cfg.only.empty() && ("," + cfg.only + ",").find("," + name + ",") == std::string::npos) continue;
     std::vector<CaseResult> grpc_rounds;
     std::array<std::vector<CaseResult>, 2> hrpc_rounds;
+    std::vector<double> raw_1m, raw_64m;
     for (size_t round = 0; round < cfg.rounds; ++round) {
       if (grpc_error.empty() && c.echo) grpc_rounds.push_back(GrpcRound(cfg, grpc_server, c));
+      if (!c.echo && !raw_server.uri.empty()) {
+        raw_1m.push_back(RawStream(raw_server, cfg, 1u << 20, false));
+        if (c.payload == (64u << 20)) raw_64m.push_back(RawStream(raw_server, cfg, 64u << 20, false));
+      }
       for (size_t i = 0; i < modes.size(); ++i) {
         if (modes[i].channel) {
           hrpc_rounds[i].push_back(HrpcRound(cfg, *modes[i].channel, c));
@@ -656,9 +670,20 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
       grpc = MedianRound(grpc_rounds);
       PrintRpcLine("transport=grpc", c, grpc, nullptr, cfg.rounds);
     }
+    RawBaseline same_rounds = raw;
+    auto median_of = [&](std::vector<double> v, uint32_t size) {
+      std::sort(v.begin(), v.end());
+      std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 MBps=%.1f per_round=", size,
+                  v[v.size() / 2]);
+      for (size_t i = 0; i < v.size(); ++i) std::printf("%s%.0f", i ? "," : "", v[i]);
+      std::printf(" rounds=%zu\n", v.size());
+      return v[v.size() / 2];
+    };
+    if (!raw_1m.empty()) same_rounds.stream_mbps = median_of(raw_1m, 1u << 20);
+    if (!raw_64m.empty()) same_rounds.stream_64m_mbps = median_of(raw_64m, 64u << 20);
     for (size_t i = 0; i < modes.size(); ++i) {
       PrintRpcLine("transport=tcp " + modes[i].label, c, MedianRound(hrpc_rounds[i]), c.echo ? &grpc : nullptr,
-                   cfg.rounds, &raw);
+                   cfg.rounds, &same_rounds);
     }
   }
 
@@ -667,6 +692,7 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
     Stop(m.server);
   }
   Stop(grpc_server);
+  Stop(raw_server);
 }
 
 // Fetches http://<addr>/metrics every `period` until stopped (a Prometheus
