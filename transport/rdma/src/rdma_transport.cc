@@ -49,6 +49,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/rdma.h"
@@ -360,9 +361,16 @@ class CmPoller final : public coro::Poller {
   int Poll() override;
   int fd() const override;
 
- private:
+  // How often a busy worker looks at the rdmacm channel: by the cycle counter
+  // where there is a TSC, else every kCmPollEvery polls.
+  static constexpr std::chrono::microseconds kCmPollInterval{200};
   static constexpr uint32_t kCmPollEvery = 64;
+
+ private:
   TransportImpl& t_;
+  const coro::CycleClock& clock_ = coro::CycleClock::Get();
+  const uint64_t interval_ticks_ = clock_.TicksFor(kCmPollInterval);
+  uint64_t last_check_ = 0;
   uint32_t polls_ = 0;
 };
 
@@ -1391,10 +1399,20 @@ int CqPoller::fd() const {
   return t_.opts_.completion == CompletionMode::kPolling ? t_.poll_fd_ : t_.comp_channel_->fd;
 }
 int CmPoller::Poll() {
-  // rdmacm events are rare (connect, disconnect): look every kCmPollEvery polls
-  // so the busy loop does not pay a system call per iteration. A counter, not a
-  // clock: under a VM without a usable TSC a clock read is itself a system call.
-  if (++polls_ % kCmPollEvery != 0) return 0;
+  // rdmacm events are rare (connect, disconnect) and each look is a system
+  // call (a non-blocking read of the event channel): a busy worker looks once
+  // per kCmPollInterval, so the look does not depend on how fast its loop
+  // spins. Under TCG a round trip took ~50 polls, so a look every 64 polls
+  // was nearly one system call per call. Without a TSC a clock read may itself
+  // be a system call: count polls instead.
+  if (clock_.tsc()) {
+    const uint64_t now = clock_.Now();
+    // now < last_check_: the TSC went back (another CPU's, a resumed VM): look.
+    if (now >= last_check_ && now - last_check_ < interval_ticks_) return 0;
+    last_check_ = now;
+  } else if (++polls_ % kCmPollEvery != 0) {
+    return 0;
+  }
   return t_.PollCm();
 }
 int CmPoller::fd() const { return t_.cm_channel_->fd; }
