@@ -389,6 +389,46 @@ struct RawBaseline {
   double stream_64m_mbps = 0;  // 64 MiB writes from and into 64 MiB buffers, one way
 };
 
+// 64 B ping-pong over a raw socket: spinning `spin` µs before sleeping (mode
+// 'p', as the hrpc spin-then-block mode does) or blocking at once ('b', the
+// poll=block mode's baseline). Returns the p50 in µs; prints its line when
+// `print`.
+double RawPingpong(const Child& srv, const Config& cfg, char mode, uint64_t spin, const char* label,
+                   bool print = true) {
+  Pin(cfg.client_cpu);
+  const uint32_t size = 64;
+  int fd = RawConnect(srv.uri, mode, size, cfg.congestion);
+  std::vector<char> buf(size, 'x');
+  hrpc::LatencyHistogram hist;
+  const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
+  while (Clock::now() < warm_end) {
+    SendAll(fd, buf.data(), size);
+    RecvAll(fd, buf.data(), size, spin);
+  }
+  const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
+  const auto t0 = Clock::now();
+  const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
+  uint64_t n = 0;
+  for (auto now = t0; now < end; ++n) {
+    SendAll(fd, buf.data(), size);
+    RecvAll(fd, buf.data(), size, spin);
+    const auto t = Clock::now();
+    hist.Record(std::chrono::duration_cast<std::chrono::nanoseconds>(t - now));
+    now = t;
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
+  ::close(fd);
+  if (print) {
+    std::printf("echo_bench transport=raw %s case=pingpong payload=%u concurrency=1 rps=%.0f p50_us=%.1f "
+                "p99_us=%.1f MBps=%.1f cpu=%.0f/%.0f\n",
+                label, size, n / secs, hist.Quantile(0.5) / 1e3, hist.Quantile(0.99) / 1e3, n * size / secs / 1e6,
+                (c1 - c0) / 1e9 / secs * 100, (s1 - s0) / 1e9 / secs * 100);
+    std::fflush(stdout);
+  }
+  return hist.Quantile(0.5) / 1e3;
+}
+
 // One way, `size`-byte writes from one buffer into one buffer of that size:
 // 1 MiB buffers stay in the cache on both sides; 64 MiB ones do not, as a
 // single 64 MiB call's payload does not. Returns MB/s; prints its line when
@@ -435,40 +475,9 @@ RawBaseline RawCases(const char* self, const Config& cfg) {
   // Ping-pong, 64 B: spinning --spin_us before sleeping, as the hrpc
   // spin-then-block mode does, then blocking at once (the poll=block mode's
   // baseline).
-  auto pingpong = [&](char mode, uint64_t spin, const char* label) {
-    const uint32_t size = 64;
-    int fd = RawConnect(srv.uri, mode, size, cfg.congestion);
-    std::vector<char> buf(size, 'x');
-    hrpc::LatencyHistogram hist;
-    const auto warm_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.warmup));
-    while (Clock::now() < warm_end) {
-      SendAll(fd, buf.data(), size);
-      RecvAll(fd, buf.data(), size, spin);
-    }
-    const uint64_t c0 = hrpc::examples::SelfCpuNs(), s0 = ProcCpuNs(srv.pid);
-    const auto t0 = Clock::now();
-    const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.duration));
-    uint64_t n = 0;
-    for (auto now = t0; now < end; ++n) {
-      SendAll(fd, buf.data(), size);
-      RecvAll(fd, buf.data(), size, spin);
-      const auto t = Clock::now();
-      hist.Record(std::chrono::duration_cast<std::chrono::nanoseconds>(t - now));
-      now = t;
-    }
-    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const uint64_t c1 = hrpc::examples::SelfCpuNs(), s1 = ProcCpuNs(srv.pid);
-    ::close(fd);
-    std::printf("echo_bench transport=raw %s case=pingpong payload=%u concurrency=1 rps=%.0f p50_us=%.1f "
-                "p99_us=%.1f MBps=%.1f cpu=%.0f/%.0f\n",
-                label, size, n / secs, hist.Quantile(0.5) / 1e3, hist.Quantile(0.99) / 1e3, n * size / secs / 1e6,
-                (c1 - c0) / 1e9 / secs * 100, (s1 - s0) / 1e9 / secs * 100);
-    std::fflush(stdout);
-    return hist.Quantile(0.5) / 1e3;
-  };
   const std::string spin_label = "poll=spin" + std::to_string(cfg.spin_us) + "us+block";
-  base.pingpong_p50_us = pingpong('p', cfg.spin_us, spin_label.c_str());
-  base.pingpong_block_p50_us = pingpong('b', 0, "poll=block");
+  base.pingpong_p50_us = RawPingpong(srv, cfg, 'p', cfg.spin_us, spin_label.c_str());
+  base.pingpong_block_p50_us = RawPingpong(srv, cfg, 'b', 0, "poll=block");
   base.stream_mbps = RawStream(srv, cfg, 1u << 20);
   base.stream_64m_mbps = RawStream(srv, cfg, 64u << 20);
   // The same stream sent with MSG_ZEROCOPY: whether zero-copy sends pay on
@@ -617,8 +626,9 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
     if (grpc_server.uri.empty()) grpc_error = "grpc-server-did-not-start";
   }
 
-  // One-way cases are held against raw streams measured in the same rounds
-  // (the host's stream rate drifts by a third within minutes here).
+  // The one-way cases and the 64 B call at 1 in flight are held against raw
+  // streams and ping-pongs measured in the same rounds (the host's rates drift
+  // by a third within minutes here).
   Child raw_server = Spawn(self, "raw-server", cfg);
 
   struct Mode {
@@ -649,9 +659,13 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
     if (!cfg.only.empty() && ("," + cfg.only + ",").find("," + name + ",") == std::string::npos) continue;
     std::vector<CaseResult> grpc_rounds;
     std::array<std::vector<CaseResult>, 2> hrpc_rounds;
-    std::vector<double> raw_1m, raw_64m;
+    std::vector<double> raw_1m, raw_64m, raw_pp, raw_pp_block;
     for (size_t round = 0; round < cfg.rounds; ++round) {
       if (grpc_error.empty() && c.echo) grpc_rounds.push_back(GrpcRound(cfg, grpc_server, c));
+      if (c.echo && c.concurrency == 1 && c.payload == 64 && !raw_server.uri.empty()) {
+        raw_pp.push_back(RawPingpong(raw_server, cfg, 'p', cfg.spin_us, "", false));
+        raw_pp_block.push_back(RawPingpong(raw_server, cfg, 'b', 0, "", false));
+      }
       if (!c.echo && !raw_server.uri.empty()) {
         raw_1m.push_back(RawStream(raw_server, cfg, 1u << 20, false));
         if (c.payload == (64u << 20)) raw_64m.push_back(RawStream(raw_server, cfg, 64u << 20, false));
@@ -670,17 +684,26 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
       grpc = MedianRound(grpc_rounds);
       PrintRpcLine("transport=grpc", c, grpc, nullptr, cfg.rounds);
     }
+    // The raw baselines of this case, measured in its rounds: their medians.
     RawBaseline same_rounds = raw;
-    auto median_of = [&](std::vector<double> v, uint32_t size) {
+    auto median_of = [&](std::vector<double> v, const std::string& what, const char* unit) {
       std::sort(v.begin(), v.end());
-      std::printf("echo_bench transport=raw case=stream payload=%u concurrency=1 MBps=%.1f per_round=", size,
-                  v[v.size() / 2]);
-      for (size_t i = 0; i < v.size(); ++i) std::printf("%s%.0f", i ? "," : "", v[i]);
+      std::printf("echo_bench transport=raw %s %s=%.1f per_round=", what.c_str(), unit, v[v.size() / 2]);
+      for (size_t i = 0; i < v.size(); ++i) std::printf("%s%.1f", i ? "," : "", v[i]);
       std::printf(" rounds=%zu\n", v.size());
       return v[v.size() / 2];
     };
-    if (!raw_1m.empty()) same_rounds.stream_mbps = median_of(raw_1m, 1u << 20);
-    if (!raw_64m.empty()) same_rounds.stream_64m_mbps = median_of(raw_64m, 64u << 20);
+    if (!raw_pp.empty()) {
+      same_rounds.pingpong_p50_us = median_of(raw_pp, modes[0].label + " case=pingpong payload=64 concurrency=1", "p50_us");
+      same_rounds.pingpong_block_p50_us =
+          median_of(raw_pp_block, "poll=block case=pingpong payload=64 concurrency=1", "p50_us");
+    }
+    if (!raw_1m.empty()) {
+      same_rounds.stream_mbps = median_of(raw_1m, "case=stream payload=1048576 concurrency=1", "MBps");
+    }
+    if (!raw_64m.empty()) {
+      same_rounds.stream_64m_mbps = median_of(raw_64m, "case=stream payload=67108864 concurrency=1", "MBps");
+    }
     for (size_t i = 0; i < modes.size(); ++i) {
       PrintRpcLine("transport=tcp " + modes[i].label, c, MedianRound(hrpc_rounds[i]), c.echo ? &grpc : nullptr,
                    cfg.rounds, &same_rounds);

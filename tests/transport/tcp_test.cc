@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -582,16 +583,21 @@ TEST_F(TcpWire, RunsOfPayloadsArriveInOrderUncopied) {
   }
 }
 
-TransportKind TcpWithPayloadLimit(uint64_t max_payload_bytes) {
+// The tcp kind with TcpOptions changed by `set`.
+TransportKind TcpWith(std::function<void(TcpOptions&)> set) {
   TransportKind k = TcpKind();
-  k.make = [max_payload_bytes](coro::Scheduler& sched, mempool::Pool& pool, const TransportOptions& opt,
-                               std::shared_ptr<void>&) -> Result<std::unique_ptr<Transport>> {
+  k.make = [set](coro::Scheduler& sched, mempool::Pool& pool, const TransportOptions& opt,
+                 std::shared_ptr<void>&) -> Result<std::unique_ptr<Transport>> {
     TcpOptions o;
     o.common = opt;
-    o.max_payload_bytes = max_payload_bytes;
+    set(o);
     return CreateTcpTransport(sched, pool, o);
   };
   return k;
+}
+
+TransportKind TcpWithPayloadLimit(uint64_t max_payload_bytes) {
+  return TcpWith([max_payload_bytes](TcpOptions& o) { o.max_payload_bytes = max_payload_bytes; });
 }
 
 TEST(TcpPayload, OverTheAgreedLimitIsRefusedLocally) {
@@ -717,15 +723,7 @@ TEST(TcpPayload, AMemoryWaitLongerThanTheDeadPeerTimeoutFailsTheConnection) {
 }
 
 TransportKind TcpWithCongestion(std::string loopback) {
-  TransportKind k = TcpKind();
-  k.make = [loopback](coro::Scheduler& sched, mempool::Pool& pool, const TransportOptions& opt,
-                      std::shared_ptr<void>&) -> Result<std::unique_ptr<Transport>> {
-    TcpOptions o;
-    o.common = opt;
-    o.loopback_congestion_control = loopback;
-    return CreateTcpTransport(sched, pool, o);
-  };
-  return k;
+  return TcpWith([loopback](TcpOptions& o) { o.loopback_congestion_control = loopback; });
 }
 
 std::string ReadLine(const char* path) {
