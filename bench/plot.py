@@ -57,6 +57,9 @@ def parse(stream, bad):
             if "error" in fields:
                 bad["error"] += 1
                 continue
+            if "per_round" in fields:  # a baseline's median over rounds, drawn from its own line
+                bad["per_round"] += 1
+                continue
             yield tokens[0], fields
             continue
         bad["unparsable"] += 1
@@ -183,7 +186,7 @@ def main():
     ap.add_argument("--title", help="figure title (default: the program name)")
     args = ap.parse_args()
 
-    bad = {"error": 0, "unparsable": 0}
+    bad = {"error": 0, "unparsable": 0, "per_round": 0}
     lines = []
     for path in args.inputs or ["-"]:
         with (sys.stdin if path == "-" else open(path, encoding="utf-8")) as f:
@@ -196,7 +199,8 @@ def main():
     draw(panels, series, args.title or bench, args.output)
     cases = sum(len(s) for p in panels.values() for s in p.values())
     print(f"plot.py: {args.output}: {cases} cases of {bench} in {len(series)} series"
-          f" ({bad['error']} error lines, {bad['unparsable']} other lines skipped)", file=sys.stderr)
+          f" ({bad['error']} error lines, {bad['per_round']} per-round baseline medians,"
+          f" {bad['unparsable']} other lines skipped)", file=sys.stderr)
 
 
 if __name__ == "__main__":
