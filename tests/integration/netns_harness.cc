@@ -310,12 +310,14 @@ Status NetnsPair::RunInClientNs(const std::function<void()>& fn) {
 }
 
 Result<std::unique_ptr<Runtime>> ClientRuntime(NetnsPair& net, std::chrono::milliseconds keepalive,
-                                               std::chrono::milliseconds dead_peer) {
+                                               std::chrono::milliseconds dead_peer,
+                                               const std::function<void(RuntimeOptions&)>& adjust) {
   RuntimeOptions o;
   o.transport_choice = TransportChoice::kTcp;
   o.transport.keepalive_interval = keepalive;
   o.transport.dead_peer_timeout = dead_peer;
   o.transport.connect_timeout = std::chrono::seconds(2);
+  if (adjust) adjust(o);
   Result<std::unique_ptr<Runtime>> rt = InternalError("not run");
   HRPC_TRY(net.RunInClientNs([&] { rt = Runtime::Create(o); }));
   return rt;

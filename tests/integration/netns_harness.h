@@ -102,9 +102,11 @@ class NetnsPair {
 };
 
 // A client runtime for the tests: TCP, whose sockets live in the client
-// namespace, with the given keepalive interval and dead-peer timeout.
+// namespace, with the given keepalive interval and dead-peer timeout; `adjust`
+// may change the other options.
 Result<std::unique_ptr<Runtime>> ClientRuntime(NetnsPair& net, std::chrono::milliseconds keepalive,
-                                               std::chrono::milliseconds dead_peer);
+                                               std::chrono::milliseconds dead_peer,
+                                               const std::function<void(RuntimeOptions&)>& adjust = {});
 
 // What a batch of calls ended with.
 struct Tally {

@@ -4,10 +4,17 @@
 // the client namespace. Faults come from nftables on the server's host:
 // random loss, a partition while calls are in flight, and a host that powers
 // off and boots again with the same address.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -15,6 +22,7 @@
 
 #include <gtest/gtest.h>
 
+#include "hrpc/transport/tcp.h"
 #include "netns_harness.h"
 #include "rpc_test_util.h"
 
@@ -43,8 +51,9 @@ class Netns : public ::testing::Test {
   }
 
   // The client's runtime (in the client namespace) and a channel to the server.
-  void Connect(std::chrono::milliseconds keepalive, std::chrono::milliseconds dead_peer) {
-    auto rt = ClientRuntime(*net_, keepalive, dead_peer);
+  void Connect(std::chrono::milliseconds keepalive, std::chrono::milliseconds dead_peer,
+               const std::function<void(RuntimeOptions&)>& adjust = {}) {
+    auto rt = ClientRuntime(*net_, keepalive, dead_peer, adjust);
     ASSERT_TRUE(rt.ok()) << rt.status().ToString();
     rt_ = std::move(*rt);
     auto ch = RpcChannel::Create(*rt_, NetnsPair::ServerUri(kPort));
@@ -242,6 +251,74 @@ TEST_F(Netns, ServerHostRebootClientReconnects) {
               static_cast<long long>(kDeadPeer.count()), down_ms, down.failed, open_at_boot, attempts, reconnect_ms,
               boot_to_ok_ms,
               after.made + after_large.made, after.ok + after_large.ok);
+}
+
+std::string ReadLine(const char* path) {
+  std::ifstream f(path);
+  std::string s;
+  std::getline(f, s);
+  return s;
+}
+
+// TCP_CONGESTION of this process's sockets connected to `peer_addr`:`peer_port`.
+std::vector<std::string> CongestionOfSocketsTo(const char* peer_addr, uint16_t peer_port) {
+  std::vector<std::string> out;
+  in_addr want{};
+  inet_pton(AF_INET, peer_addr, &want);
+  for (int fd = 0; fd < 4096; ++fd) {
+    sockaddr_in peer{};
+    socklen_t pl = sizeof peer;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0 || peer.sin_family != AF_INET) continue;
+    if (peer.sin_addr.s_addr != want.s_addr || ntohs(peer.sin_port) != peer_port) continue;
+    char name[32] = {};
+    socklen_t nl = sizeof name;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &nl) == 0) out.emplace_back(name);
+  }
+  return out;
+}
+
+// What `ss` reports for the established TCP sockets of the server's host.
+std::string ServerHostSockets(const NetnsPair& net) {
+  const std::string cmd = FindTool("ip") + " netns exec " + net.server_ns() + " " + FindTool("ss") +
+                          " -tinH state established 2>&1";
+  std::string out;
+  if (FILE* f = popen(cmd.c_str(), "r")) {
+    char buf[512];
+    while (fgets(buf, sizeof buf, f)) out += buf;
+    pclose(f);
+  }
+  return out;
+}
+
+// A connection to another host gets TcpOptions::congestion_control, not the
+// loopback choice; a side that leaves it empty keeps the system default.
+TEST_F(Netns, ConnectionToAnotherHostGetsItsOwnCongestionControl) {
+  if (FindTool("ss").empty()) GTEST_SKIP() << "no ss (iproute2)";
+  const std::string system = ReadLine("/proc/sys/net/ipv4/tcp_congestion_control");
+  ASSERT_FALSE(system.empty());
+  // Different from the system default and from the loopback choice, so the
+  // check sees which of the three the socket got.
+  const std::string loopback = transport::TcpOptions{}.loopback_congestion_control;
+  std::string want;
+  for (const char* c : {"reno", "cubic", "bbr"}) {
+    if (c != system && c != loopback) {
+      want = c;
+      break;
+    }
+  }
+  if (ReadLine("/proc/sys/net/ipv4/tcp_available_congestion_control").find(want) == std::string::npos) {
+    GTEST_SKIP() << "kernel without " << want;
+  }
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  ASSERT_NO_FATAL_FAILURE(Connect(250ms, 3000ms, [&](RuntimeOptions& o) { o.tcp.congestion_control = want; }));
+  ASSERT_NO_FATAL_FAILURE(ExpectPeerIsClientHost());
+  const auto client = CongestionOfSocketsTo(NetnsPair::kServerAddr, kPort);
+  ASSERT_EQ(client.size(), 1u);
+  EXPECT_EQ(client[0], want);
+  // The server (default options) sees a peer on another host: the system default.
+  const std::string ss = ServerHostSockets(*net_);
+  EXPECT_NE(ss.find(" " + system + " "), std::string::npos) << ss;
+  EXPECT_EQ(ss.find(" " + want + " "), std::string::npos) << ss;
 }
 
 }  // namespace
