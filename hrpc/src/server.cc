@@ -687,15 +687,11 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
 
     Status status;
     if (options.auto_pull) {
-      for (size_t i = 0; i < descs.size() && status.ok(); ++i) {
-        if (descs[i].direction != wire::BulkDirection::kPull) continue;
-        auto data = ctx.PullBulk(i);
-        if (!data.ok()) {
-          status = data.status();
-        } else {
-          bytes_in += data->size();
-          ctx.request_attachment().Append(std::move(*data));
-        }
+      auto pulled = ctx.PullAllBulk();
+      if (pulled.ok()) {
+        bytes_in += *pulled;
+      } else {
+        status = pulled.status();
       }
     }
     mark(ticks.pulled);

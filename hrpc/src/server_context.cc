@@ -1,8 +1,12 @@
 #include "hrpc/rpc/server_context.h"
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "bulk.h"
+#include "hrpc/coroutine/scheduler.h"
+#include "hrpc/coroutine/sync.h"
 
 namespace hrpc {
 
@@ -40,6 +44,46 @@ Result<mempool::IoBuf> ServerContext::PullBulk(size_t index) {
   HRPC_ASSIGN_OR_RETURN(mempool::IoBuf data, bulk_transfer_->Pull(d, deadline_));
   HRPC_TRY(internal::CheckBulkCrcOffWorker(d, data));
   return data;
+}
+
+Result<size_t> ServerContext::PullAllBulk() {
+  struct Checks {
+    coro::WaitGroup wg;
+    std::vector<Status> status;
+  };
+  auto checks = std::make_shared<Checks>();
+  checks->status.resize(bulk_.size());
+  coro::Scheduler* sched = coro::Scheduler::Current();
+  const bool overlap = sched != nullptr && coro::this_coro::InCoroutine();
+  Status failed;
+  size_t bytes = 0;
+  for (size_t i = 0; i < bulk_.size(); ++i) {
+    const wire::BulkDescriptor& d = bulk_[i];
+    if (d.direction != wire::BulkDirection::kPull) continue;
+    if (failed = CheckLive(); !failed.ok()) break;
+    Result<mempool::IoBuf> data = bulk_transfer_->Pull(d, deadline_);
+    if (!data.ok()) {
+      failed = data.status();
+      break;
+    }
+    bytes += data->size();
+    if (overlap) {
+      checks->wg.Add(1);
+      sched->Spawn(
+          [checks, i, d, region = std::make_shared<mempool::IoBuf>(data->Share())] {
+            checks->status[i] = internal::CheckBulkCrcOffWorker(d, *region);
+            checks->wg.Done();
+          },
+          "hrpc-pull-check");
+    } else {
+      checks->status[i] = internal::CheckBulkCrcOffWorker(d, *data);
+    }
+    request_attachment_.Append(std::move(*data));
+  }
+  if (overlap) checks->wg.Wait().IgnoreError();  // the checks hold shares of the regions
+  HRPC_TRY(failed);
+  for (const Status& s : checks->status) HRPC_TRY(s);
+  return bytes;
 }
 
 Status ServerContext::PushBulk(size_t index, const mempool::IoBuf& data) {

@@ -103,6 +103,11 @@ class ServerContext {
   }
   void set_pool(mempool::Pool* pool) noexcept { pool_ = pool; }
   void MarkCancelled() noexcept { cancelled_.store(true, std::memory_order_release); }
+  // Pulls every kPull region in order and appends each to
+  // request_attachment(). In a coroutine, a region's crc32c check runs while
+  // the next region is pulled (on the checksum thread when the region is
+  // large). Errors as PullBulk (the first one met); the bytes pulled otherwise.
+  Result<size_t> PullAllBulk();
 
  private:
   Status CheckLive() const;
