@@ -18,13 +18,19 @@
 // runs --rounds interleaved rounds (gRPC, hrpc spin-then-block, hrpc blocking)
 // and prints the round with the median rps; ratio_vs_grpc = hrpc rps / gRPC
 // rps. The 64 B concurrency-1 echo lines of hrpc add p50_vs_raw: their p50
-// over the raw 64 B ping-pong's in the same polling mode. The one-way cases (hrpc only: a request
-// attachment, an empty response) add ratio_vs_raw_stream: their MBps over the
-// raw 1 MiB stream's. hrpc polls in two modes: poll=spin<N>us+block (the
-// scheduler's spin_budget, then epoll) and poll=block (spin_budget = 0). gRPC
-// polls as it does by default. The raw baselines spin on a non-blocking socket
-// for --spin_us, then poll(); the raw ping-pong also runs with both sides
-// blocking at once (poll=block).
+// over the raw 64 B ping-pong's in the same polling mode. The one-way cases
+// (hrpc only: a request attachment, an empty response) add
+// ratio_vs_raw_stream: their MBps over the raw 1 MiB stream's (1 MiB buffers,
+// cache-resident), and the 64 MiB call also ratio_vs_raw_stream_64MiB (a
+// stream of 64 MiB writes into a 64 MiB buffer). Those raw baselines are
+// measured again in every round of their case, and the case's lines use the
+// medians, printed first with per_round=. hrpc polls in two modes:
+// poll=spin<N>us+block (the scheduler's spin_budget, then epoll) and
+// poll=block (spin_budget = 0). gRPC polls as it does by default. The raw
+// baselines spin on a non-blocking socket for --spin_us, then poll(); the raw
+// ping-pong also runs with both sides blocking at once (poll=block). hrpc's
+// and the raw sockets use the congestion control hrpc gives loopback
+// connections (--congestion), gRPC the system's; the first line names both.
 //
 // The metrics cases (--cases=metrics, part of all) measure what observability
 // costs: the same hrpc echo against a server without the HTTP endpoint
