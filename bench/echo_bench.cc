@@ -62,7 +62,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -73,8 +72,8 @@
 #include "common/echo_service.h"
 #include "common/cli.h"
 #include "common/load.h"
+#include "common/congestion.h"
 #include "common/proc_cpu.h"
-#include "hrpc/transport/tcp.h"
 
 #include <spdlog/spdlog.h>
 
@@ -95,21 +94,11 @@ struct Config {
   bool http = false;          // hrpc-server role: with the HTTP endpoint
   uint64_t scrape_ms = 100;   // metrics cases: /metrics every this many ms
   // TCP congestion control of hrpc's and the raw sockets; empty: the system's.
-  std::string congestion = hrpc::transport::TcpOptions{}.loopback_congestion_control;
+  std::string congestion = hrpc::examples::LoopbackCongestion();
 };
 
-// Gives a raw socket the congestion control hrpc's sockets get, so the raw
-// baselines run under the same algorithm.
-void SetCongestion(int fd, const std::string& algo) {
-  if (!algo.empty()) setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, algo.data(), static_cast<socklen_t>(algo.size()));
-}
-
-std::string SystemCongestion() {
-  std::ifstream f("/proc/sys/net/ipv4/tcp_congestion_control");
-  std::string s;
-  std::getline(f, s);
-  return s.empty() ? "unknown" : s;
-}
+using hrpc::examples::SetCongestion;
+using hrpc::examples::SystemCongestion;
 
 void Pin(int cpu) {
   if (cpu < 0) return;

@@ -14,7 +14,8 @@
 // interval. The messages' attachments are one pool block filled once and
 // shared (the server sends the same block again), so MBps is the transport's
 // and the runtime's work, not a memset's. The raw stream writes 1 MiB
-// buffers with send() and reads them with recv() into one buffer.
+// buffers with send() and reads them with recv() into one buffer, under the
+// congestion control hrpc gives loopback connections (common/congestion.h).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -33,6 +34,7 @@
 #include <vector>
 
 #include "common/cli.h"
+#include "common/congestion.h"
 #include "common/proc_cpu.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/rpc/rpc_channel.h"
@@ -105,6 +107,7 @@ void RawServe(int listener, size_t payload) {
   for (;;) {
     int fd = ::accept(listener, nullptr, nullptr);
     if (fd < 0) return;
+    hrpc::examples::SetCongestion(fd);
     std::thread([fd, &buf] {
       for (;;) {
         size_t off = 0;
@@ -225,6 +228,7 @@ int ClientMain(const Config& cfg, const char* self) {
   // Raw TCP stream, server -> client, recv() into one buffer.
   auto raw_case = [&]() -> Measure {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    hrpc::examples::SetCongestion(fd);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

@@ -49,6 +49,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/cli.h"
+#include "common/congestion.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/coroutine/worker.h"
 #include "hrpc/mempool/pool.h"
@@ -135,13 +136,6 @@ int Listen0(uint16_t* port) {
   return fd;
 }
 
-// Raw sockets get the congestion control hrpc's TCP transport gives its
-// loopback connections, so raw and hrpc cases run under the same algorithm.
-void SameCongestionAsHrpc(int fd) {
-  const std::string algo = transport::TcpOptions{}.loopback_congestion_control;
-  if (!algo.empty()) setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, algo.data(), static_cast<socklen_t>(algo.size()));
-}
-
 int Dial(uint16_t port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
@@ -151,7 +145,7 @@ int Dial(uint16_t port) {
   if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) Die("raw connect");
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  SameCongestionAsHrpc(fd);
+  hrpc::examples::SetCongestion(fd);
   return fd;
 }
 
@@ -194,7 +188,7 @@ void RawServe(int lfd) {
     if (c < 0) return;
     int one = 1;
     setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    SameCongestionAsHrpc(c);
+    hrpc::examples::SetCongestion(c);
     char mode[2];
     if (!RecvFull(c, mode, 2, 0)) {
       close(c);
