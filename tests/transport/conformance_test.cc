@@ -325,6 +325,41 @@ TEST_P(Conformance, LocalMisuseIsInvalidArgument) {
   EXPECT_FALSE(e.ok());
 }
 
+// Messages that reached the server before its peer went away are still
+// received, in order, and only then does Recv() report the failure.
+TEST_P(Conformance, MessagesThatArrivedBeforeThePeerLeftAreStillReceived) {
+  Env env(GetParam());
+  env.ConnectPair();
+  constexpr uint32_t kCount = 5;
+  Buffer b = Filled(env.pool(), 64, 1);
+  const RemoteDescriptor d = ExposeOnServer(env, b, Access::kRead);
+  Status sent = On(env.client_worker(), [&]() -> Status {
+    for (uint32_t i = 0; i < kCount; ++i) HRPC_TRY(env.client().Send(SeqMessage(env.pool(), i, 64)));
+    // A READ after the sends completes once the server has taken them in
+    // (one ordered stream, or one RC queue pair).
+    return env.client().Read(d, IoBuf(Filled(env.pool(), 64, 2)));
+  });
+  ASSERT_TRUE(sent.ok()) << sent.ToString();
+  On(env.client_worker(), [&]() { env.client().Close(); });
+  const auto give_up = std::chrono::steady_clock::now() + 10s;
+  while (On(env.server_worker(), [&]() { return env.server().status(); }).ok() &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(5ms);
+  }
+  Status failed = On(env.server_worker(), [&]() { return env.server().status(); });
+  ASSERT_EQ(failed.code(), StatusCode::kUnavailable) << failed.ToString();
+  Status got = On(env.server_worker(), [&]() -> Status {
+    for (uint32_t i = 0; i < kCount; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env.server().Recv());
+      if (SeqOf(m) != i) return DataLossError("got seq " + std::to_string(SeqOf(m)) + ", want " + std::to_string(i));
+    }
+    return Status::Ok();
+  });
+  EXPECT_TRUE(got.ok()) << got.ToString();
+  auto after = On(env.server_worker(), [&]() { return env.server().Recv(); });
+  EXPECT_EQ(after.status().code(), StatusCode::kUnavailable) << after.status().ToString();
+}
+
 TEST_P(Conformance, CloseFailsEverythingOnBothSides) {
   Env env(GetParam());
   env.ConnectPair();

@@ -205,7 +205,7 @@ class Handoff {
 // Received messages not yet taken by Recv(), and the receivers parked for
 // one. Put() says whether a parked receiver took the message (its credit may
 // go back); a failed connection's FailAll() leaves the queued messages, which
-// tcp and loopback still hand out (rdma drops them with TakeAll()).
+// Recv() still hands out before the connection's status.
 template <class P>
 using Inbox = Handoff<mempool::IoBuf, P>;
 

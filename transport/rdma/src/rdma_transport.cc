@@ -874,12 +874,14 @@ void Conn::Deliver(mempool::IoBuf msg) {
 }
 
 Result<mempool::IoBuf> Conn::Recv() {
-  if (!status_.ok()) return status_;
+  // Messages that arrived before a failure are still handed out, then the
+  // connection's status (as tcp and loopback do).
   if (!inbox_.empty()) {
     mempool::IoBuf m = inbox_.Take();
-    Took();
+    if (status_.ok()) Took();
     return m;
   }
+  if (!status_.ok()) return status_;
   return inbox_.Wait();
 }
 
@@ -1187,7 +1189,6 @@ void Conn::Fail(Status s) {
     if (e.op != nullptr) e.op->Finish(status_);
     e.op = nullptr;  // the entry keeps holding buffers until the QP is drained
   }
-  (void)inbox_.TakeAll();
   if (listener_ != nullptr && !was_established) listener_->Forget(this);
   if (connected_ && id_) rdma_disconnect(id_.get());  // moves the QP to error too
   StartDrain();
@@ -1235,6 +1236,7 @@ void Conn::CheckDrained() {
 void Conn::Release() {
   user_owned_ = false;
   Fail(CancelledError("connection closed locally"));
+  (void)inbox_.TakeAll();  // nobody will take them: their buffers go back now
   if (Reapable()) t_.ScheduleReap(this);
 }
 
