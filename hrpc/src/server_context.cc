@@ -75,8 +75,8 @@ Result<size_t> ServerContext::PullAllBulk() {
             checks->wg.Done();
           },
           "hrpc-pull-check");
-    } else {
-      checks->status[i] = internal::CheckBulkCrcOffWorker(d, *data);
+    } else if (failed = internal::CheckBulkCrcOffWorker(d, *data); !failed.ok()) {
+      break;
     }
     request_attachment_.Append(std::move(*data));
   }

@@ -232,6 +232,8 @@ class RegionsBulk final : public hrpc::BulkTransfer {
     const uint32_t index = d.rkey;
     passes_at_pull.push_back(OffWorkerPasses());
     hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(pull_ms));
+    if (index == fail) return hrpc::UnavailableError("peer went away during the pull");
+    if (index == cancel_after && ctx != nullptr) ctx->MarkCancelled();
     hrpc::mempool::IoBuf data = rpctest::MakePayload(pool_, d.len, index);
     if (index == corrupt) data.slice(0).data()[0] ^= 1;
     return data;
@@ -242,6 +244,9 @@ class RegionsBulk final : public hrpc::BulkTransfer {
   }
   int pull_ms = 20;
   uint32_t corrupt = UINT32_MAX;
+  uint32_t fail = UINT32_MAX;          // this region's pull fails
+  uint32_t cancel_after = UINT32_MAX;  // the client cancels once this region has arrived
+  hrpc::ServerContext* ctx = nullptr;
   std::vector<size_t> passes_at_pull;
 
  private:
@@ -295,6 +300,47 @@ TEST(ChecksumOffWorker, EachRegionIsCheckedWhileTheNextIsPulled) {
       EXPECT_EQ(ctx.request_attachment().size(), size_t{kRegions} * len);
       EXPECT_EQ(ctx.request_attachment().Crc32c(), whole_crc);
     }
+  }
+}
+
+// A pull that fails part-way, or a call cancelled part-way, ends the
+// automatic pull with that status, without pulling the regions after it;
+// the checks already started are waited for (they hold the regions).
+TEST(ChecksumOffWorker, APullThatFailsOrIsCancelledPartWayStopsThere) {
+  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 16 << 20, .max_class_bytes = 1 << 20, .prefault = false});
+  ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+  const uint32_t len = 1u << 20;
+  constexpr uint32_t kRegions = 3;
+  std::vector<hrpc::wire::BulkDescriptor> descs;
+  for (uint32_t i = 0; i < kRegions; ++i) {
+    descs.push_back({0x1000 + i * uint64_t{len}, len, i, rpctest::MakePayload(**pool, len, i).Crc32c(),
+                     hrpc::wire::BulkDirection::kPull});
+  }
+  auto worker = StartWorker();
+  ASSERT_NE(worker, nullptr);
+  for (bool cancel : {false, true}) {
+    SCOPED_TRACE(cancel ? "cancelled after region 0" : "region 1's pull fails");
+    RegionsBulk bulk(**pool);
+    hrpc::ServerContext ctx;
+    if (cancel) {
+      bulk.cancel_after = 0;
+      bulk.ctx = &ctx;
+    } else {
+      bulk.fail = 1;
+    }
+    ctx.set_bulk(descs, &bulk);
+    const size_t passes0 = OffWorkerPasses();
+    hrpc::Result<size_t> got = hrpc::InternalError("not run");
+    hrpc::coro::Event done;
+    worker->Post([&] {
+      got = ctx.PullAllBulk();
+      done.Set();
+    });
+    ASSERT_TRUE(done.WaitFor(10s).ok());
+    EXPECT_EQ(got.status().code(), cancel ? hrpc::StatusCode::kCancelled : hrpc::StatusCode::kUnavailable)
+        << got.status().ToString();
+    EXPECT_EQ(bulk.passes_at_pull.size(), cancel ? 1u : 2u) << "no pull after the one that ended it";
+    EXPECT_EQ(OffWorkerPasses(), passes0 + 1) << "region 0's check ran and was waited for";
   }
 }
 
