@@ -253,23 +253,42 @@ class RegionsBulk final : public hrpc::BulkTransfer {
   hrpc::mempool::Pool& pool_;
 };
 
+constexpr uint32_t kRegionBytes = 1u << 20;
+constexpr uint32_t kRegions = 3;
+
+// kRegions pull descriptors whose regions RegionsBulk fills (region i: seed i).
+std::vector<hrpc::wire::BulkDescriptor> RegionDescriptors(hrpc::mempool::Pool& pool) {
+  std::vector<hrpc::wire::BulkDescriptor> descs;
+  for (uint32_t i = 0; i < kRegions; ++i) {
+    descs.push_back({0x1000 + i * uint64_t{kRegionBytes}, kRegionBytes, i,
+                     rpctest::MakePayload(pool, kRegionBytes, i).Crc32c(), hrpc::wire::BulkDirection::kPull});
+  }
+  return descs;
+}
+
+// ctx.PullAllBulk() in a coroutine of `worker`.
+hrpc::Result<size_t> PullAllOn(hrpc::coro::Worker& worker, hrpc::ServerContext& ctx) {
+  hrpc::Result<size_t> got = hrpc::InternalError("not run");
+  hrpc::coro::Event done;
+  worker.Post([&] {
+    got = ctx.PullAllBulk();
+    done.Set();
+  });
+  if (!done.WaitFor(10s).ok()) return hrpc::DeadlineExceededError("PullAllBulk did not return in 10 s");
+  return got;
+}
+
 // The runtime's automatic pull of a request with several regions: a region's
 // check runs while the next one is pulled; a corrupted region still fails the
 // call with DATA_LOSS, and an intact request arrives whole, in order.
 TEST(ChecksumOffWorker, EachRegionIsCheckedWhileTheNextIsPulled) {
   auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 16 << 20, .max_class_bytes = 1 << 20, .prefault = false});
   ASSERT_TRUE(pool.ok()) << pool.status().ToString();
-  const uint32_t len = 1u << 20;
-  constexpr uint32_t kRegions = 3;
-  std::vector<hrpc::wire::BulkDescriptor> descs;
+  const std::vector<hrpc::wire::BulkDescriptor> descs = RegionDescriptors(**pool);
   uint32_t whole_crc = 0;
   {
     hrpc::mempool::IoBuf whole;
-    for (uint32_t i = 0; i < kRegions; ++i) {
-      hrpc::mempool::IoBuf region = rpctest::MakePayload(**pool, len, i);
-      descs.push_back({0x1000 + i * uint64_t{len}, len, i, region.Crc32c(), hrpc::wire::BulkDirection::kPull});
-      whole.Append(std::move(region));
-    }
+    for (uint32_t i = 0; i < kRegions; ++i) whole.Append(rpctest::MakePayload(**pool, kRegionBytes, i));
     whole_crc = whole.Crc32c();
   }
   auto worker = StartWorker();
@@ -281,13 +300,8 @@ TEST(ChecksumOffWorker, EachRegionIsCheckedWhileTheNextIsPulled) {
     hrpc::ServerContext ctx;
     ctx.set_bulk(descs, &bulk);
     const size_t passes0 = OffWorkerPasses();
-    hrpc::Result<size_t> got = hrpc::InternalError("not run");
-    hrpc::coro::Event done;
-    worker->Post([&] {
-      got = ctx.PullAllBulk();
-      done.Set();
-    });
-    ASSERT_TRUE(done.WaitFor(10s).ok());
+    hrpc::Result<size_t> got = PullAllOn(*worker, ctx);
+    ASSERT_NE(got.status().code(), hrpc::StatusCode::kDeadlineExceeded) << got.status().ToString();
     EXPECT_EQ(OffWorkerPasses(), passes0 + kRegions) << "one check per region, each off the worker";
     ASSERT_EQ(bulk.passes_at_pull.size(), kRegions);
     // Region 1's pull began before region 0's check had finished: they overlap.
@@ -296,8 +310,8 @@ TEST(ChecksumOffWorker, EachRegionIsCheckedWhileTheNextIsPulled) {
       EXPECT_EQ(got.status().code(), hrpc::StatusCode::kDataLoss) << got.status().ToString();
     } else {
       ASSERT_TRUE(got.ok()) << got.status().ToString();
-      EXPECT_EQ(*got, size_t{kRegions} * len);
-      EXPECT_EQ(ctx.request_attachment().size(), size_t{kRegions} * len);
+      EXPECT_EQ(*got, size_t{kRegions} * kRegionBytes);
+      EXPECT_EQ(ctx.request_attachment().size(), size_t{kRegions} * kRegionBytes);
       EXPECT_EQ(ctx.request_attachment().Crc32c(), whole_crc);
     }
   }
@@ -309,13 +323,7 @@ TEST(ChecksumOffWorker, EachRegionIsCheckedWhileTheNextIsPulled) {
 TEST(ChecksumOffWorker, APullThatFailsOrIsCancelledPartWayStopsThere) {
   auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 16 << 20, .max_class_bytes = 1 << 20, .prefault = false});
   ASSERT_TRUE(pool.ok()) << pool.status().ToString();
-  const uint32_t len = 1u << 20;
-  constexpr uint32_t kRegions = 3;
-  std::vector<hrpc::wire::BulkDescriptor> descs;
-  for (uint32_t i = 0; i < kRegions; ++i) {
-    descs.push_back({0x1000 + i * uint64_t{len}, len, i, rpctest::MakePayload(**pool, len, i).Crc32c(),
-                     hrpc::wire::BulkDirection::kPull});
-  }
+  const std::vector<hrpc::wire::BulkDescriptor> descs = RegionDescriptors(**pool);
   auto worker = StartWorker();
   ASSERT_NE(worker, nullptr);
   for (bool cancel : {false, true}) {
@@ -330,13 +338,7 @@ TEST(ChecksumOffWorker, APullThatFailsOrIsCancelledPartWayStopsThere) {
     }
     ctx.set_bulk(descs, &bulk);
     const size_t passes0 = OffWorkerPasses();
-    hrpc::Result<size_t> got = hrpc::InternalError("not run");
-    hrpc::coro::Event done;
-    worker->Post([&] {
-      got = ctx.PullAllBulk();
-      done.Set();
-    });
-    ASSERT_TRUE(done.WaitFor(10s).ok());
+    hrpc::Result<size_t> got = PullAllOn(*worker, ctx);
     EXPECT_EQ(got.status().code(), cancel ? hrpc::StatusCode::kCancelled : hrpc::StatusCode::kUnavailable)
         << got.status().ToString();
     EXPECT_EQ(bulk.passes_at_pull.size(), cancel ? 1u : 2u) << "no pull after the one that ended it";
