@@ -1,6 +1,8 @@
 // transport_bench for the rdma transport: one-sided WRITE/READ bandwidth and a
-// 64-byte SEND ping-pong between two workers of this process (each with its own
-// transport, connected over rdmacm to --addr), one machine-readable line per case:
+// SEND ping-pong (64 bytes unless --ping-size) between two workers of this process
+// (each with its own transport, connected over rdmacm to --addr; receive queues per
+// connection, or one shared one per transport with --srq), one machine-readable line
+// per case:
 //   transport_bench case=write transport=rdma size=65536 MBps=… p50_us=… p99_us=… cpu=…
 // MBps is MiB/s (2^20), perftest's unit. pingpong p50/p99 are round trips;
 // half_rtt_us is comparable with ib_send_lat's one-way figure. Round trips are
@@ -36,6 +38,8 @@ namespace {
 struct Args {
   std::string addr = "10.11.0.1";
   double seconds = 3.0;
+  size_t ping_size = 64;
+  bool srq = false;
   std::vector<size_t> sizes = {64 * 1024, 256 * 1024, 1024 * 1024};
   uint32_t depth = 16;
   uint32_t iters = 5000;
@@ -66,8 +70,8 @@ int main(int argc, char** argv) {
   Args a;
   if (const char* e = std::getenv("RXE_GUEST_ADDR")) a.addr = e;
   std::string mode = "polling", server_mode = "blocking";
-  CLI::App app("transport_bench for the rdma transport: one-sided WRITE/READ bandwidth and a 64-byte SEND\n"
-               "ping-pong between two workers of this process, connected over rdmacm to --addr; one\n"
+  CLI::App app("transport_bench for the rdma transport: one-sided WRITE/READ bandwidth and a SEND\n"
+               "ping-pong (--ping-size bytes) between two workers of this process, connected over rdmacm to --addr; one\n"
                "transport_bench line per case (bench/rdma_bench.sh runs it beside perftest).",
                "rdma_transport_bench");
   app.add_option("--addr", a.addr, "the device's IPv4 address (default: RXE_GUEST_ADDR if set)")
@@ -77,6 +81,10 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--depth", a.depth, "write/read: one-sided ops outstanding")->capture_default_str();
+  app.add_option("--ping-size", a.ping_size, "pingpong: bytes per message")
+      ->check(CLI::Range(size_t{1}, size_t{64 * 1024}))
+      ->capture_default_str();
+  app.add_flag("--srq", a.srq, "each transport receives through a shared receive queue (as the runtime's do)");
   app.add_option("--iters", a.iters, "pingpong: round trips")->capture_default_str();
   app.add_option("--cases", a.cases, "comma-separated: write, read, pingpong")->capture_default_str();
   app.add_option("--mode", mode, "the client's completions")
@@ -116,6 +124,8 @@ int main(int argc, char** argv) {
   o.common.recv_depth = 64;
   o.common.max_message_bytes = 64 * 1024;
   o.sq_depth = 512;
+  o.use_srq = a.srq;
+  o.srq_depth = 128;  // slots of max_message_bytes each, from the pool
   o.max_rd_atomic = 128;
   auto st = On(**sw, [&]() { return CreateRdmaTransport((*sw)->scheduler(), **pool, o); });
   RdmaOptions co = o;
@@ -199,7 +209,7 @@ int main(int argc, char** argv) {
   }
 
   if (has("pingpong")) {
-    constexpr size_t kSize = 64;
+    const size_t size = a.ping_size;
     auto echo = coro::Async((*sw)->scheduler(), [&]() -> Status {
       for (uint32_t i = 0; i < a.iters + 100; ++i) {
         HRPC_ASSIGN_OR_RETURN(mempool::IoBuf m, server.Recv());
@@ -215,13 +225,13 @@ int main(int argc, char** argv) {
       const auto cpu0 = (*cw)->CpuTime();
       const auto w0 = Clock::now();
       for (uint32_t i = 0; i < a.iters + 100; ++i) {
-        HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, (*pool)->Allocate(kSize));
-        std::memset(b.data(), static_cast<int>(i), kSize);
+        HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, (*pool)->Allocate(size));
+        std::memset(b.data(), static_cast<int>(i), size);
         const uint64_t t0 = ticks.Now();
         HRPC_TRY(client.Send(mempool::IoBuf(std::move(b))));
         HRPC_ASSIGN_OR_RETURN(mempool::IoBuf m, client.Recv());
         if (i >= 100) rtt.push_back(ticks.Micros(ticks.Now() - t0));
-        if (m.size() != kSize) return DataLossError("echo size");
+        if (m.size() != size) return DataLossError("echo size");
       }
       cpu = std::chrono::duration<double>((*cw)->CpuTime() - cpu0).count() /
             std::chrono::duration<double>(Clock::now() - w0).count();
@@ -232,7 +242,7 @@ int main(int argc, char** argv) {
     const double p50 = Pct(rtt, 0.5), p99 = Pct(rtt, 0.99);
     std::printf("transport_bench case=pingpong transport=rdma size=%zu p50_us=%.2f p99_us=%.2f half_rtt_us=%.2f "
                 "cpu=%.2f iters=%u tsc_mhz=%.0f\n",
-                kSize, p50, p99, p50 / 2, cpu, a.iters, ticks.ticks_per_ns() * 1000.0);
+                size, p50, p99, p50 / 2, cpu, a.iters, ticks.ticks_per_ns() * 1000.0);
     std::fflush(stdout);
   }
 
