@@ -54,8 +54,10 @@ class Scheduler::Impl {
   void Post(std::function<void()> fn, std::string_view name);
   void Run();
   void Stop() {
+    posting.fetch_add(1, std::memory_order_seq_cst);
     stop.store(true, std::memory_order_seq_cst);
     Wake();
+    posting.fetch_sub(1, std::memory_order_release);
   }
   void Wake() {
     if (sleeping.exchange(false, std::memory_order_seq_cst)) {
@@ -66,12 +68,20 @@ class Scheduler::Impl {
     }
   }
   void PushRemote(RemoteNode* n) {
+    posting.fetch_add(1, std::memory_order_seq_cst);
     RemoteNode* head = remote_head.load(std::memory_order_relaxed);
     do {
       n->next = head;
     } while (!remote_head.compare_exchange_weak(head, n, std::memory_order_seq_cst,
                                                 std::memory_order_relaxed));
     Wake();
+    posting.fetch_sub(1, std::memory_order_release);  // the last touch of *this
+  }
+  // Any thread, outside a push.
+  void WakeFromOutside() {
+    posting.fetch_add(1, std::memory_order_seq_cst);
+    Wake();
+    posting.fetch_sub(1, std::memory_order_release);
   }
   void PushReady(Fiber* f) noexcept {
     f->state = FiberState::kReady;
@@ -112,6 +122,11 @@ class Scheduler::Impl {
   std::atomic<bool> sleeping{false};
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> eventfd_writes{0};
+  // Threads inside PushRemote(), WakeFromOutside() or Stop(). Once a node is pushed, the
+  // worker may run it before the pushing thread returns, and what it runs may
+  // end in this scheduler's destruction (a post answers the last call of a
+  // channel that is then destroyed): ~Impl waits for them.
+  std::atomic<uint32_t> posting{0};
   bctx::fcontext_t main_ctx = nullptr;
   std::vector<Fiber*> all;          // every allocated fiber (alive or pooled)
   std::vector<Fiber*> free_fibers;  // finished, stack kept for reuse
@@ -187,6 +202,10 @@ Status Scheduler::Impl::Init() {
 }
 
 Scheduler::Impl::~Impl() {
+  // A thread that got past its push is out within a few instructions (at most
+  // an eventfd write); one that has not reached it yet is the caller's bug
+  // (posting to a scheduler that is being destroyed).
+  while (posting.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   RemoteNode* n = remote_head.exchange(nullptr);
   while (n) {
     RemoteNode* next = n->next;
@@ -512,7 +531,7 @@ void Scheduler::Spawn(std::function<void()> fn, std::string_view name) { impl_->
 void Scheduler::Post(std::function<void()> fn, std::string_view name) { impl_->Post(std::move(fn), name); }
 void Scheduler::Run() { impl_->Run(); }
 void Scheduler::Stop() { impl_->Stop(); }
-void Scheduler::Wake() { impl_->Wake(); }
+void Scheduler::Wake() { impl_->WakeFromOutside(); }
 
 void Scheduler::AddPoller(Poller* p) {
   impl_->pollers.push_back(p);

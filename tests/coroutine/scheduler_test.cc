@@ -5,6 +5,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -291,6 +293,54 @@ TEST(SchedulerTest, PostFromOtherThreadsRunsOnTheWorker) {
   while (ran.load() < kThreads * kPerThread && Clock::now() < deadline) std::this_thread::sleep_for(1ms);
   EXPECT_EQ(ran.load(), kThreads * kPerThread);
   EXPECT_FALSE(wrong_thread.load());
+}
+
+// What a post runs may end in the worker's destruction (its answer completes the
+// last call of a channel that is then destroyed) before the posting thread has
+// returned from Post(). All three threads share one cpu, so the woken worker can
+// preempt the poster between its push and the rest of its wake-up; under
+// AddressSanitizer a scheduler freed under the poster is reported.
+TEST(SchedulerTest, WorkerDestroyedByWhatAPostRanIsNotTouchedByThePoster) {
+  cpu_set_t saved;
+  ASSERT_EQ(pthread_getaffinity_np(pthread_self(), sizeof saved, &saved), 0);
+  int cpu = 0;
+  while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &saved)) ++cpu;
+  ASSERT_LT(cpu, CPU_SETSIZE);
+  auto pin = [cpu] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0;
+  };
+  struct Restore {
+    cpu_set_t set;
+    ~Restore() { pthread_setaffinity_np(pthread_self(), sizeof set, &set); }
+  } restore{saved};
+  ASSERT_TRUE(pin());
+  constexpr int kRounds = 3000;
+  int slept_first = 0;  // rounds whose post found the worker asleep (the eventfd path)
+  for (int i = 0; i < kRounds; ++i) {
+    WorkerOptions o;
+    o.cpu = cpu;
+    o.sched.spin_budget = 0ns;  // asleep when the post comes: the poster writes its eventfd
+    auto w = Worker::Start(o).value();
+    Scheduler* target = &w->scheduler();
+    std::atomic<bool> ran{false};
+    bool slept = false;
+    std::thread poster([&] {
+      pin();
+      target->Post([&] {
+        slept = Scheduler::Current()->stats().sleeps > 0;
+        ran.store(true);
+        ran.notify_one();
+      });
+    });
+    ran.wait(false);
+    w.reset();
+    poster.join();
+    slept_first += slept ? 1 : 0;
+  }
+  EXPECT_GT(slept_first, kRounds / 2);
 }
 
 TEST(SchedulerTest, CrossThreadEventWakesCoroutineOnItsOwnScheduler) {
