@@ -2,6 +2,7 @@
 // drop, delay, corrupt one byte, disconnect after N.
 #include <chrono>
 #include <cstring>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -147,6 +148,50 @@ TEST(LoopbackFaults, DisconnectAfterNMessagesFailsBothSides) {
   });
   EXPECT_EQ(w.code(), StatusCode::kUnavailable);
   EXPECT_EQ(le.env->client().status().code(), StatusCode::kUnavailable);
+}
+
+// One end keeps sending while the other end's transport, and then its worker,
+// go away. What it sends after that transport is gone is dropped and its
+// connection fails; nothing is posted to the freed scheduler (AddressSanitizer
+// would report it).
+TEST(LoopbackTeardown, SendsToAnEndWhoseWorkerIsGoneAreDropped) {
+  auto pool = MakeTestPool(64u << 20, 1u << 20);
+  auto net = LoopbackNetwork::Create();
+  const TransportOptions opt = TestOptions();
+  for (int round = 0; round < 300; ++round) {
+    auto sw = coro::Worker::Start({}).value();
+    auto cw = coro::Worker::Start({}).value();
+    auto st = On(*sw, [&] { return CreateLoopbackTransport(net, sw->scheduler(), *pool, opt); });
+    auto ct = On(*cw, [&] { return CreateLoopbackTransport(net, cw->scheduler(), *pool, opt); });
+    ASSERT_TRUE(st.ok() && ct.ok());
+    const std::string uri = "loop://teardown-" + std::to_string(round);
+    auto l = On(*sw, [&] { return (*st)->Listen(uri); });
+    ASSERT_TRUE(l.ok()) << l.status().ToString();
+    auto accepted = coro::Async(sw->scheduler(), [&] { return (*l)->Accept(); });
+    auto c = On(*cw, [&] { return (*ct)->Connect(uri); });
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    auto s = accepted.Get();
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    auto sender = coro::Async(sw->scheduler(), [&]() -> Status {
+      for (;;) {
+        HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, pool->Allocate(64));
+        HRPC_TRY((*s)->Send(IoBuf(std::move(b))));
+      }
+    });
+    On(*cw, [&] {
+      EXPECT_TRUE((*c)->Recv().ok());
+      c->reset();
+      ct->reset();
+    });
+    cw.reset();
+    const Status ended = sender.Get();
+    EXPECT_FALSE(ended.ok());
+    On(*sw, [&] {
+      s->reset();
+      l->reset();
+      st->reset();
+    });
+  }
 }
 
 TEST(Uri, ParsesAndRejects) {

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -86,13 +87,33 @@ struct SendWaiter : Parked {  // Send() waiting for a credit
 
 struct LoopEnd;
 
+// The scheduler a transport's ends are posted to (arriving messages, credits,
+// completions). The transport clears it when it is destroyed, which is before
+// its worker is: a peer on another runtime may still post to an end of a
+// runtime that is going away, and such a post is dropped.
+struct SchedRef {
+  std::mutex mu;
+  coro::Scheduler* sched = nullptr;
+
+  void Post(std::function<void()> fn, std::string_view name) {
+    {
+      std::lock_guard lock(mu);
+      if (sched != nullptr) {
+        sched->Post(std::move(fn), name);
+        return;
+      }
+    }
+    // Dropped: its captures die here, outside the lock (they may post again).
+  }
+};
+
 struct Op {
   uint64_t id = 0;
   Parked parked;
 };
 
 struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
-  coro::Scheduler* sched = nullptr;
+  std::shared_ptr<SchedRef> sched;
   mempool::Pool* pool = nullptr;
   std::string peer_name;
   Limits limits;
@@ -282,7 +303,7 @@ struct LoopListenerState {
   std::shared_ptr<TransportCounters> ctr;  // the listening transport's
   InFlightCount in_flight;                  // the listening transport's
   std::shared_ptr<internal::FaultInjector> faults;  // the listening transport's
-  coro::Scheduler* sched = nullptr;
+  std::shared_ptr<SchedRef> sched;
   mempool::Pool* pool = nullptr;
   TransportOptions opt;
   std::string name;
@@ -473,8 +494,10 @@ class LoopListener final : public Listener {
 class LoopTransport final : public Transport {
  public:
   LoopTransport(std::shared_ptr<Net> net, coro::Scheduler& sched, mempool::Pool& pool, TransportOptions opt)
-      : net_(std::move(net)), sched_(&sched), pool_(&pool), opt_(opt),
-        faults_(std::make_shared<internal::FaultInjector>(opt.faults)) {}
+      : net_(std::move(net)), sched_(std::make_shared<SchedRef>()), pool_(&pool), opt_(opt),
+        faults_(std::make_shared<internal::FaultInjector>(opt.faults)) {
+    sched_->sched = &sched;
+  }
   TransportCounters& ctr() { return *counters_; }
   const std::shared_ptr<TransportCounters>& counters() const noexcept override { return counters_; }
 
@@ -583,11 +606,13 @@ class LoopTransport final : public Transport {
     if (const int64_t left = in_flight_->load(); left > 0) {
       SPDLOG_WARN("hrpc loop: transport destroyed with {} messages still on their way", left);
     }
+    std::lock_guard lock(sched_->mu);
+    sched_->sched = nullptr;
   }
 
  private:
   std::shared_ptr<Net> net_;
-  coro::Scheduler* sched_;
+  std::shared_ptr<SchedRef> sched_;
   mempool::Pool* pool_;
   TransportOptions opt_;
   std::shared_ptr<TransportCounters> counters_ = std::make_shared<TransportCounters>();
