@@ -51,8 +51,7 @@ Result<size_t> ServerContext::PullAllBulk() {
     coro::WaitGroup wg;
     std::vector<Status> status;
   };
-  auto checks = std::make_shared<Checks>();
-  checks->status.resize(bulk_.size());
+  std::shared_ptr<Checks> checks;  // made by the first check that runs apart: most calls have none
   coro::Scheduler* sched = coro::Scheduler::Current();
   const bool overlap = sched != nullptr && coro::this_coro::InCoroutine();
   Status failed;
@@ -68,6 +67,10 @@ Result<size_t> ServerContext::PullAllBulk() {
     }
     bytes += data->size();
     if (overlap) {
+      if (!checks) {
+        checks = std::make_shared<Checks>();
+        checks->status.resize(bulk_.size());
+      }
       checks->wg.Add(1);
       sched->Spawn(
           [checks, i, d, region = std::make_shared<mempool::IoBuf>(data->Share())] {
@@ -80,9 +83,11 @@ Result<size_t> ServerContext::PullAllBulk() {
     }
     request_attachment_.Append(std::move(*data));
   }
-  if (overlap) checks->wg.Wait().IgnoreError();  // the checks hold shares of the regions
+  if (checks) checks->wg.Wait().IgnoreError();  // the checks hold shares of the regions
   HRPC_TRY(failed);
-  for (const Status& s : checks->status) HRPC_TRY(s);
+  if (checks) {
+    for (const Status& s : checks->status) HRPC_TRY(s);
+  }
   return bytes;
 }
 
