@@ -194,6 +194,61 @@ TEST(LoopbackTeardown, SendsToAnEndWhoseWorkerIsGoneAreDropped) {
   }
 }
 
+// A listener that outlives its transport still names a live address, but
+// nothing can accept on it: a connect fails at once instead of handing out a
+// connection whose messages would be dropped, and the connecting transport
+// keeps working.
+TEST(LoopbackTeardown, ConnectToAListenerWhoseTransportIsGoneFails) {
+  auto pool = MakeTestPool(64u << 20, 1u << 20);
+  auto net = LoopbackNetwork::Create();
+  const TransportOptions opt = TestOptions();
+  auto sw = coro::Worker::Start({}).value();
+  auto cw = coro::Worker::Start({}).value();
+  auto st = On(*sw, [&] { return CreateLoopbackTransport(net, sw->scheduler(), *pool, opt); });
+  auto ct = On(*cw, [&] { return CreateLoopbackTransport(net, cw->scheduler(), *pool, opt); });
+  ASSERT_TRUE(st.ok() && ct.ok());
+  auto l = On(*sw, [&] { return (*st)->Listen("loop://orphan"); });
+  ASSERT_TRUE(l.ok()) << l.status().ToString();
+  On(*sw, [&] { st->reset(); });
+
+  auto c = On(*cw, [&] { return (*ct)->Connect("loop://orphan"); });
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(c.status().message().find("listening transport was destroyed"), std::string::npos)
+      << c.status().ToString();
+  EXPECT_EQ((*ct)->counters()->connect_failures.Get(), 1u);
+  EXPECT_EQ((*ct)->counters()->connected.Get(), 0u);
+
+  // The connecting side still reaches a listener that is whole.
+  auto st2 = On(*sw, [&] { return CreateLoopbackTransport(net, sw->scheduler(), *pool, opt); });
+  ASSERT_TRUE(st2.ok());
+  auto l2 = On(*sw, [&] { return (*st2)->Listen("loop://whole"); });
+  ASSERT_TRUE(l2.ok()) << l2.status().ToString();
+  auto accepted = coro::Async(sw->scheduler(), [&] { return (*l2)->Accept(); });
+  auto c2 = On(*cw, [&] { return (*ct)->Connect("loop://whole"); });
+  ASSERT_TRUE(c2.ok()) << c2.status().ToString();
+  auto s2 = accepted.Get();
+  ASSERT_TRUE(s2.ok()) << s2.status().ToString();
+  On(*cw, [&] {
+    auto b = pool->Allocate(64);
+    ASSERT_TRUE(b.ok());
+    EXPECT_TRUE((*c2)->Send(IoBuf(std::move(*b))).ok());
+  });
+  auto got = On(*sw, [&] { return (*s2)->Recv(); });
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->size(), 64u);
+  On(*cw, [&] {
+    c2->reset();
+    ct->reset();
+  });
+  On(*sw, [&] {
+    s2->reset();
+    l2->reset();
+    st2->reset();
+    l->reset();
+  });
+}
+
 TEST(Uri, ParsesAndRejects) {
   auto u = ParseUri("tcp://127.0.0.1:4711");
   ASSERT_TRUE(u.ok());

@@ -90,20 +90,21 @@ struct LoopEnd;
 // The scheduler a transport's ends are posted to (arriving messages, credits,
 // completions). The transport clears it when it is destroyed, which is before
 // its worker is: a peer on another runtime may still post to an end of a
-// runtime that is going away, and such a post is dropped.
+// runtime that is going away, and such a post is dropped. Post() says so
+// (false); a caller that would wait for what the post does fails instead.
 struct SchedRef {
   std::mutex mu;
   coro::Scheduler* sched = nullptr;
 
-  void Post(std::function<void()> fn, std::string_view name) {
+  bool Post(std::function<void()> fn, std::string_view name) {
     {
       std::lock_guard lock(mu);
       if (sched != nullptr) {
         sched->Post(std::move(fn), name);
-        return;
+        return true;
       }
     }
-    // Dropped: its captures die here, outside the lock (they may post again).
+    return false;  // dropped: its captures die here, outside the lock (they may post again)
   }
 };
 
@@ -234,12 +235,16 @@ struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
     auto m = std::make_shared<WireMsg>(std::move(w));
     std::weak_ptr<LoopEnd> self = weak_from_this();
     for (int copies = fault.duplicate ? 2 : 1; copies > 0; --copies) {
-      p->sched->Post(
+      const bool posted = p->sched->Post(
           [p, m, delay, self] {
             if (delay.count() > 0) coro::this_coro::SleepFor(delay);
             p->Arrive(*m, self);
           },
           "loop-msg");
+      if (!posted) {
+        Fail(UnavailableError("loopback peer " + peer_name + ": its transport was destroyed"));
+        return status;
+      }
     }
     return Status::Ok();
   }
@@ -425,7 +430,7 @@ class LoopConnection final : public Connection {
     const auto delay = e->Delay();
     std::weak_ptr<LoopEnd> req = e;
     const uint64_t id = op.id;
-    p->sched->Post(
+    const bool posted = p->sched->Post(
         [p, req, buf, remote, is_read, delay, id] {
           if (delay.count() > 0) coro::this_coro::SleepFor(delay);
           Status s;
@@ -455,6 +460,7 @@ class LoopConnection final : public Connection {
           }
         },
         is_read ? "loop-read" : "loop-write");
+    if (!posted) e->CompleteOp(id, UnavailableError("loopback peer " + e->peer_name + ": its transport was destroyed"));
     Status done = op.parked.Wait();
     if (IsRefusal(done.code())) ctr.refused_by_peer.Add();
     e->op_slots.Release();
@@ -549,7 +555,6 @@ class LoopTransport final : public Transport {
     client->in_flight = in_flight_;
     client->faults = faults_;
     client->opened = true;
-    ctr().connected.Add();
     client->sched = sched_;
     client->pool = pool_;
     client->peer_name = "loop://" + u.host;
@@ -570,7 +575,7 @@ class LoopTransport final : public Transport {
     client->peer = server;
     server->peer = client;
     std::weak_ptr<LoopListenerState> weak_ls = ls;
-    ls->sched->Post(
+    const bool posted = ls->sched->Post(
         [weak_ls, server] {
           auto l = weak_ls.lock();
           if (!l || l->accepts.closed()) {
@@ -585,6 +590,11 @@ class LoopTransport final : public Transport {
           l->accepts.Push(server);
         },
         "loop-accept");
+    if (!posted) {
+      ctr().connect_failures.Add();
+      return UnavailableError("loop://" + u.host + ": the listening transport was destroyed");
+    }
+    ctr().connected.Add();
     ends_.push_back(client);
     return std::unique_ptr<Connection>(new LoopConnection(std::move(client)));
   }
