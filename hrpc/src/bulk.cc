@@ -106,6 +106,7 @@ Status BulkOps::Run(std::vector<std::function<Status()>> ops, Clock::time_point 
   auto g = std::make_shared<Group>();
   g->status.resize(ops.size());
   g->wg.Add(static_cast<int64_t>(ops.size()));
+  if (all_ == nullptr) all_ = std::make_shared<coro::WaitGroup>();
   all_->Add(static_cast<int64_t>(ops.size()));
   for (size_t i = 0; i < ops.size(); ++i) {
     sched->Spawn(
@@ -125,7 +126,9 @@ Status BulkOps::Run(std::vector<std::function<Status()>> ops, Clock::time_point 
   return Status::Ok();
 }
 
-void BulkOps::Drain() const { all_->Wait().IgnoreError(); }
+void BulkOps::Drain() const {
+  if (all_ != nullptr) all_->Wait().IgnoreError();
+}
 
 Result<mempool::IoBuf> PullRegionUnchecked(transport::Connection& conn, mempool::Pool& pool,
                                            const wire::BulkDescriptor& d, size_t chunk, size_t window,

@@ -75,10 +75,10 @@ void RevokeAll(transport::Connection& conn, const Exposed& what);
 // with their connection), and only then may the peer be told that its memory
 // is free (the server's response, the client's RELEASE): Drain(). On RDMA,
 // memory revoked under a READ or WRITE still in flight NAKs it and fails the
-// whole connection, every other call on it included. Copies share the ops.
+// whole connection, every other call on it included. Copies made after the
+// first Run() share the ops. A call that runs none allocates nothing.
 class BulkOps {
  public:
-  BulkOps() : all_(std::make_shared<coro::WaitGroup>()) {}
   // How often a wait looks at `live` (cancellation needs no wake-up of its own).
   static constexpr std::chrono::milliseconds kLivePoll{20};
 
@@ -90,10 +90,10 @@ class BulkOps {
              const std::function<Status()>& live);
   // Suspends until every op Run() started has finished.
   void Drain() const;
-  bool idle() const { return all_->count() == 0; }
+  bool idle() const { return all_ == nullptr || all_->count() == 0; }
 
  private:
-  std::shared_ptr<coro::WaitGroup> all_;
+  std::shared_ptr<coro::WaitGroup> all_;  // made by the first Run() that starts ops
 };
 
 // READs one kPull region into blocks of `pool`, in pieces of at most `chunk`

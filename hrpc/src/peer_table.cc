@@ -7,6 +7,7 @@
 
 #include "hrpc/rpc/wire.h"
 #include "stream_core.h"
+#include "txn_map.h"
 
 namespace hrpc::internal {
 
@@ -16,7 +17,7 @@ using Clock = std::chrono::steady_clock;
 // making a new Link).
 struct Link {
   std::unique_ptr<transport::Connection> conn;
-  std::unordered_map<uint64_t, Call*> calls;
+  TxnMap<Call*> calls;
   struct Stream {
     std::shared_ptr<StreamCore> core;
     std::shared_ptr<ChannelState> channel;
@@ -25,7 +26,7 @@ struct Link {
   bool dead = false;
   std::string key;  // in the table
   std::string peer;
-  uint64_t next_txn = 1;
+  std::shared_ptr<const std::string> shared_peer;  // the same, for the calls' contexts
   // Idle sweeps in a row that found it unused (reset by every call); no
   // clock read on the call path.
   uint32_t idle_sweeps = 0;
@@ -131,6 +132,7 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
         made->conn = std::move(*conn);
         made->key = key;
         made->peer = std::string(made->conn->peer());
+        made->shared_peer = std::make_shared<const std::string>(made->peer);
         made->info = std::make_shared<ConnectionInfo>();
         made->info->peer = made->peer;
         made->info->scheme = std::string(scheme);
@@ -227,7 +229,7 @@ void PeerTable::OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw
       auto it = link->calls.find(h.txn_id);
       if (it == link->calls.end()) return LateResponse(link, rx->frame);  // timed out or cancelled
       Call* call = it->second;
-      link->calls.erase(it);
+      link->calls.Erase(it);
       if (rx->frame.status().ok() && HasPullRegions(rx->frame)) {
         // The attachment waits in the server's memory: READ it off this reader.
         auto frame = std::make_shared<ReceivedFrame>(std::move(*rx));
@@ -377,7 +379,7 @@ void PeerTable::StartCall(Call* call) {
   if (ch.closed.load(std::memory_order_acquire)) return Complete(call, CancelledError("channel destroyed"), nullptr);
   std::shared_ptr<Link> link = std::move(*link_or);
   call->link = link;
-  ctx.set_peer(link->peer);
+  ctx.set_peer(link->shared_peer);
   mempool::Pool& pool = workers_.pool(worker_);
   transport::Connection& conn = *link->conn;
 
@@ -426,7 +428,7 @@ void PeerTable::StartCall(Call* call) {
 
   wire::FrameHeader h;
   h.kind = wire::FrameKind::kRequest;
-  h.txn_id = link->next_txn++;
+  h.txn_id = next_txn_++;
   h.service_id = call->service_id;
   h.method_id = call->method_id;
   h.deadline_us = ctx.DeadlineBudgetMicros();
@@ -437,22 +439,22 @@ void PeerTable::StartCall(Call* call) {
   call->msg.buf.Reset();
   call->txn = h.txn_id;
 
-  link->calls.emplace(call->txn, call);
+  link->calls.Insert(call->txn, call);
   link->info->started.Add();
   link->idle_sweeps = 0;
   const uint64_t txn = call->txn;
-  std::weak_ptr<Link> weak = link;
   coro::Scheduler& sched = workers_.scheduler(worker_);
+  // Both hooks capture two words, which std::function keeps without a heap
+  // block; the txn finds the call's connection (AbortTxn).
   if (ctx.has_deadline()) {
-    call->timer = sched.AddTimer(ctx.deadline(), [this, weak, txn] {
-      if (auto l = weak.lock()) Abort(l, txn, DeadlineExceededError("deadline exceeded"));
+    call->timer = sched.AddTimer(ctx.deadline(), [this, txn] {
+      AbortTxn(txn, DeadlineExceededError("deadline exceeded"));
     });
     call->has_timer = true;
   }
-  ctx.SetCancelHook([this, weak, txn, &sched] {
-    sched.Post([this, weak, txn] {
-      if (auto l = weak.lock()) Abort(l, txn, CancelledError("call cancelled"));
-    }, "hrpc-cancel");
+  ctx.SetCancelHook([this, txn] {
+    workers_.scheduler(worker_).Post([this, txn] { AbortTxn(txn, CancelledError("call cancelled")); },
+                                     "hrpc-cancel");
   });
   Status sent;
   if (path == AttachmentPath::kStream) {
@@ -462,7 +464,7 @@ void PeerTable::StartCall(Call* call) {
     sent = conn.Send(std::move(*frame));
   }
   if (!sent.ok()) {
-    if (link->calls.erase(txn) > 0) {
+    if (link->calls.Erase(txn)) {
       Status why = sent.code() == StatusCode::kUnavailable || sent.code() == StatusCode::kCancelled
                        ? Status(StatusCode::kUnavailable, "send to " + link->peer + ": " + sent.ToString())
                        : sent;
@@ -475,7 +477,7 @@ void PeerTable::Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status wh
   auto it = link->calls.find(txn);
   if (it == link->calls.end()) return;
   Call* call = it->second;
-  link->calls.erase(it);
+  link->calls.Erase(it);
   call->has_timer = call->has_timer && why.code() != StatusCode::kDeadlineExceeded;
   if (!link->dead && !call->bulk.exposed.empty()) {
     // The server may be READing or WRITING these now: they stay exposed until it answers.
@@ -489,6 +491,14 @@ void PeerTable::Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status wh
     if (auto f = SmallFrame(workers_.pool(worker_), h, {}); f.ok()) link->conn->Send(std::move(*f)).IgnoreError();
   }
   Complete(call, std::move(why), nullptr);
+}
+
+void PeerTable::AbortTxn(uint64_t txn, Status why) {
+  // Not on the call path: a deadline or a cancel. A call in flight is in the
+  // calls of a link in the table (a link leaves it failed or idle).
+  for (auto& [key, e] : table_) {
+    if (e.link && e.link->calls.contains(txn)) return Abort(e.link, txn, std::move(why));
+  }
 }
 
 void PeerTable::AbortChannel(const ChannelState* channel, const Status& why) {
@@ -512,14 +522,14 @@ Result<OpenedStream> PeerTable::OpenStream(const std::shared_ptr<ChannelState>& 
   if (ctx.IsCancelled()) return CancelledError("stream cancelled before it started");
   if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired before the stream started");
   HRPC_ASSIGN_OR_RETURN(std::shared_ptr<Link> link, EnsureLink(*channel, index));
-  ctx.set_peer(link->peer);
+  ctx.set_peer(link->shared_peer);
   StreamSettings settings;
   settings.receive_window = channel->stream_window;
   settings.eager_threshold = channel->eager_threshold;
   mempool::Pool& pool = workers_.pool(worker_);
   settings.pull_chunk = std::min(kDefaultBulkChunkBytes, pool.options().max_class_bytes);
   settings.pull_window = kResponsePullWindow;
-  const uint64_t txn = link->next_txn++;
+  const uint64_t txn = next_txn_++;
   auto core = std::make_shared<StreamCore>(*link->conn, pool, txn, settings);
   link->streams.emplace(txn, Link::Stream{core, channel});
   channel->in_flight.fetch_add(1, std::memory_order_acq_rel);

@@ -162,6 +162,8 @@ class PeerTable {
   void Complete(Call* call, Status status, ReceivedFrame* rx);
   Status FillResponse(Call& call, ReceivedFrame& rx, uint64_t* bytes_in);
   void Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status why);
+  // Abort() of call txn, wherever it is in flight; no-op if it has ended.
+  void AbortTxn(uint64_t txn, Status why);
   void OnStreamFrame(const std::shared_ptr<Link>& link, ReceivedFrame rx);
   void ForgetStream(Link& link, uint64_t txn);
   void SweepIdle();
@@ -171,6 +173,9 @@ class PeerTable {
   std::unordered_map<std::string, Entry> table_;  // "uri#index"
   std::atomic<size_t> open_{0};                    // links not yet failed
   std::atomic<int64_t> live_{0};                   // reader coroutines running
+  // Transaction ids of this worker's calls and streams, unique across its
+  // connections (so that a txn alone names a call: AbortTxn).
+  uint64_t next_txn_ = 1;
   bool sweeping_ = false;
   bool closed_ = false;
   coro::LocalEvent stop_sweeper_;

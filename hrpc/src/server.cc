@@ -27,6 +27,7 @@
 #include "stream_core.h"
 #include "rpcz.h"
 #include "runtime_internal.h"
+#include "txn_map.h"
 
 namespace hrpc {
 
@@ -42,7 +43,8 @@ struct ServerConn {
   std::unique_ptr<transport::Connection> conn;
   size_t worker = 0;
   std::string peer;
-  std::unordered_map<uint64_t, ServerContext*> active;  // txn -> running request or stream
+  std::shared_ptr<const std::string> shared_peer;  // the same, for the requests' contexts
+  internal::TxnMap<ServerContext*> active;  // txn -> running request or stream
   std::unordered_map<uint64_t, std::shared_ptr<internal::StreamCore>> streams;  // txn -> open stream
   std::unordered_map<uint64_t, coro::LocalEvent*> releases;  // txn -> response held for the client's READ
   bool closed = false;
@@ -326,6 +328,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     sc->conn = std::move(conn);
     sc->worker = w;
     sc->peer = std::string(sc->conn->peer());
+    sc->shared_peer = std::make_shared<const std::string>(sc->peer);
     sc->info = std::make_shared<internal::ConnectionInfo>();
     sc->info->peer = sc->peer;
     sc->info->scheme = std::move(scheme);
@@ -436,7 +439,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       }
       const wire::FrameHeader& h = rx->frame.header();
       if (h.kind == wire::FrameKind::kRequest || h.kind == wire::FrameKind::kStreamOpen) {
-        if (sc->active.count(h.txn_id) != 0 || sc->streams.count(h.txn_id) != 0) {
+        if (sc->active.contains(h.txn_id) || sc->streams.count(h.txn_id) != 0) {
           SPDLOG_WARN("hrpc server: closing connection {}: duplicate txn id {}", sc->peer, h.txn_id);
           break;
         }
@@ -672,8 +675,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       SendError(*sc, h, s);
       return finish(s);
     }
-    sc->active.emplace(h.txn_id, &ctx);
-    ctx.set_peer(sc->peer);
+    sc->active.Insert(h.txn_id, &ctx);
+    ctx.set_peer(sc->shared_peer);
     ctx.set_pool(&pool);
     ctx.request_attachment() = std::move(rx.attachment);
     std::vector<wire::BulkDescriptor> descs;
@@ -729,7 +732,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     // before the answer: the client frees its exposed memory when it hears.
     bulk.ops().Drain();
 
-    sc->active.erase(h.txn_id);
+    sc->active.Erase(h.txn_id);
     running.fetch_sub(1);
     ctx.request_attachment() = mempool::IoBuf();
     quota.Release();
@@ -814,8 +817,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       }
       counted = true;
       HRPC_TRY(core->OnWindow(rx.frame.message()).WithContext("stream open"));
-      sc->active.emplace(h.txn_id, &ctx);
-      ctx.set_peer(sc->peer);
+      sc->active.Insert(h.txn_id, &ctx);
+      ctx.set_peer(sc->shared_peer);
       ctx.set_pool(&workers->pool(sc->worker));
       if (Status s = core->SendInitialWindow(); !s.ok()) return s;
       HandlerStream stream(*core, ctx);
@@ -829,7 +832,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     if (core->ended()) status = core->end_status();
     if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
-    sc->active.erase(h.txn_id);
+    sc->active.Erase(h.txn_id);
     if (!client_cancelled && !sc->closed) {
       if (Status s = core->SendClose(status); !s.ok()) {
         SPDLOG_DEBUG("hrpc server: close of stream {} to {} not sent: {}", h.txn_id, sc->peer, s.ToString());

@@ -222,6 +222,35 @@ TEST_P(RpcTest, CancelSendsCancelFrame) {
   EXPECT_EQ(env.service.saw_cancel.load(), 1) << "the server's ServerContext was not marked cancelled";
 }
 
+// A cancel reaches its own call when the calls in flight are spread over
+// several connections of a worker (a call is found by its txn alone).
+TEST_P(RpcTest, CancelEndsOnlyItsCallAmongConnections) {
+  Env env;
+  hrpc::RpcChannelOptions co;
+  co.connections_per_worker = 3;
+  env.Start(GetParam(), {}, co);
+  rpctest::Test::Stub stub(env.channel.get());
+  constexpr int kCalls = 3;
+  ClientContext ctx[kCalls];
+  Req req;
+  req.set_wait_for_cancel(true);
+  std::vector<decltype(stub.CallFuture(ctx[0], req))> futs;
+  for (int i = 0; i < kCalls; ++i) futs.push_back(stub.CallFuture(ctx[i], req));
+  for (int i = 0; i < 500 && env.service.running.load() < kCalls; ++i) std::this_thread::sleep_for(2ms);
+  ASSERT_EQ(env.service.running.load(), kCalls);
+  for (int c : {1, 2, 0}) {
+    ctx[c].Cancel();
+    auto r = futs[c].WaitFor(5s);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << c << ": " << r.status().ToString();
+    for (int i = 0; i < kCalls; ++i) {
+      if (!ctx[i].IsCancelled()) EXPECT_FALSE(futs[i].IsReady()) << "call " << i << " ended with call " << c;
+    }
+  }
+  for (int i = 0; i < 300 && env.service.saw_cancel.load() < kCalls; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(env.service.saw_cancel.load(), kCalls);
+}
+
 TEST_P(RpcTest, TenThousandConcurrentCalls) {
   Env env;
   env.Start(GetParam());

@@ -48,6 +48,7 @@
 #include "exposure.h"
 #include "faults.h"
 #include "frame.h"
+#include "hrpc/base/ring_queue.h"
 #include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/transport/resolver.h"
@@ -243,7 +244,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::unique_ptr<tcp::TlsStream> tls;  // null: plain TCP
 
   // Send side.
-  std::deque<OutFrame> outq;
+  RingQueue<OutFrame> outq;
   size_t queued_bytes = 0;
   bool epollout = false;
   bool in_epoll = true;  // the fd is in the epoll set (out of it while paused and not waiting for EPOLLOUT)
@@ -468,9 +469,9 @@ void Core::Fail(Conn& c, Status s) {
     c.fd = -1;
   }
   conns.erase(c.token);
-  for (OutFrame& f : c.outq) {
+  c.outq.ForEach([&](OutFrame& f) {
     if (f.expo_index != UINT32_MAX) c.expo.End(f.expo_index);
-  }
+  });
   c.outq.clear();
   c.queued_bytes = 0;
   if (c.in_body && c.sink == Sink::kWrite && c.body_expo != UINT32_MAX) c.expo.End(c.body_expo);

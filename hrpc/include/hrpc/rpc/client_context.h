@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -62,7 +63,7 @@ class ClientContext {
   size_t response_attachment_capacity() const noexcept { return response_attachment_capacity_; }
 
   // Peer that served the call, set by the channel.
-  std::string_view peer() const noexcept { return peer_; }
+  std::string_view peer() const noexcept { return peer_ ? std::string_view(*peer_) : std::string_view(); }
 
   // --- Cluster channels (cluster_channel.h) -------------------------------
   // The key a consistent-hashing balancer routes by. A string is hashed
@@ -103,7 +104,9 @@ class ClientContext {
   // If the context is already cancelled, runs `hook` right away instead.
   void SetCancelHook(std::function<void()> hook);
   void ClearCancelHook();
-  void set_peer(std::string peer) { peer_ = std::move(peer); }
+  void set_peer(std::string peer) { peer_ = std::make_shared<const std::string>(std::move(peer)); }
+  // Shares the connection's name (no copy per call).
+  void set_peer(std::shared_ptr<const std::string> peer) noexcept { peer_ = std::move(peer); }
 
  private:
   Clock::time_point deadline_ = Clock::time_point::max();
@@ -112,7 +115,7 @@ class ClientContext {
   std::function<void()> cancel_hook_;
   mempool::IoBuf request_attachment_;
   mempool::IoBuf response_attachment_;
-  std::string peer_;
+  std::shared_ptr<const std::string> peer_;
   size_t response_attachment_capacity_ = 0;
   uint64_t request_key_ = 0;
   uint64_t request_id_ = 0;

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -58,7 +59,7 @@ class ServerContext {
   // DEADLINE_EXCEEDED; the runtime discards a late response either way.
   bool IsCancelled() const noexcept { return cancelled_.load(std::memory_order_acquire) || DeadlineExpired(); }
   // Peer address as the transport names it ("tcp://10.0.0.2:7000", "direct").
-  std::string_view peer() const noexcept { return peer_; }
+  std::string_view peer() const noexcept { return peer_ ? std::string_view(*peer_) : std::string_view(); }
   // The method being served; nullptr only outside a call.
   const MethodDescriptor* method() const noexcept { return method_; }
 
@@ -95,7 +96,9 @@ class ServerContext {
   void set_deadline(Clock::time_point tp) noexcept { deadline_ = tp; }
   // From a wire deadline budget (wire::kNoDeadline = none), relative to `now`.
   void set_deadline_budget_us(uint64_t budget_us, Clock::time_point now = coro::SteadyNow()) noexcept;
-  void set_peer(std::string peer) { peer_ = std::move(peer); }
+  void set_peer(std::string peer) { peer_ = std::make_shared<const std::string>(std::move(peer)); }
+  // Shares the connection's name (no copy per call).
+  void set_peer(std::shared_ptr<const std::string> peer) noexcept { peer_ = std::move(peer); }
   void set_method(const MethodDescriptor* m) noexcept { method_ = m; }
   void set_bulk(std::vector<wire::BulkDescriptor> descriptors, BulkTransfer* transfer) {
     bulk_ = std::move(descriptors);
@@ -114,7 +117,7 @@ class ServerContext {
 
   Clock::time_point deadline_ = Clock::time_point::max();
   std::atomic<bool> cancelled_{false};
-  std::string peer_;
+  std::shared_ptr<const std::string> peer_;
   const MethodDescriptor* method_ = nullptr;
   mempool::IoBuf request_attachment_;
   mempool::IoBuf response_attachment_;
