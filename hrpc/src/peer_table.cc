@@ -25,8 +25,7 @@ struct Link {
   std::unordered_map<uint64_t, Stream> streams;  // open streams (until the server's close or a cancel)
   bool dead = false;
   std::string key;  // in the table
-  std::string peer;
-  std::shared_ptr<const std::string> shared_peer;  // the same, for the calls' contexts
+  std::shared_ptr<const std::string> peer;  // shared with the calls' contexts
   // Idle sweeps in a row that found it unused (reset by every call); no
   // clock read on the call path.
   uint32_t idle_sweeps = 0;
@@ -131,10 +130,9 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
         made = std::make_shared<Link>();
         made->conn = std::move(*conn);
         made->key = key;
-        made->peer = std::string(made->conn->peer());
-        made->shared_peer = std::make_shared<const std::string>(made->peer);
+        made->peer = std::make_shared<const std::string>(made->conn->peer());
         made->info = std::make_shared<ConnectionInfo>();
-        made->info->peer = made->peer;
+        made->info->peer = *made->peer;
         made->info->scheme = std::string(scheme);
         made->info->worker = worker_;
         made->info->opened = std::chrono::system_clock::now();
@@ -204,7 +202,7 @@ void PeerTable::ReadLoop(std::shared_ptr<Link> link) {
     if (!msg.ok()) {
       Status why = msg.status();
       if (why.code() != StatusCode::kCancelled) {
-        why = Status(StatusCode::kUnavailable, "connection to " + link->peer + " lost: " + why.ToString());
+        why = Status(StatusCode::kUnavailable, "connection to " + *link->peer + " lost: " + why.ToString());
       }
       FailLink(link, why);
       break;
@@ -219,8 +217,8 @@ void PeerTable::OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw
   mempool::Pool& pool = workers_.pool(worker_);
   auto rx = ReadFrame(pool, raw);
   if (!rx.ok()) {
-    SPDLOG_WARN("hrpc client: closing connection to {}: {}", link->peer, rx.status().ToString());
-    FailLink(link, rx.status().WithContext("bad frame from " + link->peer));
+    SPDLOG_WARN("hrpc client: closing connection to {}: {}", *link->peer, rx.status().ToString());
+    FailLink(link, rx.status().WithContext("bad frame from " + *link->peer));
     return;
   }
   const wire::FrameHeader& h = rx->frame.header();
@@ -379,7 +377,7 @@ void PeerTable::StartCall(Call* call) {
   if (ch.closed.load(std::memory_order_acquire)) return Complete(call, CancelledError("channel destroyed"), nullptr);
   std::shared_ptr<Link> link = std::move(*link_or);
   call->link = link;
-  ctx.set_peer(link->shared_peer);
+  ctx.set_peer(link->peer);
   mempool::Pool& pool = workers_.pool(worker_);
   transport::Connection& conn = *link->conn;
 
@@ -466,7 +464,7 @@ void PeerTable::StartCall(Call* call) {
   if (!sent.ok()) {
     if (link->calls.Erase(txn)) {
       Status why = sent.code() == StatusCode::kUnavailable || sent.code() == StatusCode::kCancelled
-                       ? Status(StatusCode::kUnavailable, "send to " + link->peer + ": " + sent.ToString())
+                       ? Status(StatusCode::kUnavailable, "send to " + *link->peer + ": " + sent.ToString())
                        : sent;
       Complete(call, std::move(why), nullptr);
     }
@@ -522,7 +520,7 @@ Result<OpenedStream> PeerTable::OpenStream(const std::shared_ptr<ChannelState>& 
   if (ctx.IsCancelled()) return CancelledError("stream cancelled before it started");
   if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired before the stream started");
   HRPC_ASSIGN_OR_RETURN(std::shared_ptr<Link> link, EnsureLink(*channel, index));
-  ctx.set_peer(link->shared_peer);
+  ctx.set_peer(link->peer);
   StreamSettings settings;
   settings.receive_window = channel->stream_window;
   settings.eager_threshold = channel->eager_threshold;
@@ -536,7 +534,7 @@ Result<OpenedStream> PeerTable::OpenStream(const std::shared_ptr<ChannelState>& 
   link->info->started.Add();
   link->idle_sweeps = 0;
   if (Status s = core->SendOpen(service_id, method_id, ctx.DeadlineBudgetMicros()); !s.ok()) {
-    Status why = Status(StatusCode::kUnavailable, "open stream to " + link->peer + ": " + s.ToString());
+    Status why = Status(StatusCode::kUnavailable, "open stream to " + *link->peer + ": " + s.ToString());
     core->End(why);
     ForgetStream(*link, txn);
     return why;
@@ -586,7 +584,7 @@ void PeerTable::OnStreamFrame(const std::shared_ptr<Link>& link, ReceivedFrame r
       return;
   }
   if (!bad.ok()) {
-    SPDLOG_WARN("hrpc client: ending stream {} to {}: {}", h.txn_id, link->peer, bad.ToString());
+    SPDLOG_WARN("hrpc client: ending stream {} to {}: {}", h.txn_id, *link->peer, bad.ToString());
     CancelStream(link, h.txn_id, std::move(bad));
   }
 }
@@ -625,7 +623,7 @@ void PeerTable::SweepIdle() {
       ++it;
     }
     for (auto& link : expired) {
-      SPDLOG_DEBUG("hrpc client: closing idle connection to {}", link->peer);
+      SPDLOG_DEBUG("hrpc client: closing idle connection to {}", *link->peer);
       FailLink(link, CancelledError("idle connection closed"));
     }
   }

@@ -42,8 +42,7 @@ namespace {
 struct ServerConn {
   std::unique_ptr<transport::Connection> conn;
   size_t worker = 0;
-  std::string peer;
-  std::shared_ptr<const std::string> shared_peer;  // the same, for the requests' contexts
+  std::shared_ptr<const std::string> peer;  // shared with the requests' contexts
   internal::TxnMap<ServerContext*> active;  // txn -> running request or stream
   std::unordered_map<uint64_t, std::shared_ptr<internal::StreamCore>> streams;  // txn -> open stream
   std::unordered_map<uint64_t, coro::LocalEvent*> releases;  // txn -> response held for the client's READ
@@ -327,10 +326,9 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     auto sc = std::make_shared<ServerConn>();
     sc->conn = std::move(conn);
     sc->worker = w;
-    sc->peer = std::string(sc->conn->peer());
-    sc->shared_peer = std::make_shared<const std::string>(sc->peer);
+    sc->peer = std::make_shared<const std::string>(sc->conn->peer());
     sc->info = std::make_shared<internal::ConnectionInfo>();
-    sc->info->peer = sc->peer;
+    sc->info->peer = *sc->peer;
     sc->info->scheme = std::move(scheme);
     sc->info->worker = w;
     sc->info->opened = std::chrono::system_clock::now();
@@ -428,19 +426,19 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       auto msg = sc->conn->Recv();
       if (!msg.ok()) {
         if (msg.status().code() != StatusCode::kCancelled && msg.status().code() != StatusCode::kUnavailable) {
-          SPDLOG_WARN("hrpc server: connection {} failed: {}", sc->peer, msg.status().ToString());
+          SPDLOG_WARN("hrpc server: connection {} failed: {}", *sc->peer, msg.status().ToString());
         }
         break;
       }
       auto rx = internal::ReadFrame(pool, *msg);
       if (!rx.ok()) {
-        SPDLOG_WARN("hrpc server: closing connection {}: malformed frame: {}", sc->peer, rx.status().ToString());
+        SPDLOG_WARN("hrpc server: closing connection {}: malformed frame: {}", *sc->peer, rx.status().ToString());
         break;
       }
       const wire::FrameHeader& h = rx->frame.header();
       if (h.kind == wire::FrameKind::kRequest || h.kind == wire::FrameKind::kStreamOpen) {
         if (sc->active.contains(h.txn_id) || sc->streams.count(h.txn_id) != 0) {
-          SPDLOG_WARN("hrpc server: closing connection {}: duplicate txn id {}", sc->peer, h.txn_id);
+          SPDLOG_WARN("hrpc server: closing connection {}: duplicate txn id {}", *sc->peer, h.txn_id);
           break;
         }
         const uint64_t quota_bytes = h.kind == wire::FrameKind::kRequest ? RequestBytes(*rx) : 0;
@@ -489,7 +487,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
           core->OnClose(Status::Ok());
         }
         if (!bad.ok()) {
-          SPDLOG_WARN("hrpc server: ending stream {} of {}: {}", h.txn_id, sc->peer, bad.ToString());
+          SPDLOG_WARN("hrpc server: ending stream {} of {}: {}", h.txn_id, *sc->peer, bad.ToString());
           core->End(std::move(bad));
         }
       } else if (h.kind == wire::FrameKind::kPing) {
@@ -501,7 +499,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         auto it = sc->releases.find(h.txn_id);
         if (it != sc->releases.end()) it->second->Set();
       } else if (h.kind == wire::FrameKind::kResponse) {
-        SPDLOG_WARN("hrpc server: closing connection {}: a client sent a response frame", sc->peer);
+        SPDLOG_WARN("hrpc server: closing connection {}: a client sent a response frame", *sc->peer);
         break;
       }
     }
@@ -641,7 +639,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     auto finish = [&](const Status& s) {
       mc.End(coro::SteadyNow() - arrival, s.code(), bytes_in, bytes_out);
       sc->info->finished.Add();
-      if (ring != nullptr) ring->Finish(&mc, sc->peer, s.code(), ticks, clock->Now(), bytes_in, bytes_out, h.txn_id);
+      if (ring != nullptr) ring->Finish(&mc, *sc->peer, s.code(), ticks, clock->Now(), bytes_in, bytes_out, h.txn_id);
     };
 
     auto svc_it = services_by_id.find(h.service_id);
@@ -676,7 +674,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       return finish(s);
     }
     sc->active.Insert(h.txn_id, &ctx);
-    ctx.set_peer(sc->shared_peer);
+    ctx.set_peer(sc->peer);
     ctx.set_pool(&pool);
     ctx.request_attachment() = std::move(rx.attachment);
     std::vector<wire::BulkDescriptor> descs;
@@ -778,7 +776,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         f->Append(std::move(placed.attachment));
         sent = sc->conn->Send(std::move(*f));
       }
-      if (!sent.ok()) SPDLOG_DEBUG("hrpc server: response to {} not sent: {}", sc->peer, sent.ToString());
+      if (!sent.ok()) SPDLOG_DEBUG("hrpc server: response to {} not sent: {}", *sc->peer, sent.ToString());
       if (hold) {
         // Exposed until the client releases it, release_timeout passes, or
         // the connection closes. Not only until the call's deadline: a client
@@ -786,7 +784,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         // and revoking under them would fail the whole RDMA connection.
         const auto until = Clock::now() + options.release_timeout;
         if (sent.ok() && !sc->closed && !released.IsSet() && !released.WaitUntil(until).ok()) {
-          SPDLOG_DEBUG("hrpc server: {} did not release the response of txn {} in time", sc->peer, h.txn_id);
+          SPDLOG_DEBUG("hrpc server: {} did not release the response of txn {} in time", *sc->peer, h.txn_id);
         }
         sc->releases.erase(h.txn_id);
         running.fetch_sub(1);
@@ -818,7 +816,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       counted = true;
       HRPC_TRY(core->OnWindow(rx.frame.message()).WithContext("stream open"));
       sc->active.Insert(h.txn_id, &ctx);
-      ctx.set_peer(sc->shared_peer);
+      ctx.set_peer(sc->peer);
       ctx.set_pool(&workers->pool(sc->worker));
       if (Status s = core->SendInitialWindow(); !s.ok()) return s;
       HandlerStream stream(*core, ctx);
@@ -835,7 +833,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     sc->active.Erase(h.txn_id);
     if (!client_cancelled && !sc->closed) {
       if (Status s = core->SendClose(status); !s.ok()) {
-        SPDLOG_DEBUG("hrpc server: close of stream {} to {} not sent: {}", h.txn_id, sc->peer, s.ToString());
+        SPDLOG_DEBUG("hrpc server: close of stream {} to {} not sent: {}", h.txn_id, *sc->peer, s.ToString());
       }
     }
     core->ReleaseExposures();

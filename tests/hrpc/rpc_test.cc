@@ -222,12 +222,13 @@ TEST_P(RpcTest, CancelSendsCancelFrame) {
   EXPECT_EQ(env.service.saw_cancel.load(), 1) << "the server's ServerContext was not marked cancelled";
 }
 
-// A cancel reaches its own call when the calls in flight are spread over
-// several connections of a worker (a call is found by its txn alone).
+// A deadline or a cancel reaches its own call when the calls in flight are
+// spread over several connections of the (one) worker: a call is found by
+// its txn alone.
 TEST_P(RpcTest, CancelEndsOnlyItsCallAmongConnections) {
   Env env;
   hrpc::RpcChannelOptions co;
-  co.connections_per_worker = 3;
+  co.connections_per_worker = 4;
   env.Start(GetParam(), {}, co);
   rpctest::Test::Stub stub(env.channel.get());
   constexpr int kCalls = 3;
@@ -238,6 +239,16 @@ TEST_P(RpcTest, CancelEndsOnlyItsCallAmongConnections) {
   for (int i = 0; i < kCalls; ++i) futs.push_back(stub.CallFuture(ctx[i], req));
   for (int i = 0; i < 500 && env.service.running.load() < kCalls; ++i) std::this_thread::sleep_for(2ms);
   ASSERT_EQ(env.service.running.load(), kCalls);
+  // A fourth call, on the fourth connection, runs out of time alone.
+  ClientContext timed;
+  timed.set_timeout(200ms);
+  auto late = stub.CallFuture(timed, req);
+  auto lr = late.WaitFor(5s);
+  ASSERT_FALSE(lr.ok());
+  EXPECT_EQ(lr.status().code(), StatusCode::kDeadlineExceeded) << lr.status().ToString();
+  for (int i = 0; i < kCalls; ++i) EXPECT_FALSE(futs[i].IsReady()) << "call " << i << " ended with the timed one";
+  for (int i = 0; i < 300 && env.service.saw_cancel.load() < 1; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(env.service.saw_cancel.load(), 1);
   for (int c : {1, 2, 0}) {
     ctx[c].Cancel();
     auto r = futs[c].WaitFor(5s);
@@ -247,8 +258,8 @@ TEST_P(RpcTest, CancelEndsOnlyItsCallAmongConnections) {
       if (!ctx[i].IsCancelled()) EXPECT_FALSE(futs[i].IsReady()) << "call " << i << " ended with call " << c;
     }
   }
-  for (int i = 0; i < 300 && env.service.saw_cancel.load() < kCalls; ++i) std::this_thread::sleep_for(10ms);
-  EXPECT_EQ(env.service.saw_cancel.load(), kCalls);
+  for (int i = 0; i < 300 && env.service.saw_cancel.load() < kCalls + 1; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(env.service.saw_cancel.load(), kCalls + 1);
 }
 
 TEST_P(RpcTest, TenThousandConcurrentCalls) {
