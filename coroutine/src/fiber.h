@@ -64,6 +64,9 @@ struct Fiber {
   RemoteNode resume_node;  // cross-thread resume (at most one pending per suspension)
   FiberState state = FiberState::kReady;
   size_t all_index = 0;  // position in Impl::all_
+  // this_coro::OnNextSuspend: runs on this fiber just before it next switches out.
+  void (*on_suspend)(void*) noexcept = nullptr;
+  void* on_suspend_arg = nullptr;
 #if HRPC_CORO_ASAN
   void* fake_stack = nullptr;
 #endif

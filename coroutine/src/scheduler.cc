@@ -246,6 +246,7 @@ Fiber* Scheduler::Impl::NewFiber() {
 void Scheduler::Impl::Recycle(Fiber* f) noexcept {
   finished.Add();
   f->name.clear();
+  f->on_suspend = nullptr;
   if (free_fibers.size() < opts.max_pooled_stacks) {
     free_fibers.push_back(f);
     return;
@@ -323,7 +324,11 @@ void Scheduler::Impl::RunFiber(Fiber* f) noexcept {
   }
 }
 
-void Scheduler::Impl::SwitchOut([[maybe_unused]] Fiber* f) noexcept {
+void Scheduler::Impl::SwitchOut(Fiber* f) noexcept {
+  if (f->on_suspend != nullptr) [[unlikely]] {
+    auto* fn = std::exchange(f->on_suspend, nullptr);
+    fn(f->on_suspend_arg);
+  }
 #if HRPC_CORO_ASAN
   __sanitizer_start_switch_fiber(&f->fake_stack, main_bottom, main_size);
 #endif
@@ -664,6 +669,18 @@ void SleepUntil(std::chrono::steady_clock::time_point tp) {
 void SleepFor(std::chrono::nanoseconds d) { SleepUntil(SteadyNow() + d); }
 
 bool InCoroutine() noexcept { return tls_fiber != nullptr; }
+
+void OnNextSuspend(void (*fn)(void*) noexcept, void* arg) noexcept {
+  Fiber* f = tls_fiber;
+  if (f == nullptr) return;
+  f->on_suspend = fn;
+  f->on_suspend_arg = arg;
+}
+
+bool CancelOnNextSuspend() noexcept {
+  Fiber* f = tls_fiber;
+  return f != nullptr && std::exchange(f->on_suspend, nullptr) != nullptr;
+}
 
 std::string_view Name() noexcept { return tls_fiber ? std::string_view(tls_fiber->name) : std::string_view(); }
 

@@ -82,12 +82,24 @@ class RpcChannel::Impl {
   }
 
   Status CallSync(Call* call, const google::protobuf::MessageLite* request, std::string_view raw) {
-    // On this stack: Event::Set() touches the event only before it wakes the
-    // waiter (it resumes waiters after its unlock), so the waiter may return
-    // while Set() is still returning on the completing thread. The callback
-    // captures one pointer, which std::function keeps without a heap block.
+    // A coroutine of the runtime's workers runs its call on its own worker,
+    // where every completion of the call happens too (its connection, timer
+    // and cancel all live there): it waits on a LocalEvent, without a lock.
+    if (coro::this_coro::InCoroutine() && workers->CurrentIndex() >= 0) {
+      return WaitFor<coro::LocalEvent>(call, request, raw);
+    }
+    return WaitFor<coro::Event>(call, request, raw);
+  }
+
+  template <class Ev>
+  Status WaitFor(Call* call, const google::protobuf::MessageLite* request, std::string_view raw) {
+    // On this stack: Set() touches the event only before it wakes the waiter
+    // (Event resumes waiters after its unlock; LocalEvent only queues it), so
+    // the waiter may return while Set() is still returning on the completing
+    // thread. The callback captures one pointer, which std::function keeps
+    // without a heap block.
     struct Wait {
-      coro::Event ev;
+      Ev ev;
       Status status;
     } w;
     call->done = [wp = &w](Status s) {

@@ -338,7 +338,22 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     }
     live_conns.fetch_add(1);
     conns[w].push_back(sc);
-    workers->scheduler(w).Spawn([self = shared_from_this(), sc] { self->ReadLoop(sc); }, "hrpc-server-rx");
+    SpawnReader(sc);
+  }
+
+  void SpawnReader(const std::shared_ptr<ServerConn>& sc) {
+    workers->scheduler(sc->worker).Spawn([self = shared_from_this(), sc] { self->ReadLoop(sc); }, "hrpc-server-rx");
+  }
+
+  // A reader serving a request in place hands the connection's reading to a
+  // new reader coroutine when the handler suspends (this_coro::OnNextSuspend).
+  struct ReaderHandoff {
+    Impl* self;
+    const std::shared_ptr<ServerConn>* sc;
+  };
+  static void HandOffReading(void* arg) noexcept {
+    auto* h = static_cast<ReaderHandoff*>(arg);
+    h->self->SpawnReader(*h->sc);
   }
 
   // Runs options.authenticator on a fresh connection; one that fails is
@@ -446,8 +461,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         const Clock::time_point arrival = coro::SteadyNow();
         const uint64_t arrival_tick = rpcz.empty() ? 0 : clock->Now();
         sc->info->started.Add();
-        auto req = std::make_shared<internal::ReceivedFrame>(std::move(*rx));
         if (h.kind == wire::FrameKind::kStreamOpen) {
+          auto req = std::make_shared<internal::ReceivedFrame>(std::move(*rx));
           // Registered now, so that its messages, which may follow at once, find it.
           internal::StreamSettings st;
           st.receive_window = options.stream_window;
@@ -462,11 +477,14 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
               "hrpc-stream");
           continue;
         }
-        workers->scheduler(sc->worker).Spawn(
-            [self = shared_from_this(), sc, req, arrival, arrival_tick, quota_bytes] {
-              self->HandleRequest(sc, *req, arrival, arrival_tick, quota_bytes);
-            },
-            "hrpc-handler");
+        // Served in place, with the frame where it was read: no coroutine to
+        // start and no copy of the frame. A handler that suspends (waits for
+        // bulk data, a timer, another call) first starts a new reader, so the
+        // connection keeps being read; this coroutine then ends with it.
+        ReaderHandoff handoff{this, &sc};
+        coro::this_coro::OnNextSuspend(&HandOffReading, &handoff);
+        HandleRequest(sc, *rx, arrival, arrival_tick, quota_bytes);
+        if (!coro::this_coro::CancelOnNextSuspend()) return;  // the new reader has the connection
       } else if (h.kind == wire::FrameKind::kCancel) {
         auto it = sc->active.find(h.txn_id);
         if (it != sc->active.end()) it->second->MarkCancelled();

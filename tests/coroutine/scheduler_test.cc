@@ -60,6 +60,46 @@ TEST(SchedulerTest, SpawnedCoroutinesRunInOrderAndInterleaveOnYield) {
   EXPECT_THAT(log, ::testing::ElementsAre("a0", "a1", "a2", "main", "b0", "b1", "b2"));
 }
 
+// The hook runs once, on the coroutine, before anything else runs in its
+// place; a coroutine that does not suspend never runs it.
+TEST(SchedulerTest, OnNextSuspendRunsOnceJustBeforeTheCoroutineSuspends) {
+  auto s = MakeScheduler();
+  std::vector<std::string> log;
+  struct Hook {
+    std::vector<std::string>* log;
+    std::string ran_on;
+  } hook{&log, {}};
+  auto fn = [](void* arg) noexcept {
+    auto* h = static_cast<Hook*>(arg);
+    h->log->push_back("hook");
+    h->ran_on = this_coro::Name();
+  };
+  bool armed_after_plain_work = false, armed_after_yield = true, armed_after_sleep = true;
+  RunMain(*s, [&] {
+    s->Spawn([&log] { log.push_back("other"); }, "other");
+    this_coro::OnNextSuspend(fn, &hook);
+    log.push_back("work");  // no suspension: the hook stays armed
+    armed_after_plain_work = this_coro::CancelOnNextSuspend();
+    this_coro::Yield();  // disarmed: nothing runs
+    this_coro::OnNextSuspend(fn, &hook);
+    s->Spawn([&log] { log.push_back("other2"); }, "other2");
+    this_coro::Yield();
+    armed_after_yield = this_coro::CancelOnNextSuspend();
+    this_coro::OnNextSuspend(fn, &hook);
+    this_coro::SleepFor(1ms);
+    armed_after_sleep = this_coro::CancelOnNextSuspend();
+    log.push_back("end");
+  });
+  EXPECT_TRUE(armed_after_plain_work);
+  EXPECT_FALSE(armed_after_yield);
+  EXPECT_FALSE(armed_after_sleep);
+  EXPECT_EQ(hook.ran_on, "main");
+  EXPECT_THAT(log, ::testing::ElementsAre("work", "other", "hook", "other2", "hook", "end"));
+  // Off a coroutine both are no-ops.
+  this_coro::OnNextSuspend(fn, &hook);
+  EXPECT_FALSE(this_coro::CancelOnNextSuspend());
+}
+
 TEST(SchedulerTest, StopFromACoroutineReturnsFromRun) {
   auto s = MakeScheduler();
   int after_stop = 0;

@@ -135,6 +135,73 @@ TEST_P(RpcTest, HandlerError) {
   EXPECT_EQ(env.channel->Stats().at(0).errors, 1u);
 }
 
+// A handler's exception ends its own call with INTERNAL (the generated
+// service catches it); the connection, whose reader runs the handler, keeps
+// serving.
+TEST_P(RpcTest, HandlerExceptionIsInternalAndTheConnectionKeepsServing) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  Req req;
+  req.set_throw_message("disk on fire");
+  Resp resp;
+  auto s = stub.Call(ctx, req, &resp);
+  EXPECT_EQ(s.code(), StatusCode::kInternal) << s.ToString();
+  EXPECT_EQ(s.message(), "handler of rpctest.Test.Call threw: disk on fire");
+  for (int i = 0; i < 3; ++i) {
+    ClientContext c;
+    Req ok;
+    ok.set_text("after " + std::to_string(i));
+    Resp r;
+    auto s2 = stub.Call(c, ok, &r);
+    ASSERT_TRUE(s2.ok()) << s2.ToString();
+    EXPECT_EQ(r.text(), ok.text());
+  }
+  EXPECT_EQ(env.server->num_connections(), 1u);
+  // The server records a call after sending its response.
+  for (int i = 0; i < 500 && env.server->Stats().at(0).count < 4; ++i) std::this_thread::sleep_for(2ms);
+  EXPECT_EQ(env.server->Stats().at(0).count, 4u);
+  EXPECT_EQ(env.server->Stats().at(0).errors, 1u);
+}
+
+// A handler runs on its connection's reader; one that blocks hands the
+// reading on to a new reader, so the calls behind it on the same connection
+// are served while it waits.
+TEST_P(RpcTest, BlockedHandlerDoesNotStallItsConnection) {
+  Env env;
+  hrpc::RpcChannelOptions co;
+  co.connections_per_worker = 1;
+  env.Start(GetParam(), {}, co);
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext slow_ctx;
+  Req slow;
+  slow.set_wait_for_cancel(true);
+  auto slow_fut = stub.CallFuture(slow_ctx, slow);
+  for (int i = 0; i < 500 && env.service.running.load() < 1; ++i) std::this_thread::sleep_for(2ms);
+  ASSERT_EQ(env.service.running.load(), 1);
+  for (int i = 0; i < 20; ++i) {
+    ClientContext c;
+    c.set_timeout(5s);
+    Req quick;
+    quick.set_text(std::to_string(i));
+    quick.set_sleep_ms(i % 4 == 0 ? 1 : 0);  // some of them block too
+    Resp r;
+    auto s = stub.Call(c, quick, &r);
+    ASSERT_TRUE(s.ok()) << i << ": " << s.ToString();
+    EXPECT_EQ(r.text(), quick.text());
+    EXPECT_EQ(r.coroutine(), "hrpc-server-rx") << "served in place, on the reader";
+  }
+  EXPECT_FALSE(slow_fut.IsReady());
+  EXPECT_EQ(env.server->num_connections(), 1u);
+  slow_ctx.Cancel();
+  auto r = slow_fut.WaitFor(5s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().ToString();
+  for (int i = 0; i < 300 && env.service.saw_cancel.load() < 1; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(env.service.saw_cancel.load(), 1);
+}
+
 TEST_P(RpcTest, UnknownServiceAndMethod) {
   Env env;
   env.Start(GetParam());

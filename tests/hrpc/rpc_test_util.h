@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,7 @@ class TestService final : public Test::Service {
     } dec{running};
     resp->set_text(req.text());
     resp->set_peer(std::string(ctx.peer()));
+    resp->set_coroutine(std::string(hrpc::coro::this_coro::Name()));
     resp->set_attachment_bytes(ctx.request_attachment().size());
     resp->set_attachment_crc32c(ctx.request_attachment().Crc32c());
     seen_pool.store(ctx.pool());
@@ -102,6 +104,7 @@ class TestService final : public Test::Service {
       if (ctx.IsCancelled()) saw_cancel.fetch_add(1);
       return hrpc::CancelledError("handler saw the cancel");
     }
+    if (!req.throw_message().empty()) throw std::runtime_error(req.throw_message());
     if (req.fail_code() != 0) {
       return hrpc::Status(static_cast<hrpc::StatusCode>(req.fail_code()), req.fail_message());
     }

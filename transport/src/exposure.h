@@ -1,14 +1,18 @@
 // Private helpers shared by the software transports (tcp, loopback): the
 // exposure table that stands in for RDMA memory windows, and a FIFO of parked
-// coroutines. Single-threaded: used only on the owning worker.
+// coroutines; and the parked coroutine of every transport. Single-threaded:
+// used only on the owning worker.
 #pragma once
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <utility>
 #include <string>
 #include <vector>
+
+#include <spdlog/spdlog.h>
 
 #include "hrpc/base/status.h"
 #include "hrpc/coroutine/sync.h"
@@ -18,8 +22,13 @@
 namespace hrpc::transport::internal {
 
 // A coroutine parked until someone hands it a Status (and maybe a value).
-struct Parked {
-  coro::Event ev;
+// Parked (on an Event) for the software transports' waits; LocalParked (on a
+// LocalEvent: no lock, no atomic) for the waits on the path of every message,
+// since a connection's every method runs on its worker: rdma parks all its
+// waits on it, tcp its receivers.
+template <class Ev>
+struct ParkedOn {
+  Ev ev;
   Status status;
   bool done = false;
   void Finish(Status s) {
@@ -29,7 +38,14 @@ struct Parked {
     ev.Set();
   }
   Status Wait() {
-    (void)ev.Wait();  // Event::Wait without deadline cannot time out
+    // Event::Wait without a deadline cannot fail; LocalEvent::Wait fails off
+    // the transport's worker coroutines, where the waiter is already linked
+    // into the connection's lists: there is no clean way back.
+    if (Status s = ev.Wait(); !s.ok()) {
+      SPDLOG_CRITICAL("hrpc transport: a connection method was called outside a coroutine of its worker: {}",
+                      s.ToString());
+      std::abort();
+    }
     return status;
   }
   // DEADLINE_EXCEEDED if nobody finished it in time; the caller must then
@@ -40,6 +56,8 @@ struct Parked {
     return status;
   }
 };
+using Parked = ParkedOn<coro::Event>;
+using LocalParked = ParkedOn<coro::LocalEvent>;
 
 // What one connection has exposed to its peer. Keys are (generation << 18 |
 // index + 1): never 0, and a revoked slot's next key differs for 2^14 reuses.

@@ -276,7 +276,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   uint32_t body_expo = UINT32_MAX;
   Status refusal;                 // a refused WRITE's answer, sent after the drain
   std::string small_body;         // HELLO / ERROR text
-  internal::Inbox<Parked> inbox;
+  internal::Inbox<internal::LocalParked> inbox;  // Recv() on the path of every message
   // Frames behind the current one that its header announced (key): the first
   // `plan.size()` have buffers, `run_left` more have none yet. plan_ctrl: the
   // bytes being parsed are plan.front()'s header, message and padding.
@@ -336,6 +336,13 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
       return ResourceExhaustedError("fault injection: receive buffer of " + std::to_string(n) + " bytes refused");
     }
     return pool->Allocate(n);
+  }
+  // A prefetch buffer a read left empty (most often one that found the
+  // socket empty), for the next read: no pool round trip per empty read. Not
+  // kept while fault injection may refuse receive buffers.
+  mempool::Buffer spare_prefetch;
+  void KeepPrefetch(mempool::Buffer pf) {
+    if (pf && !faults.armed()) spare_prefetch = std::move(pf);
   }
   int hot_skips = 0;
   static constexpr int kHotSkips = 8;
@@ -906,7 +913,9 @@ bool Core::OnReadable(Conn& c) {
       covered = planned == c.plan.size();
     }
     mempool::Buffer pf;
-    if (covered) {
+    if (covered && spare_prefetch) {
+      pf = std::move(spare_prefetch);
+    } else if (covered) {
       auto b = RxAllocate(tcp::kPrefetchBytes);
       if (b.ok()) {
         pf = std::move(*b);
@@ -933,7 +942,10 @@ bool Core::OnReadable(Conn& c) {
     ssize_t r = ReadSocket(c, iov, n);
     if (r < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return any;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        KeepPrefetch(std::move(pf));
+        return any;
+      }
       const int err = errno;
       Status s = IoError(c, err, "receive from");
       SPDLOG_INFO("hrpc tcp: connection {} failed: {}", c.peer, s.ToString());
@@ -982,6 +994,8 @@ bool Core::OnReadable(Conn& c) {
     if (got > 0) {
       ConsumePrefetch(c, pf, 0, got);
       if (c.closed()) return true;
+    } else {
+      KeepPrefetch(std::move(pf));
     }
     if (static_cast<size_t>(r) < asked) return true;  // socket drained
   }

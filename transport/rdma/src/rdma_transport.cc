@@ -119,35 +119,9 @@ Status WcStatus(const ibv_wc& wc, std::string_view what) {
   }
 }
 
-// A coroutine parked until someone hands it a Status. Everything of a transport
-// runs on its worker, so a LocalEvent (no lock, no atomic) is enough; this is
-// on the path of every message.
-struct Parked {
-  coro::LocalEvent ev;
-  Status status;
-  bool done = false;
-  void Finish(Status s) {
-    if (done) return;
-    done = true;
-    status = std::move(s);
-    ev.Set();
-  }
-  Status Wait() {
-    Status s = ev.Wait();
-    if (!s.ok()) {
-      // Called off the transport's worker coroutines: the waiter is already
-      // linked into the connection's lists, so there is no clean way back.
-      SPDLOG_CRITICAL("rdma: a transport method was called outside a coroutine of its worker: {}", s.ToString());
-      std::abort();
-    }
-    return status;
-  }
-  Status WaitUntil(Clock::time_point tp) {
-    Status s = ev.WaitUntil(tp);
-    if (!done) return s;
-    return status;
-  }
-};
+// Everything of a transport runs on its worker, so its waits park on a
+// LocalEvent (no lock, no atomic); this is on the path of every message.
+using Parked = internal::LocalParked;
 
 struct CmEv {
   rdma_cm_event_type type;

@@ -132,6 +132,15 @@ void SleepFor(std::chrono::nanoseconds d);
 void SleepUntil(std::chrono::steady_clock::time_point tp);
 bool InCoroutine() noexcept;
 std::string_view Name() noexcept;  // "" off-coroutine
+// Inside a coroutine: fn(arg) runs once, on this coroutine, right before it
+// next suspends (waits, sleeps or yields); a later call replaces the hook.
+// fn must not suspend. For a coroutine that serves work in place and must hand
+// its standing duty (reading a connection, say) to a new coroutine if the work
+// blocks. Outside a coroutine: does nothing.
+void OnNextSuspend(void (*fn)(void*) noexcept, void* arg) noexcept;
+// Disarms the hook; true if it was still armed (the coroutine has not
+// suspended since OnNextSuspend).
+bool CancelOnNextSuspend() noexcept;
 }  // namespace this_coro
 
 }  // namespace hrpc::coro

@@ -4,9 +4,11 @@
 // TCP every worker listens on each URI (SO_REUSEPORT: the kernel spreads the
 // connections); rdma:// and loop:// have no port sharing, so worker 0 alone
 // listens and serves their connections. An accepted connection belongs to the
-// worker that accepted it, and each request on it runs in its own coroutine on
-// that worker, with that worker's (group's) pool. A handler may suspend (bulk
-// pull, disk, another RPC) without blocking the worker; a call it makes
+// worker that accepted it, and each request on it runs on that worker, with
+// that worker's (group's) pool: in place, on the coroutine that read it from
+// the connection, which hands the reading on to a new coroutine if the handler
+// suspends. So a handler may suspend (bulk pull, disk, another RPC) without
+// blocking the worker or its connection; a call it makes
 // through a channel of the same runtime stays on its worker. The one-line
 // Create(options) makes a private runtime from options.runtime.
 //
