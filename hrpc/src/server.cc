@@ -483,7 +483,17 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         // connection keeps being read; this coroutine then ends with it.
         ReaderHandoff handoff{this, &sc};
         coro::this_coro::OnNextSuspend(&HandOffReading, &handoff);
-        HandleRequest(sc, *rx, arrival, arrival_tick, quota_bytes);
+        try {
+          HandleRequest(sc, *rx, arrival, arrival_tick, quota_bytes);
+        } catch (const std::exception& e) {
+          // Not the handler's (that one is an error response): the server's
+          // own state for the request is unknown, so the connection ends.
+          SPDLOG_ERROR("hrpc server: closing connection {}: exception while serving txn {}: {}", *sc->peer,
+                       h.txn_id, e.what());
+          if (coro::this_coro::CancelOnNextSuspend()) break;
+          sc->conn->Close();  // the new reader ends it
+          return;
+        }
         if (!coro::this_coro::CancelOnNextSuspend()) return;  // the new reader has the connection
       } else if (h.kind == wire::FrameKind::kCancel) {
         auto it = sc->active.find(h.txn_id);
@@ -692,6 +702,20 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       return finish(s);
     }
     sc->active.Insert(h.txn_id, &ctx);
+    // Counted as running and findable by its cancel until End(), on every way
+    // out (an exception included).
+    struct Running {
+      Impl& im;
+      ServerConn& sc;
+      uint64_t txn;
+      bool on = true;
+      void End() {
+        if (!std::exchange(on, false)) return;
+        sc.active.Erase(txn);
+        im.running.fetch_sub(1);
+      }
+      ~Running() { End(); }
+    } run{*this, *sc, h.txn_id};
     ctx.set_peer(sc->peer);
     ctx.set_pool(&pool);
     ctx.request_attachment() = std::move(rx.attachment);
@@ -717,8 +741,19 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     FrameWriter writer(pool, num_push, ctx);
     const bool handler_ran = status.ok();
     if (handler_ran) {
-      status = svc_it->second->CallMethod(h.method_id, ctx, std::string_view(reinterpret_cast<const char*>(frame.message().data()), frame.message().size()),
-                                          writer);
+      // Generated services turn a handler's exception into INTERNAL; this
+      // catches one from a service written by hand.
+      try {
+        status = svc_it->second->CallMethod(
+            h.method_id, ctx,
+            std::string_view(reinterpret_cast<const char*>(frame.message().data()), frame.message().size()), writer);
+      } catch (const std::exception& e) {
+        status = InternalError("service " + std::string(svc_it->second->service_name()) + " method " +
+                               std::to_string(h.method_id) + " threw: " + e.what());
+      } catch (...) {
+        status = InternalError("service " + std::string(svc_it->second->service_name()) + " method " +
+                               std::to_string(h.method_id) + " threw a non-standard exception");
+      }
     }
     mark(ticks.handled);
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
@@ -748,8 +783,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     // before the answer: the client frees its exposed memory when it hears.
     bulk.ops().Drain();
 
-    sc->active.Erase(h.txn_id);
-    running.fetch_sub(1);
+    run.End();
     ctx.request_attachment() = mempool::IoBuf();
     quota.Release();
     if (client_cancelled) {

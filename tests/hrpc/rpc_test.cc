@@ -7,8 +7,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,7 +46,9 @@ struct Env {
   std::string uri;
 
   // kind: "loop" or "tcp".
-  void Start(const std::string& kind, hrpc::ServerOptions so = {}, hrpc::RpcChannelOptions co = {}) {
+  // `more` registers further services before the server starts.
+  void Start(const std::string& kind, hrpc::ServerOptions so = {}, hrpc::RpcChannelOptions co = {},
+             const std::function<void(hrpc::Server&)>& more = {}) {
     static std::atomic<int> seq{0};
     so.listen = {kind == "loop" ? "loop://rpc-test-" + std::to_string(seq.fetch_add(1)) : "tcp://127.0.0.1:0"};
     so.runtime.loopback = net;
@@ -52,6 +57,7 @@ struct Env {
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     server = std::move(*s);
     ASSERT_TRUE(server->RegisterService(&service).ok());
+    if (more) more(*server);
     auto st = server->Start();
     ASSERT_TRUE(st.ok()) << st.ToString();
     uri = server->listen_uris().at(0);
@@ -70,6 +76,17 @@ struct Env {
 };
 
 class RpcTest : public ::testing::TestWithParam<std::string> {};
+
+// A plain call that must come back with its text.
+void ExpectEcho(rpctest::Test::Stub& stub, const std::string& text) {
+  ClientContext ctx;
+  Req req;
+  req.set_text(text);
+  Resp resp;
+  auto s = stub.Call(ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(resp.text(), text);
+}
 
 TEST_P(RpcTest, UnaryCall) {
   Env env;
@@ -150,19 +167,40 @@ TEST_P(RpcTest, HandlerExceptionIsInternalAndTheConnectionKeepsServing) {
   EXPECT_EQ(s.code(), StatusCode::kInternal) << s.ToString();
   EXPECT_EQ(s.message(), "handler of rpctest.Test.Call threw: disk on fire");
   for (int i = 0; i < 3; ++i) {
-    ClientContext c;
-    Req ok;
-    ok.set_text("after " + std::to_string(i));
-    Resp r;
-    auto s2 = stub.Call(c, ok, &r);
-    ASSERT_TRUE(s2.ok()) << s2.ToString();
-    EXPECT_EQ(r.text(), ok.text());
+    ExpectEcho(stub, "after " + std::to_string(i));
   }
   EXPECT_EQ(env.server->num_connections(), 1u);
   // The server records a call after sending its response.
   for (int i = 0; i < 500 && env.server->Stats().at(0).count < 4; ++i) std::this_thread::sleep_for(2ms);
   EXPECT_EQ(env.server->Stats().at(0).count, 4u);
   EXPECT_EQ(env.server->Stats().at(0).errors, 1u);
+}
+
+// A service written by hand (not generated), whose CallMethod throws.
+class ThrowingService final : public hrpc::Service {
+ public:
+  std::string_view service_name() const noexcept override { return "rpctest.Throwing"; }
+  uint32_t service_id() const noexcept override { return hrpc::ServiceIdOf(service_name()); }
+  std::span<const hrpc::MethodDescriptor> methods() const noexcept override { return {}; }
+  hrpc::Status CallMethod(uint32_t, hrpc::ServerContext&, std::string_view, hrpc::ResponseWriter&) override {
+    throw std::runtime_error("raw handler failed");
+  }
+};
+
+TEST_P(RpcTest, ExceptionFromAHandWrittenServiceIsInternalAndTheConnectionKeepsServing) {
+  Env env;
+  ThrowingService throwing;
+  env.Start(GetParam(), {}, {}, [&](hrpc::Server& s) { ASSERT_TRUE(s.RegisterService(&throwing).ok()); });
+  rpctest::Test::Stub stub(env.channel.get());
+  for (int i = 0; i < 2; ++i) {
+    ClientContext bad;
+    std::string out;
+    auto s = env.channel->CallRaw(throwing.service_id(), 7, "rpctest.Throwing.7", bad, "", &out);
+    EXPECT_EQ(s.code(), StatusCode::kInternal) << s.ToString();
+    EXPECT_EQ(s.message(), "service rpctest.Throwing method 7 threw: raw handler failed");
+    ExpectEcho(stub, "after " + std::to_string(i));
+  }
+  EXPECT_EQ(env.server->num_connections(), 1u);
 }
 
 // A handler runs on its connection's reader; one that blocks hands the

@@ -1637,6 +1637,7 @@ void Core::ArmTimer() {
 
 void Core::Shutdown() {
   if (stopped) return;
+  spare_prefetch = mempool::Buffer();  // back to the pool, which may go before this Core
   std::vector<std::shared_ptr<Conn>> all;
   for (auto& [t, c] : conns) all.push_back(c);
   for (auto& c : all) Fail(*c, CancelledError("transport destroyed"));

@@ -132,11 +132,11 @@ void SleepFor(std::chrono::nanoseconds d);
 void SleepUntil(std::chrono::steady_clock::time_point tp);
 bool InCoroutine() noexcept;
 std::string_view Name() noexcept;  // "" off-coroutine
-// Inside a coroutine: fn(arg) runs once, on this coroutine, right before it
-// next suspends (waits, sleeps or yields); a later call replaces the hook.
-// fn must not suspend. For a coroutine that serves work in place and must hand
-// its standing duty (reading a connection, say) to a new coroutine if the work
-// blocks. Outside a coroutine: does nothing.
+// Inside a coroutine: fn(arg) runs once, on this coroutine, right before it next suspends
+// (waits, sleeps or yields); fn must not suspend. For a coroutine that serves work in place
+// and hands its standing duty (reading a connection) to a new coroutine if the work blocks.
+// One hook per coroutine, a later call replaces it: hrpc's server arms it on the coroutine
+// running a request handler, so handlers must not use it. Outside a coroutine: no-op.
 void OnNextSuspend(void (*fn)(void*) noexcept, void* arg) noexcept;
 // Disarms the hook; true if it was still armed (the coroutine has not
 // suspended since OnNextSuspend).
