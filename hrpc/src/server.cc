@@ -741,19 +741,13 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     FrameWriter writer(pool, num_push, ctx);
     const bool handler_ran = status.ok();
     if (handler_ran) {
-      // Generated services turn a handler's exception into INTERNAL; this
-      // catches one from a service written by hand.
-      try {
-        status = svc_it->second->CallMethod(
+      // Generated services guard each handler themselves; this guards a
+      // service written by hand.
+      status = internal::GuardHandler(svc_it->second->service_name(), [&] {
+        return svc_it->second->CallMethod(
             h.method_id, ctx,
             std::string_view(reinterpret_cast<const char*>(frame.message().data()), frame.message().size()), writer);
-      } catch (const std::exception& e) {
-        status = InternalError("service " + std::string(svc_it->second->service_name()) + " method " +
-                               std::to_string(h.method_id) + " threw: " + e.what());
-      } catch (...) {
-        status = InternalError("service " + std::string(svc_it->second->service_name()) + " method " +
-                               std::to_string(h.method_id) + " threw a non-standard exception");
-      }
+      });
     }
     mark(ticks.handled);
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();

@@ -29,8 +29,8 @@ Status UnknownMethod(std::string_view service_name, uint32_t method_id) {
                             std::string(service_name));
 }
 
-Status HandlerThrew(const MethodDescriptor& method, const char* what) {
-  return InternalError("handler of " + std::string(method.full_name) + " threw: " + what);
+Status HandlerThrew(std::string_view handler, const char* what) {
+  return InternalError("handler of " + std::string(handler) + " threw: " + what);
 }
 
 Status WrongMethodKind(const MethodDescriptor& method, bool is_streaming) {

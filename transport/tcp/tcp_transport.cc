@@ -941,12 +941,12 @@ bool Core::OnReadable(Conn& c) {
     for (int i = 0; i < n; ++i) asked += iov[i].iov_len;
     ssize_t r = ReadSocket(c, iov, n);
     if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        KeepPrefetch(std::move(pf));
+      const int err = errno;
+      if (err == EINTR || err == EAGAIN || err == EWOULDBLOCK) {
+        KeepPrefetch(std::move(pf));  // nothing landed in it
+        if (err == EINTR) continue;
         return any;
       }
-      const int err = errno;
       Status s = IoError(c, err, "receive from");
       SPDLOG_INFO("hrpc tcp: connection {} failed: {}", c.peer, s.ToString());
       Fail(c, std::move(s));

@@ -71,19 +71,21 @@ namespace internal {
 
 Status MalformedRequest(const MethodDescriptor& method);
 Status UnknownMethod(std::string_view service_name, uint32_t method_id);
-Status HandlerThrew(const MethodDescriptor& method, const char* what);
+// INTERNAL "handler of HANDLER threw: WHAT" (HANDLER: a method's full name, or
+// a hand-written service's name).
+Status HandlerThrew(std::string_view handler, const char* what);
 // A unary method called as a stream, or a streaming one called as a unary call.
 Status WrongMethodKind(const MethodDescriptor& method, bool is_streaming);
 
-// Runs a handler, turning an exception into INTERNAL.
+// Runs a handler, turning an exception into INTERNAL (HandlerThrew).
 template <class Fn>
-Status GuardHandler(const MethodDescriptor& method, Fn&& fn) {
+Status GuardHandler(std::string_view handler, Fn&& fn) {
   try {
     return fn();
   } catch (const std::exception& e) {
-    return HandlerThrew(method, e.what());
+    return HandlerThrew(handler, e.what());
   } catch (...) {
-    return HandlerThrew(method, "unknown exception");
+    return HandlerThrew(handler, "unknown exception");
   }
 }
 
@@ -95,7 +97,7 @@ Status DispatchClientStreaming(Svc& service,
   ctx.set_method(&method);
   ServerReader<Request> reader(&stream);
   Response response;
-  HRPC_TRY(GuardHandler(method, [&] { return (service.*handler)(ctx, &reader, &response); }));
+  HRPC_TRY(GuardHandler(method.full_name, [&] { return (service.*handler)(ctx, &reader, &response); }));
   if (!response.IsInitialized()) {
     return InternalError("response lacks required fields: " + response.InitializationErrorString());
   }
@@ -115,7 +117,7 @@ Status DispatchServerStreaming(Svc& service,
     return InvalidArgumentError("server-streaming call " + std::string(method.full_name) + " without a request");
   }
   ServerWriter<Response> writer(&stream);
-  return GuardHandler(method, [&] { return (service.*handler)(ctx, request, &writer); });
+  return GuardHandler(method.full_name, [&] { return (service.*handler)(ctx, request, &writer); });
 }
 
 template <class Svc, class Request, class Response>
@@ -124,7 +126,7 @@ Status DispatchBidiStreaming(Svc& service,
                              const MethodDescriptor& method, ServerContext& ctx, ServerStreamBase& stream) {
   ctx.set_method(&method);
   ServerReaderWriter<Response, Request> rw(&stream);
-  return GuardHandler(method, [&] { return (service.*handler)(ctx, &rw); });
+  return GuardHandler(method.full_name, [&] { return (service.*handler)(ctx, &rw); });
 }
 
 
@@ -139,16 +141,8 @@ Status DispatchUnary(Svc& service, Status (Svc::*handler)(ServerContext&, const 
     return MalformedRequest(method);
   }
   Response response;
-  Status status;
   ctx.set_method(&method);
-  try {
-    status = (service.*handler)(ctx, request, &response);
-  } catch (const std::exception& e) {
-    return HandlerThrew(method, e.what());
-  } catch (...) {
-    return HandlerThrew(method, "unknown exception");
-  }
-  if (!status.ok()) return status;
+  HRPC_TRY(GuardHandler(method.full_name, [&] { return (service.*handler)(ctx, request, &response); }));
   return writer.Write(response);
 }
 
