@@ -18,7 +18,9 @@
 // runs --rounds interleaved rounds (gRPC, hrpc spin-then-block, hrpc blocking)
 // and prints the round with the median rps; ratio_vs_grpc = hrpc rps / gRPC
 // rps. The 64 B concurrency-1 echo lines of hrpc add p50_vs_raw: their p50
-// over the raw 64 B ping-pong's in the same polling mode. The one-way cases
+// over the raw 64 B ping-pong's in the same polling mode, and mean_vs_raw:
+// the raw ping-pong's rps over theirs (with one call in flight, the ratio of
+// the mean round trips, free of the histogram's buckets). The one-way cases
 // (hrpc only: a request attachment, an empty response) add
 // ratio_vs_raw_stream: their MBps over the raw 1 MiB stream's (1 MiB buffers,
 // cache-resident), and the 64 MiB call also ratio_vs_raw_stream_64MiB (a
@@ -380,16 +382,22 @@ void Stop(Child& c) {
 struct RawBaseline {
   double pingpong_p50_us = 0;        // 64 B ping-pong, both sides spinning --spin_us before they sleep
   double pingpong_block_p50_us = 0;  // the same, both sides blocking at once
+  double pingpong_rps = 0;           // their round trips per second (1 / the mean round trip)
+  double pingpong_block_rps = 0;
   double stream_mbps = 0;      // 1 MiB writes, one way
   double stream_64m_mbps = 0;  // 64 MiB writes from and into 64 MiB buffers, one way
 };
 
 // 64 B ping-pong over a raw socket: spinning `spin` µs before sleeping (mode
 // 'p', as the hrpc spin-then-block mode does) or blocking at once ('b', the
-// poll=block mode's baseline). Returns the p50 in µs; prints its line when
-// `print`.
-double RawPingpong(const Child& srv, const Config& cfg, char mode, uint64_t spin, const char* label,
-                   bool print = true) {
+// poll=block mode's baseline). Returns the p50 in µs and the round trips per
+// second; prints its line when `print`.
+struct PingpongResult {
+  double p50_us = 0;
+  double rps = 0;
+};
+PingpongResult RawPingpong(const Child& srv, const Config& cfg, char mode, uint64_t spin, const char* label,
+                           bool print = true) {
   Pin(cfg.client_cpu);
   const uint32_t size = 64;
   int fd = RawConnect(srv.uri, mode, size, cfg.congestion);
@@ -421,7 +429,7 @@ double RawPingpong(const Child& srv, const Config& cfg, char mode, uint64_t spin
                 (c1 - c0) / 1e9 / secs * 100, (s1 - s0) / 1e9 / secs * 100);
     std::fflush(stdout);
   }
-  return hist.Quantile(0.5) / 1e3;
+  return {hist.Quantile(0.5) / 1e3, n / secs};
 }
 
 // One way, `size`-byte writes from one buffer into one buffer of that size:
@@ -471,8 +479,12 @@ RawBaseline RawCases(const char* self, const Config& cfg) {
   // spin-then-block mode does, then blocking at once (the poll=block mode's
   // baseline).
   const std::string spin_label = "poll=spin" + std::to_string(cfg.spin_us) + "us+block";
-  base.pingpong_p50_us = RawPingpong(srv, cfg, 'p', cfg.spin_us, spin_label.c_str());
-  base.pingpong_block_p50_us = RawPingpong(srv, cfg, 'b', 0, "poll=block");
+  const PingpongResult spin = RawPingpong(srv, cfg, 'p', cfg.spin_us, spin_label.c_str());
+  const PingpongResult block = RawPingpong(srv, cfg, 'b', 0, "poll=block");
+  base.pingpong_p50_us = spin.p50_us;
+  base.pingpong_rps = spin.rps;
+  base.pingpong_block_p50_us = block.p50_us;
+  base.pingpong_block_rps = block.rps;
   base.stream_mbps = RawStream(srv, cfg, 1u << 20);
   base.stream_64m_mbps = RawStream(srv, cfg, 64u << 20);
   // The same stream sent with MSG_ZEROCOPY: whether zero-copy sends pay on
@@ -594,6 +606,10 @@ void PrintRpcLine(const std::string& what, const RpcCase& c, const CaseResult& r
     const bool blocking = what.find("poll=block") != std::string::npos;
     const double raw_p50 = blocking ? raw->pingpong_block_p50_us : raw->pingpong_p50_us;
     if (raw_p50 > 0) std::printf(" raw_p50_us=%.1f p50_vs_raw=%.2f", raw_p50, r.p50_us / raw_p50);
+    // One call in flight: the mean round trip is 1 / rps, measured without
+    // the histogram's buckets (up to 1/16 wide, which both p50s round up to).
+    const double raw_rps = blocking ? raw->pingpong_block_rps : raw->pingpong_rps;
+    if (raw_rps > 0 && r.rps > 0) std::printf(" raw_rps=%.0f mean_vs_raw=%.2f", raw_rps, raw_rps / r.rps);
   }
   if (raw != nullptr && !c.echo && raw->stream_mbps > 0) {
     std::printf(" raw_stream_MBps=%.1f ratio_vs_raw_stream=%.2f", raw->stream_mbps, mbps / raw->stream_mbps);
@@ -654,7 +670,8 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
     if (!cfg.only.empty() && ("," + cfg.only + ",").find("," + name + ",") == std::string::npos) continue;
     std::vector<CaseResult> grpc_rounds;
     std::array<std::vector<CaseResult>, 2> hrpc_rounds;
-    std::vector<double> raw_1m, raw_64m, raw_pp, raw_pp_block;
+    std::vector<double> raw_1m, raw_64m;
+    std::vector<PingpongResult> raw_pp, raw_pp_block;
     for (size_t round = 0; round < cfg.rounds; ++round) {
       if (grpc_error.empty() && c.echo) grpc_rounds.push_back(GrpcRound(cfg, grpc_server, c));
       if (c.echo && c.concurrency == 1 && c.payload == 64 && !raw_server.uri.empty()) {
@@ -688,10 +705,30 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
       std::printf(" rounds=%zu\n", v.size());
       return v[v.size() / 2];
     };
+    // The ping-pong's p50 and rate, each the median of its rounds.
+    auto pingpong_of = [&](const std::vector<PingpongResult>& v, const std::string& what) {
+      std::vector<double> p50, rps;
+      for (const PingpongResult& r : v) {
+        p50.push_back(r.p50_us);
+        rps.push_back(r.rps);
+      }
+      std::sort(p50.begin(), p50.end());
+      std::sort(rps.begin(), rps.end());
+      std::printf("echo_bench transport=raw %s case=pingpong payload=64 concurrency=1 p50_us=%.1f per_round=",
+                  what.c_str(), p50[p50.size() / 2]);
+      for (size_t i = 0; i < p50.size(); ++i) std::printf("%s%.1f", i ? "," : "", p50[i]);
+      std::printf(" rps=%.0f rps_per_round=", rps[rps.size() / 2]);
+      for (size_t i = 0; i < rps.size(); ++i) std::printf("%s%.0f", i ? "," : "", rps[i]);
+      std::printf(" rounds=%zu\n", v.size());
+      return PingpongResult{p50[p50.size() / 2], rps[rps.size() / 2]};
+    };
     if (!raw_pp.empty()) {
-      same_rounds.pingpong_p50_us = median_of(raw_pp, modes[0].label + " case=pingpong payload=64 concurrency=1", "p50_us");
-      same_rounds.pingpong_block_p50_us =
-          median_of(raw_pp_block, "poll=block case=pingpong payload=64 concurrency=1", "p50_us");
+      const PingpongResult spin = pingpong_of(raw_pp, modes[0].label);
+      const PingpongResult block = pingpong_of(raw_pp_block, "poll=block");
+      same_rounds.pingpong_p50_us = spin.p50_us;
+      same_rounds.pingpong_rps = spin.rps;
+      same_rounds.pingpong_block_p50_us = block.p50_us;
+      same_rounds.pingpong_block_rps = block.rps;
     }
     if (!raw_1m.empty()) {
       same_rounds.stream_mbps = median_of(raw_1m, "case=stream payload=1048576 concurrency=1", "MBps");
