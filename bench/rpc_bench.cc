@@ -11,7 +11,8 @@
 // calls in flight, MBps in MiB/s (perftest's unit); --sizes lists the
 // attachment sizes (one line each, depth 1 above 16 MiB: one large call at a
 // time). cpu: process CPU over wall time (2 = both cores busy). Workers are
-// not pinned; with --polling both busy-poll, as perftest's processes do.
+// not pinned unless --server-cpu / --client-cpu say so (pin= on every line);
+// with --polling both busy-poll, as perftest's processes do.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -52,17 +53,26 @@ struct Args {
   int64_t spin_us = -1;  // idle spin before blocking; -1: 1000 with --polling, else 50
   uint64_t chunk = hrpc::kDefaultBulkChunkBytes;  // server: bytes per READ piece
   uint64_t window = 4;                             // server: READ pieces in flight
+  int server_cpu = -1;                             // pins the server's worker (-1: not pinned)
+  int client_cpu = -1;                             // pins the client's worker
 };
 
-hrpc::RuntimeOptions RuntimeFor(const Args& a, const char* name) {
+hrpc::RuntimeOptions RuntimeFor(const Args& a, const char* name, int cpu) {
   hrpc::RuntimeOptions ro;
   ro.name = name;
   ro.workers = 1;
+  if (cpu >= 0) ro.cpus = {cpu};
   ro.transport_choice = a.transport == "rdma" ? hrpc::TransportChoice::kRdma : hrpc::TransportChoice::kTcp;
   ro.rdma.completion = a.polling ? hrpc::transport::CompletionMode::kPolling : hrpc::transport::CompletionMode::kBlocking;
   ro.spin_budget = std::chrono::microseconds(a.spin_us >= 0 ? a.spin_us : a.polling ? 1000 : 50);
   ro.pool.arena_bytes = 256u << 20;
   return ro;
+}
+
+// "none", or "server:N,client:M" (-1: that side not pinned).
+std::string PinLabel(const Args& a) {
+  if (a.server_cpu < 0 && a.client_cpu < 0) return "none";
+  return "server:" + std::to_string(a.server_cpu) + ",client:" + std::to_string(a.client_cpu);
 }
 
 double Pct(std::vector<double>& v, double p) {
@@ -111,9 +121,9 @@ int Pingpong(const Args& a, hrpc::Runtime& client, hrpc::RpcChannel& channel) {
   const double cpu = static_cast<double>(hrpc::examples::SelfCpuNs() - cpu0) / 1e9 / wall;
   const double p50 = Pct(us, 0.5);
   std::printf("rpc_bench case=pingpong transport=%s size=64 p50_us=%.2f p99_us=%.2f half_rtt_us=%.2f iters=%llu "
-              "cpu=%.2f tsc_mhz=%.0f pin=none polling=%d\n",
+              "cpu=%.2f tsc_mhz=%.0f pin=%s polling=%d\n",
               a.transport.c_str(), p50, Pct(us, 0.99), p50 / 2, static_cast<unsigned long long>(a.iters), cpu,
-              hrpc::coro::CycleClock::Get().ticks_per_ns() * 1000, a.polling ? 1 : 0);
+              hrpc::coro::CycleClock::Get().ticks_per_ns() * 1000, PinLabel(a).c_str(), a.polling ? 1 : 0);
   return 0;
 }
 
@@ -196,11 +206,11 @@ int Pull(const Args& a, hrpc::Runtime& client, hrpc::RpcChannel& channel, size_t
     return 1;
   }
   std::printf("rpc_bench case=pull transport=%s size=%zu depth=%zu chunk=%llu window=%llu MBps=%.1f calls=%llu cpu=%.2f "
-              "pin=none polling=%d\n",
+              "pin=%s polling=%d\n",
               a.transport.c_str(), size, depth, static_cast<unsigned long long>(a.chunk),
               static_cast<unsigned long long>(a.window),
               span > 0 ? static_cast<double>(calls) * static_cast<double>(size) / span / (1 << 20) : 0.0,
-              static_cast<unsigned long long>(calls), cpu, a.polling ? 1 : 0);
+              static_cast<unsigned long long>(calls), cpu, PinLabel(a).c_str(), a.polling ? 1 : 0);
   return 0;
 }
 
@@ -230,13 +240,17 @@ int main(int argc, char** argv) {
                           "server: bytes per READ piece of a pulled attachment (bulk_chunk_bytes)");
   app.add_option("--window", a.window, "server: READ pieces in flight per attachment (bulk_window)")
       ->capture_default_str();
+  app.add_option("--server-cpu", a.server_cpu, "pin the server's worker to this cpu (-1: not pinned)")
+      ->capture_default_str();
+  app.add_option("--client-cpu", a.client_cpu, "pin the client's worker to this cpu (-1: not pinned)")
+      ->capture_default_str();
   std::string log_level = "warn";
   hrpc::examples::AddLogLevel(app, &log_level);
   int code = 0;
   if (!hrpc::examples::Parse(app, argc, argv, &code, &log_level)) return code;
 
-  auto server_rt = hrpc::Runtime::Create(RuntimeFor(a, "rpcb-srv"));
-  auto client_rt = hrpc::Runtime::Create(RuntimeFor(a, "rpcb-cli"));
+  auto server_rt = hrpc::Runtime::Create(RuntimeFor(a, "rpcb-srv", a.server_cpu));
+  auto client_rt = hrpc::Runtime::Create(RuntimeFor(a, "rpcb-cli", a.client_cpu));
   if (!server_rt.ok() || !client_rt.ok()) {
     std::printf("rpc_bench transport=%s error=\"%s\"\n", a.transport.c_str(),
                 (!server_rt.ok() ? server_rt.status() : client_rt.status()).ToString().c_str());
