@@ -698,12 +698,18 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
     }
     // The raw baselines of this case, measured in its rounds: their medians.
     RawBaseline same_rounds = raw;
-    auto median_of = [&](std::vector<double> v, const std::string& what, const char* unit) {
+    // Prints " KEY=median ROUNDS_KEY=a,b,c" (ascending) and returns the median.
+    auto print_median = [](std::vector<double> v, const char* key, const char* rounds_key, int decimals) {
       std::sort(v.begin(), v.end());
-      std::printf("echo_bench transport=raw %s %s=%.1f per_round=", what.c_str(), unit, v[v.size() / 2]);
-      for (size_t i = 0; i < v.size(); ++i) std::printf("%s%.1f", i ? "," : "", v[i]);
-      std::printf(" rounds=%zu\n", v.size());
+      std::printf(" %s=%.*f %s=", key, decimals, v[v.size() / 2], rounds_key);
+      for (size_t i = 0; i < v.size(); ++i) std::printf("%s%.*f", i ? "," : "", decimals, v[i]);
       return v[v.size() / 2];
+    };
+    auto median_of = [&](const std::vector<double>& v, const std::string& what, const char* unit) {
+      std::printf("echo_bench transport=raw %s", what.c_str());
+      const double m = print_median(v, unit, "per_round", 1);
+      std::printf(" rounds=%zu\n", v.size());
+      return m;
     };
     // The ping-pong's p50 and rate, each the median of its rounds.
     auto pingpong_of = [&](const std::vector<PingpongResult>& v, const std::string& what) {
@@ -712,15 +718,12 @@ void RpcCases(const char* self, const Config& cfg, const RawBaseline& raw) {
         p50.push_back(r.p50_us);
         rps.push_back(r.rps);
       }
-      std::sort(p50.begin(), p50.end());
-      std::sort(rps.begin(), rps.end());
-      std::printf("echo_bench transport=raw %s case=pingpong payload=64 concurrency=1 p50_us=%.1f per_round=",
-                  what.c_str(), p50[p50.size() / 2]);
-      for (size_t i = 0; i < p50.size(); ++i) std::printf("%s%.1f", i ? "," : "", p50[i]);
-      std::printf(" rps=%.0f rps_per_round=", rps[rps.size() / 2]);
-      for (size_t i = 0; i < rps.size(); ++i) std::printf("%s%.0f", i ? "," : "", rps[i]);
+      std::printf("echo_bench transport=raw %s case=pingpong payload=64 concurrency=1", what.c_str());
+      PingpongResult m;
+      m.p50_us = print_median(p50, "p50_us", "per_round", 1);
+      m.rps = print_median(rps, "rps", "rps_per_round", 0);
       std::printf(" rounds=%zu\n", v.size());
-      return PingpongResult{p50[p50.size() / 2], rps[rps.size() / 2]};
+      return m;
     };
     if (!raw_pp.empty()) {
       const PingpongResult spin = pingpong_of(raw_pp, modes[0].label);
