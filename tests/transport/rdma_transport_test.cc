@@ -1,7 +1,8 @@
 // rdma-specific tests (label rdma; they skip without an RDMA device and run for
 // real inside the Soft-RoCE guest): device capabilities, the inline threshold,
 // SGL splitting and coalescing, many connections over a shared receive queue and RNR when it runs dry,
-// memory-window revoke vs MR exposure, blocking vs polling completion modes,
+// closed connections giving their receive slots back, memory-window revoke vs
+// MR exposure, blocking vs polling completion modes,
 // transport selection, and the QP error path when the peer process is killed.
 #include <signal.h>
 #include <sys/wait.h>
@@ -464,6 +465,62 @@ TEST(RdmaSrq, RnrWithoutRetriesFailsOnlyThatConnection) {
   EXPECT_TRUE(got2.ok()) << got2.ToString();
   On(env.client_worker(), [&]() { c2->reset(); });
   On(env.server_worker(), [&]() { s2->reset(); });
+}
+
+// Bytes of pool blocks held by Buffers.
+size_t PoolBytesInUse(mempool::Pool& pool) {
+  size_t n = 0;
+  for (const auto& c : pool.Stats()) n += c.in_use * c.block_bytes;
+  return n;
+}
+
+// A closed connection's receive slots (a queue of its own, no SRQ) go back to
+// the pool once its QP has drained and the transport has reaped it, on both
+// sides: a peer that reconnects over and over does not eat the pool.
+TEST(RdmaTeardown, ClosedConnectionsGiveTheirReceiveSlotsBack) {
+  TransportOptions opt = TestOptions();
+  opt.recv_depth = 16;
+  Env env(RdmaKind(), opt);
+  env.Listen();
+  const size_t before = PoolBytesInUse(env.pool());
+  std::vector<std::unique_ptr<Connection>> clients, servers;
+  ASSERT_NO_FATAL_FAILURE(ConnectMany(env, 3, clients, servers));
+  const size_t open = PoolBytesInUse(env.pool());
+  ASSERT_GE(open, before + 2 * 3 * opt.recv_depth * size_t{opt.max_message_bytes})
+      << "each side posts recv_depth slots of max_message_bytes per connection";
+  On(env.client_worker(), [&]() { clients.clear(); });
+  On(env.server_worker(), [&]() { servers.clear(); });
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (PoolBytesInUse(env.pool()) > before && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(PoolBytesInUse(env.pool()), before)
+      << "with the connections open " << open << " bytes were in use, " << before << " before them";
+}
+
+// The same when the QP failed before the connection was closed (here by fault
+// injection: the QP is moved to the error state before a send), so that the
+// receive sentinel is posted to a QP already in error.
+TEST(RdmaTeardown, AFailedQpGivesItsReceiveSlotsBackToo) {
+  Env env(RdmaKind());
+  env.Listen();
+  const size_t before = PoolBytesInUse(env.pool());
+  std::vector<std::unique_ptr<Connection>> clients, servers;
+  ASSERT_NO_FATAL_FAILURE(ConnectMany(env, 1, clients, servers));
+  ASSERT_TRUE(env.client_transport().SetFaults({.qp_error_next = 1}).ok());
+  Status s = On(env.client_worker(), [&]() -> Status {
+    (void)clients[0]->Send(Msg(env.pool(), 64, 1));
+    for (int i = 0; i < 500 && clients[0]->status().ok(); ++i) coro::this_coro::SleepFor(10ms);
+    return clients[0]->status();
+  });
+  ASSERT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  On(env.client_worker(), [&]() { clients.clear(); });
+  On(env.server_worker(), [&]() { servers.clear(); });
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (PoolBytesInUse(env.pool()) > before && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(PoolBytesInUse(env.pool()), before);
 }
 
 TEST(RdmaExposure, MemoryWindowRevokeCutsThePeerOff) {

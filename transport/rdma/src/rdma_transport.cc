@@ -1164,7 +1164,6 @@ void Conn::Fail(Status s) {
     e.op = nullptr;  // the entry keeps holding buffers until the QP is drained
   }
   if (listener_ != nullptr && !was_established) listener_->Forget(this);
-  if (connected_ && id_) rdma_disconnect(id_.get());  // moves the QP to error too
   StartDrain();
 }
 
@@ -1172,22 +1171,19 @@ void Conn::StartDrain() {
   if (draining_) return;
   draining_ = true;
   if (!id_ || id_.qp() == nullptr) {
+    if (connected_ && id_) rdma_disconnect(id_.get());
     sq_drained_ = rq_drained_ = true;
     CheckDrained();
     return;
   }
-  ibv_qp_attr attr{};
-  attr.qp_state = IBV_QPS_ERR;
-  ibv_modify_qp(id_.qp(), &attr, IBV_QP_STATE);
-  // The peer cannot touch exposed memory any more: drop the exposures.
-  exposures_.clear();
-  // Sentinels: flushed after everything posted before them.
-  ibv_send_wr swr{};
-  swr.wr_id = kDrainSqId;
-  swr.opcode = IBV_WR_SEND;
-  swr.send_flags = IBV_SEND_SIGNALED;
-  ibv_send_wr* sbad = nullptr;
-  if (ibv_post_send(id_.qp(), &swr, &sbad) != 0) sq_drained_ = true;
+  // Sentinels: flushed after everything posted before them. The receive
+  // queue's goes in before the moves to the error state below: rxe (Linux
+  // 6.1) flushes the receives a queue holds when its QP is moved to error, and
+  // one posted to a QP already in error waits for a later flush pass, which
+  // comes only when more packets arrive. (A QP in error already, after a fatal
+  // error, is moved again below, which flushes it.) On a working QP it is the
+  // last slot of the queue, behind every slot the peer holds a credit for, so
+  // no message of the peer's lands in it.
   if (t_.opts_.use_srq) {
     rq_drained_ = true;
   } else {
@@ -1196,6 +1192,18 @@ void Conn::StartDrain() {
     ibv_recv_wr* rbad = nullptr;
     if (ibv_post_recv(id_.qp(), &rwr, &rbad) != 0) rq_drained_ = true;
   }
+  if (connected_) rdma_disconnect(id_.get());  // moves the QP to error too
+  ibv_qp_attr attr{};
+  attr.qp_state = IBV_QPS_ERR;
+  ibv_modify_qp(id_.qp(), &attr, IBV_QP_STATE);
+  // The peer cannot touch exposed memory any more: drop the exposures.
+  exposures_.clear();
+  ibv_send_wr swr{};
+  swr.wr_id = kDrainSqId;
+  swr.opcode = IBV_WR_SEND;
+  swr.send_flags = IBV_SEND_SIGNALED;
+  ibv_send_wr* sbad = nullptr;
+  if (ibv_post_send(id_.qp(), &swr, &sbad) != 0) sq_drained_ = true;
   CheckDrained();
 }
 
