@@ -567,6 +567,31 @@ TEST_P(Conformance, FaultDelayHoldsMessagesInOrder) {
   ExpectHealthy(env, env.client(), env.server(), 100);
 }
 
+// A connection closed while a Send() sleeps in an injected delay: the Send()
+// comes back (CANCELLED where it was still holding the message; loopback's
+// simulated wire holds it instead and Send() has returned at once) without
+// touching the closed connection's state, and the transport keeps serving.
+TEST_P(Conformance, FaultDelayedSendOutlivesItsClosedConnection) {
+  Env env(GetParam());
+  env.ConnectPair();
+  ASSERT_TRUE(env.client_transport().SetFaults({.delay = 500ms}).ok());
+  Connection* conn = &env.client();
+  auto sent = coro::Async(env.client_worker().scheduler(),
+                          [&env, conn]() { return conn->Send(SeqMessage(env.pool(), 1, 256)); });
+  // The Send() is asleep by the time the connection goes (its worker runs
+  // it before the drop queued behind it); the closed connection's teardown
+  // has finished long before the delay ends.
+  env.DropConnections();
+  On(env.client_worker(), [] { coro::this_coro::SleepFor(50ms); });
+  auto s = sent.WaitFor(10s);
+  ASSERT_TRUE(s.ok() || s.code() == StatusCode::kCancelled) << s.ToString();
+  EXPECT_EQ(env.client_transport().counters()->faults_delayed.Get(), 1u);
+  ASSERT_TRUE(env.client_transport().SetFaults({}).ok());
+  ExtraPair other(env);
+  ASSERT_TRUE(other.client && other.server);
+  ExpectHealthy(env, *other.client, *other.server, 2);
+}
+
 // A receive buffer the pool refuses: backpressure where the transport retries
 // (nothing fails), else RESOURCE_EXHAUSTED for at most one connection; the
 // server keeps serving the other and accepts new ones.

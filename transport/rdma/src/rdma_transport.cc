@@ -167,7 +167,7 @@ class Conn final : public CmTarget {
   // tick, fails a dead peer, pings an idle one.
   void StartLiveness(Clock::time_point now);
   void LivenessTick(Clock::time_point now);
-  bool Reapable() const { return !user_owned_ && !in_listener_ && drained_; }
+  bool Reapable() const { return !user_owned_ && !in_listener_ && drained_ && sleeping_sends_ == 0; }
   uint32_t send_credits() const { return credits_.credits(); }
 
   // Connection API
@@ -187,6 +187,9 @@ class Conn final : public CmTarget {
   bool in_listener_ = false;
   bool peer_closed_ = false;  // the peer disconnected (an orderly close)
   uint64_t messages_posted_ = 0;  // for FaultOptions::disconnect_after
+  // Send()s asleep in an injected delay: nothing wakes them early, so the
+  // connection is not reaped under them.
+  uint32_t sleeping_sends_ = 0;
   ListenerImpl* listener_ = nullptr;
   RdmaConnectionStats stats_;
 
@@ -652,8 +655,15 @@ Status Conn::Send(mempool::IoBuf message) {
   }
   if (t_.faults_.armed()) {
     if (const auto delay = t_.faults_.Delay(t_.ctr()); delay.count() > 0) {
+      ++sleeping_sends_;
       coro::this_coro::SleepFor(delay);
-      if (!status_.ok()) return status_;
+      --sleeping_sends_;
+      if (!status_.ok()) {
+        // Closed meanwhile: a reap it held off is due now (it runs after
+        // this coroutine has returned).
+        if (Reapable()) t_.ScheduleReap(this);
+        return status_;
+      }
     }
   }
   if (sq_used_ < sq_cap_ && credits_.TryTake()) return PostMessage(std::move(message));
