@@ -16,6 +16,7 @@
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/runtime.h"
 #include "hrpc/rpc/server.h"
+#include "pool_level_util.h"
 #include "rpc_test_util.h"
 #include "../transport/rdma_test_util.h"
 
@@ -139,6 +140,15 @@ TEST_F(RpcRdmaTest, BulkPullAndPush) {
   EXPECT_EQ(SeriesValue(m, R"(hrpc_transport_connections_opened_total{transport="rdma",worker="0",direction="in"})"), 1);
   EXPECT_EQ(SeriesValue(m, R"(hrpc_rdma_completion_errors_total{worker="0"})"), 0);
   EXPECT_NE(m.find("hrpc_rdma_hw_counter{device="), std::string::npos) << "no sysfs hw_counters of the device";
+}
+
+// Calls of every shape leave no pool block behind on either side: exposures
+// revoked, memory windows invalidated, receive slots refilled.
+TEST_F(RpcRdmaTest, CallsLeaveNoPoolBlocksBehind) {
+  RdmaEnv env;
+  env.Start();
+  rpctest::Test::Stub stub(env.channel.get());
+  rpctest::ExpectCallsLeaveNoPoolBlocks(stub, env.channel->pool(), env.server->pool(), env.service);
 }
 
 TEST_F(RpcRdmaTest, ManyConcurrentCalls) {

@@ -28,6 +28,7 @@
 #include "hrpc/rpc/wire.h"
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
+#include "pool_level_util.h"
 #include "rpc_test_util.h"
 
 namespace {
@@ -360,7 +361,9 @@ TEST_P(RpcTest, CancelEndsOnlyItsCallAmongConnections) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << c << ": " << r.status().ToString();
     for (int i = 0; i < kCalls; ++i) {
-      if (!ctx[i].IsCancelled()) EXPECT_FALSE(futs[i].IsReady()) << "call " << i << " ended with call " << c;
+      if (!ctx[i].IsCancelled()) {
+        EXPECT_FALSE(futs[i].IsReady()) << "call " << i << " ended with call " << c;
+      }
     }
   }
   for (int i = 0; i < 300 && env.service.saw_cancel.load() < kCalls + 1; ++i) std::this_thread::sleep_for(10ms);
@@ -558,6 +561,14 @@ TEST_P(RpcTest, LargeResponseOfUnknownSizeArrives) {
       EXPECT_EQ(hrpc::mempool::CopiedBytesTotal() - copied0, 0u);
     }
   }
+}
+
+// Calls of every shape leave no pool block behind on either side.
+TEST_P(RpcTest, CallsLeaveNoPoolBlocksBehind) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  rpctest::ExpectCallsLeaveNoPoolBlocks(stub, env.channel->pool(), env.server->pool(), env.service);
 }
 
 // The client RELEASEs a response attachment it read from the server's
@@ -1041,10 +1052,11 @@ TEST(RpcPing, ClientAnswersPingWithPongAndPongWithNothing) {
   runtime->reset();
   hrpc::Status st = fake.WaitFor(10s);
   EXPECT_TRUE(st.ok()) << st.ToString();
-  hrpc::coro::Async(sched, [&] {
-    listener.reset();
-    t.reset();
-  }).Get();
+  hrpc::Status gone = hrpc::coro::Async(sched, [&] {
+                        listener.reset();
+                        t.reset();
+                      }).Get();
+  EXPECT_TRUE(gone.ok()) << gone.ToString();
 }
 
 // Bytes that are not even the transport's handshake: only that socket goes.
