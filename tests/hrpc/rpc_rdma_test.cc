@@ -151,6 +151,44 @@ TEST_F(RpcRdmaTest, CallsLeaveNoPoolBlocksBehind) {
   rpctest::ExpectCallsLeaveNoPoolBlocks(stub, env.channel->pool(), env.server->pool(), env.service);
 }
 
+// A server that goes away and comes back at the same address: calls fail
+// with UNAVAILABLE meanwhile and succeed again once it is back, on the same
+// channel.
+TEST_F(RpcRdmaTest, ServerRestartedAtTheSameAddressIsReachedAgain) {
+  RdmaEnv env;
+  env.Start();
+  rpctest::Test::Stub stub(env.channel.get());
+  auto call = [&](const std::string& text) {
+    ClientContext ctx;
+    ctx.set_timeout(20s);
+    rpctest::Req req;
+    req.set_text(text);
+    rpctest::Resp resp;
+    auto s = stub.Call(ctx, req, &resp);
+    if (s.ok() && resp.text() != text) return hrpc::Status(StatusCode::kDataLoss, "answered " + resp.text());
+    return s;
+  };
+  ASSERT_TRUE(call("first life").ok());
+  const std::string bound = env.server->listen_uris().at(0);
+  env.server.reset();
+  for (int i = 0; i < 3; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto s = call("while down");
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s) << "a call to a server that is gone waited";
+  }
+  hrpc::ServerOptions so;
+  so.listen = {bound};
+  auto s = hrpc::Server::Create(so);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  env.server = std::move(*s);
+  ASSERT_TRUE(env.server->RegisterService(&env.service).ok());
+  auto st = env.server->Start();
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  auto again = call("second life");
+  EXPECT_TRUE(again.ok()) << again.ToString();
+}
+
 TEST_F(RpcRdmaTest, ManyConcurrentCalls) {
   RdmaEnv env;
   env.Start();

@@ -571,6 +571,40 @@ TEST_P(RpcTest, CallsLeaveNoPoolBlocksBehind) {
   rpctest::ExpectCallsLeaveNoPoolBlocks(stub, env.channel->pool(), env.server->pool(), env.service);
 }
 
+// A server that goes away and comes back at the same address: calls fail
+// fast with UNAVAILABLE meanwhile (no wait for their deadline) and succeed
+// again once it is back, on the same channel.
+TEST_P(RpcTest, ServerRestartedAtTheSameAddressIsReachedAgain) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  ExpectEcho(stub, "first life");
+  const std::string bound = env.server->listen_uris().at(0);
+  env.server.reset();
+  for (int i = 0; i < 3; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(20s);
+    Req req;
+    req.set_text("while down");
+    Resp resp;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto s = stub.Call(ctx, req, &resp);
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << "a call to a server that is gone waited";
+  }
+  hrpc::ServerOptions so;
+  so.listen = {bound};
+  so.runtime.loopback = env.net;
+  so.runtime.transport_choice = hrpc::TransportChoice::kTcp;
+  auto s = hrpc::Server::Create(so);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  env.server = std::move(*s);
+  ASSERT_TRUE(env.server->RegisterService(&env.service).ok());
+  auto st = env.server->Start();
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ExpectEcho(stub, "second life");
+}
+
 // The client RELEASEs a response attachment it read from the server's
 // memory: the server's call ends then, not after release_timeout.
 TEST(RpcRelease, ClientReleasesTheExposedResponse) {
