@@ -40,6 +40,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -49,7 +50,6 @@
 #include "faults.h"
 #include "frame.h"
 #include "hrpc/base/ring_queue.h"
-#include "hrpc/coroutine/cycle_clock.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/transport/resolver.h"
 #include "hrpc/transport/tcp.h"
@@ -234,7 +234,10 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::string peer;
   Limits limits;
   std::chrono::milliseconds keepalive{1000};
+  // When something was last received and sent, to the keepalive timer's
+  // resolution: I/O only notes that it happened, the next tick stamps it.
   Clock::time_point last_rx, last_tx, handshake_deadline;
+  bool rx_since_tick = false, tx_since_tick = false;
   std::weak_ptr<ListenerState> listener;
   Parked* connect_waiter = nullptr;
   bool peer_closed = false;  // the peer ended the stream between frames (an orderly close)
@@ -711,7 +714,7 @@ void Core::Flush(Conn& c) {
       Fail(c, std::move(s));
       return;
     }
-    c.last_tx = coro::SteadyNow();
+    c.tx_since_tick = true;
     size_t left = static_cast<size_t>(w);
     c.queued_bytes -= left;
     while (left > 0) {
@@ -970,7 +973,7 @@ bool Core::OnReadable(Conn& c) {
       return true;
     }
     any = true;
-    c.last_rx = coro::SteadyNow();
+    c.rx_since_tick = true;
     size_t got = static_cast<size_t>(r);
     if (body && !TakeBody(c, got)) return true;
     for (size_t i = 0; i < planned && got > 0; ++i) {
@@ -1594,6 +1597,8 @@ void Core::Tick() {
   for (auto& [t, c] : conns) all.push_back(c);
   for (auto& c : all) {
     if (c->closed()) continue;
+    if (std::exchange(c->rx_since_tick, false)) c->last_rx = now;
+    if (std::exchange(c->tx_since_tick, false)) c->last_tx = now;
     if (c->phase != Phase::kOpen) {
       if (now > c->handshake_deadline) {
         const std::string reason = "handshake not completed within " +
