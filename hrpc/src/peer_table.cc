@@ -82,9 +82,16 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
   const std::string_view scheme = channel.scheme;
   if (closed_) return CancelledError("runtime stopped");
   const std::string& key = channel.link_keys[index];
+  if (hot_entry_ != nullptr && hot_entry_->link && !hot_entry_->link->dead && hot_key_ == key) {
+    return hot_entry_->link;
+  }
   for (;;) {
     Entry& e = table_[key];
-    if (e.link && !e.link->dead) return e.link;
+    if (e.link && !e.link->dead) {
+      hot_entry_ = &e;
+      hot_key_ = key;
+      return e.link;
+    }
     if (e.connecting) {
       auto ev = e.connect_done;
       HRPC_TRY(ev->Wait());
@@ -617,6 +624,7 @@ void PeerTable::SweepIdle() {
           expired.push_back(e.link);
         }
       } else if (!e.link && !e.connecting) {
+        if (hot_entry_ == &e) hot_entry_ = nullptr;
         it = table_.erase(it);
         continue;
       }

@@ -171,6 +171,11 @@ class PeerTable {
   WorkerSet& workers_;
   size_t worker_;
   std::unordered_map<std::string, Entry> table_;  // "uri#index"
+  // The entry the last lookup found (elements of the map stay where they are
+  // until erased): a worker's calls mostly go to one peer, and comparing the
+  // key costs less than hashing it.
+  Entry* hot_entry_ = nullptr;
+  std::string hot_key_;
   std::atomic<size_t> open_{0};                    // links not yet failed
   std::atomic<int64_t> live_{0};                   // reader coroutines running
   // Transaction ids of this worker's calls and streams, unique across its
