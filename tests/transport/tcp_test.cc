@@ -416,6 +416,48 @@ std::vector<uint8_t> AnnouncingFrame(uint32_t msg_len, uint32_t payload_len, uin
   return f;
 }
 
+// Bytes of pool blocks held by Buffers.
+size_t PoolBytesInUse(mempool::Pool& pool) {
+  size_t n = 0;
+  for (const auto& c : pool.Stats()) n += c.in_use * c.block_bytes;
+  return n;
+}
+
+// A peer that goes away in the middle of a message's payload: the blocks the
+// payload was being read into go back to the pool, whether the connection
+// was still waiting in the accept queue or had been accepted.
+TEST_F(TcpWire, PeerGoneMidPayloadGivesThePayloadBlocksBack) {
+  const size_t before = PoolBytesInUse(env_->pool());
+  std::unique_ptr<Connection> accepted;
+  for (bool accept : {false, true}) {
+    SCOPED_TRACE(accept ? "accepted" : "in the accept queue");
+    auto raw = PayloadClient(*env_);
+    if (accept) {
+      auto s = coro::Async(env_->server_worker().scheduler(), [&]() { return env_->listener().Accept(); }).WaitFor(5s);
+      ASSERT_TRUE(s.ok()) << s.status().ToString();
+      accepted = std::move(*s);
+    }
+    raw->Write(MessagePayloadFrame(10, 60000, 30000));  // half of the payload
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (PoolBytesInUse(env_->pool()) < before + 30000 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_GE(PoolBytesInUse(env_->pool()), before + 30000) << "the payload's blocks were never taken";
+    raw.reset();  // the peer is gone
+    if (accept) {
+      auto m = On(env_->server_worker(), [&]() { return accepted->Recv(); });
+      EXPECT_EQ(m.status().code(), StatusCode::kUnavailable) << m.status().ToString();
+    }
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (PoolBytesInUse(env_->pool()) > before + 4096 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(5ms);
+    }
+    EXPECT_LE(PoolBytesInUse(env_->pool()), before + 4096) << before << " bytes were in use before";
+  }
+  On(env_->server_worker(), [&]() { accepted.reset(); });
+  ServerUnaffected();
+}
+
 // Frames whose header announces the ones behind it are read several to a
 // readv (header, message and padding into one buffer, a payload into its own
 // blocks); a read may end anywhere in them. Here the bytes arrive in pieces
