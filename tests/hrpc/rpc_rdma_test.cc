@@ -179,12 +179,9 @@ TEST_F(RpcRdmaTest, ServerRestartedAtTheSameAddressIsReachedAgain) {
   }
   hrpc::ServerOptions so;
   so.listen = {bound};
-  auto s = hrpc::Server::Create(so);
+  auto s = rpctest::StartServer(&env.service, so);
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   env.server = std::move(*s);
-  ASSERT_TRUE(env.server->RegisterService(&env.service).ok());
-  auto st = env.server->Start();
-  ASSERT_TRUE(st.ok()) << st.ToString();
   auto again = call("second life");
   EXPECT_TRUE(again.ok()) << again.ToString();
 }

@@ -596,12 +596,9 @@ TEST_P(RpcTest, ServerRestartedAtTheSameAddressIsReachedAgain) {
   so.listen = {bound};
   so.runtime.loopback = env.net;
   so.runtime.transport_choice = hrpc::TransportChoice::kTcp;
-  auto s = hrpc::Server::Create(so);
+  auto s = rpctest::StartServer(&env.service, so);
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   env.server = std::move(*s);
-  ASSERT_TRUE(env.server->RegisterService(&env.service).ok());
-  auto st = env.server->Start();
-  ASSERT_TRUE(st.ok()) << st.ToString();
   ExpectEcho(stub, "second life");
 }
 

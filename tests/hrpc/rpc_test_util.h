@@ -154,12 +154,18 @@ struct ServedChannel {
   std::unique_ptr<hrpc::Server> server;
   std::unique_ptr<hrpc::RpcChannel> channel;
 };
+// A server with a private runtime, serving `service`, started.
+inline hrpc::Result<std::unique_ptr<hrpc::Server>> StartServer(hrpc::Service* service, hrpc::ServerOptions so) {
+  HRPC_ASSIGN_OR_RETURN(std::unique_ptr<hrpc::Server> server, hrpc::Server::Create(std::move(so)));
+  HRPC_TRY(server->RegisterService(service));
+  HRPC_TRY(server->Start());
+  return server;
+}
+
 inline hrpc::Result<ServedChannel> StartServed(hrpc::Service* service, hrpc::ServerOptions so,
                                                hrpc::RpcChannelOptions co, const std::string& scheme_host) {
   ServedChannel out;
-  HRPC_ASSIGN_OR_RETURN(out.server, hrpc::Server::Create(std::move(so)));
-  HRPC_TRY(out.server->RegisterService(service));
-  HRPC_TRY(out.server->Start());
+  HRPC_ASSIGN_OR_RETURN(out.server, StartServer(service, std::move(so)));
   const std::string bound = out.server->listen_uris().at(0);
   HRPC_ASSIGN_OR_RETURN(out.channel,
                         hrpc::RpcChannel::Create(scheme_host + ":" + bound.substr(bound.rfind(':') + 1), std::move(co)));

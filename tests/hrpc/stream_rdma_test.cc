@@ -81,7 +81,9 @@ TEST_F(StreamRdmaTest, BidiAttachmentsByReadWithoutCopies) {
       ASSERT_TRUE(chat->Read(&back, &got));
       EXPECT_EQ(back.text(), "ok") << sizes[i];
       EXPECT_TRUE(Matches(c, got)) << sizes[i];
-      if (sizes[i] % 4096 == 0) EXPECT_EQ(hrpc::mempool::CopiedBytesTotal() - copied0, 0u) << sizes[i];
+      if (sizes[i] % 4096 == 0) {
+        EXPECT_EQ(hrpc::mempool::CopiedBytesTotal() - copied0, 0u) << sizes[i];
+      }
     }
     ASSERT_TRUE(chat->WritesDone());
     Status s = chat->Finish();

@@ -188,7 +188,9 @@ TEST_P(StreamTest, AttachmentsOfEverySizeEachWay) {
       const uint64_t copied = hrpc::mempool::CopiedBytesTotal() - copied0;
       EXPECT_EQ(back.text(), "ok") << "the server saw another attachment than was sent";
       EXPECT_TRUE(Matches(c, got)) << got.size();
-      if (GetParam() == "tcp" && n % 4096 == 0) EXPECT_EQ(copied, 0u) << "payload bytes copied by the CPU";
+      if (GetParam() == "tcp" && n % 4096 == 0) {
+        EXPECT_EQ(copied, 0u) << "payload bytes copied by the CPU";
+      }
     }
     ASSERT_TRUE(chat->WritesDone());
     Status s = chat->Finish();
@@ -421,7 +423,7 @@ TEST_P(StreamTest, StreamingMethodCalledAsUnary) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, StreamTest, ::testing::Values("loop", "tcp"),
-                         [](const auto& info) { return info.param; });
+                         [](const auto& param_info) { return param_info.param; });
 
 // --- a server in another process, killed mid-stream -------------------------
 
