@@ -25,9 +25,11 @@ inline size_t PoolBytesInUse(hrpc::mempool::Pool& pool) {
 // of 0 B to 1 MiB echoed with their size announced, a 5 MiB response the
 // client did not announce, a handler that fails with an attachment sent, and a
 // call that times out while its handler runs. A first round warms both sides
-// up (the connection, its receive buffers, what a transport keeps for its
-// next reads); five more rounds must end with both pools where the first left
-// them, once the releases and cancels in flight have landed.
+// up (the connection, its receive buffers); five more rounds must end with
+// both pools where the first left them, once the releases and cancels in
+// flight have landed, give or take what a transport keeps for its next reads
+// (TCP: one 1 KiB prefetch buffer, kept or not depending on its last read).
+// A block left behind by each of the 35 calls would exceed that slack.
 inline void ExpectCallsLeaveNoPoolBlocks(Test::Stub& stub, hrpc::mempool::Pool& client, hrpc::mempool::Pool& server,
                                          const TestService& service) {
   using namespace std::chrono_literals;
@@ -88,8 +90,9 @@ inline void ExpectCallsLeaveNoPoolBlocks(Test::Stub& stub, hrpc::mempool::Pool& 
   const auto first = settled();
   for (int i = 0; i < 5; ++i) round();
   const auto after = settled();
-  EXPECT_EQ(after.first, first.first) << "client pool bytes in use";
-  EXPECT_EQ(after.second, first.second) << "server pool bytes in use";
+  constexpr size_t kSlack = 4096;
+  EXPECT_LE(after.first, first.first + kSlack) << "client pool bytes in use, " << first.first << " after one round";
+  EXPECT_LE(after.second, first.second + kSlack) << "server pool bytes in use, " << first.second << " after one round";
   EXPECT_GE(service.saw_cancel.load() - cancels_before, 6) << "handlers that saw their call's cancel";
 }
 
