@@ -9,17 +9,11 @@
 
 #include <gtest/gtest.h>
 
+#include "../mempool/pool_test_util.h"
 #include "hrpc/mempool/pool.h"
 #include "rpc_test_util.h"
 
 namespace rpctest {
-
-// Bytes of pool blocks held by Buffers.
-inline size_t PoolBytesInUse(hrpc::mempool::Pool& pool) {
-  size_t n = 0;
-  for (const auto& c : pool.Stats()) n += c.in_use * c.block_bytes;
-  return n;
-}
 
 // Calls of every shape through `stub` (served by a TestService): attachments
 // of 0 B to 1 MiB echoed with their size announced, a 5 MiB response the
@@ -75,7 +69,7 @@ inline void ExpectCallsLeaveNoPoolBlocks(Test::Stub& stub, hrpc::mempool::Pool& 
     auto still_since = std::chrono::steady_clock::now();
     const auto deadline = still_since + 20s;
     while (std::chrono::steady_clock::now() < deadline) {
-      const std::pair<size_t, size_t> now{PoolBytesInUse(client), PoolBytesInUse(server)};
+      const std::pair<size_t, size_t> now{hrpc::mempool::testing::BytesInUse(client), hrpc::mempool::testing::BytesInUse(server)};
       if (now != last) {
         last = now;
         still_since = std::chrono::steady_clock::now();

@@ -28,6 +28,7 @@
 #include "hrpc/transport/loopback.h"
 #include "stream_test.hrpc.h"
 #include "stream_test.hrpc.mock.h"
+#include "../mempool/pool_test_util.h"
 #include "stream_test_util.h"
 
 extern char** environ;
@@ -42,13 +43,13 @@ using hrpc::StatusCode;
 using hrpc::mempool::IoBuf;
 using streamtest::Chunk;
 using streamtest::Describe;
-using streamtest::InUseBytes;
 using streamtest::Matches;
 using streamtest::Payload;
 using streamtest::Range;
 using streamtest::StreamerImpl;
 using streamtest::Summary;
 using Clock = std::chrono::steady_clock;
+using hrpc::mempool::testing::BytesInUse;
 
 struct Env {
   std::shared_ptr<hrpc::transport::LoopbackNetwork> net = hrpc::transport::LoopbackNetwork::Create();
@@ -243,8 +244,8 @@ TEST_P(StreamTest, SlowReaderBlocksTheWriterAtTheWindow) {
   ASSERT_TRUE(env.channel->Connect().ok());
   env.service.hold_uploads = true;
   streamtest::Streamer::Stub stub(env.channel.get());
-  const size_t server_before = InUseBytes(env.server->pool(0));
-  const size_t client_before = InUseBytes(env.channel->pool());
+  const size_t server_before = BytesInUse(env.server->pool(0));
+  const size_t client_before = BytesInUse(env.channel->pool());
   constexpr int kMessages = 40;
   constexpr size_t kBytes = 1 << 20;
   std::atomic<int> written{0};
@@ -269,8 +270,8 @@ TEST_P(StreamTest, SlowReaderBlocksTheWriterAtTheWindow) {
   ASSERT_TRUE(Eventually([&] { return written.load() >= 4; }));
   std::this_thread::sleep_for(200ms);
   EXPECT_EQ(written.load(), 4) << "the writer went beyond the server's window";
-  const size_t server_growth = InUseBytes(env.server->pool(0)) - std::min(server_before, InUseBytes(env.server->pool(0)));
-  const size_t client_growth = InUseBytes(env.channel->pool()) - std::min(client_before, InUseBytes(env.channel->pool()));
+  const size_t server_growth = BytesInUse(env.server->pool(0)) - std::min(server_before, BytesInUse(env.server->pool(0)));
+  const size_t client_growth = BytesInUse(env.channel->pool()) - std::min(client_before, BytesInUse(env.channel->pool()));
   // The window's messages wait in the server's pool (TCP: streamed there) or
   // exposed in the client's (loopback, RDMA: the server READs them when it
   // reads); beyond them only the message being written.

@@ -53,12 +53,6 @@ inline bool Matches(const Chunk& c, const IoBuf& att) {
   return att.size() == c.attachment_bytes() && att.Crc32c() == c.attachment_crc32c();
 }
 
-inline size_t InUseBytes(const hrpc::mempool::Pool& pool) {
-  size_t n = 0;
-  for (const auto& c : pool.Stats()) n += c.in_use * c.block_bytes;
-  return n;
-}
-
 class StreamerImpl final : public streamtest::Streamer::Service {
  public:
   std::atomic<bool> hold_uploads{false};

@@ -15,6 +15,7 @@
 #include "hrpc/base/crc32c.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
+#include "../mempool/pool_test_util.h"
 #include "transport_harness.h"
 
 
@@ -550,13 +551,6 @@ TEST_P(Conformance, FaultTruncatedMessageFailsOnlyItsConnectionWithDataLoss) {
   EXPECT_EQ(env.client_transport().counters()->faults_truncated.Get(), 1u);
 }
 
-// Bytes of pool blocks held by Buffers.
-size_t PoolBytesInUse(mempool::Pool& pool) {
-  size_t n = 0;
-  for (const auto& c : pool.Stats()) n += c.in_use * c.block_bytes;
-  return n;
-}
-
 // Pairs that carried messages both ways (one still unreceived when they
 // close) and one-sided ops give their pool blocks back once both sides have
 // closed them: receive slots, messages, exposures, whatever the transport
@@ -566,7 +560,7 @@ size_t PoolBytesInUse(mempool::Pool& pool) {
 TEST_P(Conformance, ClosedConnectionsGiveTheirPoolMemoryBack) {
   Env env(GetParam());
   env.Listen();
-  const size_t before = PoolBytesInUse(env.pool());
+  const size_t before = mempool::testing::BytesInUse(env.pool());
   constexpr size_t kSlack = 4096;
   size_t open = 0;
   for (uint32_t pair = 0; pair < 8; ++pair) {
@@ -585,14 +579,10 @@ TEST_P(Conformance, ClosedConnectionsGiveTheirPoolMemoryBack) {
       auto got = On(env.client_worker(), [&]() { return env.client().Recv(); });
       ASSERT_TRUE(got.ok()) << got.status().ToString();
     }
-    open = std::max(open, PoolBytesInUse(env.pool()));
+    open = std::max(open, mempool::testing::BytesInUse(env.pool()));
     env.DropConnections();
   }
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (PoolBytesInUse(env.pool()) > before + kSlack && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_LE(PoolBytesInUse(env.pool()), before + kSlack)
+  EXPECT_LE(mempool::testing::WaitForBytesInUseAtMost(env.pool(), before + kSlack), before + kSlack)
       << before << " bytes were in use before the pairs, up to " << open << " with one open";
 }
 

@@ -22,6 +22,7 @@
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/rdma.h"
+#include "../mempool/pool_test_util.h"
 #include "rdma_test_util.h"
 #include "transport_harness.h"
 
@@ -32,6 +33,8 @@ namespace {
 using namespace std::chrono_literals;
 using mempool::Buffer;
 using mempool::IoBuf;
+using mempool::testing::BytesInUse;
+using mempool::testing::WaitForBytesInUseAtMost;
 
 [[maybe_unused]] const auto* const kRdmaSkip = ::testing::AddGlobalTestEnvironment(new RdmaSkipEnvironment);
 
@@ -467,13 +470,6 @@ TEST(RdmaSrq, RnrWithoutRetriesFailsOnlyThatConnection) {
   On(env.server_worker(), [&]() { s2->reset(); });
 }
 
-// Bytes of pool blocks held by Buffers.
-size_t PoolBytesInUse(mempool::Pool& pool) {
-  size_t n = 0;
-  for (const auto& c : pool.Stats()) n += c.in_use * c.block_bytes;
-  return n;
-}
-
 // A closed connection's receive slots (a queue of its own, no SRQ) go back to
 // the pool once its QP has drained and the transport has reaped it, on both
 // sides: a peer that reconnects over and over does not eat the pool.
@@ -482,19 +478,15 @@ TEST(RdmaTeardown, ClosedConnectionsGiveTheirReceiveSlotsBack) {
   opt.recv_depth = 16;
   Env env(RdmaKind(), opt);
   env.Listen();
-  const size_t before = PoolBytesInUse(env.pool());
+  const size_t before = BytesInUse(env.pool());
   std::vector<std::unique_ptr<Connection>> clients, servers;
   ASSERT_NO_FATAL_FAILURE(ConnectMany(env, 3, clients, servers));
-  const size_t open = PoolBytesInUse(env.pool());
+  const size_t open = BytesInUse(env.pool());
   ASSERT_GE(open, before + 2 * 3 * opt.recv_depth * size_t{opt.max_message_bytes})
       << "each side posts recv_depth slots of max_message_bytes per connection";
   On(env.client_worker(), [&]() { clients.clear(); });
   On(env.server_worker(), [&]() { servers.clear(); });
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (PoolBytesInUse(env.pool()) > before && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_EQ(PoolBytesInUse(env.pool()), before)
+  EXPECT_EQ(WaitForBytesInUseAtMost(env.pool(), before), before)
       << "with the connections open " << open << " bytes were in use, " << before << " before them";
 }
 
@@ -504,7 +496,7 @@ TEST(RdmaTeardown, ClosedConnectionsGiveTheirReceiveSlotsBack) {
 TEST(RdmaTeardown, AFailedQpGivesItsReceiveSlotsBackToo) {
   Env env(RdmaKind());
   env.Listen();
-  const size_t before = PoolBytesInUse(env.pool());
+  const size_t before = BytesInUse(env.pool());
   std::vector<std::unique_ptr<Connection>> clients, servers;
   ASSERT_NO_FATAL_FAILURE(ConnectMany(env, 1, clients, servers));
   ASSERT_TRUE(env.client_transport().SetFaults({.qp_error_next = 1}).ok());
@@ -516,11 +508,7 @@ TEST(RdmaTeardown, AFailedQpGivesItsReceiveSlotsBackToo) {
   ASSERT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
   On(env.client_worker(), [&]() { clients.clear(); });
   On(env.server_worker(), [&]() { servers.clear(); });
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (PoolBytesInUse(env.pool()) > before && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_EQ(PoolBytesInUse(env.pool()), before);
+  EXPECT_EQ(WaitForBytesInUseAtMost(env.pool(), before), before);
 }
 
 TEST(RdmaExposure, MemoryWindowRevokeCutsThePeerOff) {

@@ -24,6 +24,7 @@
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/transport/tcp.h"
+#include "../mempool/pool_test_util.h"
 #include "transport_harness.h"
 
 namespace hrpc::transport::testing {
@@ -416,18 +417,12 @@ std::vector<uint8_t> AnnouncingFrame(uint32_t msg_len, uint32_t payload_len, uin
   return f;
 }
 
-// Bytes of pool blocks held by Buffers.
-size_t PoolBytesInUse(mempool::Pool& pool) {
-  size_t n = 0;
-  for (const auto& c : pool.Stats()) n += c.in_use * c.block_bytes;
-  return n;
-}
-
 // A peer that goes away in the middle of a message's payload: the blocks the
 // payload was being read into go back to the pool, whether the connection
 // was still waiting in the accept queue or had been accepted.
 TEST_F(TcpWire, PeerGoneMidPayloadGivesThePayloadBlocksBack) {
-  const size_t before = PoolBytesInUse(env_->pool());
+  using mempool::testing::BytesInUse;
+  const size_t before = BytesInUse(env_->pool());
   std::unique_ptr<Connection> accepted;
   for (bool accept : {false, true}) {
     SCOPED_TRACE(accept ? "accepted" : "in the accept queue");
@@ -439,20 +434,17 @@ TEST_F(TcpWire, PeerGoneMidPayloadGivesThePayloadBlocksBack) {
     }
     raw->Write(MessagePayloadFrame(10, 60000, 30000));  // half of the payload
     const auto until = std::chrono::steady_clock::now() + 5s;
-    while (PoolBytesInUse(env_->pool()) < before + 30000 && std::chrono::steady_clock::now() < until) {
+    while (BytesInUse(env_->pool()) < before + 30000 && std::chrono::steady_clock::now() < until) {
       std::this_thread::sleep_for(1ms);
     }
-    EXPECT_GE(PoolBytesInUse(env_->pool()), before + 30000) << "the payload's blocks were never taken";
+    EXPECT_GE(BytesInUse(env_->pool()), before + 30000) << "the payload's blocks were never taken";
     raw.reset();  // the peer is gone
     if (accept) {
       auto m = On(env_->server_worker(), [&]() { return accepted->Recv(); });
       EXPECT_EQ(m.status().code(), StatusCode::kUnavailable) << m.status().ToString();
     }
-    const auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (PoolBytesInUse(env_->pool()) > before + 4096 && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(5ms);
-    }
-    EXPECT_LE(PoolBytesInUse(env_->pool()), before + 4096) << before << " bytes were in use before";
+    EXPECT_LE(mempool::testing::WaitForBytesInUseAtMost(env_->pool(), before + 4096, 5s), before + 4096)
+        << before << " bytes were in use before";
   }
   On(env_->server_worker(), [&]() { accepted.reset(); });
   ServerUnaffected();
