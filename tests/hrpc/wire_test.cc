@@ -42,7 +42,9 @@ std::vector<std::byte> Encode(FrameHeader h, std::span<const BulkDescriptor> des
                              status_msg.size());
   auto n = EncodeFrame(h, descs, AsBytes(msg), AsBytes(att), status_msg, buf);
   EXPECT_TRUE(n.ok()) << n.status().ToString();
-  if (n.ok()) EXPECT_EQ(*n, buf.size());
+  if (n.ok()) {
+    EXPECT_EQ(*n, buf.size());
+  }
   return buf;
 }
 

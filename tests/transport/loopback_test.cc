@@ -272,7 +272,7 @@ TEST(Uri, ParsesAndRejects) {
 // one with a NUL would have named another host to the resolver.
 TEST(Uri, HostBytesThatAreNoPartOfANameAreRefused) {
   using namespace std::string_literals;
-  for (const std::string bad : {"tcp://a]:b:1"s, "tcp://evil\0.example:80"s, "tcp://a/b:1"s, "tcp://a b:1"s,
+  for (const std::string& bad : {"tcp://a]:b:1"s, "tcp://evil\0.example:80"s, "tcp://a/b:1"s, "tcp://a b:1"s,
                                 "tcp://[[::1]:1"s, "tcp://h\x01:1"s}) {
     auto u = ParseUri(bad);
     EXPECT_EQ(u.status().code(), StatusCode::kInvalidArgument) << bad;

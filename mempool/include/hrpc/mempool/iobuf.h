@@ -143,6 +143,14 @@ class IoBuf {
       cap_ = 0;
     }
     // Requires: no live slices here and no heap array unless o has none.
+    // GCC 12 cannot always see that a default-constructed source has n_ == 0
+    // and warns that the inline slice it would move "may be used
+    // uninitialized" (the union is left unconstructed on purpose); the branch
+    // only runs for a live slice.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
     void Take(SliceVec& o) noexcept {
       if (o.heap_ != nullptr) {
         heap_ = std::exchange(o.heap_, nullptr);
@@ -155,6 +163,9 @@ class IoBuf {
       }
       n_ = std::exchange(o.n_, 0);
     }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
     void Grow();
     void DestroyAll() noexcept;
     void MoveInlineFrom(SliceVec& o) noexcept;  // o's inline slices to data()
