@@ -1,9 +1,11 @@
 #include "hrpc/rpc/server.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -446,14 +448,28 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         break;
       }
       auto rx = internal::ReadFrame(pool, *msg);
+      // The frame holds what it needs (a share of the block, or a copy of the
+      // control part and shares of the payload): the attachment's memory goes
+      // back as soon as the request is done with it.
+      *msg = mempool::IoBuf();
       if (!rx.ok()) {
         SPDLOG_WARN("hrpc server: closing connection {}: malformed frame: {}", *sc->peer, rx.status().ToString());
         break;
       }
       const wire::FrameHeader& h = rx->frame.header();
       if (h.kind == wire::FrameKind::kRequest || h.kind == wire::FrameKind::kStreamOpen) {
-        if (sc->active.contains(h.txn_id) || sc->streams.count(h.txn_id) != 0) {
+        if (sc->active.contains(h.txn_id) || sc->streams.count(h.txn_id) != 0 || sc->releases.count(h.txn_id) != 0) {
           SPDLOG_WARN("hrpc server: closing connection {}: duplicate txn id {}", *sc->peer, h.txn_id);
+          break;
+        }
+        if (h.kind == wire::FrameKind::kStreamOpen &&
+            (!rx->attachment.empty() || rx->frame.num_descriptors() != 0 || h.message_len != wire::kStreamWindowSize)) {
+          // Its body is the client's window and nothing else; the stream's
+          // messages carry its data (and count against its window).
+          SPDLOG_WARN("hrpc server: closing connection {}: stream_open {} carries {} message bytes, an attachment of {} "
+                      "and {} descriptors (the {}-byte window only)",
+                      *sc->peer, h.txn_id, h.message_len, rx->attachment.size(), rx->frame.num_descriptors(),
+                      wire::kStreamWindowSize);
           break;
         }
         const uint64_t quota_bytes = h.kind == wire::FrameKind::kRequest ? RequestBytes(*rx) : 0;
@@ -462,7 +478,9 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         const uint64_t arrival_tick = rpcz.empty() ? 0 : clock->Now();
         sc->info->started.Add();
         if (h.kind == wire::FrameKind::kStreamOpen) {
-          auto req = std::make_shared<internal::ReceivedFrame>(std::move(*rx));
+          // The header and the window are kept, not the received block.
+          StreamOpen open{h, {}};
+          std::memcpy(open.window.data(), rx->frame.message().data(), open.window.size());
           // Registered now, so that its messages, which may follow at once, find it.
           internal::StreamSettings st;
           st.receive_window = options.stream_window;
@@ -473,7 +491,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
           auto core = std::make_shared<internal::StreamCore>(*sc->conn, pool, h.txn_id, st);
           sc->streams.emplace(h.txn_id, core);
           workers->scheduler(sc->worker).Spawn(
-              [self = shared_from_this(), sc, req, core, arrival] { self->HandleStream(sc, *req, core, arrival); },
+              [self = shared_from_this(), sc, open, core, arrival] { self->HandleStream(sc, open, core, arrival); },
               "hrpc-stream");
           continue;
         }
@@ -637,8 +655,10 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
 
   void HandleRequest(const std::shared_ptr<ServerConn>& sc, internal::ReceivedFrame& rx, Clock::time_point arrival,
                      uint64_t arrival_tick, uint64_t quota_bytes) {
-    // The connection's quota is given back once the handler is done with the
-    // request (before a response waits for the client's release).
+    // The connection's quota is given back once the response is handed to the
+    // transport (before a response waits for the client's release): a client
+    // that does not read its responses holds at most its quota's worth of
+    // requests, their responses waiting for its credits.
     struct Quota {
       Impl& im;
       ServerConn& sc;
@@ -670,13 +690,30 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       if (ring != nullptr) ring->Finish(&mc, *sc->peer, s.code(), ticks, clock->Now(), bytes_in, bytes_out, h.txn_id);
     };
 
+    // In the connection's map of calls in flight from here until its answer
+    // is sent (a cancel finds it, a second request with its txn_id is a
+    // protocol error); counted as running once admitted below. Both end on
+    // every way out, an exception included.
+    ServerContext ctx;
+    sc->active.Insert(h.txn_id, &ctx);
+    struct Running {
+      Impl& im;
+      ServerConn& sc;
+      uint64_t txn;
+      bool listed = true;
+      bool counted = false;
+      void End() {
+        if (std::exchange(listed, false)) sc.active.Erase(txn);
+        if (std::exchange(counted, false)) im.running.fetch_sub(1);
+      }
+      ~Running() { End(); }
+    } run{*this, *sc, h.txn_id};
     auto svc_it = services_by_id.find(h.service_id);
     if (svc_it == services_by_id.end()) {
       Status s = UnimplementedError("unknown service id " + std::to_string(h.service_id));
       SendError(*sc, h, s);
       return finish(s);
     }
-    ServerContext ctx;
     ctx.set_deadline_budget_us(h.deadline_us, arrival);
     if (ctx.DeadlineExpired()) {
       Status s = DeadlineExceededError("deadline expired before the request was served");
@@ -701,21 +738,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       SendError(*sc, h, s);
       return finish(s);
     }
-    sc->active.Insert(h.txn_id, &ctx);
-    // Counted as running and findable by its cancel until End(), on every way
-    // out (an exception included).
-    struct Running {
-      Impl& im;
-      ServerConn& sc;
-      uint64_t txn;
-      bool on = true;
-      void End() {
-        if (!std::exchange(on, false)) return;
-        sc.active.Erase(txn);
-        im.running.fetch_sub(1);
-      }
-      ~Running() { End(); }
-    } run{*this, *sc, h.txn_id};
+    run.counted = true;
     ctx.set_peer(sc->peer);
     ctx.set_pool(&pool);
     ctx.request_attachment() = std::move(rx.attachment);
@@ -777,9 +800,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     // before the answer: the client frees its exposed memory when it hears.
     bulk.ops().Drain();
 
-    run.End();
     ctx.request_attachment() = mempool::IoBuf();
-    quota.Release();
     if (client_cancelled) {
       // The client has completed the call already; nobody reads a response.
       // One that exposed memory for this call holds it until it hears that
@@ -823,6 +844,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         sent = sc->conn->Send(std::move(*f));
       }
       if (!sent.ok()) SPDLOG_DEBUG("hrpc server: response to {} not sent: {}", *sc->peer, sent.ToString());
+      run.End();
+      quota.Release();
       if (hold) {
         // Exposed until the client releases it, release_timeout passes, or
         // the connection closes. Not only until the call's deadline: a client
@@ -842,9 +865,14 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
 
   // One stream, from its open frame to the close frame with the handler's
   // Status (not sent when the client cancelled: it has ended the stream).
-  void HandleStream(const std::shared_ptr<ServerConn>& sc, internal::ReceivedFrame& rx,
+  struct StreamOpen {
+    wire::FrameHeader header;
+    std::array<std::byte, wire::kStreamWindowSize> window;
+  };
+
+  void HandleStream(const std::shared_ptr<ServerConn>& sc, const StreamOpen& open,
                     const std::shared_ptr<internal::StreamCore>& core, Clock::time_point arrival) {
-    const wire::FrameHeader& h = rx.frame.header();
+    const wire::FrameHeader& h = open.header;
     MethodCounters& mc = CountersFor(h.service_id, h.method_id);
     mc.Begin();
     ServerContext ctx;
@@ -860,8 +888,14 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
                                       std::to_string(options.max_concurrent_requests) + ")");
       }
       counted = true;
-      HRPC_TRY(core->OnWindow(rx.frame.message()).WithContext("stream open"));
+      HRPC_TRY(core->OnWindow(open.window).WithContext("stream open"));
       sc->active.Insert(h.txn_id, &ctx);
+      if (core->ended()) {
+        // Cancelled (or its connection closed) before this coroutine ran:
+        // the handler does not run. A client's cancel gets no close.
+        if (core->end_status().code() == StatusCode::kCancelled) ctx.MarkCancelled();
+        return core->end_status();
+      }
       ctx.set_peer(sc->peer);
       ctx.set_pool(&workers->pool(sc->worker));
       if (Status s = core->SendInitialWindow(); !s.ok()) return s;

@@ -17,7 +17,11 @@
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/runtime.h"
 #include "hrpc/rpc/server.h"
+#include "../mempool/pool_test_util.h"
+#include "hrpc/rpc/wire.h"
 #include "hrpc/transport/loopback.h"
+#include "hrpc/transport/tcp.h"
+#include "raw_peer_util.h"
 #include "rpc_test_util.h"
 
 namespace {
@@ -203,6 +207,139 @@ TEST_P(RpcQuota, RequestLargerThanTheByteQuotaRunsAlone) {
   c.channel.reset();
   (*server)->Shutdown();
   server->reset();
+}
+
+// A client that sends requests and never reads the responses: each response
+// waits in the server for the client's credits, and it keeps counting against
+// its connection's quota until the transport has it. So what one such
+// connection holds stays bounded (the quota, the receive window, the responses
+// of its admitted requests), the server's pool never runs dry, another client
+// is served meanwhile, and everything goes back when the connection closes.
+TEST(RpcQuotaTcp, ClientThatNeverReadsItsResponsesHoldsOnlyItsQuota) {
+  constexpr size_t kMaxRequests = 4;
+  constexpr size_t kMaxBytes = 4 * kMiB;
+  constexpr uint32_t kRecvDepth = 8;
+  constexpr int kRequests = 40;
+  hrpc::RuntimeOptions sro;
+  sro.pool.arena_bytes = 64 * kMiB;
+  sro.pool.max_class_bytes = 1 * kMiB;
+  sro.pool.max_arenas = 1;
+  sro.pool.grow = false;
+  sro.transport.recv_depth = kRecvDepth;
+  sro.workers = 1;
+  auto srt = hrpc::Runtime::Create(sro);
+  ASSERT_TRUE(srt.ok()) << srt.status().ToString();
+  rpctest::TestService service;
+  service.pool = &(*srt)->pool(0);
+  hrpc::ServerOptions so;
+  so.listen = {"tcp://127.0.0.1:0"};
+  so.max_requests_per_connection = kMaxRequests;
+  so.max_request_bytes_per_connection = kMaxBytes;
+  auto server = hrpc::Server::Create(**srt, so);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->RegisterService(&service).ok());
+  ASSERT_TRUE((*server)->Start().ok());
+  std::string uri = (*server)->listen_uris().at(0);
+  uri = "tcp://127.0.0.1:" + uri.substr(uri.rfind(':') + 1);
+  hrpc::mempool::Pool& spool = (*srt)->pool(0);
+  Client polite = Connect(uri, nullptr);
+  ASSERT_TRUE(polite.channel);
+  rpctest::Test::Stub polite_stub(polite.channel.get());
+  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 128 * kMiB, .max_class_bytes = 1 * kMiB, .prefault = false});
+  ASSERT_TRUE(pool.ok());
+  hrpc::coro::Scheduler& sched = polite.runtime->scheduler(0);
+
+  struct Case {
+    const char* name;
+    size_t request_attachment;  // streamed behind each request
+    bool echo;                  // the response carries it back
+    uint64_t response_bytes;    // or the handler makes a response attachment of this size
+  };
+  for (const Case& c : {Case{"1 MiB requests echoed", kMiB, true, 0}, Case{"small requests, 1 MiB responses", 0, false, kMiB}}) {
+    SCOPED_TRACE(c.name);
+    // A warm-up call settles the pool's level (caches, the polite connection).
+    {
+      ClientContext ctx;
+      Req req;
+      Resp resp;
+      ASSERT_TRUE(polite_stub.Call(ctx, req, &resp).ok());
+    }
+    const size_t base = hrpc::mempool::testing::BytesInUse(spool);
+    const size_t failures_before = PoolFailures(spool);
+    const int calls_before = service.calls.load();
+    std::unique_ptr<hrpc::transport::Transport> t;
+    std::unique_ptr<hrpc::transport::Connection> conn;
+    std::atomic<int> sent{0};
+    auto sender = hrpc::coro::Async(sched, [&]() -> hrpc::Status {
+      hrpc::transport::TcpOptions to;
+      to.common.recv_depth = 2;  // credits for two responses, and it never reads them
+      HRPC_ASSIGN_OR_RETURN(t, hrpc::transport::CreateTcpTransport(sched, **pool, to));
+      HRPC_ASSIGN_OR_RETURN(conn, t->Connect(uri));
+      Req req;
+      req.set_echo_attachment(c.echo);
+      req.set_response_bytes(c.response_bytes);
+      const std::string body = req.SerializeAsString();
+      for (int i = 0; i < kRequests; ++i) {
+        hrpc::wire::FrameHeader h;
+        h.kind = hrpc::wire::FrameKind::kRequest;
+        h.txn_id = 1 + i;
+        h.service_id = rpctest::Test::kServiceId;
+        h.method_id = rpctest::Test::kMethods[0].method_id;
+        h.attachment_len = static_cast<uint32_t>(c.request_attachment);
+        HRPC_ASSIGN_OR_RETURN(auto frame, rpctest::RawFrame(**pool, h, body));
+        if (c.request_attachment > 0) {
+          HRPC_TRY(conn->SendWithPayload(std::move(frame), rpctest::MakePayload(**pool, c.request_attachment, i, kMiB)));
+        } else {
+          HRPC_TRY(conn->Send(std::move(frame)));
+        }
+        sent.fetch_add(1);
+      }
+      return hrpc::Status::Ok();
+    });
+    // Wait until the handlers stop (every admitted request is stuck on its
+    // response), watching the server's pool meanwhile.
+    size_t peak = 0;
+    int calls = -1;
+    for (int still = 0; still < 50;) {
+      std::this_thread::sleep_for(10ms);
+      peak = std::max(peak, hrpc::mempool::testing::BytesInUse(spool) - base);
+      const int now = service.calls.load();
+      still = now == calls ? still + 1 : 0;
+      calls = now;
+    }
+    const int handled = calls - calls_before;
+    // The polite client on its own connection is served.
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    Req req;
+    req.set_text("polite");
+    Resp resp;
+    const hrpc::Status polite_status = polite_stub.Call(ctx, req, &resp);
+    std::printf("%s: %d requests sent, %d handled, server pool peak %zu KiB over its level (quota %zu KiB)\n", c.name,
+                sent.load(), handled, peak / 1024, kMaxBytes / 1024);
+    EXPECT_TRUE(polite_status.ok()) << polite_status.ToString();
+    EXPECT_EQ(resp.text(), "polite");
+    // Two responses went out on the client's credits; then at most the
+    // quota's requests run, each waiting to send its response.
+    EXPECT_GE(handled, 2 + 1);
+    EXPECT_LE(handled, static_cast<int>(2 + kMaxRequests));
+    // Held: the requests in the receive window, the admitted ones and their
+    // 1 MiB responses, and the blocks a 1 MiB message spans.
+    const size_t bound = (kRecvDepth + 2 * kMaxRequests + 2) * (c.request_attachment + 64 * 1024) +
+                         kMaxRequests * c.response_bytes + 2 * kMiB;
+    EXPECT_LE(peak, bound) << "one connection that does not read held more than its quota allows";
+    EXPECT_EQ(PoolFailures(spool), failures_before) << "the server's pool ran dry";
+    // Closing the connection gives everything back.
+    EXPECT_TRUE(hrpc::coro::Async(sched, [&] {
+                  conn.reset();
+                  t.reset();
+                }).Get().ok());
+    (void)sender.Get();
+    const size_t left = hrpc::mempool::testing::WaitForBytesInUseAtMost(spool, base + 4096);
+    EXPECT_LE(left, base + 4096) << "the closed connection's requests and responses stayed in the pool";
+  }
+  polite.channel.reset();
+  (*server)->Shutdown();
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, RpcQuota, ::testing::Values("loop", "tcp"),

@@ -29,6 +29,7 @@
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
 #include "pool_level_util.h"
+#include "raw_peer_util.h"
 #include "rpc_test_util.h"
 
 namespace {
@@ -969,27 +970,8 @@ TEST_F(RpcFaults, TruncatedRequestCostsItsConnectionOnly) {
   EXPECT_TRUE(Call(faulty.get(), "reconnected").ok());
 }
 
-// An empty control frame (ping, pong) of `kind` for transaction `txn`.
-hrpc::Result<hrpc::mempool::IoBuf> ControlFrame(hrpc::mempool::Pool& pool, hrpc::wire::FrameKind kind, uint64_t txn,
-                                                hrpc::StatusCode code = StatusCode::kOk) {
-  hrpc::wire::FrameHeader h;
-  h.kind = kind;
-  h.txn_id = txn;
-  h.status = code;
-  HRPC_ASSIGN_OR_RETURN(auto b, pool.Allocate(hrpc::wire::kMaxHeaderSize));
-  std::span<std::byte> out(reinterpret_cast<std::byte*>(b.data()), b.size());
-  HRPC_ASSIGN_OR_RETURN(size_t n, hrpc::wire::EncodeFrame(h, {}, {}, {}, "", out));
-  return hrpc::mempool::IoBuf(b.Slice(0, n));
-}
-
-// The next frame on `conn`, decoded to its header.
-hrpc::Result<hrpc::wire::FrameHeader> RecvHeader(hrpc::transport::Connection& conn) {
-  HRPC_ASSIGN_OR_RETURN(auto m, conn.Recv());
-  std::vector<std::byte> bytes(m.size());
-  m.CopyTo(bytes.data(), 0, bytes.size());
-  HRPC_ASSIGN_OR_RETURN(auto f, hrpc::wire::Decode(bytes));
-  return f.header();
-}
+using rpctest::ControlFrame;
+using rpctest::RecvHeader;
 
 // The server answers a ping with a pong of the same transaction and does not
 // answer a pong (a pong answered by anything would make two peers that ping
