@@ -380,6 +380,36 @@ TEST_P(Conformance, CloseFailsEverythingOnBothSides) {
   On(env.client_worker(), [&]() { again->reset(); });
 }
 
+// An op waiting for one of the connection's op slots (max_outstanding_ops)
+// ends when the connection closes, also when the slot was handed to it just
+// before the close and it had not run yet.
+TEST_P(Conformance, AnOpWaitingForItsSlotEndsWhenTheConnectionCloses) {
+  TransportOptions o = TestOptions();
+  o.max_outstanding_ops = 1;
+  Env env(GetParam(), o);
+  env.ConnectPair();
+  Buffer target = Filled(env.pool(), 4096, 1);
+  const RemoteDescriptor d = ExposeOnServer(env, target, Access::kReadWrite);
+  IoBuf s1(Filled(env.pool(), 4096, 2)), s2(Filled(env.pool(), 4096, 3));
+  std::atomic<bool> first{true};
+  auto writer = [&](IoBuf& src) {
+    return [&]() -> Status {
+      Status s = env.client().Write(src, d);
+      // The first to finish closes: the other was just handed the slot.
+      if (first.exchange(false)) env.client().Close();
+      return s;
+    };
+  };
+  auto w1 = coro::Async(env.client_worker().scheduler(), writer(s1));
+  auto w2 = coro::Async(env.client_worker().scheduler(), writer(s2));
+  Status r1 = w1.WaitFor(10s), r2 = w2.WaitFor(10s);
+  ASSERT_NE(r1.code(), StatusCode::kDeadlineExceeded) << "the first Write never returned";
+  ASSERT_NE(r2.code(), StatusCode::kDeadlineExceeded) << "the second Write never returned after Close()";
+  EXPECT_TRUE(r1.ok()) << r1.ToString();
+  EXPECT_TRUE(r2.ok() || r2.code() == StatusCode::kCancelled || r2.code() == StatusCode::kUnavailable)
+      << r2.ToString();
+}
+
 // ---------------------------------------------------------------- fault injection
 //
 // FaultOptions (transport.h): each fault costs what the contract says (one

@@ -165,6 +165,27 @@ TEST(CreditGate, FailAllFinishesEveryParkedSenderWithoutSending) {
   });
 }
 
+// A waiter that a Release() woke, but that runs only after the connection
+// failed, must not go on with its op (nobody would ever answer it): it gets
+// the failure, as does every later caller.
+TEST(OpSlots, AWaiterWokenJustBeforeTheFailureGetsTheFailure) {
+  RunMain([](coro::Scheduler& sched) {
+    OpSlots slots(1);
+    OwnerCounter stalls;
+    ASSERT_TRUE(slots.Acquire(stalls).ok());
+    Status woken = InternalError("not run");
+    sched.Spawn([&] { woken = slots.Acquire(stalls); });
+    Settle();
+    EXPECT_EQ(stalls.Get(), 1u);
+    slots.Release();                                 // hands the slot to the waiter...
+    slots.FailAll(UnavailableError("peer gone"));  // ...which has not run yet
+    Settle();
+    EXPECT_EQ(woken.code(), StatusCode::kUnavailable) << woken.ToString();
+    ASSERT_EQ(slots.outstanding(), 0u) << "the woken waiter took the slot of a failed connection";
+    EXPECT_EQ(slots.Acquire(stalls).code(), StatusCode::kUnavailable);
+  });
+}
+
 uint32_t IdOf(const IoBuf& m) {
   uint32_t id = 0;
   m.CopyTo(&id, 0, 4);

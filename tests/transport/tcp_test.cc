@@ -793,6 +793,45 @@ uint16_t PortOf(const std::string& uri) {
   return u.ok() ? u->port : 0;
 }
 
+// A connection that sent in the same coroutine batch that destroyed it and
+// its transport (no poll in between to flush it): the transport still lets go
+// of the connection, so nothing it held (a received message nobody took) stays
+// out of the pool and the transport's state is freed.
+TEST(TcpTeardown, TransportDestroyedRightAfterASendGivesEverythingBack) {
+  Env env(TcpKind());
+  env.Listen();
+  std::unique_ptr<Transport> t2;
+  On(env.client_worker(), [&]() {
+    TcpOptions to;
+    to.common = TestOptions();
+    auto t = CreateTcpTransport(env.client_worker().scheduler(), env.pool(), to);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    t2 = std::move(*t);
+  });
+  std::weak_ptr<TransportCounters> counters = t2->counters();
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  const std::string uri = env.listener().uri();
+  auto c = On(env.client_worker(), [&]() { return t2->Connect(uri); });
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto s = accepted.WaitFor(5s);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  const size_t base = mempool::testing::WaitForBytesInUseAtMost(env.pool(), 0, 200ms);
+  // A message the client never takes: its blocks stay with the connection.
+  ASSERT_TRUE(On(env.server_worker(), [&]() { return (*s)->Send(IoBuf(Filled(env.pool(), 3000, 9))); }).ok());
+  for (int i = 0; i < 400 && counters.lock()->messages_received.Get() == 0; ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(counters.lock()->messages_received.Get(), 1u);
+  ASSERT_GT(mempool::testing::BytesInUse(env.pool()), base);
+  On(env.client_worker(), [&]() {
+    EXPECT_TRUE((*c)->Send(IoBuf(Filled(env.pool(), 10, 1))).ok());  // queued for the next flush
+    c->reset();
+    t2.reset();
+  });
+  On(env.server_worker(), [&]() { s->reset(); });
+  const size_t after = mempool::testing::WaitForBytesInUseAtMost(env.pool(), base, 5s);
+  EXPECT_LE(after, base) << "the message the client never took stayed out of the pool";
+  EXPECT_TRUE(counters.expired()) << "the destroyed transport's state is still alive";
+}
+
 TEST(TcpCongestion, ConnectionsOnThisHostUseTheLoopbackChoice) {
   const std::string system = ReadLine("/proc/sys/net/ipv4/tcp_congestion_control");
   // reno is built into every kernel; when it is the default, cubic is the

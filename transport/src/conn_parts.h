@@ -76,7 +76,8 @@ class OpSlots {
   explicit OpSlots(uint32_t max = 1) : max_(max) {}
   void set_max(uint32_t max) { max_ = max; }
   // OK once the caller holds a slot (counts a stall in `stalls` if it had to
-  // wait); the connection's error when FailAll() ran meanwhile.
+  // wait); the connection's error once FailAll() ran (before the call, while
+  // it waited, or after a Release() woke it and before it ran).
   Status Acquire(OwnerCounter& stalls);
   // Gives a slot back and wakes the next waiter.
   void Release();
@@ -88,6 +89,7 @@ class OpSlots {
   uint32_t max_;
   uint32_t used_ = 0;
   std::deque<Parked*> waiters_;
+  Status failed_;  // FailAll's, for good
 };
 
 // Send credits: how many messages the peer can still take (its free receive

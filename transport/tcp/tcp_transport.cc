@@ -1655,6 +1655,13 @@ void Core::Shutdown() {
   }
   listeners.clear();
   stopped = true;
+  // No Poll() will flush or serve these any more, and each holds its Conn,
+  // which holds this Core: a cycle that would keep both (and what the Conn
+  // still holds of the pool) for good.
+  dirty.clear();
+  flushing.clear();
+  tls_buffered.clear();
+  hot.reset();
   sched->CancelTimer(timer);
   sched->RemovePoller(this);
   close(epfd);
