@@ -832,6 +832,39 @@ TEST(TcpTeardown, TransportDestroyedRightAfterASendGivesEverythingBack) {
   EXPECT_TRUE(counters.expired()) << "the destroyed transport's state is still alive";
 }
 
+// Each side pings for the other's dead-peer timeout: a peer whose timeout is
+// far shorter than ours (1 s against our keepalive of 1 s and timeout of 5 s)
+// keeps an idle connection to us, both ways.
+TEST(TcpKeepalive, PeerWithAShorterDeadPeerTimeoutKeepsAnIdleConnection) {
+  Env env(TcpKind(), FastDeadPeerOptions());  // this side's transports: dead-peer 1 s
+  env.Listen();
+  std::unique_ptr<Transport> slow;
+  On(env.client_worker(), [&]() {
+    TcpOptions to;  // keepalive 1 s, dead-peer 5 s
+    ASSERT_EQ(to.common.keepalive_interval, 1000ms);
+    ASSERT_EQ(to.common.dead_peer_timeout, 5000ms);
+    auto t = CreateTcpTransport(env.client_worker().scheduler(), env.pool(), to);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    slow = std::move(*t);
+  });
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  const std::string uri = env.listener().uri();
+  auto c = On(env.client_worker(), [&]() { return slow->Connect(uri); });
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto s = accepted.WaitFor(5s);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  std::this_thread::sleep_for(3500ms);  // idle: only pings
+  const Status server_side = On(env.server_worker(), [&]() { return (*s)->status(); });
+  const Status client_side = On(env.client_worker(), [&]() { return (*c)->status(); });
+  EXPECT_TRUE(server_side.ok()) << server_side.ToString();
+  EXPECT_TRUE(client_side.ok()) << client_side.ToString();
+  On(env.server_worker(), [&]() { s->reset(); });
+  On(env.client_worker(), [&]() {
+    c->reset();
+    slow.reset();
+  });
+}
+
 TEST(TcpCongestion, ConnectionsOnThisHostUseTheLoopbackChoice) {
   const std::string system = ReadLine("/proc/sys/net/ipv4/tcp_congestion_control");
   // reno is built into every kernel; when it is the default, cubic is the

@@ -314,6 +314,10 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   mempool::RegistrarSlot slot = 0;
   bool own_slot = false;
   bool stopped = false;
+  // The shortest keepalive a connection agreed (a peer with a short dead-peer
+  // timeout asks for one below ours): the timer ticks at least that often.
+  std::chrono::milliseconds min_keepalive = std::chrono::milliseconds::max();
+  std::chrono::milliseconds tick_period{0};  // of the armed timer
   uint64_t next_token = 1;
   coro::Scheduler::TimerId timer = 0;
   std::unordered_map<uint64_t, std::shared_ptr<Conn>> conns;
@@ -1360,6 +1364,13 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
   c.credits.Open(c.limits.recv_depth);
   // Ping often enough for the peer's dead-peer timeout too.
   c.keepalive = std::min(opt.common.keepalive_interval, std::chrono::milliseconds(hello.dead_peer_ms / 3 + 1));
+  if (c.keepalive < min_keepalive) {
+    min_keepalive = c.keepalive;
+    if (min_keepalive < tick_period && !stopped) {  // the next check would come too late
+      sched->CancelTimer(timer);
+      ArmTimer();
+    }
+  }
   if (c.server) {
     FrameHeader a;
     a.type = FrameType::kHelloAck;
@@ -1622,15 +1633,20 @@ void Core::Tick() {
       h.type = FrameType::kPing;
       Queue(*c, h);
       Flush(*c);
+      // Sent now, not at the next tick: stamped here, or an idle connection
+      // would ping only every other tick.
+      c->last_tx = now;
+      c->tx_since_tick = false;
     }
   }
 }
 
 void Core::ArmTimer() {
   using std::chrono::milliseconds;
-  milliseconds tick = std::min({opt.common.keepalive_interval, opt.common.dead_peer_timeout / 4,
+  milliseconds tick = std::min({opt.common.keepalive_interval, min_keepalive, opt.common.dead_peer_timeout / 4,
                                 opt.common.handshake_timeout / 4, opt.common.connect_timeout / 4});
   tick = std::max(tick, milliseconds(5));
+  tick_period = tick;
   std::weak_ptr<Core> weak = weak_from_this();
   timer = sched->AddTimer(Clock::now() + tick, [weak] {
     auto core = weak.lock();
