@@ -74,6 +74,10 @@ class RawClient {
   void Write(const std::vector<uint8_t>& bytes) {
     ASSERT_EQ(send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
   }
+  // False once the server closed the connection (or the kernel refused).
+  bool TryWrite(const std::vector<uint8_t>& bytes) {
+    return send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+  }
   void ShutdownWrite() { shutdown(fd_, SHUT_WR); }
   // Reads until `n` bytes arrived, EOF, or the timeout.
   std::vector<uint8_t> Read(size_t n, std::chrono::milliseconds timeout = 3000ms) {
@@ -457,6 +461,39 @@ TEST_F(TcpWire, PeerGoneMidPayloadGivesThePayloadBlocksBack) {
 // inside the second payload (or message), inside the third header and inside
 // the fourth message: every message arrives whole and in order, a payload in
 // aligned pool blocks, and not a byte copied.
+// A peer that keeps asking for one-sided ops and never reads the answers
+// (here: READs of memory it was never shown, each refused with an ERROR whose
+// text takes a pool block): the answers waiting for it are bounded (4 x
+// max_outstanding_ops), then it loses its connection; the pool it shares with
+// every other connection does not grow with what it sends.
+TEST_F(TcpWire, PeerThatAsksWithoutReadingTheAnswersLosesItsConnection) {
+  auto raw = Handshaken();
+  const size_t base = mempool::testing::BytesInUse(env_->pool());
+  std::vector<uint8_t> batch;
+  for (uint64_t i = 0; i < 4096; ++i) {
+    std::vector<uint8_t> f = Header(/*READ_REQ*/ 6, 0, i + 1);
+    const uint64_t addr = 0x1000;
+    const uint32_t key = 0xdead0001u, len = 64;
+    std::memcpy(&f[16], &addr, 8);
+    std::memcpy(&f[24], &key, 4);
+    std::memcpy(&f[28], &len, 4);
+    batch.insert(batch.end(), f.begin(), f.end());
+  }
+  size_t peak = 0;
+  int sent = 0;
+  for (; sent < 200 && raw->TryWrite(batch); ++sent) {  // up to 819,200 requests, 26 MB
+    peak = std::max(peak, mempool::testing::BytesInUse(env_->pool()));
+  }
+  EXPECT_TRUE(raw->ClosedByServer()) << "after " << sent << " batches of 4096 READs";
+  const uint64_t refused = env_->server_transport().counters()->refused_here.Get();
+  std::printf("%d batches sent, %llu READs refused, pool peak %zu bytes over %zu\n", sent,
+              static_cast<unsigned long long>(refused), peak - std::min(peak, base), base);
+  EXPECT_LT(peak - std::min(peak, base), size_t{2} << 20) << "the unread answers grew the shared pool";
+  EXPECT_TRUE(Logged("answers to its one-sided ops wait unread"));
+  EXPECT_LE(mempool::testing::WaitForBytesInUseAtMost(env_->pool(), base), base);
+  ServerUnaffected();
+}
+
 TEST_F(TcpWire, AnnouncedFramesSplitAnywhereArriveWholeAndUncopied) {
   constexpr uint32_t kFrames = 5;
   struct Shape {

@@ -188,6 +188,7 @@ struct OutFrame {
   size_t pad_slice = 0;               // WRITE / READ_RESP: 0; MESSAGE_PAYLOAD: the message's slice count
   uint32_t expo_index = UINT32_MAX;   // READ response: exposure to End() once written
   bool close_after = false;           // handshake refusal: close once written
+  bool answer = false;                // READ_RESP, WRITE_ACK or an op's ERROR: the answer to a peer's op
   size_t total() const { return kHeaderBytes + pad + payload.size(); }
 };
 
@@ -249,6 +250,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   // Send side.
   RingQueue<OutFrame> outq;
   size_t queued_bytes = 0;
+  uint32_t queued_answers = 0;  // frames in outq with `answer` set
   bool epollout = false;
   bool in_epoll = true;  // the fd is in the epoll set (out of it while paused and not waiting for EPOLLOUT)
   internal::CreditGate<SendWaiter> credits;
@@ -370,6 +372,9 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   void ResumeAfterMemory(const std::weak_ptr<Conn>& weak);
   void Queue(Conn& c, FrameHeader h, mempool::IoBuf&& payload = mempool::IoBuf(), uint32_t expo_index = UINT32_MAX);
   void QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after = false);
+  // Fails `c` when the answers queued for its peer's one-sided ops reached
+  // their bound (a peer that asks without reading); true then.
+  bool TooManyAnswersQueued(Conn& c);
   void Flush(Conn& c);
   void MarkDirty(Conn& c) {
     if (c.dirty || c.closed()) return;
@@ -488,6 +493,7 @@ void Core::Fail(Conn& c, Status s) {
   });
   c.outq.clear();
   c.queued_bytes = 0;
+  c.queued_answers = 0;
   if (c.in_body && c.sink == Sink::kWrite && c.body_expo != UINT32_MAX) c.expo.End(c.body_expo);
   c.in_body = false;
   c.body_hold = mempool::IoBuf();
@@ -581,6 +587,23 @@ void Core::Queue(Conn& c, FrameHeader h, mempool::IoBuf&& payload, uint32_t expo
   f.payload = std::move(payload);
   f.expo_index = expo_index;
   c.queued_bytes += f.total();
+  f.answer = h.type == FrameType::kReadResp || h.type == FrameType::kWriteAck ||
+             (h.type == FrameType::kError && h.op_id != 0);
+  if (f.answer) ++c.queued_answers;
+}
+
+bool Core::TooManyAnswersQueued(Conn& c) {
+  // A peer's own transport has at most its max_outstanding_ops one-sided ops
+  // outstanding, each waiting for its answer. One that keeps asking without
+  // reading the answers would make them pile up here (each refusal holds a
+  // pool block for its text): past 4 x this side's limit, it loses the connection.
+  const uint64_t limit = 4 * uint64_t{std::max<uint32_t>(opt.common.max_outstanding_ops, 1)};
+  if (c.queued_answers < limit) return false;
+  const std::string reason = std::to_string(c.queued_answers) + " answers to its one-sided ops wait unread (limit " +
+                             std::to_string(limit) + ", 4 x max_outstanding_ops)";
+  SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, reason);
+  Fail(c, ResourceExhaustedError("peer " + c.peer + ": " + reason));
+  return true;
 }
 
 void Core::QueueMessage(Conn& c, mempool::IoBuf&& message, mempool::IoBuf&& payload) {
@@ -729,6 +752,7 @@ void Core::Flush(Conn& c) {
       if (f.off < f.total()) break;
       const uint32_t expo = f.expo_index;
       const bool close_after = f.close_after;
+      if (f.answer) --c.queued_answers;
       c.outq.pop_front();
       if (expo != UINT32_MAX) c.expo.End(expo);
       if (close_after) {
@@ -1131,6 +1155,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
       break;
     }
     case FrameType::kWrite: {
+      if (TooManyAnswersQueued(c)) return;
       c.pad_left = tcp::kPayloadPad;
       auto hit = c.expo.Check(h.addr, h.length, h.key, Access::kWrite);
       if (!hit.ok()) {
@@ -1153,6 +1178,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
         ProtocolError(c, "READ request with a body");
         return;
       }
+      if (TooManyAnswersQueued(c)) return;
       auto hit = c.expo.Check(h.addr, h.aux, h.key, Access::kRead);
       if (!hit.ok()) {
         SPDLOG_DEBUG("hrpc tcp: refused READ from {}: {}", c.peer, hit.status().ToString());
