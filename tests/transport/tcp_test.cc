@@ -830,6 +830,36 @@ uint16_t PortOf(const std::string& uri) {
   return u.ok() ? u->port : 0;
 }
 
+// A client transport of its own (options `to`) on the env's client worker,
+// connected to the env's listener; `server` is the accepted side.
+struct OwnTcpClient {
+  Env& env;
+  std::unique_ptr<Transport> transport;
+  std::unique_ptr<Connection> client, server;
+  OwnTcpClient(Env& e, const TcpOptions& to) : env(e) {
+    auto t = On(env.client_worker(), [&]() { return CreateTcpTransport(env.client_worker().scheduler(), env.pool(), to); });
+    EXPECT_TRUE(t.ok()) << t.status().ToString();
+    if (!t.ok()) return;
+    transport = std::move(*t);
+    auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+    const std::string uri = env.listener().uri();
+    auto c = On(env.client_worker(), [&]() { return transport->Connect(uri); });
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    if (c.ok()) client = std::move(*c);
+    auto s = accepted.WaitFor(5s);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    if (s.ok()) server = std::move(*s);
+  }
+  bool ok() const { return client && server; }
+  ~OwnTcpClient() {
+    On(env.server_worker(), [&]() { server.reset(); });
+    On(env.client_worker(), [&]() {
+      client.reset();
+      transport.reset();
+    });
+  }
+};
+
 // A connection that sent in the same coroutine batch that destroyed it and
 // its transport (no poll in between to flush it): the transport still lets go
 // of the connection, so nothing it held (a received message nobody took) stays
@@ -837,33 +867,23 @@ uint16_t PortOf(const std::string& uri) {
 TEST(TcpTeardown, TransportDestroyedRightAfterASendGivesEverythingBack) {
   Env env(TcpKind());
   env.Listen();
-  std::unique_ptr<Transport> t2;
-  On(env.client_worker(), [&]() {
-    TcpOptions to;
-    to.common = TestOptions();
-    auto t = CreateTcpTransport(env.client_worker().scheduler(), env.pool(), to);
-    ASSERT_TRUE(t.ok()) << t.status().ToString();
-    t2 = std::move(*t);
-  });
-  std::weak_ptr<TransportCounters> counters = t2->counters();
-  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
-  const std::string uri = env.listener().uri();
-  auto c = On(env.client_worker(), [&]() { return t2->Connect(uri); });
-  ASSERT_TRUE(c.ok()) << c.status().ToString();
-  auto s = accepted.WaitFor(5s);
-  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  TcpOptions to;
+  to.common = TestOptions();
+  OwnTcpClient own(env, to);
+  ASSERT_TRUE(own.ok());
+  std::weak_ptr<TransportCounters> counters = own.transport->counters();
   const size_t base = mempool::testing::WaitForBytesInUseAtMost(env.pool(), 0, 200ms);
   // A message the client never takes: its blocks stay with the connection.
-  ASSERT_TRUE(On(env.server_worker(), [&]() { return (*s)->Send(IoBuf(Filled(env.pool(), 3000, 9))); }).ok());
+  ASSERT_TRUE(On(env.server_worker(), [&]() { return own.server->Send(IoBuf(Filled(env.pool(), 3000, 9))); }).ok());
   for (int i = 0; i < 400 && counters.lock()->messages_received.Get() == 0; ++i) std::this_thread::sleep_for(5ms);
   ASSERT_EQ(counters.lock()->messages_received.Get(), 1u);
   ASSERT_GT(mempool::testing::BytesInUse(env.pool()), base);
   On(env.client_worker(), [&]() {
-    EXPECT_TRUE((*c)->Send(IoBuf(Filled(env.pool(), 10, 1))).ok());  // queued for the next flush
-    c->reset();
-    t2.reset();
+    EXPECT_TRUE(own.client->Send(IoBuf(Filled(env.pool(), 10, 1))).ok());  // queued for the next flush
+    own.client.reset();
+    own.transport.reset();
   });
-  On(env.server_worker(), [&]() { s->reset(); });
+  On(env.server_worker(), [&]() { own.server.reset(); });
   const size_t after = mempool::testing::WaitForBytesInUseAtMost(env.pool(), base, 5s);
   EXPECT_LE(after, base) << "the message the client never took stayed out of the pool";
   EXPECT_TRUE(counters.expired()) << "the destroyed transport's state is still alive";
@@ -875,31 +895,16 @@ TEST(TcpTeardown, TransportDestroyedRightAfterASendGivesEverythingBack) {
 TEST(TcpKeepalive, PeerWithAShorterDeadPeerTimeoutKeepsAnIdleConnection) {
   Env env(TcpKind(), FastDeadPeerOptions());  // this side's transports: dead-peer 1 s
   env.Listen();
-  std::unique_ptr<Transport> slow;
-  On(env.client_worker(), [&]() {
-    TcpOptions to;  // keepalive 1 s, dead-peer 5 s
-    ASSERT_EQ(to.common.keepalive_interval, 1000ms);
-    ASSERT_EQ(to.common.dead_peer_timeout, 5000ms);
-    auto t = CreateTcpTransport(env.client_worker().scheduler(), env.pool(), to);
-    ASSERT_TRUE(t.ok()) << t.status().ToString();
-    slow = std::move(*t);
-  });
-  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
-  const std::string uri = env.listener().uri();
-  auto c = On(env.client_worker(), [&]() { return slow->Connect(uri); });
-  ASSERT_TRUE(c.ok()) << c.status().ToString();
-  auto s = accepted.WaitFor(5s);
-  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  TcpOptions to;  // keepalive 1 s, dead-peer 5 s
+  ASSERT_EQ(to.common.keepalive_interval, 1000ms);
+  ASSERT_EQ(to.common.dead_peer_timeout, 5000ms);
+  OwnTcpClient own(env, to);
+  ASSERT_TRUE(own.ok());
   std::this_thread::sleep_for(3500ms);  // idle: only pings
-  const Status server_side = On(env.server_worker(), [&]() { return (*s)->status(); });
-  const Status client_side = On(env.client_worker(), [&]() { return (*c)->status(); });
+  const Status server_side = On(env.server_worker(), [&]() { return own.server->status(); });
+  const Status client_side = On(env.client_worker(), [&]() { return own.client->status(); });
   EXPECT_TRUE(server_side.ok()) << server_side.ToString();
   EXPECT_TRUE(client_side.ok()) << client_side.ToString();
-  On(env.server_worker(), [&]() { s->reset(); });
-  On(env.client_worker(), [&]() {
-    c->reset();
-    slow.reset();
-  });
 }
 
 TEST(TcpCongestion, ConnectionsOnThisHostUseTheLoopbackChoice) {
