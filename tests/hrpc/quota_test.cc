@@ -18,7 +18,6 @@
 #include "hrpc/rpc/runtime.h"
 #include "hrpc/rpc/server.h"
 #include "../mempool/pool_test_util.h"
-#include "hrpc/rpc/wire.h"
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
 #include "raw_peer_util.h"
@@ -245,8 +244,6 @@ TEST(RpcQuotaTcp, ClientThatNeverReadsItsResponsesHoldsOnlyItsQuota) {
   Client polite = Connect(uri, nullptr);
   ASSERT_TRUE(polite.channel);
   rpctest::Test::Stub polite_stub(polite.channel.get());
-  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 128 * kMiB, .max_class_bytes = 1 * kMiB, .prefault = false});
-  ASSERT_TRUE(pool.ok());
   hrpc::coro::Scheduler& sched = polite.runtime->scheduler(0);
 
   struct Case {
@@ -267,30 +264,25 @@ TEST(RpcQuotaTcp, ClientThatNeverReadsItsResponsesHoldsOnlyItsQuota) {
     const size_t base = hrpc::mempool::testing::BytesInUse(spool);
     const size_t failures_before = PoolFailures(spool);
     const int calls_before = service.calls.load();
-    std::unique_ptr<hrpc::transport::Transport> t;
-    std::unique_ptr<hrpc::transport::Connection> conn;
+    rpctest::RawTcpPeer peer;
+    hrpc::transport::TcpOptions to;
+    to.common.recv_depth = 2;  // credits for two responses, and it never reads them
+    ASSERT_TRUE(peer.Connect(sched, uri, to, 128 * kMiB).ok());
     std::atomic<int> sent{0};
     auto sender = hrpc::coro::Async(sched, [&]() -> hrpc::Status {
-      hrpc::transport::TcpOptions to;
-      to.common.recv_depth = 2;  // credits for two responses, and it never reads them
-      HRPC_ASSIGN_OR_RETURN(t, hrpc::transport::CreateTcpTransport(sched, **pool, to));
-      HRPC_ASSIGN_OR_RETURN(conn, t->Connect(uri));
       Req req;
       req.set_echo_attachment(c.echo);
       req.set_response_bytes(c.response_bytes);
       const std::string body = req.SerializeAsString();
+      hrpc::mempool::Pool& pool = *peer.pool;
       for (int i = 0; i < kRequests; ++i) {
-        hrpc::wire::FrameHeader h;
-        h.kind = hrpc::wire::FrameKind::kRequest;
-        h.txn_id = 1 + i;
-        h.service_id = rpctest::Test::kServiceId;
-        h.method_id = rpctest::Test::kMethods[0].method_id;
-        h.attachment_len = static_cast<uint32_t>(c.request_attachment);
-        HRPC_ASSIGN_OR_RETURN(auto frame, rpctest::RawFrame(**pool, h, body));
+        HRPC_ASSIGN_OR_RETURN(auto frame, rpctest::RequestFrame(pool, 1 + i, rpctest::Test::kServiceId,
+                                                                rpctest::Test::kMethods[0].method_id, body,
+                                                                c.request_attachment));
         if (c.request_attachment > 0) {
-          HRPC_TRY(conn->SendWithPayload(std::move(frame), rpctest::MakePayload(**pool, c.request_attachment, i, kMiB)));
+          HRPC_TRY(peer.conn->SendWithPayload(std::move(frame), rpctest::MakePayload(pool, c.request_attachment, i, kMiB)));
         } else {
-          HRPC_TRY(conn->Send(std::move(frame)));
+          HRPC_TRY(peer.conn->Send(std::move(frame)));
         }
         sent.fetch_add(1);
       }
@@ -330,10 +322,7 @@ TEST(RpcQuotaTcp, ClientThatNeverReadsItsResponsesHoldsOnlyItsQuota) {
     EXPECT_LE(peak, bound) << "one connection that does not read held more than its quota allows";
     EXPECT_EQ(PoolFailures(spool), failures_before) << "the server's pool ran dry";
     // Closing the connection gives everything back.
-    EXPECT_TRUE(hrpc::coro::Async(sched, [&] {
-                  conn.reset();
-                  t.reset();
-                }).Get().ok());
+    peer.Close();
     (void)sender.Get();
     const size_t left = hrpc::mempool::testing::WaitForBytesInUseAtMost(spool, base + 4096);
     EXPECT_LE(left, base + 4096) << "the closed connection's requests and responses stayed in the pool";

@@ -976,6 +976,59 @@ using rpctest::RecvHeader;
 // The server answers a ping with a pong of the same transaction and does not
 // answer a pong (a pong answered by anything would make two peers that ping
 // each other loop forever).
+// A second request with the txn_id of one still in flight breaks the
+// protocol: the server closes that connection and does not run it. In flight
+// means while its handler runs and also while its response waits to be sent
+// (here for the client's only credit, which a client that does not read never
+// gives back).
+TEST(RpcDuplicateTxn, DuplicateOfARequestInFlightClosesTheConnection) {
+  Env env;
+  env.Start("tcp");
+  Req slow, fast;
+  slow.set_sleep_ms(300);
+  const std::string slow_body = slow.SerializeAsString(), fast_body = fast.SerializeAsString();
+  const uint32_t service = rpctest::Test::kServiceId, method = rpctest::Test::kMethods[0].method_id;
+  auto wait_for = [](auto pred) {
+    for (int i = 0; i < 1000 && !pred(); ++i) std::this_thread::sleep_for(5ms);
+    return pred();
+  };
+  struct Case {
+    const char* what;
+    bool handler_running;
+  };
+  for (const Case& c : {Case{"while its handler runs", true}, Case{"while its response waits for a credit", false}}) {
+    SCOPED_TRACE(c.what);
+    const size_t before = env.server->num_connections();
+    const int calls_before = env.service.calls.load();
+    rpctest::RawTcpPeer peer;
+    hrpc::transport::TcpOptions to;
+    to.common.recv_depth = 1;  // one response, then the server waits for a credit
+    ASSERT_TRUE(peer.Connect(env.channel->scheduler(0), env.uri, to).ok());
+    ASSERT_TRUE(wait_for([&] { return env.server->num_connections() == before + 1; }));
+    uint64_t dup = 1;
+    if (c.handler_running) {
+      ASSERT_TRUE(peer.Send(rpctest::RequestFrame(*peer.pool, 1, service, method, slow_body)).ok());
+    } else {
+      ASSERT_TRUE(peer.Send(rpctest::RequestFrame(*peer.pool, 1, service, method, fast_body)).ok());
+      ASSERT_TRUE(peer.Send(rpctest::RequestFrame(*peer.pool, 2, service, method, fast_body)).ok());
+      dup = 2;
+    }
+    ASSERT_TRUE(wait_for([&] { return env.service.calls.load() == calls_before + static_cast<int>(dup); }));
+    std::this_thread::sleep_for(20ms);  // the last response is now waiting for its credit
+    ASSERT_TRUE(peer.Send(rpctest::RequestFrame(*peer.pool, dup, service, method, fast_body)).ok());
+    EXPECT_TRUE(wait_for([&] { return env.server->num_connections() == before; }))
+        << "the server kept a connection that reused txn " << dup;
+    std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(env.service.calls.load(), calls_before + static_cast<int>(dup)) << "the duplicate ran";
+  }
+  ClientContext ctx;
+  Req req;
+  req.set_text("still here");
+  Resp resp;
+  ASSERT_TRUE(rpctest::Test::Stub(env.channel.get()).Call(ctx, req, &resp).ok());
+  EXPECT_EQ(resp.text(), "still here");
+}
+
 TEST(RpcPing, ServerAnswersPingWithPongAndPongWithNothing) {
   Env env;
   env.Start("tcp");

@@ -7,7 +7,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -28,7 +27,6 @@
 #include "hrpc/rpc/server.h"
 #include "hrpc/rpc/wire.h"
 #include "hrpc/transport/loopback.h"
-#include "hrpc/transport/tcp.h"
 #include "stream_test.hrpc.h"
 #include "stream_test.hrpc.mock.h"
 #include "../mempool/pool_test_util.h"
@@ -538,64 +536,22 @@ uint64_t SumOfSeqs(streamtest::Streamer::StubInterface& stub) {
   return reader->Finish().ok() ? sum : 0;
 }
 
-// Hand-made frames from a bare TCP connection on the channel's worker.
-struct RawPeer {
-  std::unique_ptr<hrpc::mempool::Pool> pool;
-  hrpc::coro::Scheduler* sched = nullptr;
-  std::unique_ptr<hrpc::transport::Transport> transport;
-  std::unique_ptr<hrpc::transport::Connection> conn;
-
-  hrpc::Status Connect(Env& env) {
-    HRPC_ASSIGN_OR_RETURN(pool, hrpc::mempool::Pool::Create(
-                                    {.arena_bytes = 16u << 20, .max_class_bytes = 1u << 20, .prefault = false}));
-    sched = &env.channel->scheduler(0);
-    const std::string bound = env.server->listen_uris().at(0);
-    const std::string uri = "tcp://127.0.0.1:" + bound.substr(bound.rfind(':') + 1);
-    return hrpc::coro::Async(*sched, [&]() -> hrpc::Status {
-             HRPC_ASSIGN_OR_RETURN(transport, hrpc::transport::CreateTcpTransport(*sched, *pool));
-             HRPC_ASSIGN_OR_RETURN(conn, transport->Connect(uri));
-             return hrpc::Status::Ok();
-           }).Get();
-  }
-  // A stream_open of Upload for `txn` whose body is the initial window and
-  // `extra` bytes more, followed by an attachment of `attachment` bytes.
-  hrpc::Status SendOpen(uint64_t txn, size_t extra = 0, size_t attachment = 0) {
-    return hrpc::coro::Async(*sched, [&]() -> hrpc::Status {
-             hrpc::wire::FrameHeader h;
-             h.kind = hrpc::wire::FrameKind::kStreamOpen;
-             h.txn_id = txn;
-             h.service_id = streamtest::Streamer::kServiceId;
-             h.method_id = hrpc::MethodIdOf("Upload");
-             h.attachment_len = static_cast<uint32_t>(attachment);
-             std::string body(hrpc::wire::kStreamWindowSize + extra, '\0');
-             hrpc::wire::EncodeStreamWindow(
-                 {.window_messages = hrpc::wire::kInitialStreamWindowMessages,
-                  .window_bytes = hrpc::wire::kInitialStreamWindowBytes},
-                 std::span<std::byte, hrpc::wire::kStreamWindowSize>(reinterpret_cast<std::byte*>(body.data()),
-                                                                      hrpc::wire::kStreamWindowSize));
-             HRPC_ASSIGN_OR_RETURN(auto frame, rpctest::RawFrame(*pool, h, body));
-             if (attachment == 0) return conn->Send(std::move(frame));
-             return conn->SendWithPayload(std::move(frame), Payload(*pool, attachment, 3));
-           }).Get();
-  }
-  hrpc::Status SendControl(hrpc::wire::FrameKind kind, uint64_t txn) {
-    return hrpc::coro::Async(*sched, [&]() -> hrpc::Status {
-             HRPC_ASSIGN_OR_RETURN(auto frame, rpctest::ControlFrame(*pool, kind, txn));
-             return conn->Send(std::move(frame));
-           }).Get();
-  }
-  hrpc::Result<hrpc::wire::FrameHeader> Recv() {
-    return hrpc::coro::Async(*sched, [&] { return rpctest::RecvHeader(*conn); }).Get();
-  }
-  ~RawPeer() {
-    if (sched != nullptr) {
-      (void)hrpc::coro::Async(*sched, [&] {
-        conn.reset();
-        transport.reset();
-      }).Get();
-    }
-  }
-};
+// A stream_open of Upload for `txn` whose body is the initial window and
+// `extra` bytes more; `attachment` bytes streamed behind it are announced.
+hrpc::Result<IoBuf> OpenFrame(hrpc::mempool::Pool& pool, uint64_t txn, size_t extra = 0, size_t attachment = 0) {
+  hrpc::wire::FrameHeader h;
+  h.kind = hrpc::wire::FrameKind::kStreamOpen;
+  h.txn_id = txn;
+  h.service_id = streamtest::Streamer::kServiceId;
+  h.method_id = hrpc::MethodIdOf("Upload");
+  h.attachment_len = static_cast<uint32_t>(attachment);
+  std::string body(hrpc::wire::kStreamWindowSize + extra, '\0');
+  hrpc::wire::EncodeStreamWindow({.window_messages = hrpc::wire::kInitialStreamWindowMessages,
+                                  .window_bytes = hrpc::wire::kInitialStreamWindowBytes},
+                                 std::span<std::byte, hrpc::wire::kStreamWindowSize>(
+                                     reinterpret_cast<std::byte*>(body.data()), hrpc::wire::kStreamWindowSize));
+  return rpctest::RawFrame(pool, h, body);
+}
 
 // A stream_open's body is the client's window and nothing else. One that
 // carries more (an attachment streamed behind it, a longer body) would be held
@@ -619,10 +575,12 @@ TEST(StreamWire, OpenCarryingMoreThanItsWindowClosesItsConnection) {
   for (const Case& c : {Case{"a 1 MiB attachment", 0, 1u << 20}, Case{"a 4 KiB attachment", 0, 4096},
                         Case{"one byte more than the window", 1, 0}}) {
     SCOPED_TRACE(c.what);
-    RawPeer peer;
-    ASSERT_TRUE(peer.Connect(env).ok());
+    rpctest::RawTcpPeer peer;
+    ASSERT_TRUE(peer.Connect(env.channel->scheduler(0), env.server->listen_uris().at(0)).ok());
     ASSERT_TRUE(Eventually([&] { return env.server->num_connections() == before + 1; }));
-    ASSERT_TRUE(peer.SendOpen(1, c.extra, c.attachment).ok());
+    ASSERT_TRUE(peer.Send(OpenFrame(*peer.pool, 1, c.extra, c.attachment),
+                          c.attachment > 0 ? Payload(*peer.pool, c.attachment, 3) : IoBuf())
+                    .ok());
     EXPECT_TRUE(Eventually([&] { return env.server->num_connections() == before; }))
         << "the server kept the connection of a malformed stream_open";
     auto r = peer.Recv();
@@ -642,22 +600,12 @@ TEST(StreamWire, OpenCarryingMoreThanItsWindowClosesItsConnection) {
 TEST(StreamWire, StreamCancelledBeforeItsHandlerRanGetsNoClose) {
   Env env;
   env.Start("tcp");
-  RawPeer peer;
-  ASSERT_TRUE(peer.Connect(env).ok());
+  rpctest::RawTcpPeer peer;
+  ASSERT_TRUE(peer.Connect(env.channel->scheduler(0), env.server->listen_uris().at(0)).ok());
   for (uint64_t txn = 1; txn <= 20; ++txn) {
     // Queued back to back from one coroutine: they leave in one write.
     ASSERT_TRUE(hrpc::coro::Async(*peer.sched, [&]() -> hrpc::Status {
-                  hrpc::wire::FrameHeader h;
-                  h.kind = hrpc::wire::FrameKind::kStreamOpen;
-                  h.txn_id = txn;
-                  h.service_id = streamtest::Streamer::kServiceId;
-                  h.method_id = hrpc::MethodIdOf("Upload");
-                  std::array<std::byte, hrpc::wire::kStreamWindowSize> w;
-                  hrpc::wire::EncodeStreamWindow({.window_messages = hrpc::wire::kInitialStreamWindowMessages,
-                                                  .window_bytes = hrpc::wire::kInitialStreamWindowBytes},
-                                                 w);
-                  HRPC_ASSIGN_OR_RETURN(
-                      auto open, rpctest::RawFrame(*peer.pool, h, std::string_view(reinterpret_cast<const char*>(w.data()), w.size())));
+                  HRPC_ASSIGN_OR_RETURN(auto open, OpenFrame(*peer.pool, txn));
                   HRPC_ASSIGN_OR_RETURN(auto cancel, rpctest::ControlFrame(*peer.pool, hrpc::wire::FrameKind::kCancel, txn));
                   HRPC_TRY(peer.conn->Send(std::move(open)));
                   return peer.conn->Send(std::move(cancel));
@@ -666,7 +614,7 @@ TEST(StreamWire, StreamCancelledBeforeItsHandlerRanGetsNoClose) {
   // Whatever the server sends for the cancelled streams comes before the
   // answer to a ping sent once their handlers (if any ran) are done.
   std::this_thread::sleep_for(200ms);
-  ASSERT_TRUE(peer.SendControl(hrpc::wire::FrameKind::kPing, 99).ok());
+  ASSERT_TRUE(peer.Send(rpctest::ControlFrame(*peer.pool, hrpc::wire::FrameKind::kPing, 99)).ok());
   auto h = peer.Recv();
   ASSERT_TRUE(h.ok()) << h.status().ToString();
   EXPECT_EQ(h->kind, hrpc::wire::FrameKind::kPong)
