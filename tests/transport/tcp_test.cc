@@ -793,6 +793,74 @@ TEST(TcpPayload, AMemoryWaitLongerThanTheDeadPeerTimeoutFailsTheConnection) {
   env.DropConnections();
 }
 
+// A wait that ends with bytes read is over: memory that comes back a little
+// at a time keeps a paused receiver going for longer than the dead-peer
+// timeout, which bounds one wait without progress, not a slow stretch.
+TEST(TcpPayload, AReceiverThatKeepsGettingMemoryBackOutlastsTheDeadPeerTimeout) {
+  Env env(TcpKind(), FastDeadPeerOptions());  // dead-peer timeout 1 s
+  env.ConnectPair();
+  constexpr size_t kMsg = 30000;  // one 32 KiB block each
+  constexpr int kMsgs = 12;
+  constexpr auto kTrickle = 250ms;  // one block back this often: 3 s in all
+  std::vector<IoBuf> msgs, kept;
+  std::vector<uint32_t> crcs;
+  On(env.client_worker(), [&]() {
+    for (int i = 0; i < kMsgs; ++i) {
+      msgs.push_back(IoBuf(Filled(env.pool(), kMsg, static_cast<uint8_t>(i))));
+      crcs.push_back(msgs.back().Crc32c());
+      kept.push_back(msgs.back().Share());  // a sent message's block does not return to the pool
+    }
+  });
+  // Every 32 KiB block the pool can make (the arena's free space is carved
+  // into them), then every larger block.
+  auto held = On(env.server_worker(), [&]() {
+    std::vector<mempool::Buffer> out;
+    for (size_t size = 32 * 1024; size <= env.pool().options().max_class_bytes; size *= 2) {
+      for (auto b = env.pool().Allocate(size); b.ok(); b = env.pool().Allocate(size)) out.push_back(std::move(*b));
+    }
+    std::reverse(out.begin(), out.end());  // 32 KiB blocks last
+    return out;
+  });
+  ASSERT_GE(held.size(), static_cast<size_t>(kMsgs));
+  ASSERT_EQ(held.back().size(), 32u * 1024);
+  const uint64_t stalls_before = env.server_transport().counters()->receive_memory_stalls.Get();
+  (void)On(env.client_worker(), [&]() -> Status {
+    coro::Scheduler::Current()->Spawn([&] {
+      for (int i = 0; i < kMsgs; ++i) env.client().Send(std::move(msgs[i])).IgnoreError();
+    });
+    return Status::Ok();
+  });
+  std::atomic<int> received{0};
+  auto got = coro::Async(env.server_worker().scheduler(), [&]() -> Result<std::vector<IoBuf>> {
+    std::vector<IoBuf> out;  // kept: each message holds its block
+    for (int i = 0; i < kMsgs; ++i) {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, env.server().Recv());
+      out.push_back(std::move(m));
+      received.fetch_add(1);
+    }
+    return out;
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < kMsgs && !got.IsReady(); ++i) {
+    std::this_thread::sleep_for(kTrickle);
+    On(env.server_worker(), [&]() { held.pop_back(); });  // one 32 KiB block back
+  }
+  auto r = got.WaitFor(10s);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(r.ok()) << r.status().ToString() << " after " << received.load() << " of " << kMsgs
+                      << " messages, "
+                      << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  ASSERT_EQ(r->size(), static_cast<size_t>(kMsgs));
+  for (int i = 0; i < kMsgs; ++i) EXPECT_EQ((*r)[i].Crc32c(), crcs[i]) << "message " << i;
+  EXPECT_GT(took, 2000ms) << "the messages did not wait for memory";
+  EXPECT_GT(env.server_transport().counters()->receive_memory_stalls.Get(), stalls_before + kMsgs / 2);
+  EXPECT_TRUE(On(env.client_worker(), [&]() { return env.client().status(); }).ok());
+  r = Result<std::vector<IoBuf>>(std::vector<IoBuf>());
+  On(env.server_worker(), [&]() { held.clear(); });
+  On(env.client_worker(), [&]() { kept.clear(); });
+  env.DropConnections();
+}
+
 TransportKind TcpWithCongestion(std::string loopback) {
   return TcpWith([loopback](TcpOptions& o) { o.loopback_congestion_control = loopback; });
 }

@@ -264,6 +264,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   bool rx_paused = false;
   std::chrono::milliseconds retry_in = kMemoryRetryFirst;
   Clock::time_point memory_wait_since;  // first refusal of the current wait
+  bool read_since_pause = false;        // bytes were read since the last refusal: it ended that wait
   uint8_t hdr_buf[kHeaderBytes];
   size_t hdr_got = 0;
   bool in_body = false;
@@ -546,7 +547,13 @@ void Core::UpdateEvents(Conn& c) {
 void Core::PauseForMemory(Conn& c, const Status& why) {
   if (c.rx_paused || c.closed()) return;
   const auto now = Clock::now();
-  if (c.retry_in == kMemoryRetryFirst) c.memory_wait_since = now;  // a new wait
+  // A new wait: the first, or one after a resume that read bytes (memory that
+  // comes back a little at a time is progress, not a dead peer).
+  if (c.retry_in == kMemoryRetryFirst || c.read_since_pause) {
+    c.memory_wait_since = now;
+    c.retry_in = kMemoryRetryFirst;
+  }
+  c.read_since_pause = false;
   if (now - c.memory_wait_since > opt.common.dead_peer_timeout) {
     const std::string reason = "no receive memory for " + std::to_string(Ms(now - c.memory_wait_since)) + " ms (" +
                                why.ToString() + ")";
@@ -1002,6 +1009,7 @@ bool Core::OnReadable(Conn& c) {
     }
     any = true;
     c.rx_since_tick = true;
+    c.read_since_pause = true;
     size_t got = static_cast<size_t>(r);
     if (body && !TakeBody(c, got)) return true;
     for (size_t i = 0; i < planned && got > 0; ++i) {
