@@ -281,6 +281,57 @@ TEST(RdmaSgl, OneSidedOpsSplitToMaxSgeAndSendsCoalesce) {
   EXPECT_EQ(RdmaStatsOf(env.client())->coalesced_sends - mid->coalesced_sends, 1u);
 }
 
+// A one-sided op parked for a send-queue slot that is handed one just before
+// its connection fails ends with the failure: posted then, it would sit behind
+// the drain of the failed QP, where nothing reports its completion.
+TEST(RdmaSendQueue, AnOpHandedASlotJustBeforeTheConnectionFailsGetsTheFailure) {
+  RdmaOptions ro;
+  ro.sq_depth = 3;  // two usable WQEs (one is kept for the drain)
+  ro.signal_interval = 1;
+  Env env(RdmaKind(ro));
+  env.ConnectPair();
+  constexpr size_t kLen = 1u << 20;
+  Buffer target = Filled(env.pool(), kLen, 1);
+  auto d = On(env.server_worker(), [&]() { return env.server().Expose(target, Access::kReadWrite); });
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  std::vector<IoBuf> srcs;
+  for (int i = 0; i < 3; ++i) srcs.push_back(Msg(env.pool(), kLen, 10 + i));
+  struct Outcome {
+    std::atomic<int> done{0};
+    Status status[3];
+  } out;
+  // The writers are spawned together, so they run in one scheduler round
+  // (no completion is polled between them): two take the two slots, the
+  // third waits. This coroutine, queued ahead of the third, closes right
+  // after a completion handed it its slot, before it runs.
+  auto watcher = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
+    for (int i = 0; i < 3; ++i) {
+      coro::Scheduler::Current()->Spawn([&, i] {
+        out.status[i] = env.client().Write(srcs[i], *d);
+        out.done.fetch_add(1);
+      });
+    }
+    const auto until = std::chrono::steady_clock::now() + 20s;
+    coro::this_coro::Yield();  // the writers run
+    if (RdmaStatsOf(env.client())->sq_waiters != 1) return InternalError("the third write did not wait for a slot");
+    while (RdmaStatsOf(env.client())->sq_waiters != 0) {
+      if (std::chrono::steady_clock::now() > until) return DeadlineExceededError("the waiting write got no slot");
+      coro::this_coro::Yield();
+    }
+    env.client().Close();
+    return Status::Ok();
+  });
+  Status ws = watcher.WaitFor(30s);
+  ASSERT_TRUE(ws.ok()) << ws.ToString();
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (out.done.load() < 3 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(out.done.load(), 3) << "a write never returned after Close()";
+  EXPECT_TRUE(out.status[0].ok() || out.status[0].code() == StatusCode::kCancelled) << out.status[0].ToString();
+  EXPECT_TRUE(out.status[1].ok() || out.status[1].code() == StatusCode::kCancelled) << out.status[1].ToString();
+  EXPECT_EQ(out.status[2].code(), StatusCode::kCancelled)
+      << "the write handed its slot after the close: " << out.status[2].ToString();
+}
+
 // `n` more client connections to env's listener (env.Listen() first) and the
 // server's side of each.
 void ConnectMany(Env& env, int n, std::vector<std::unique_ptr<Connection>>& clients,

@@ -169,6 +169,7 @@ class Conn final : public CmTarget {
   void LivenessTick(Clock::time_point now);
   bool Reapable() const { return !user_owned_ && !in_listener_ && drained_ && sleeping_sends_ == 0; }
   uint32_t send_credits() const { return credits_.credits(); }
+  uint32_t sq_waiting() const { return static_cast<uint32_t>(sq_waiters_.size()); }
 
   // Connection API
   Status Send(mempool::IoBuf message);
@@ -593,7 +594,14 @@ Status Conn::Reserve(uint32_t n) {
   SqWaiter w;
   w.n = n;
   sq_waiters_.push_back(&w);
-  return w.Wait();  // the waker took the slots for us; do not touch `this` on error
+  HRPC_TRY(w.Wait());  // on error `this` may be gone: do not touch it
+  // Handed the slots, then the connection failed before this coroutine ran:
+  // posting now would put the op behind the drain, where nothing reports it.
+  if (!status_.ok()) {
+    sq_used_ -= n;
+    return status_;
+  }
+  return Status::Ok();
 }
 
 void Conn::WakeSqWaiters() {
@@ -610,6 +618,7 @@ void Conn::WakeSqWaiters() {
 }
 
 Status Conn::PostWrs(ibv_send_wr* wrs, uint32_t n, mempool::IoBuf hold, Parked* op) {
+  if (!status_.ok()) return status_;  // a failed QP only flushes: the op would never be finished
   const uint32_t interval = t_.opts_.signal_interval;
   for (uint32_t i = 0; i < n; ++i) {
     ibv_send_wr& wr = wrs[i];
@@ -1847,6 +1856,7 @@ std::optional<RdmaConnectionStats> RdmaStatsOf(const Connection& c) {
   if (r == nullptr) return std::nullopt;
   RdmaConnectionStats s = r->core().stats_;
   s.send_credits = r->core().send_credits();
+  s.sq_waiters = r->core().sq_waiting();
   return s;
 }
 

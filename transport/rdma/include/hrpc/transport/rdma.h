@@ -156,6 +156,7 @@ struct RdmaConnectionStats {
   uint32_t slots_awaiting_refill = 0;
   uint64_t refill_refusals = 0;
   uint64_t one_sided_ops = 0, one_sided_wrs = 0;
+  uint32_t sq_waiters = 0;  // one-sided ops and exposures waiting for a send-queue slot now
   uint64_t mw_binds = 0, mw_invalidates = 0;
   // Keepalive: PINGs sent on an idle connection, PONGs answering the peer's,
   // and whether this connection was failed by the dead-peer timeout (0 or 1).
