@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -284,9 +285,13 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     return r;
   }
 
+  // Ids no registered service has (a peer may send any) share one row: a row
+  // per made-up id would grow the table, and /metrics, without bound.
   MethodCounters& CountersFor(uint32_t sid, uint32_t mid) {
     auto it = registered.find((uint64_t{sid} << 32) | mid);
-    return it != registered.end() ? *it->second : stats.For(sid, mid, {});
+    if (it != registered.end()) return *it->second;
+    constexpr uint32_t kUnknown = std::numeric_limits<uint32_t>::max();
+    return stats.For(kUnknown, kUnknown, "(unknown method)");
   }
 
   void AcceptLoop(size_t w, transport::Listener* listener) {

@@ -253,6 +253,33 @@ TEST_P(RpcTest, UnknownServiceAndMethod) {
   EXPECT_EQ(s2.code(), StatusCode::kUnimplemented) << s2.ToString();
 }
 
+// Ids a peer makes up do not each get a row in the server's statistics (a
+// histogram each, kept for the server's life): they share one.
+TEST_P(RpcTest, UnknownMethodsShareOneStatisticsRow) {
+  Env env;
+  env.Start(GetParam());
+  const size_t rows = env.server->Stats().size();
+  constexpr int kCalls = 40;
+  for (int i = 0; i < kCalls; ++i) {
+    ClientContext ctx;
+    std::string out;
+    auto s = env.channel->CallRaw(50000 + i, 7 + i, "made.Up.Method", ctx, "", &out);
+    EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s.ToString();
+  }
+  std::vector<hrpc::MethodStats> st;
+  for (int i = 0; i < 500; ++i) {
+    st = env.server->Stats();
+    auto it = std::find_if(st.begin(), st.end(), [](const hrpc::MethodStats& m) { return m.method == "(unknown method)"; });
+    if (it != st.end() && it->count == kCalls) break;
+    std::this_thread::sleep_for(2ms);
+  }
+  EXPECT_EQ(st.size(), rows + 1);
+  auto it = std::find_if(st.begin(), st.end(), [](const hrpc::MethodStats& m) { return m.method == "(unknown method)"; });
+  ASSERT_NE(it, st.end());
+  EXPECT_EQ(it->count, static_cast<uint64_t>(kCalls));
+  EXPECT_EQ(it->errors, static_cast<uint64_t>(kCalls));
+}
+
 TEST_P(RpcTest, MalformedPayloadIsInvalidArgumentAndServerKeepsServing) {
   Env env;
   env.Start(GetParam());
