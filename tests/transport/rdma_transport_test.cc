@@ -4,6 +4,9 @@
 // closed connections giving their receive slots back, memory-window revoke vs
 // MR exposure, blocking vs polling completion modes,
 // transport selection, and the QP error path when the peer process is killed.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <rdma/rdma_cma.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -330,6 +333,97 @@ TEST(RdmaSendQueue, AnOpHandedASlotJustBeforeTheConnectionFailsGetsTheFailure) {
   EXPECT_TRUE(out.status[1].ok() || out.status[1].code() == StatusCode::kCancelled) << out.status[1].ToString();
   EXPECT_EQ(out.status[2].code(), StatusCode::kCancelled)
       << "the write handed its slot after the close: " << out.status[2].ToString();
+}
+
+// The hello a client puts in its connect request (docs/rdma.md, "Resources"):
+// magic "HRDM", version 1, kind 0 (request), its limits, a reason field.
+struct RawHello {
+  uint32_t magic = 0x4d445248;
+  uint16_t version = 1;
+  uint16_t kind = 0;
+  uint32_t max_message_bytes = 64 * 1024;
+  uint32_t recv_depth = 16;
+  char reason[40] = {};
+};
+
+// The next rdmacm event on `ch` within `timeout` (polled, non-blocking fd), or
+// -1. The event is acked.
+int NextCmEvent(rdma_event_channel* ch, std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    rdma_cm_event* e = nullptr;
+    if (rdma_get_cm_event(ch, &e) == 0) {
+      const int type = e->event;
+      rdma_ack_cm_event(e);
+      return type;
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+  return -1;
+}
+
+// A client that gives up after the server accepted it (its REP arrived; it
+// never sends the RTU): the server's connection fails in its handshake and,
+// never handed to an acceptor, must still be freed with its QP and its share
+// of the completion queue.
+TEST(RdmaHandshake, AClientThatGivesUpAfterTheAcceptLeavesNothingBehind) {
+  Env env(RdmaKind());
+  env.Listen();
+  auto before = On(env.server_worker(), [&]() { return *RdmaTransportStatsOf(env.server_transport()); });
+  const uint64_t failures_before = env.server_transport().counters()->handshake_failures.Get();
+  const std::string uri = env.listener().uri();
+  const uint16_t port = static_cast<uint16_t>(std::stoi(uri.substr(uri.rfind(':') + 1)));
+  constexpr int kClients = 3;
+  for (int i = 0; i < kClients; ++i) {
+    rdma_event_channel* ch = rdma_create_event_channel();
+    ASSERT_NE(ch, nullptr);
+    const int fl = fcntl(ch->fd, F_GETFL);
+    ASSERT_EQ(fcntl(ch->fd, F_SETFL, fl | O_NONBLOCK), 0);
+    rdma_cm_id* id = nullptr;
+    ASSERT_EQ(rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP), 0);
+    sockaddr_in dst{};
+    dst.sin_family = AF_INET;
+    dst.sin_port = htons(port);
+    ASSERT_EQ(inet_pton(AF_INET, RdmaTestAddr().c_str(), &dst.sin_addr), 1);
+    ASSERT_EQ(rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr*>(&dst), 2000), 0);
+    ASSERT_EQ(NextCmEvent(ch, 5s), RDMA_CM_EVENT_ADDR_RESOLVED);
+    ASSERT_EQ(rdma_resolve_route(id, 2000), 0);
+    ASSERT_EQ(NextCmEvent(ch, 5s), RDMA_CM_EVENT_ROUTE_RESOLVED);
+    // No QP of its own: rdmacm then leaves the RTU to the application, which
+    // does not send it.
+    RawHello hello;
+    rdma_conn_param p{};
+    p.private_data = &hello;
+    p.private_data_len = sizeof hello;
+    p.responder_resources = 1;
+    p.initiator_depth = 1;
+    p.retry_count = 7;
+    p.rnr_retry_count = 7;
+    p.qp_num = 0x1234 + i;
+    ASSERT_EQ(rdma_connect(id, &p), 0);
+    ASSERT_EQ(NextCmEvent(ch, 10s), RDMA_CM_EVENT_CONNECT_RESPONSE) << "the server did not accept";
+    rdma_destroy_id(id);  // gives up: the kernel rejects the accept
+    rdma_destroy_event_channel(ch);
+  }
+  // Each failed on the server, which freed it: as many connections and CQ
+  // entries as before.
+  const auto until = std::chrono::steady_clock::now() + 20s;
+  RdmaTransportStats now;
+  for (;;) {
+    now = On(env.server_worker(), [&]() { return *RdmaTransportStatsOf(env.server_transport()); });
+    const bool failed = env.server_transport().counters()->handshake_failures.Get() >= failures_before + kClients;
+    if ((failed && now.connections == before.connections) || std::chrono::steady_clock::now() > until) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(env.server_transport().counters()->handshake_failures.Get(), failures_before + kClients);
+  EXPECT_EQ(now.connections, before.connections) << "connections that failed in their handshake were kept";
+  EXPECT_EQ(now.cq_entries_reserved, before.cq_entries_reserved);
+  // The listener goes on accepting.
+  env.ConnectPair();
+  ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Send(Msg(env.pool(), 100, 1)); }).ok());
+  auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->size(), 100u);
 }
 
 // `n` more client connections to env's listener (env.Listen() first) and the

@@ -15,7 +15,7 @@
 // ran), one whose buffer stayed (empty and credit-only messages) in the same poll.
 // Credit-only messages need no credit: each carries >= ceil(depth/4) credits and
 // the peer can only have `depth` outstanding, so at most 4 of them are ever
-// unprocessed at the peer — kCtrlSlots = 5 receive WQEs cover them. RNR therefore
+// unprocessed at the peer — kCtrlSlots = 7 receive WQEs cover them (and one PING and one PONG). RNR therefore
 // does not happen (rnr_retry stays as a backstop, e.g. for an oversubscribed SRQ);
 // when the pool cannot refill a WQE, the refill is retried and its credit waits.
 //
@@ -1182,7 +1182,13 @@ void Conn::Fail(Status s) {
     if (e.op != nullptr) e.op->Finish(status_);
     e.op = nullptr;  // the entry keeps holding buffers until the QP is drained
   }
-  if (listener_ != nullptr && !was_established) listener_->Forget(this);
+  if (listener_ != nullptr && !was_established) {
+    // Failed in its handshake (the client gave up or vanished after the
+    // accept): no acceptor will see it, so it is freed once drained.
+    listener_->Forget(this);
+    listener_ = nullptr;
+    in_listener_ = false;
+  }
   StartDrain();
 }
 
@@ -1857,6 +1863,16 @@ std::optional<RdmaConnectionStats> RdmaStatsOf(const Connection& c) {
   RdmaConnectionStats s = r->core().stats_;
   s.send_credits = r->core().send_credits();
   s.sq_waiters = r->core().sq_waiting();
+  return s;
+}
+
+std::optional<RdmaTransportStats> RdmaTransportStatsOf(const Transport& t) {
+  const auto* r = dynamic_cast<const TransportImpl*>(&t);
+  if (r == nullptr) return std::nullopt;
+  RdmaTransportStats s;
+  s.connections = static_cast<uint32_t>(r->conns_.size());
+  s.cq_entries_reserved = r->cq_budget_used_;
+  s.cq_entries = r->cq_size_;
   return s;
 }
 

@@ -20,6 +20,8 @@ Result<std::shared_ptr<RdmaDomain>> RdmaDomain::Open(mempool::Pool&, RdmaDomainO
 
 std::optional<RdmaConnectionStats> RdmaStatsOf(const Connection&) { return std::nullopt; }
 
+std::optional<RdmaTransportStats> RdmaTransportStatsOf(const Transport&) { return std::nullopt; }
+
 std::shared_ptr<RdmaDomain> RdmaDomainOf(const Transport&) { return nullptr; }
 
 Result<std::unique_ptr<Transport>> CreateRdmaTransport(coro::Scheduler&, mempool::Pool&, RdmaOptions) {

@@ -167,6 +167,16 @@ struct RdmaConnectionStats {
 };
 // Stats of `c` when it is an RDMA connection, else nullopt.
 std::optional<RdmaConnectionStats> RdmaStatsOf(const Connection& c);
+// A transport's resources: the connections it keeps (open, in a listener's
+// queue, or draining before they are freed) and its completion queue's
+// entries, those reserved by the connections and those it has (it grows up to
+// the device's max_cqe; a worker has no room for more connections past it).
+struct RdmaTransportStats {
+  uint32_t connections = 0;
+  uint32_t cq_entries_reserved = 0, cq_entries = 0;
+};
+// Call on the transport's scheduler thread. nullopt unless `t` is an RDMA transport.
+std::optional<RdmaTransportStats> RdmaTransportStatsOf(const Transport& t);
 // The domain `t` uses when it is an RDMA transport, else null (its registrar
 // slot gives a buffer's arena MR keys: Buffer::key(slot)).
 std::shared_ptr<RdmaDomain> RdmaDomainOf(const Transport& t);
