@@ -3,7 +3,8 @@
 // SGL splitting and coalescing, many connections over a shared receive queue and RNR when it runs dry,
 // closed connections giving their receive slots back, memory-window revoke vs
 // MR exposure, blocking vs polling completion modes,
-// transport selection, and the QP error path when the peer process is killed.
+// transport selection, the QP error path when the peer process is killed, and
+// a hand-made peer (RawRdmaPeer) that breaks the protocol.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <rdma/rdma_cma.h>
@@ -424,6 +425,169 @@ TEST(RdmaHandshake, AClientThatGivesUpAfterTheAcceptLeavesNothingBehind) {
   auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(m->size(), 100u);
+}
+
+// A peer that speaks the connection protocol by hand (docs/rdma.md): its own
+// rdmacm id, PD, CQ and RC QP, a valid hello, receive buffers posted for what
+// the server sends, and sends it makes up itself. Call from the test thread.
+struct RawRdmaPeer {
+  rdma_event_channel* ch = nullptr;
+  rdma_cm_id* id = nullptr;
+  ibv_pd* pd = nullptr;
+  ibv_cq* cq = nullptr;
+  ibv_mr* mr = nullptr;
+  std::vector<char> rx = std::vector<char>(32 * 1024);
+
+  Status Connect(uint16_t port, uint32_t recv_depth) {
+    ch = rdma_create_event_channel();
+    if (ch == nullptr) return InternalError("rdma_create_event_channel");
+    if (fcntl(ch->fd, F_SETFL, fcntl(ch->fd, F_GETFL) | O_NONBLOCK) != 0) return InternalError("fcntl");
+    if (rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP) != 0) return InternalError("rdma_create_id");
+    sockaddr_in dst{};
+    dst.sin_family = AF_INET;
+    dst.sin_port = htons(port);
+    inet_pton(AF_INET, RdmaTestAddr().c_str(), &dst.sin_addr);
+    if (rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr*>(&dst), 2000) != 0 ||
+        NextCmEvent(ch, 5s) != RDMA_CM_EVENT_ADDR_RESOLVED) {
+      return InternalError("resolve addr");
+    }
+    if (rdma_resolve_route(id, 2000) != 0 || NextCmEvent(ch, 5s) != RDMA_CM_EVENT_ROUTE_RESOLVED) {
+      return InternalError("resolve route");
+    }
+    pd = ibv_alloc_pd(id->verbs);
+    cq = ibv_create_cq(id->verbs, 256, nullptr, nullptr, 0);
+    mr = ibv_reg_mr(pd, rx.data(), rx.size(), IBV_ACCESS_LOCAL_WRITE);
+    if (pd == nullptr || cq == nullptr || mr == nullptr) return InternalError("pd/cq/mr");
+    ibv_qp_init_attr qa{};
+    qa.send_cq = qa.recv_cq = cq;
+    qa.qp_type = IBV_QPT_RC;
+    qa.cap.max_send_wr = 64;
+    qa.cap.max_recv_wr = 32;
+    qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
+    qa.cap.max_inline_data = 64;
+    if (rdma_create_qp(id, pd, &qa) != 0) return InternalError("rdma_create_qp");
+    for (uint32_t i = 0; i < 32; ++i) {  // room for what the server sends (credits, pings)
+      ibv_sge sge{reinterpret_cast<uint64_t>(rx.data() + i * 1024), 1024, mr->lkey};
+      ibv_recv_wr wr{};
+      wr.sg_list = &sge;
+      wr.num_sge = 1;
+      ibv_recv_wr* bad = nullptr;
+      if (ibv_post_recv(id->qp, &wr, &bad) != 0) return InternalError("ibv_post_recv");
+    }
+    RawHello hello;
+    hello.recv_depth = recv_depth;
+    rdma_conn_param p{};
+    p.private_data = &hello;
+    p.private_data_len = sizeof hello;
+    p.responder_resources = p.initiator_depth = 1;
+    p.retry_count = p.rnr_retry_count = 7;
+    if (rdma_connect(id, &p) != 0) return InternalError("rdma_connect");
+    const int ev = NextCmEvent(ch, 10s);
+    if (ev != RDMA_CM_EVENT_ESTABLISHED) return InternalError("connect: event " + std::to_string(ev));
+    return Status::Ok();
+  }
+  // Posts one inline SEND with immediate `imm` (host order) carrying `n` bytes
+  // (n <= 64) and waits for its completion.
+  Status SendWithImm(uint32_t imm, size_t n) {
+    char data[64] = {};
+    ibv_sge sge{reinterpret_cast<uint64_t>(data), static_cast<uint32_t>(n), 0};
+    ibv_send_wr wr{};
+    wr.opcode = IBV_WR_SEND_WITH_IMM;
+    wr.imm_data = htonl(imm);
+    wr.sg_list = n > 0 ? &sge : nullptr;
+    wr.num_sge = n > 0 ? 1 : 0;
+    wr.send_flags = IBV_SEND_SIGNALED | IBV_SEND_INLINE;
+    ibv_send_wr* bad = nullptr;
+    if (ibv_post_send(id->qp, &wr, &bad) != 0) return InternalError("ibv_post_send");
+    return WaitSend();
+  }
+  Status WaitSend() {
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < until) {
+      ibv_wc wc{};
+      const int k = ibv_poll_cq(cq, 1, &wc);
+      if (k < 0) return InternalError("ibv_poll_cq");
+      if (k == 0) continue;
+      if (wc.opcode == IBV_WC_RECV) continue;  // something the server sent
+      return wc.status == IBV_WC_SUCCESS ? Status::Ok() : UnavailableError(ibv_wc_status_str(wc.status));
+    }
+    return DeadlineExceededError("no send completion");
+  }
+  // Posts a zero-length RDMA WRITE with immediate `imm` (it needs no key) and
+  // waits for its completion.
+  Status WriteWithImm(uint32_t imm) {
+    ibv_send_wr wr{};
+    wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
+    wr.imm_data = htonl(imm);
+    wr.send_flags = IBV_SEND_SIGNALED;
+    ibv_send_wr* bad = nullptr;
+    if (ibv_post_send(id->qp, &wr, &bad) != 0) return InternalError("ibv_post_send");
+    return WaitSend();
+  }
+  ~RawRdmaPeer() {
+    if (id != nullptr && id->qp != nullptr) rdma_destroy_qp(id);
+    if (mr != nullptr) ibv_dereg_mr(mr);
+    if (cq != nullptr) ibv_destroy_cq(cq);
+    if (pd != nullptr) ibv_dealloc_pd(pd);
+    if (id != nullptr) rdma_destroy_id(id);
+    if (ch != nullptr) rdma_destroy_event_channel(ch);
+  }
+};
+
+uint16_t PortOfUri(const std::string& uri) { return static_cast<uint16_t>(std::stoi(uri.substr(uri.rfind(':') + 1))); }
+
+// A peer that sends data messages without credits (the receiver never gave
+// any back: it has not called Recv) loses its connection with DATA_LOSS at the
+// first message past its window, instead of handing the receiver one pool
+// block per message for as long as it keeps sending.
+TEST(RdmaCredits, APeerSendingWithoutACreditLosesItsConnection) {
+  Env env(RdmaKind());
+  env.Listen();
+  constexpr uint32_t kDepth = 8;  // the window the raw peer asks for (the smaller side's is agreed)
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  RawRdmaPeer peer;
+  Status c = peer.Connect(PortOfUri(env.listener().uri()), kDepth);
+  ASSERT_TRUE(c.ok()) << c.ToString();
+  auto server = accepted.WaitFor(10s);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_EQ((*server)->limits().recv_depth, kDepth);
+  // Within the window: received and kept (nobody takes them).
+  for (uint32_t i = 0; i < kDepth; ++i) ASSERT_TRUE(peer.SendWithImm(0, 32).ok());
+  auto status = [&] { return On(env.server_worker(), [&]() { return (*server)->status(); }); };
+  std::this_thread::sleep_for(100ms);
+  EXPECT_TRUE(status().ok()) << status().ToString();
+  // Beyond it: refused.
+  for (uint32_t i = 0; i < 4; ++i) (void)peer.SendWithImm(0, 32);
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (status().ok() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(10ms);
+  const Status s = status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+  EXPECT_NE(s.message().find("without a credit"), std::string_view::npos) << s.ToString();
+  EXPECT_EQ(RdmaStatsOf(**server)->recvs, kDepth) << "messages past the window were delivered";
+  On(env.server_worker(), [&]() { server->reset(); });
+}
+
+// An RDMA WRITE with immediate consumes a receive WQE without writing its
+// buffer: it is refused (DATA_LOSS), not delivered as a message.
+TEST(RdmaWire, AWriteWithImmediateIsNotAMessage) {
+  Env env(RdmaKind());
+  env.Listen();
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  RawRdmaPeer peer;
+  Status c = peer.Connect(PortOfUri(env.listener().uri()), 8);
+  ASSERT_TRUE(c.ok()) << c.ToString();
+  auto server = accepted.WaitFor(10s);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE(peer.SendWithImm(0, 16).ok());  // a message, as a check of the raw peer
+  auto got = On(env.server_worker(), [&]() { return (*server)->Recv(); });
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->size(), 16u);
+  (void)peer.WriteWithImm(0);
+  auto next = coro::Async(env.server_worker().scheduler(), [&]() { return (*server)->Recv(); }).WaitFor(10s);
+  EXPECT_EQ(next.status().code(), StatusCode::kDataLoss)
+      << (next.ok() ? "delivered as a message of " + std::to_string(next->size()) + " bytes" : next.status().ToString());
+  EXPECT_EQ(RdmaStatsOf(**server)->recvs, 1u);
+  On(env.server_worker(), [&]() { server->reset(); });
 }
 
 // `n` more client connections to env's listener (env.Listen() first) and the

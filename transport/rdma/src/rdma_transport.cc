@@ -894,6 +894,13 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
     Fail(DataLossError("receive without immediate data: not an hrpc peer"));
     return;
   }
+  if (wc.opcode != IBV_WC_RECV) {
+    // An RDMA WRITE with immediate takes a receive WQE too, but wrote nothing
+    // into its buffer: delivering that buffer would hand out stale memory.
+    t_.ctr().corrupt_messages.Add();
+    Fail(DataLossError("RDMA WRITE with immediate from " + peer_ + ": hrpc messages are SENDs"));
+    return;
+  }
   const uint32_t imm = ntohl(wc.imm_data);
   const uint32_t kind = imm >> kImmKindShift;
   const uint32_t credits = imm & kImmCreditMask;
@@ -924,6 +931,16 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
     t_.ctr().corrupt_messages.Add();
     Fail(DataLossError("bad control message (kind " + std::to_string(kind) + ", " + std::to_string(wc.byte_len) +
                        " bytes)"));
+    return;
+  }
+  // The peer holds recv_depth credits plus those given back to it: a data
+  // message beyond them ignores flow control (and would hold one more pool
+  // block for as long as it pleases).
+  if (stats_.recvs >= uint64_t{limits_.recv_depth} + stats_.credits_granted) {
+    t_.ctr().corrupt_messages.Add();
+    Fail(DataLossError("message without a credit from " + peer_ + " (" + std::to_string(stats_.recvs) +
+                       " received, " + std::to_string(limits_.recv_depth) + " + " +
+                       std::to_string(stats_.credits_granted) + " credits given)"));
     return;
   }
   mempool::IoBuf msg;
