@@ -590,6 +590,27 @@ TEST(RdmaWire, AWriteWithImmediateIsNotAMessage) {
   On(env.server_worker(), [&]() { server->reset(); });
 }
 
+// A device may grant more SGEs than asked for (rxe: 32 with 512 bytes of
+// inline data); a SEND still gathers at most the 16 the transport asked for,
+// and a message with more slices than that is coalesced.
+TEST(RdmaSgl, AGrantOfMoreSgesThanAskedIsNotUsed) {
+  RdmaOptions ro;
+  ro.max_inline = 512;
+  Env env(RdmaKind(ro));
+  env.ConnectPair();
+  auto st = RdmaStatsOf(env.client());
+  ASSERT_TRUE(st.has_value());
+  EXPECT_LE(st->max_send_sge, 16u);
+  IoBuf msg;
+  for (int i = 0; i < 24; ++i) msg.Append(Filled(env.pool(), 100, 30 + i));  // 2400 bytes: not inline
+  const uint32_t crc = msg.Crc32c();
+  ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Send(std::move(msg)); }).ok());
+  auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->Crc32c(), crc);
+  EXPECT_EQ(RdmaStatsOf(env.client())->coalesced_sends - st->coalesced_sends, 1u);
+}
+
 // `n` more client connections to env's listener (env.Listen() first) and the
 // server's side of each.
 void ConnectMany(Env& env, int n, std::vector<std::unique_ptr<Connection>>& clients,

@@ -78,6 +78,7 @@ constexpr uint32_t kLivenessSlots = 2;                 // one PING and one PONG 
 constexpr uint32_t kCtrlSlots = kCreditDivisor + 1 + kLivenessSlots;  // receive WQEs beyond recv_depth
 static_assert(kCtrlSlots > kCreditDivisor, "credit-only messages in flight <= kCreditDivisor");
 constexpr uint32_t kMaxRecvDepth = 1u << 16;
+constexpr uint32_t kMaxSendSge = 16;  // SGEs of one SEND (PostMessage's array)
 static_assert(kMaxRecvDepth <= kImmCreditMask, "returned credits must fit the immediate");
 
 constexpr uint64_t kRecvFlag = 1ull << 63;
@@ -536,7 +537,7 @@ Status Conn::CreateQp() {
   a.sq_sig_all = 0;
   a.cap.max_send_wr = o.sq_depth;
   a.cap.max_recv_wr = o.use_srq ? 0 : recv_slots + 1;
-  a.cap.max_send_sge = std::min<uint32_t>(dev.max_sge, 16);
+  a.cap.max_send_sge = std::min<uint32_t>(dev.max_sge, kMaxSendSge);
   a.cap.max_recv_sge = 1;
   a.cap.max_inline_data = o.max_inline;
   if (rdma_create_qp(id_.get(), t_.domain_->pd(), &a) != 0) {
@@ -546,7 +547,9 @@ Status Conn::CreateQp() {
   }
   id_.set_has_qp();
   sq_cap_ = o.sq_depth - 1;
-  max_send_sge_ = std::max<uint32_t>(1, a.cap.max_send_sge);
+  // The device may grant more than asked (rxe sizes SGEs and inline data from
+  // one WQE size, so max_inline 512 comes with 32 SGEs): use what was asked.
+  max_send_sge_ = std::clamp<uint32_t>(a.cap.max_send_sge, 1, kMaxSendSge);
   max_rd_sge_ = std::max<uint32_t>(1, std::min(max_send_sge_, dev.max_sge_rd));
   max_wr_bytes_ = std::min<uint32_t>(dev.max_msg_bytes, 1u << 30);
   inline_threshold_ = std::min(o.max_inline, a.cap.max_inline_data);
@@ -709,7 +712,7 @@ Status Conn::PostMessage(mempool::IoBuf message) {
   }
   ++messages_posted_;
   ++sq_used_;
-  ibv_sge sges[16];
+  ibv_sge sges[kMaxSendSge];
   const uint32_t nsge = static_cast<uint32_t>(
       message.FillSges(t_.slot_, std::span<mempool::Sge>(reinterpret_cast<mempool::Sge*>(sges), max_send_sge_)));
   ibv_send_wr wr{};
