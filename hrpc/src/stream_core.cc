@@ -106,6 +106,7 @@ void StreamCore::AwaitConsumed(Clock::time_point deadline) {
 }
 
 void StreamCore::ReleaseExposures() {
+  released_ = true;
   for (const Held& h : held_) RevokeAll(conn_, h.exposed);
   held_.clear();
 }
@@ -143,6 +144,16 @@ Status StreamCore::Write(const google::protobuf::MessageLite& message, mempool::
       return s;
     }
     attachment = mempool::IoBuf();
+    // Exposing suspends (a large attachment's CRC runs off the worker): the
+    // stream may have ended, or been finished, meanwhile.
+    Status gone = released_ ? CancelledError("hrpc stream: finished during a Write")
+                  : !end_.ok() ? end_
+                  : peer_closed_ && !s_.server_side ? AbortedError("hrpc stream: the server has finished the stream")
+                                                    : Status::Ok();
+    if (!gone.ok()) {
+      RevokeAll(conn_, held.exposed);
+      return gone;
+    }
   }
   const auto& descs = held.exposed.descriptors;
   const size_t control = wire::PrefixSize(descs.size()) + m.message_len;

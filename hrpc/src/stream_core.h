@@ -91,7 +91,8 @@ class StreamCore {
   // Waits until the peer has consumed every message whose attachment this
   // side exposed (it READs them in its Read()), the stream ends, or `deadline`.
   void AwaitConsumed(Clock::time_point deadline);
-  // Revokes every exposure this side still holds (at the end of the stream).
+  // Revokes every exposure this side still holds (at the end of the stream);
+  // a Write exposing an attachment meanwhile revokes its own and fails.
   void ReleaseExposures();
 
   bool ended() const noexcept { return !end_.ok(); }
@@ -142,6 +143,7 @@ class StreamCore {
   uint64_t sent_messages_ = 0, sent_bytes_ = 0;
   wire::StreamWindow peer_{0, 0, wire::kInitialStreamWindowMessages, wire::kInitialStreamWindowBytes};
   std::deque<Held> held_;
+  bool released_ = false;  // ReleaseExposures ran: nothing may be exposed any more
   coro::LocalEvent* write_waiter_ = nullptr;
 };
 

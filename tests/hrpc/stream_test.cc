@@ -320,6 +320,41 @@ TEST_P(StreamTest, ClientCancelsMidStream) {
   EXPECT_TRUE(Eventually([&] { return env.service.handlers_done.load() == 1; }));
 }
 
+// A Write whose attachment is being exposed (its CRC runs off the worker) when
+// another coroutine ends the stream and calls Finish() fails, and gives the
+// attachment back: it does not keep it exposed on the shared connection.
+TEST_P(StreamTest, AWriteThatFinishOvertookGivesItsAttachmentBack) {
+  if (GetParam() != "loop") GTEST_SKIP() << "tcp streams attachments behind the frame: nothing is exposed";
+  Env env;
+  env.Start(GetParam());
+  streamtest::Streamer::Stub stub(env.channel.get());
+  hrpc::mempool::Pool& pool = env.channel->pool();
+  ASSERT_TRUE(env.channel->Connect().ok());
+  const size_t base = hrpc::mempool::testing::WaitForBytesInUseAtMost(pool, 0, 300ms);
+  bool wrote = true;
+  env.OnWorker([&] {
+    ClientContext ctx;
+    auto stream = stub.Chat(ctx);
+    hrpc::coro::LocalEvent writer_done;
+    hrpc::coro::Scheduler::Current()->Spawn(
+        [&] {
+          IoBuf att = Payload(pool, 1u << 20, 1);  // >= 256 KiB: its CRC suspends the writer
+          Chunk c = Describe(0, att);
+          wrote = stream->Write(c, std::move(att));
+          writer_done.Set();
+        },
+        "writer");
+    hrpc::coro::this_coro::Yield();  // the writer runs until its CRC suspends it
+    ctx.Cancel();
+    EXPECT_EQ(stream->Finish().code(), StatusCode::kCancelled);
+    writer_done.Wait().IgnoreError();
+  });
+  EXPECT_FALSE(wrote) << "a Write that ended after Finish() reported success";
+  // The channel (and its connection) lives on: nothing of the stream stays in its pool.
+  const size_t after = hrpc::mempool::testing::WaitForBytesInUseAtMost(pool, base, 2s);
+  EXPECT_LE(after, base) << "the attachment stayed exposed after the stream ended";
+}
+
 TEST_P(StreamTest, ServerEndsTheStreamMidway) {
   Env env;
   env.Start(GetParam());
