@@ -905,22 +905,25 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       ctx.set_pool(&workers->pool(sc->worker));
       if (Status s = core->SendInitialWindow(); !s.ok()) return s;
       HandlerStream stream(*core, ctx);
-      Status s = services_by_id.at(h.service_id)->CallStream(h.method_id, ctx, stream);
-      // Wait for the client to READ what it was left exposed.
-      if (s.ok()) core->AwaitConsumed(std::min(ctx.deadline(), Clock::now() + options.release_timeout));
-      return s;
+      return services_by_id.at(h.service_id)->CallStream(h.method_id, ctx, stream);
     }();
     // A stream that broke (cancelled, deadline, connection, a bad message)
     // ends with why, whatever the handler made of it.
     if (core->ended()) status = core->end_status();
     if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
-    sc->active.Erase(h.txn_id);
     if (!client_cancelled && !sc->closed) {
       if (Status s = core->SendClose(status); !s.ok()) {
         SPDLOG_DEBUG("hrpc server: close of stream {} to {} not sent: {}", h.txn_id, *sc->peer, s.ToString());
       }
+      // The close goes first (a client blocked in Write() learns the stream is
+      // over), then the client reads what is still queued on its side, its
+      // attachments from this side's memory: that stays exposed until the
+      // client's windows say it was consumed (or it cancels, the connection
+      // ends, the deadline or release_timeout passes), whatever the status.
+      core->AwaitConsumed(std::min(ctx.deadline(), Clock::now() + options.release_timeout));
     }
+    sc->active.Erase(h.txn_id);
     core->ReleaseExposures();
     sc->streams.erase(h.txn_id);
     if (counted) running.fetch_sub(1);

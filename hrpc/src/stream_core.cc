@@ -214,7 +214,10 @@ Result<bool> StreamCore::Read(google::protobuf::MessageLite* message, mempool::I
   const wire::Frame& f = q.rx.frame;
   mempool::IoBuf got = std::move(q.rx.attachment);
   const bool pulled = HasPullRegions(f);
-  for (size_t i = 0; i < f.num_descriptors(); ++i) {
+  // A message dropped unread (Finish() draining the queue) is consumed
+  // without READing its attachment: the window update lets the writer go.
+  const bool drop = message == nullptr && attachment == nullptr;
+  for (size_t i = 0; i < f.num_descriptors() && !drop; ++i) {
     const wire::BulkDescriptor d = f.descriptor(i);
     if (d.direction != wire::BulkDirection::kPull) continue;
     auto live = [&]() -> Status {

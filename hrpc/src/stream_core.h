@@ -80,7 +80,8 @@ class StreamCore {
   // `deadline` (then ends the stream with DEADLINE_EXCEEDED).
   Status Write(const google::protobuf::MessageLite& message, mempool::IoBuf attachment, Clock::time_point deadline);
   // True and the next message; false at the peer's close once the queue is
-  // drained; an error when the stream ended. `message` may be null (drop it).
+  // drained; an error when the stream ended. `message` may be null (drop it);
+  // with both null the message is dropped without reading its attachment.
   Result<bool> Read(google::protobuf::MessageLite* message, mempool::IoBuf* attachment, Clock::time_point deadline);
   // Frames without a message: kStreamClose with `status` (client: OK), the
   // open frame and the first window grant.

@@ -383,6 +383,71 @@ TEST_P(StreamTest, ServerEndsTheStreamMidway) {
   });
 }
 
+// Messages the server sent before its handler failed are still read, their
+// attachments included (on loop and RDMA they wait exposed in the server's
+// memory until the client has read them), then the handler's status.
+TEST_P(StreamTest, MessagesSentBeforeTheHandlerFailedAreReadWithTheirAttachments) {
+  Env env;
+  env.Start(GetParam());
+  streamtest::Streamer::Stub stub(env.channel.get());
+  env.OnWorker([&] {
+    ClientContext ctx;
+    Range range;
+    range.set_count(10);
+    range.set_fail_after(5);
+    range.set_attachment_bytes(64 * 1024);
+    auto reader = stub.Download(ctx, range);
+    Chunk c;
+    IoBuf att;
+    int got = 0, bad = 0;
+    while (reader->Read(&c, &att)) {
+      ++got;
+      if (!Matches(c, att)) ++bad;
+    }
+    EXPECT_EQ(got, 5);
+    EXPECT_EQ(bad, 0);
+    Status s = reader->Finish();
+    EXPECT_EQ(s.code(), StatusCode::kAborted) << s.ToString();
+    EXPECT_EQ(s.message(), "gave up after 5 messages");
+  });
+}
+
+// A handler that returns while the client is blocked in Write() (its window
+// full: the handler reads no more) ends the client's Write at once; the
+// client then reads what the handler wrote, and the handler's status.
+TEST_P(StreamTest, AHandlerThatReturnsEarlyEndsTheClientsWriteAndItsMessagesAreStillRead) {
+  Env env;
+  env.service.chat_reply_once = true;
+  hrpc::ServerOptions so;
+  so.release_timeout = 20s;  // what the client would otherwise wait for
+  env.Start(GetParam(), so);
+  streamtest::Streamer::Stub stub(env.channel.get());
+  hrpc::mempool::Pool& pool = env.channel->pool();
+  env.OnWorker([&] {
+    ClientContext ctx;
+    auto chat = stub.Chat(ctx);
+    const auto t0 = Clock::now();
+    int written = 0;
+    for (; written < 1000; ++written) {
+      IoBuf att = Payload(pool, 64 * 1024, static_cast<uint32_t>(written));
+      const Chunk c = Describe(written, att);
+      if (!chat->Write(c, std::move(att))) break;
+    }
+    const auto took = Clock::now() - t0;
+    EXPECT_LT(written, 1000);
+    EXPECT_LT(took, 5s) << "Write() waited for the server's release_timeout";
+    Chunk c;
+    IoBuf att;
+    ASSERT_TRUE(chat->Read(&c, &att)) << "the handler's reply was lost";
+    EXPECT_EQ(c.seq(), 0u);
+    EXPECT_TRUE(Matches(c, att));
+    EXPECT_EQ(c.text(), "ok");
+    EXPECT_FALSE(chat->Read(&c, &att));
+    Status s = chat->Finish();
+    EXPECT_TRUE(s.ok()) << s.ToString();
+  });
+}
+
 TEST_P(StreamTest, DeadlineCoversTheWholeStream) {
   Env env;
   env.Start(GetParam());

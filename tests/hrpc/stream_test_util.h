@@ -58,6 +58,7 @@ class StreamerImpl final : public streamtest::Streamer::Service {
   std::atomic<bool> hold_uploads{false};
   hrpc::coro::Event release_uploads;
   std::atomic<int> write_failures{0};  // a handler's Write() returned false
+  std::atomic<bool> chat_reply_once{false};  // Chat echoes the first message, then returns OK
   std::atomic<int> handlers_done{0};
 
   Status Upload(ServerContext& ctx, hrpc::ServerReader<Chunk>* reader, Summary* summary) override {
@@ -101,6 +102,7 @@ class StreamerImpl final : public streamtest::Streamer::Service {
         write_failures.fetch_add(1);
         break;
       }
+      if (chat_reply_once.load()) break;
     }
     return Status::Ok();
   }

@@ -99,7 +99,9 @@ struct ServerOptions {
   // A response attachment exposed for the client to READ (RDMA, loopback:
   // the client offered too little room) stays exposed until the client
   // releases it (also after the call's deadline: the client releases once its
-  // READs in flight are done), or this long.
+  // READs in flight are done), or this long. So do the attachments of stream
+  // messages the client has not read when the handler returns (docs/protocol.md,
+  // "Streams").
   std::chrono::milliseconds release_timeout{30'000};
   // The HTTP endpoint: "host:port" ("127.0.0.1:9100"; port 0 picks one,
   // http_address() tells which). Empty (the default): no endpoint. It shows
