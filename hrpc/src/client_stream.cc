@@ -36,8 +36,9 @@ class RpcClientStream final : public ClientStreamBase {
     if (finished_) return;
     Run([this] {
       if (opened_.core) {
-        opened_.core->ReleaseExposures();
+        // Cancelled first: what the server may still READ lingers until its close.
         peers().CancelStream(opened_.link, opened_.core->txn(), CancelledError("stream destroyed before Finish()"));
+        opened_.core->ReleaseExposures();
       }
       return Status::Ok();
     }).IgnoreError();
@@ -111,9 +112,10 @@ class RpcClientStream final : public ClientStreamBase {
       // exposed and revoked on the way out, say).
       const bool server_error = core.peer_closed() && !core.peer_status().ok();
       s = server_error ? core.peer_status() : core.ended() ? core.end_status() : core.peer_status();
-      core.ReleaseExposures();
-      // Ended here (deadline, a bad message): the server hears of it.
+      // Ended here (deadline, a bad message): the server hears of it, and
+      // what it may still READ lingers until its close.
       peers().CancelStream(opened_.link, core.txn(), s);
+      core.ReleaseExposures();
       return Status::Ok();
     }).IgnoreError();
     Done(s);

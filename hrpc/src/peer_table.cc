@@ -564,6 +564,11 @@ void PeerTable::CancelStream(const std::shared_ptr<Link>& link, uint64_t txn, St
   std::shared_ptr<StreamCore> core = it->second.core;
   core->End(why);
   ForgetStream(*link, txn);
+  if (!link->dead && core->holds_exposures()) {
+    // The server may be READing them now (revoking one under a READ would
+    // fail this connection on RDMA): they stay exposed until its close.
+    link->lingering[txn] = core->TakeExposures();
+  }
   if (!link->dead) {
     wire::FrameHeader h;
     h.kind = wire::FrameKind::kCancel;
@@ -575,7 +580,18 @@ void PeerTable::CancelStream(const std::shared_ptr<Link>& link, uint64_t txn, St
 void PeerTable::OnStreamFrame(const std::shared_ptr<Link>& link, ReceivedFrame rx) {
   const wire::FrameHeader h = rx.frame.header();
   auto it = link->streams.find(h.txn_id);
-  if (it == link->streams.end()) return;  // cancelled or ended here: late frames are dropped
+  if (it == link->streams.end()) {
+    // Cancelled or ended here: late frames are dropped. The server's close
+    // for a cancelled stream comes once it READs nothing more of it.
+    if (h.kind == wire::FrameKind::kStreamClose) {
+      if (auto l = link->lingering.find(h.txn_id); l != link->lingering.end()) {
+        Exposed gone = std::move(l->second);
+        link->lingering.erase(l);
+        RevokeAll(*link->conn, gone);
+      }
+    }
+    return;
+  }
   std::shared_ptr<StreamCore> core = it->second.core;
   Status bad;
   switch (h.kind) {

@@ -44,6 +44,7 @@ void StreamCore::End(Status why) {
 }
 
 Status StreamCore::OnMessage(ReceivedFrame rx) {
+  if (HasPullRegions(rx.frame)) received_pull_ = true;
   if (!end_.ok()) return Status::Ok();  // ended here: drop what is still in flight
   if (peer_closed_) return DataLossError("hrpc stream: message after the peer's close");
   const wire::Frame& f = rx.frame;
@@ -109,6 +110,17 @@ void StreamCore::ReleaseExposures() {
   released_ = true;
   for (const Held& h : held_) RevokeAll(conn_, h.exposed);
   held_.clear();
+}
+
+Exposed StreamCore::TakeExposures() {
+  released_ = true;
+  Exposed all;
+  for (Held& h : held_) {
+    for (auto& d : h.exposed.exposed) all.exposed.push_back(d);
+    for (auto& b : h.exposed.held) all.held.push_back(std::move(b));
+  }
+  held_.clear();
+  return all;
 }
 
 Status StreamCore::Write(const google::protobuf::MessageLite& message, mempool::IoBuf attachment,

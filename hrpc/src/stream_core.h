@@ -95,6 +95,13 @@ class StreamCore {
   // Revokes every exposure this side still holds (at the end of the stream);
   // a Write exposing an attachment meanwhile revokes its own and fails.
   void ReleaseExposures();
+  // The same, but handed to the caller instead of revoked (the peer may still
+  // be READing them: the client keeps them until the server's close).
+  Exposed TakeExposures();
+  bool holds_exposures() const noexcept { return !held_.empty(); }
+  // A message with pull descriptors arrived (the server then answers a
+  // cancel with a close, once its READs are over).
+  bool received_pull() const noexcept { return received_pull_; }
 
   bool ended() const noexcept { return !end_.ok(); }
   const Status& end_status() const noexcept { return end_; }
@@ -139,6 +146,7 @@ class StreamCore {
   uint64_t consumed_messages_ = 0, consumed_bytes_ = 0;
   uint64_t reported_messages_ = 0, reported_bytes_ = 0;
   coro::LocalEvent* read_waiter_ = nullptr;
+  bool received_pull_ = false;
 
   // Sending.
   uint64_t sent_messages_ = 0, sent_bytes_ = 0;

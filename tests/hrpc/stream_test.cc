@@ -321,8 +321,8 @@ TEST_P(StreamTest, ClientCancelsMidStream) {
 }
 
 // A Write whose attachment is being exposed (its CRC runs off the worker) when
-// another coroutine ends the stream and calls Finish() fails, and gives the
-// attachment back: it does not keep it exposed on the shared connection.
+// the stream ends and Finish() runs fails, and gives the attachment back: it
+// does not keep it exposed on the shared connection.
 TEST_P(StreamTest, AWriteThatFinishOvertookGivesItsAttachmentBack) {
   if (GetParam() != "loop") GTEST_SKIP() << "tcp streams attachments behind the frame: nothing is exposed";
   Env env;
@@ -332,8 +332,10 @@ TEST_P(StreamTest, AWriteThatFinishOvertookGivesItsAttachmentBack) {
   ASSERT_TRUE(env.channel->Connect().ok());
   const size_t base = hrpc::mempool::testing::WaitForBytesInUseAtMost(pool, 0, 300ms);
   bool wrote = true;
+  Status finished;
   env.OnWorker([&] {
     ClientContext ctx;
+    ctx.set_timeout(300ms);
     auto stream = stub.Chat(ctx);
     hrpc::coro::LocalEvent writer_done;
     hrpc::coro::Scheduler::Current()->Spawn(
@@ -345,10 +347,13 @@ TEST_P(StreamTest, AWriteThatFinishOvertookGivesItsAttachmentBack) {
         },
         "writer");
     hrpc::coro::this_coro::Yield();  // the writer runs until its CRC suspends it
-    ctx.Cancel();
-    EXPECT_EQ(stream->Finish().code(), StatusCode::kCancelled);
+    // Holding the worker past the deadline: the writer cannot resume before
+    // Finish() ends the stream (the deadline) and releases its exposures.
+    std::this_thread::sleep_for(400ms);
+    finished = stream->Finish();
     writer_done.Wait().IgnoreError();
   });
+  EXPECT_EQ(finished.code(), StatusCode::kDeadlineExceeded) << finished.ToString();
   EXPECT_FALSE(wrote) << "a Write that ended after Finish() reported success";
   // The channel (and its connection) lives on: nothing of the stream stays in its pool.
   const size_t after = hrpc::mempool::testing::WaitForBytesInUseAtMost(pool, base, 2s);
