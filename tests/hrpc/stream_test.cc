@@ -333,26 +333,41 @@ TEST_P(StreamTest, AWriteThatFinishOvertookGivesItsAttachmentBack) {
   const size_t base = hrpc::mempool::testing::WaitForBytesInUseAtMost(pool, 0, 300ms);
   bool wrote = true;
   Status finished;
+  bool raced = false;
   env.OnWorker([&] {
-    ClientContext ctx;
-    ctx.set_timeout(300ms);
-    auto stream = stub.Chat(ctx);
-    hrpc::coro::LocalEvent writer_done;
-    hrpc::coro::Scheduler::Current()->Spawn(
-        [&] {
-          IoBuf att = Payload(pool, 1u << 20, 1);  // >= 256 KiB: its CRC suspends the writer
-          Chunk c = Describe(0, att);
-          wrote = stream->Write(c, std::move(att));
-          writer_done.Set();
-        },
-        "writer");
-    hrpc::coro::this_coro::Yield();  // the writer runs until its CRC suspends it
-    // Holding the worker past the deadline: the writer cannot resume before
-    // Finish() ends the stream (the deadline) and releases its exposures.
-    std::this_thread::sleep_for(400ms);
-    finished = stream->Finish();
-    writer_done.Wait().IgnoreError();
+    // The CRC pass may be over before the writer waits for it (then the
+    // Write does not suspend): such an attempt is finished and tried again.
+    for (int attempt = 0; attempt < 20 && !raced; ++attempt) {
+      ClientContext ctx;
+      ctx.set_timeout(300ms);
+      auto stream = stub.Chat(ctx);
+      hrpc::coro::LocalEvent writer_done;
+      bool in_write = false;
+      hrpc::coro::Scheduler::Current()->Spawn(
+          [&] {
+            IoBuf att = Payload(pool, 1u << 20, 1);  // >= 256 KiB: its CRC runs off the worker
+            Chunk c = Describe(0, att);
+            in_write = true;
+            wrote = stream->Write(c, std::move(att));
+            in_write = false;
+            writer_done.Set();
+          },
+          "writer");
+      hrpc::coro::this_coro::Yield();  // the writer runs until it waits for its CRC
+      raced = in_write;
+      if (raced) {
+        // Holding the worker past the deadline: the writer cannot resume
+        // before Finish() ends the stream (the deadline) and releases its
+        // exposures.
+        std::this_thread::sleep_for(400ms);
+      } else {
+        ctx.Cancel();
+      }
+      finished = stream->Finish();
+      writer_done.Wait().IgnoreError();
+    }
   });
+  ASSERT_TRUE(raced) << "the writer never waited for its CRC in 20 attempts";
   EXPECT_EQ(finished.code(), StatusCode::kDeadlineExceeded) << finished.ToString();
   EXPECT_FALSE(wrote) << "a Write that ended after Finish() reported success";
   // The channel (and its connection) lives on: nothing of the stream stays in its pool.
