@@ -1052,6 +1052,34 @@ TEST(RdmaConnect, NobodyListeningIsUnavailable) {
   EXPECT_TRUE(s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kDeadlineExceeded) << s.ToString();
 }
 
+// A transport destroyed while a Connect() waits in it (here on an address of
+// the device's subnet that nobody has: the connect request goes unanswered)
+// ends that Connect with CANCELLED. The coroutine resumes after the transport
+// and its connections are gone, so it must touch neither.
+TEST(RdmaConnect, TransportDestroyedDuringAConnectEndsItCancelled) {
+  auto pool = MakeTestPool(64u << 20, 16u << 20);
+  auto w = coro::Worker::Start({.sched = {.name = "w"}});
+  ASSERT_TRUE(w.ok());
+  std::unique_ptr<Transport> t;
+  ASSERT_TRUE(On(**w, [&]() -> Status {
+                RdmaOptions o;
+                o.common = TestOptions();
+                o.common.connect_timeout = 20s;
+                HRPC_ASSIGN_OR_RETURN(t, CreateRdmaTransport((*w)->scheduler(), *pool, o));
+                return Status::Ok();
+              }).ok());
+  std::string nobody = RdmaTestAddr();
+  nobody = nobody.substr(0, nobody.rfind('.') + 1) + (nobody.ends_with(".2") ? "3" : "2");
+  auto connecting =
+      coro::Async((*w)->scheduler(), [&]() { return t->Connect("rdma://" + nobody + ":7471").status(); });
+  std::this_thread::sleep_for(300ms);
+  ASSERT_FALSE(connecting.IsReady()) << "the connect to " << nobody << " did not wait: "
+                                     << connecting.WaitFor(1s).ToString();
+  On(**w, [&]() { t.reset(); });
+  Status s = connecting.WaitFor(10s);
+  EXPECT_EQ(s.code(), StatusCode::kCancelled) << s.ToString();
+}
+
 // ------------------------------------------------------------ killed peer
 
 constexpr const char* kChildEnv = "HRPC_RDMA_TEST_CHILD";

@@ -1794,8 +1794,13 @@ Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri)
 
   Conn* c = NewConn(true);
   c->peer_ = u.ToString();
+  // A transport destroyed while this coroutine waits frees `c` and itself:
+  // after each wait, nothing of either is touched once `alive` has expired.
+  const std::weak_ptr<bool> alive = alive_;
+  const std::string peer = c->peer_;
   // On any failure below, hand the core to the reaper.
   auto fail = [&](Status s) -> Status {
+    if (alive.expired()) return s;
     ctr().connect_failures.Add();
     c->user_owned_ = false;
     c->Fail(s);
@@ -1812,6 +1817,7 @@ Result<std::unique_ptr<Connection>> TransportImpl::Connect(std::string_view uri)
     c->cm_waiter_ = &p;
     c->cm_event_.reset();
     Status s = p.WaitUntil(deadline);
+    if (alive.expired()) return CancelledError("rdma Connect to " + peer + ": transport destroyed");
     if (!p.done) {
       c->cm_waiter_ = nullptr;
       return DeadlineExceededError("rdma Connect to " + c->peer_ + ": timed out in " + std::string(step));
