@@ -490,7 +490,9 @@ TEST_F(TcpWire, PeerThatAsksWithoutReadingTheAnswersLosesItsConnection) {
               static_cast<unsigned long long>(refused), peak - std::min(peak, base), base);
   EXPECT_LT(peak - std::min(peak, base), size_t{2} << 20) << "the unread answers grew the shared pool";
   EXPECT_TRUE(Logged("answers to its one-sided ops wait unread"));
-  EXPECT_LE(mempool::testing::WaitForBytesInUseAtMost(env_->pool(), base), base);
+  // Back to where it was, give or take the 1 KiB prefetch buffers the
+  // transports keep (base may be read before the server's first read took its own).
+  EXPECT_LE(mempool::testing::WaitForBytesInUseAtMost(env_->pool(), base + 4096), base + 4096);
   ServerUnaffected();
 }
 
