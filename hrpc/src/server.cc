@@ -912,21 +912,21 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     if (core->ended()) status = core->end_status();
     if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
-    // A cancelled stream gets no close, unless the client sent messages whose
-    // attachments this side READs: it keeps those exposed until this close,
-    // sent now that the handler (and so every READ of them) is over.
-    if (!sc->closed && (!client_cancelled || core->received_pull())) {
-      if (Status s = core->SendClose(status); !s.ok()) {
-        SPDLOG_DEBUG("hrpc server: close of stream {} to {} not sent: {}", h.txn_id, *sc->peer, s.ToString());
+    if (!sc->closed) {
+      // A cancelled stream gets no close, unless the client sent messages whose
+      // attachments this side READs: it keeps those exposed until this close,
+      // sent now that the handler (and so every READ of them) is over.
+      if (!client_cancelled || core->received_pull()) {
+        if (Status s = core->SendClose(status); !s.ok()) {
+          SPDLOG_DEBUG("hrpc server: close of stream {} to {} not sent: {}", h.txn_id, *sc->peer, s.ToString());
+        }
       }
-    }
-    if (!client_cancelled && !sc->closed) {
       // The close goes first (a client blocked in Write() learns the stream is
       // over), then the client reads what is still queued on its side, its
       // attachments from this side's memory: that stays exposed until the
       // client's windows say it was consumed (or it cancels, the connection
       // ends, the deadline or release_timeout passes), whatever the status.
-      core->AwaitConsumed(std::min(ctx.deadline(), Clock::now() + options.release_timeout));
+      if (!client_cancelled) core->AwaitConsumed(std::min(ctx.deadline(), Clock::now() + options.release_timeout));
     }
     sc->active.Erase(h.txn_id);
     core->ReleaseExposures();

@@ -123,15 +123,21 @@ Exposed StreamCore::TakeExposures() {
   return all;
 }
 
+Status StreamCore::WriteRefused() const {
+  if (!end_.ok()) return end_;
+  if (released_) return CancelledError("hrpc stream: already finished");
+  // The client's stream is over once the server sent its status.
+  if (peer_closed_ && !s_.server_side) return AbortedError("hrpc stream: the server has finished the stream");
+  return Status::Ok();
+}
+
 Status StreamCore::Write(const google::protobuf::MessageLite& message, mempool::IoBuf attachment,
                          Clock::time_point deadline) {
   if (local_closed_) return FailedPreconditionError("hrpc stream: Write after the half-close");
   if (end_.ok() && Clock::now() >= deadline) End(DeadlineExceededError("deadline expired before a stream write"));
   RevokeConsumed();
   for (;;) {
-    if (!end_.ok()) return end_;
-    // The client's stream is over once the server sent its status.
-    if (peer_closed_ && !s_.server_side) return AbortedError("hrpc stream: the server has finished the stream");
+    HRPC_TRY(WriteRefused());
     if (WindowOpen()) break;
     if (!Park(&write_waiter_, deadline) && Clock::now() >= deadline) {
       End(DeadlineExceededError("deadline expired while waiting for the stream's window"));
@@ -158,11 +164,7 @@ Status StreamCore::Write(const google::protobuf::MessageLite& message, mempool::
     attachment = mempool::IoBuf();
     // Exposing suspends (a large attachment's CRC runs off the worker): the
     // stream may have ended, or been finished, meanwhile.
-    Status gone = released_ ? CancelledError("hrpc stream: finished during a Write")
-                  : !end_.ok() ? end_
-                  : peer_closed_ && !s_.server_side ? AbortedError("hrpc stream: the server has finished the stream")
-                                                    : Status::Ok();
-    if (!gone.ok()) {
+    if (Status gone = WriteRefused(); !gone.ok()) {
       RevokeAll(conn_, held.exposed);
       return gone;
     }

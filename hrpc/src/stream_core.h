@@ -122,6 +122,9 @@ class StreamCore {
     uint64_t seq = 0;  // the message's number, from 1
     Exposed exposed;
   };
+  // Why a Write may not send now (the stream ended, was finished, or the
+  // server closed it), else OK.
+  Status WriteRefused() const;
   // Parks the caller in `*slot` until woken or `deadline`; false on timeout.
   bool Park(coro::LocalEvent** slot, Clock::time_point deadline);
   static void Wake(coro::LocalEvent** slot) noexcept;

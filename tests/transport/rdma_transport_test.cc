@@ -363,70 +363,6 @@ int NextCmEvent(rdma_event_channel* ch, std::chrono::milliseconds timeout) {
   return -1;
 }
 
-// A client that gives up after the server accepted it (its REP arrived; it
-// never sends the RTU): the server's connection fails in its handshake and,
-// never handed to an acceptor, must still be freed with its QP and its share
-// of the completion queue.
-TEST(RdmaHandshake, AClientThatGivesUpAfterTheAcceptLeavesNothingBehind) {
-  Env env(RdmaKind());
-  env.Listen();
-  auto before = On(env.server_worker(), [&]() { return *RdmaTransportStatsOf(env.server_transport()); });
-  const uint64_t failures_before = env.server_transport().counters()->handshake_failures.Get();
-  const std::string uri = env.listener().uri();
-  const uint16_t port = static_cast<uint16_t>(std::stoi(uri.substr(uri.rfind(':') + 1)));
-  constexpr int kClients = 3;
-  for (int i = 0; i < kClients; ++i) {
-    rdma_event_channel* ch = rdma_create_event_channel();
-    ASSERT_NE(ch, nullptr);
-    const int fl = fcntl(ch->fd, F_GETFL);
-    ASSERT_EQ(fcntl(ch->fd, F_SETFL, fl | O_NONBLOCK), 0);
-    rdma_cm_id* id = nullptr;
-    ASSERT_EQ(rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP), 0);
-    sockaddr_in dst{};
-    dst.sin_family = AF_INET;
-    dst.sin_port = htons(port);
-    ASSERT_EQ(inet_pton(AF_INET, RdmaTestAddr().c_str(), &dst.sin_addr), 1);
-    ASSERT_EQ(rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr*>(&dst), 2000), 0);
-    ASSERT_EQ(NextCmEvent(ch, 5s), RDMA_CM_EVENT_ADDR_RESOLVED);
-    ASSERT_EQ(rdma_resolve_route(id, 2000), 0);
-    ASSERT_EQ(NextCmEvent(ch, 5s), RDMA_CM_EVENT_ROUTE_RESOLVED);
-    // No QP of its own: rdmacm then leaves the RTU to the application, which
-    // does not send it.
-    RawHello hello;
-    rdma_conn_param p{};
-    p.private_data = &hello;
-    p.private_data_len = sizeof hello;
-    p.responder_resources = 1;
-    p.initiator_depth = 1;
-    p.retry_count = 7;
-    p.rnr_retry_count = 7;
-    p.qp_num = 0x1234 + i;
-    ASSERT_EQ(rdma_connect(id, &p), 0);
-    ASSERT_EQ(NextCmEvent(ch, 10s), RDMA_CM_EVENT_CONNECT_RESPONSE) << "the server did not accept";
-    rdma_destroy_id(id);  // gives up: the kernel rejects the accept
-    rdma_destroy_event_channel(ch);
-  }
-  // Each failed on the server, which freed it: as many connections and CQ
-  // entries as before.
-  const auto until = std::chrono::steady_clock::now() + 20s;
-  RdmaTransportStats now;
-  for (;;) {
-    now = On(env.server_worker(), [&]() { return *RdmaTransportStatsOf(env.server_transport()); });
-    const bool failed = env.server_transport().counters()->handshake_failures.Get() >= failures_before + kClients;
-    if ((failed && now.connections == before.connections) || std::chrono::steady_clock::now() > until) break;
-    std::this_thread::sleep_for(20ms);
-  }
-  EXPECT_EQ(env.server_transport().counters()->handshake_failures.Get(), failures_before + kClients);
-  EXPECT_EQ(now.connections, before.connections) << "connections that failed in their handshake were kept";
-  EXPECT_EQ(now.cq_entries_reserved, before.cq_entries_reserved);
-  // The listener goes on accepting.
-  env.ConnectPair();
-  ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Send(Msg(env.pool(), 100, 1)); }).ok());
-  auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
-  ASSERT_TRUE(m.ok()) << m.status().ToString();
-  EXPECT_EQ(m->size(), 100u);
-}
-
 // A peer that speaks the connection protocol by hand (docs/rdma.md): its own
 // rdmacm id, PD, CQ and RC QP, a valid hello, receive buffers posted for what
 // the server sends, and sends it makes up itself. Call from the test thread.
@@ -438,7 +374,8 @@ struct RawRdmaPeer {
   ibv_mr* mr = nullptr;
   std::vector<char> rx = std::vector<char>(32 * 1024);
 
-  Status Connect(uint16_t port, uint32_t recv_depth) {
+  // Its id, with the address and route to the listener on `port` resolved.
+  Status Resolve(uint16_t port) {
     ch = rdma_create_event_channel();
     if (ch == nullptr) return InternalError("rdma_create_event_channel");
     if (fcntl(ch->fd, F_SETFL, fcntl(ch->fd, F_GETFL) | O_NONBLOCK) != 0) return InternalError("fcntl");
@@ -454,6 +391,26 @@ struct RawRdmaPeer {
     if (rdma_resolve_route(id, 2000) != 0 || NextCmEvent(ch, 5s) != RDMA_CM_EVENT_ROUTE_RESOLVED) {
       return InternalError("resolve route");
     }
+    return Status::Ok();
+  }
+  // Sends the connect request with a valid hello; `qp_num` names the QP when
+  // the id has none (rdmacm then leaves the RTU to the caller).
+  Status Request(uint32_t recv_depth, uint32_t qp_num = 0) {
+    RawHello hello;
+    hello.recv_depth = recv_depth;
+    rdma_conn_param p{};
+    p.private_data = &hello;
+    p.private_data_len = sizeof hello;
+    p.responder_resources = p.initiator_depth = 1;
+    p.retry_count = p.rnr_retry_count = 7;
+    p.qp_num = qp_num;
+    if (rdma_connect(id, &p) != 0) return InternalError("rdma_connect");
+    return Status::Ok();
+  }
+  // Resolve, an RC QP with receive buffers posted for what the server sends,
+  // the request, and the wait for ESTABLISHED.
+  Status Connect(uint16_t port, uint32_t recv_depth) {
+    HRPC_TRY(Resolve(port));
     pd = ibv_alloc_pd(id->verbs);
     cq = ibv_create_cq(id->verbs, 256, nullptr, nullptr, 0);
     mr = ibv_reg_mr(pd, rx.data(), rx.size(), IBV_ACCESS_LOCAL_WRITE);
@@ -474,14 +431,7 @@ struct RawRdmaPeer {
       ibv_recv_wr* bad = nullptr;
       if (ibv_post_recv(id->qp, &wr, &bad) != 0) return InternalError("ibv_post_recv");
     }
-    RawHello hello;
-    hello.recv_depth = recv_depth;
-    rdma_conn_param p{};
-    p.private_data = &hello;
-    p.private_data_len = sizeof hello;
-    p.responder_resources = p.initiator_depth = 1;
-    p.retry_count = p.rnr_retry_count = 7;
-    if (rdma_connect(id, &p) != 0) return InternalError("rdma_connect");
+    HRPC_TRY(Request(recv_depth));
     const int ev = NextCmEvent(ch, 10s);
     if (ev != RDMA_CM_EVENT_ESTABLISHED) return InternalError("connect: event " + std::to_string(ev));
     return Status::Ok();
@@ -535,6 +485,47 @@ struct RawRdmaPeer {
 };
 
 uint16_t PortOfUri(const std::string& uri) { return static_cast<uint16_t>(std::stoi(uri.substr(uri.rfind(':') + 1))); }
+
+// A client that gives up after the server accepted it (its REP arrived; it
+// never sends the RTU): the server's connection fails in its handshake and,
+// never handed to an acceptor, must still be freed with its QP and its share
+// of the completion queue.
+TEST(RdmaHandshake, AClientThatGivesUpAfterTheAcceptLeavesNothingBehind) {
+  Env env(RdmaKind());
+  env.Listen();
+  auto before = On(env.server_worker(), [&]() { return *RdmaTransportStatsOf(env.server_transport()); });
+  const uint64_t failures_before = env.server_transport().counters()->handshake_failures.Get();
+  constexpr int kClients = 3;
+  for (int i = 0; i < kClients; ++i) {
+    RawRdmaPeer peer;
+    Status r = peer.Resolve(PortOfUri(env.listener().uri()));
+    ASSERT_TRUE(r.ok()) << r.ToString();
+    // No QP of its own: rdmacm then leaves the RTU to the application, which
+    // does not send it.
+    r = peer.Request(16, 0x1234 + i);
+    ASSERT_TRUE(r.ok()) << r.ToString();
+    ASSERT_EQ(NextCmEvent(peer.ch, 10s), RDMA_CM_EVENT_CONNECT_RESPONSE) << "the server did not accept";
+  }  // gives up: destroying the id makes the kernel reject the accept
+  // Each failed on the server, which freed it: as many connections and CQ
+  // entries as before.
+  const auto until = std::chrono::steady_clock::now() + 20s;
+  RdmaTransportStats now;
+  for (;;) {
+    now = On(env.server_worker(), [&]() { return *RdmaTransportStatsOf(env.server_transport()); });
+    const bool failed = env.server_transport().counters()->handshake_failures.Get() >= failures_before + kClients;
+    if ((failed && now.connections == before.connections) || std::chrono::steady_clock::now() > until) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(env.server_transport().counters()->handshake_failures.Get(), failures_before + kClients);
+  EXPECT_EQ(now.connections, before.connections) << "connections that failed in their handshake were kept";
+  EXPECT_EQ(now.cq_entries_reserved, before.cq_entries_reserved);
+  // The listener goes on accepting.
+  env.ConnectPair();
+  ASSERT_TRUE(On(env.client_worker(), [&]() { return env.client().Send(Msg(env.pool(), 100, 1)); }).ok());
+  auto m = On(env.server_worker(), [&]() { return env.server().Recv(); });
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->size(), 100u);
+}
 
 // A peer that sends data messages without credits (the receiver never gave
 // any back: it has not called Recv) loses its connection with DATA_LOSS at the

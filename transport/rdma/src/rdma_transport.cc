@@ -597,14 +597,9 @@ Status Conn::Reserve(uint32_t n) {
   SqWaiter w;
   w.n = n;
   sq_waiters_.push_back(&w);
-  HRPC_TRY(w.Wait());  // on error `this` may be gone: do not touch it
-  // Handed the slots, then the connection failed before this coroutine ran:
-  // posting now would put the op behind the drain, where nothing reports it.
-  if (!status_.ok()) {
-    sq_used_ -= n;
-    return status_;
-  }
-  return Status::Ok();
+  // The waker took the slots for us; do not touch `this` on error. Handed
+  // them just before the connection failed, the caller's PostWrs refuses.
+  return w.Wait();
 }
 
 void Conn::WakeSqWaiters() {
@@ -621,7 +616,9 @@ void Conn::WakeSqWaiters() {
 }
 
 Status Conn::PostWrs(ibv_send_wr* wrs, uint32_t n, mempool::IoBuf hold, Parked* op) {
-  if (!status_.ok()) return status_;  // a failed QP only flushes: the op would never be finished
+  // A failed QP only flushes: an op posted now (e.g. one handed its slots just
+  // before the failure) would sit behind the drain and never be finished.
+  if (!status_.ok()) return status_;
   const uint32_t interval = t_.opts_.signal_interval;
   for (uint32_t i = 0; i < n; ++i) {
     ibv_send_wr& wr = wrs[i];
