@@ -120,8 +120,12 @@ TEST_P(Conformance, CreditsBoundUnconsumedMessages) {
     }
     return Status::Ok();
   });
+  // Nobody consumes anything: exactly `depth` messages may go. Waited for
+  // (a slow machine may take a while to send them), then 300 ms more in
+  // which no further one may go.
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (sent.load() < depth && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(5ms);
   std::this_thread::sleep_for(300ms);
-  // Nobody consumed anything: exactly `depth` messages may be in flight.
   EXPECT_EQ(sent.load(), depth) << "a sender must park when the receiver has no free receive slot";
   Status got = On(env.server_worker(), [&]() -> Status {
     for (uint32_t i = 0; i < total; ++i) {
