@@ -569,12 +569,16 @@ void PeerTable::CancelStream(const std::shared_ptr<Link>& link, uint64_t txn, St
     // fail this connection on RDMA): they stay exposed until its close.
     link->lingering[txn] = core->TakeExposures();
   }
-  if (!link->dead) {
+  // The cancel waits for this side's READs of the server's memory in flight
+  // (a Read() stops before its next group of pieces): the server revokes that
+  // memory when the cancel arrives.
+  core->AfterPulls([this, link, txn] {
+    if (link->dead) return;
     wire::FrameHeader h;
     h.kind = wire::FrameKind::kCancel;
     h.txn_id = txn;
     if (auto f = SmallFrame(workers_.pool(worker_), h, {}); f.ok()) link->conn->Send(std::move(*f)).IgnoreError();
-  }
+  });
 }
 
 void PeerTable::OnStreamFrame(const std::shared_ptr<Link>& link, ReceivedFrame rx) {

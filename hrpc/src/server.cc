@@ -408,7 +408,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     if (auto* w = std::exchange(sc->quota_waiter, nullptr)) w->Set();
     for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
     for (auto& [txn, ev] : sc->releases) ev->Set();
-    for (auto& [txn, core] : sc->streams) core->End(UnavailableError("connection closed"));
+    for (auto& [txn, core] : sc->streams) core->OnPeerGone(UnavailableError("connection closed"));
   }
 
   bool QuotaFits(const ServerConn& sc, uint64_t bytes) const {
@@ -522,7 +522,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         auto it = sc->active.find(h.txn_id);
         if (it != sc->active.end()) it->second->MarkCancelled();
         if (auto st = sc->streams.find(h.txn_id); st != sc->streams.end()) {
-          st->second->End(CancelledError("stream cancelled by the client"));
+          st->second->OnPeerGone(CancelledError("stream cancelled by the client"));
         }
       } else if (h.kind == wire::FrameKind::kStreamMessage || h.kind == wire::FrameKind::kStreamWindow ||
                  h.kind == wire::FrameKind::kStreamClose) {
@@ -924,9 +924,12 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       // The close goes first (a client blocked in Write() learns the stream is
       // over), then the client reads what is still queued on its side, its
       // attachments from this side's memory: that stays exposed until the
-      // client's windows say it was consumed (or it cancels, the connection
-      // ends, the deadline or release_timeout passes), whatever the status.
-      if (!client_cancelled) core->AwaitConsumed(std::min(ctx.deadline(), Clock::now() + options.release_timeout));
+      // client's windows say it was consumed, it cancels (once its READs in
+      // flight are over), the connection ends or release_timeout passes,
+      // whatever the status. Not only until the deadline: a client whose
+      // deadline passed during a READ cancels when that READ is over, and
+      // revoking under it would fail the whole RDMA connection.
+      core->AwaitConsumed(Clock::now() + options.release_timeout);
     }
     sc->active.Erase(h.txn_id);
     core->ReleaseExposures();
@@ -1050,7 +1053,7 @@ void Server::Shutdown() {
       for (auto& sc : im.conns[w]) {
         for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
         for (auto& [txn, ev] : sc->releases) ev->Set();
-        for (auto& [txn, core] : sc->streams) core->End(UnavailableError("server shutting down"));
+        for (auto& [txn, core] : sc->streams) core->OnPeerGone(UnavailableError("server shutting down"));
       }
       return Status::Ok();
     }).IgnoreError();

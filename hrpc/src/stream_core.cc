@@ -98,12 +98,26 @@ void StreamCore::RevokeConsumed() {
   }
 }
 
-void StreamCore::AwaitConsumed(Clock::time_point deadline) {
+void StreamCore::OnPeerGone(Status why) {
+  End(std::move(why));
+  peer_gone_ = true;
+  Wake(&write_waiter_);
+}
+
+void StreamCore::AwaitConsumed(Clock::time_point until) {
   for (;;) {
     RevokeConsumed();
-    if (held_.empty() || !end_.ok() || !conn_.status().ok()) return;
-    if (!Park(&write_waiter_, deadline) && Clock::now() >= deadline) return;
+    if (held_.empty() || peer_gone_ || !conn_.status().ok()) return;
+    if (!Park(&write_waiter_, until) && Clock::now() >= until) return;
   }
+}
+
+void StreamCore::AfterPulls(std::function<void()> fn) {
+  if (pulling_ == 0) {
+    fn();
+    return;
+  }
+  after_pulls_ = std::move(fn);
 }
 
 void StreamCore::ReleaseExposures() {
@@ -239,7 +253,9 @@ Result<bool> StreamCore::Read(google::protobuf::MessageLite* message, mempool::I
       if (Clock::now() >= deadline) return DeadlineExceededError("deadline expired while pulling a stream message");
       return Status::Ok();
     };
+    ++pulling_;
     auto part = PullRegion(conn_, pool_, d, s_.pull_chunk, s_.pull_window, live);
+    if (--pulling_ == 0 && after_pulls_) std::exchange(after_pulls_, nullptr)();
     if (!part.ok()) {
       End(part.status().WithContext("stream message attachment"));
       return end_;

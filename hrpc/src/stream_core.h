@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <span>
 
@@ -74,6 +75,9 @@ class StreamCore {
   // Ends the stream on this side with `why` (the first reason stays): pending
   // and later Read/Write fail with it. Sends nothing.
   void End(Status why);
+  // End(why), and the peer will READ nothing more of what this side exposed
+  // (it cancelled the stream, or the connection closed): AwaitConsumed returns.
+  void OnPeerGone(Status why);
 
   // --- the stream's user (a coroutine on the connection's worker) ----------
   // Sends one message; suspends while the peer's window is full, until
@@ -90,8 +94,10 @@ class StreamCore {
   // The first grant, when this side's window is larger than the initial one.
   Status SendInitialWindow();
   // Waits until the peer has consumed every message whose attachment this
-  // side exposed (it READs them in its Read()), the stream ends, or `deadline`.
-  void AwaitConsumed(Clock::time_point deadline);
+  // side exposed (it READs them in its Read()), the peer is gone (OnPeerGone,
+  // the connection failed), or `until`. Not merely until the stream ended
+  // here (its deadline, an error): the peer may be READing one of them now.
+  void AwaitConsumed(Clock::time_point until);
   // Revokes every exposure this side still holds (at the end of the stream);
   // a Write exposing an attachment meanwhile revokes its own and fails.
   void ReleaseExposures();
@@ -102,6 +108,10 @@ class StreamCore {
   // A message with pull descriptors arrived (the server then answers a
   // cancel with a close, once its READs are over).
   bool received_pull() const noexcept { return received_pull_; }
+  // Runs `fn` once no Read() is READing the peer's memory: now, or when the
+  // READs in flight are over (the client's cancel waits for them: the server
+  // revokes what it exposed when the cancel arrives).
+  void AfterPulls(std::function<void()> fn);
 
   bool ended() const noexcept { return !end_.ok(); }
   const Status& end_status() const noexcept { return end_; }
@@ -150,12 +160,15 @@ class StreamCore {
   uint64_t reported_messages_ = 0, reported_bytes_ = 0;
   coro::LocalEvent* read_waiter_ = nullptr;
   bool received_pull_ = false;
+  int pulling_ = 0;  // Read()s READing the peer's memory now
+  std::function<void()> after_pulls_;
 
   // Sending.
   uint64_t sent_messages_ = 0, sent_bytes_ = 0;
   wire::StreamWindow peer_{0, 0, wire::kInitialStreamWindowMessages, wire::kInitialStreamWindowBytes};
   std::deque<Held> held_;
   bool released_ = false;  // ReleaseExposures ran: nothing may be exposed any more
+  bool peer_gone_ = false;  // OnPeerGone ran: nothing exposed is READ any more
   coro::LocalEvent* write_waiter_ = nullptr;
 };
 

@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "hrpc/coroutine/scheduler.h"
+#include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/copy.h"
 #include "hrpc/rpc/rpc_channel.h"
 #include "hrpc/rpc/server.h"
@@ -35,7 +37,7 @@ using streamtest::Payload;
 class StreamRdmaTest : public ::testing::Test {
  protected:
   void SetUp() override { Start({}); }
-  void Start(hrpc::ServerOptions so) {
+  void Start(hrpc::ServerOptions so, hrpc::RpcChannelOptions co = {}) {
     const std::string why = RdmaSkipReason();
     if (!why.empty()) GTEST_SKIP() << why;
     so.listen = {"rdma://" + RdmaTestAddr() + ":0"};
@@ -46,7 +48,7 @@ class StreamRdmaTest : public ::testing::Test {
     ASSERT_TRUE(server_->RegisterService(&service_).ok());
     ASSERT_TRUE(server_->Start().ok());
     const std::string bound = server_->listen_uris().at(0);
-    auto c = hrpc::RpcChannel::Create("rdma://" + RdmaTestAddr() + ":" + bound.substr(bound.rfind(':') + 1));
+    auto c = hrpc::RpcChannel::Create("rdma://" + RdmaTestAddr() + ":" + bound.substr(bound.rfind(':') + 1), co);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     channel_ = std::move(*c);
     ASSERT_TRUE(channel_->Connect().ok());
@@ -133,6 +135,112 @@ TEST_F(StreamRdmaTest, ClientCancelsMidStream) {
   });
   for (int i = 0; i < 5000 && service_.handlers_done.load() == 0; ++i) std::this_thread::sleep_for(1ms);
   EXPECT_EQ(service_.handlers_done.load(), 1);
+}
+
+// The client READs a message's attachment from the server's memory. The
+// server keeps it exposed until the client's window says it was consumed or
+// the client cancels, and a client cancels only once its READs in flight are
+// over: revoking the memory under a READ would put the queue pair in error
+// and fail every call and stream sharing the connection. The client's pool
+// has 64 KiB blocks at most, so it READs a 32 MiB attachment in 512 pieces,
+// 4 at a time; the stream ends (by its deadline, by a cancel) meanwhile, and a
+// chat on the same connection goes on.
+class StreamRdmaEndWhileReadingTest : public StreamRdmaTest {
+ protected:
+  static constexpr size_t kBig = 32u << 20;
+
+  void SetUp() override {
+    hrpc::RpcChannelOptions co;
+    co.runtime.pool.max_class_bytes = 64u << 10;
+    Start({}, co);
+  }
+
+  // Runs `fn` on the channel's worker between two exchanges of a chat on the
+  // same connection: one message each way before, and after (the connection
+  // is still up), then the chat ends OK.
+  void AroundAChat(streamtest::Streamer::Stub& stub, const std::function<void()>& fn) {
+    OnWorker([&] {
+      ClientContext cctx;
+      cctx.set_timeout(120s);
+      auto chat = stub.Chat(cctx);
+      for (uint64_t seq : {1, 2}) {
+        if (seq == 2) fn();
+        ASSERT_TRUE(chat->Write(Describe(seq, IoBuf{}), IoBuf{})) << "the chat on the same connection, message " << seq;
+        Chunk back;
+        ASSERT_TRUE(chat->Read(&back)) << "the chat on the same connection, message " << seq;
+        EXPECT_EQ(back.seq(), seq);
+      }
+      ASSERT_TRUE(chat->WritesDone());
+      Status s = chat->Finish();
+      EXPECT_TRUE(s.ok()) << "the chat on the same connection: " << s.ToString();
+    });
+  }
+
+  // Starts a download of `count` kBig messages and waits until the server has
+  // sent the first.
+  std::unique_ptr<hrpc::ClientReader<Chunk>> SentDownload(streamtest::Streamer::Stub& stub, ClientContext& ctx,
+                                                          uint64_t count) {
+    streamtest::Range range;
+    range.set_count(count);
+    range.set_attachment_bytes(kBig);
+    const int written0 = service_.downloads_written.load();
+    auto download = stub.Download(ctx, range);
+    const auto start = std::chrono::steady_clock::now();
+    while (service_.downloads_written.load() == written0 && std::chrono::steady_clock::now() - start < 30s) {
+      hrpc::coro::this_coro::SleepFor(1ms);
+    }
+    EXPECT_GT(service_.downloads_written.load(), written0) << "the server did not send the message";
+    return download;
+  }
+};
+
+// The server's deadline (its own clock from the open's arrival) passes while
+// the client is READing: the server keeps the memory until the client, its
+// READ over, cancels.
+TEST_F(StreamRdmaEndWhileReadingTest, ADeadlinePassingDuringTheReadLeavesTheConnectionUp) {
+  streamtest::Streamer::Stub stub(channel_.get());
+  AroundAChat(stub, [&] {
+    ClientContext dctx;
+    dctx.set_timeout(5s);
+    auto download = SentDownload(stub, dctx, 1);
+    ASSERT_LT(std::chrono::steady_clock::now(), dctx.deadline() - 100ms) << "no time left to start the Read";
+    hrpc::coro::this_coro::SleepUntil(dctx.deadline() - 10ms);
+    Chunk c;
+    IoBuf got;
+    EXPECT_FALSE(download->Read(&c, &got)) << "the 32 MiB READ finished within 10 ms: the deadline came after it";
+    EXPECT_EQ(download->Finish().code(), StatusCode::kDeadlineExceeded);
+  });
+}
+
+// A cancel while the Read is READing goes out once that Read's READs are over:
+// the server, blocked in the next Write, hears it and ends.
+TEST_F(StreamRdmaEndWhileReadingTest, ACancelDuringTheReadReachesTheServerAfterIt) {
+  streamtest::Streamer::Stub stub(channel_.get());
+  AroundAChat(stub, [&] {
+    ClientContext dctx;
+    dctx.set_timeout(120s);
+    auto download = SentDownload(stub, dctx, 2);
+    hrpc::coro::WaitGroup cancelled;
+    cancelled.Add(1);
+    hrpc::coro::Scheduler::Current()->Spawn([&] {
+      hrpc::coro::this_coro::SleepFor(3ms);  // the Read below is READing by then
+      dctx.Cancel();
+      cancelled.Done();
+    });
+    Chunk c;
+    IoBuf got;
+    const bool read = download->Read(&c, &got);  // the READ in flight completes (or stops)
+    cancelled.Wait().IgnoreError();
+    if (read) {
+      EXPECT_TRUE(Matches(c, got));
+    }
+    EXPECT_EQ(download->Finish().code(), StatusCode::kCancelled);
+  });
+  // Both handlers end: the download's by the cancel (without it, it would
+  // wait in Write for a window that never opens, until its 120 s deadline).
+  for (int i = 0; i < 20000 && service_.handlers_done.load() < 2; ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(service_.handlers_done.load(), 2);
+  EXPECT_EQ(service_.write_failures.load(), 1);
 }
 
 // A client that cancels an upload while the server is READing a message's

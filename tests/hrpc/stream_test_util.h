@@ -60,6 +60,7 @@ class StreamerImpl final : public streamtest::Streamer::Service {
   std::atomic<int> write_failures{0};  // a handler's Write() returned false
   std::atomic<bool> chat_reply_once{false};  // Chat echoes the first message, then returns OK
   std::atomic<int> handlers_done{0};
+  std::atomic<int> downloads_written{0};  // messages Download's Write() took
 
   Status Upload(ServerContext& ctx, hrpc::ServerReader<Chunk>* reader, Summary* summary) override {
     Done done{handlers_done};
@@ -87,6 +88,7 @@ class StreamerImpl final : public streamtest::Streamer::Service {
         write_failures.fetch_add(1);
         return hrpc::CancelledError("the client went away");
       }
+      downloads_written.fetch_add(1);
       if (range.interval_us() > 0) hrpc::coro::this_coro::SleepFor(std::chrono::microseconds(range.interval_us()));
     }
     return Status::Ok();
