@@ -22,9 +22,13 @@ if(HRPC_WITH_RDMA)
 endif()
 find_package(Protobuf REQUIRED)
 # The HTTP endpoint: Prometheus text format (prometheus-cpp-dev) and the HTTP
-# server (libcpp-httplib-dev: Debian builds it as a library, with OpenSSL,
-# zlib and brotli; its pkg-config flags must be used so the headers match).
+# server (libmicrohttpd-dev: event-driven, with bounds on connections, header
+# memory and idle time).
 find_package(prometheus-cpp CONFIG REQUIRED)
+pkg_check_modules(hrpc_microhttpd REQUIRED IMPORTED_TARGET libmicrohttpd)
+# HTTP clients (libcpp-httplib-dev: Debian builds it as a library, with
+# OpenSSL, zlib and brotli; its pkg-config flags must be used so the headers
+# match).
 pkg_check_modules(hrpc_httplib REQUIRED IMPORTED_TARGET cpp-httplib)
 # etcd naming: etcd's v3 JSON gateway through cpp-httplib, its JSON through
 # nlohmann-json (nlohmann-json3-dev; header-only, used by no public header).

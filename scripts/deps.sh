@@ -13,7 +13,8 @@ HRPC_PACKAGES=(
   libcli11-dev  # command-line flags: the hrpc tool, the samples, the benchmarks
   python3-matplotlib  # bench/plot.py
   libgrpc++-dev protobuf-compiler-grpc  # bench/grpc_echo: the same-run gRPC baseline
-  prometheus-cpp-dev libcpp-httplib-dev  # the HTTP endpoint: /metrics, /status, /rpcz
+  prometheus-cpp-dev libmicrohttpd-dev  # the HTTP endpoint: /metrics, /status, /rpcz
+  libcpp-httplib-dev  # HTTP clients: etcd's JSON gateway, the endpoint's tests
   dnsmasq-base  # a local DNS server for the dns:// naming tests (run on 127.0.0.1 by the tests)
   nlohmann-json3-dev  # etcd naming: the JSON of etcd's v3 gateway
   etcd-server  # the etcd naming tests run their own etcd (free 127.0.0.1 ports, a temp dir; a system etcd.service is not used)

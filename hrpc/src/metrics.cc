@@ -108,8 +108,6 @@ void RpcFamilies(Families& f, const StatsRegistry& registry, const char* side) {
   registry.ForEach([&](const MethodCounters& m) {
     const auto [service, method] = SplitMethod(m.name);
     const Labels base = {{"side", side}, {"service", service}, {"method", method}};
-    const uint64_t count = m.count.load(std::memory_order_relaxed);
-    const uint64_t errors = m.errors.load(std::memory_order_relaxed);
     auto with = [&base](std::string name, std::string value) {
       Labels l = base;
       l.push_back({std::move(name), std::move(value)});
@@ -117,7 +115,7 @@ void RpcFamilies(Families& f, const StatsRegistry& registry, const char* side) {
     };
     constexpr const char* kCalls =
         "Completed calls by status code (server: from the request's arrival to its response sent; client: end to end).";
-    f.Counter("hrpc_rpc_calls_total", kCalls, with("code", "OK"), static_cast<double>(count >= errors ? count - errors : 0));
+    f.Counter("hrpc_rpc_calls_total", kCalls, with("code", "OK"), static_cast<double>(m.ok.load(std::memory_order_relaxed)));
     for (size_t c = 1; c < m.errors_by_code.size(); ++c) {
       if (uint64_t n = m.errors_by_code[c].load(std::memory_order_relaxed)) {
         f.Counter("hrpc_rpc_calls_total", kCalls, with("code", std::string(StatusCodeName(static_cast<StatusCode>(c)))),

@@ -174,6 +174,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   // Connections that passed options.authenticator, and that failed it.
   std::atomic<uint64_t> authenticated{0}, auth_failures{0};
   std::atomic<bool> started{false};
+  std::atomic<bool> serving{false};  // Start() bound every listener and returned OK
   std::atomic<bool> stopping{false};
   bool shut_down = false;
   mutable std::mutex mu;
@@ -191,7 +192,11 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   std::chrono::system_clock::time_point started_at;
   std::unique_ptr<internal::MetricsCollector> metrics;
   std::unique_ptr<internal::HttpEndpoint> http;
-  std::string http_addr;
+  std::string http_addr;  // under mu: the endpoint serves /status while Start() sets it
+  std::string HttpAddress() const {
+    std::lock_guard lock(mu);
+    return http_addr;
+  }
   std::unique_ptr<internal::DedupWindow> dedup;  // null when ServerOptions::dedup_window is 0
   std::unique_ptr<EtcdRegistration> registration;  // with options.etcd_register
 
@@ -229,8 +234,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     for (const auto& r : rpcz) r->Read(slow, failed);
   }
   Status Health() const override {
-    if (!started.load()) return UnavailableError("not started");
     if (stopping.load()) return UnavailableError("shutting down");
+    if (!serving.load()) return UnavailableError(started.load() ? "not serving: Start() has not finished, or failed" : "not started");
     // Every worker runs a posted coroutine within a second, or it is stuck
     // (a handler that never yields).
     std::vector<std::shared_ptr<std::atomic<bool>>> answered;
@@ -257,7 +262,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     };
     r["/status"] = [this](const HttpEndpoint::Request& q) {
       return HttpEndpoint::Response{200, q.wants_html ? "text/html; charset=utf-8" : "text/plain; charset=utf-8",
-                                    internal::RenderStatus(*workers, this, *metrics, q.wants_html, http_addr)};
+                                    internal::RenderStatus(*workers, this, *metrics, q.wants_html, HttpAddress())};
     };
     r["/rpcz"] = [this](const HttpEndpoint::Request& q) {
       size_t n = 20;
@@ -290,9 +295,15 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   MethodCounters& CountersFor(uint32_t sid, uint32_t mid) {
     auto it = registered.find((uint64_t{sid} << 32) | mid);
     if (it != registered.end()) return *it->second;
+    // Found once under the registry's lock (a scrape holds it a while), then
+    // without it.
+    if (MethodCounters* u = unknown_counters.load(std::memory_order_acquire)) return *u;
     constexpr uint32_t kUnknown = std::numeric_limits<uint32_t>::max();
-    return stats.For(kUnknown, kUnknown, "(unknown method)");
+    MethodCounters& u = stats.For(kUnknown, kUnknown, "(unknown method)");
+    unknown_counters.store(&u, std::memory_order_release);
+    return u;
   }
+  std::atomic<MethodCounters*> unknown_counters{nullptr};
 
   void AcceptLoop(size_t w, transport::Listener* listener) {
     for (;;) {
@@ -1007,8 +1018,11 @@ Status Server::Start() {
     // Before any connection: the request path reads `rpcz` unlocked.
     for (size_t w = 0; w < im.workers->size(); ++w) im.rpcz.push_back(std::make_unique<internal::RpczRing>(w));
     HRPC_ASSIGN_OR_RETURN(im.http, internal::HttpEndpoint::Start(im.options.http_listen, im.HttpRoutes()));
-    im.http_addr = im.http->address();
-    SPDLOG_INFO("hrpc server: HTTP endpoint on http://{} (/metrics /status /rpcz /health)", im.http_addr);
+    {
+      std::lock_guard lock(im.mu);
+      im.http_addr = im.http->address();
+    }
+    SPDLOG_INFO("hrpc server: HTTP endpoint on http://{} (/metrics /status /rpcz /health)", im.http->address());
   }
   for (const std::string& raw : im.options.listen) {
     HRPC_ASSIGN_OR_RETURN(std::string uri, ResolveUri(raw, im.workers->options().transport_choice));
@@ -1038,6 +1052,7 @@ Status Server::Start() {
   if (!im.options.etcd_register.empty()) {
     HRPC_ASSIGN_OR_RETURN(im.registration, RegisterInEtcd(im.options, im.bound.front()));
   }
+  im.serving.store(true);
   return Status::Ok();
 }
 
@@ -1097,7 +1112,7 @@ size_t Server::num_connections() const { return static_cast<size_t>(std::max<int
 
 uint64_t Server::deduplicated_requests() const { return impl_->dedup ? impl_->dedup->hits() : 0; }
 
-std::string Server::http_address() const { return impl_->http_addr; }
+std::string Server::http_address() const { return impl_->HttpAddress(); }
 
 std::string Server::MetricsText() const { return internal::SerializeMetrics(impl_->metrics->Collect()); }
 

@@ -100,7 +100,9 @@ uint64_t LatencyHistogram::CumulativeCounts(std::span<const uint64_t> bound_ns, 
 void MethodCounters::End(std::chrono::nanoseconds latency_ns, StatusCode code, uint64_t in, uint64_t out) noexcept {
   in_flight.fetch_sub(1, std::memory_order_relaxed);
   count.fetch_add(1, std::memory_order_relaxed);
-  if (code != StatusCode::kOk) {
+  if (code == StatusCode::kOk) {
+    ok.fetch_add(1, std::memory_order_relaxed);
+  } else {
     errors.fetch_add(1, std::memory_order_relaxed);
     const auto c = static_cast<size_t>(code);
     if (c < errors_by_code.size()) errors_by_code[c].fetch_add(1, std::memory_order_relaxed);

@@ -1,11 +1,16 @@
 // The HTTP endpoint of a Server (/metrics /status /rpcz /health) scraped by a
 // real HTTP client (cpp-httplib), its Prometheus text parsed; and that the
 // endpoint is off by default (no extra port, no thread).
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <httplib.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -457,7 +462,7 @@ TEST(Observability, EndpointIsOffByDefault) {
     const std::multiset<int> ports = ListeningPorts();
     ASSERT_FALSE(ports.empty()) << "the RPC listener itself is not found: the check would prove nothing";
     for (int p : ports) EXPECT_EQ(p, rpc_port) << "a port other than the RPC port is open";
-    EXPECT_FALSE(HasThreadNamed("hrpc-http"));
+    EXPECT_FALSE(HasThreadNamed("MHD-worker"));
     // The metrics are still there for a program that exports them itself.
     env.Calls(2);
     env.WaitServerCount(2);
@@ -468,10 +473,150 @@ TEST(Observability, EndpointIsOffByDefault) {
   env.Start("127.0.0.1:0");
   const int http_port = HostPort(env.server->http_address()).second;
   EXPECT_EQ(ListeningPorts().count(http_port), 1u);
-  EXPECT_TRUE(HasThreadNamed("hrpc-http"));
+  // libmicrohttpd's threads name themselves once they run.
+  for (int i = 0; i < 2000 && !HasThreadNamed("MHD-worker"); ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(HasThreadNamed("MHD-worker"));
   env.server->Shutdown();
   EXPECT_EQ(ListeningPorts().count(http_port), 0u);
-  EXPECT_FALSE(HasThreadNamed("hrpc-http"));
+  EXPECT_FALSE(HasThreadNamed("MHD-worker"));
+}
+
+// A raw TCP client of the endpoint, for what an HTTP client library would not send.
+class RawHttpClient {
+ public:
+  explicit RawHttpClient(const std::string& addr) {
+    auto [host, port] = HostPort(addr);
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<uint16_t>(port));
+    ::inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+    timeval tv{2, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~RawHttpClient() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RawHttpClient(const RawHttpClient&) = delete;
+  RawHttpClient& operator=(const RawHttpClient&) = delete;
+  bool connected() const { return connected_; }
+  bool Send(const std::string& bytes) { return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()); }
+  // What the server sent until it closed the connection or 2 s passed without a byte.
+  std::string ReadAll() {
+    std::string got;
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    return got;
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+size_t OpenFds() {
+  size_t n = 0;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (readdir(d) != nullptr) ++n;
+    closedir(d);
+  }
+  return n;
+}
+
+// Only GET and HEAD: a POST is answered 405 at once, its body never read (a
+// peer announcing 100 GB gets no memory for it), and the connection closed.
+TEST(Observability, EndpointAnswersAPostWithoutReadingItsBody) {
+  Env env;
+  env.Start("127.0.0.1:0");
+  const std::string addr = env.server->http_address();
+  RawHttpClient c(addr);
+  ASSERT_TRUE(c.connected());
+  ASSERT_TRUE(c.Send("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n"));
+  ASSERT_TRUE(c.Send(std::string(64 * 1024, 'x')));
+  const std::string got = c.ReadAll();
+  EXPECT_EQ(got.rfind("HTTP/1.1 405", 0), 0u) << "answer: " << got.substr(0, 200);
+  EXPECT_NE(got.find("Allow: GET, HEAD"), std::string::npos) << got.substr(0, 200);
+  EXPECT_EQ(HttpGet(addr, "/health").status, 200);
+}
+
+// Clients that hold connections open (idle, or sending their headers a byte at
+// a time) hold no thread: a scrape is answered at once, connections beyond
+// the limit are closed instead of kept, and Shutdown() does not wait for them.
+TEST(Observability, SlowAndIdleClientsHoldBackNeitherScrapesNorShutdown) {
+  Env env;
+  env.Start("127.0.0.1:0");
+  const std::string addr = env.server->http_address();
+  // 4 clients sending a header byte every 100 ms: never idle, never done.
+  struct Dribbler {
+    std::vector<std::unique_ptr<RawHttpClient>> clients;
+    std::atomic<bool> stop{false};
+    std::thread thread;
+    ~Dribbler() {
+      stop.store(true);
+      if (thread.joinable()) thread.join();
+    }
+  } slow;
+  for (int i = 0; i < 4; ++i) {
+    slow.clients.push_back(std::make_unique<RawHttpClient>(addr));
+    ASSERT_TRUE(slow.clients.back()->Send("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "));
+  }
+  slow.thread = std::thread([&slow] {
+    while (!slow.stop.load()) {
+      for (auto& c : slow.clients) c->Send("a");
+      std::this_thread::sleep_for(100ms);
+    }
+  });
+  {
+    auto [host, port] = HostPort(addr);
+    httplib::Client cli(host, port);
+    cli.set_read_timeout(1, 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto res = cli.Get("/metrics");
+    ASSERT_TRUE(res) << "no answer to a scrape within 1 s while 4 clients send their headers slowly";
+    EXPECT_EQ(res->status, 200);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  }
+  // 200 more connections that send nothing: the endpoint keeps at most its
+  // limit (64) of them; on this process's side each also has its client end.
+  const size_t fds0 = OpenFds();
+  std::vector<std::unique_ptr<RawHttpClient>> idle;
+  for (int i = 0; i < 200; ++i) idle.push_back(std::make_unique<RawHttpClient>(addr));
+  std::this_thread::sleep_for(300ms);  // the endpoint accepts (and closes what is beyond its limit)
+  const size_t grown = OpenFds() - fds0;
+  EXPECT_LE(grown, 200u + 64u) << "the endpoint keeps every connection it is offered";
+  const auto t0 = std::chrono::steady_clock::now();
+  env.server->Shutdown();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "Shutdown() waited for the slow clients";
+}
+
+// /health says 200 only once Start() has bound every listener: a Start() that
+// failed (its RPC port taken) leaves the endpoint answering 503.
+TEST(Observability, HealthIsNotOkWhenStartFailed) {
+  const int taken = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(taken, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::listen(taken, 1), 0);
+  socklen_t len = sizeof sa;
+  ASSERT_EQ(::getsockname(taken, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  hrpc::ServerOptions so;
+  so.listen = {"tcp://127.0.0.1:" + std::to_string(ntohs(sa.sin_port))};
+  so.http_listen = "127.0.0.1:0";
+  so.runtime.transport_choice = hrpc::TransportChoice::kTcp;
+  auto server = hrpc::Server::Create(so);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  const hrpc::Status st = (*server)->Start();
+  EXPECT_FALSE(st.ok()) << "the RPC port was free after all: the check would prove nothing";
+  const Get health = HttpGet((*server)->http_address(), "/health");
+  EXPECT_EQ(health.status, 503) << health.body;
+  EXPECT_NE(health.body.find("not serving"), std::string::npos) << health.body;
+  ::close(taken);
 }
 
 TEST(Observability, BadHttpAddressFailsStart) {

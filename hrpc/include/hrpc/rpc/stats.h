@@ -68,7 +68,9 @@ struct MethodCounters {
   std::string name;  // "pkg.Service.Method", or "<service id>/<method id>" when unknown
   std::atomic<uint64_t> count{0};      // completed calls
   std::atomic<uint64_t> errors{0};     // completed with a non-OK status
-  // errors by status code ([0], OK, stays 0: OK calls are count - errors)
+  std::atomic<uint64_t> ok{0};         // completed OK (its own counter: a reader of count and
+                                       // errors may see a call in one and not yet in the other)
+  // errors by status code ([0], OK, stays 0)
   std::array<std::atomic<uint64_t>, kStatusCodeCount> errors_by_code{};
   std::atomic<int64_t> in_flight{0};
   std::atomic<uint64_t> bytes_in{0};   // request bytes (server) / response bytes (client), incl. attachments
