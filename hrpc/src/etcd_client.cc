@@ -88,6 +88,19 @@ std::string Text(const json& j, const char* field) {
   return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
+bool Bool(const json& j, const char* field) {
+  auto it = j.find(field);
+  return it != j.end() && it->is_boolean() && it->get<bool>();
+}
+
+// j's member `field` when j is an object that has it as an object; else an
+// empty object (a message of another shape reads as one without that part).
+const json& Object(const json& j, const char* field) {
+  static const json kEmpty = json::object();
+  auto it = j.find(field);
+  return it != j.end() && it->is_object() ? *it : kEmpty;
+}
+
 // {"error": "...", "message": "...", "code": 5} (unary) or
 // {"error": {"grpc_code": 5, "message": "..."}} (a stream).
 Status ErrorOf(const json& j) {
@@ -219,14 +232,24 @@ Result<std::string> EtcdClient::Post(std::string_view path, const std::string& b
       failures += (failures.empty() ? "" : "; ") + ep.ToString() + ": " + Describe(res.error());
       continue;  // the next member
     }
+    if (res->status != 200) {
+      const json j = json::parse(res->body, nullptr, false);
+      Status error = j.is_object() && j.contains("error")
+                         ? ErrorOf(j)
+                         : UnavailableError("etcd " + std::string(path) + ": HTTP " + std::to_string(res->status));
+      // A member that cannot serve now (cut off from the quorum: "no leader",
+      // 503) is passed over like one that does not answer.
+      if (error.code() == StatusCode::kUnavailable || res->status >= 500) {
+        failures += (failures.empty() ? "" : "; ") + ep.ToString() + ": " + error.ToString();
+        continue;
+      }
+      std::lock_guard lock(mu_);
+      current_ = index;
+      return error;
+    }
     {
       std::lock_guard lock(mu_);
       current_ = index;
-    }
-    if (res->status != 200) {
-      const json j = json::parse(res->body, nullptr, false);
-      if (j.is_object() && j.contains("error")) return ErrorOf(j);
-      return UnavailableError("etcd " + std::string(path) + ": HTTP " + std::to_string(res->status));
     }
     return std::move(res->body);
   }
@@ -249,7 +272,7 @@ Result<EtcdRange> EtcdClient::RangePrefix(std::string_view prefix) {
   HRPC_ASSIGN_OR_RETURN(std::string body, Post("/v3/kv/range", req.dump()));
   HRPC_ASSIGN_OR_RETURN(json j, ParseObject("range", body));
   EtcdRange out;
-  out.revision = Int64(j.value("header", json::object()), "revision");
+  out.revision = Int64(Object(j, "header"), "revision");
   if (out.revision == 0) return InternalError("etcd range: the answer has no revision");
   if (auto it = j.find("kvs"); it != j.end() && it->is_array()) {
     for (const json& kv : *it) {
@@ -287,7 +310,7 @@ Status EtcdClient::KeepAlive(int64_t lease) {
   HRPC_ASSIGN_OR_RETURN(std::string body, Post("/v3/lease/keepalive", req.dump()));
   HRPC_ASSIGN_OR_RETURN(json j, ParseObject("lease keepalive", body));
   // A stream endpoint: one {"result": ...}; TTL absent (0) once the lease is gone.
-  if (Int64(j.value("result", json::object()), "TTL") <= 0) {
+  if (Int64(Object(j, "result"), "TTL") <= 0) {
     return NotFoundError("etcd lease " + std::to_string(lease) + " has expired");
   }
   return Status::Ok();
@@ -300,6 +323,8 @@ Status EtcdClient::Revoke(int64_t lease) {
 }
 
 Status EtcdClient::Watch(std::string_view prefix, int64_t start_revision, const EventsFn& on_events) {
+  // etcd's own limit on a request is 1.5 MiB; a watch message carries a batch of them.
+  constexpr size_t kMaxWatchMessage = 64u << 20;
   const json create = {{"create_request",
                         {{"key", Base64Encode(prefix)},
                          {"range_end", Base64Encode(PrefixEnd(prefix))},
@@ -313,22 +338,23 @@ Status EtcdClient::Watch(std::string_view prefix, int64_t start_revision, const 
     const json j = json::parse(line, nullptr, false);
     if (!j.is_object()) return InternalError("etcd watch: a message that is not a JSON object");
     if (j.contains("error")) return ErrorOf(j);
-    const json& r = j.value("result", json::object());
+    const json& r = Object(j, "result");
     if (const int64_t compacted = Int64(r, "compact_revision"); compacted != 0) {
       return OutOfRangeError("etcd watch: revision " + std::to_string(start_revision) +
                              " was compacted (oldest kept: " + std::to_string(compacted) + ")");
     }
-    if (r.value("canceled", false)) return AbortedError("etcd cancelled the watch: " + Text(r, "cancel_reason"));
+    if (Bool(r, "canceled")) return AbortedError("etcd cancelled the watch: " + Text(r, "cancel_reason"));
     auto events = r.find("events");
     if (events == r.end() || !events->is_array() || events->empty()) return Status::Ok();
     std::vector<EtcdEvent> batch;
     for (const json& e : *events) {
+      if (!e.is_object()) return InternalError("etcd watch: an event that is not a JSON object");
       EtcdEvent ev;
       ev.deleted = Text(e, "type") == "DELETE";
-      HRPC_ASSIGN_OR_RETURN(ev.kv, KvOf(e.value("kv", json::object())));
+      HRPC_ASSIGN_OR_RETURN(ev.kv, KvOf(Object(e, "kv")));
       batch.push_back(std::move(ev));
     }
-    if (!on_events(batch, Int64(r.value("header", json::object()), "revision"))) done = true;
+    if (!on_events(batch, Int64(Object(r, "header"), "revision"))) done = true;
     return Status::Ok();
   };
 
@@ -346,6 +372,10 @@ Status EtcdClient::Watch(std::string_view prefix, int64_t start_revision, const 
       if (line.find_first_not_of(" \r\t") == std::string::npos) continue;
       stream_status = handle_line(line);
       if (!stream_status.ok() || done) return false;
+    }
+    if (pending.size() > kMaxWatchMessage) {
+      stream_status = InternalError("etcd watch: a message longer than " + std::to_string(kMaxWatchMessage) + " bytes");
+      return false;
     }
     return true;
   };

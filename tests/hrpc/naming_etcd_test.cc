@@ -4,13 +4,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include "etcd_client.h"
 #include "etcd_harness.h"
@@ -348,6 +351,85 @@ TEST(EtcdCluster, WatcherAndRegistrationPassOverAMemberThatDied) {
   EXPECT_EQ(Updates::Uris(*updates.Last()), (std::vector<std::string>{"tcp://127.0.0.1:7300", "tcp://127.0.0.1:7301"}));
   (*reg)->Stop();
   EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7301"}, 1s));
+}
+
+// A stand-in for etcd's JSON gateway that answers what a test tells it to, for
+// answers a real etcd would not give.
+class FakeEtcd {
+ public:
+  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
+  explicit FakeEtcd(const std::map<std::string, Handler>& routes) {
+    for (const auto& [path, handler] : routes) server_.Post(path, handler);
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    for (int i = 0; i < 5000 && !server_.is_running(); ++i) std::this_thread::sleep_for(1ms);
+  }
+  ~FakeEtcd() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  // The range answer of a prefix holding /f/a = tcp://127.0.0.1:7001, revision 5.
+  static void RangeWithOneServer(const httplib::Request&, httplib::Response& res) {
+    res.set_content(R"({"header":{"revision":"5"},"kvs":[{"key":"L2YvYQ==","value":"dGNwOi8vMTI3LjAuMC4xOjcwMDE="}]})",
+                    "application/json");
+  }
+
+ private:
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+// Watch messages of the wrong shape (valid JSON, not what etcd sends) end that
+// watch with an error at worst, and the watcher lists again: the process goes
+// on.
+TEST(EtcdFake, WatchMessagesOfTheWrongShapeDoNotStopTheWatcher) {
+  const std::vector<std::string> bad = {R"({"result":[]})", R"({"result":{"canceled":"yes"}})",
+                                        R"({"result":{"events":[1]}})", R"({"result":{"events":[{"kv":[]}]}})"};
+  std::atomic<size_t> watches{0};
+  FakeEtcd etcd({{"/v3/kv/range", &FakeEtcd::RangeWithOneServer},
+                 {"/v3/watch", [&](const httplib::Request&, httplib::Response& res) {
+                    const std::string line = bad[watches.fetch_add(1) % bad.size()] + "\n";
+                    res.set_content(R"({"result":{"header":{"revision":"5"},"created":true}})" "\n" + line,
+                                    "application/json");
+                  }}});
+  auto w = hrpc::internal::MakeEtcdWatcher("etcd://" + etcd.Address() + "/f", FastRetry());
+  ASSERT_TRUE(w.ok());
+  Updates updates;
+  ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001"}, 0s));
+  for (size_t round = 0; round < bad.size(); ++round) {
+    EXPECT_TRUE(updates.WaitFor([](const hrpc::Result<NamingUpdate>& x) { return !x.ok(); }, 3s)) << bad[round];
+    EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001"}, 3s)) << "listed again after " << bad[round];
+  }
+  EXPECT_GE(watches.load(), bad.size());
+  (*w)->Stop();
+}
+
+// A member that answers but cannot serve (cut off from the quorum: HTTP 503,
+// "no leader") is passed over like one that does not answer.
+TEST(EtcdFake, AMemberWithoutALeaderIsPassedOver) {
+  std::atomic<int> asked_leaderless{0};
+  FakeEtcd leaderless({{"/v3/kv/range", [&](const httplib::Request&, httplib::Response& res) {
+                          asked_leaderless.fetch_add(1);
+                          res.status = 503;
+                          res.set_content(R"({"error":"etcdserver: no leader","code":14,"message":"etcdserver: no leader"})",
+                                          "application/json");
+                        }}});
+  FakeEtcd good({{"/v3/kv/range", &FakeEtcd::RangeWithOneServer},
+                 {"/v3/watch", [](const httplib::Request&, httplib::Response& res) {
+                    res.set_content(R"({"result":{"header":{"revision":"5"},"created":true}})" "\n", "application/json");
+                  }}});
+  auto w = hrpc::internal::MakeEtcdWatcher("etcd://" + leaderless.Address() + "," + good.Address() + "/f", FastRetry());
+  ASSERT_TRUE(w.ok());
+  Updates updates;
+  const hrpc::Status s = (*w)->Start(updates.Callback());
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001"}, 0s));
+  EXPECT_GE(asked_leaderless.load(), 1) << "the leaderless member was not asked first: the test proves nothing";
+  (*w)->Stop();
 }
 
 // A server with ServerOptions::etcd_register on its own runtime.
