@@ -248,8 +248,10 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
     if (s.code() != StatusCode::kCancelled && s.code() != StatusCode::kDeadlineExceeded) {
       // A quick refusal must not make a server look fast to `la`: a failure
       // weighs like an answer ten times slower than its recent mean.
+      // Capped (a minute): a server failing for long stays finite, and one
+      // good answer brings it back by a fifth of the way.
       const double old = n.latency_us.load(std::memory_order_relaxed);
-      n.latency_us.store(old == 0 ? 10'000 : old * 0.8 + old * 10 * 0.2, std::memory_order_relaxed);
+      n.latency_us.store(old == 0 ? 10'000 : std::min(60e6, old * 0.8 + old * 10 * 0.2), std::memory_order_relaxed);
     }
     if (s.code() != StatusCode::kUnavailable) {
       n.consecutive_failures.store(0, std::memory_order_relaxed);
@@ -488,6 +490,9 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
         if (!n->ejected.load(std::memory_order_relaxed)) continue;
         if (n->channel->Connect().ok()) {
           n->consecutive_failures.store(0, std::memory_order_relaxed);
+          // Its mean is of the failures that ejected it: unknown again, `la`
+          // scores it as the fastest server until its first answers.
+          n->latency_us.store(0, std::memory_order_relaxed);
           n->ejected.store(false, std::memory_order_relaxed);
           SPDLOG_INFO("hrpc cluster {}: server {} is back", uri, n->node.uri);
         }

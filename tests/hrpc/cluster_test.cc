@@ -677,6 +677,40 @@ TEST(ClusterChannel, FailingServerIsEjectedAndTakenBackWhenItReturns) {
   EXPECT_GE(c.services[0]->calls.load(), 1);
 }
 
+// Under `la`, a server that was ejected and came back gets its share again:
+// the failures that ejected it do not keep its mean latency high.
+TEST(ClusterChannel, LeastLoadedTakesAnEjectedServerBackIntoUse) {
+  Cluster c(2);
+  ClusterChannelOptions o;
+  o.load_balancer = "la";
+  o.eject_after_failures = 1;  // `la` sends a failing server few calls
+  o.health_check_interval = 50ms;
+  auto ch = ClusterChannel::Create(*c.runtime, c.List(), o).value();
+  c.servers[0]->Shutdown();
+  for (int i = 0; i < 20 && !ch->ServerStats()[0].ejected; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    ctx.set_idempotent(true);
+    EXPECT_TRUE(Call(*ch, ctx, "e").ok());
+  }
+  ASSERT_TRUE(ch->ServerStats()[0].ejected);
+  c.servers[0].reset();
+  c.services[0] = std::make_unique<NamedService>("node-0");
+  hrpc::ServerOptions so;
+  so.listen = {c.uris[0]};
+  c.servers[0] = hrpc::Server::Create(*c.runtime, so).value();
+  ASSERT_TRUE(c.servers[0]->RegisterService(c.services[0].get()).ok());
+  ASSERT_TRUE(c.servers[0]->Start().ok());
+  ASSERT_TRUE(WaitFor([&] { return !ch->ServerStats()[0].ejected; }, 3s));
+  const int before = c.services[0]->calls.load();
+  for (int i = 0; i < 100; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    ASSERT_TRUE(Call(*ch, ctx, "back").ok());
+  }
+  EXPECT_GE(c.services[0]->calls.load() - before, 1) << "the server that came back is not used";
+}
+
 // A server new to the set is not flooded by `la` before it has answered.
 TEST(ClusterChannel, LeastLoadedDoesNotFloodANewServer) {
   Cluster c(3);
