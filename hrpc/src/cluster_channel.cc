@@ -371,7 +371,7 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
       if (round > 0) retries.fetch_add(1, std::memory_order_relaxed);
       tried.push_back(node.get());
       const auto delay = options.backup_request_delay;
-      if (call->idempotent && delay.count() > 0 && !backup_sent) {
+      if (call->idempotent && delay.count() > 0 && !backup_sent && attempts < call->max_attempts) {
         const auto until = std::min(Clock::now() + delay, ctx.deadline());
         if (!race->done.WaitUntil(until).ok() && !race->done.IsSet() && !ctx.DeadlineExpired()) {
           if (auto b = Pick(*s, ctx, tried); b && b != node) {

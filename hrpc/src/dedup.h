@@ -29,7 +29,7 @@ namespace hrpc::internal {
 struct DedupEntry {
   uint32_t service_id = 0;
   uint32_t method_id = 0;
-  uint32_t request_crc = 0;  // CRC32C of the request message: a reused id with other bytes is another call
+  uint32_t request_crc = 0;  // the request's fingerprint (server.cc): a reused id with other bytes is another call
   coro::Event done;  // set once the first request finished (or gave up)
   // Valid once done is set:
   bool ran = false;             // false: the first request ended before its handler ran

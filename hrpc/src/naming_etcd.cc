@@ -223,7 +223,8 @@ class EtcdRegistrationImpl final : public EtcdRegistration {
   void KeepAliveLoop() {
     std::unique_lock lock(mu_);
     for (;;) {
-      const auto period = std::max<std::chrono::milliseconds>(lease_.ttl / 3, std::chrono::milliseconds(100));
+      const auto period = std::max<std::chrono::milliseconds>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(lease_.ttl) / 3, std::chrono::milliseconds(100));
       if (wake_.wait_for(lock, period, [this] { return stopping_; })) return;
       const int64_t id = lease_.id;
       lock.unlock();

@@ -71,6 +71,29 @@ uint64_t RequestBytes(const internal::ReceivedFrame& rx) {
   return n;
 }
 
+// What tells a retry from another call under a reused request id: the
+// message's CRC32C, chained with the attachment's length, then its CRC32C
+// when it came with the frame and is at most kFingerprintedAttachment bytes
+// (larger streamed bytes are not read twice: only their length counts), and
+// each pulled region's length and CRC32C (its descriptor carries them).
+uint32_t RequestFingerprint(const internal::ReceivedFrame& rx) {
+  constexpr size_t kFingerprintedAttachment = 64 * 1024;
+  uint32_t crc = Crc32c(rx.frame.message().data(), rx.frame.message().size());
+  const uint64_t in_frame = rx.attachment.size();
+  crc = Crc32c(&in_frame, sizeof in_frame, crc);
+  if (in_frame <= kFingerprintedAttachment) {
+    const uint32_t att = rx.attachment.Crc32c();
+    crc = Crc32c(&att, sizeof att, crc);
+  }
+  for (size_t i = 0; i < rx.frame.num_descriptors(); ++i) {
+    const wire::BulkDescriptor d = rx.frame.descriptor(i);
+    if (d.direction != wire::BulkDirection::kPull) continue;
+    const uint32_t region[2] = {d.len, d.crc32c};
+    crc = Crc32c(region, sizeof region, crc);
+  }
+  return crc;
+}
+
 // Serializes the handler's response behind room for the response prefix:
 // the echoed push regions, and the regions the response attachment (final
 // once the handler returned, when the dispatch calls Write) may be exposed in.
@@ -739,8 +762,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     // A retry of a request this server ran (or runs) gets the first answer.
     DedupGuard dedup_guard;
     if (h.request_id != 0 && dedup != nullptr) {
-      auto [entry, first] = dedup->Begin(h.request_id, h.service_id, h.method_id,
-                                         Crc32c(frame.message().data(), frame.message().size()));
+      auto [entry, first] = dedup->Begin(h.request_id, h.service_id, h.method_id, RequestFingerprint(rx));
       if (entry != nullptr && !first) {
         Status s = AnswerRetry(*sc, h, *entry, ctx.deadline());
         return finish(s);

@@ -638,6 +638,20 @@ TEST(ClusterChannel, BackupRequestToAnotherServerWinsAndTheSlowOneIsCancelled) {
     EXPECT_FALSE(ctx.backup_sent());
     EXPECT_EQ(ctx.attempts(), 1);
   }
+  // Idempotent but max_attempts 1: a backup would be a second attempt.
+  int slow_answers = 0;
+  for (int i = 0; i < 4; ++i) {
+    ClientContext one;
+    one.set_timeout(5s);
+    one.set_idempotent(true);
+    one.set_max_attempts(1);
+    auto r = Call(*ch, one, "one-attempt");
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    if (r->peer() == "node-0") ++slow_answers;
+    EXPECT_FALSE(one.backup_sent());
+    EXPECT_EQ(one.attempts(), 1);
+  }
+  EXPECT_GE(slow_answers, 1) << "no call went to the slow server first: the check proves nothing";
 }
 
 TEST(ClusterChannel, FailingServerIsEjectedAndTakenBackWhenItReturns) {
@@ -891,6 +905,35 @@ TEST(Dedup, AReusedIdWithOtherBytesIsAnotherCallAndRetryableErrorsAreNotKept) {
   e.c.services[0]->fail_code = 0;
   EXPECT_TRUE(CallWithId(*e.ch, 43, "flaky").ok());
   EXPECT_EQ(e.c.services[0]->Runs("flaky"), 2);
+}
+
+// The attachment is part of what a retry repeats: the same id and message with
+// another attachment (inline, streamed behind the frame: 1 KiB and 1 MiB) is
+// another call and runs; the first one's again is a retry of it.
+TEST(Dedup, AReusedIdWithAnotherAttachmentIsAnotherCall) {
+  DedupEnv e;
+  uint64_t id = 70;
+  for (size_t size : {size_t{1024}, size_t{1} << 20}) {
+    auto call = [&](char fill) -> hrpc::Status {
+      ClientContext ctx;
+      ctx.set_timeout(5s);
+      ctx.set_request_id(id);
+      const std::string bytes(size, fill);
+      auto att = hrpc::mempool::IoBuf::CopyFrom(e.ch->pool(), bytes.data(), bytes.size());
+      if (!att.ok()) return att.status();
+      ctx.request_attachment() = std::move(*att);
+      Req req;
+      req.set_text("put-" + std::to_string(size));
+      Resp resp;
+      return rpctest::Test::Stub(e.ch.get()).Call(ctx, req, &resp);
+    };
+    ASSERT_TRUE(call('a').ok());
+    ASSERT_TRUE(call('b').ok());
+    EXPECT_EQ(e.c.services[0]->Runs("put-" + std::to_string(size)), 2) << size << " B: another attachment is another call";
+    ASSERT_TRUE(call('a').ok());
+    EXPECT_EQ(e.c.services[0]->Runs("put-" + std::to_string(size)), 2) << size << " B: the first one again is a retry";
+    ++id;
+  }
 }
 
 TEST(Dedup, TheWindowIsBounded) {
