@@ -157,7 +157,10 @@ class ListWatcher final : public NamingWatcher {
 };
 
 // file:///path: one entry per line. Watches the directory, so that an editor
-// that replaces the file (write to a temp file, rename over) is seen too.
+// that replaces the file (write to a temp file, rename over) is seen too, and
+// so is a Kubernetes ConfigMap volume (the file is a symlink through "..data",
+// which an update swaps by renaming a new "..data" into place). A directory
+// that does not exist (yet, or any more) is looked for again every second.
 class FileWatcher final : public ThreadedWatcher {
  public:
   explicit FileWatcher(std::string path) : path_(std::move(path)) {
@@ -175,11 +178,7 @@ class FileWatcher final : public ThreadedWatcher {
   Status Prepare() override {
     ino_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (ino_ < 0) return ErrnoStatus(errno, "inotify_init1");
-    // A file is read once it is complete: closed after writing, or renamed
-    // into place; not on every write (a truncate would read as empty).
-    if (inotify_add_watch(ino_, dir_.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM) < 0) {
-      return ErrnoStatus(errno, "watching " + dir_);
-    }
+    Watch();  // a directory that is not there yet is watched once it is
     return Status::Ok();
   }
 
@@ -193,6 +192,11 @@ class FileWatcher final : public ThreadedWatcher {
 
   bool WaitForChange() override {
     while (!stopping()) {
+      if (wd_ < 0) {
+        if (!WaitFd(-1, std::chrono::seconds(1))) return false;
+        if (Watch()) return true;  // the directory is (back) there: read what it holds
+        continue;
+      }
       if (!WaitFd(ino_, std::chrono::milliseconds(-1))) return false;
       alignas(inotify_event) char buf[4096];
       bool ours = false;
@@ -201,8 +205,19 @@ class FileWatcher final : public ThreadedWatcher {
         if (n <= 0) break;
         for (ssize_t off = 0; off < n;) {
           const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
-          if ((ev->len > 0 && name_ == ev->name) || (ev->mask & IN_Q_OVERFLOW) != 0) ours = true;
           off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+          if ((ev->mask & IN_Q_OVERFLOW) != 0) ours = true;
+          if (ev->wd != wd_) continue;
+          if ((ev->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) != 0) {
+            // The directory went (or moved away): read (the file is gone),
+            // then look for it again.
+            if ((ev->mask & IN_IGNORED) == 0) inotify_rm_watch(ino_, wd_);
+            wd_ = -1;
+            ours = true;
+          } else if (ev->len > 0) {
+            const std::string_view name(ev->name);
+            if (name == name_ || name.rfind("..", 0) == 0) ours = true;
+          }
         }
       }
       if (ours) return true;
@@ -211,8 +226,18 @@ class FileWatcher final : public ThreadedWatcher {
   }
 
  private:
+  bool Watch() {
+    // A file is read once it is complete: closed after writing, or renamed
+    // into place; not on every write (a truncate would read as empty).
+    wd_ = inotify_add_watch(ino_, dir_.c_str(),
+                            IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF |
+                                IN_MOVE_SELF);
+    return wd_ >= 0;
+  }
+
   std::string path_, dir_, name_;
   int ino_ = -1;
+  int wd_ = -1;
 };
 
 // dns://name:port: every address of the name, re-resolved every dns_refresh.

@@ -236,6 +236,64 @@ TEST(Naming, FileIsReloadedAndAMissingFileKeepsTheLastSet) {
   (*w)->Stop();
 }
 
+// A Kubernetes ConfigMap volume: the file is a symlink through "..data" to a
+// timestamped directory, and an update renames a new "..data" into place
+// (the file's own name never shows in the directory's events).
+TEST(Naming, AConfigMapStyleSwapIsSeen) {
+  const std::string dir = TempPath("configmap");
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir + "/..2026_11_27_a");
+  std::ofstream(dir + "/..2026_11_27_a/servers") << "127.0.0.1:7001\n";
+  std::filesystem::create_directory_symlink("..2026_11_27_a", dir + "/..data");
+  std::filesystem::create_symlink("..data/servers", dir + "/servers");
+  auto w = hrpc::MakeNamingWatcher("file://" + dir + "/servers");
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  Updates updates;
+  ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
+  auto servers = [&] {
+    std::lock_guard lock(updates.mu);
+    return updates.got.back().ok() ? updates.got.back()->servers.size() : size_t{0};
+  };
+  ASSERT_EQ(servers(), 1u);
+  std::filesystem::create_directories(dir + "/..2026_11_27_b");
+  std::ofstream(dir + "/..2026_11_27_b/servers") << "127.0.0.1:7001\n127.0.0.1:7002\n";
+  std::filesystem::create_directory_symlink("..2026_11_27_b", dir + "/..data_tmp");
+  std::filesystem::rename(dir + "/..data_tmp", dir + "/..data");
+  EXPECT_TRUE(WaitFor([&] { return servers() == 2; }, 2s)) << "the swap was not seen";
+  (*w)->Stop();
+  std::filesystem::remove_all(dir);
+}
+
+// The file's directory does not exist at start (a volume not mounted yet), or
+// goes away and comes back: the watcher finds it and reads the file.
+TEST(Naming, ADirectoryThatAppearsLaterIsWatched) {
+  const std::string dir = TempPath("late-dir");
+  std::filesystem::remove_all(dir);
+  auto w = hrpc::MakeNamingWatcher("file://" + dir + "/servers");
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  Updates updates;
+  EXPECT_EQ((*w)->Start(updates.Callback()).code(), StatusCode::kNotFound);
+  auto servers = [&] {
+    std::lock_guard lock(updates.mu);
+    return updates.got.back().ok() ? updates.got.back()->servers.size() : size_t{0};
+  };
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/servers") << "127.0.0.1:7001\n";
+  EXPECT_TRUE(WaitFor([&] { return servers() == 1; }, 3s)) << "the directory that appeared was not watched";
+  std::filesystem::remove_all(dir);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        std::lock_guard lock(updates.mu);
+        return !updates.got.back().ok();
+      },
+      3s));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/servers") << "127.0.0.1:7001\n127.0.0.1:7002\n";
+  EXPECT_TRUE(WaitFor([&] { return servers() == 2; }, 3s)) << "the directory that came back was not watched";
+  (*w)->Stop();
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Naming, ChannelKeepsItsLastGoodSetWhenTheFileGoes) {
   Cluster c(2);
   const std::string path = TempPath("channel-servers");
