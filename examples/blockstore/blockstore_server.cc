@@ -153,12 +153,8 @@ class BlockStoreImpl final : public hrpc_blockstore::BlockStore::Service {
                           bool write = true) const {
     uint64_t block = sink.rules().logical_block;
     if (write && repl_ != nullptr) block = std::max<uint64_t>(block, kLogBlock);
-    if (len == 0 || offset % block != 0 || len % block != 0) {
-      return hrpc::InvalidArgumentError(std::string(what) + ": offset " + std::to_string(offset) + " and length " +
-                                        std::to_string(len) + " must be non-zero multiples of the block size " +
-                                        std::to_string(block));
-    }
-    return hrpc::Status::Ok();
+    return hrpc_blockstore::CheckVolumeRange(hrpc_blockstore::VolumeBytes(sink, opts_.size_bytes), offset, len, block,
+                                             what);
   }
 
   hrpc::nvme::SinkOptions opts_;
@@ -310,7 +306,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto* streams = new hrpc::examples::BlockStreamsImpl(
-      [service](hrpc::ServerContext& ctx) { return service->SinkForThisWorker(ctx); });
+      [service](hrpc::ServerContext& ctx) { return service->SinkForThisWorker(ctx); },
+      ro.role != hrpc_blockstore::Role::kSingle);
   if (auto s = (*server)->RegisterService(streams); !s.ok()) {
     std::fprintf(stderr, "blockstore_server: %s\n", s.ToString().c_str());
     return 1;

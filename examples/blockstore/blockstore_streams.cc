@@ -1,6 +1,7 @@
 #include "blockstore_streams.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <sys/uio.h>
 #include <vector>
@@ -42,6 +43,10 @@ Status BlockStreamsImpl::ReadStream(ServerContext& ctx, const hrpc_blockstore::R
 
 Status BlockStreamsImpl::CopyChunk(ServerContext& ctx, ServerReader<hrpc_blockstore::CopyChunkRequest>* reader,
                                    hrpc_blockstore::CopyChunkResponse* response) {
+  if (replicated_) {
+    return FailedPreconditionError(
+        "CopyChunk writes the chunk file without the replication log: only on a node with --role=single");
+  }
   HRPC_ASSIGN_OR_RETURN(nvme::Sink * sink, sink_for_(ctx));
   const uint64_t block = sink->rules().logical_block;
   hrpc_blockstore::CopyChunkRequest piece;
@@ -63,6 +68,10 @@ Status BlockStreamsImpl::CopyChunk(ServerContext& ctx, ServerReader<hrpc_blockst
                                   " bytes; pieces must be multiples of the block size " + std::to_string(block));
     }
     if (data.empty()) continue;
+    if (offset > uint64_t{INT64_MAX} || data.size() > uint64_t{INT64_MAX} - offset) {
+      return OutOfRangeError("CopyChunk: [" + std::to_string(offset) + ", +" + std::to_string(data.size()) +
+                             ") is beyond what a file offset can address");
+    }
     std::vector<iovec> iov = data.Iovecs();
     if (!nvme::CheckScatterList(iov, offset, sink->rules()).ok()) {
       // An inline piece, unaligned in its receive buffer: one counted copy.

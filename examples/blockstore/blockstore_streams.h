@@ -15,19 +15,24 @@ namespace hrpc::examples {
 class BlockStreamsImpl final : public hrpc_blockstore::BlockStreams::Service {
  public:
   using SinkFor = std::function<Result<nvme::Sink*>(ServerContext&)>;
-  explicit BlockStreamsImpl(SinkFor sink_for) : sink_for_(std::move(sink_for)) {}
+  // `replicated`: the node keeps its writes in a replication log (a leader or
+  // a follower), and CopyChunk, which writes the chunk file directly, is
+  // refused there (the next restart would replay the log over its bytes).
+  BlockStreamsImpl(SinkFor sink_for, bool replicated) : sink_for_(std::move(sink_for)), replicated_(replicated) {}
 
   // Reads [offset, offset + length) chunk by chunk (each read from the disk
   // into page-aligned slabs and sent as they are: no copy), so the client
   // needs no size in advance and holds at most the stream's window.
   Status ReadStream(ServerContext& ctx, const hrpc_blockstore::ReadStreamRequest& req,
                     ServerWriter<hrpc_blockstore::ReadStreamChunk>* writer) override;
-  // Writes the pieces at offset, offset + piece 1, ... as they arrive.
+  // Writes the pieces at offset, offset + piece 1, ... as they arrive (inside
+  // the volume; not on a replicated node: FAILED_PRECONDITION).
   Status CopyChunk(ServerContext& ctx, ServerReader<hrpc_blockstore::CopyChunkRequest>* reader,
                    hrpc_blockstore::CopyChunkResponse* response) override;
 
  private:
   SinkFor sink_for_;
+  bool replicated_ = false;
 };
 
 }  // namespace hrpc::examples

@@ -132,6 +132,8 @@ Status Replication::Apply(hrpc::ServerContext& ctx, uint64_t offset, IoBuf paylo
 Status Replication::Write(hrpc::ServerContext& ctx, uint64_t offset, IoBuf data) {
   if (opts_.role != Role::kLeader) return hrpc::FailedPreconditionError("replication: not the leader");
   HRPC_ASSIGN_OR_RETURN(hrpc::nvme::WalLog * log, LogForThisWorker());
+  // A log that cannot take records refuses before the followers get one.
+  if (!log->broken().ok()) return log->broken();
   HRPC_ASSIGN_OR_RETURN(data, MaybeCopy(std::move(data)));
   WriteBlocksRequest req;
   req.set_offset(offset);
@@ -211,6 +213,11 @@ Status Replication::Replicate(hrpc::ServerContext& ctx, const ReplicateRequest& 
   WriteBlocksRequest wr;
   if (!wr.ParseFromArray(request.data(), static_cast<int>(request.size()))) {
     return hrpc::InvalidArgumentError("Replicate: unparsable request in the record");
+  }
+  {
+    HRPC_ASSIGN_OR_RETURN(hrpc::nvme::Sink * chunk, chunk_sink_(ctx));
+    HRPC_TRY(CheckVolumeRange(VolumeBytes(*chunk, opts_.chunk.size_bytes), wr.offset(), info.payload_bytes,
+                              chunk->rules().logical_block, "Replicate"));
   }
   if (opts_.copy_payload) {
     IoBuf payload = record.Share();

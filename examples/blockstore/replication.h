@@ -26,6 +26,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -42,6 +43,34 @@
 #include "hrpc/rpc/server_context.h"
 
 namespace hrpc_blockstore {
+
+// A write's range on the volume: [offset, offset + len) non-empty, both
+// multiples of `block`, inside what a file offset can address, and inside the
+// volume when it has a size (`volume_bytes` > 0: a block device, or a chunk
+// file made with --size; without one, a file grows with its writes).
+// OUT_OF_RANGE otherwise. Checked before anything is logged: a record the
+// chunk file cannot take would fail its replay at every restart.
+// The volume's size for CheckVolumeRange: the chunk sink's size when it is a
+// block device or the file was made with a size (`size_flag`, --size); else 0.
+inline uint64_t VolumeBytes(const hrpc::nvme::Sink& chunk, uint64_t size_flag) {
+  return chunk.is_block_device() || size_flag > 0 ? chunk.device_bytes() : 0;
+}
+
+inline hrpc::Status CheckVolumeRange(uint64_t volume_bytes, uint64_t offset, uint64_t len, uint64_t block,
+                                     const char* what) {
+  if (len == 0 || offset % block != 0 || len % block != 0) {
+    return hrpc::InvalidArgumentError(std::string(what) + ": offset " + std::to_string(offset) + " and length " +
+                                      std::to_string(len) + " must be non-zero multiples of the block size " +
+                                      std::to_string(block));
+  }
+  const uint64_t limit = volume_bytes > 0 ? volume_bytes : uint64_t{INT64_MAX};
+  if (offset > limit || len > limit - offset) {
+    return hrpc::OutOfRangeError(std::string(what) + ": [" + std::to_string(offset) + ", +" + std::to_string(len) +
+                                 ") is beyond the volume (" +
+                                 (volume_bytes > 0 ? std::to_string(volume_bytes) + " bytes" : "a file offset") + ")");
+  }
+  return hrpc::Status::Ok();
+}
 
 enum class Role : uint8_t { kSingle, kLeader, kFollower };
 enum class AckPolicy : uint8_t { kMajority, kAll };

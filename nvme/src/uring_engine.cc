@@ -3,11 +3,14 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <climits>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -256,7 +259,7 @@ void UringEngine::SubmitPrepared() {
       continue;
     } else {
       // EAGAIN/EBUSY: the kernel is short of resources; the SQEs stay in the
-      // ring and go with the next submit (Reap retries).
+      // ring and go with the next submit (Reap submits them with its wait).
       if (rc != -EAGAIN && rc != -EBUSY) SPDLOG_ERROR("nvme: io_uring_submit: {}", strerror(-rc));
       break;
     }
@@ -388,10 +391,23 @@ int UringEngine::Reap(bool wait) {
         continue;
       }
       if (waited || outstanding_ == 0 || completed > 0) break;
-      io_uring_cqe* cqe = nullptr;
-      const int rc = io_uring_wait_cqe(&ring_, &cqe);
+      int rc;
+      if (prepared_ > 0) {
+        // SQEs the kernel did not take (EAGAIN/EBUSY in SubmitPrepared): they
+        // go with the wait, else nothing may be in flight to wait for.
+        rc = io_uring_submit_and_wait(&ring_, 1);
+        if (rc >= 0) {
+          prepared_ -= std::min<unsigned>(prepared_, static_cast<unsigned>(rc));
+        } else if (rc == -EAGAIN || rc == -EBUSY) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the kernel is short of resources
+          rc = 0;
+        }
+      } else {
+        io_uring_cqe* cqe = nullptr;
+        rc = io_uring_wait_cqe(&ring_, &cqe);
+      }
       if (rc < 0 && rc != -EINTR && rc != -ETIME) {
-        SPDLOG_ERROR("nvme: io_uring_wait_cqe: {}", strerror(-rc));
+        SPDLOG_ERROR("nvme: io_uring wait: {}", strerror(-rc));
         return completed > 0 ? completed : -1;
       }
       continue;

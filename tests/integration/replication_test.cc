@@ -330,6 +330,46 @@ TEST(REPLICATION_SUITE, LeaderKilledMidStreamAckedWritesSurvive) {
   EXPECT_TRUE(Write(*nodes[0], 0, 4096, 42).ok());
 }
 
+// A write outside the volume is refused before anything is logged (a record
+// the chunk file cannot take would fail its replay at every restart), and
+// CopyChunk, which would write the chunk file past the log, is refused on a
+// replicated node: every node restarts on its files and the data is there.
+TEST(REPLICATION_SUITE, WritesOutsideTheVolumeAndPastTheLogAreRefused) {
+  SKIP_UNLESS_RUNNABLE(true);
+  Cluster cluster("all");
+  ASSERT_TRUE(cluster.StartAll("16M"));
+  auto leader = Connect(cluster.leader().uri);
+  ASSERT_TRUE(Write(*leader, 0, Stream::kBlock, 61).ok());
+  for (uint64_t off : {uint64_t{16} << 20, uint64_t{0xFFFFFFFFFFFF0000}}) {
+    const hrpc::Status s = Write(*leader, off, Stream::kBlock, 62);
+    EXPECT_EQ(s.code(), hrpc::StatusCode::kOutOfRange) << off << ": " << s.ToString();
+  }
+  {
+    hrpc_blockstore::BlockStreams::Stub streams(leader.get());
+    hrpc::ClientContext ctx;
+    ctx.set_timeout(10s);
+    hrpc_blockstore::CopyChunkResponse resp;
+    auto writer = streams.CopyChunk(ctx, &resp);
+    auto buf = leader->pool().Allocate(Stream::kBlock);
+    ASSERT_TRUE(buf.ok());
+    hrpc_blockstore::CopyChunkRequest req;
+    req.set_offset(0);
+    writer->Write(req, hrpc::mempool::IoBuf(std::move(*buf)));
+    EXPECT_EQ(writer->Finish().code(), hrpc::StatusCode::kFailedPrecondition);
+  }
+  leader.reset();
+  Stop(cluster.leader(), SIGTERM);
+  Stop(cluster.follower(0), SIGTERM);
+  Stop(cluster.follower(1), SIGTERM);
+  ASSERT_TRUE(cluster.StartAll("16M")) << "a node did not restart on its files";
+  std::unique_ptr<hrpc::RpcChannel> nodes[3] = {Connect(cluster.leader().uri), Connect(cluster.follower(0).uri),
+                                                Connect(cluster.follower(1).uri)};
+  for (int n = 0; n < 3; ++n) {
+    const hrpc::Status r = ReadCheck(*nodes[n], 0, Stream::kBlock, 61);
+    EXPECT_TRUE(r.ok()) << "node " << n << ": " << r.ToString();
+  }
+}
+
 TEST(REPLICATION_SUITE, DiskFullFollowerIsResourceExhausted) {
   SKIP_UNLESS_RUNNABLE(true);
   Cluster cluster("all", "none");

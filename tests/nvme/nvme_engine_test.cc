@@ -19,17 +19,7 @@ namespace hrpc::nvme {
 namespace {
 
 using testing::TempDir;
-
-struct Aligned {
-  explicit Aligned(size_t n) : size(n) {
-    void* p = nullptr;
-    EXPECT_EQ(posix_memalign(&p, 4096, n), 0);
-    data = static_cast<char*>(p);
-  }
-  ~Aligned() { free(data); }
-  char* data;
-  size_t size;
-};
+using testing::Aligned;
 
 struct Waitable {
   IoRequest req;

@@ -115,4 +115,18 @@ inline bool SameBytes(const mempool::IoBuf& a, const mempool::IoBuf& b) {
   return x == y;
 }
 
+// `n` bytes aligned to 4 KiB (O_DIRECT), from posix_memalign.
+struct Aligned {
+  explicit Aligned(size_t n) : size(n) {
+    void* p = nullptr;
+    EXPECT_EQ(posix_memalign(&p, 4096, n), 0);
+    data = static_cast<char*>(p);
+  }
+  ~Aligned() { free(data); }
+  Aligned(const Aligned&) = delete;
+  Aligned& operator=(const Aligned&) = delete;
+  char* data;
+  size_t size;
+};
+
 }  // namespace hrpc::nvme::testing

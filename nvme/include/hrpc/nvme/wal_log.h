@@ -132,6 +132,9 @@ class WalLog {
     uint64_t failures = 0;
   };
   const Stats& stats() const noexcept { return stats_; }
+  // Not OK once an append failed past the tail (every later Append fails
+  // with it until the log is opened again).
+  const Status& broken() const noexcept { return broken_; }
 
  private:
   WalLog() = default;
