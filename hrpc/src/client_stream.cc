@@ -37,7 +37,8 @@ class RpcClientStream final : public ClientStreamBase {
     Run([this] {
       if (opened_.core) {
         // Cancelled first: what the server may still READ lingers until its close.
-        peers().CancelStream(opened_.link, opened_.core->txn(), CancelledError("stream destroyed before Finish()"));
+        peers().CancelStream(opened_.link, opened_.core->txn(), CancelledError("stream destroyed before Finish()"),
+                             opened_.core);
         opened_.core->ReleaseExposures();
       }
       return Status::Ok();
@@ -114,7 +115,7 @@ class RpcClientStream final : public ClientStreamBase {
       s = server_error ? core.peer_status() : core.ended() ? core.end_status() : core.peer_status();
       // Ended here (deadline, a bad message): the server hears of it, and
       // what it may still READ lingers until its close.
-      peers().CancelStream(opened_.link, core.txn(), s);
+      peers().CancelStream(opened_.link, core.txn(), s, opened_.core);
       core.ReleaseExposures();
       return Status::Ok();
     }).IgnoreError();
@@ -134,7 +135,7 @@ class RpcClientStream final : public ClientStreamBase {
   bool Check(const Status& s) {
     if (s.ok()) return true;
     Run([&] {
-      peers().CancelStream(opened_.link, opened_.core->txn(), s);
+      peers().CancelStream(opened_.link, opened_.core->txn(), s, opened_.core);
       return Status::Ok();
     }).IgnoreError();
     return false;

@@ -558,21 +558,33 @@ void PeerTable::ForgetStream(Link& link, uint64_t txn) {
   channel->in_flight.fetch_sub(1, std::memory_order_acq_rel);
 }
 
-void PeerTable::CancelStream(const std::shared_ptr<Link>& link, uint64_t txn, Status why) {
+void PeerTable::CancelStream(const std::shared_ptr<Link>& link, uint64_t txn, Status why,
+                             const std::shared_ptr<StreamCore>& ended) {
   auto it = link->streams.find(txn);
-  if (it == link->streams.end()) return;
+  if (it == link->streams.end()) {
+    // Closed by the server, which keeps what it exposed for the messages
+    // this side dropped until it hears of it (its handler is over: the
+    // cancel only releases that memory).
+    if (ended && ended->TakeOwedRelease() && !link->dead) SendStreamCancel(link, txn, *ended);
+    return;
+  }
   std::shared_ptr<StreamCore> core = it->second.core;
   core->End(why);
+  core->TakeOwedRelease();  // the cancel below releases it
   ForgetStream(*link, txn);
   if (!link->dead && core->holds_exposures()) {
     // The server may be READing them now (revoking one under a READ would
     // fail this connection on RDMA): they stay exposed until its close.
     link->lingering[txn] = core->TakeExposures();
   }
+  SendStreamCancel(link, txn, *core);
+}
+
+void PeerTable::SendStreamCancel(const std::shared_ptr<Link>& link, uint64_t txn, StreamCore& core) {
   // The cancel waits for this side's READs of the server's memory in flight
   // (a Read() stops before its next group of pieces): the server revokes that
   // memory when the cancel arrives.
-  core->AfterPulls([this, link, txn] {
+  core.AfterPulls([this, link, txn] {
     if (link->dead) return;
     wire::FrameHeader h;
     h.kind = wire::FrameKind::kCancel;

@@ -115,9 +115,12 @@ class PeerTable {
   Result<OpenedStream> OpenStream(const std::shared_ptr<ChannelState>& channel, size_t index, uint32_t service_id,
                                   uint32_t method_id, ClientContext& ctx);
   // Ends stream `txn` of `link` on this side with `why` and, unless the
-  // server has already closed it, tells the server (cancel frame). No-op for
-  // a stream already forgotten. On this worker.
-  void CancelStream(const std::shared_ptr<Link>& link, uint64_t txn, Status why);
+  // server has already closed it, tells the server (cancel frame). For a
+  // stream already forgotten (the server closed it), only the cancel, and
+  // only when `core` owes the server a release (messages with attachments in
+  // the server's memory it will not consume). On this worker.
+  void CancelStream(const std::shared_ptr<Link>& link, uint64_t txn, Status why,
+                    const std::shared_ptr<StreamCore>& core = nullptr);
   // Ends every call and stream of `channel` with `why`. On this worker.
   void AbortChannel(const ChannelState* channel, const Status& why);
   // Closes every connection, failing its calls with `why`; stops the idle
@@ -142,6 +145,8 @@ class PeerTable {
   std::vector<std::shared_ptr<const ConnectionInfo>> Links() const;
 
  private:
+  // A cancel frame for stream `txn`, once `core`'s READs in flight are over.
+  void SendStreamCancel(const std::shared_ptr<Link>& link, uint64_t txn, StreamCore& core);
   struct Entry {
     std::shared_ptr<Link> link;
     bool connecting = false;

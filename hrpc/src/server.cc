@@ -960,8 +960,9 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       // client's windows say it was consumed, it cancels (once its READs in
       // flight are over), the connection ends or release_timeout passes,
       // whatever the status. Not only until the deadline: a client whose
-      // deadline passed during a READ cancels when that READ is over, and
-      // revoking under it would fail the whole RDMA connection.
+      // deadline passed during a READ cancels when that READ is over (also
+      // after this close, for the messages it dropped), and revoking under
+      // it would fail the whole RDMA connection.
       core->AwaitConsumed(Clock::now() + options.release_timeout);
     }
     sc->active.Erase(h.txn_id);

@@ -38,6 +38,9 @@ void StreamCore::End(Status why) {
   if (!end_.ok()) return;
   if (why.ok()) why = InternalError("stream ended without a reason");
   end_ = std::move(why);
+  for (const Queued& q : queue_) {
+    if (HasPullRegions(q.rx.frame)) owes_release_ = true;
+  }
   queue_.clear();
   Wake(&read_waiter_);
   Wake(&write_waiter_);
@@ -257,6 +260,7 @@ Result<bool> StreamCore::Read(google::protobuf::MessageLite* message, mempool::I
     auto part = PullRegion(conn_, pool_, d, s_.pull_chunk, s_.pull_window, live);
     if (--pulling_ == 0 && after_pulls_) std::exchange(after_pulls_, nullptr)();
     if (!part.ok()) {
+      owes_release_ = true;
       End(part.status().WithContext("stream message attachment"));
       return end_;
     }

@@ -26,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <utility>
 
 #include <google/protobuf/message_lite.h>
 
@@ -108,6 +109,11 @@ class StreamCore {
   // A message with pull descriptors arrived (the server then answers a
   // cancel with a close, once its READs are over).
   bool received_pull() const noexcept { return received_pull_; }
+  // This side will not consume some message whose attachment the peer
+  // exposed (the stream ended here with it queued, or its pull failed): the
+  // peer holds that memory until it hears a cancel.
+  // True once (then false): the cancel that releases it is sent once.
+  bool TakeOwedRelease() noexcept { return std::exchange(owes_release_, false); }
   // Runs `fn` once no Read() is READing the peer's memory: now, or when the
   // READs in flight are over (the client's cancel waits for them: the server
   // revokes what it exposed when the cancel arrives).
@@ -161,6 +167,7 @@ class StreamCore {
   coro::LocalEvent* read_waiter_ = nullptr;
   bool received_pull_ = false;
   int pulling_ = 0;  // Read()s READing the peer's memory now
+  bool owes_release_ = false;
   std::function<void()> after_pulls_;
 
   // Sending.

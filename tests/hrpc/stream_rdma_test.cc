@@ -210,6 +210,16 @@ TEST_F(StreamRdmaEndWhileReadingTest, ADeadlinePassingDuringTheReadLeavesTheConn
     EXPECT_FALSE(download->Read(&c, &got)) << "the 32 MiB READ finished within 10 ms: the deadline came after it";
     EXPECT_EQ(download->Finish().code(), StatusCode::kDeadlineExceeded);
   });
+  // The client's cancel (its READ over) releases the server's memory then,
+  // not after release_timeout (30 s): the stream is over on the server.
+  auto downloads_running = [&] {
+    for (const auto& m : server_->Stats()) {
+      if (m.method.find("Download") != std::string::npos) return m.in_flight;
+    }
+    return int64_t{-1};
+  };
+  for (int i = 0; i < 5000 && downloads_running() != 0; ++i) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(downloads_running(), 0) << "the server still holds the stream the client dropped";
 }
 
 // A cancel while the Read is READing goes out once that Read's READs are over:
