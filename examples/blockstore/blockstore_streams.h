@@ -25,8 +25,9 @@ class BlockStreamsImpl final : public hrpc_blockstore::BlockStreams::Service {
   // needs no size in advance and holds at most the stream's window.
   Status ReadStream(ServerContext& ctx, const hrpc_blockstore::ReadStreamRequest& req,
                     ServerWriter<hrpc_blockstore::ReadStreamChunk>* writer) override;
-  // Writes the pieces at offset, offset + piece 1, ... as they arrive (inside
-  // the volume; not on a replicated node: FAILED_PRECONDITION).
+  // Writes the pieces at offset, offset + piece 1, ... as they arrive (at
+  // offsets a file can address; a file grows with them; not on a replicated
+  // node: FAILED_PRECONDITION).
   Status CopyChunk(ServerContext& ctx, ServerReader<hrpc_blockstore::CopyChunkRequest>* reader,
                    hrpc_blockstore::CopyChunkResponse* response) override;
 
