@@ -712,6 +712,17 @@ TEST(ClusterChannel, BackupRequestToAnotherServerWinsAndTheSlowOneIsCancelled) {
   EXPECT_GE(slow_answers, 1) << "no call went to the slow server first: the check proves nothing";
 }
 
+// A new node-0 at the address of the one shut down.
+void BringBackFirstServer(Cluster& c) {
+  c.servers[0].reset();
+  c.services[0] = std::make_unique<NamedService>("node-0");
+  hrpc::ServerOptions so;
+  so.listen = {c.uris[0]};
+  c.servers[0] = hrpc::Server::Create(*c.runtime, so).value();
+  ASSERT_TRUE(c.servers[0]->RegisterService(c.services[0].get()).ok());
+  ASSERT_TRUE(c.servers[0]->Start().ok());
+}
+
 TEST(ClusterChannel, FailingServerIsEjectedAndTakenBackWhenItReturns) {
   Cluster c(2);
   ClusterChannelOptions o;
@@ -733,13 +744,7 @@ TEST(ClusterChannel, FailingServerIsEjectedAndTakenBackWhenItReturns) {
   EXPECT_EQ(st[0].ejections, 1u);
   EXPECT_LE(st[0].calls, 3u) << "an ejected server got calls";
   // Back on the same name: the health check takes it back.
-  c.servers[0].reset();
-  c.services[0] = std::make_unique<NamedService>("node-0");
-  hrpc::ServerOptions so;
-  so.listen = {c.uris[0]};
-  c.servers[0] = hrpc::Server::Create(*c.runtime, so).value();
-  ASSERT_TRUE(c.servers[0]->RegisterService(c.services[0].get()).ok());
-  ASSERT_TRUE(c.servers[0]->Start().ok());
+  ASSERT_NO_FATAL_FAILURE(BringBackFirstServer(c));
   ASSERT_TRUE(WaitFor([&] { return !ch->ServerStats()[0].ejected; }, 3s));
   for (int i = 0; i < 4; ++i) {
     ClientContext ctx;
@@ -766,13 +771,7 @@ TEST(ClusterChannel, LeastLoadedTakesAnEjectedServerBackIntoUse) {
     EXPECT_TRUE(Call(*ch, ctx, "e").ok());
   }
   ASSERT_TRUE(ch->ServerStats()[0].ejected);
-  c.servers[0].reset();
-  c.services[0] = std::make_unique<NamedService>("node-0");
-  hrpc::ServerOptions so;
-  so.listen = {c.uris[0]};
-  c.servers[0] = hrpc::Server::Create(*c.runtime, so).value();
-  ASSERT_TRUE(c.servers[0]->RegisterService(c.services[0].get()).ok());
-  ASSERT_TRUE(c.servers[0]->Start().ok());
+  ASSERT_NO_FATAL_FAILURE(BringBackFirstServer(c));
   ASSERT_TRUE(WaitFor([&] { return !ch->ServerStats()[0].ejected; }, 3s));
   const int before = c.services[0]->calls.load();
   for (int i = 0; i < 100; ++i) {
