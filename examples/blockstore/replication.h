@@ -44,18 +44,18 @@
 
 namespace hrpc_blockstore {
 
-// A write's range on the volume: [offset, offset + len) non-empty, both
-// multiples of `block`, inside what a file offset can address, and inside the
-// volume when it has a size (`volume_bytes` > 0: a block device, or a chunk
-// file made with --size; without one, a file grows with its writes).
-// OUT_OF_RANGE otherwise. Checked before anything is logged: a record the
-// chunk file cannot take would fail its replay at every restart.
 // The volume's size for CheckVolumeRange: the chunk sink's size when it is a
 // block device or the file was made with a size (`size_flag`, --size); else 0.
 inline uint64_t VolumeBytes(const hrpc::nvme::Sink& chunk, uint64_t size_flag) {
   return chunk.is_block_device() || size_flag > 0 ? chunk.device_bytes() : 0;
 }
 
+// A write's range on the volume: [offset, offset + len) non-empty, both
+// multiples of `block`, inside what a file offset can address, and inside the
+// volume when it has a size (`volume_bytes` > 0: a block device, or a chunk
+// file made with --size; without one, a file grows with its writes).
+// OUT_OF_RANGE otherwise. Checked before anything is logged: a record the
+// chunk file cannot take would fail its replay at every restart.
 inline hrpc::Status CheckVolumeRange(uint64_t volume_bytes, uint64_t offset, uint64_t len, uint64_t block,
                                      const char* what) {
   if (len == 0 || offset % block != 0 || len % block != 0) {

@@ -232,25 +232,24 @@ Result<std::string> EtcdClient::Post(std::string_view path, const std::string& b
       failures += (failures.empty() ? "" : "; ") + ep.ToString() + ": " + Describe(res.error());
       continue;  // the next member
     }
+    Status error;
     if (res->status != 200) {
       const json j = json::parse(res->body, nullptr, false);
-      Status error = j.is_object() && j.contains("error")
-                         ? ErrorOf(j)
-                         : UnavailableError("etcd " + std::string(path) + ": HTTP " + std::to_string(res->status));
+      error = j.is_object() && j.contains("error")
+                  ? ErrorOf(j)
+                  : UnavailableError("etcd " + std::string(path) + ": HTTP " + std::to_string(res->status));
       // A member that cannot serve now (cut off from the quorum: "no leader",
       // 503) is passed over like one that does not answer.
       if (error.code() == StatusCode::kUnavailable || res->status >= 500) {
         failures += (failures.empty() ? "" : "; ") + ep.ToString() + ": " + error.ToString();
         continue;
       }
-      std::lock_guard lock(mu_);
-      current_ = index;
-      return error;
     }
     {
       std::lock_guard lock(mu_);
       current_ = index;
     }
+    if (!error.ok()) return error;
     return std::move(res->body);
   }
   return UnavailableError("etcd " + std::string(path) + ": " + failures);

@@ -1,12 +1,12 @@
 // The built-in HTTP endpoint on GNU libmicrohttpd (Debian's libmicrohttpd-dev).
 // Two threads of its own (libmicrohttpd names them MHD-worker), each an epoll
 // loop over its share of the connections, neither a worker of the runtime: a
-// slow or idle client holds no thread, only its connection. What a client can take is bounded:
-// kMaxConnections connections (then new ones are closed at once), a request's
-// headers within kConnectionMemory bytes (else 431), kIdleSeconds without a
-// byte before its connection is closed, GET and HEAD only (anything else is
-// answered 405 without reading its body). Stop() closes every connection and
-// joins the threads, whatever the clients are doing.
+// slow or idle client holds no thread, only its connection. What a client can
+// take is bounded: kMaxConnections connections (then new ones are closed at
+// once), a request's headers within kConnectionMemory bytes (else 431),
+// kIdleSeconds without a byte before its connection is closed, GET and HEAD
+// only (anything else is answered 405 without reading its body). Stop()
+// closes every connection and joins the threads, whatever the clients do.
 #include <netdb.h>
 #include <sys/socket.h>
 
@@ -26,7 +26,6 @@ constexpr unsigned kRequestThreads = 2;
 constexpr unsigned kMaxConnections = 64;
 constexpr size_t kConnectionMemory = 32 * 1024;
 constexpr unsigned kIdleSeconds = 5;
-
 }  // namespace
 
 class HttpEndpoint::Impl {

@@ -258,7 +258,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
   }
   Status Health() const override {
     if (stopping.load()) return UnavailableError("shutting down");
-    if (!serving.load()) return UnavailableError(started.load() ? "not serving: Start() has not finished, or failed" : "not started");
+    if (!started.load()) return UnavailableError("not started");
+    if (!serving.load()) return UnavailableError("not serving: Start() has not finished, or failed");
     // Every worker runs a posted coroutine within a second, or it is stuck
     // (a handler that never yields).
     std::vector<std::shared_ptr<std::atomic<bool>>> answered;

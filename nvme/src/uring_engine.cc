@@ -391,20 +391,14 @@ int UringEngine::Reap(bool wait) {
         continue;
       }
       if (waited || outstanding_ == 0 || completed > 0) break;
-      int rc;
-      if (prepared_ > 0) {
-        // SQEs the kernel did not take (EAGAIN/EBUSY in SubmitPrepared): they
-        // go with the wait, else nothing may be in flight to wait for.
-        rc = io_uring_submit_and_wait(&ring_, 1);
-        if (rc >= 0) {
-          prepared_ -= std::min<unsigned>(prepared_, static_cast<unsigned>(rc));
-        } else if (rc == -EAGAIN || rc == -EBUSY) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the kernel is short of resources
-          rc = 0;
-        }
-      } else {
-        io_uring_cqe* cqe = nullptr;
-        rc = io_uring_wait_cqe(&ring_, &cqe);
+      // Submits, with the wait, SQEs the kernel did not take in
+      // SubmitPrepared (EAGAIN/EBUSY): else nothing may be in flight to wait for.
+      int rc = io_uring_submit_and_wait(&ring_, 1);
+      if (rc >= 0) {
+        prepared_ -= std::min<unsigned>(prepared_, static_cast<unsigned>(rc));
+      } else if (rc == -EAGAIN || rc == -EBUSY) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the kernel is short of resources
+        rc = 0;
       }
       if (rc < 0 && rc != -EINTR && rc != -ETIME) {
         SPDLOG_ERROR("nvme: io_uring wait: {}", strerror(-rc));

@@ -965,8 +965,9 @@ TEST(Dedup, AReusedIdWithOtherBytesIsAnotherCallAndRetryableErrorsAreNotKept) {
 }
 
 // The attachment is part of what a retry repeats: the same id and message with
-// another attachment (inline, streamed behind the frame: 1 KiB and 1 MiB) is
-// another call and runs; the first one's again is a retry of it.
+// another attachment (1 KiB inline; 1 MiB pulled from the client's memory,
+// its descriptor's CRC) is another call and runs; the first one's again is a
+// retry of it.
 TEST(Dedup, AReusedIdWithAnotherAttachmentIsAnotherCall) {
   DedupEnv e;
   uint64_t id = 70;
