@@ -139,6 +139,9 @@ Status Replication::Write(hrpc::ServerContext& ctx, uint64_t offset, IoBuf data)
   req.set_offset(offset);
   hrpc::nvme::WalRecordInfo info;
   HRPC_ASSIGN_OR_RETURN(IoBuf record, log->Encode(req.SerializeAsString(), std::move(data), std::nullopt, &info));
+  // Room in the leader's own log first: a record it could not append must not
+  // reach a follower, which would apply a write the client is told failed.
+  HRPC_TRY(log->Reserve(record.size()));
 
   // Forward first, so the followers' writes overlap the leader's own.
   auto acks = std::make_shared<Acks>();

@@ -5,12 +5,14 @@
 // Leader, per WriteBlocks (on its one worker):
 //   1. the WAL record is built: a fresh 4 KiB head block (meta | zero padding |
 //      request size + request), then the pulled payload slabs as they are;
-//   2. the record goes as the attachment of BlockReplica.Replicate to every
+//   2. its room in the leader's own log is reserved (fallocate): a record the
+//      leader's disk cannot take fails the write before any follower sees it;
+//   3. the record goes as the attachment of BlockReplica.Replicate to every
 //      follower (channels on the server's own runtime: the slabs are sent
 //      from where they lie), while
-//   3. the leader appends it to its own log (one O_DIRECT write) and then
+//   4. the leader appends it to its own log (one O_DIRECT write) and then
 //      writes the payload to the chunk file at the request's offset;
-//   4. the client is answered once the record is written on the leader and
+//   5. the client is answered once the record is written on the leader and
 //      on enough followers: --ack=majority (leader + followers > half of the
 //      nodes) or --ack=all. A follower that fails or misses the deadline
 //      counts as a no; when the acks can no longer be met the write fails

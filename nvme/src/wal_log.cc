@@ -195,6 +195,27 @@ Status WalLog::WriteAt(uint64_t offset, const mempool::IoBuf& record) {
   return sink_->Write(offset, record);
 }
 
+Status WalLog::Reserve(uint64_t bytes) {
+  if (!broken_.ok()) return broken_;
+  if (bytes > UINT64_MAX - tail_ - reserved_) return InvalidArgumentError("WalLog: reservation overflows");
+  const uint64_t end = tail_ + reserved_ + bytes;
+  if (end > allocated_) {
+    // A preallocation step when the disk has it, else exactly what is needed.
+    const uint64_t need = end - allocated_;
+    const uint64_t step = std::max<uint64_t>(opts_.preallocate_bytes, need);
+    if (fallocate(fd_, 0, static_cast<off_t>(allocated_), static_cast<off_t>(step)) == 0) {
+      allocated_ += step;
+    } else if (step > need && fallocate(fd_, 0, static_cast<off_t>(allocated_), static_cast<off_t>(need)) == 0) {
+      allocated_ = end;
+    } else {
+      return ErrnoStatus(errno, fmt::format("WalLog {}: no room for {} bytes of records at {}", opts_.path, bytes,
+                                            tail_ + reserved_));
+    }
+  }
+  reserved_ += bytes;
+  return Status::Ok();
+}
+
 Status WalLog::Append(const mempool::IoBuf& record) {
   if (record.empty()) return InvalidArgumentError("WalLog: empty record");
   const mempool::Buffer& head = record.slice(0);
@@ -215,6 +236,7 @@ Status WalLog::Append(const mempool::IoBuf& record) {
 
   const uint64_t off = tail_;
   tail_ += record.size();
+  reserved_ -= std::min(reserved_, record.size());
   next_sequence_ = std::max(next_sequence_, info.sequence + 1);
   in_flight_.insert(off);
   Status s = WriteAt(off, record);

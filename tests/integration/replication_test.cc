@@ -121,14 +121,15 @@ class Cluster {
     followers_[i] = StartServer(args, fsize);
     return !followers_[i].uri.empty();
   }
-  bool StartLeader(const std::string& size = "16M", const std::string& ack = "") {
+  // `fsize` > 0: RLIMIT_FSIZE.
+  bool StartLeader(const std::string& size = "16M", const std::string& ack = "", rlim_t fsize = 0) {
     auto args = NodeArgs(0, size);
     args.push_back("--role=leader");
     args.push_back("--followers=" + FollowerUri(0) + "," + FollowerUri(1));
     args.push_back("--ack=" + (ack.empty() ? ack_ : ack));
     args.push_back("--listen=" + std::string(kScheme) + "://" + Host() + ":0");
     args.push_back("--replicate_timeout_ms=3000");
-    leader_ = StartServer(args);
+    leader_ = StartServer(args, fsize);
     return !leader_.uri.empty();
   }
   bool StartAll(const std::string& size = "16M") { return StartFollower(0, size) && StartFollower(1, size) && StartLeader(size); }
@@ -406,6 +407,51 @@ TEST(REPLICATION_SUITE, DiskFullFollowerIsResourceExhausted) {
   ASSERT_TRUE(stat.ok());
   EXPECT_EQ(stat->replication().replayed_records(), acked.size());
   EXPECT_EQ(stat->replication().cut_bytes(), 0u);
+}
+
+// The leader's own disk fills up: the write whose record it has no room for
+// fails, and so does every later one, before any follower gets its record (a
+// follower applying writes the leader never logged would hold data the client
+// was told was not written).
+TEST(REPLICATION_SUITE, ALeaderWhoseLogBrokeForwardsNothing) {
+  SKIP_UNLESS_RUNNABLE(true);
+  Cluster cluster("all", "none");
+  ASSERT_TRUE(cluster.StartFollower(0, "4M"));
+  ASSERT_TRUE(cluster.StartFollower(1, "4M"));
+  ASSERT_TRUE(cluster.StartLeader("4M", "", 4 << 20));
+  auto leader = Connect(cluster.leader().uri);
+  std::vector<uint64_t> acked;
+  hrpc::Status full;
+  for (uint64_t off = 0; off + Stream::kBlock <= (4u << 20); off += Stream::kBlock) {
+    full = Write(*leader, off, Stream::kBlock, 71);
+    if (!full.ok()) break;
+    acked.push_back(off);
+  }
+  ASSERT_FALSE(full.ok()) << "the leader's disk never filled up";
+  EXPECT_EQ(full.code(), hrpc::StatusCode::kResourceExhausted) << full.ToString();
+  EXPECT_GE(acked.size(), 50u);
+  auto f0 = Connect(cluster.follower(0).uri);
+  auto f1 = Connect(cluster.follower(1).uri);
+  auto before0 = Stat(*f0), before1 = Stat(*f1), leader_stat = Stat(*leader);
+  ASSERT_TRUE(before0.ok() && before1.ok() && leader_stat.ok());
+  // Not even the write that found the disk full reached them.
+  EXPECT_EQ(before0->replication().log_records(), leader_stat->replication().log_records());
+  EXPECT_EQ(before1->replication().log_records(), leader_stat->replication().log_records());
+  for (int i = 0; i < 3; ++i) {
+    const hrpc::Status again = Write(*leader, 0, Stream::kBlock, 72);
+    EXPECT_FALSE(again.ok()) << "write " << i << " after the log broke was acknowledged";
+  }
+  auto after0 = Stat(*f0), after1 = Stat(*f1);
+  ASSERT_TRUE(after0.ok() && after1.ok());
+  EXPECT_EQ(after0->replication().log_records(), before0->replication().log_records())
+      << "follower 0 logged records its leader refused";
+  EXPECT_EQ(after1->replication().log_records(), before1->replication().log_records())
+      << "follower 1 logged records its leader refused";
+  EXPECT_EQ(after0->replication().applied_bytes(), before0->replication().applied_bytes());
+  // The leader still serves what it acknowledged.
+  for (uint64_t off : acked) ASSERT_TRUE(ReadCheck(*leader, off, Stream::kBlock, 71).ok()) << off;
+  int st = 0;
+  EXPECT_EQ(waitpid(cluster.leader().pid, &st, WNOHANG), 0) << "the leader died";
 }
 
 }  // namespace

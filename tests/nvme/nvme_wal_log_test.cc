@@ -1,7 +1,8 @@
 // WalLog on real files opened O_DIRECT: appends replay in order after a
 // reopen; a torn tail, a corrupt record (and all after it) and trailing
 // garbage are cut off and the file truncated; a disk-full append (RLIMIT_FSIZE,
-// in a child process) is rolled back and the log stays good.
+// in a child process) is rolled back and the log stays good; a reservation
+// the disk cannot take is refused before anything is written.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -251,6 +252,55 @@ TEST(NvmeWalLog, DiskFullAppendIsRolledBack) {
   ASSERT_TRUE(log.ok()) << log.status().ToString();
   ASSERT_EQ(got.size(), 13u);
   EXPECT_EQ(got.back().request, "small");
+  EXPECT_EQ((*log)->recovery().cut_bytes, 0u);
+}
+
+// Reservations add up: with room for 64 blocks, twelve records of 5 blocks
+// are reserved before any is appended and the thirteenth is refused with
+// RESOURCE_EXHAUSTED, writing nothing; the twelve then append, each using
+// its part of the reservation, so 4 blocks are left to reserve and not 5.
+TEST(NvmeWalLog, ReserveRefusesWhatTheDiskCannotTake) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  const std::string path = dir.File("reserve.wal");
+  constexpr rlim_t kLimit = 64 * 4096;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    signal(SIGXFSZ, SIG_IGN);
+    rlimit lim{kLimit, kLimit};
+    if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(10);
+    auto pool = SmallPool();
+    std::vector<Replayed> none;
+    auto log = OpenLog(path, *pool, &none);
+    if (!log.ok()) _exit(11);
+    std::vector<mempool::IoBuf> records;
+    for (int i = 0; i < 12; ++i) {
+      auto rec = (*log)->Encode("r", PatternIoBuf(*pool, 4 * 4096, 4096, i));
+      if (!rec.ok() || rec->size() != 5 * 4096) _exit(12);
+      if (!(*log)->Reserve(rec->size()).ok()) _exit(13);
+      records.push_back(std::move(*rec));
+    }
+    if ((*log)->Reserve(5 * 4096).code() != StatusCode::kResourceExhausted) _exit(14);
+    if ((*log)->end_offset() != 0) _exit(15);
+    for (const mempool::IoBuf& rec : records) {
+      if (!(*log)->Append(rec).ok()) _exit(16);
+    }
+    if (FileSize(path) != 60 * 4096) _exit(17);
+    if ((*log)->Reserve(5 * 4096).code() != StatusCode::kResourceExhausted) _exit(18);
+    if (!(*log)->Reserve(4 * 4096).ok()) _exit(19);
+    _exit(0);
+  }
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(WIFEXITED(st));
+  ASSERT_EQ(WEXITSTATUS(st), 0) << "the child's exit code names the step that failed";
+  auto pool = SmallPool();
+  std::vector<Replayed> got;
+  auto log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  EXPECT_EQ(got.size(), 12u);
+  // The last reservation (4 zeroed blocks) is the log's end, not a cut.
   EXPECT_EQ((*log)->recovery().cut_bytes, 0u);
 }
 

@@ -115,6 +115,15 @@ class WalLog {
   Result<mempool::IoBuf> Encode(std::string_view request, mempool::IoBuf payload,
                                 std::optional<uint32_t> payload_crc = std::nullopt,
                                 WalRecordInfo* info = nullptr);
+  // Makes room for `bytes` of records after those appended or reserved: the
+  // file is grown (fallocate) to hold them, so their appends cannot fail for
+  // want of space. Each Append uses up its record's size of the reservation.
+  // RESOURCE_EXHAUSTED when the disk or RLIMIT_FSIZE cannot take them (the
+  // process must ignore SIGXFSZ), another errno Status when the file system
+  // has no fallocate, broken() when the log is. A replication leader reserves
+  // before it forwards a record: one its own disk cannot take is refused
+  // before any follower logs it.
+  Status Reserve(uint64_t bytes);
   // Appends `record` (see above). DATA_LOSS / INVALID_ARGUMENT for a record
   // that does not parse or has the wrong block size; the sink's errors.
   Status Append(const mempool::IoBuf& record);
@@ -147,6 +156,7 @@ class WalLog {
   std::unique_ptr<Sink> sink_;
   uint64_t tail_ = 0;
   uint64_t allocated_ = 0;  // file size: tail_ and preallocated space after it
+  uint64_t reserved_ = 0;   // bytes after tail_ that Reserve promised to appends to come
   uint64_t next_sequence_ = 1;
   std::set<uint64_t> in_flight_;  // offsets of records being written
   Status broken_;
