@@ -371,6 +371,18 @@ TEST(REPLICATION_SUITE, WritesOutsideTheVolumeAndPastTheLogAreRefused) {
   }
 }
 
+// Writes 64 KiB blocks of `pattern` from offset 0 through a 4 MiB volume
+// until one is refused; the offsets acknowledged before it, and its status
+// (OK when none was refused).
+hrpc::Status WriteUntilRefused(hrpc::RpcChannel& leader, int pattern, std::vector<uint64_t>* acked) {
+  for (uint64_t off = 0; off + Stream::kBlock <= (4u << 20); off += Stream::kBlock) {
+    const hrpc::Status s = Write(leader, off, Stream::kBlock, pattern);
+    if (!s.ok()) return s;
+    acked->push_back(off);
+  }
+  return hrpc::Status::Ok();
+}
+
 TEST(REPLICATION_SUITE, DiskFullFollowerIsResourceExhausted) {
   SKIP_UNLESS_RUNNABLE(true);
   Cluster cluster("all", "none");
@@ -381,12 +393,7 @@ TEST(REPLICATION_SUITE, DiskFullFollowerIsResourceExhausted) {
   ASSERT_TRUE(cluster.StartLeader("4M"));
   auto leader = Connect(cluster.leader().uri);
   std::vector<uint64_t> acked;
-  hrpc::Status full;
-  for (uint64_t off = 0; off + Stream::kBlock <= (4u << 20); off += Stream::kBlock) {
-    full = Write(*leader, off, Stream::kBlock, 51);
-    if (!full.ok()) break;
-    acked.push_back(off);
-  }
+  const hrpc::Status full = WriteUntilRefused(*leader, 51, &acked);
   ASSERT_FALSE(full.ok()) << "the follower's disk never filled up";
   EXPECT_EQ(full.code(), hrpc::StatusCode::kResourceExhausted) << full.ToString();
   EXPECT_GE(acked.size(), 50u);
@@ -421,12 +428,7 @@ TEST(REPLICATION_SUITE, ALeaderWhoseLogBrokeForwardsNothing) {
   ASSERT_TRUE(cluster.StartLeader("4M", "", 4 << 20));
   auto leader = Connect(cluster.leader().uri);
   std::vector<uint64_t> acked;
-  hrpc::Status full;
-  for (uint64_t off = 0; off + Stream::kBlock <= (4u << 20); off += Stream::kBlock) {
-    full = Write(*leader, off, Stream::kBlock, 71);
-    if (!full.ok()) break;
-    acked.push_back(off);
-  }
+  const hrpc::Status full = WriteUntilRefused(*leader, 71, &acked);
   ASSERT_FALSE(full.ok()) << "the leader's disk never filled up";
   EXPECT_EQ(full.code(), hrpc::StatusCode::kResourceExhausted) << full.ToString();
   EXPECT_GE(acked.size(), 50u);

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,24 @@ std::vector<uint32_t> AppendSome(WalLog& log, mempool::Pool& pool, int n, std::v
     if (ends != nullptr) ends->push_back(log.end_offset());
   }
   return crcs;
+}
+
+// Runs `child` in a forked process whose files may not grow past `limit`
+// bytes (RLIMIT_FSIZE; SIGXFSZ ignored, so a write past it fails with EFBIG);
+// its exit code: `child`'s result, 10 when the limit could not be set, -1
+// when it did not exit normally.
+int InLimitedChild(rlim_t limit, const std::function<int()>& child) {
+  const pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    signal(SIGXFSZ, SIG_IGN);
+    rlimit lim{limit, limit};
+    if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(10);
+    _exit(child());
+  }
+  int st = 0;
+  if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return -1;
+  return WEXITSTATUS(st);
 }
 
 // A new log at `path` with `n` records (AppendSome); their end offsets.
@@ -215,37 +234,28 @@ TEST(NvmeWalLog, DiskFullAppendIsRolledBack) {
   TempDir dir;
   HRPC_NVME_REQUIRE_ODIRECT(dir);
   const std::string path = dir.File("full.wal");
-  constexpr rlim_t kLimit = 64 * 4096;
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    signal(SIGXFSZ, SIG_IGN);
-    rlimit lim{kLimit, kLimit};
-    if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(10);
+  const int code = InLimitedChild(64 * 4096, [&] {
     auto pool = SmallPool();
     std::vector<Replayed> none;
     auto log = OpenLog(path, *pool, &none);
-    if (!log.ok()) _exit(11);
+    if (!log.ok()) return 11;
     int ok = 0;
     Status last;
     for (;;) {  // 5 blocks per record: the 13th would end past 64 blocks
       auto rec = (*log)->Encode("r", PatternIoBuf(*pool, 4 * 4096, 4096, ok));
-      if (!rec.ok()) _exit(12);
+      if (!rec.ok()) return 12;
       last = (*log)->Append(*rec);
       if (!last.ok()) break;
       ++ok;
     }
-    if (last.code() != StatusCode::kResourceExhausted) _exit(13);
-    if (FileSize(path) != ok * 5u * 4096) _exit(14);  // the partial record is gone
+    if (last.code() != StatusCode::kResourceExhausted) return 13;
+    if (FileSize(path) != ok * 5u * 4096) return 14;  // the partial record is gone
     // A small record still fits.
     auto small = (*log)->Encode("small", PatternIoBuf(*pool, 4096, 4096, 77));
-    if (!small.ok() || !(*log)->Append(*small).ok()) _exit(15);
-    _exit(ok == 12 ? 0 : 16);
-  }
-  int st = 0;
-  ASSERT_EQ(waitpid(pid, &st, 0), pid);
-  ASSERT_TRUE(WIFEXITED(st));
-  ASSERT_EQ(WEXITSTATUS(st), 0);
+    if (!small.ok() || !(*log)->Append(*small).ok()) return 15;
+    return ok == 12 ? 0 : 16;
+  });
+  ASSERT_EQ(code, 0) << "the child's exit code names the step that failed";
   auto pool = SmallPool();
   std::vector<Replayed> got;
   auto log = OpenLog(path, *pool, &got);
@@ -263,38 +273,28 @@ TEST(NvmeWalLog, ReserveRefusesWhatTheDiskCannotTake) {
   TempDir dir;
   HRPC_NVME_REQUIRE_ODIRECT(dir);
   const std::string path = dir.File("reserve.wal");
-  constexpr rlim_t kLimit = 64 * 4096;
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    signal(SIGXFSZ, SIG_IGN);
-    rlimit lim{kLimit, kLimit};
-    if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(10);
+  const int code = InLimitedChild(64 * 4096, [&] {
     auto pool = SmallPool();
     std::vector<Replayed> none;
     auto log = OpenLog(path, *pool, &none);
-    if (!log.ok()) _exit(11);
+    if (!log.ok()) return 11;
     std::vector<mempool::IoBuf> records;
     for (int i = 0; i < 12; ++i) {
       auto rec = (*log)->Encode("r", PatternIoBuf(*pool, 4 * 4096, 4096, i));
-      if (!rec.ok() || rec->size() != 5 * 4096) _exit(12);
-      if (!(*log)->Reserve(rec->size()).ok()) _exit(13);
+      if (!rec.ok() || rec->size() != 5 * 4096) return 12;
+      if (!(*log)->Reserve(rec->size()).ok()) return 13;
       records.push_back(std::move(*rec));
     }
-    if ((*log)->Reserve(5 * 4096).code() != StatusCode::kResourceExhausted) _exit(14);
-    if ((*log)->end_offset() != 0) _exit(15);
+    if ((*log)->Reserve(5 * 4096).code() != StatusCode::kResourceExhausted) return 14;
+    if ((*log)->end_offset() != 0) return 15;
     for (const mempool::IoBuf& rec : records) {
-      if (!(*log)->Append(rec).ok()) _exit(16);
+      if (!(*log)->Append(rec).ok()) return 16;
     }
-    if (FileSize(path) != 60 * 4096) _exit(17);
-    if ((*log)->Reserve(5 * 4096).code() != StatusCode::kResourceExhausted) _exit(18);
-    if (!(*log)->Reserve(4 * 4096).ok()) _exit(19);
-    _exit(0);
-  }
-  int st = 0;
-  ASSERT_EQ(waitpid(pid, &st, 0), pid);
-  ASSERT_TRUE(WIFEXITED(st));
-  ASSERT_EQ(WEXITSTATUS(st), 0) << "the child's exit code names the step that failed";
+    if (FileSize(path) != 60 * 4096) return 17;
+    if ((*log)->Reserve(5 * 4096).code() != StatusCode::kResourceExhausted) return 18;
+    return (*log)->Reserve(4 * 4096).ok() ? 0 : 19;
+  });
+  ASSERT_EQ(code, 0) << "the child's exit code names the step that failed";
   auto pool = SmallPool();
   std::vector<Replayed> got;
   auto log = OpenLog(path, *pool, &got);
