@@ -239,6 +239,8 @@ WorkerSet::~WorkerSet() {
 }
 
 void WorkerSet::CloseConnections() {
+  // A set whose Create failed part way gave its workers no client tables.
+  if (slots_.empty() || !slots_.back().peers) return;
   for (size_t i = 0; i < slots_.size(); ++i) {
     RunOn(i, [this, i] {
       slots_[i].peers->CloseAll(CancelledError("runtime stopped"));

@@ -433,6 +433,19 @@ TEST(Runtime, PlacementOnTwoNumaNodes) {
 }
 
 // A one-line channel and server still work and bring their own small runtime.
+// A worker that cannot start (its cpu is out of range) fails Create with that
+// error; the workers already started are stopped without touching the
+// client tables they were never given.
+TEST(Runtime, AWorkerThatCannotStartFailsCreate) {
+  hrpc::RuntimeOptions o;
+  o.name = "badcpu";
+  o.workers = 2;
+  o.cpus = {-1, 1 << 20};
+  auto rt = hrpc::Runtime::Create(o);
+  ASSERT_FALSE(rt.ok());
+  EXPECT_EQ(rt.status().code(), hrpc::StatusCode::kInvalidArgument) << rt.status().ToString();
+}
+
 TEST(Runtime, StandaloneServerAndChannel) {
   hrpc::ServerOptions so;
   so.listen = {"tcp://127.0.0.1:0"};
