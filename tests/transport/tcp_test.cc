@@ -501,24 +501,39 @@ TEST_F(TcpWire, AnnouncedFramesSplitAnywhereArriveWholeAndUncopied) {
   struct Shape {
     uint32_t msg, payload;
   };
+  uint8_t run = 0;  // each run tags its frames anew: a recycled block never holds the expected bytes
   for (Shape shape : {Shape{10, 4096}, Shape{4200, 0}}) {
     const size_t pad = shape.payload > 0 ? 992 : 0;
     const size_t frame = 32 + shape.msg + pad + shape.payload;
+    const size_t end = kFrames * frame;
+    std::vector<std::vector<size_t>> splits;
     for (size_t first_cut : {size_t{32 + 10 + 500}, size_t{20}, frame}) {
+      splits.push_back({first_cut, frame + 32 + shape.msg + pad + shape.payload / 4 - 100, 2 * frame + 12,
+                        3 * frame + 32 + 4, end});
+    }
+    if (shape.payload > 0) {
+      // The first frame whole, then a read ending in the second one's padding
+      // (its payload was planned when the first header was read), then one
+      // ending inside its payload.
+      splits.push_back({frame, frame + 32 + shape.msg + pad / 2, frame + 32 + shape.msg + pad + 1000, end});
+    }
+    for (const std::vector<size_t>& cuts : splits) {
+      std::string ends;
+      for (size_t c : cuts) ends += " " + std::to_string(c);
       SCOPED_TRACE("message " + std::to_string(shape.msg) + " payload " + std::to_string(shape.payload) +
-                   ", first piece " + std::to_string(first_cut) + " bytes");
+                   ", pieces ending at" + ends);
+      ++run;
       auto raw = PayloadClient(*env_);
       auto accepted = coro::Async(env_->server_worker().scheduler(), [&]() { return env_->listener().Accept(); });
       auto conn = accepted.WaitFor(5s);
       ASSERT_TRUE(conn.ok()) << conn.status().ToString();
       std::vector<uint8_t> stream;
       for (uint32_t i = 0; i < kFrames; ++i) {
-        auto f = AnnouncingFrame(shape.msg, shape.payload, kFrames - 1 - i, static_cast<uint8_t>(i + 1));
+        auto f = AnnouncingFrame(shape.msg, shape.payload, kFrames - 1 - i, static_cast<uint8_t>(run * kFrames + i + 1));
         stream.insert(stream.end(), f.begin(), f.end());
       }
+      ASSERT_EQ(stream.size(), end);
       const uint64_t copied0 = mempool::CopiedBytesTotal();
-      const std::vector<size_t> cuts = {first_cut, frame + 32 + shape.msg + pad + shape.payload / 4 - 100,
-                                        2 * frame + 12, 3 * frame + 32 + 4, stream.size()};
       size_t at = 0;
       for (size_t cut : cuts) {
         raw->Write(std::vector<uint8_t>(stream.begin() + at, stream.begin() + cut));
@@ -550,9 +565,10 @@ TEST_F(TcpWire, AnnouncedFramesSplitAnywhereArriveWholeAndUncopied) {
             EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 4096, 0u);
           }
         }
-        for (uint32_t j = 0; j < shape.msg; ++j) ASSERT_EQ(bytes[j], i + 1) << "message byte " << j;
+        const auto tag = static_cast<uint8_t>(run * kFrames + i + 1);
+        for (uint32_t j = 0; j < shape.msg; ++j) ASSERT_EQ(bytes[j], tag) << "message byte " << j;
         for (uint32_t j = 0; j < shape.payload; ++j) {
-          ASSERT_EQ(bytes[shape.msg + j], static_cast<uint8_t>((i + 1) * 31 + j)) << "payload byte " << j;
+          ASSERT_EQ(bytes[shape.msg + j], static_cast<uint8_t>(tag * 31 + j)) << "payload byte " << j;
         }
       }
       EXPECT_TRUE(On(env_->server_worker(), [&]() { return (*conn)->status(); }).ok());

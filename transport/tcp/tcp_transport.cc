@@ -38,6 +38,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -943,9 +944,14 @@ bool Core::OnReadable(Conn& c) {
     if (covered && (body || c.hdr_got == 0 || in_plan_ctrl) && c.phase == Phase::kOpen) {
       ExtendPlan(c);
       for (const PlannedFrame& f : c.plan) {
-        if (n + 1 + static_cast<int>(f.payload_iov.size()) > kMaxIov - 1) break;
+        // A frame whose message has arrived (the last read ended in its
+        // padding) gave its payload blocks to the connection (StartPayload):
+        // its payload is read into them there.
+        const std::span<const iovec> payload =
+            f.adopted ? std::span<const iovec>(c.body_iov).subspan(c.body_pos) : std::span<const iovec>(f.payload_iov);
+        if (n + 1 + static_cast<int>(payload.size()) > kMaxIov - 1) break;
         iov[n++] = {f.ctrl.data() + f.ctrl_got, f.ctrl_len - f.ctrl_got};
-        for (const iovec& v : f.payload_iov) iov[n++] = v;
+        for (const iovec& v : payload) iov[n++] = v;
         ++planned;
       }
       covered = planned == c.plan.size();
