@@ -117,7 +117,8 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
             workers_.options().transport.connect_timeout);
         if (!auth.ok()) {
           transport::CloseAfter(**conn, std::chrono::milliseconds(500));  // our refusal reaches the server
-          counters_.auth_failures.Add();
+          // A refusal; a connection lost or silent meanwhile is UNAVAILABLE (below).
+          if (auth.code() == StatusCode::kUnauthenticated) counters_.auth_failures.Add();
           conn = auth.WithContext("connect to " + uri);
         }
       }
@@ -470,9 +471,11 @@ void PeerTable::StartCall(Call* call) {
   }
   if (!sent.ok()) {
     if (link->calls.Erase(txn)) {
-      Status why = sent.code() == StatusCode::kUnavailable || sent.code() == StatusCode::kCancelled
-                       ? Status(StatusCode::kUnavailable, "send to " + *link->peer + ": " + sent.ToString())
-                       : sent;
+      // The connection's own failure (whatever its code) is UNAVAILABLE to
+      // the call; a refusal of this message alone keeps its code.
+      const bool lost = sent.code() == StatusCode::kUnavailable || sent.code() == StatusCode::kCancelled ||
+                        !conn.status().ok();
+      Status why = lost ? Status(StatusCode::kUnavailable, "send to " + *link->peer + ": " + sent.ToString()) : sent;
       Complete(call, std::move(why), nullptr);
     }
   }

@@ -488,6 +488,15 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
         break;
       }
       auto rx = internal::ReadFrame(pool, *msg);
+      if (!rx.ok() && !options.authenticator && sc->info->started.Get() == 0 &&
+          transport::RefuseAuthenticationHello(*sc->conn, pool, *msg,
+                                               Status(StatusCode::kUnauthenticated, "this server does not authenticate clients"))) {
+        SPDLOG_WARN("hrpc server: closing connection {}: the client authenticates, this server does not",
+                    *sc->peer);
+        *msg = mempool::IoBuf();
+        transport::CloseAfter(*sc->conn, std::chrono::milliseconds(500));  // the refusal reaches the client
+        break;
+      }
       // The frame holds what it needs (a share of the block, or a copy of the
       // control part and shares of the payload): the attachment's memory goes
       // back as soon as the request is done with it.

@@ -177,6 +177,7 @@ TEST(AuthOptions, ServerWithoutAuthenticatorRefusesAnAuthenticatingClientClearly
   ASSERT_TRUE(rt.ok());
   const Status s = Call(**rt, "tcp://127.0.0.1:" + bound.substr(bound.rfind(':') + 1), "x");
   EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
+  EXPECT_NE(s.ToString().find("this server does not authenticate clients"), std::string::npos) << s.ToString();
   EXPECT_EQ(svc.calls.load(), 0);
 }
 
@@ -384,6 +385,38 @@ TEST(AuthClient, ReplayedServerProofIsRefused) {
   EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
   EXPECT_NE(s.ToString().find("the server did not prove"), std::string::npos) << s.ToString();
   EXPECT_TRUE(served.Get().ok());
+}
+
+// A server that goes away during the exchange, or stays silent past the
+// timeout, is unreachable rather than a refusal: the call fails UNAVAILABLE
+// (which a retrying client retries) and no authentication failure is counted.
+TEST(AuthClient, AServerLostOrSilentDuringTheExchangeIsUnavailable) {
+  RawPeer fake;
+  (void)fake.On([&] {
+    fake.listener_ = std::move(fake.transport_->Listen("tcp://127.0.0.1:0")).value();
+    return 0;
+  });
+  const std::string bound = fake.listener_->uri();
+  const std::string uri = "tcp://127.0.0.1:" + bound.substr(bound.rfind(':') + 1);
+  hrpc::RuntimeOptions ro = TcpRuntime(Secret("k"));
+  ro.transport.connect_timeout = 300ms;
+  auto rt = hrpc::Runtime::Create(ro);
+  ASSERT_TRUE(rt.ok());
+  for (bool silent : {false, true}) {
+    SCOPED_TRACE(silent ? "silent" : "closes");
+    auto served = hrpc::coro::Async(fake.worker_->scheduler(), [&]() -> Status {
+      HRPC_ASSIGN_OR_RETURN(auto c, fake.listener_->Accept());
+      HRPC_ASSIGN_OR_RETURN(IoBuf hello, c->Recv());  // the client's hello, never answered
+      if (silent) (void)c->Recv();                     // until the client gives up
+      return Status::Ok();
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    const Status s = Call(**rt, uri, "x");
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+    EXPECT_TRUE(served.Get().ok());
+  }
+  EXPECT_EQ(Metric((*rt)->MetricsText(), "hrpc_client_auth_failures_total{worker=\"0\"}"), 0);
 }
 
 // --- TLS under the RPC layer, with the authenticator on top ------------------

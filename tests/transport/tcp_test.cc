@@ -496,6 +496,28 @@ TEST_F(TcpWire, PeerThatAsksWithoutReadingTheAnswersLosesItsConnection) {
   ServerUnaffected();
 }
 
+// A peer that ends an open connection with an ERROR of its own (here one
+// naming CANCELLED) has this side's waiters see the connection lost:
+// UNAVAILABLE with the peer's reason, not the peer's code.
+TEST_F(TcpWire, APeersConnectionErrorIsUnavailableHere) {
+  auto accepted = coro::Async(env_->server_worker().scheduler(), [&]() { return env_->listener().Accept(); });
+  auto raw = Handshaken();
+  auto conn = accepted.WaitFor(5s);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  const std::string why = "the peer's own reason";
+  std::vector<uint8_t> f = Header(/*ERROR*/ 8, static_cast<uint32_t>(why.size()));
+  const uint32_t code = static_cast<uint32_t>(StatusCode::kCancelled);
+  std::memcpy(&f[28], &code, 4);
+  f.insert(f.end(), why.begin(), why.end());
+  raw->Write(f);
+  auto m = On(env_->server_worker(), [&]() { return (*conn)->Recv(); });
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kUnavailable) << m.status().ToString();
+  EXPECT_NE(m.status().ToString().find(why), std::string::npos) << m.status().ToString();
+  On(env_->server_worker(), [&]() { conn->reset(); });
+  ServerUnaffected();
+}
+
 TEST_F(TcpWire, AnnouncedFramesSplitAnywhereArriveWholeAndUncopied) {
   constexpr uint32_t kFrames = 5;
   struct Shape {

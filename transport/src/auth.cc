@@ -73,7 +73,7 @@ void Gather(const mempool::IoBuf& m, void* out, size_t n) {
 // is not (no magic) instead of an error, when the caller wants it.
 Result<Message> Receive(Connection& conn, mempool::IoBuf* stray = nullptr) {
   auto got = conn.Recv();
-  if (!got.ok()) return Unauthenticated("the peer closed the connection: " + got.status().ToString());
+  if (!got.ok()) return got.status().WithContext("authentication");  // the connection's error, not a refusal
   const mempool::IoBuf& m = *got;
   uint8_t h[kHeader] = {};
   uint64_t magic = 0;
@@ -253,9 +253,22 @@ Status AuthenticateWithin(const Authenticator& auth, Connection& conn, mempool::
   if (coro::Scheduler::Current() == nullptr) return FailedPreconditionError("AuthenticateWithin: not on a worker");
   Status s;
   if (Within(conn, timeout, [&] { s = auth.Authenticate(conn, pool, role, first_message); })) {
-    return Unauthenticated("timed out after " + std::to_string(timeout.count()) + " ms (" + s.ToString() + ")");
+    // A peer that does not answer in time is unreachable, not refused.
+    return UnavailableError("authentication timed out after " + std::to_string(timeout.count()) + " ms (" +
+                            s.ToString() + ")");
   }
   return s;
+}
+
+bool RefuseAuthenticationHello(Connection& conn, mempool::Pool& pool, const mempool::IoBuf& first, const Status& why) {
+  if (first.size() != kHeader + kNonce) return false;
+  uint8_t h[kHeader];
+  Gather(first, h, kHeader);
+  uint64_t magic = 0;
+  std::memcpy(&magic, h, 8);
+  if (magic != kMagic || h[8] != kHello) return false;
+  SendResult(conn, pool, why).IgnoreError();
+  return true;
 }
 
 void CloseAfter(Connection& conn, std::chrono::milliseconds linger) {

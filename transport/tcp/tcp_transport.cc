@@ -1322,7 +1322,12 @@ void Core::OnBodyDone(Conn& c) {
       Status s(static_cast<StatusCode>(h.aux), c.small_body);
       if (h.op_id == 0) {
         SPDLOG_WARN("hrpc tcp: peer {} closed the connection with an error: {}", c.peer, s.ToString());
-        Fail(c, s.WithContext("peer " + c.peer + " refused the connection"));
+        if (c.phase == Phase::kOpen) {
+          // Whatever the peer's reason, this side's calls lost their connection.
+          Fail(c, UnavailableError("peer " + c.peer + " closed the connection: " + s.ToString()));
+        } else {
+          Fail(c, s.WithContext("peer " + c.peer + " refused the connection"));
+        }
       } else {
         CompleteOp(c, h.op_id, s.WithContext("refused by " + c.peer));
       }

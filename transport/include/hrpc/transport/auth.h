@@ -54,7 +54,7 @@ class Authenticator {
 Result<std::shared_ptr<const Authenticator>> MakeSharedSecretAuthenticator(std::string secret);
 
 // Authenticate() bounded by `timeout`: a peer that stays silent has its
-// connection closed when it runs out (UNAUTHENTICATED "timed out").
+// connection closed when it runs out (UNAVAILABLE "timed out").
 Status AuthenticateWithin(const Authenticator& auth, Connection& conn, mempool::Pool& pool, AuthRole role,
                           std::chrono::milliseconds timeout, mempool::IoBuf* first_message = nullptr);
 
@@ -62,5 +62,11 @@ Status AuthenticateWithin(const Authenticator& auth, Connection& conn, mempool::
 // refusal, so that the peer learns why): reads and drops messages until the
 // peer closes or `linger` passes, then closes.
 void CloseAfter(Connection& conn, std::chrono::milliseconds linger);
+
+// A server that runs no exchange, given a connection's first message: when it
+// is an authentication hello (the client authenticates), answers it with a
+// refusal naming `why` (the client fails with it, not with a lost connection)
+// and returns true; false for anything else.
+bool RefuseAuthenticationHello(Connection& conn, mempool::Pool& pool, const mempool::IoBuf& first, const Status& why);
 
 }  // namespace hrpc::transport
