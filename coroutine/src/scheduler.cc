@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <climits>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -391,7 +393,7 @@ void Scheduler::Impl::Sleep() {
     ts.tv_sec = ns / 1000000000;
     ts.tv_nsec = ns % 1000000000;
     tsp = &ts;
-    timeout_ms = static_cast<int>((ns + 999999) / 1000000);
+    timeout_ms = static_cast<int>(std::min<int64_t>((ns + 999999) / 1000000, INT_MAX));
   }
   sleeping.store(true, std::memory_order_seq_cst);
   if (remote_head.load(std::memory_order_seq_cst) != nullptr || stop.load(std::memory_order_seq_cst)) {
@@ -400,8 +402,17 @@ void Scheduler::Impl::Sleep() {
   }
   sleeps.Add();
   epoll_event evs[16];
-  int n = ::epoll_pwait2(epfd, evs, 16, tsp, nullptr);
-  if (n < 0 && errno == ENOSYS) n = ::epoll_wait(epfd, evs, 16, timeout_ms);
+  // epoll_pwait2 (µs timeouts) where the kernel and the seccomp profile allow
+  // it: an old kernel says ENOSYS, a container profile that does not know it
+  // often EPERM. Either way epoll_wait from then on (ms timeouts), or an idle
+  // worker would spin on the failing call.
+  static std::atomic<bool> no_pwait2{false};
+  int n = -1;
+  if (!no_pwait2.load(std::memory_order_relaxed)) {
+    n = ::epoll_pwait2(epfd, evs, 16, tsp, nullptr);
+    if (n < 0 && errno != EINTR) no_pwait2.store(true, std::memory_order_relaxed);
+  }
+  if (no_pwait2.load(std::memory_order_relaxed)) n = ::epoll_wait(epfd, evs, 16, timeout_ms);
   sleeping.store(false, std::memory_order_seq_cst);
   for (int i = 0; i < n; ++i) {
     if (evs[i].data.ptr == nullptr) {

@@ -441,10 +441,12 @@ Status PoolCore::Init() {
   if (o.arena_bytes == 0 || o.arena_bytes % Pool::kHugePageBytes != 0) {
     return InvalidArgumentError("mempool: arena_bytes must be a non-zero multiple of 2 MiB");
   }
+  // The classes run from 2^kSmallShift up to max_class_bytes: at most kMaxClasses of them.
+  constexpr uint64_t kLargestClass = uint64_t{1} << (kSmallShift + kMaxClasses - 1);
   if (!std::has_single_bit(o.max_class_bytes) || o.max_class_bytes < Pool::kPageClassMin ||
-      o.max_class_bytes > o.arena_bytes) {
-    return InvalidArgumentError(
-        "mempool: max_class_bytes must be a power of two in [4 KiB, arena_bytes]");
+      o.max_class_bytes > o.arena_bytes || o.max_class_bytes > kLargestClass) {
+    return InvalidArgumentError("mempool: max_class_bytes must be a power of two in [4 KiB, arena_bytes] and at most " +
+                                std::to_string(kLargestClass >> 30) + " GiB");
   }
   if (o.max_arenas == 0 || o.max_arenas > 255) {
     return InvalidArgumentError("mempool: max_arenas must be in [1, 255]");

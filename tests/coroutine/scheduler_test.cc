@@ -7,11 +7,17 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <sched.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -436,6 +442,44 @@ TEST(SchedulerTest, IdleWorkerSleepsInsteadOfSpinning) {
   auto f = p.GetFuture();
   w->Post([&] { p.SetValue(); });
   EXPECT_TRUE(f.WaitFor(5s).ok());
+}
+
+// Under a seccomp profile that refuses epoll_pwait2 with EPERM (container
+// profiles that predate it do), an idle worker still sleeps, in epoll_wait,
+// and still wakes for work and for timers. In a child process: the filter
+// cannot be removed.
+TEST(SchedulerTest, IdleWorkerSleepsWhereEpollPwait2IsRefused) {
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_epoll_pwait2, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{static_cast<unsigned short>(sizeof f / sizeof f[0]), f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+      _exit(10);
+    }
+    auto w = Worker::Start(WorkerOptions{});
+    if (!w.ok()) _exit(11);
+    std::this_thread::sleep_for(20ms);
+    const auto before = (*w)->CpuTime();
+    std::this_thread::sleep_for(300ms);
+    if ((*w)->CpuTime() - before > 50ms) _exit(12);  // it spun
+    Promise<void> p;
+    auto done = p.GetFuture();
+    (*w)->Post([&] {
+      this_coro::SleepFor(20ms);  // a timer wakes it from epoll_wait
+      p.SetValue();
+    });
+    _exit(done.WaitFor(5s).ok() ? 0 : 13);
+  }
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 0) << "10: no seccomp filter, 12: the idle worker spun, 13: no wake-up";
 }
 
 TEST(SchedulerTest, ExceptionInSpawnedCoroutineIsContained) {

@@ -111,6 +111,14 @@ TEST(PoolTest, RejectsBadSizesAndOptions) {
   bad = SmallOptions();
   bad.max_arenas = 0;
   EXPECT_EQ(Pool::Create(bad).status().code(), StatusCode::kInvalidArgument);
+  // More size classes than a thread cache has room for: refused before any
+  // memory is reserved (not RESOURCE_EXHAUSTED where the reservation fails).
+  bad = SmallOptions();
+  bad.arena_bytes = bad.max_class_bytes = uint64_t{1} << 38;
+  bad.max_arenas = 1;
+  bad.prefault = false;
+  const Status huge = Pool::Create(bad).status();
+  EXPECT_EQ(huge.code(), StatusCode::kInvalidArgument) << huge.ToString();
 }
 
 bool KernelHasHugeTlbPages() {
