@@ -208,11 +208,17 @@ Scheduler::Impl::~Impl() {
   // an eventfd write); one that has not reached it yet is the caller's bug
   // (posting to a scheduler that is being destroyed).
   while (posting.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-  RemoteNode* n = remote_head.exchange(nullptr);
-  while (n) {
-    RemoteNode* next = n->next;
-    if (!n->fiber) delete n;
-    n = next;
+  // What the coroutines, timers and posted functions hold goes first, while
+  // every stack is still mapped: a Promise released here wakes its waiters,
+  // which live on those stacks (the wake-ups only queue: nothing runs again).
+  for (Fiber* f : all) f->fn = nullptr;
+  heap_.clear();
+  for (RemoteNode* n = remote_head.exchange(nullptr); n != nullptr; n = remote_head.exchange(nullptr)) {
+    while (n) {  // deleting a posted function may post again: until none is left
+      RemoteNode* next = n->next;
+      if (!n->fiber) delete n;
+      n = next;
+    }
   }
   for (Fiber* f : all) {
     detail::FreeStack(&f->stack);

@@ -482,6 +482,48 @@ TEST(SchedulerTest, IdleWorkerSleepsWhereEpollPwait2IsRefused) {
   EXPECT_EQ(WEXITSTATUS(st), 0) << "10: no seccomp filter, 12: the idle worker spun, 13: no wake-up";
 }
 
+// A worker stopped while a coroutine waits on a Future whose Promise is held
+// by another coroutine, or by a timer: releasing that Promise at the stop
+// wakes the waiter, whose stack must still be there. In a child process that
+// ends with _exit: the waiter's own locals are never destroyed (see
+// ~Scheduler), which the leak checker would report at a normal exit.
+TEST(SchedulerTest, StoppingWhileACoroutineWaitsOnAFutureHeldElsewhere) {
+  for (bool by_timer : {false, true}) {
+    SCOPED_TRACE(by_timer ? "the promise is a timer's" : "the promise is another coroutine's");
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      auto w = Worker::Start(WorkerOptions{});
+      if (!w.ok()) _exit(10);
+      std::atomic<bool> waiting{false};
+      (*w)->Post([&waiting, by_timer] {
+        Scheduler* s = Scheduler::Current();
+        if (by_timer) {
+          auto p = std::make_shared<Promise<void>>();
+          Future<void> f = p->GetFuture();
+          s->AddTimer(Clock::now() + 1h, [p] { p->SetValue(); });
+          p.reset();
+          waiting = true;
+          (void)f.Get();
+        } else {
+          Future<void> f = Async(*s, [] { this_coro::SleepFor(1h); });
+          waiting = true;
+          (void)f.Get();
+        }
+      }, "waiter");
+      for (int i = 0; i < 500 && !waiting; ++i) std::this_thread::sleep_for(1ms);
+      if (!waiting) _exit(11);
+      std::this_thread::sleep_for(20ms);
+      w->reset();  // crashed here when the stacks went before what the coroutines held
+      _exit(0);
+    }
+    int st = 0;
+    ASSERT_EQ(waitpid(pid, &st, 0), pid);
+    ASSERT_TRUE(WIFEXITED(st)) << "the child died of signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    EXPECT_EQ(WEXITSTATUS(st), 0);
+  }
+}
+
 TEST(SchedulerTest, ExceptionInSpawnedCoroutineIsContained) {
   auto s = MakeScheduler();
   bool after = false;
