@@ -77,9 +77,9 @@ PeerTable::~PeerTable() {
   }
 }
 
-Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel, size_t index) {
+Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel, size_t index,
+                                                    coro::Clock::time_point deadline) {
   const std::string& uri = channel.uri;
-  const std::string_view scheme = channel.scheme;
   if (closed_) return CancelledError("runtime stopped");
   const std::string& key = channel.link_keys[index];
   if (hot_entry_ != nullptr && hot_entry_->link && !hot_entry_->link->dead && hot_key_ == key) {
@@ -93,8 +93,14 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
       return e.link;
     }
     if (e.connecting) {
+      // Every call waits for the connect only until its own deadline: the
+      // connect (bounded by connect_timeout) goes on for the calls after it.
       auto ev = e.connect_done;
-      HRPC_TRY(ev->Wait());
+      if (deadline == coro::Clock::time_point::max()) {
+        HRPC_TRY(ev->Wait());
+      } else if (!ev->WaitUntil(deadline).ok() && !ev->IsSet()) {
+        return DeadlineExceededError("deadline exceeded while connecting to " + uri);
+      }
       Entry& again = table_[key];  // the table may have rehashed
       if (again.link && !again.link->dead) return again.link;
       if (!again.last_error.ok()) return again.last_error;
@@ -103,73 +109,84 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
     e.connecting = true;
     auto ev = std::make_shared<coro::Event>();
     e.connect_done = ev;
-    Status err;
-    std::shared_ptr<Link> made;
-    auto transport = workers_.TransportFor(worker_, scheme);
-    if (!transport.ok()) {
-      err = transport.status();
-    } else {
-      const auto& tls = workers_.options().tls;
-      auto conn = tls ? (*transport)->ConnectTls(uri, tls) : (*transport)->Connect(uri);  // suspends this coroutine
-      if (conn.ok() && workers_.options().authenticator) {
-        const Status auth = transport::AuthenticateWithin(
-            *workers_.options().authenticator, **conn, workers_.pool(worker_), transport::AuthRole::kClient,
-            workers_.options().transport.connect_timeout);
-        if (!auth.ok()) {
-          transport::CloseAfter(**conn, std::chrono::milliseconds(500));  // our refusal reaches the server
-          // A refusal; a connection lost or silent meanwhile is UNAVAILABLE (below).
-          if (auth.code() == StatusCode::kUnauthenticated) counters_.auth_failures.Add();
-          conn = auth.WithContext("connect to " + uri);
-        }
-      }
-      if (!conn.ok() && conn.status().code() == StatusCode::kUnauthenticated) {
-        counters_.connect_failures.Add();
-        err = conn.status();
-      } else if (!conn.ok()) {
-        counters_.connect_failures.Add();
-        err = conn.status().code() == StatusCode::kUnavailable
-                  ? conn.status()
-                  : Status(StatusCode::kUnavailable, conn.status().ToString());
-        err = err.WithContext("connect to " + uri);
-      } else if (closed_) {
-        (*conn)->Close();
-        err = CancelledError("runtime stopped");
-      } else {
-        made = std::make_shared<Link>();
-        made->conn = std::move(*conn);
-        made->key = key;
-        made->peer = std::make_shared<const std::string>(made->conn->peer());
-        made->info = std::make_shared<ConnectionInfo>();
-        made->info->peer = *made->peer;
-        made->info->scheme = std::string(scheme);
-        made->info->worker = worker_;
-        made->info->opened = std::chrono::system_clock::now();
-        {
-          std::lock_guard lock(links_mu_);
-          link_infos_.push_back(made->info);
-        }
-        counters_.connects.Add();
-        if (table_[key].replaces_failed) {
-          counters_.reconnects.Add();
-          table_[key].replaces_failed = false;
-        }
-        open_.fetch_add(1, std::memory_order_relaxed);
-        live_.fetch_add(1, std::memory_order_relaxed);
-        workers_.scheduler(worker_).Spawn([this, made] { ReadLoop(made); }, "hrpc-client-rx");
-        if (!sweeping_ && workers_.options().idle_timeout.count() > 0) {
-          sweeping_ = true;
-          live_.fetch_add(1, std::memory_order_relaxed);
-          workers_.scheduler(worker_).Spawn([this] { SweepIdle(); }, "hrpc-idle-sweep");
-        }
+    // In a coroutine of its own, counted with the readers (the table outlives it).
+    live_.fetch_add(1, std::memory_order_relaxed);
+    workers_.scheduler(worker_).Spawn(
+        [this, key, uri, scheme = std::string(channel.scheme), ev] {
+          ConnectLink(key, uri, scheme, *ev);
+          live_.fetch_sub(1, std::memory_order_relaxed);
+        },
+        "hrpc-connect");
+  }
+}
+
+void PeerTable::ConnectLink(const std::string& key, const std::string& uri, const std::string& scheme,
+                            coro::Event& ev) {
+  Status err;
+  std::shared_ptr<Link> made;
+  auto transport = workers_.TransportFor(worker_, scheme);
+  if (!transport.ok()) {
+    err = transport.status();
+  } else {
+    const auto& tls = workers_.options().tls;
+    auto conn = tls ? (*transport)->ConnectTls(uri, tls) : (*transport)->Connect(uri);  // suspends this coroutine
+    if (conn.ok() && workers_.options().authenticator) {
+      const Status auth = transport::AuthenticateWithin(
+          *workers_.options().authenticator, **conn, workers_.pool(worker_), transport::AuthRole::kClient,
+          workers_.options().transport.connect_timeout);
+      if (!auth.ok()) {
+        transport::CloseAfter(**conn, std::chrono::milliseconds(500));  // our refusal reaches the server
+        // A refusal; a connection lost or silent meanwhile is UNAVAILABLE (below).
+        if (auth.code() == StatusCode::kUnauthenticated) counters_.auth_failures.Add();
+        conn = auth.WithContext("connect to " + uri);
       }
     }
-    Entry& done = table_[key];
-    done.connecting = false;
-    done.link = made;
-    done.last_error = err;
-    ev->Set();
-    if (!err.ok()) return err;
+    if (!conn.ok() && conn.status().code() == StatusCode::kUnauthenticated) {
+      counters_.connect_failures.Add();
+      err = conn.status();
+    } else if (!conn.ok()) {
+      counters_.connect_failures.Add();
+      err = conn.status().code() == StatusCode::kUnavailable
+                ? conn.status()
+                : Status(StatusCode::kUnavailable, conn.status().ToString());
+      err = err.WithContext("connect to " + uri);
+    } else if (closed_) {
+      (*conn)->Close();
+      err = CancelledError("runtime stopped");
+    } else {
+      made = std::make_shared<Link>();
+      made->conn = std::move(*conn);
+      made->key = key;
+      made->peer = std::make_shared<const std::string>(made->conn->peer());
+      made->info = std::make_shared<ConnectionInfo>();
+      made->info->peer = *made->peer;
+      made->info->scheme = std::string(scheme);
+      made->info->worker = worker_;
+      made->info->opened = std::chrono::system_clock::now();
+      {
+        std::lock_guard lock(links_mu_);
+        link_infos_.push_back(made->info);
+      }
+      counters_.connects.Add();
+      if (table_[key].replaces_failed) {
+        counters_.reconnects.Add();
+        table_[key].replaces_failed = false;
+      }
+      open_.fetch_add(1, std::memory_order_relaxed);
+      live_.fetch_add(1, std::memory_order_relaxed);
+      workers_.scheduler(worker_).Spawn([this, made] { ReadLoop(made); }, "hrpc-client-rx");
+      if (!sweeping_ && workers_.options().idle_timeout.count() > 0) {
+        sweeping_ = true;
+        live_.fetch_add(1, std::memory_order_relaxed);
+        workers_.scheduler(worker_).Spawn([this] { SweepIdle(); }, "hrpc-idle-sweep");
+      }
+    }
   }
+  Entry& done = table_[key];
+  done.connecting = false;
+  done.link = made;
+  done.last_error = err;
+  ev.Set();
 }
 
 Status PeerTable::Connect(const ChannelState& channel, size_t index) {
@@ -380,9 +397,14 @@ void PeerTable::StartCall(Call* call) {
   if (ctx.DeadlineExpired()) {
     return Complete(call, DeadlineExceededError("deadline expired before the call started"), nullptr);
   }
-  auto link_or = EnsureLink(ch, call->connection);
+  auto link_or = EnsureLink(ch, call->connection, ctx.deadline());
   if (!link_or.ok()) return Complete(call, link_or.status(), nullptr);
   if (ch.closed.load(std::memory_order_acquire)) return Complete(call, CancelledError("channel destroyed"), nullptr);
+  // It may have waited for a connect: a call cancelled or out of time meanwhile is not sent.
+  if (ctx.IsCancelled()) return Complete(call, CancelledError("call cancelled while connecting"), nullptr);
+  if (ctx.DeadlineExpired()) {
+    return Complete(call, DeadlineExceededError("deadline expired while connecting"), nullptr);
+  }
   std::shared_ptr<Link> link = std::move(*link_or);
   call->link = link;
   ctx.set_peer(link->peer);
@@ -529,7 +551,11 @@ Result<OpenedStream> PeerTable::OpenStream(const std::shared_ptr<ChannelState>& 
   if (channel->closed.load(std::memory_order_acquire)) return CancelledError("channel destroyed");
   if (ctx.IsCancelled()) return CancelledError("stream cancelled before it started");
   if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired before the stream started");
-  HRPC_ASSIGN_OR_RETURN(std::shared_ptr<Link> link, EnsureLink(*channel, index));
+  HRPC_ASSIGN_OR_RETURN(std::shared_ptr<Link> link,
+                        EnsureLink(*channel, index, ctx.deadline()));
+  if (channel->closed.load(std::memory_order_acquire)) return CancelledError("channel destroyed");
+  if (ctx.IsCancelled()) return CancelledError("stream cancelled while connecting");
+  if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired while connecting");
   ctx.set_peer(link->peer);
   StreamSettings settings;
   settings.receive_window = channel->stream_window;

@@ -155,7 +155,12 @@ class PeerTable {
     bool replaces_failed = false;  // its last link failed: the next one is a reconnect
   };
 
-  Result<std::shared_ptr<Link>> EnsureLink(const ChannelState& channel, size_t index);
+  // The link for `channel`'s connection `index`, connecting it (in a coroutine
+  // of its own) when there is none; waits for a connect until `deadline`
+  // (DEADLINE_EXCEEDED), the connect itself going on for later calls.
+  Result<std::shared_ptr<Link>> EnsureLink(const ChannelState& channel, size_t index,
+                                           coro::Clock::time_point deadline = coro::Clock::time_point::max());
+  void ConnectLink(const std::string& key, const std::string& uri, const std::string& scheme, coro::Event& ev);
   void FailLink(const std::shared_ptr<Link>& link, const Status& why);
   void ReadLoop(std::shared_ptr<Link> link);
   void OnMessage(const std::shared_ptr<Link>& link, mempool::IoBuf& raw);

@@ -1271,6 +1271,49 @@ TEST(RpcStats, HistogramQuantiles) {
 
 // Connect() and a call made from a coroutine on the channel's own worker
 // suspend that coroutine instead of blocking the worker's thread.
+// A peer whose kernel accepts the TCP connection but that never answers the
+// transport's handshake: each call ends at its own deadline, not at the
+// connect timeout, and is never sent; the connect goes on for later
+// calls, and the runtime still stops.
+TEST(RpcConnect, ACallWaitingForAConnectEndsAtItsDeadline) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(listen(fd, 8), 0);  // never accepted, never answered
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  hrpc::RuntimeOptions ro;
+  ro.name = "silent-peer";
+  ro.transport_choice = hrpc::TransportChoice::kTcp;
+  ro.transport.connect_timeout = 1500ms;  // what stopping the runtime waits for at most
+  auto rt = hrpc::Runtime::Create(ro);
+  ASSERT_TRUE(rt.ok());
+  auto ch = hrpc::RpcChannel::Create(**rt, "tcp://127.0.0.1:" + std::to_string(ntohs(a.sin_port)));
+  ASSERT_TRUE(ch.ok());
+  rpctest::Test::Stub stub(ch->get());
+  for (int i = 0; i < 2; ++i) {  // the first starts the connect, the second waits for it
+    ClientContext ctx;
+    ctx.set_timeout(200ms);
+    Req req;
+    Resp resp;
+    const auto t0 = std::chrono::steady_clock::now();
+    const hrpc::Status s = stub.Call(ctx, req, &resp);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << i << ": " << s.ToString();
+    EXPECT_LT(took, 1500ms) << i << ": the call waited for the connect timeout";
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  ch->reset();
+  rt->reset();
+  std::printf("channel and runtime stopped in %lld ms\n",
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::steady_clock::now() - t0).count()));
+  close(fd);
+}
+
 TEST(RpcChannelWorker, ConnectAndCallFromOwnWorker) {
   Env env;
   env.Start("tcp");
