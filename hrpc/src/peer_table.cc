@@ -209,10 +209,18 @@ void PeerTable::FailLink(const std::shared_ptr<Link>& link, const Status& why) {
     it->second.link.reset();
     if (failed) it->second.replaces_failed = true;
   }
-  auto calls = std::move(link->calls);
-  link->calls.clear();
   link->lingering.clear();  // the peer can no longer reach them
-  for (auto& [txn, call] : calls) Complete(call, why, nullptr);
+  // One at a time, each out of the map before it completes: a done callback
+  // that destroys its channel finds that channel's other calls here
+  // (AbortChannel) instead of waiting for this loop to reach them.
+  failing_.push_back(link);
+  while (!link->calls.empty()) {
+    auto it = link->calls.begin();
+    Call* call = it->second;
+    link->calls.Erase(it);
+    Complete(call, why, nullptr);
+  }
+  std::erase(failing_, link);
   std::vector<uint64_t> streams;
   for (auto& [txn, st] : link->streams) streams.push_back(txn);
   for (uint64_t txn : streams) {
@@ -533,15 +541,18 @@ void PeerTable::AbortTxn(uint64_t txn, Status why) {
 
 void PeerTable::AbortChannel(const ChannelState* channel, const Status& why) {
   std::vector<std::pair<std::shared_ptr<Link>, uint64_t>> doomed, streams;
+  auto collect = [&](const std::shared_ptr<Link>& link) {
+    for (auto& [txn, call] : link->calls) {
+      if (call->channel.get() == channel) doomed.emplace_back(link, txn);
+    }
+    for (auto& [txn, st] : link->streams) {
+      if (st.channel.get() == channel) streams.emplace_back(link, txn);
+    }
+  };
   for (auto& [key, e] : table_) {
-    if (!e.link) continue;
-    for (auto& [txn, call] : e.link->calls) {
-      if (call->channel.get() == channel) doomed.emplace_back(e.link, txn);
-    }
-    for (auto& [txn, st] : e.link->streams) {
-      if (st.channel.get() == channel) streams.emplace_back(e.link, txn);
-    }
+    if (e.link) collect(e.link);
   }
+  for (const auto& link : failing_) collect(link);  // lost, their calls being completed (FailLink)
   for (auto& [link, txn] : doomed) Abort(link, txn, why);
   for (auto& [link, txn] : streams) CancelStream(link, txn, why);
 }

@@ -188,6 +188,7 @@ class PeerTable {
   std::string hot_key_;
   std::atomic<size_t> open_{0};                    // links not yet failed
   std::atomic<int64_t> live_{0};                   // reader coroutines running
+  std::vector<std::shared_ptr<Link>> failing_;     // lost links whose calls FailLink is completing
   // Transaction ids of this worker's calls and streams, unique across its
   // connections (so that a txn alone names a call: AbortTxn).
   uint64_t next_txn_ = 1;

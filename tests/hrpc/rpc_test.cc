@@ -1093,6 +1093,68 @@ TEST(RpcPing, ServerAnswersPingWithPongAndPongWithNothing) {
 // The client side of the same rule, against a hand-driven server: while a call
 // waits, the server's ping is answered with a pong, its pong with nothing, and
 // the call then completes with the status the server sends.
+// Two calls of one channel are on a connection the server drops: the first
+// one's done callback destroys the channel (the usual "drop the channel on
+// UNAVAILABLE"), which must not wait for the second call, still to be
+// completed by the same loop.
+TEST(RpcConnectionLost, ADoneCallbackThatDestroysItsChannelDoesNotWaitForTheNextCall) {
+  hrpc::RuntimeOptions ro;
+  ro.workers = 1;
+  auto runtime = hrpc::Runtime::Create(ro);
+  ASSERT_TRUE(runtime.ok()) << runtime.status().ToString();
+  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 4 << 20, .max_class_bytes = 1 << 20, .prefault = false});
+  ASSERT_TRUE(pool.ok());
+  auto w = hrpc::coro::Worker::Start({.sched = {.name = "fake-server"}});
+  ASSERT_TRUE(w.ok());
+  hrpc::coro::Scheduler& sched = (*w)->scheduler();
+  std::unique_ptr<hrpc::transport::Transport> t;
+  std::unique_ptr<hrpc::transport::Listener> listener;
+  ASSERT_TRUE(hrpc::coro::Async(sched, [&]() -> hrpc::Status {
+                HRPC_ASSIGN_OR_RETURN(t, hrpc::transport::CreateTcpTransport(sched, **pool));
+                HRPC_ASSIGN_OR_RETURN(listener, t->Listen("tcp://127.0.0.1:0"));
+                return hrpc::Status::Ok();
+              }).Get().ok());
+  auto fake = hrpc::coro::Async(sched, [&]() -> hrpc::Status {
+    HRPC_ASSIGN_OR_RETURN(auto conn, listener->Accept());
+    HRPC_TRY(RecvHeader(*conn).status());
+    HRPC_TRY(RecvHeader(*conn).status());
+    conn.reset();  // both calls are in flight: the connection goes
+    return hrpc::Status::Ok();
+  });
+  auto channel = hrpc::RpcChannel::Create(**runtime, listener->uri());
+  ASSERT_TRUE(channel.ok()) << channel.status().ToString();
+  std::atomic<hrpc::RpcChannel*> holder{channel->release()};
+  struct OneCall {
+    ClientContext ctx;
+    Req req;
+    Resp resp;
+    hrpc::Status status;
+  };
+  OneCall calls[2];
+  std::atomic<int> done{0};
+  rpctest::Test::Stub stub(holder.load());
+  const auto t0 = std::chrono::steady_clock::now();
+  for (OneCall& c : calls) {
+    c.ctx.set_timeout(30s);
+    stub.CallAsync(c.ctx, c.req, &c.resp, [&holder, &done, &c](hrpc::Status s) {
+      c.status = s;
+      if (hrpc::RpcChannel* ch = holder.exchange(nullptr)) delete ch;
+      done.fetch_add(1);
+    });
+  }
+  while (done.load() < 2 && std::chrono::steady_clock::now() - t0 < 20s) std::this_thread::sleep_for(1ms);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_EQ(done.load(), 2);
+  EXPECT_LT(took, 3s) << "the channel's destruction waited for the other call";
+  for (const OneCall& c : calls) EXPECT_FALSE(c.status.ok());
+  EXPECT_TRUE(fake.Get().ok());
+  (void)hrpc::coro::Async(sched, [&] {
+    listener.reset();
+    t.reset();
+    return 0;
+  }).Get();
+}
+
 TEST(RpcPing, ClientAnswersPingWithPongAndPongWithNothing) {
   auto runtime = hrpc::Runtime::Create({});
   ASSERT_TRUE(runtime.ok()) << runtime.status().ToString();
