@@ -815,6 +815,46 @@ TEST(TcpPayload, AnExhaustedPoolPausesReadingUntilMemoryIsBack) {
 // The wait is bounded: memory that never comes back (here held by the test;
 // it may be the connection's own half-received payload) fails the connection
 // with RESOURCE_EXHAUSTED after the dead-peer timeout, not never.
+// A peer that keeps its connection alive (pings) and asks for READs of
+// exposed memory but never reads the answers: once nothing could be sent for
+// the dead-peer timeout its connection fails UNAVAILABLE, and a Revoke of
+// that memory, which waits for the answers in flight, returns.
+TEST(TcpDeadPeer, APeerThatDoesNotReadLosesItsConnection) {
+  Env env(TcpKind(), FastDeadPeerOptions());
+  env.Listen();
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  RawClient raw(env.listener().uri());
+  raw.Write(HelloFrame());
+  ASSERT_EQ(raw.Read(64).size(), 64u);
+  auto conn = accepted.WaitFor(5s);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  constexpr uint32_t kLen = 4u << 20;
+  mempool::Buffer mem = Filled(env.pool(), kLen, 9);
+  auto desc = On(env.server_worker(), [&]() { return (*conn)->Expose(mem, Access::kRead); });
+  ASSERT_TRUE(desc.ok()) << desc.status().ToString();
+  for (uint64_t op = 1; op <= 16; ++op) {  // 64 MiB of answers: far more than the sockets hold
+    std::vector<uint8_t> f = Header(/*READ_REQ*/ 6, 0, op);
+    std::memcpy(&f[16], &desc->addr, 8);
+    std::memcpy(&f[24], &desc->key, 4);
+    std::memcpy(&f[28], &kLen, 4);
+    raw.Write(f);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  Status st;
+  while (std::chrono::steady_clock::now() - t0 < 10s) {
+    raw.Write(Header(/*PING*/ 10, 0));  // alive: the receive side's dead-peer check does not fire
+    std::this_thread::sleep_for(100ms);
+    st = On(env.server_worker(), [&]() { return (*conn)->status(); });
+    if (!st.ok()) break;
+  }
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st.ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  auto revoked = coro::Async(env.server_worker().scheduler(), [&]() { return (*conn)->Revoke(*desc); });
+  const Status r = revoked.WaitFor(2s);  // DEADLINE_EXCEEDED: still waiting
+  EXPECT_NE(r.code(), StatusCode::kDeadlineExceeded) << "Revoke still waits for the answers: " << r.ToString();
+  On(env.server_worker(), [&]() { conn->reset(); });
+}
+
 TEST(TcpPayload, AMemoryWaitLongerThanTheDeadPeerTimeoutFailsTheConnection) {
   Env env(TcpKind(), FastDeadPeerOptions());
   env.ConnectPair();

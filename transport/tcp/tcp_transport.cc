@@ -1673,6 +1673,17 @@ void Core::Tick() {
       Fail(*c, UnavailableError("peer " + c->peer + " is dead: " + reason));
       continue;
     }
+    if (!c->outq.empty() && now - c->last_tx > opt.common.dead_peer_timeout) {
+      // Frames wait and the socket took nothing: a peer that is alive (it
+      // sends) but does not read. Answers to its READs would wait for it
+      // forever, and so would a Revoke of the memory they read.
+      const std::string reason = "nothing could be sent for " + std::to_string(Ms(now - c->last_tx)) +
+                                 " ms with frames waiting (the peer does not read; dead-peer timeout " +
+                                 std::to_string(opt.common.dead_peer_timeout.count()) + " ms)";
+      SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c->peer, reason);
+      Fail(*c, UnavailableError("peer " + c->peer + " is not reading: " + reason));
+      continue;
+    }
     if (now - c->last_tx >= c->keepalive && c->outq.empty()) {
       FrameHeader h;
       h.type = FrameType::kPing;
