@@ -17,12 +17,13 @@ void ClientContext::set_request_key(std::string_view key) noexcept { set_request
 
 void ClientContext::Cancel() {
   cancelled_.store(true, std::memory_order_release);
-  std::function<void()> hook;
-  {
-    std::lock_guard lock(hook_mu_);
-    hook = std::move(cancel_hook_);
-    cancel_hook_ = nullptr;
-  }
+  // The hook runs under the lock: ClearCancelHook, which takes it, returns
+  // only once a hook already running is over (the hook may touch what the
+  // caller of ClearCancelHook destroys next, such as a DirectChannel call's
+  // server context on its stack).
+  std::lock_guard lock(hook_mu_);
+  std::function<void()> hook = std::move(cancel_hook_);
+  cancel_hook_ = nullptr;
   if (hook) hook();
 }
 
