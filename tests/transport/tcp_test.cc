@@ -43,11 +43,11 @@ std::vector<uint8_t> Header(uint8_t type, uint32_t length, uint64_t op_id = 0, u
   return h;
 }
 
-std::vector<uint8_t> HelloFrame(uint16_t version = 3, uint32_t depth = 16) {
+std::vector<uint8_t> HelloFrame(uint16_t version = 3, uint32_t depth = 16, uint32_t dead = 1000) {
   std::vector<uint8_t> f = Header(/*HELLO*/ 1, 32);
   std::vector<uint8_t> b(32, 0);
   const uint64_t magic = 0x3150435450524831ull;
-  const uint32_t max_msg = 65536, keepalive = 100, dead = 1000;
+  const uint32_t max_msg = 65536, keepalive = 100;
   std::memcpy(&b[0], &magic, 8);
   std::memcpy(&b[8], &version, 2);
   std::memcpy(&b[12], &max_msg, 4);
@@ -158,6 +158,30 @@ class TcpWire : public ::testing::Test {
   std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
   std::unique_ptr<Env> env_;
 };
+
+// A peer that asks to be pinged every few milliseconds (a dead-peer timeout
+// of 3 ms) makes this side's timer tick often while it is connected, not
+// after it has gone: an idle worker goes back to sleeping at its own pace.
+TEST_F(TcpWire, APeerThatAskedForFrequentPingsNoLongerSetsThePaceOnceGone) {
+  auto wakeups_in = [&](std::chrono::milliseconds d) {
+    const uint64_t s0 = env_->server_worker().scheduler().stats().sleeps;
+    std::this_thread::sleep_for(d);
+    return env_->server_worker().scheduler().stats().sleeps - s0;
+  };
+  {
+    auto raw = std::make_unique<RawClient>(env_->listener().uri());
+    raw->Write(HelloFrame(3, 16, /*dead_peer_ms=*/3));
+    ASSERT_EQ(raw->Read(64).size(), 64u);
+    const uint64_t fast = wakeups_in(500ms);
+    std::printf("wakeups in 500 ms with the peer: %llu\n", static_cast<unsigned long long>(fast));
+    EXPECT_GT(fast, 25u) << "the timer did not follow the peer's pace";
+  }
+  std::this_thread::sleep_for(300ms);  // the server notices it has gone
+  const uint64_t idle = wakeups_in(1000ms);
+  std::printf("wakeups in 1000 ms after it left: %llu\n", static_cast<unsigned long long>(idle));
+  EXPECT_LT(idle, 100u) << "the timer kept the gone peer's pace";
+  ServerUnaffected();
+}
 
 TEST_F(TcpWire, GarbageInsteadOfHandshakeClosesThatConnection) {
   RawClient raw(env_->listener().uri());

@@ -1699,6 +1699,12 @@ void Core::Tick() {
 
 void Core::ArmTimer() {
   using std::chrono::milliseconds;
+  // The pace the connections open now ask for: one whose peer wanted frequent
+  // pings and that has gone no longer sets it.
+  min_keepalive = milliseconds::max();
+  for (auto& [t, c] : conns) {
+    if (!c->closed() && c->phase == Phase::kOpen) min_keepalive = std::min(min_keepalive, c->keepalive);
+  }
   milliseconds tick = std::min({opt.common.keepalive_interval, min_keepalive, opt.common.dead_peer_timeout / 4,
                                 opt.common.handshake_timeout / 4, opt.common.connect_timeout / 4});
   tick = std::max(tick, milliseconds(5));
