@@ -205,6 +205,9 @@ Status WalLog::Reserve(uint64_t bytes) {
     const uint64_t step = std::max<uint64_t>(opts_.preallocate_bytes, need);
     if (fallocate(fd_, 0, static_cast<off_t>(allocated_), static_cast<off_t>(step)) == 0) {
       allocated_ += step;
+    } else if (errno == EOPNOTSUPP || errno == ENOSYS) {
+      // A file system without fallocate (9p, some FUSE): nothing to check
+      // ahead; the append extends the file as it goes.
     } else if (step > need && fallocate(fd_, 0, static_cast<off_t>(allocated_), static_cast<off_t>(need)) == 0) {
       allocated_ = end;
     } else {

@@ -119,8 +119,9 @@ class WalLog {
   // file is grown (fallocate) to hold them, so their appends cannot fail for
   // want of space. Each Append uses up its record's size of the reservation.
   // RESOURCE_EXHAUSTED when the disk or RLIMIT_FSIZE cannot take them (the
-  // process must ignore SIGXFSZ), another errno Status when the file system
-  // has no fallocate, broken() when the log is. A replication leader reserves
+  // process must ignore SIGXFSZ), broken() when the log is; OK unchecked on a
+  // file system without fallocate (appends there extend the file and may still
+  // find the disk full). A replication leader reserves
   // before it forwards a record: one its own disk cannot take is refused
   // before any follower logs it.
   Status Reserve(uint64_t bytes);
