@@ -118,6 +118,7 @@ class Scheduler::Impl {
   Scheduler* owner = nullptr;
   int epfd = -1;
   int evfd = -1;
+  bool no_pwait2 = false;  // epoll_pwait2 failed here once: epoll_wait from then on (Sleep)
   Fiber* ready_head = nullptr;
   Fiber* ready_tail = nullptr;
   std::atomic<RemoteNode*> remote_head{nullptr};
@@ -412,13 +413,12 @@ void Scheduler::Impl::Sleep() {
   // it: an old kernel says ENOSYS, a container profile that does not know it
   // often EPERM. Either way epoll_wait from then on (ms timeouts), or an idle
   // worker would spin on the failing call.
-  static std::atomic<bool> no_pwait2{false};
   int n = -1;
-  if (!no_pwait2.load(std::memory_order_relaxed)) {
+  if (!no_pwait2) {
     n = ::epoll_pwait2(epfd, evs, 16, tsp, nullptr);
-    if (n < 0 && errno != EINTR) no_pwait2.store(true, std::memory_order_relaxed);
+    no_pwait2 = n < 0 && errno != EINTR;
   }
-  if (no_pwait2.load(std::memory_order_relaxed)) n = ::epoll_wait(epfd, evs, 16, timeout_ms);
+  if (no_pwait2) n = ::epoll_wait(epfd, evs, 16, timeout_ms);
   sleeping.store(false, std::memory_order_seq_cst);
   for (int i = 0; i < n; ++i) {
     if (evs[i].data.ptr == nullptr) {

@@ -86,6 +86,7 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
     return hot_entry_->link;
   }
   for (;;) {
+    if (closed_) return CancelledError("runtime stopped");
     Entry& e = table_[key];
     if (e.link && !e.link->dead) {
       hot_entry_ = &e;
@@ -109,7 +110,8 @@ Result<std::shared_ptr<Link>> PeerTable::EnsureLink(const ChannelState& channel,
     e.connecting = true;
     auto ev = std::make_shared<coro::Event>();
     e.connect_done = ev;
-    // In a coroutine of its own, counted with the readers (the table outlives it).
+    // In a coroutine of its own, counted with the readers: the runtime keeps
+    // the table while one runs (WorkerSet::CloseConnections).
     live_.fetch_add(1, std::memory_order_relaxed);
     workers_.scheduler(worker_).Spawn(
         [this, key, uri, scheme = std::string(channel.scheme), ev] {
@@ -130,7 +132,7 @@ void PeerTable::ConnectLink(const std::string& key, const std::string& uri, cons
   } else {
     const auto& tls = workers_.options().tls;
     auto conn = tls ? (*transport)->ConnectTls(uri, tls) : (*transport)->Connect(uri);  // suspends this coroutine
-    if (conn.ok() && workers_.options().authenticator) {
+    if (conn.ok() && workers_.options().authenticator && !closed_) {
       const Status auth = transport::AuthenticateWithin(
           *workers_.options().authenticator, **conn, workers_.pool(worker_), transport::AuthRole::kClient,
           workers_.options().transport.connect_timeout);
@@ -141,7 +143,10 @@ void PeerTable::ConnectLink(const std::string& key, const std::string& uri, cons
         conn = auth.WithContext("connect to " + uri);
       }
     }
-    if (!conn.ok() && conn.status().code() == StatusCode::kUnauthenticated) {
+    if (closed_) {  // the runtime stops: whatever the connect gave goes
+      if (conn.ok()) (*conn)->Close();
+      err = CancelledError("runtime stopped");
+    } else if (!conn.ok() && conn.status().code() == StatusCode::kUnauthenticated) {
       counters_.connect_failures.Add();
       err = conn.status();
     } else if (!conn.ok()) {
@@ -150,9 +155,6 @@ void PeerTable::ConnectLink(const std::string& key, const std::string& uri, cons
                 ? conn.status()
                 : Status(StatusCode::kUnavailable, conn.status().ToString());
       err = err.WithContext("connect to " + uri);
-    } else if (closed_) {
-      (*conn)->Close();
-      err = CancelledError("runtime stopped");
     } else {
       made = std::make_shared<Link>();
       made->conn = std::move(*conn);
@@ -533,9 +535,13 @@ void PeerTable::Abort(const std::shared_ptr<Link>& link, uint64_t txn, Status wh
 
 void PeerTable::AbortTxn(uint64_t txn, Status why) {
   // Not on the call path: a deadline or a cancel. A call in flight is in the
-  // calls of a link in the table (a link leaves it failed or idle).
+  // calls of a link in the table (a link leaves it failed or idle), or of a
+  // lost one whose calls FailLink is completing.
   for (auto& [key, e] : table_) {
     if (e.link && e.link->calls.contains(txn)) return Abort(e.link, txn, std::move(why));
+  }
+  for (const auto& link : failing_) {
+    if (link->calls.contains(txn)) return Abort(link, txn, std::move(why));
   }
 }
 

@@ -247,19 +247,26 @@ void WorkerSet::CloseConnections() {
       return Status::Ok();
     }).IgnoreError();
   }
-  // Readers notice their closed connections and leave.
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  // Readers notice their closed connections and leave; a connect in progress
+  // ends within its timeouts (resolve, handshake, authentication).
+  const auto until =
+      std::chrono::steady_clock::now() + 3 * options_.transport.connect_timeout + std::chrono::seconds(5);
   for (size_t i = 0; i < slots_.size(); ++i) {
     while (slots_[i].peers->live_links() > 0 && std::chrono::steady_clock::now() < until) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    if (slots_[i].peers->live_links() > 0) {
-      SPDLOG_WARN("hrpc: worker {} stops with {} client connections still alive", i, slots_[i].peers->live_links());
-    }
   }
   for (size_t i = 0; i < slots_.size(); ++i) {
     RunOn(i, [this, i] {
-      slots_[i].peers.reset();
+      if (const int64_t live = slots_[i].peers->live_links(); live > 0) {
+        // A coroutine still running would resume in a freed table: kept.
+        SPDLOG_WARN("hrpc: worker {} stops with {} client connections or connects still alive; their table is "
+                    "left allocated",
+                    i, live);
+        (void)slots_[i].peers.release();
+      } else {
+        slots_[i].peers.reset();
+      }
       return Status::Ok();
     }).IgnoreError();
   }

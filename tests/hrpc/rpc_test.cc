@@ -1090,9 +1090,6 @@ TEST(RpcPing, ServerAnswersPingWithPongAndPongWithNothing) {
   EXPECT_TRUE(result.ok()) << result.ToString();
 }
 
-// The client side of the same rule, against a hand-driven server: while a call
-// waits, the server's ping is answered with a pong, its pong with nothing, and
-// the call then completes with the status the server sends.
 // Two calls of one channel are on a connection the server drops: the first
 // one's done callback destroys the channel (the usual "drop the channel on
 // UNAVAILABLE"), which must not wait for the second call, still to be
@@ -1155,6 +1152,9 @@ TEST(RpcConnectionLost, ADoneCallbackThatDestroysItsChannelDoesNotWaitForTheNext
   }).Get();
 }
 
+// The client side of the same rule, against a hand-driven server: while a call
+// waits, the server's ping is answered with a pong, its pong with nothing, and
+// the call then completes with the status the server sends.
 TEST(RpcPing, ClientAnswersPingWithPongAndPongWithNothing) {
   auto runtime = hrpc::Runtime::Create({});
   ASSERT_TRUE(runtime.ok()) << runtime.status().ToString();
@@ -1331,8 +1331,6 @@ TEST(RpcStats, HistogramQuantiles) {
 
 }  // namespace
 
-// Connect() and a call made from a coroutine on the channel's own worker
-// suspend that coroutine instead of blocking the worker's thread.
 // A peer whose kernel accepts the TCP connection but that never answers the
 // transport's handshake: each call ends at its own deadline, not at the
 // connect timeout, and is never sent; the connect goes on for later
@@ -1376,6 +1374,8 @@ TEST(RpcConnect, ACallWaitingForAConnectEndsAtItsDeadline) {
   close(fd);
 }
 
+// Connect() and a call made from a coroutine on the channel's own worker
+// suspend that coroutine instead of blocking the worker's thread.
 TEST(RpcChannelWorker, ConnectAndCallFromOwnWorker) {
   Env env;
   env.Start("tcp");

@@ -432,7 +432,6 @@ TEST(Runtime, PlacementOnTwoNumaNodes) {
   }
 }
 
-// A one-line channel and server still work and bring their own small runtime.
 // A worker that cannot start (its cpu is out of range) fails Create with that
 // error; the workers already started are stopped without touching the
 // client tables they were never given.
@@ -446,6 +445,7 @@ TEST(Runtime, AWorkerThatCannotStartFailsCreate) {
   EXPECT_EQ(rt.status().code(), hrpc::StatusCode::kInvalidArgument) << rt.status().ToString();
 }
 
+// A one-line channel and server still work and bring their own small runtime.
 TEST(Runtime, StandaloneServerAndChannel) {
   hrpc::ServerOptions so;
   so.listen = {"tcp://127.0.0.1:0"};

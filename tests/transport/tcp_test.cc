@@ -478,13 +478,6 @@ TEST_F(TcpWire, PeerGoneMidPayloadGivesThePayloadBlocksBack) {
   ServerUnaffected();
 }
 
-// Frames whose header announces the ones behind it are read several to a
-// readv (header, message and padding into one buffer, a payload into its own
-// blocks); a read may end anywhere in them. Here the bytes arrive in pieces
-// that end inside the first frame (its header, its padding, or at its end),
-// inside the second payload (or message), inside the third header and inside
-// the fourth message: every message arrives whole and in order, a payload in
-// aligned pool blocks, and not a byte copied.
 // A peer that keeps asking for one-sided ops and never reads the answers
 // (here: READs of memory it was never shown, each refused with an ERROR whose
 // text takes a pool block): the answers waiting for it are bounded (4 x
@@ -542,6 +535,14 @@ TEST_F(TcpWire, APeersConnectionErrorIsUnavailableHere) {
   ServerUnaffected();
 }
 
+// Frames whose header announces the ones behind it are read several to a
+// readv (header, message and padding into one buffer, a payload into its own
+// blocks); a read may end anywhere in them. Here the bytes arrive in pieces
+// that end inside the first frame (its header, its padding, or at its end),
+// inside the second payload (or message), inside the third header and inside
+// the fourth message, or the first frame whole and then inside the second
+// one's padding and payload: every message arrives whole and in order, a
+// payload in aligned pool blocks, and not a byte copied.
 TEST_F(TcpWire, AnnouncedFramesSplitAnywhereArriveWholeAndUncopied) {
   constexpr uint32_t kFrames = 5;
   struct Shape {
@@ -836,9 +837,6 @@ TEST(TcpPayload, AnExhaustedPoolPausesReadingUntilMemoryIsBack) {
   env.DropConnections();
 }
 
-// The wait is bounded: memory that never comes back (here held by the test;
-// it may be the connection's own half-received payload) fails the connection
-// with RESOURCE_EXHAUSTED after the dead-peer timeout, not never.
 // A peer that keeps its connection alive (pings) and asks for READs of
 // exposed memory but never reads the answers: once nothing could be sent for
 // the dead-peer timeout its connection fails UNAVAILABLE, and a Revoke of
@@ -879,6 +877,9 @@ TEST(TcpDeadPeer, APeerThatDoesNotReadLosesItsConnection) {
   On(env.server_worker(), [&]() { conn->reset(); });
 }
 
+// The wait is bounded: memory that never comes back (here held by the test;
+// it may be the connection's own half-received payload) fails the connection
+// with RESOURCE_EXHAUSTED after the dead-peer timeout, not never.
 TEST(TcpPayload, AMemoryWaitLongerThanTheDeadPeerTimeoutFailsTheConnection) {
   Env env(TcpKind(), FastDeadPeerOptions());
   env.ConnectPair();

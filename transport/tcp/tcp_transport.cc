@@ -1703,7 +1703,7 @@ void Core::ArmTimer() {
   // pings and that has gone no longer sets it.
   min_keepalive = milliseconds::max();
   for (auto& [t, c] : conns) {
-    if (!c->closed() && c->phase == Phase::kOpen) min_keepalive = std::min(min_keepalive, c->keepalive);
+    if (!c->closed()) min_keepalive = std::min(min_keepalive, c->keepalive);
   }
   milliseconds tick = std::min({opt.common.keepalive_interval, min_keepalive, opt.common.dead_peer_timeout / 4,
                                 opt.common.handshake_timeout / 4, opt.common.connect_timeout / 4});
