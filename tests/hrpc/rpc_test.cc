@@ -1090,6 +1090,33 @@ TEST(RpcPing, ServerAnswersPingWithPongAndPongWithNothing) {
   EXPECT_TRUE(result.ok()) << result.ToString();
 }
 
+// A server driven by hand: a TCP transport and listener on a worker and a
+// pool of their own; the test speaks the wire format through what it accepts.
+struct FakeServer {
+  hrpc::Result<std::unique_ptr<hrpc::mempool::Pool>> pool =
+      hrpc::mempool::Pool::Create({.arena_bytes = 4 << 20, .max_class_bytes = 1 << 20, .prefault = false});
+  std::unique_ptr<hrpc::coro::Worker> worker;
+  std::unique_ptr<hrpc::transport::Transport> transport;
+  std::unique_ptr<hrpc::transport::Listener> listener;
+
+  hrpc::Status Start() {
+    HRPC_TRY(pool.status());
+    HRPC_ASSIGN_OR_RETURN(worker, hrpc::coro::Worker::Start({.sched = {.name = "fake-server"}}));
+    return hrpc::coro::Async(worker->scheduler(), [&]() -> hrpc::Status {
+             HRPC_ASSIGN_OR_RETURN(transport, hrpc::transport::CreateTcpTransport(worker->scheduler(), **pool));
+             HRPC_ASSIGN_OR_RETURN(listener, transport->Listen("tcp://127.0.0.1:0"));
+             return hrpc::Status::Ok();
+           }).Get();
+  }
+  // The listener and the transport go, on their worker.
+  hrpc::Status Stop() {
+    return hrpc::coro::Async(worker->scheduler(), [&] {
+             listener.reset();
+             transport.reset();
+           }).Get();
+  }
+};
+
 // Two calls of one channel are on a connection the server drops: the first
 // one's done callback destroys the channel (the usual "drop the channel on
 // UNAVAILABLE"), which must not wait for the second call, still to be
@@ -1099,18 +1126,11 @@ TEST(RpcConnectionLost, ADoneCallbackThatDestroysItsChannelDoesNotWaitForTheNext
   ro.workers = 1;
   auto runtime = hrpc::Runtime::Create(ro);
   ASSERT_TRUE(runtime.ok()) << runtime.status().ToString();
-  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 4 << 20, .max_class_bytes = 1 << 20, .prefault = false});
-  ASSERT_TRUE(pool.ok());
-  auto w = hrpc::coro::Worker::Start({.sched = {.name = "fake-server"}});
-  ASSERT_TRUE(w.ok());
-  hrpc::coro::Scheduler& sched = (*w)->scheduler();
-  std::unique_ptr<hrpc::transport::Transport> t;
-  std::unique_ptr<hrpc::transport::Listener> listener;
-  ASSERT_TRUE(hrpc::coro::Async(sched, [&]() -> hrpc::Status {
-                HRPC_ASSIGN_OR_RETURN(t, hrpc::transport::CreateTcpTransport(sched, **pool));
-                HRPC_ASSIGN_OR_RETURN(listener, t->Listen("tcp://127.0.0.1:0"));
-                return hrpc::Status::Ok();
-              }).Get().ok());
+  FakeServer fs;
+  ASSERT_TRUE(fs.Start().ok());
+  auto& pool = fs.pool;
+  auto& listener = fs.listener;
+  hrpc::coro::Scheduler& sched = fs.worker->scheduler();
   auto fake = hrpc::coro::Async(sched, [&]() -> hrpc::Status {
     HRPC_ASSIGN_OR_RETURN(auto conn, listener->Accept());
     HRPC_TRY(RecvHeader(*conn).status());
@@ -1145,11 +1165,7 @@ TEST(RpcConnectionLost, ADoneCallbackThatDestroysItsChannelDoesNotWaitForTheNext
   EXPECT_LT(took, 3s) << "the channel's destruction waited for the other call";
   for (const OneCall& c : calls) EXPECT_FALSE(c.status.ok());
   EXPECT_TRUE(fake.Get().ok());
-  (void)hrpc::coro::Async(sched, [&] {
-    listener.reset();
-    t.reset();
-    return 0;
-  }).Get();
+  EXPECT_TRUE(fs.Stop().ok());
 }
 
 // The client side of the same rule, against a hand-driven server: while a call
@@ -1158,18 +1174,11 @@ TEST(RpcConnectionLost, ADoneCallbackThatDestroysItsChannelDoesNotWaitForTheNext
 TEST(RpcPing, ClientAnswersPingWithPongAndPongWithNothing) {
   auto runtime = hrpc::Runtime::Create({});
   ASSERT_TRUE(runtime.ok()) << runtime.status().ToString();
-  auto pool = hrpc::mempool::Pool::Create({.arena_bytes = 4 << 20, .max_class_bytes = 1 << 20, .prefault = false});
-  ASSERT_TRUE(pool.ok());
-  auto w = hrpc::coro::Worker::Start({.sched = {.name = "fake-server"}});
-  ASSERT_TRUE(w.ok());
-  hrpc::coro::Scheduler& sched = (*w)->scheduler();
-  std::unique_ptr<hrpc::transport::Transport> t;
-  std::unique_ptr<hrpc::transport::Listener> listener;
-  ASSERT_TRUE(hrpc::coro::Async(sched, [&]() -> hrpc::Status {
-                HRPC_ASSIGN_OR_RETURN(t, hrpc::transport::CreateTcpTransport(sched, **pool));
-                HRPC_ASSIGN_OR_RETURN(listener, t->Listen("tcp://127.0.0.1:0"));
-                return hrpc::Status::Ok();
-              }).Get().ok());
+  FakeServer fs;
+  ASSERT_TRUE(fs.Start().ok());
+  auto& pool = fs.pool;
+  auto& listener = fs.listener;
+  hrpc::coro::Scheduler& sched = fs.worker->scheduler();
   auto fake = hrpc::coro::Async(sched, [&]() -> hrpc::Status {
     using hrpc::wire::FrameKind;
     HRPC_ASSIGN_OR_RETURN(auto conn, listener->Accept());
@@ -1207,10 +1216,7 @@ TEST(RpcPing, ClientAnswersPingWithPongAndPongWithNothing) {
   runtime->reset();
   hrpc::Status st = fake.WaitFor(10s);
   EXPECT_TRUE(st.ok()) << st.ToString();
-  hrpc::Status gone = hrpc::coro::Async(sched, [&] {
-                        listener.reset();
-                        t.reset();
-                      }).Get();
+  hrpc::Status gone = fs.Stop();
   EXPECT_TRUE(gone.ok()) << gone.ToString();
 }
 
