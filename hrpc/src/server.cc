@@ -489,8 +489,9 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       }
       auto rx = internal::ReadFrame(pool, *msg);
       if (!rx.ok() && !options.authenticator && sc->info->started.Get() == 0 &&
-          transport::RefuseAuthenticationHello(*sc->conn, pool, *msg,
-                                               Status(StatusCode::kUnauthenticated, "this server does not authenticate clients"))) {
+          transport::RefuseAuthenticationHello(
+              *sc->conn, pool, *msg,
+              Status(StatusCode::kUnauthenticated, "this server does not authenticate clients"))) {
         SPDLOG_WARN("hrpc server: closing connection {}: the client authenticates, this server does not",
                     *sc->peer);
         *msg = mempool::IoBuf();

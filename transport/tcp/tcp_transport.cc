@@ -1699,8 +1699,8 @@ void Core::Tick() {
 
 void Core::ArmTimer() {
   using std::chrono::milliseconds;
-  // The pace the connections open now ask for: one whose peer wanted frequent
-  // pings and that has gone no longer sets it.
+  // The pace the connections alive now ask for (their hellos set it): one
+  // whose peer wanted frequent pings and that has gone no longer sets it.
   min_keepalive = milliseconds::max();
   for (auto& [t, c] : conns) {
     if (!c->closed()) min_keepalive = std::min(min_keepalive, c->keepalive);
