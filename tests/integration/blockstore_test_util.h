@@ -75,6 +75,18 @@ class TempFile {
     unlink(probe.c_str());
     return "";
   }
+  // Empty when the file system of the directory has fallocate, else why not.
+  std::string FallocateProblem() const {
+    if (dir_.empty()) return "cannot create a temporary directory";
+    const std::string probe = File(".fallocate-probe");
+    const int fd = open(probe.c_str(), O_RDWR | O_CREAT, 0644);
+    if (fd < 0) return "cannot create " + probe + ": " + std::strerror(errno);
+    const int r = fallocate(fd, 0, 0, 4096);
+    const int err = errno;
+    close(fd);
+    unlink(probe.c_str());
+    return r == 0 ? "" : "no fallocate on the file system of " + dir_ + ": " + std::strerror(err);
+  }
 
  private:
   std::string dir_, path_;
