@@ -1108,6 +1108,12 @@ struct FakeServer {
              return hrpc::Status::Ok();
            }).Get();
   }
+  // `fn` as a coroutine on the server's worker, speaking the wire through
+  // what listener->Accept() gives.
+  template <class F>
+  auto Serve(F&& fn) {
+    return hrpc::coro::Async(worker->scheduler(), std::forward<F>(fn));
+  }
   // The listener and the transport go, on their worker.
   hrpc::Status Stop() {
     return hrpc::coro::Async(worker->scheduler(), [&] {
@@ -1128,17 +1134,14 @@ TEST(RpcConnectionLost, ADoneCallbackThatDestroysItsChannelDoesNotWaitForTheNext
   ASSERT_TRUE(runtime.ok()) << runtime.status().ToString();
   FakeServer fs;
   ASSERT_TRUE(fs.Start().ok());
-  auto& pool = fs.pool;
-  auto& listener = fs.listener;
-  hrpc::coro::Scheduler& sched = fs.worker->scheduler();
-  auto fake = hrpc::coro::Async(sched, [&]() -> hrpc::Status {
-    HRPC_ASSIGN_OR_RETURN(auto conn, listener->Accept());
+  auto fake = fs.Serve([&]() -> hrpc::Status {
+    HRPC_ASSIGN_OR_RETURN(auto conn, fs.listener->Accept());
     HRPC_TRY(RecvHeader(*conn).status());
     HRPC_TRY(RecvHeader(*conn).status());
     conn.reset();  // both calls are in flight: the connection goes
     return hrpc::Status::Ok();
   });
-  auto channel = hrpc::RpcChannel::Create(**runtime, listener->uri());
+  auto channel = hrpc::RpcChannel::Create(**runtime, fs.listener->uri());
   ASSERT_TRUE(channel.ok()) << channel.status().ToString();
   std::atomic<hrpc::RpcChannel*> holder{channel->release()};
   struct OneCall {
@@ -1176,35 +1179,32 @@ TEST(RpcPing, ClientAnswersPingWithPongAndPongWithNothing) {
   ASSERT_TRUE(runtime.ok()) << runtime.status().ToString();
   FakeServer fs;
   ASSERT_TRUE(fs.Start().ok());
-  auto& pool = fs.pool;
-  auto& listener = fs.listener;
-  hrpc::coro::Scheduler& sched = fs.worker->scheduler();
-  auto fake = hrpc::coro::Async(sched, [&]() -> hrpc::Status {
+  auto fake = fs.Serve([&]() -> hrpc::Status {
     using hrpc::wire::FrameKind;
-    HRPC_ASSIGN_OR_RETURN(auto conn, listener->Accept());
+    HRPC_ASSIGN_OR_RETURN(auto conn, fs.listener->Accept());
     HRPC_ASSIGN_OR_RETURN(auto req, RecvHeader(*conn));
     if (req.kind != FrameKind::kRequest) return hrpc::InternalError("want the request first");
-    HRPC_ASSIGN_OR_RETURN(auto ping, ControlFrame(**pool, FrameKind::kPing, 5));
+    HRPC_ASSIGN_OR_RETURN(auto ping, ControlFrame(**fs.pool, FrameKind::kPing, 5));
     HRPC_TRY(conn->Send(std::move(ping)));
     HRPC_ASSIGN_OR_RETURN(auto a, RecvHeader(*conn));
     if (a.kind != FrameKind::kPong || a.txn_id != 5) return hrpc::InternalError("want pong 5");
-    HRPC_ASSIGN_OR_RETURN(auto pong, ControlFrame(**pool, FrameKind::kPong, 6));
+    HRPC_ASSIGN_OR_RETURN(auto pong, ControlFrame(**fs.pool, FrameKind::kPong, 6));
     HRPC_TRY(conn->Send(std::move(pong)));
-    HRPC_ASSIGN_OR_RETURN(auto ping2, ControlFrame(**pool, FrameKind::kPing, 7));
+    HRPC_ASSIGN_OR_RETURN(auto ping2, ControlFrame(**fs.pool, FrameKind::kPing, 7));
     HRPC_TRY(conn->Send(std::move(ping2)));
     HRPC_ASSIGN_OR_RETURN(auto b, RecvHeader(*conn));
     if (b.kind != FrameKind::kPong || b.txn_id != 7) {
       return hrpc::InternalError("the pong was answered: got " + std::string(FrameKindName(b.kind)) + " " +
                                  std::to_string(b.txn_id));
     }
-    HRPC_ASSIGN_OR_RETURN(auto resp, ControlFrame(**pool, FrameKind::kResponse, req.txn_id,
+    HRPC_ASSIGN_OR_RETURN(auto resp, ControlFrame(**fs.pool, FrameKind::kResponse, req.txn_id,
                                                   StatusCode::kFailedPrecondition));
     HRPC_TRY(conn->Send(std::move(resp)));
     (void)conn->Recv();  // until the client goes
     return hrpc::Status::Ok();
   });
   {
-    auto channel = hrpc::RpcChannel::Create(**runtime, listener->uri());
+    auto channel = hrpc::RpcChannel::Create(**runtime, fs.listener->uri());
     ASSERT_TRUE(channel.ok()) << channel.status().ToString();
     rpctest::Test::Stub stub(channel->get());
     ClientContext ctx;
