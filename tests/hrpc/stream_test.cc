@@ -27,6 +27,7 @@
 #include "hrpc/rpc/server.h"
 #include "hrpc/rpc/wire.h"
 #include "hrpc/transport/loopback.h"
+#include "checksum.h"
 #include "stream_test.hrpc.h"
 #include "stream_test.hrpc.mock.h"
 #include "../mempool/pool_test_util.h"
@@ -333,41 +334,44 @@ TEST_P(StreamTest, AWriteThatFinishOvertookGivesItsAttachmentBack) {
   const size_t base = hrpc::mempool::testing::WaitForBytesInUseAtMost(pool, 0, 300ms);
   bool wrote = true;
   Status finished;
-  bool raced = false;
+  bool in_write = false;
   env.OnWorker([&] {
-    // The CRC pass may be over before the writer waits for it (then the
-    // Write does not suspend): such an attempt is finished and tried again.
-    for (int attempt = 0; attempt < 20 && !raced; ++attempt) {
-      ClientContext ctx;
-      ctx.set_timeout(300ms);
-      auto stream = stub.Chat(ctx);
-      hrpc::coro::LocalEvent writer_done;
-      bool in_write = false;
-      hrpc::coro::Scheduler::Current()->Spawn(
-          [&] {
-            IoBuf att = Payload(pool, 1u << 20, 1);  // >= 256 KiB: its CRC runs off the worker
-            Chunk c = Describe(0, att);
-            in_write = true;
-            wrote = stream->Write(c, std::move(att));
-            in_write = false;
-            writer_done.Set();
-          },
-          "writer");
-      hrpc::coro::this_coro::Yield();  // the writer runs until it waits for its CRC
-      raced = in_write;
-      if (raced) {
-        // Holding the worker past the deadline: the writer cannot resume
-        // before Finish() ends the stream (the deadline) and releases its
-        // exposures.
-        std::this_thread::sleep_for(400ms);
-      } else {
-        ctx.Cancel();
-      }
-      finished = stream->Finish();
-      writer_done.Wait().IgnoreError();
-    }
+    ClientContext ctx;
+    ctx.set_timeout(300ms);
+    auto stream = stub.Chat(ctx);
+    // The checksum thread is kept busy by another pass, so the writer's CRC
+    // waits behind it, and the writer with it, until the stream has ended.
+    std::atomic<bool> release_checksums{false};
+    hrpc::coro::LocalEvent blocker_done, writer_done;
+    hrpc::coro::Scheduler::Current()->Spawn(
+        [&] {
+          hrpc::internal::OffWorker(hrpc::internal::kChecksumOffWorkerBytes, [&] {
+            while (!release_checksums.load()) std::this_thread::sleep_for(1ms);
+          });
+          blocker_done.Set();
+        },
+        "checksum-blocker");
+    hrpc::coro::Scheduler::Current()->Spawn(
+        [&] {
+          IoBuf att = Payload(pool, 1u << 20, 1);  // >= 256 KiB: its CRC runs off the worker
+          Chunk c = Describe(0, att);
+          in_write = true;
+          wrote = stream->Write(c, std::move(att));
+          in_write = false;
+          writer_done.Set();
+        },
+        "writer");
+    hrpc::coro::this_coro::Yield();  // both run until they wait for the checksum thread
+    EXPECT_TRUE(in_write) << "the writer did not wait for its CRC";
+    // Holding the worker past the deadline: Finish() ends the stream (the
+    // deadline) and releases its exposures while the writer still waits.
+    std::this_thread::sleep_for(400ms);
+    finished = stream->Finish();
+    release_checksums.store(true);
+    blocker_done.Wait().IgnoreError();
+    writer_done.Wait().IgnoreError();
   });
-  ASSERT_TRUE(raced) << "the writer never waited for its CRC in 20 attempts";
+  ASSERT_FALSE(in_write);
   EXPECT_EQ(finished.code(), StatusCode::kDeadlineExceeded) << finished.ToString();
   EXPECT_FALSE(wrote) << "a Write that ended after Finish() reported success";
   // The channel (and its connection) lives on: nothing of the stream stays in its pool.
