@@ -47,18 +47,22 @@ function(hrpc_add_module name)
   install(DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 endfunction()
 
-# hrpc_add_test(<name> LABEL <label> SOURCES ... [DEPS ...] [TIMEOUT s])
-# One GoogleTest binary; each TEST becomes a ctest case carrying <label>.
+# hrpc_add_test(<name> LABEL <label> SOURCES ... [DEPS ...] [TIMEOUT s] [RESOURCE_LOCK r])
+# One GoogleTest binary; each TEST becomes a ctest case carrying <label>
+# (and RESOURCE_LOCK r: never run alongside another test holding r).
 function(hrpc_add_test name)
-  cmake_parse_arguments(ARG "" "LABEL;TIMEOUT" "SOURCES;DEPS" ${ARGN})
+  cmake_parse_arguments(ARG "" "LABEL;TIMEOUT;RESOURCE_LOCK" "SOURCES;DEPS" ${ARGN})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gmock GTest::gtest_main)
   hrpc_target_defaults(${name})
-  gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST
-    PROPERTIES LABELS ${ARG_LABEL} TIMEOUT ${ARG_TIMEOUT})
+  set(props LABELS ${ARG_LABEL} TIMEOUT ${ARG_TIMEOUT})
+  if(ARG_RESOURCE_LOCK)
+    list(APPEND props RESOURCE_LOCK ${ARG_RESOURCE_LOCK})
+  endif()
+  gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST PROPERTIES ${props})
 endfunction()
 
 # hrpc_add_benchmark(<name> SOURCES ... [DEPS ...]): a Google Benchmark program.

@@ -133,6 +133,7 @@ class PoolCore {
   Status Init();
   Status AddArenaLocked();  // arena_mu held
   Status MapArena(size_t idx, Arena& a);
+  Status BindArena(char* addr, size_t len) const;
   ThreadCache* CacheSlow();
   std::unique_ptr<ThreadCache> NewCache() const;
   // Moves up to cc.batch blocks from the shared list into cc (carving a chunk
@@ -351,11 +352,25 @@ void PoolCore::ReturnOne(BlockMeta* m) {
   sc.out -= 1;
 }
 
+Status PoolCore::BindArena(char* addr, size_t len) const {
+  if (opts.numa_node < 0) return Status::Ok();
+  std::vector<unsigned long> mask(static_cast<size_t>(opts.numa_node) / (8 * sizeof(unsigned long)) + 1);
+  mask[static_cast<size_t>(opts.numa_node) / (8 * sizeof(unsigned long))] |=
+      1UL << (static_cast<size_t>(opts.numa_node) % (8 * sizeof(unsigned long)));
+  if (mbind(addr, len, MPOL_BIND, mask.data(), mask.size() * 8 * sizeof(unsigned long) + 1,
+            MPOL_MF_STRICT) != 0) {
+    return ErrnoStatus(errno, "mempool: mbind arena to node " + std::to_string(opts.numa_node));
+  }
+  return Status::Ok();
+}
+
 Status PoolCore::MapArena(size_t idx, Arena& a) {
   char* addr = reserve_base + idx * arena_bytes;
   const size_t len = arena_bytes;
   constexpr int kBase = MAP_PRIVATE | MAP_ANONYMOUS;
+  const auto unmap = [&] { mmap(addr, len, PROT_NONE, kBase | MAP_NORESERVE | MAP_FIXED, -1, 0); };
   PageMode mode = opts.best_page_mode;
+  std::string why_not_hugetlb;
   bool mapped = false;
   if (mode == PageMode::kHugeTlb) {
     const int huge = MAP_HUGETLB | (21 << MAP_HUGE_SHIFT);
@@ -369,41 +384,59 @@ Status PoolCore::MapArena(size_t idx, Arena& a) {
       if (p != MAP_FAILED) {
         mapped = true;
       } else {
+        why_not_hugetlb = std::strerror(errno);
         // Refill a possible hole; EEXIST means the reservation is intact.
         mmap(addr, len, PROT_NONE, kBase | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+      }
+    } else {
+      why_not_hugetlb = std::strerror(errno);
+    }
+    if (mapped) {
+      if (Status s = BindArena(addr, len); !s.ok()) {
+        unmap();
+        return s;
+      }
+      // The pages the mapping reserved can still be refused when they are
+      // first touched (a cgroup's hugetlb limit, none left on the bound node),
+      // and a refused touch is SIGBUS. Populating now turns that into an
+      // error, and the arena falls back. Kernels before 5.14 cannot populate
+      // (EINVAL): there the pages are taken on trust.
+      if (madvise(addr, len, MADV_POPULATE_WRITE) != 0) {
+        if (errno != EINVAL) {
+          why_not_hugetlb = std::string("populating its pages failed: ") + std::strerror(errno);
+          mapped = false;  // the mapping below replaces it and gives its pages back
+        } else if (opts.prefault) {
+          Prefault(addr, len, Pool::kHugePageBytes);
+        }
       }
     }
     if (!mapped) mode = PageMode::kTransparentHuge;
   }
   if (!mapped) {
     void* p = mmap(addr, len, PROT_READ | PROT_WRITE, kBase | MAP_FIXED, -1, 0);
-    if (p == MAP_FAILED) return ErrnoStatus(errno, "mempool: mmap arena");
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      unmap();
+      return ErrnoStatus(err, "mempool: mmap arena");
+    }
     if (mode == PageMode::kTransparentHuge &&
         (ThpDisabled() || madvise(addr, len, MADV_HUGEPAGE) != 0)) {
       mode = PageMode::kSmallPages;
     }
     if (mode == PageMode::kSmallPages) madvise(addr, len, MADV_NOHUGEPAGE);
-  }
-  if (opts.numa_node >= 0) {
-    std::vector<unsigned long> mask(static_cast<size_t>(opts.numa_node) / (8 * sizeof(unsigned long)) + 1);
-    mask[static_cast<size_t>(opts.numa_node) / (8 * sizeof(unsigned long))] |=
-        1UL << (static_cast<size_t>(opts.numa_node) % (8 * sizeof(unsigned long)));
-    if (mbind(addr, len, MPOL_BIND, mask.data(), mask.size() * 8 * sizeof(unsigned long) + 1,
-              MPOL_MF_STRICT) != 0) {
-      const int err = errno;
-      mmap(addr, len, PROT_NONE, kBase | MAP_NORESERVE | MAP_FIXED, -1, 0);
-      return ErrnoStatus(err, "mempool: mbind arena to node " + std::to_string(opts.numa_node));
+    if (Status s = BindArena(addr, len); !s.ok()) {
+      unmap();
+      return s;
     }
-  }
-  if (opts.prefault) {
-    Prefault(addr, len, mode == PageMode::kHugeTlb ? Pool::kHugePageBytes : 4096);
+    if (opts.prefault) Prefault(addr, len, 4096);
   }
   a.base = addr;
   a.mode = mode;
   a.used = 0;
-  spdlog::info("mempool: pool {} arena {} mapped: {} MiB at {} node {} pages {}{}", id, idx,
+  spdlog::info("mempool: pool {} arena {} mapped: {} MiB at {} node {} pages {}{}{}", id, idx,
                len / kMiB, static_cast<void*>(addr), opts.numa_node, PageModeName(mode),
-               mode == opts.best_page_mode ? "" : " (fallback)");
+               mode == opts.best_page_mode ? "" : " (fallback)",
+               why_not_hugetlb.empty() ? "" : "; hugetlb: " + why_not_hugetlb);
   return Status::Ok();
 }
 

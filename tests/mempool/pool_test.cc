@@ -5,9 +5,13 @@
 #include <numa.h>
 #include <numaif.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
+#include <cerrno>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -178,6 +182,149 @@ TEST(PoolTest, RealHugeTlbPages) {
   EXPECT_EQ(pool->page_mode(), PageMode::kHugeTlb);
   Buffer b = MustAlloc(*pool, 1 * kMiB);
   std::memset(b.data(), 1, b.size());
+}
+
+// Root's cgroup v2 hierarchy with the hugetlb controller, a child cgroup in it
+// limited to `limit` bytes of 2 MiB pages, and `pages` more hugetlb pages in
+// the system than it had; all undone on destruction. `skip` says why it
+// cannot be set up here (not root, no cgroup v2, no hugetlb controller, the
+// kernel found no memory for the pages).
+class HugeTlbLimitedCgroup {
+ public:
+  HugeTlbLimitedCgroup(size_t pages, size_t limit) {
+    std::ifstream mi("/proc/self/mountinfo");
+    for (std::string line; std::getline(mi, line);) {
+      // "... <mount point> <options> - cgroup2 <source> ..."
+      const size_t dash = line.find(" - cgroup2 ");
+      if (dash == std::string::npos) continue;
+      std::vector<std::string> f;
+      for (size_t p = 0, q; p < dash; p = q + 1) {
+        q = line.find(' ', p);
+        if (q == std::string::npos || q > dash) q = dash;
+        f.push_back(line.substr(p, q - p));
+      }
+      if (f.size() > 4) root_ = f[4];
+      break;
+    }
+    if (root_.empty()) {
+      skip = "no cgroup v2 hierarchy mounted";
+      return;
+    }
+    if (Read(root_ + "/cgroup.controllers").find("hugetlb") == std::string::npos) {
+      skip = "the cgroup v2 hierarchy at " + root_ + " has no hugetlb controller";
+      return;
+    }
+    if (Read(root_ + "/cgroup.subtree_control").find("hugetlb") == std::string::npos) {
+      if (!Write(root_ + "/cgroup.subtree_control", "+hugetlb")) {
+        skip = "cannot enable the hugetlb controller in " + root_ + " (not root?)";
+        return;
+      }
+      enabled_controller_ = true;
+    }
+    dir_ = root_ + "/hrpc-pool-test-" + std::to_string(::getpid());
+    if (::mkdir(dir_.c_str(), 0755) != 0) {
+      skip = "cannot make " + dir_ + ": " + std::strerror(errno);
+      dir_.clear();
+      return;
+    }
+    if (!Write(dir_ + "/hugetlb.2MB.max", std::to_string(limit))) {
+      skip = "cannot set " + dir_ + "/hugetlb.2MB.max";
+      return;
+    }
+    const std::string nr = Read("/proc/sys/vm/nr_hugepages");
+    if (nr.empty()) {
+      skip = "no /proc/sys/vm/nr_hugepages";
+      return;
+    }
+    old_pages_ = std::stoul(nr);
+    if (!Write("/proc/sys/vm/nr_hugepages", std::to_string(old_pages_ + pages))) {
+      skip = "cannot raise vm.nr_hugepages (not root?)";
+      return;
+    }
+    raised_pages_ = true;
+    if (std::stoul(Read("/proc/sys/vm/nr_hugepages")) < old_pages_ + pages) {
+      skip = "the kernel found no memory for " + std::to_string(pages) + " more hugetlb pages";
+    }
+  }
+  ~HugeTlbLimitedCgroup() {
+    if (raised_pages_) Write("/proc/sys/vm/nr_hugepages", std::to_string(old_pages_));
+    if (!dir_.empty()) ::rmdir(dir_.c_str());
+    if (enabled_controller_) Write(root_ + "/cgroup.subtree_control", "-hugetlb");
+  }
+  HugeTlbLimitedCgroup(const HugeTlbLimitedCgroup&) = delete;
+  HugeTlbLimitedCgroup& operator=(const HugeTlbLimitedCgroup&) = delete;
+
+  bool Join() const { return Write(dir_ + "/cgroup.procs", "0"); }
+  // Times a fault was refused for the limit ("max N" of hugetlb.2MB.events).
+  unsigned long LimitHits() const {
+    const std::string e = Read(dir_ + "/hugetlb.2MB.events");
+    const size_t at = e.find("max ");
+    return at == std::string::npos ? 0 : std::stoul(e.substr(at + 4));
+  }
+
+  std::string skip;
+
+ private:
+  static std::string Read(const std::string& path) {
+    std::ifstream f(path);
+    std::string s, line;
+    while (std::getline(f, line)) s += line + "\n";
+    return s;
+  }
+  static bool Write(const std::string& path, const std::string& value) {
+    std::ofstream f(path);
+    f << value;
+    f.flush();
+    return static_cast<bool>(f);
+  }
+
+  std::string root_, dir_;
+  bool enabled_controller_ = false;
+  bool raised_pages_ = false;
+  unsigned long old_pages_ = 0;
+};
+
+// The kernel reserves a private hugetlb mapping's pages when it is made, but a
+// cgroup's hugetlb limit is charged when each page is first touched, and a
+// refused touch is SIGBUS. A pool whose arena the limit cannot hold falls back
+// to ordinary pages when it is mapped, and its memory is then usable whole,
+// whether or not it was asked to prefault.
+TEST(PoolTest, AHugeTlbArenaTheCgroupCannotHoldFallsBackInsteadOfRaisingSigbus) {
+  constexpr size_t kArena = 8 * kMiB;
+  HugeTlbLimitedCgroup cg(kArena / Pool::kHugePageBytes, Pool::kHugePageBytes);
+  if (!cg.skip.empty()) GTEST_SKIP() << cg.skip;
+  for (bool prefault : {true, false}) {
+    SCOPED_TRACE(prefault ? "prefault" : "no prefault");
+    const unsigned long hits = cg.LimitHits();
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      if (!cg.Join()) ::_exit(2);
+      PoolOptions o;
+      o.arena_bytes = kArena;
+      o.max_class_bytes = 1 * kMiB;
+      o.prefault = prefault;
+      auto created = Pool::Create(o);
+      if (!created.ok()) ::_exit(3);
+      if ((*created)->page_mode() == PageMode::kHugeTlb) ::_exit(4);
+      std::vector<Buffer> all;
+      for (;;) {
+        auto b = (*created)->Allocate(1 * kMiB);
+        if (!b.ok()) break;
+        std::memset(b->data(), 0x5a, b->size());
+        all.push_back(std::move(b).value());
+      }
+      ::_exit(all.size() == kArena / kMiB ? 0 : 5);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal " << WTERMSIG(status);
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "2: cannot join the cgroup, 3: Create failed, "
+                                         "4: the arena kept hugetlb pages, 5: not all of the arena usable";
+    // The arena did try its hugetlb pages (they were not taken by another
+    // process first) and the limit refused one.
+    EXPECT_GT(cg.LimitHits(), hits);
+  }
 }
 
 TEST(PoolTest, NumaBinding) {

@@ -4,7 +4,11 @@
 // Memory. Each arena is one mapping of `arena_bytes`, bound to `numa_node`
 // (mbind) when it is >= 0, backed by 2 MiB hugetlb pages when the kernel has
 // them, else transparent huge pages (madvise), else 4 KiB pages; page_mode()
-// says which the first arena got and each arena logs it. All arenas of a pool
+// says which the first arena got and each arena logs it, with the reason it
+// got no hugetlb pages. A hugetlb arena is populated when it is mapped, so a
+// page the kernel reserved but then refuses (a cgroup's hugetlb limit, none
+// left on the bound node) makes the arena fall back instead of raising SIGBUS
+// at its first touch. All arenas of a pool
 // live in one virtual reservation of max_arenas * arena_bytes made at Create,
 // so the arena of any pointer is (p - base) / arena_bytes: KeyFor is O(1).
 // The pool never maps more than its arenas: with grow=false it stays at one
@@ -63,6 +67,7 @@ struct PoolOptions {
   size_t max_arenas = 8;  // 1..255; also sizes the virtual reservation
   bool grow = false;      // add arenas up to max_arenas when a class is exhausted
   // Touch every page of a new arena up front (no page faults on the data path).
+  // Hugetlb arenas are populated whatever this says (see above).
   bool prefault = true;
   // Thread cache: per class per thread, hold at most
   // clamp(thread_cache_bytes / class, 1, thread_cache_max_blocks) free blocks;
