@@ -237,9 +237,14 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
   void Record(Node& n, const Status& s, Clock::duration took, bool lost_race) {
     n.in_flight.fetch_sub(1, std::memory_order_relaxed);
     if (s.ok()) {
+      // One answer weighs at most like one ten times slower than the recent
+      // mean: a single stall (the caller descheduled, a page fault) must not
+      // make a fast server look slower than a slow one, which `la` would then
+      // stop calling and so never learn otherwise. A server that really
+      // slows down gets there in a few answers.
       const double us = std::chrono::duration<double, std::micro>(took).count();
       const double old = n.latency_us.load(std::memory_order_relaxed);
-      n.latency_us.store(old == 0 ? us : old * 0.8 + us * 0.2, std::memory_order_relaxed);
+      n.latency_us.store(old == 0 ? us : old * 0.8 + std::min(us, old * 10) * 0.2, std::memory_order_relaxed);
       n.consecutive_failures.store(0, std::memory_order_relaxed);
       return;
     }
