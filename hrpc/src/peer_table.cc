@@ -217,9 +217,9 @@ void PeerTable::FailLink(const std::shared_ptr<Link>& link, const Status& why) {
   // (AbortChannel) instead of waiting for this loop to reach them.
   failing_.push_back(link);
   while (!link->calls.empty()) {
-    auto it = link->calls.begin();
-    Call* call = it->second;
-    link->calls.Erase(it);
+    auto first = link->calls.begin();
+    Call* call = first->second;
+    link->calls.Erase(first);
     Complete(call, why, nullptr);
   }
   std::erase(failing_, link);

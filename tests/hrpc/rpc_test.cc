@@ -2,6 +2,7 @@
 // loop:// and tcp://127.0.0.1.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -787,23 +788,32 @@ TEST(RpcBulkDeadline, TcpPullInFlightEndsAtTheDeadline) {
   };
   auto done = std::make_shared<Done>();
   ClientContext ctx;
-  ctx.set_timeout(600ms);
+  ctx.set_timeout(1s);
   ctx.request_attachment() = rpctest::MakePayload(channel->pool(), 4 << 20, 2);
   Req req;
-  req.set_sleep_ms(100);
   Resp resp;
+  svc.pulls_allowed.store(false);  // the handler pulls once the client's worker is stalled
   stub.CallAsync(ctx, req, &resp, [done](hrpc::Status s) {
     done->status = std::move(s);
     done->ev.Set();
   });
   for (int i = 0; i < 5000 && svc.started.load() < 2; ++i) std::this_thread::sleep_for(1ms);
   ASSERT_EQ(svc.started.load(), 2);
-  channel->scheduler(0).Post([] { std::this_thread::sleep_for(2s); }, "test-stall");
+  auto stalled = std::make_shared<std::atomic<bool>>(false);
+  channel->scheduler(0).Post(
+      [stalled] {
+        stalled->store(true);
+        std::this_thread::sleep_for(2500ms);
+      },
+      "test-stall");
+  for (int i = 0; i < 5000 && !stalled->load(); ++i) std::this_thread::sleep_for(1ms);
+  ASSERT_TRUE(stalled->load());
+  svc.pulls_allowed.store(true);
   for (int i = 0; i < 1000 && svc.pulls.load() < 2; ++i) std::this_thread::sleep_for(10ms);
   ASSERT_EQ(svc.pulls.load(), 2);
   EXPECT_EQ(svc.last_pull_code.load(), static_cast<int>(StatusCode::kDeadlineExceeded));
   EXPECT_EQ(svc.pulls_cut_short.load(), 1);
-  EXPECT_LT(svc.last_pull_ms.load(), 1200) << "the pull waited for the stalled client";
+  EXPECT_LT(svc.last_pull_ms.load(), 2000) << "the pull waited for the stalled client";
   ASSERT_TRUE(done->ev.WaitFor(10s).ok());
   EXPECT_EQ(done->status.code(), StatusCode::kDeadlineExceeded) << done->status.ToString();
   call(3);
@@ -812,7 +822,7 @@ TEST(RpcBulkDeadline, TcpPullInFlightEndsAtTheDeadline) {
 }
 
 // The client's READ of a response attachment left in the server's memory
-// (loopback: each message and op delayed 1 s) ends at the call's deadline, not when
+// (loopback: each message and op delayed 2 s) ends at the call's deadline, not when
 // the READs in flight finish; its RELEASE follows them, and the connection
 // serves on.
 TEST(RpcBulkDeadline, ResponsePullInFlightEndsAtTheDeadline) {
@@ -822,10 +832,10 @@ TEST(RpcBulkDeadline, ResponsePullInFlightEndsAtTheDeadline) {
   ASSERT_TRUE(env.channel->Connect().ok());
   rpctest::Test::Stub stub(env.channel.get());
   hrpc::transport::FaultPlan plan;
-  plan.delay = 1s;  // request at 1 s, response at 2 s, READ done at 3 s
+  plan.delay = 2s;  // request at 2 s, response at 4 s, READ done at 6 s
   env.net->SetFaults(env.uri.substr(strlen("loop://")), plan);
   ClientContext ctx;
-  ctx.set_timeout(2500ms);
+  ctx.set_timeout(5s);
   Req req;
   req.set_response_bytes(4 << 20);
   Resp resp;
@@ -835,7 +845,7 @@ TEST(RpcBulkDeadline, ResponsePullInFlightEndsAtTheDeadline) {
   EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << s.ToString();
   EXPECT_NE(s.message().find("response attachment"), std::string::npos)
       << "the call did not end while reading the response: " << s.ToString();
-  EXPECT_LT(took, 2900ms) << "the call waited for the READs in flight";
+  EXPECT_LT(took, 5800ms) << "the call waited for the READs in flight";
   env.net->SetFaults(env.uri.substr(strlen("loop://")), {});
   ClientContext again;
   again.set_timeout(10s);
@@ -845,11 +855,11 @@ TEST(RpcBulkDeadline, ResponsePullInFlightEndsAtTheDeadline) {
   auto s2 = stub.Call(again, small, &r2);
   ASSERT_TRUE(s2.ok()) << s2.ToString();
   EXPECT_EQ(r2.text(), "after");
-  std::this_thread::sleep_for(1500ms);  // delayed frames still in flight land before teardown
+  std::this_thread::sleep_for(2500ms);  // delayed frames still in flight land before teardown
 }
 
-// Pieces of one pull overlap (bulk_window): 16 pieces each delayed 50 ms by
-// the loopback take far less than the 800 ms they take one at a time.
+// Pieces of one pull overlap (bulk_window): 16 pieces each delayed 100 ms by
+// the loopback take far less than the 1.6 s they take one at a time.
 TEST(RpcBulkWindow, PiecesOfOnePullOverlap) {
   Env env;
   hrpc::ServerOptions so;
@@ -857,7 +867,7 @@ TEST(RpcBulkWindow, PiecesOfOnePullOverlap) {
   so.bulk_window = 16;
   env.Start("loop", so);
   hrpc::transport::FaultPlan plan;
-  plan.delay = 50ms;
+  plan.delay = 100ms;
   env.net->SetFaults(env.uri.substr(strlen("loop://")), plan);
   rpctest::Test::Stub stub(env.channel.get());
   ClientContext ctx;
@@ -870,9 +880,9 @@ TEST(RpcBulkWindow, PiecesOfOnePullOverlap) {
   const auto took = std::chrono::steady_clock::now() - t0;
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(resp.attachment_crc32c(), crc);
-  EXPECT_LT(took, 600ms) << "the 16 READs went one after another (>= 800 ms)";
+  EXPECT_LT(took, 1200ms) << "the 16 READs went one after another (>= 1.6 s)";
   env.net->SetFaults(env.uri.substr(strlen("loop://")), {});
-  std::this_thread::sleep_for(100ms);
+  std::this_thread::sleep_for(200ms);
 }
 
 // A peer that sends a valid transport message holding garbage instead of an
@@ -1012,7 +1022,7 @@ TEST(RpcDuplicateTxn, DuplicateOfARequestInFlightClosesTheConnection) {
   Env env;
   env.Start("tcp");
   Req slow, fast;
-  slow.set_sleep_ms(300);
+  slow.set_sleep_ms(1500);  // the duplicate surely comes while it runs
   const std::string slow_body = slow.SerializeAsString(), fast_body = fast.SerializeAsString();
   const uint32_t service = rpctest::Test::kServiceId, method = rpctest::Test::kMethods[0].method_id;
   auto wait_for = [](auto pred) {
@@ -1378,6 +1388,131 @@ TEST(RpcConnect, ACallWaitingForAConnectEndsAtItsDeadline) {
               static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                          std::chrono::steady_clock::now() - t0).count()));
   close(fd);
+}
+
+// A TCP relay on 127.0.0.1 in front of `target_port`. It accepts at once (the
+// client's TCP connect completes) but passes nothing either way until `hold`
+// has passed since it accepted; then it relays both ways until either side
+// closes.
+class HoldingRelay {
+ public:
+  HoldingRelay(uint16_t target_port, std::chrono::milliseconds hold) : target_port_(target_port), hold_(hold) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        listen(listen_fd_, 8) != 0 || getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      throw std::runtime_error("relay: cannot listen");
+    }
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { Accept(); });
+  }
+  ~HoldingRelay() {
+    stop_.store(true);
+    acceptor_.join();
+    for (auto& t : threads_) t.join();
+    close(listen_fd_);
+  }
+  uint16_t port() const { return port_; }
+  int accepted() const { return accepted_.load(); }
+
+ private:
+  void Accept() {
+    while (!stop_.load()) {
+      pollfd p{listen_fd_, POLLIN, 0};
+      if (poll(&p, 1, 20) != 1) continue;
+      const int fd = accept(listen_fd_, nullptr, nullptr);
+      if (fd < 0) continue;
+      accepted_.fetch_add(1);
+      threads_.emplace_back([this, fd] { Relay(fd); });
+    }
+  }
+  void Relay(int client) {
+    const auto until = std::chrono::steady_clock::now() + hold_;
+    while (!stop_.load() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(5ms);
+    const int server = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(target_port_);
+    if (server >= 0 && connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+      pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+      char buf[64 * 1024];
+      bool open = true;
+      while (open && !stop_.load()) {
+        if (poll(p, 2, 20) <= 0) continue;
+        for (int i = 0; i < 2 && open; ++i) {
+          if (p[i].revents == 0) continue;
+          const ssize_t n = read(p[i].fd, buf, sizeof buf);
+          open = n > 0 && WriteAll(p[1 - i].fd, buf, static_cast<size_t>(n));
+        }
+      }
+    }
+    if (server >= 0) close(server);
+    close(client);
+  }
+  static bool WriteAll(int fd, const char* p, size_t n) {
+    while (n > 0) {
+      const ssize_t w = write(fd, p, n);
+      if (w <= 0) return false;
+      p += w;
+      n -= static_cast<size_t>(w);
+    }
+    return true;
+  }
+
+  const uint16_t target_port_;
+  const std::chrono::milliseconds hold_;
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> accepted_{0};
+  std::thread acceptor_;
+  std::vector<std::thread> threads_;  // the acceptor's relays
+};
+
+// Calls that gave up while their connection was being made (one at its
+// deadline, one cancelled) were never sent; the connect they started goes on
+// and completes, and the next call uses that connection.
+TEST(RpcConnect, CallsThatGaveUpOnAConnectLeaveItToLaterCalls) {
+  Env env;
+  env.Start("tcp");
+  const std::string& uri = env.uri;
+  HoldingRelay relay(static_cast<uint16_t>(std::stoi(uri.substr(uri.rfind(':') + 1))), 600ms);
+  hrpc::RpcChannelOptions co;
+  co.runtime.transport_choice = hrpc::TransportChoice::kTcp;
+  co.runtime.transport.connect_timeout = 10s;
+  auto ch = hrpc::RpcChannel::Create("tcp://127.0.0.1:" + std::to_string(relay.port()), co);
+  ASSERT_TRUE(ch.ok()) << ch.status().ToString();
+  rpctest::Test::Stub stub(ch->get());
+  Req req;
+  req.set_text("after the connect");
+  Resp resp;
+  {
+    ClientContext ctx;
+    ctx.set_timeout(50ms);
+    EXPECT_EQ(stub.Call(ctx, req, &resp).code(), StatusCode::kDeadlineExceeded);
+  }
+  {
+    ClientContext ctx;
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(50ms);
+      ctx.Cancel();
+    });
+    EXPECT_EQ(stub.Call(ctx, req, &resp).code(), StatusCode::kCancelled);
+    canceller.join();
+  }
+  EXPECT_EQ(env.service.calls.load(), 0);
+  ClientContext ctx;
+  ctx.set_timeout(20s);
+  const hrpc::Status s = stub.Call(ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(resp.text(), "after the connect");
+  EXPECT_EQ(env.service.calls.load(), 1);
+  EXPECT_EQ(relay.accepted(), 1) << "the connect the first call started was not the one used";
+  ch->reset();
 }
 
 // Connect() and a call made from a coroutine on the channel's own worker
