@@ -221,13 +221,13 @@ TEST(SchedulerTest, EarlierTimerAddedLaterFiresFirstWhileTheLoopSpins) {
     const auto now = Clock::now();
     s->AddTimer(now + 10s, [&] { order.push_back(9); });
     this_coro::Yield();  // one loop round with only the far timer armed
-    s->AddTimer(now + 40ms, [&] {
+    s->AddTimer(now + 300ms, [&] {  // far enough that a descheduled thread still runs 1 and 2 first
       order.push_back(3);
       wg.Done();
     });
     s->AddTimer(now + 5ms, [&] {
       order.push_back(1);
-      // From inside a timer callback: earlier than the 40 ms one.
+      // From inside a timer callback: earlier than the 300 ms one.
       s->AddTimer(Clock::now() + 5ms, [&] {
         order.push_back(2);
         wg.Done();
@@ -239,7 +239,7 @@ TEST(SchedulerTest, EarlierTimerAddedLaterFiresFirstWhileTheLoopSpins) {
       while (!stop.load()) this_coro::Yield();
       wg.Done();
     });
-    this_coro::SleepFor(60ms);
+    this_coro::SleepFor(350ms);
     stop = true;
     EXPECT_TRUE(wg.WaitFor(5s).ok());
   });
@@ -269,22 +269,33 @@ TEST(CycleClockTest, SteadyNowFollowsSteadyClockAndNeverGoesBack) {
 TEST(CycleClockTest, TicksAgreeWithSteadyClock) {
   const CycleClock& c = CycleClock::Get();
   EXPECT_GT(c.ticks_per_ns(), 0.0);
-  const auto t0 = Clock::now();
-  const uint64_t k0 = c.Now();
-  std::this_thread::sleep_for(30ms);
-  const uint64_t k1 = c.Now();
-  const double steady_us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
-  ASSERT_GT(k1, k0);
-  const double tick_us = c.Micros(k1 - k0);
-  EXPECT_GT(tick_us, steady_us * 0.8) << "ticks_per_ns " << c.ticks_per_ns();
-  EXPECT_LT(tick_us, steady_us * 1.2) << "ticks_per_ns " << c.ticks_per_ns();
+  // The thread may be descheduled between a tick read and the steady_clock
+  // read next to it, or in the spin: each measurement is taken three times
+  // and the one closest to the truth counts.
+  double best_ratio = 0;
+  for (int i = 0; i < 3; ++i) {
+    const auto t0 = Clock::now();
+    const uint64_t k0 = c.Now();
+    std::this_thread::sleep_for(30ms);
+    const uint64_t k1 = c.Now();
+    const double steady_us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    ASSERT_GT(k1, k0);
+    const double ratio = c.Micros(k1 - k0) / steady_us;
+    if (std::abs(ratio - 1) < std::abs(best_ratio - 1)) best_ratio = ratio;
+  }
+  EXPECT_GT(best_ratio, 0.8) << "ticks_per_ns " << c.ticks_per_ns();
+  EXPECT_LT(best_ratio, 1.2) << "ticks_per_ns " << c.ticks_per_ns();
   // TicksFor against the wall: spinning until the tick count of 5 ms has
   // passed takes 5 ms of steady_clock time (give or take the calibration).
-  const auto w0 = Clock::now();
-  const uint64_t until = c.Now() + c.TicksFor(std::chrono::milliseconds(5));
-  while (c.Now() < until) {
+  // Being descheduled only makes a spin longer: the shortest of three counts.
+  double spun_us = 1e12;
+  for (int i = 0; i < 3; ++i) {
+    const auto w0 = Clock::now();
+    const uint64_t until = c.Now() + c.TicksFor(std::chrono::milliseconds(5));
+    while (c.Now() < until) {
+    }
+    spun_us = std::min(spun_us, std::chrono::duration<double, std::micro>(Clock::now() - w0).count());
   }
-  const double spun_us = std::chrono::duration<double, std::micro>(Clock::now() - w0).count();
   EXPECT_GT(spun_us, 5000.0 * 0.8);
   EXPECT_LT(spun_us, 5000.0 * 1.2 + 20000.0) << "(+20 ms for a preempted spin)";
 }

@@ -342,7 +342,7 @@ TEST(Observability, StatusRpczAndHealth) {
   env.Calls(3);
   {
     Req slow;
-    slow.set_sleep_ms(100);
+    slow.set_sleep_ms(500);  // slower than a descheduled fast call
     ASSERT_TRUE(env.Call(slow).ok());
     Req bad;
     bad.set_fail_code(static_cast<int>(hrpc::StatusCode::kFailedPrecondition));
@@ -375,7 +375,7 @@ TEST(Observability, StatusRpczAndHealth) {
   ASSERT_LT(slow_at, failed_at);
   // The failed call, with its status.
   EXPECT_NE(rpcz.body.find("FAILED_PRECONDITION", failed_at), std::string::npos) << rpcz.body;
-  // The slowest call first: its handler phase holds the 100 ms sleep.
+  // The slowest call first: its handler phase holds the 500 ms sleep.
   {
     std::istringstream in(rpcz.body.substr(slow_at));
     std::string line;
@@ -398,7 +398,7 @@ TEST(Observability, StatusRpczAndHealth) {
     }
     ASSERT_GT(handler_col, 0u);
     EXPECT_EQ(row[2], "rpctest.Test.Call");
-    EXPECT_GE(std::stod(row[handler_col]), 100000.0) << rpcz.body;
+    EXPECT_GE(std::stod(row[handler_col]), 500000.0) << rpcz.body;
   }
 
   const Get health = HttpGet(addr, "/health");

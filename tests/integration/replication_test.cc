@@ -215,6 +215,8 @@ TEST(REPLICATION_SUITE, ThreeNodesHoldTheSameBytesWithoutCopies) {
 
 // Streams 64 KiB writes at increasing offsets until one fails or `stop`;
 // records the acknowledged offsets, the first failure and how long it took.
+// With `hold_at` set, it waits after that many acknowledged writes until
+// Resume() (so a test can kill a node knowing the stream has not ended).
 struct Stream {
   static constexpr size_t kBlock = 64 << 10;
   std::vector<uint64_t> acked;
@@ -222,7 +224,11 @@ struct Stream {
   hrpc::Status failure;
   std::chrono::milliseconds failure_took{0};
   std::atomic<bool> stop{false};
+  size_t hold_at = SIZE_MAX;
+  std::atomic<bool> resumed{false};
   std::thread thread;
+
+  void Resume() { resumed.store(true); }
 
   void Start(const std::string& uri, uint64_t first, uint64_t limit, uint64_t seed) {
     thread = std::thread([=, this] {
@@ -238,6 +244,9 @@ struct Stream {
         }
         acked.push_back(off);
         count.store(acked.size(), std::memory_order_release);
+        if (acked.size() == hold_at) {
+          while (!resumed.load() && !stop.load()) std::this_thread::sleep_for(1ms);
+        }
       }
     });
   }
@@ -259,9 +268,11 @@ TEST(REPLICATION_SUITE, FollowerKilledMidStream) {
   ASSERT_TRUE(cluster.StartAll("32M"));
   // --ack=all: a write that needs the dead follower fails with UNAVAILABLE within the replicate deadline (3 s).
   Stream s1;
+  s1.hold_at = 20;
   s1.Start(cluster.leader().uri, 0, 16 << 20, 31);
   ASSERT_TRUE(s1.WaitFor(20));
   Stop(cluster.follower(0), SIGKILL);
+  s1.Resume();
   s1.Join();
   ASSERT_FALSE(s1.failure.ok()) << "the stream finished before the kill";
   EXPECT_EQ(s1.failure.code(), hrpc::StatusCode::kUnavailable) << s1.failure.ToString();
@@ -294,10 +305,12 @@ TEST(REPLICATION_SUITE, FollowerKilledMidStream) {
   Stop(cluster.leader(), SIGTERM);
   ASSERT_TRUE(cluster.StartLeader("32M", "majority"));
   Stream s2;
+  s2.hold_at = 10;
   s2.Start(cluster.leader().uri, (16 << 20) + Stream::kBlock, 32 << 20, 32);
   ASSERT_TRUE(s2.WaitFor(10));
   Stop(cluster.follower(1), SIGKILL);
   const size_t at_kill = s2.count.load();
+  s2.Resume();
   EXPECT_TRUE(s2.WaitFor(at_kill + 20)) << "writes stopped with one follower down: " << s2.failure.ToString();
   s2.stop = true;
   s2.Join();

@@ -817,8 +817,11 @@ TEST(TcpPayload, AnExhaustedPoolPausesReadingUntilMemoryIsBack) {
   });
   // Stalled for a while (well past a few retries), not failed.
   std::this_thread::sleep_for(300ms);
-  EXPECT_FALSE(got.IsReady()) << "a message arrived while the pool was empty";
+  for (int i = 0; i < 500 && env.server_transport().counters()->receive_memory_stalls.Get() == stalls_before; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
   EXPECT_GT(env.server_transport().counters()->receive_memory_stalls.Get(), stalls_before);
+  EXPECT_FALSE(got.IsReady()) << "a message arrived while the pool was empty";
   EXPECT_TRUE(On(env.server_worker(), [&]() { return env.server().status(); }).ok());
   EXPECT_TRUE(On(env.client_worker(), [&]() { return env.client().status(); }).ok());
   // Memory back (freed on the server's thread, as a handler would): all arrive.
