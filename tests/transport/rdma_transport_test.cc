@@ -8,7 +8,10 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <rdma/rdma_cma.h>
+#include <linux/capability.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,6 +82,48 @@ TEST(RdmaDomain, OneDomainSharedByTwoTransports) {
     t1->reset();
     t2->reset();
   });
+}
+
+// A registration refused for the memory-lock limit says so: a child process
+// without CAP_IPC_LOCK, allowed to lock 1 MiB, opens a domain on an 8 MiB
+// arena.
+TEST(RdmaDomain, ARegistrationOverTheMemlockLimitNamesTheLimit) {
+  int pipefd[2];
+  ASSERT_EQ(pipe(pipefd), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(pipefd[0]);
+    auto say = [&](const std::string& what, int code) {
+      (void)!write(pipefd[1], what.data(), what.size());
+      _exit(code);
+    };
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct caps[2]{};
+    if (syscall(SYS_capget, &hdr, caps) != 0) say("capget failed", 2);
+    const unsigned bit = CAP_IPC_LOCK % 32, word = CAP_IPC_LOCK / 32;
+    caps[word].effective &= ~(1u << bit);
+    caps[word].permitted &= ~(1u << bit);
+    caps[word].inheritable &= ~(1u << bit);
+    if (syscall(SYS_capset, &hdr, caps) != 0) say("capset failed", 2);
+    const rlimit lim{1u << 20, 1u << 20};
+    if (setrlimit(RLIMIT_MEMLOCK, &lim) != 0) say("setrlimit failed", 2);
+    auto pool = MakeTestPool(8u << 20, 1u << 20);
+    auto dom = RdmaDomain::Open(*pool);
+    if (dom.ok()) say("the domain opened", 3);
+    say(dom.status().ToString(), 0);
+  }
+  close(pipefd[1]);
+  std::string said;
+  char buf[512];
+  for (ssize_t n; (n = read(pipefd[0], buf, sizeof buf)) > 0;) said.append(buf, static_cast<size_t>(n));
+  close(pipefd[0]);
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(WIFEXITED(st)) << said;
+  ASSERT_EQ(WEXITSTATUS(st), 0) << said;
+  EXPECT_NE(said.find("RLIMIT_MEMLOCK"), std::string::npos) << said;
+  EXPECT_NE(said.find("1048576"), std::string::npos) << said;
 }
 
 TEST(RdmaInline, SmallSendsGoInlineLargeOnesDoNot) {

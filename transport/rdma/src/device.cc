@@ -2,6 +2,7 @@
 // pool's ibv_reg_mr registration, once per arena: local access and MW_BIND
 // only when memory windows are used, remote READ/WRITE otherwise).
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -58,7 +59,21 @@ class VerbsRegistrar final : public mempool::Registrar {
   std::string_view name() const override { return "ibverbs"; }
   Result<mempool::RegionKey> Register(void* base, size_t len, [[maybe_unused]] int numa_node) override {
     ibv_mr* mr = ibv_reg_mr(pd_, base, len, access_);
-    if (mr == nullptr) return ErrnoStatus(errno, "ibv_reg_mr(arena of " + std::to_string(len) + " bytes)");
+    if (mr == nullptr) {
+      const int err = errno;
+      std::string what = "ibv_reg_mr(arena of " + std::to_string(len) + " bytes)";
+      // Registering pins the arena, and pinned memory counts against
+      // RLIMIT_MEMLOCK for a process without CAP_IPC_LOCK: the usual reason
+      // a registration is refused, which ENOMEM alone does not say.
+      rlimit lim{};
+      if ((err == ENOMEM || err == EPERM || err == EAGAIN) && getrlimit(RLIMIT_MEMLOCK, &lim) == 0 &&
+          lim.rlim_cur != RLIM_INFINITY) {
+        what += "; this process may lock " + std::to_string(lim.rlim_cur) +
+                " bytes (RLIMIT_MEMLOCK) and every registered arena counts: raise it (ulimit -l unlimited, "
+                "systemd LimitMEMLOCK=infinity) or grant CAP_IPC_LOCK";
+      }
+      return ErrnoStatus(err, what);
+    }
     SPDLOG_DEBUG("rdma: registered arena {} (+{}) node {}: lkey {:#x} rkey {:#x}", base, len, numa_node, mr->lkey,
                  mr->rkey);
     return mempool::RegionKey{mr->lkey, mr->rkey, reinterpret_cast<uint64_t>(mr)};
