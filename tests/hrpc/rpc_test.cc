@@ -2,7 +2,6 @@
 // loop:// and tcp://127.0.0.1.
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -32,6 +31,7 @@
 #include "pool_level_util.h"
 #include "raw_peer_util.h"
 #include "rpc_test_util.h"
+#include "tcp_relay.h"
 
 namespace {
 
@@ -1390,89 +1390,6 @@ TEST(RpcConnect, ACallWaitingForAConnectEndsAtItsDeadline) {
   close(fd);
 }
 
-// A TCP relay on 127.0.0.1 in front of `target_port`. It accepts at once (the
-// client's TCP connect completes) but passes nothing either way until `hold`
-// has passed since it accepted; then it relays both ways until either side
-// closes.
-class HoldingRelay {
- public:
-  HoldingRelay(uint16_t target_port, std::chrono::milliseconds hold) : target_port_(target_port), hold_(hold) {
-    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        listen(listen_fd_, 8) != 0 || getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-      throw std::runtime_error("relay: cannot listen");
-    }
-    port_ = ntohs(a.sin_port);
-    acceptor_ = std::thread([this] { Accept(); });
-  }
-  ~HoldingRelay() {
-    stop_.store(true);
-    acceptor_.join();
-    for (auto& t : threads_) t.join();
-    close(listen_fd_);
-  }
-  uint16_t port() const { return port_; }
-  int accepted() const { return accepted_.load(); }
-
- private:
-  void Accept() {
-    while (!stop_.load()) {
-      pollfd p{listen_fd_, POLLIN, 0};
-      if (poll(&p, 1, 20) != 1) continue;
-      const int fd = accept(listen_fd_, nullptr, nullptr);
-      if (fd < 0) continue;
-      accepted_.fetch_add(1);
-      threads_.emplace_back([this, fd] { Relay(fd); });
-    }
-  }
-  void Relay(int client) {
-    const auto until = std::chrono::steady_clock::now() + hold_;
-    while (!stop_.load() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(5ms);
-    const int server = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(target_port_);
-    if (server >= 0 && connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-      pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
-      char buf[64 * 1024];
-      bool open = true;
-      while (open && !stop_.load()) {
-        if (poll(p, 2, 20) <= 0) continue;
-        for (int i = 0; i < 2 && open; ++i) {
-          if (p[i].revents == 0) continue;
-          const ssize_t n = read(p[i].fd, buf, sizeof buf);
-          open = n > 0 && WriteAll(p[1 - i].fd, buf, static_cast<size_t>(n));
-        }
-      }
-    }
-    if (server >= 0) close(server);
-    close(client);
-  }
-  static bool WriteAll(int fd, const char* p, size_t n) {
-    while (n > 0) {
-      const ssize_t w = write(fd, p, n);
-      if (w <= 0) return false;
-      p += w;
-      n -= static_cast<size_t>(w);
-    }
-    return true;
-  }
-
-  const uint16_t target_port_;
-  const std::chrono::milliseconds hold_;
-  int listen_fd_ = -1;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::atomic<int> accepted_{0};
-  std::thread acceptor_;
-  std::vector<std::thread> threads_;  // the acceptor's relays
-};
-
 // Calls that gave up while their connection was being made (one at its
 // deadline, one cancelled) were never sent; the connect they started goes on
 // and completes, and the next call uses that connection.
@@ -1480,7 +1397,7 @@ TEST(RpcConnect, CallsThatGaveUpOnAConnectLeaveItToLaterCalls) {
   Env env;
   env.Start("tcp");
   const std::string& uri = env.uri;
-  HoldingRelay relay(static_cast<uint16_t>(std::stoi(uri.substr(uri.rfind(':') + 1))), 600ms);
+  hrpc::testing::TcpRelay relay(static_cast<uint16_t>(std::stoi(uri.substr(uri.rfind(':') + 1))), {.hold = 600ms});
   hrpc::RpcChannelOptions co;
   co.runtime.transport_choice = hrpc::TransportChoice::kTcp;
   co.runtime.transport.connect_timeout = 10s;
