@@ -359,7 +359,8 @@ Status PoolCore::BindArena(char* addr, size_t len) const {
       1UL << (static_cast<size_t>(opts.numa_node) % (8 * sizeof(unsigned long)));
   if (mbind(addr, len, MPOL_BIND, mask.data(), mask.size() * 8 * sizeof(unsigned long) + 1,
             MPOL_MF_STRICT) != 0) {
-    return ErrnoStatus(errno, "mempool: mbind arena to node " + std::to_string(opts.numa_node));
+    const int err = errno;
+    return ErrnoStatus(err, "mempool: mbind arena to node " + std::to_string(opts.numa_node));
   }
   return Status::Ok();
 }

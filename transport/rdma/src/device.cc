@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -52,6 +53,18 @@ RdmaDeviceInfo QueryDevice(ibv_context* ctx) {
   return info;
 }
 
+// CAP_IPC_LOCK in this thread's effective set (CapEff of /proc/self/status):
+// pinned memory is then not held to RLIMIT_MEMLOCK.
+bool HasIpcLockCapability() {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("CapEff:", 0) != 0) continue;
+    const unsigned long long eff = std::strtoull(line.c_str() + 7, nullptr, 16);
+    return (eff >> 14) & 1;  // CAP_IPC_LOCK
+  }
+  return false;
+}
+
 // ibv_reg_mr once per arena; the handle keeps the ibv_mr*.
 class VerbsRegistrar final : public mempool::Registrar {
  public:
@@ -66,8 +79,8 @@ class VerbsRegistrar final : public mempool::Registrar {
       // RLIMIT_MEMLOCK for a process without CAP_IPC_LOCK: the usual reason
       // a registration is refused, which ENOMEM alone does not say.
       rlimit lim{};
-      if ((err == ENOMEM || err == EPERM || err == EAGAIN) && getrlimit(RLIMIT_MEMLOCK, &lim) == 0 &&
-          lim.rlim_cur != RLIM_INFINITY) {
+      if ((err == ENOMEM || err == EPERM || err == EAGAIN) && !HasIpcLockCapability() &&
+          getrlimit(RLIMIT_MEMLOCK, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
         what += "; this process may lock " + std::to_string(lim.rlim_cur) +
                 " bytes (RLIMIT_MEMLOCK) and every registered arena counts: raise it (ulimit -l unlimited, "
                 "systemd LimitMEMLOCK=infinity) or grant CAP_IPC_LOCK";
