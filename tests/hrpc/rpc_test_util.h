@@ -188,7 +188,7 @@ class PullLaterService final : public Test::Service {
   hrpc::Status Call(hrpc::ServerContext& ctx, const Req& req, Resp* resp) override {
     started.fetch_add(1);
     hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(req.sleep_ms()));
-    while (!pulls_allowed.load()) hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(1));
+    while (!pulls_allowed.load() && !ctx.IsCancelled()) hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(1));
     hrpc::mempool::IoBuf att = std::move(ctx.request_attachment());
     for (size_t i = 0; i < ctx.bulk().size(); ++i) {
       const auto t0 = std::chrono::steady_clock::now();

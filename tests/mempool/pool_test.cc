@@ -2,6 +2,7 @@
 // exhaustion/growth, stats and the registrar seam.
 #include "hrpc/mempool/pool.h"
 
+#include <dirent.h>
 #include <numa.h>
 #include <numaif.h>
 #include <sys/mman.h>
@@ -12,11 +13,13 @@
 #include <atomic>
 #include <condition_variable>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -221,6 +224,14 @@ class HugeTlbLimitedCgroup {
       }
       enabled_controller_ = true;
     }
+    // What an earlier run that was killed left behind (rmdir fails on a
+    // cgroup that still has processes).
+    if (DIR* d = ::opendir(root_.c_str())) {
+      while (dirent* e = ::readdir(d)) {
+        if (std::string_view(e->d_name).starts_with("hrpc-pool-test-")) ::rmdir((root_ + "/" + e->d_name).c_str());
+      }
+      ::closedir(d);
+    }
     dir_ = root_ + "/hrpc-pool-test-" + std::to_string(::getpid());
     if (::mkdir(dir_.c_str(), 0755) != 0) {
       skip = "cannot make " + dir_ + ": " + std::strerror(errno);
@@ -236,18 +247,24 @@ class HugeTlbLimitedCgroup {
       skip = "no /proc/sys/vm/nr_hugepages";
       return;
     }
-    old_pages_ = std::stoul(nr);
-    if (!Write("/proc/sys/vm/nr_hugepages", std::to_string(old_pages_ + pages))) {
+    const unsigned long before = std::strtoul(nr.c_str(), nullptr, 10);
+    if (!Write("/proc/sys/vm/nr_hugepages", std::to_string(before + pages))) {
       skip = "cannot raise vm.nr_hugepages (not root?)";
       return;
     }
-    raised_pages_ = true;
-    if (std::stoul(Read("/proc/sys/vm/nr_hugepages")) < old_pages_ + pages) {
+    // What the kernel found memory for (it may be fewer than asked); given
+    // back on destruction, whatever others changed meanwhile.
+    const unsigned long now = std::strtoul(Read("/proc/sys/vm/nr_hugepages").c_str(), nullptr, 10);
+    raised_pages_ = now > before ? now - before : 0;
+    if (raised_pages_ < pages) {
       skip = "the kernel found no memory for " + std::to_string(pages) + " more hugetlb pages";
     }
   }
   ~HugeTlbLimitedCgroup() {
-    if (raised_pages_) Write("/proc/sys/vm/nr_hugepages", std::to_string(old_pages_));
+    if (raised_pages_ > 0) {
+      const unsigned long now = std::strtoul(Read("/proc/sys/vm/nr_hugepages").c_str(), nullptr, 10);
+      Write("/proc/sys/vm/nr_hugepages", std::to_string(now > raised_pages_ ? now - raised_pages_ : 0));
+    }
     if (!dir_.empty()) ::rmdir(dir_.c_str());
     if (enabled_controller_) Write(root_ + "/cgroup.subtree_control", "-hugetlb");
   }
@@ -280,8 +297,7 @@ class HugeTlbLimitedCgroup {
 
   std::string root_, dir_;
   bool enabled_controller_ = false;
-  bool raised_pages_ = false;
-  unsigned long old_pages_ = 0;
+  unsigned long raised_pages_ = 0;
 };
 
 // The kernel reserves a private hugetlb mapping's pages when it is made, but a
@@ -291,39 +307,55 @@ class HugeTlbLimitedCgroup {
 // whether or not it was asked to prefault.
 TEST(PoolTest, AHugeTlbArenaTheCgroupCannotHoldFallsBackInsteadOfRaisingSigbus) {
   constexpr size_t kArena = 8 * kMiB;
-  HugeTlbLimitedCgroup cg(kArena / Pool::kHugePageBytes, Pool::kHugePageBytes);
+  {
+    // Kernels before 5.14 cannot populate a mapping: there the pool takes the
+    // pages on trust (docs/mempool.md) and this cannot be checked.
+    void* probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(probe, MAP_FAILED);
+    const bool can_populate = madvise(probe, 4096, 23 /* MADV_POPULATE_WRITE */) == 0;
+    munmap(probe, 4096);
+    if (!can_populate) GTEST_SKIP() << "this kernel has no MADV_POPULATE_WRITE";
+  }
+  // More pages than the arena needs: other test processes may take some of
+  // them meanwhile (every pool tries hugetlb pages first).
+  HugeTlbLimitedCgroup cg(4 * kArena / Pool::kHugePageBytes, Pool::kHugePageBytes);
   if (!cg.skip.empty()) GTEST_SKIP() << cg.skip;
   for (bool prefault : {true, false}) {
     SCOPED_TRACE(prefault ? "prefault" : "no prefault");
-    const unsigned long hits = cg.LimitHits();
-    const pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      if (!cg.Join()) ::_exit(2);
-      PoolOptions o;
-      o.arena_bytes = kArena;
-      o.max_class_bytes = 1 * kMiB;
-      o.prefault = prefault;
-      auto created = Pool::Create(o);
-      if (!created.ok()) ::_exit(3);
-      if ((*created)->page_mode() == PageMode::kHugeTlb) ::_exit(4);
-      std::vector<Buffer> all;
-      for (;;) {
-        auto b = (*created)->Allocate(1 * kMiB);
-        if (!b.ok()) break;
-        std::memset(b->data(), 0x5a, b->size());
-        all.push_back(std::move(b).value());
+    bool limit_hit = false;
+    for (int attempt = 0; attempt < 3 && !limit_hit; ++attempt) {
+      const unsigned long hits = cg.LimitHits();
+      const pid_t pid = ::fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {
+        ::alarm(60);  // a hung child does not outlive the test
+        if (!cg.Join()) ::_exit(2);
+        PoolOptions o;
+        o.arena_bytes = kArena;
+        o.max_class_bytes = 1 * kMiB;
+        o.prefault = prefault;
+        auto created = Pool::Create(o);
+        if (!created.ok()) ::_exit(3);
+        if ((*created)->page_mode() == PageMode::kHugeTlb) ::_exit(4);
+        std::vector<Buffer> all;
+        for (;;) {
+          auto b = (*created)->Allocate(1 * kMiB);
+          if (!b.ok()) break;
+          std::memset(b->data(), 0x5a, b->size());
+          all.push_back(std::move(b).value());
+        }
+        ::_exit(all.size() == kArena / kMiB ? 0 : 5);
       }
-      ::_exit(all.size() == kArena / kMiB ? 0 : 5);
+      int status = 0;
+      ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+      ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal " << WTERMSIG(status);
+      ASSERT_EQ(WEXITSTATUS(status), 0) << "2: cannot join the cgroup, 3: Create failed, "
+                                           "4: the arena kept hugetlb pages, 5: not all of the arena usable";
+      // The arena did try hugetlb pages and the limit refused one (not:
+      // other processes had taken the pages, and it never got any).
+      limit_hit = cg.LimitHits() > hits;
     }
-    int status = 0;
-    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-    ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal " << WTERMSIG(status);
-    EXPECT_EQ(WEXITSTATUS(status), 0) << "2: cannot join the cgroup, 3: Create failed, "
-                                         "4: the arena kept hugetlb pages, 5: not all of the arena usable";
-    // The arena did try its hugetlb pages (they were not taken by another
-    // process first) and the limit refused one.
-    EXPECT_GT(cg.LimitHits(), hits);
+    if (!limit_hit) GTEST_SKIP() << "other processes took the hugetlb pages three times in a row";
   }
 }
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -117,9 +118,15 @@ class TcpRelay {
     }
     return true;
   }
-  static bool WriteAll(int fd, const char* p, size_t n) {
+  // False once the peer is gone (no SIGPIPE) or the relay stops: a peer that
+  // no longer reads never keeps the destructor waiting.
+  bool WriteAll(int fd, const char* p, size_t n) {
     while (n > 0) {
-      const ssize_t w = write(fd, p, n);
+      if (stop_.load()) return false;
+      pollfd out{fd, POLLOUT, 0};
+      if (poll(&out, 1, 20) <= 0) continue;
+      const ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w < 0 && (errno == EAGAIN || errno == EINTR)) continue;
       if (w <= 0) return false;
       p += w;
       n -= static_cast<size_t>(w);
