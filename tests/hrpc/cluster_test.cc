@@ -480,14 +480,21 @@ TEST(Naming, TcpConnectResolvesNamesOffTheWorker) {
 
 // --- balancers ------------------------------------------------------------
 
+// `n` calls of `text` through `ch`, one after another, each with 5 s to
+// answer: every one must succeed.
+void CallsSucceed(ClusterChannel& ch, int n, const std::string& text) {
+  for (int i = 0; i < n; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(5s);
+    auto r = Call(ch, ctx, text);
+    ASSERT_TRUE(r.ok()) << "call " << i << ": " << r.status().ToString();
+  }
+}
+
 TEST(ClusterChannel, RoundRobinSpreadsCallsEvenly) {
   Cluster c(3);
   auto ch = ClusterChannel::Create(*c.runtime, c.List()).value();
-  for (int i = 0; i < 30; ++i) {
-    ClientContext ctx;
-    ctx.set_timeout(5s);
-    ASSERT_TRUE(Call(*ch, ctx, "rr").ok());
-  }
+  CallsSucceed(*ch, 30, "rr");
   for (auto& s : c.services) EXPECT_EQ(s->calls.load(), 10);
   auto st = ch->ServerStats();
   ASSERT_EQ(st.size(), 3u);
@@ -505,11 +512,7 @@ TEST(ClusterChannel, LeastLoadedAvoidsASlowServer) {
   ClusterChannelOptions o;
   o.load_balancer = "la";
   auto ch = ClusterChannel::Create(*c.runtime, c.List(), o).value();
-  for (int i = 0; i < 40; ++i) {
-    ClientContext ctx;
-    ctx.set_timeout(5s);
-    ASSERT_TRUE(Call(*ch, ctx, "la").ok());
-  }
+  CallsSucceed(*ch, 40, "la");
   // Both get tried; the fast one takes nearly everything after that.
   EXPECT_GE(c.services[0]->calls.load(), 1);
   EXPECT_GE(c.services[1]->calls.load(), 35) << "slow got " << c.services[0]->calls.load();
@@ -523,18 +526,11 @@ TEST(ClusterChannel, LeastLoadedComesBackToAFastServerAfterOneStalledAnswer) {
   ClusterChannelOptions o;
   o.load_balancer = "la";
   auto ch = ClusterChannel::Create(*c.runtime, c.List(), o).value();
-  auto calls = [&](int n) {
-    for (int i = 0; i < n; ++i) {
-      ClientContext ctx;
-      ctx.set_timeout(5s);
-      ASSERT_TRUE(Call(*ch, ctx, "la").ok());
-    }
-  };
-  calls(10);
+  CallsSucceed(*ch, 10, "la");
   const int fast_before = c.services[1]->calls.load();
   ASSERT_GE(fast_before, 5);
   c.services[1]->stall_next_ms = 300;
-  calls(20);
+  CallsSucceed(*ch, 20, "la");
   EXPECT_EQ(c.services[1]->stall_next_ms.load(), 0) << "the fast server never got the stalled call";
   EXPECT_GE(c.services[1]->calls.load() - fast_before, 15)
       << "after one stalled answer the slow server got " << c.services[0]->calls.load() << " calls";

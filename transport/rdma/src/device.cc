@@ -53,7 +53,7 @@ RdmaDeviceInfo QueryDevice(ibv_context* ctx) {
   return info;
 }
 
-// CAP_IPC_LOCK in this thread's effective set (CapEff of /proc/self/status):
+// CAP_IPC_LOCK in the process's effective set (CapEff of /proc/self/status):
 // pinned memory is then not held to RLIMIT_MEMLOCK.
 bool HasIpcLockCapability() {
   std::ifstream f("/proc/self/status");
