@@ -414,6 +414,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     std::erase(authenticating[w], conn.get());
     if (s.ok() && !stopping.load()) {
       authenticated.fetch_add(1, std::memory_order_relaxed);
+      conn->Admit();
       return Admit(w, std::move(conn), std::move(scheme));
     }
     if (s.ok()) return conn->Close();
@@ -1070,6 +1071,8 @@ Status Server::Start() {
       HRPC_TRY(im.workers->RunOn(w, [&im, w, &scheme, &target, &bound_uri]() -> Status {
         HRPC_ASSIGN_OR_RETURN(transport::Transport * t, im.workers->TransportFor(w, scheme));
         HRPC_ASSIGN_OR_RETURN(auto listener, im.options.tls ? t->ListenTls(target, im.options.tls) : t->Listen(target));
+        // A peer that has not authenticated makes the server hold little memory.
+        if (im.options.authenticator) listener->HoldUntilAdmitted();
         if (w == 0) bound_uri = listener->uri();
         transport::Listener* raw_listener = listener.get();
         im.listeners[w].push_back(std::move(listener));

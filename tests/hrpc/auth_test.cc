@@ -247,6 +247,22 @@ class RawPeer {
       return 0;
     }).status();
   }
+  // `b` with `payload_bytes` of payload behind it, handed to the transport
+  // (which may still be writing it when this returns).
+  Status SendWithPayload(const Bytes& b, size_t payload_bytes) {
+    return On([&]() -> hrpc::Result<int> {
+      HRPC_ASSIGN_OR_RETURN(IoBuf m, IoBuf::CopyFrom(*pool_, b.data(), b.size()));
+      IoBuf payload;
+      for (size_t off = 0; off < payload_bytes; off += pool_->options().max_class_bytes) {
+        HRPC_ASSIGN_OR_RETURN(auto block,
+                              pool_->Allocate(std::min(pool_->options().max_class_bytes, payload_bytes - off)));
+        std::memset(block.data(), 'p', block.size());
+        payload.Append(std::move(block));
+      }
+      HRPC_TRY(conn_->SendWithPayload(std::move(m), std::move(payload)));
+      return 0;
+    }).status();
+  }
   hrpc::Result<Bytes> Recv() {
     return On([&]() -> hrpc::Result<Bytes> {
       HRPC_ASSIGN_OR_RETURN(IoBuf m, conn_->Recv());
@@ -349,6 +365,65 @@ TEST_F(Auth, SilentPeerIsClosedAtTheHandshakeTimeout) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s);
   EXPECT_EQ(FailuresReach(1), 1);
   StillServesOthers();
+}
+
+// What a peer that has not authenticated sends costs the server little memory
+// (Listener::HoldUntilAdmitted): a payload behind its first message closes the
+// connection at once with UNAUTHENTICATED; one behind a later message is not
+// read until the peer is admitted, which it never is (the connection closes
+// at the handshake timeout). Without that, each of these peers would have the
+// server take 8 MiB of blocks ahead of its payload, or all of it.
+TEST_F(Auth, APeerThatHasNotAuthenticatedMakesTheServerHoldNoPayload) {
+  // Peak bytes of blocks the server's pool handed out (its classes' high
+  // water marks): an upper bound on what it ever held at once.
+  hrpc::mempool::Pool& pool = server_rt_->pool(0);
+  auto peak = [&pool] {
+    size_t n = 0;
+    for (const auto& c : pool.Stats()) n += c.high_water * c.block_bytes;
+    return n;
+  };
+  const size_t peak0 = peak();
+  std::vector<std::unique_ptr<RawPeer>> peers;
+  for (int i = 0; i < 4; ++i) {
+    auto p = std::make_unique<RawPeer>();
+    ASSERT_TRUE(p->Connect(uri_).ok());
+    ASSERT_TRUE(p->Send(Msg(1, Nonce())).ok());
+    auto challenge = p->Recv();
+    ASSERT_TRUE(challenge.ok()) << challenge.status().ToString();
+    ASSERT_TRUE(p->SendWithPayload(Msg(3, Bytes(32, 0)), size_t{6} << 20).ok());  // a "proof" with a payload
+    peers.push_back(std::move(p));
+  }
+  for (auto& p : peers) EXPECT_FALSE(p->Recv().ok()) << "closed at the handshake timeout";
+  EXPECT_EQ(FailuresReach(4), 4);
+  EXPECT_LT(peak() - peak0, size_t{2} << 20) << "the server took memory for the payloads of unauthenticated peers";
+  {
+    RawPeer p;
+    ASSERT_TRUE(p.Connect(uri_).ok());
+    ASSERT_TRUE(p.SendWithPayload(Msg(1, Nonce()), size_t{4} << 20).ok());
+    auto r = p.Recv();
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("must authenticate first"), std::string::npos) << r.status().ToString();
+  }
+  EXPECT_LT(peak() - peak0, size_t{2} << 20);
+  EXPECT_EQ(service_.calls.load(), 0);
+  // An authenticated client's first call carries an attachment: it arrives
+  // before the server has admitted the connection, and is served.
+  auto good = hrpc::Runtime::Create(TcpRuntime(Secret("correct horse battery staple")));
+  ASSERT_TRUE(good.ok());
+  auto ch = hrpc::RpcChannel::Create(**good, uri_);
+  ASSERT_TRUE(ch.ok());
+  rpctest::Test::Stub stub(ch->get());
+  ClientContext ctx;
+  ctx.set_timeout(10s);
+  ctx.request_attachment() = rpctest::MakePayload((*good)->pool(0), size_t{3} << 20, 9);
+  const uint32_t crc = ctx.request_attachment().Crc32c();
+  ctx.set_response_attachment_capacity(size_t{3} << 20);
+  rpctest::Req req;
+  req.set_echo_attachment(true);
+  rpctest::Resp resp;
+  auto st = stub.Call(ctx, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(ctx.response_attachment().Crc32c(), crc);
 }
 
 // The client side of a replay: a fake server answers with a proof recorded

@@ -445,6 +445,106 @@ std::vector<uint8_t> AnnouncingFrame(uint32_t msg_len, uint32_t payload_len, uin
   return f;
 }
 
+// A raw client whose hello offers payloads up to `pages` * 4 KiB, handshaken
+// with a listener that holds its connections until admitted.
+std::unique_ptr<RawClient> HeldPayloadClient(Env& env, uint32_t pages) {
+  EXPECT_TRUE(On(env.server_worker(), [&]() -> Status {
+                env.listener().HoldUntilAdmitted();
+                return Status::Ok();
+              }).ok());
+  auto raw = std::make_unique<RawClient>(env.listener().uri());
+  std::vector<uint8_t> hello = HelloFrame();
+  const uint16_t flags = 1;  // payloads
+  std::memcpy(&hello[32 + 10], &flags, 2);
+  std::memcpy(&hello[32 + 28], &pages, 4);
+  raw->Write(hello);
+  EXPECT_EQ(raw->Read(64).size(), 64u);
+  return raw;
+}
+
+// Listener::HoldUntilAdmitted (a server with an authenticator): until
+// Connection::Admit(), a connection reads nothing while a message it received
+// waits to be taken, and no in-stream payload, so a peer that has not
+// authenticated makes this side hold little memory (without the hold, the
+// payload below would have 8 MiB of blocks mapped ahead of its bytes at
+// once). Once admitted, what waited is read whole.
+TEST_F(TcpWire, AConnectionHeldUntilAdmittedReadsNoPayloadBeforeAdmit) {
+  using mempool::testing::BytesInUse;
+  auto raw = HeldPayloadClient(*env_, /*pages=*/16384);  // payloads up to 64 MiB
+  auto accepted = coro::Async(env_->server_worker().scheduler(), [&]() { return env_->listener().Accept(); }).WaitFor(5s);
+  ASSERT_TRUE(accepted.ok()) << accepted.status().ToString();
+  std::unique_ptr<Connection> conn = std::move(*accepted);
+  const auto& ctr = *env_->server_transport().counters();
+  auto recv = [&]() { return On(env_->server_worker(), [&]() { return conn->Recv(); }); };
+
+  // Two messages, the second longer than what one read takes past the first:
+  // the second is read only once the first was taken.
+  const uint64_t received0 = ctr.messages_received.Get();
+  std::vector<uint8_t> two = Header(/*MESSAGE*/ 3, 48);
+  two.resize(32 + 48, 'a');
+  std::vector<uint8_t> second = Header(/*MESSAGE*/ 3, 8000);
+  second.resize(32 + 8000, 'b');
+  two.insert(two.end(), second.begin(), second.end());
+  raw->Write(two);
+  for (int i = 0; i < 500 && ctr.messages_received.Get() == received0; ++i) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(ctr.messages_received.Get(), received0 + 1) << "read past a message that was not taken";
+  auto m1 = recv();
+  ASSERT_TRUE(m1.ok()) << m1.status().ToString();
+  EXPECT_EQ(m1->size(), 48u);
+  auto m2 = recv();
+  ASSERT_TRUE(m2.ok()) << m2.status().ToString();
+  EXPECT_EQ(m2->size(), 8000u);
+
+  // A 16 MiB payload, 64 KiB of it sent: no block is taken for it.
+  const size_t before = BytesInUse(env_->pool());
+  const uint64_t payload = uint64_t{16} << 20;
+  const size_t sent = size_t{64} << 10;
+  raw->Write(MessagePayloadFrame(40, payload, sent));
+  size_t most = 0;
+  for (int i = 0; i < 30; ++i) {
+    most = std::max(most, BytesInUse(env_->pool()));
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_LT(most, before + (size_t{1} << 20)) << "blocks taken for the payload of a connection not admitted";
+
+  // Admitted: the payload is read, the message delivered whole.
+  On(env_->server_worker(), [&]() { conn->Admit(); });
+  std::vector<uint8_t> rest(payload - sent, 'p');
+  std::thread writer([&] { raw->Write(rest); });
+  auto m3 = recv();
+  writer.join();
+  ASSERT_TRUE(m3.ok()) << m3.status().ToString();
+  EXPECT_EQ(m3->size(), 40 + payload);
+  On(env_->server_worker(), [&]() { conn.reset(); });
+  ServerUnaffected();
+}
+
+// A first message with a payload before authentication: no authentication
+// exchange starts that way, so the frame is read into nothing and dropped,
+// and the connection closed with UNAUTHENTICATED and the reason.
+TEST_F(TcpWire, AHeldConnectionWhoseFirstMessageCarriesAPayloadIsRefused) {
+  using mempool::testing::BytesInUse;
+  const size_t before = BytesInUse(env_->pool());
+  auto raw = HeldPayloadClient(*env_, /*pages=*/16);
+  raw->Write(MessagePayloadFrame(10, 60000, 60000));
+  std::vector<uint8_t> err;
+  do {
+    err = raw->Read(32);  // keepalives may come first
+    ASSERT_EQ(err.size(), 32u);
+  } while (err[1] == 10);
+  EXPECT_LT(BytesInUse(env_->pool()), before + 60000);
+  EXPECT_EQ(err[1], 8) << "ERROR frame";
+  uint32_t code = 0, len = 0;
+  std::memcpy(&code, &err[28], 4);
+  std::memcpy(&len, &err[4], 4);
+  EXPECT_EQ(code, static_cast<uint32_t>(StatusCode::kUnauthenticated));
+  auto text = raw->Read(len);
+  EXPECT_NE(std::string(text.begin(), text.end()).find("must authenticate first"), std::string::npos);
+  EXPECT_TRUE(raw->ClosedByServer());
+  ServerUnaffected();
+}
+
 // A peer that goes away in the middle of a message's payload: the blocks the
 // payload was being read into go back to the pool, whether the connection
 // was still waiting in the accept queue or had been accepted.

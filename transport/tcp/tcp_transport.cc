@@ -263,6 +263,14 @@ struct Conn : std::enable_shared_from_this<Conn> {
   // The pool refused a receive buffer: the socket is not read until the
   // retry timer (retry_in, doubling) finds memory.
   bool rx_paused = false;
+  // Accepted from a listener that holds connections until Admit() (not yet
+  // admitted): no payload is read, nor anything while a message waits in the
+  // inbox. hold_wait: paused for that (resumed by Admit() or Recv()).
+  bool admitted = true;
+  bool hold_wait = false;
+  bool delivered_any = false;  // a message was delivered (the first one tells a peer that skipped authentication)
+  Status close_reason;         // what an ERROR frame queued with close_after told the peer
+  Status drain_refusal;        // the frame being drained is answered with this, then the connection closes
   std::chrono::milliseconds retry_in = kMemoryRetryFirst;
   Clock::time_point memory_wait_since;  // first refusal of the current wait
   bool read_since_pause = false;        // bytes were read since the last refusal: it ended that wait
@@ -306,6 +314,7 @@ struct ListenerState {
   uint64_t token = 0;
   std::string uri;
   std::shared_ptr<const TlsContext> tls;  // null: plain TCP
+  bool hold_until_admitted = false;       // Listener::HoldUntilAdmitted()
   internal::AcceptQueue<std::shared_ptr<Conn>, Parked> accepts;
 };
 
@@ -371,7 +380,11 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   void UpdateEvents(Conn& c);
   // A receive buffer the pool refused: stop reading `c` and retry later.
   void PauseForMemory(Conn& c, const Status& why);
-  void ResumeAfterMemory(const std::weak_ptr<Conn>& weak);
+  void ResumeReading(const std::weak_ptr<Conn>& weak);
+  // A connection not admitted yet stops reading (Listener::HoldUntilAdmitted);
+  // ReleaseHold reads it again once it was admitted or its inbox emptied.
+  void HoldForAdmission(Conn& c);
+  void ReleaseHold(Conn& c);
   void Queue(Conn& c, FrameHeader h, mempool::IoBuf&& payload = mempool::IoBuf(), uint32_t expo_index = UINT32_MAX);
   void QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after = false);
   // Fails `c` when the answers queued for its peer's one-sided ops reached
@@ -569,12 +582,30 @@ void Core::PauseForMemory(Conn& c, const Status& why) {
   UpdateEvents(c);
   sched->AddTimer(now + c.retry_in,
                   [weak = std::weak_ptr<Conn>(c.shared_from_this())] {
-                    if (auto conn = weak.lock(); conn && !conn->closed()) conn->core->ResumeAfterMemory(weak);
+                    if (auto conn = weak.lock(); conn && !conn->closed()) conn->core->ResumeReading(weak);
                   });
   c.retry_in = std::min(c.retry_in * 2, kMemoryRetryMax);
 }
 
-void Core::ResumeAfterMemory(const std::weak_ptr<Conn>& weak) {
+void Core::HoldForAdmission(Conn& c) {
+  if (c.rx_paused || c.closed()) return;
+  c.hold_wait = true;
+  c.rx_paused = true;
+  UpdateEvents(c);
+}
+
+void Core::ReleaseHold(Conn& c) {
+  if (!c.hold_wait || c.closed()) return;
+  c.hold_wait = false;
+  // From the scheduler, not from inside Recv() or Admit(): reading delivers.
+  sched->Spawn(
+      [weak = std::weak_ptr<Conn>(c.shared_from_this())] {
+        if (auto conn = weak.lock(); conn && !conn->closed()) conn->core->ResumeReading(weak);
+      },
+      "hrpc-tcp-admit");
+}
+
+void Core::ResumeReading(const std::weak_ptr<Conn>& weak) {
   auto c = weak.lock();
   if (!c || c->closed() || stopped) return;
   c->rx_paused = false;
@@ -680,6 +711,7 @@ void Core::QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after
   h.aux = static_cast<uint32_t>(s.code());
   Queue(c, h, std::move(body));
   c.outq.back().close_after = close_after;
+  if (close_after) c.close_reason = s;
 }
 
 // A MESSAGE / MESSAGE_PAYLOAD header announces (key) how many frames right
@@ -764,7 +796,7 @@ void Core::Flush(Conn& c) {
       c.outq.pop_front();
       if (expo != UINT32_MAX) c.expo.End(expo);
       if (close_after) {
-        Fail(c, FailedPreconditionError("handshake refused"));
+        Fail(c, c.close_reason);
         return;
       }
     }
@@ -862,7 +894,7 @@ bool Core::TakeBody(Conn& c, size_t& got) {
 
 void Core::ExtendPlan(Conn& c) {
   const FrameHeader& h = c.cur;  // the announcing frame, or the last planned one (same shape)
-  if (c.run_left == 0 || (h.type != FrameType::kMessage && h.type != FrameType::kMessagePayload)) return;
+  if (!c.admitted || c.run_left == 0 || (h.type != FrameType::kMessage && h.type != FrameType::kMessagePayload)) return;
   const bool with_payload = h.type == FrameType::kMessagePayload;
   const size_t ctrl_len = kHeaderBytes + h.length + (with_payload ? tcp::kPayloadPad : 0);
   const uint64_t p = with_payload ? h.addr : 0;
@@ -899,6 +931,10 @@ void Core::ExtendPlan(Conn& c) {
 bool Core::OnReadable(Conn& c) {
   bool any = false;
   for (int round = 0; round < kReadBudget && !c.closed(); ++round) {
+    if (!c.admitted && !c.inbox.empty()) {
+      HoldForAdmission(c);  // one message at a time until admitted
+      return any;
+    }
     iovec iov[kMaxIov];
     int n = 0;
     bool covered = true;  // the iovecs cover the whole rest of the current frame (and of the planned ones)
@@ -913,6 +949,10 @@ bool Core::OnReadable(Conn& c) {
         if (d > 0) iov[n++] = {scratch.data(), d};
         covered = d == c.body_left;
       } else if (c.body_left > 0) {
+        if (c.sink == Sink::kPayload && !c.admitted) {
+          HoldForAdmission(c);  // no payload until admitted
+          return any;
+        }
         if (c.sink == Sink::kPayload && c.body_pos == c.body_iov.size() && !MorePayloadBlocks(c)) {
           PauseForMemory(c, ResourceExhaustedError("no pool block for the payload"));
           return any;
@@ -1139,6 +1179,21 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
                              std::to_string(c.limits.max_message_bytes));
         return;
       }
+      if (h.type == FrameType::kMessagePayload && !c.admitted && !c.delivered_any) {
+        // An authenticating peer starts with the exchange's messages, which
+        // carry no payload: this one skipped authentication. Its frame is
+        // read into the scratch buffer and dropped, then the peer is told
+        // why (closing with its bytes unread would reset the connection and
+        // lose the reason).
+        c.drain_refusal = Status(StatusCode::kUnauthenticated,
+                                 "this connection must authenticate first: its first message carries a payload of " +
+                                     std::to_string(h.addr) + " bytes");
+        SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, c.drain_refusal.message());
+        c.payload_pending = 0;
+        c.body_total = c.body_left = uint64_t{h.length} + tcp::kPayloadPad + h.addr;
+        c.sink = Sink::kDrain;
+        break;
+      }
       if (c.checked && !c.rx_seq.Accept(h.op_id)) {
         // A copy of a message already delivered: it used no receive slot.
         if (h.type == FrameType::kMessagePayload) {
@@ -1304,6 +1359,12 @@ void Core::OnBodyDone(Conn& c) {
       break;
     }
     case Sink::kDrain:
+      if (!c.drain_refusal.ok()) {
+        QueueError(c, 0, c.drain_refusal, /*close_after=*/true);
+        Flush(c);  // only the handshake went out before: the frame fits the socket
+        if (!c.closed()) Fail(c, c.drain_refusal);
+        break;
+      }
       if (h.type != FrameType::kWrite) break;  // a duplicate message, discarded
       QueueError(c, h.op_id, c.refusal);
       c.refusal = Status::Ok();
@@ -1338,8 +1399,9 @@ void Core::OnBodyDone(Conn& c) {
 
 // The payload of a MESSAGE_PAYLOAD whose message has arrived: pool blocks (4
 // KiB-aligned from 4 KiB up) that the socket is read into, after the padding.
-// Blocks are added as the bytes come (MorePayloadBlocks), so a peer that
-// announces a payload it does not send holds no memory for it.
+// Blocks are added as the bytes come (MorePayloadBlocks), at most
+// kPayloadAheadBytes ahead of them; a connection not admitted yet gets none
+// (OnReadable holds it first).
 bool Core::StartPayload(Conn& c) {
   const uint64_t n = c.payload_pending;
   c.payload_pending = 0;
@@ -1357,7 +1419,7 @@ bool Core::StartPayload(Conn& c) {
     f.adopted = true;
     return true;
   }
-  return MorePayloadBlocks(c);
+  return !c.admitted || MorePayloadBlocks(c);
 }
 
 bool Core::MorePayloadBlocks(Conn& c) {
@@ -1446,6 +1508,7 @@ void Core::Deliver(Conn& c, mempool::IoBuf&& msg, uint64_t payload_bytes) {
   ctr().message_bytes_received.Add(msg.size() - payload_bytes);
   if (payload_bytes > 0) ctr().payload_bytes_received.Add(payload_bytes);
   ++c.unreturned;
+  c.delivered_any = true;
   if (c.inbox.Put(std::move(msg))) ReturnCredit(c);
 }
 
@@ -1523,6 +1586,7 @@ void Core::OnAccept(ListenerState& ls) {
     for (auto& [tok, l] : listeners) {
       if (l.get() == &ls) c->listener = l;
     }
+    c->admitted = !ls.hold_until_admitted;
     if (ls.tls) {
       auto tls = tcp::TlsStream::Create(*ls.tls, fd, /*server=*/true, {}, c->peer);
       if (!tls.ok()) {
@@ -1566,7 +1630,7 @@ void Core::DriveTls(Conn& c) {
 int Core::ServeTlsBuffered() {
   int served = 0;
   for (auto& c : std::exchange(tls_buffered, {})) {
-    if (c->closed() || c->rx_paused) continue;  // a paused one is read again by ResumeAfterMemory
+    if (c->closed() || c->rx_paused) continue;  // a paused one is read again by ResumeReading
     ++served;
     OnReadable(*c);
     NoteTlsBuffered(*c);
@@ -1798,11 +1862,18 @@ class TcpConnection final : public Connection {
       if (!c->closed()) {
         c->core->ReturnCredit(*c);
         if (!c->outq.empty()) c->core->MarkDirty(*c);
+        if (c->inbox.empty()) c->core->ReleaseHold(*c);
       }
       return m;
     }
     if (c->closed()) return c->status;
     return c->inbox.Wait();
+  }
+
+  void Admit() override {
+    if (c_->admitted) return;
+    c_->admitted = true;
+    c_->core->ReleaseHold(*c_);
   }
 
   Result<RemoteDescriptor> Expose(const mempool::Buffer& buf, Access access) override {
@@ -1912,6 +1983,8 @@ class TcpListener final : public Listener {
   }
 
   std::string uri() const override { return ls_->uri; }
+
+  void HoldUntilAdmitted() override { ls_->hold_until_admitted = true; }
 
   void Close() override {
     if (ls_->accepts.closed()) return;

@@ -241,6 +241,12 @@ class Connection {
   // connection end (UNAVAILABLE). Idempotent; does not suspend.
   virtual void Close() = 0;
 
+  // The peer passed authentication: lifts what Listener::HoldUntilAdmitted()
+  // held back on this connection, and it is read as fast as any other. No
+  // effect on a connection accepted without that, or on a transport that holds
+  // nothing back. Does not suspend.
+  virtual void Admit() {}
+
   // OK while usable; the first error otherwise.
   virtual Status status() const = 0;
   virtual const Limits& limits() const = 0;
@@ -260,6 +266,19 @@ class Listener {
   virtual std::string uri() const = 0;
   // Stop accepting; parked Accept() calls return CANCELLED. Idempotent.
   virtual void Close() = 0;
+  // Connections accepted from now on are held back until Connection::Admit(),
+  // so that a peer that has not authenticated yet can make this side hold
+  // little memory (ServerOptions::authenticator sets it). On TCP such a
+  // connection reads no in-stream payload (it stops reading at one until
+  // admitted, and fails with UNAUTHENTICATED when the very first message
+  // carries one: no authentication exchange starts that way) and reads nothing
+  // more while a message it received waits to be taken (Recv): at most one
+  // message of max_message_bytes at a time. RDMA and loopback have nothing to
+  // hold back: an RDMA peer's messages land in receive slots bounded by its
+  // credits (recv_depth messages of max_message_bytes), a loopback peer's in
+  // memory of its own. Call it on the listener's worker right after Listen(),
+  // before anything there suspends: a connection accepted before it is not held.
+  virtual void HoldUntilAdmitted() {}
 };
 
 // Counters of one transport instance (one worker, one scheme), for monitoring
