@@ -247,10 +247,9 @@ Status WalLog::Append(const mempool::IoBuf& record) {
   if (!s.ok()) {
     ++stats_.failures;
     if (tail_ == off + record.size()) {
-      // The last record: give its space back (a partial write may have grown the file).
+      // The last record: the next append takes its place.
       tail_ = off;
-      allocated_ = off;
-      if (ftruncate(fd_, static_cast<off_t>(off)) != 0) broken_ = ErrnoStatus(errno, "WalLog: truncate after " + s.ToString());
+      broken_ = RollBack(off, record.size(), s);
     } else {
       broken_ = s;
     }
@@ -266,6 +265,36 @@ Status WalLog::Append(const mempool::IoBuf& record) {
   std::unique_lock<coro::Mutex> lock(mu_);
   written_.Wait(mu_, [&] { return !broken_.ok() || in_flight_.empty() || *in_flight_.begin() > off; });
   return broken_;
+}
+
+Status WalLog::RollBack(uint64_t off, uint64_t size, const Status& why) {
+  // What the failed write left must not come back at the next Open (a record
+  // whose append failed was refused), and the space after `off` that the
+  // reservations of records to come count on stays allocated. A partial
+  // write may also have grown the file past what was allocated: that goes.
+  const uint64_t keep = std::max(allocated_, off);
+  const uint64_t inside = std::min(off + size, keep) - off;  // the record's bytes in the allocated part
+  if (inside > 0 && fallocate(fd_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                              static_cast<off_t>(inside)) == 0) {
+    if (ftruncate(fd_, static_cast<off_t>(keep)) != 0) {
+      return ErrnoStatus(errno, "WalLog: truncate after " + why.ToString());
+    }
+    allocated_ = keep;
+    return Status::Ok();
+  }
+  // Nothing allocated there, or a file system that cannot zero a range:
+  // cut the file at the record, then allocate again what is reserved.
+  if (ftruncate(fd_, static_cast<off_t>(off)) != 0) return ErrnoStatus(errno, "WalLog: truncate after " + why.ToString());
+  allocated_ = off;
+  if (reserved_ == 0) return Status::Ok();
+  if (fallocate(fd_, 0, static_cast<off_t>(off), static_cast<off_t>(reserved_)) == 0) {
+    allocated_ = off + reserved_;
+    return Status::Ok();
+  }
+  if (errno == EOPNOTSUPP || errno == ENOSYS) return Status::Ok();  // appends extend the file, as Reserve said
+  return ErrnoStatus(errno, fmt::format("WalLog {}: the {} bytes reserved for records to come are lost after a "
+                                        "failed append ({})",
+                                        opts_.path, reserved_, why.ToString()));
 }
 
 Status WalLog::Flush() {

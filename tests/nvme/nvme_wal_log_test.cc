@@ -304,5 +304,44 @@ TEST(NvmeWalLog, ReserveRefusesWhatTheDiskCannotTake) {
   EXPECT_EQ((*log)->recovery().cut_bytes, 0u);
 }
 
+// An append that fails (here: a write past RLIMIT_FSIZE, lowered after the
+// reservations were made) is rolled back without taking the reservations of
+// the records behind it along: the file keeps the space they were promised,
+// the next record takes the failed one's place, and the failed record never
+// comes back at the next Open.
+TEST(NvmeWalLog, AFailedAppendKeepsTheReservationsOfTheRecordsBehindIt) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  const std::string path = dir.File("rollback.wal");
+  const int code = InLimitedChild(uint64_t{1} << 30, [&] {
+    auto pool = SmallPool();
+    std::vector<Replayed> none;
+    auto log = OpenLog(path, *pool, &none);
+    if (!log.ok()) return 11;
+    auto a = (*log)->Encode("a", PatternIoBuf(*pool, 4 * 4096, 4096, 1));
+    if (!a.ok() || a->size() != 5 * 4096 || !(*log)->Reserve(a->size()).ok()) return 12;
+    auto b = (*log)->Encode("b", PatternIoBuf(*pool, 4 * 4096, 4096, 2));
+    if (!b.ok() || !(*log)->Reserve(b->size()).ok()) return 13;
+    if (FileSize(path) < 10 * 4096) return 14;
+    rlimit low{2 * 4096, uint64_t{1} << 30};  // the write of `a` ends past it
+    if (setrlimit(RLIMIT_FSIZE, &low) != 0) return 10;
+    if ((*log)->Append(*a).ok()) return 15;
+    rlimit back{uint64_t{1} << 30, uint64_t{1} << 30};
+    if (setrlimit(RLIMIT_FSIZE, &back) != 0) return 10;
+    if (!(*log)->broken().ok()) return 16;
+    if ((*log)->end_offset() != 0) return 17;
+    if (FileSize(path) < 5 * 4096) return 18;  // b's reservation: still in the file
+    if (!(*log)->Append(*b).ok()) return 19;
+    return (*log)->end_offset() == 5 * 4096 ? 0 : 20;
+  });
+  ASSERT_EQ(code, 0) << "the child's exit code names the step that failed";
+  auto pool = SmallPool();
+  std::vector<Replayed> got;
+  auto log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  ASSERT_EQ(got.size(), 1u) << "the failed record came back, or b is lost";
+  EXPECT_EQ(got[0].request, "b");
+}
+
 }  // namespace
 }  // namespace hrpc::nvme

@@ -35,8 +35,12 @@
 // kFdatasyncOnFlush call Flush().
 //
 // Failures. A failed write of the last record at the tail is rolled back
-// (the file is truncated back, the next append reuses the space): e.g. disk
-// full (RESOURCE_EXHAUSTED) leaves the log as it was. A failure with later
+// (its bytes in the allocated part of the file are zeroed, whatever it wrote
+// beyond is truncated, the next append reuses the space): e.g. disk full
+// (RESOURCE_EXHAUSTED) leaves the log as it was, and the space reserved for
+// the records after it (Reserve) stays allocated; where a range cannot be
+// zeroed the file is cut at the record and that space allocated again, and
+// if that fails the log is broken (a reservation it could not keep). A failure with later
 // records already in flight breaks the log: every later Append returns that
 // error until the process reopens the log (recovery cuts the hole).
 //
@@ -151,6 +155,8 @@ class WalLog {
   Status Recover(const ReplayFn& replay);
   Status OpenAppendSink();
   Status WriteAt(uint64_t offset, const mempool::IoBuf& record);
+  // After the failed append of the last record at `off`: OK, or what breaks the log.
+  Status RollBack(uint64_t off, uint64_t size, const Status& why);
 
   WalLogOptions opts_;
   int fd_ = -1;  // plain fd for truncation
