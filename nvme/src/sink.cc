@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 
 #include <fmt/format.h>
@@ -27,20 +28,32 @@ std::string_view DurabilityName(Durability d) noexcept {
 }
 
 // Registers each pool arena as one io_uring fixed buffer (handle = index).
+// Once attached, an arena the table cannot take (full, or the kernel refused)
+// is not a reason to refuse the pool its growth: that arena's slabs go as
+// READV/WRITEV (its handle names no slot, so FixedContains says no).
 class Sink::FixedRegistrar final : public mempool::Registrar {
  public:
-  explicit FixedRegistrar(IoEngine* engine) : engine_(engine) {}
+  static constexpr uint64_t kNotFixed = UINT32_MAX;
+  FixedRegistrar(IoEngine* engine, std::string path) : engine_(engine), path_(std::move(path)) {}
   std::string_view name() const override { return "io_uring-fixed"; }
+  void Attached() { attached_.store(true, std::memory_order_release); }
   Result<mempool::RegionKey> Register(void* base, size_t len, int) override {
-    HRPC_ASSIGN_OR_RETURN(uint32_t index, engine_->RegisterFixedBuffer(base, len));
-    return mempool::RegionKey{0, 0, index};
+    auto index = engine_->RegisterFixedBuffer(base, len);
+    if (index.ok()) return mempool::RegionKey{0, 0, *index};
+    if (!attached_.load(std::memory_order_acquire)) return index.status();
+    SPDLOG_WARN("nvme sink {}: a new pool arena of {} MiB is not a fixed buffer ({}); its slabs go as READV/WRITEV",
+                path_, len >> 20, index.status().ToString());
+    return mempool::RegionKey{0, 0, kNotFixed};
   }
   void Unregister(void*, size_t, const mempool::RegionKey& key) override {
+    if (key.handle == kNotFixed) return;
     engine_->UnregisterFixedBuffer(static_cast<uint32_t>(key.handle));
   }
 
  private:
   IoEngine* engine_;
+  const std::string path_;
+  std::atomic<bool> attached_{false};  // set once AttachRegistrar registered the arenas there were
 };
 
 Result<std::unique_ptr<Sink>> Sink::Open(SinkOptions o) {
@@ -117,11 +130,12 @@ Result<std::unique_ptr<Sink>> Sink::Open(SinkOptions o) {
   if (!s->engine_) s->engine_ = CreatePsyncEngine();
 
   if (s->engine_->kind() == EngineKind::kIoUring && opts.register_fixed_buffers) {
-    s->registrar_ = std::make_unique<FixedRegistrar>(s->engine_.get());
+    s->registrar_ = std::make_unique<FixedRegistrar>(s->engine_.get(), opts.path);
     auto slot = opts.pool->AttachRegistrar(s->registrar_.get());
     if (slot.ok()) {
       s->slot_ = *slot;
       s->registrar_attached_ = true;
+      s->registrar_->Attached();
     } else {
       SPDLOG_WARN("nvme sink {}: pool arenas not registered as fixed buffers ({}); using READV/WRITEV",
                   opts.path, slot.status().ToString());

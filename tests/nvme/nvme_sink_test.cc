@@ -2,6 +2,7 @@
 // aligned path, exactly head+tail with the fix-up), durability modes, many
 // requests in flight, coroutines resumed through the poller hook, and full
 // disks (a loop-mounted tiny ext4, and RLIMIT_FSIZE) -> RESOURCE_EXHAUSTED.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -16,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include "hrpc/base/crc32c.h"
 #include "hrpc/coroutine/sync.h"
 #include "hrpc/coroutine/worker.h"
 #include "hrpc/mempool/copy.h"
@@ -379,6 +381,46 @@ TEST_P(NvmeSink, BlockDevice) {
   EXPECT_EQ(back->Crc32c(), data.Crc32c());
   EXPECT_EQ((*sink)->Write(8 * kMiB - 128 * kKiB, data).code(), StatusCode::kOutOfRange);
   EXPECT_EQ((*sink)->Read(8 * kMiB, 4 * kKiB).status().code(), StatusCode::kOutOfRange);
+}
+
+// The pool grows past what the fixed-buffer table holds (one slot here):
+// the growth is not refused for it; the new arena's slabs go as WRITEV/READV
+// and their bytes land as well as the fixed ones'.
+TEST_P(NvmeSink, APoolArenaTheFixedTableCannotTakeStillGrowsThePool) {
+  auto pool = testing::SmallPool(8);  // two arenas of 8 MiB at most
+  ASSERT_NE(pool, nullptr);
+  SinkOptions o = Options("grow.dat");
+  o.pool = pool.get();
+  o.fixed_buffer_slots = 1;
+  auto sink = OpenSink(o);
+  ASSERT_NE(sink, nullptr);
+  const Status grown = pool->AddArena();
+  ASSERT_TRUE(grown.ok()) << "the pool did not grow: " << grown.ToString();
+  // 4 MiB slabs from both arenas, as many as they hold.
+  std::vector<mempool::IoBuf> slabs;
+  for (int i = 0; i < 8; ++i) {
+    auto b = pool->Allocate(4 * kMiB);
+    if (!b.ok()) break;
+    testing::Fill(b->data(), b->size(), 20 + i);
+    slabs.emplace_back(std::move(*b));
+  }
+  ASSERT_GE(slabs.size(), 2u);
+  const auto before = sink->stats();
+  for (size_t i = 0; i < slabs.size(); ++i) ASSERT_TRUE(sink->Write(i * 4 * kMiB, slabs[i]).ok()) << i;
+  // Read back past the sink: the pool has no room left for its read slabs.
+  const int fd = ::open(o.path.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  std::vector<char> back(4 * kMiB);
+  for (size_t i = 0; i < slabs.size(); ++i) {
+    ASSERT_EQ(::pread(fd, back.data(), back.size(), static_cast<off_t>(i * 4 * kMiB)),
+              static_cast<ssize_t>(back.size()));
+    EXPECT_EQ(Crc32c(back.data(), back.size()), slabs[i].Crc32c()) << i;
+  }
+  ::close(fd);
+  if (GetParam() != EngineChoice::kPsync) {
+    EXPECT_GT(sink->stats().fixed_slices, before.fixed_slices) << "no slab of the first arena went as a fixed buffer";
+    EXPECT_GT(sink->stats().vectored_slices, before.vectored_slices) << "no slab of the second arena went as WRITEV";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, NvmeSink,
