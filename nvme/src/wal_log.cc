@@ -247,9 +247,10 @@ Status WalLog::Append(const mempool::IoBuf& record) {
   if (!s.ok()) {
     ++stats_.failures;
     if (tail_ == off + record.size()) {
-      // The last record: the next append takes its place.
+      // The last record: the next append takes its place (unless an earlier
+      // record's failure broke the log already: that stays).
       tail_ = off;
-      broken_ = RollBack(off, record.size(), s);
+      if (broken_.ok()) broken_ = RollBack(off, record.size(), s);
     } else {
       broken_ = s;
     }
