@@ -474,6 +474,15 @@ void GatherRange(const mempool::IoBuf& msg, size_t off, size_t n, char* dst) {
 }
 }  // namespace
 
+Result<wire::FrameHeader> PeekHeader(const mempool::IoBuf& msg) {
+  std::byte head[wire::kHeaderSize];
+  if (msg.size() < wire::kHeaderSize) {
+    return DataLossError("hrpc wire: truncated frame: " + std::to_string(msg.size()) + " bytes");
+  }
+  GatherRange(msg, 0, wire::kHeaderSize, reinterpret_cast<char*>(head));
+  return wire::DecodeHeader(std::span<const std::byte>(head, sizeof head));
+}
+
 Result<ReceivedFrame> ReadFrame(mempool::Pool& pool, mempool::IoBuf& msg) {
   ReceivedFrame r;
   if (msg.num_slices() == 1) {
@@ -486,12 +495,7 @@ Result<ReceivedFrame> ReadFrame(mempool::Pool& pool, mempool::IoBuf& msg) {
     }
     return r;
   }
-  std::byte head[wire::kHeaderSize];
-  if (msg.size() < wire::kHeaderSize) {
-    return DataLossError("hrpc wire: truncated frame: " + std::to_string(msg.size()) + " bytes");
-  }
-  GatherRange(msg, 0, wire::kHeaderSize, reinterpret_cast<char*>(head));
-  HRPC_ASSIGN_OR_RETURN(wire::FrameHeader h, wire::DecodeHeader(std::span<const std::byte>(head, sizeof head)));
+  HRPC_ASSIGN_OR_RETURN(wire::FrameHeader h, PeekHeader(msg));
   const uint64_t total = wire::FrameLength(h);
   const uint64_t att_off = uint64_t{h.header_len} + uint64_t{h.num_descriptors} * wire::kDescriptorSize + h.message_len;
   if (total != msg.size() || att_off + h.attachment_len > total) {

@@ -192,5 +192,7 @@ struct ReceivedFrame {
   mempool::IoBuf attachment;
 };
 Result<ReceivedFrame> ReadFrame(mempool::Pool& pool, mempool::IoBuf& msg);
+// The header of the frame in `msg`, decoded; the rest is not looked at.
+Result<wire::FrameHeader> PeekHeader(const mempool::IoBuf& msg);
 
 }  // namespace hrpc::internal

@@ -421,13 +421,15 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     auth_failures.fetch_add(1, std::memory_order_relaxed);
     SPDLOG_WARN("hrpc server: closing connection {}: {}", conn->peer(), s.ToString());
     if (!first.empty()) {
-      auto rx = internal::ReadFrame(pool, first);
-      if (rx.ok() && rx->frame.header().kind == wire::FrameKind::kRequest) {
+      // Its header only: the transport may have dropped the attachment of a
+      // first message (docs/transport.md, "Authentication").
+      auto req = internal::PeekHeader(first);
+      if (req.ok() && req->kind == wire::FrameKind::kRequest) {
         wire::FrameHeader h;
         h.kind = wire::FrameKind::kResponse;
-        h.txn_id = rx->frame.header().txn_id;
-        h.service_id = rx->frame.header().service_id;
-        h.method_id = rx->frame.header().method_id;
+        h.txn_id = req->txn_id;
+        h.service_id = req->service_id;
+        h.method_id = req->method_id;
         h.status = StatusCode::kUnauthenticated;
         auto f = internal::SmallFrame(pool, h, "this server requires authentication (" +
                                                    std::string(options.authenticator->name()) + ")");

@@ -368,11 +368,12 @@ TEST_F(Auth, SilentPeerIsClosedAtTheHandshakeTimeout) {
 }
 
 // What a peer that has not authenticated sends costs the server little memory
-// (Listener::HoldUntilAdmitted): a payload behind its first message closes the
-// connection at once with UNAUTHENTICATED; one behind a later message is not
-// read until the peer is admitted, which it never is (the connection closes
-// at the handshake timeout). Without that, each of these peers would have the
-// server take 8 MiB of blocks ahead of its payload, or all of it.
+// (Listener::HoldUntilAdmitted): a payload behind a message after the first
+// is not read until the peer is admitted, which it never is (the connection
+// closes at the handshake timeout); one behind the first message (a client
+// that skipped authentication) is dropped unread and its request answered
+// UNAUTHENTICATED. Without that, each of these peers would have the server
+// take 8 MiB of blocks ahead of its payload, or all of it.
 TEST_F(Auth, APeerThatHasNotAuthenticatedMakesTheServerHoldNoPayload) {
   // Peak bytes of blocks the server's pool handed out (its classes' high
   // water marks): an upper bound on what it ever held at once.
@@ -397,12 +398,21 @@ TEST_F(Auth, APeerThatHasNotAuthenticatedMakesTheServerHoldNoPayload) {
   EXPECT_EQ(FailuresReach(4), 4);
   EXPECT_LT(peak() - peak0, size_t{2} << 20) << "the server took memory for the payloads of unauthenticated peers";
   {
-    RawPeer p;
-    ASSERT_TRUE(p.Connect(uri_).ok());
-    ASSERT_TRUE(p.SendWithPayload(Msg(1, Nonce()), size_t{4} << 20).ok());
-    auto r = p.Recv();
-    ASSERT_FALSE(r.ok());
-    EXPECT_NE(r.status().message().find("must authenticate first"), std::string::npos) << r.status().ToString();
+    // A client without the secret whose first call carries an attachment
+    // behind its request: the payload is dropped unread, the request refused.
+    auto plain = hrpc::Runtime::Create(TcpRuntime());
+    ASSERT_TRUE(plain.ok());
+    auto ch = hrpc::RpcChannel::Create(**plain, uri_);
+    ASSERT_TRUE(ch.ok());
+    rpctest::Test::Stub stub(ch->get());
+    ClientContext ctx;
+    ctx.set_timeout(10s);
+    ctx.request_attachment() = rpctest::MakePayload((*plain)->pool(0), size_t{4} << 20, 3);
+    rpctest::Req req;
+    rpctest::Resp resp;
+    const Status st = stub.Call(ctx, req, &resp);
+    EXPECT_EQ(st.code(), StatusCode::kUnauthenticated) << st.ToString();
+    EXPECT_NE(st.message().find("requires authentication"), std::string::npos) << st.ToString();
   }
   EXPECT_LT(peak() - peak0, size_t{2} << 20);
   EXPECT_EQ(service_.calls.load(), 0);

@@ -270,7 +270,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   bool hold_wait = false;
   bool delivered_any = false;  // a message was delivered (the first one tells a peer that skipped authentication)
   Status close_reason;         // what an ERROR frame queued with close_after told the peer
-  Status drain_refusal;        // the frame being drained is answered with this, then the connection closes
+  bool drop_payload = false;   // the current frame's payload is drained, its message delivered alone
   std::chrono::milliseconds retry_in = kMemoryRetryFirst;
   Clock::time_point memory_wait_since;  // first refusal of the current wait
   bool read_since_pause = false;        // bytes were read since the last refusal: it ended that wait
@@ -1181,18 +1181,11 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
       }
       if (h.type == FrameType::kMessagePayload && !c.admitted && !c.delivered_any) {
         // An authenticating peer starts with the exchange's messages, which
-        // carry no payload: this one skipped authentication. Its frame is
-        // read into the scratch buffer and dropped, then the peer is told
-        // why (closing with its bytes unread would reset the connection and
-        // lose the reason).
-        c.drain_refusal = Status(StatusCode::kUnauthenticated,
-                                 "this connection must authenticate first: its first message carries a payload of " +
-                                     std::to_string(h.addr) + " bytes");
-        SPDLOG_WARN("hrpc tcp: closing connection {}: {}", c.peer, c.drain_refusal.message());
-        c.payload_pending = 0;
-        c.body_total = c.body_left = uint64_t{h.length} + tcp::kPayloadPad + h.addr;
-        c.sink = Sink::kDrain;
-        break;
+        // carry no payload: this one skipped authentication. Its payload is
+        // read into the scratch buffer and dropped, its message delivered
+        // alone, for the authenticator to refuse in its own terms.
+        SPDLOG_DEBUG("hrpc tcp: {} sent a payload of {} bytes before authenticating: dropped", c.peer, h.addr);
+        c.drop_payload = true;
       }
       if (c.checked && !c.rx_seq.Accept(h.op_id)) {
         // A copy of a message already delivered: it used no receive slot.
@@ -1359,10 +1352,9 @@ void Core::OnBodyDone(Conn& c) {
       break;
     }
     case Sink::kDrain:
-      if (!c.drain_refusal.ok()) {
-        QueueError(c, 0, c.drain_refusal, /*close_after=*/true);
-        Flush(c);  // only the handshake went out before: the frame fits the socket
-        if (!c.closed()) Fail(c, c.drain_refusal);
+      if (c.drop_payload) {
+        c.drop_payload = false;
+        Deliver(c, std::move(c.msg_before_payload));
         break;
       }
       if (h.type != FrameType::kWrite) break;  // a duplicate message, discarded
@@ -1412,6 +1404,10 @@ bool Core::StartPayload(Conn& c) {
   c.body_total = c.body_left = n;
   c.pad_left = tcp::kPayloadPad;
   c.in_body = true;
+  if (c.drop_payload) {
+    c.sink = Sink::kDrain;
+    return true;
+  }
   if (c.plan_ctrl) {  // its blocks were given when it was planned
     PlannedFrame& f = c.plan.front();
     c.body_iov = std::move(f.payload_iov);

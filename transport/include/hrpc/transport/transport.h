@@ -270,10 +270,10 @@ class Listener {
   // so that a peer that has not authenticated yet can make this side hold
   // little memory (ServerOptions::authenticator sets it). On TCP such a
   // connection reads no in-stream payload (it stops reading at one until
-  // admitted, and fails with UNAUTHENTICATED when the very first message
-  // carries one: no authentication exchange starts that way) and reads nothing
-  // more while a message it received waits to be taken (Recv): at most one
-  // message of max_message_bytes at a time. RDMA and loopback have nothing to
+  // admitted; the payload of the very first message, which no authentication
+  // exchange starts with, is read into nothing and dropped, its message
+  // delivered alone) and reads nothing more while a message it received waits
+  // to be taken (Recv): at most one message of max_message_bytes at a time. RDMA and loopback have nothing to
   // hold back: an RDMA peer's messages land in receive slots bounded by its
   // credits (recv_depth messages of max_message_bytes), a loopback peer's in
   // memory of its own. Call it on the listener's worker right after Listen(),
