@@ -80,8 +80,13 @@ class EtcdProcess {
     std::vector<std::unique_ptr<EtcdProcess>> members;
     std::string initial;
     for (size_t i = 0; i < n; ++i) {
-      char tmpl[] = "/tmp/hrpc-etcd-XXXXXX";
-      if (::mkdtemp(tmpl) == nullptr) return hrpc::ErrnoStatus(errno, "mkdtemp");
+      // In memory where there is a tmpfs: etcd fsyncs its log on every write,
+      // and a disk busy with a build would stretch the lease and watch
+      // timings the tests check.
+      char shm[] = "/dev/shm/hrpc-etcd-XXXXXX";
+      char tmp[] = "/tmp/hrpc-etcd-XXXXXX";
+      char* tmpl = ::mkdtemp(shm) != nullptr ? shm : tmp;
+      if (tmpl == tmp && ::mkdtemp(tmp) == nullptr) return hrpc::ErrnoStatus(errno, "mkdtemp");
       auto m = std::unique_ptr<EtcdProcess>(new EtcdProcess(binary, tmpl, "m" + std::to_string(i)));
       m->port_ = client_port != 0 && n == 1 ? client_port : FreePort();
       m->peer_port_ = FreePort();

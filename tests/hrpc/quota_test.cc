@@ -4,6 +4,7 @@
 // quota, a polite client on another connection is served meanwhile, the
 // server's pool never runs dry, and every call completes intact.
 #include <algorithm>
+#include <functional>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -153,7 +154,13 @@ TEST_P(RpcQuota, GreedyConnectionWaitsPoliteOneIsServedPoolNeverRunsDry) {
   std::printf("%s: greedy %d x %zu KiB took %lld ms; polite %zu calls, worst %lld us\n", kind.c_str(), kGreedyCalls,
               kAttachment / 1024, static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(greedy_took).count()),
               latencies.size(), static_cast<long long>(worst.count()));
-  EXPECT_LT(worst, std::chrono::microseconds(greedy_took / 2 / 1us)) << "a polite call waited behind the greedy ones";
+  // The second worst: one call whose thread was descheduled is not the
+  // quota's doing; a polite client queued behind the greedy one is slow on
+  // every call (or makes just the one).
+  std::vector<std::chrono::microseconds> sorted = latencies;
+  std::sort(sorted.begin(), sorted.end(), std::greater<>());
+  const auto judged = sorted.size() >= 2 ? sorted[1] : sorted[0];
+  EXPECT_LT(judged, std::chrono::microseconds(greedy_took / 2 / 1us)) << "polite calls waited behind the greedy ones";
 
   polite.channel.reset();
   greedy.channel.reset();

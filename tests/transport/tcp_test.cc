@@ -1168,17 +1168,21 @@ TEST(TcpTeardown, TransportDestroyedRightAfterASendGivesEverythingBack) {
 }
 
 // Each side pings for the other's dead-peer timeout: a peer whose timeout is
-// far shorter than ours (1 s against our keepalive of 1 s and timeout of 5 s)
-// keeps an idle connection to us, both ways.
+// far shorter than ours (3 s against our keepalive of 10 s and timeout of
+// 30 s) keeps an idle connection to us, both ways. Pinging at our own pace,
+// this side's 3 s timeout would run out within the 8 s; at its peer's (every
+// second), only a stall of two seconds could.
 TEST(TcpKeepalive, PeerWithAShorterDeadPeerTimeoutKeepsAnIdleConnection) {
-  Env env(TcpKind(), FastDeadPeerOptions());  // this side's transports: dead-peer 1 s
+  TransportOptions fast = TestOptions();
+  fast.dead_peer_timeout = 3000ms;
+  Env env(TcpKind(), fast);  // this side's transports: dead-peer 3 s
   env.Listen();
-  TcpOptions to;  // keepalive 1 s, dead-peer 5 s
-  ASSERT_EQ(to.common.keepalive_interval, 1000ms);
-  ASSERT_EQ(to.common.dead_peer_timeout, 5000ms);
+  TcpOptions to;
+  to.common.keepalive_interval = 10000ms;
+  to.common.dead_peer_timeout = 30000ms;
   OwnTcpClient own(env, to);
   ASSERT_TRUE(own.ok());
-  std::this_thread::sleep_for(3500ms);  // idle: only pings
+  std::this_thread::sleep_for(8000ms);  // idle: only pings
   const Status server_side = On(env.server_worker(), [&]() { return own.server->status(); });
   const Status client_side = On(env.client_worker(), [&]() { return own.client->status(); });
   EXPECT_TRUE(server_side.ok()) << server_side.ToString();
