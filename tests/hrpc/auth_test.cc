@@ -70,6 +70,29 @@ Status Call(hrpc::Runtime& runtime, const std::string& uri, const std::string& t
   return Status::Ok();
 }
 
+// A call from a runtime of its own (authenticating with `auth`, or not) whose
+// request carries an attachment of `bytes` for the server to echo: its
+// Status, DATA_LOSS when the echo came back different.
+Status CallWithAttachment(std::shared_ptr<const hrpc::transport::Authenticator> auth, const std::string& uri,
+                          size_t bytes) {
+  auto rt = hrpc::Runtime::Create(TcpRuntime(std::move(auth)));
+  HRPC_TRY(rt.status());
+  auto ch = hrpc::RpcChannel::Create(**rt, uri);
+  HRPC_TRY(ch.status());
+  rpctest::Test::Stub stub(ch->get());
+  ClientContext ctx;
+  ctx.set_timeout(10s);
+  ctx.request_attachment() = rpctest::MakePayload((*rt)->pool(0), bytes, 9);
+  const uint32_t crc = ctx.request_attachment().Crc32c();
+  ctx.set_response_attachment_capacity(bytes);
+  rpctest::Req req;
+  req.set_echo_attachment(true);
+  rpctest::Resp resp;
+  HRPC_TRY(stub.Call(ctx, req, &resp));
+  if (ctx.response_attachment().Crc32c() != crc) return hrpc::DataLossError("the echoed attachment differs");
+  return Status::Ok();
+}
+
 // A value of `name` in the Prometheus text (-1 when absent).
 double Metric(const std::string& text, const std::string& name) {
   const size_t at = text.find("\n" + name);
@@ -397,43 +420,17 @@ TEST_F(Auth, APeerThatHasNotAuthenticatedMakesTheServerHoldNoPayload) {
   for (auto& p : peers) EXPECT_FALSE(p->Recv().ok()) << "closed at the handshake timeout";
   EXPECT_EQ(FailuresReach(4), 4);
   EXPECT_LT(peak() - peak0, size_t{2} << 20) << "the server took memory for the payloads of unauthenticated peers";
-  {
-    // A client without the secret whose first call carries an attachment
-    // behind its request: the payload is dropped unread, the request refused.
-    auto plain = hrpc::Runtime::Create(TcpRuntime());
-    ASSERT_TRUE(plain.ok());
-    auto ch = hrpc::RpcChannel::Create(**plain, uri_);
-    ASSERT_TRUE(ch.ok());
-    rpctest::Test::Stub stub(ch->get());
-    ClientContext ctx;
-    ctx.set_timeout(10s);
-    ctx.request_attachment() = rpctest::MakePayload((*plain)->pool(0), size_t{4} << 20, 3);
-    rpctest::Req req;
-    rpctest::Resp resp;
-    const Status st = stub.Call(ctx, req, &resp);
-    EXPECT_EQ(st.code(), StatusCode::kUnauthenticated) << st.ToString();
-    EXPECT_NE(st.message().find("requires authentication"), std::string::npos) << st.ToString();
-  }
+  // A client without the secret whose first call carries an attachment
+  // behind its request: the payload is dropped unread, the request refused.
+  const Status plain = CallWithAttachment(nullptr, uri_, size_t{4} << 20);
+  EXPECT_EQ(plain.code(), StatusCode::kUnauthenticated) << plain.ToString();
+  EXPECT_NE(plain.message().find("requires authentication"), std::string::npos) << plain.ToString();
   EXPECT_LT(peak() - peak0, size_t{2} << 20);
   EXPECT_EQ(service_.calls.load(), 0);
   // An authenticated client's first call carries an attachment: it arrives
   // before the server has admitted the connection, and is served.
-  auto good = hrpc::Runtime::Create(TcpRuntime(Secret("correct horse battery staple")));
-  ASSERT_TRUE(good.ok());
-  auto ch = hrpc::RpcChannel::Create(**good, uri_);
-  ASSERT_TRUE(ch.ok());
-  rpctest::Test::Stub stub(ch->get());
-  ClientContext ctx;
-  ctx.set_timeout(10s);
-  ctx.request_attachment() = rpctest::MakePayload((*good)->pool(0), size_t{3} << 20, 9);
-  const uint32_t crc = ctx.request_attachment().Crc32c();
-  ctx.set_response_attachment_capacity(size_t{3} << 20);
-  rpctest::Req req;
-  req.set_echo_attachment(true);
-  rpctest::Resp resp;
-  auto st = stub.Call(ctx, req, &resp);
-  ASSERT_TRUE(st.ok()) << st.ToString();
-  EXPECT_EQ(ctx.response_attachment().Crc32c(), crc);
+  const Status good = CallWithAttachment(Secret("correct horse battery staple"), uri_, size_t{3} << 20);
+  EXPECT_TRUE(good.ok()) << good.ToString();
 }
 
 // The client side of a replay: a fake server answers with a proof recorded
