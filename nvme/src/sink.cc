@@ -28,32 +28,43 @@ std::string_view DurabilityName(Durability d) noexcept {
 }
 
 // Registers each pool arena as one io_uring fixed buffer (handle = index).
-// Once attached, an arena the table cannot take (full, or the kernel refused)
-// is not a reason to refuse the pool its growth: that arena's slabs go as
-// READV/WRITEV (its handle names no slot, so FixedContains says no).
+// An arena the table cannot take (full, or the kernel refused) does not fail
+// its registration, so the pool is not refused its growth for it: that
+// arena's slabs go as READV/WRITEV (its handle names no slot, so
+// FixedContains says no). When no arena at all could be registered the sink
+// does without the registrar (Open).
 class Sink::FixedRegistrar final : public mempool::Registrar {
  public:
   static constexpr uint64_t kNotFixed = UINT32_MAX;
   FixedRegistrar(IoEngine* engine, std::string path) : engine_(engine), path_(std::move(path)) {}
   std::string_view name() const override { return "io_uring-fixed"; }
-  void Attached() { attached_.store(true, std::memory_order_release); }
   Result<mempool::RegionKey> Register(void* base, size_t len, int) override {
     auto index = engine_->RegisterFixedBuffer(base, len);
-    if (index.ok()) return mempool::RegionKey{0, 0, *index};
-    if (!attached_.load(std::memory_order_acquire)) return index.status();
-    SPDLOG_WARN("nvme sink {}: a new pool arena of {} MiB is not a fixed buffer ({}); its slabs go as READV/WRITEV",
-                path_, len >> 20, index.status().ToString());
+    if (index.ok()) {
+      fixed_.fetch_add(1, std::memory_order_relaxed);
+      return mempool::RegionKey{0, 0, *index};
+    }
+    refused_ = index.status();
+    if (fixed_.load(std::memory_order_relaxed) > 0) {
+      SPDLOG_WARN("nvme sink {}: a pool arena of {} MiB is not a fixed buffer ({}); its slabs go as READV/WRITEV",
+                  path_, len >> 20, refused_.ToString());
+    }
     return mempool::RegionKey{0, 0, kNotFixed};
   }
   void Unregister(void*, size_t, const mempool::RegionKey& key) override {
     if (key.handle == kNotFixed) return;
+    fixed_.fetch_sub(1, std::memory_order_relaxed);
     engine_->UnregisterFixedBuffer(static_cast<uint32_t>(key.handle));
   }
+  // Arenas registered as fixed buffers now; why the last one that could not be was refused.
+  size_t fixed() const noexcept { return fixed_.load(std::memory_order_relaxed); }
+  const Status& refused() const noexcept { return refused_; }
 
  private:
   IoEngine* engine_;
   const std::string path_;
-  std::atomic<bool> attached_{false};  // set once AttachRegistrar registered the arenas there were
+  std::atomic<size_t> fixed_{0};
+  Status refused_;  // written under the pool's growth lock
 };
 
 Result<std::unique_ptr<Sink>> Sink::Open(SinkOptions o) {
@@ -132,10 +143,14 @@ Result<std::unique_ptr<Sink>> Sink::Open(SinkOptions o) {
   if (s->engine_->kind() == EngineKind::kIoUring && opts.register_fixed_buffers) {
     s->registrar_ = std::make_unique<FixedRegistrar>(s->engine_.get(), opts.path);
     auto slot = opts.pool->AttachRegistrar(s->registrar_.get());
+    if (slot.ok() && s->registrar_->fixed() == 0) {
+      opts.pool->DetachRegistrar(*slot);
+      slot = s->registrar_->refused().ok() ? InternalError("no pool arena to register")
+                                           : s->registrar_->refused();
+    }
     if (slot.ok()) {
       s->slot_ = *slot;
       s->registrar_attached_ = true;
-      s->registrar_->Attached();
     } else {
       SPDLOG_WARN("nvme sink {}: pool arenas not registered as fixed buffers ({}); using READV/WRITEV",
                   opts.path, slot.status().ToString());
