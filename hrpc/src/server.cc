@@ -1074,7 +1074,7 @@ Status Server::Start() {
         HRPC_ASSIGN_OR_RETURN(transport::Transport * t, im.workers->TransportFor(w, scheme));
         HRPC_ASSIGN_OR_RETURN(auto listener, im.options.tls ? t->ListenTls(target, im.options.tls) : t->Listen(target));
         // A peer that has not authenticated makes the server hold little memory.
-        if (im.options.authenticator) listener->HoldUntilAdmitted();
+        if (im.options.authenticator) listener->HoldUntilAdmitted(im.options.authenticator->ClientSpeaksFirst());
         if (w == 0) bound_uri = listener->uri();
         transport::Listener* raw_listener = listener.get();
         im.listeners[w].push_back(std::move(listener));

@@ -433,6 +433,42 @@ TEST_F(Auth, APeerThatHasNotAuthenticatedMakesTheServerHoldNoPayload) {
   EXPECT_TRUE(good.ok()) << good.ToString();
 }
 
+// An authenticator that admits every peer without a message (as one that
+// judges the peer's address or TLS identity would): the server holds its
+// connections until admitted but drops nothing (ClientSpeaksFirst() is
+// false), and first calls with attachments are served. (Whether such a call
+// reaches the server before Admit() is up to the scheduler; the transport
+// test AHeldConnectionDropsThePayloadOfItsFirstMessageOnlyWhenTheClientSpeaksFirst
+// makes it so.)
+class AdmitsEveryone final : public hrpc::transport::Authenticator {
+ public:
+  std::string_view name() const noexcept override { return "admits-everyone"; }
+  Status Authenticate(hrpc::transport::Connection&, hrpc::mempool::Pool&, hrpc::transport::AuthRole,
+                      IoBuf*) const override {
+    return Status::Ok();
+  }
+};
+
+TEST(AuthCustom, AnExchangeThatAdmitsAtOnceKeepsTheFirstCallsAttachment) {
+  auto rt = hrpc::Runtime::Create(TcpRuntime());
+  ASSERT_TRUE(rt.ok()) << rt.status().ToString();
+  rpctest::TestService service;
+  hrpc::ServerOptions so;
+  so.listen = {"tcp://127.0.0.1:0"};
+  so.authenticator = std::make_shared<AdmitsEveryone>();
+  auto server = hrpc::Server::Create(**rt, so);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->RegisterService(&service).ok());
+  ASSERT_TRUE((*server)->Start().ok());
+  const std::string bound = (*server)->listen_uris()[0];
+  const std::string uri = "tcp://127.0.0.1:" + bound.substr(bound.rfind(':') + 1);
+  for (int i = 0; i < 5; ++i) {  // each from a new runtime: a new connection
+    const Status st = CallWithAttachment(nullptr, uri, size_t{2} << 20);
+    EXPECT_TRUE(st.ok()) << i << ": " << st.ToString();
+  }
+  (*server)->Shutdown();
+}
+
 // The client side of a replay: a fake server answers with a proof recorded
 // for another client nonce; the client refuses it.
 TEST(AuthClient, ReplayedServerProofIsRefused) {

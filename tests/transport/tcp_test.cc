@@ -447,9 +447,9 @@ std::vector<uint8_t> AnnouncingFrame(uint32_t msg_len, uint32_t payload_len, uin
 
 // A raw client whose hello offers payloads up to `pages` * 4 KiB, handshaken
 // with a listener that holds its connections until admitted.
-std::unique_ptr<RawClient> HeldPayloadClient(Env& env, uint32_t pages) {
+std::unique_ptr<RawClient> HeldPayloadClient(Env& env, uint32_t pages, bool client_speaks_first = true) {
   EXPECT_TRUE(On(env.server_worker(), [&]() -> Status {
-                env.listener().HoldUntilAdmitted();
+                env.listener().HoldUntilAdmitted(client_speaks_first);
                 return Status::Ok();
               }).ok());
   auto raw = std::make_unique<RawClient>(env.listener().uri());
@@ -520,30 +520,47 @@ TEST_F(TcpWire, AConnectionHeldUntilAdmittedReadsNoPayloadBeforeAdmit) {
   ServerUnaffected();
 }
 
-// A first message with a payload before authentication: no authentication
-// exchange starts that way (the peer skipped it), so its payload is read into
-// the scratch buffer and dropped, and its message delivered alone, for the
-// authenticator to refuse in its own terms.
-TEST_F(TcpWire, AHeldConnectionDropsThePayloadOfItsFirstMessage) {
+// A first message with a payload before authentication, when the exchange
+// starts with a message of the client's that carries none: the peer skipped
+// authentication, so its payload is read into the scratch buffer and
+// dropped, and its message delivered alone, for the authenticator to refuse
+// in its own terms. When the exchange may admit a peer before it has sent
+// anything, the same frame is only held: after Admit() it arrives whole.
+TEST_F(TcpWire, AHeldConnectionDropsThePayloadOfItsFirstMessageOnlyWhenTheClientSpeaksFirst) {
   using mempool::testing::BytesInUse;
-  auto raw = HeldPayloadClient(*env_, /*pages=*/16);
-  auto accepted = coro::Async(env_->server_worker().scheduler(), [&]() { return env_->listener().Accept(); }).WaitFor(5s);
-  ASSERT_TRUE(accepted.ok()) << accepted.status().ToString();
-  std::unique_ptr<Connection> conn = std::move(*accepted);
-  const size_t before = BytesInUse(env_->pool());
-  raw->Write(MessagePayloadFrame(10, 60000, 60000));
-  auto m = On(env_->server_worker(), [&]() { return conn->Recv(); });
-  ASSERT_TRUE(m.ok()) << m.status().ToString();
-  EXPECT_EQ(m->size(), 10u) << "the message alone";
-  EXPECT_LT(BytesInUse(env_->pool()), before + 60000) << "blocks taken for the dropped payload";
-  // The connection goes on (held): the next message arrives.
-  std::vector<uint8_t> next = Header(/*MESSAGE*/ 3, 20);
-  next.resize(32 + 20, 'n');
-  raw->Write(next);
-  auto m2 = On(env_->server_worker(), [&]() { return conn->Recv(); });
-  ASSERT_TRUE(m2.ok()) << m2.status().ToString();
-  EXPECT_EQ(m2->size(), 20u);
-  On(env_->server_worker(), [&]() { conn.reset(); });
+  for (bool client_speaks_first : {true, false}) {
+    SCOPED_TRACE(client_speaks_first ? "client speaks first" : "the server may admit at once");
+    auto raw = HeldPayloadClient(*env_, /*pages=*/16, client_speaks_first);
+    auto accepted =
+        coro::Async(env_->server_worker().scheduler(), [&]() { return env_->listener().Accept(); }).WaitFor(5s);
+    ASSERT_TRUE(accepted.ok()) << accepted.status().ToString();
+    std::unique_ptr<Connection> conn = std::move(*accepted);
+    const size_t before = BytesInUse(env_->pool());
+    raw->Write(MessagePayloadFrame(10, 60000, 60000));
+    if (client_speaks_first) {
+      auto m = On(env_->server_worker(), [&]() { return conn->Recv(); });
+      ASSERT_TRUE(m.ok()) << m.status().ToString();
+      EXPECT_EQ(m->size(), 10u) << "the message alone";
+      EXPECT_LT(BytesInUse(env_->pool()), before + 60000) << "blocks taken for the dropped payload";
+    } else {
+      const uint64_t received0 = env_->server_transport().counters()->messages_received.Get();
+      std::this_thread::sleep_for(200ms);
+      EXPECT_EQ(env_->server_transport().counters()->messages_received.Get(), received0) << "read before Admit()";
+      EXPECT_LT(BytesInUse(env_->pool()), before + 60000) << "blocks taken before Admit()";
+      On(env_->server_worker(), [&]() { conn->Admit(); });
+      auto m = On(env_->server_worker(), [&]() { return conn->Recv(); });
+      ASSERT_TRUE(m.ok()) << m.status().ToString();
+      EXPECT_EQ(m->size(), 10u + 60000u) << "the message with its payload";
+    }
+    // The connection goes on: the next message arrives.
+    std::vector<uint8_t> next = Header(/*MESSAGE*/ 3, 20);
+    next.resize(32 + 20, 'n');
+    raw->Write(next);
+    auto m2 = On(env_->server_worker(), [&]() { return conn->Recv(); });
+    ASSERT_TRUE(m2.ok()) << m2.status().ToString();
+    EXPECT_EQ(m2->size(), 20u);
+    On(env_->server_worker(), [&]() { conn.reset(); });
+  }
   ServerUnaffected();
 }
 

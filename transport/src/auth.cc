@@ -132,6 +132,7 @@ class SharedSecret final : public Authenticator {
  public:
   explicit SharedSecret(std::string secret) : secret_(std::move(secret)) {}
   std::string_view name() const noexcept override { return "hmac-sha256"; }
+  bool ClientSpeaksFirst() const noexcept override { return true; }  // the hello
 
   Status Authenticate(Connection& conn, mempool::Pool& pool, AuthRole role,
                       mempool::IoBuf* first_message) const override {

@@ -268,7 +268,10 @@ struct Conn : std::enable_shared_from_this<Conn> {
   // inbox. hold_wait: paused for that (resumed by Admit() or Recv()).
   bool admitted = true;
   bool hold_wait = false;
-  bool delivered_any = false;  // a message was delivered (the first one tells a peer that skipped authentication)
+  bool delivered_any = false;  // a message was delivered
+  // Held with the peer speaking first: a payload behind its first message
+  // tells a peer that skipped authentication (dropped, drop_payload).
+  bool client_speaks_first = false;
   Status close_reason;         // what an ERROR frame queued with close_after told the peer
   bool drop_payload = false;   // the current frame's payload is drained, its message delivered alone
   std::chrono::milliseconds retry_in = kMemoryRetryFirst;
@@ -315,6 +318,7 @@ struct ListenerState {
   std::string uri;
   std::shared_ptr<const TlsContext> tls;  // null: plain TCP
   bool hold_until_admitted = false;       // Listener::HoldUntilAdmitted()
+  bool client_speaks_first = false;       // its argument
   internal::AcceptQueue<std::shared_ptr<Conn>, Parked> accepts;
 };
 
@@ -1179,11 +1183,11 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
                              std::to_string(c.limits.max_message_bytes));
         return;
       }
-      if (h.type == FrameType::kMessagePayload && !c.admitted && !c.delivered_any) {
-        // An authenticating peer starts with the exchange's messages, which
-        // carry no payload: this one skipped authentication. Its payload is
-        // read into the scratch buffer and dropped, its message delivered
-        // alone, for the authenticator to refuse in its own terms.
+      if (h.type == FrameType::kMessagePayload && !c.admitted && c.client_speaks_first && !c.delivered_any) {
+        // The exchange starts with a message of the peer's that carries no
+        // payload: this peer skipped authentication. Its payload is read into
+        // the scratch buffer and dropped, its message delivered alone, for
+        // the authenticator to refuse in its own terms.
         SPDLOG_DEBUG("hrpc tcp: {} sent a payload of {} bytes before authenticating: dropped", c.peer, h.addr);
         c.drop_payload = true;
       }
@@ -1583,6 +1587,7 @@ void Core::OnAccept(ListenerState& ls) {
       if (l.get() == &ls) c->listener = l;
     }
     c->admitted = !ls.hold_until_admitted;
+    c->client_speaks_first = ls.hold_until_admitted && ls.client_speaks_first;
     if (ls.tls) {
       auto tls = tcp::TlsStream::Create(*ls.tls, fd, /*server=*/true, {}, c->peer);
       if (!tls.ok()) {
@@ -1980,7 +1985,10 @@ class TcpListener final : public Listener {
 
   std::string uri() const override { return ls_->uri; }
 
-  void HoldUntilAdmitted() override { ls_->hold_until_admitted = true; }
+  void HoldUntilAdmitted(bool client_speaks_first) override {
+    ls_->hold_until_admitted = true;
+    ls_->client_speaks_first = client_speaks_first;
+  }
 
   void Close() override {
     if (ls_->accepts.closed()) return;

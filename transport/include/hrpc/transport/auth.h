@@ -45,6 +45,12 @@ class Authenticator {
   // caller can answer it in its own protocol before closing.
   virtual Status Authenticate(Connection& conn, mempool::Pool& pool, AuthRole role,
                               mempool::IoBuf* first_message = nullptr) const = 0;
+  // True when the exchange starts with a message from the connecting side
+  // that carries no in-stream payload: then a first message with one is from
+  // a peer that skipped authentication, and the server's transport may drop
+  // that payload unread (Listener::HoldUntilAdmitted). False (the default)
+  // for an exchange that may admit a peer before it has sent anything.
+  virtual bool ClientSpeaksFirst() const noexcept { return false; }
 };
 
 // Mutual HMAC-SHA256 challenge-response over a shared secret: each side

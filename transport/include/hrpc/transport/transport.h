@@ -270,15 +270,19 @@ class Listener {
   // so that a peer that has not authenticated yet can make this side hold
   // little memory (ServerOptions::authenticator sets it). On TCP such a
   // connection reads no in-stream payload (it stops reading at one until
-  // admitted; the payload of the very first message, which no authentication
-  // exchange starts with, is read into nothing and dropped, its message
-  // delivered alone) and reads nothing more while a message it received waits
-  // to be taken (Recv): at most one message of max_message_bytes at a time. RDMA and loopback have nothing to
-  // hold back: an RDMA peer's messages land in receive slots bounded by its
-  // credits (recv_depth messages of max_message_bytes), a loopback peer's in
-  // memory of its own. Call it on the listener's worker right after Listen(),
-  // before anything there suspends: a connection accepted before it is not held.
-  virtual void HoldUntilAdmitted() {}
+  // admitted) and reads nothing more while a message it received waits to be
+  // taken (Recv): at most one message of max_message_bytes at a time. With
+  // `client_speaks_first` (the exchange starts with a message of the peer's
+  // that carries no payload: Authenticator::ClientSpeaksFirst), the payload
+  // of a first message that has one, from a peer that skipped
+  // authentication, is read into nothing and dropped and its message
+  // delivered alone, for the authenticator to refuse. RDMA and loopback have
+  // nothing to hold back: an RDMA peer's messages land in receive slots
+  // bounded by its credits (recv_depth messages of max_message_bytes), a
+  // loopback peer's in memory of its own. Call it on the listener's worker
+  // right after Listen(), before anything there suspends: a connection
+  // accepted before it is not held.
+  virtual void HoldUntilAdmitted(bool client_speaks_first) { (void)client_speaks_first; }
 };
 
 // Counters of one transport instance (one worker, one scheme), for monitoring
