@@ -238,10 +238,10 @@ struct Stream {
     thread = std::thread([=, this] {
       int passes_left = passes;
       auto ch = Connect(uri);
-      if (ch == nullptr) return;
-      for (uint64_t i = 0, off = first; !stop.load(); ++i, off += kBlock) {
+      if (ch == nullptr || first + kBlock > limit) return;
+      for (uint64_t off = first; !stop.load(); off += kBlock) {
         if (off + kBlock > limit) {
-          if (i == 0 || --passes_left == 0) return;
+          if (--passes_left == 0) return;
           off = first;
         }
         const auto t0 = std::chrono::steady_clock::now();

@@ -268,12 +268,11 @@ struct Conn : std::enable_shared_from_this<Conn> {
   // inbox. hold_wait: paused for that (resumed by Admit() or Recv()).
   bool admitted = true;
   bool hold_wait = false;
-  bool delivered_any = false;  // a message was delivered
-  // Held with the peer speaking first: a payload behind its first message
-  // tells a peer that skipped authentication (dropped, drop_payload).
-  bool client_speaks_first = false;
-  Status close_reason;         // what an ERROR frame queued with close_after told the peer
-  bool drop_payload = false;   // the current frame's payload is drained, its message delivered alone
+  // Held, the peer speaking first, and nothing delivered yet: a payload behind
+  // this first message tells a peer that skipped authentication (dropped:
+  // drop_payload). Cleared by the first delivery and by Admit().
+  bool first_payload_refused = false;
+  bool drop_payload = false;  // the current frame's payload is drained, its message delivered alone
   std::chrono::milliseconds retry_in = kMemoryRetryFirst;
   Clock::time_point memory_wait_since;  // first refusal of the current wait
   bool read_since_pause = false;        // bytes were read since the last refusal: it ended that wait
@@ -715,7 +714,6 @@ void Core::QueueError(Conn& c, uint64_t op_id, const Status& s, bool close_after
   h.aux = static_cast<uint32_t>(s.code());
   Queue(c, h, std::move(body));
   c.outq.back().close_after = close_after;
-  if (close_after) c.close_reason = s;
 }
 
 // A MESSAGE / MESSAGE_PAYLOAD header announces (key) how many frames right
@@ -800,7 +798,7 @@ void Core::Flush(Conn& c) {
       c.outq.pop_front();
       if (expo != UINT32_MAX) c.expo.End(expo);
       if (close_after) {
-        Fail(c, c.close_reason);
+        Fail(c, FailedPreconditionError("handshake refused"));
         return;
       }
     }
@@ -1183,7 +1181,7 @@ void Core::OnHeader(Conn& c, const FrameHeader& h) {
                              std::to_string(c.limits.max_message_bytes));
         return;
       }
-      if (h.type == FrameType::kMessagePayload && !c.admitted && c.client_speaks_first && !c.delivered_any) {
+      if (h.type == FrameType::kMessagePayload && c.first_payload_refused) {
         // The exchange starts with a message of the peer's that carries no
         // payload: this peer skipped authentication. Its payload is read into
         // the scratch buffer and dropped, its message delivered alone, for
@@ -1508,7 +1506,7 @@ void Core::Deliver(Conn& c, mempool::IoBuf&& msg, uint64_t payload_bytes) {
   ctr().message_bytes_received.Add(msg.size() - payload_bytes);
   if (payload_bytes > 0) ctr().payload_bytes_received.Add(payload_bytes);
   ++c.unreturned;
-  c.delivered_any = true;
+  c.first_payload_refused = false;
   if (c.inbox.Put(std::move(msg))) ReturnCredit(c);
 }
 
@@ -1587,7 +1585,7 @@ void Core::OnAccept(ListenerState& ls) {
       if (l.get() == &ls) c->listener = l;
     }
     c->admitted = !ls.hold_until_admitted;
-    c->client_speaks_first = ls.hold_until_admitted && ls.client_speaks_first;
+    c->first_payload_refused = ls.hold_until_admitted && ls.client_speaks_first;
     if (ls.tls) {
       auto tls = tcp::TlsStream::Create(*ls.tls, fd, /*server=*/true, {}, c->peer);
       if (!tls.ok()) {
@@ -1863,7 +1861,7 @@ class TcpConnection final : public Connection {
       if (!c->closed()) {
         c->core->ReturnCredit(*c);
         if (!c->outq.empty()) c->core->MarkDirty(*c);
-        if (c->inbox.empty()) c->core->ReleaseHold(*c);
+        if (c->hold_wait && c->inbox.empty()) c->core->ReleaseHold(*c);
       }
       return m;
     }
@@ -1874,6 +1872,7 @@ class TcpConnection final : public Connection {
   void Admit() override {
     if (c_->admitted) return;
     c_->admitted = true;
+    c_->first_payload_refused = false;
     c_->core->ReleaseHold(*c_);
   }
 
