@@ -825,7 +825,12 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       });
     }
     mark(ticks.handled);
-    const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
+    // Shutdown cancels every call too: those are answered, with what the
+    // handler made of it or, when it gave up, UNAVAILABLE "server shutting
+    // down" (a client learns why, and may go elsewhere).
+    const bool shutting_down = stopping.load() && ctx.IsCancelled() && !ctx.DeadlineExpired();
+    const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired() && !shutting_down;
+    if (shutting_down && !status.ok()) status = UnavailableError("server shutting down");
     if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     if (status.ok() && !writer.written) status = InternalError("handler returned OK without a response");
     if (handler_ran) {
@@ -958,7 +963,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     // ends with why, whatever the handler made of it.
     if (core->ended()) status = core->end_status();
     if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
-    const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired();
+    // Shutdown's cancel gets a close (saying so), a client's does not.
+    const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired() && !stopping.load();
     if (!sc->closed) {
       // A cancelled stream gets no close, unless the client sent messages whose
       // attachments this side READs: it keeps those exposed until this close,

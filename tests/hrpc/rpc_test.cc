@@ -337,15 +337,22 @@ TEST_P(RpcTest, ExpiredDeadlineIsNotRun) {
   EXPECT_EQ(env.service.calls.load(), 0);
 }
 
+// Starts a call whose handler runs until it sees a cancel; returns once it runs.
+hrpc::coro::Future<Resp> CallThatWaitsForACancel(Env& env, rpctest::Test::Stub& stub, ClientContext& ctx) {
+  Req req;
+  req.set_wait_for_cancel(true);
+  auto fut = stub.CallFuture(ctx, req);
+  for (int i = 0; i < 500 && env.service.running.load() == 0; ++i) std::this_thread::sleep_for(2ms);
+  EXPECT_EQ(env.service.running.load(), 1);
+  return fut;
+}
+
 TEST_P(RpcTest, CancelSendsCancelFrame) {
   Env env;
   env.Start(GetParam());
   rpctest::Test::Stub stub(env.channel.get());
   ClientContext ctx;
-  Req req;
-  req.set_wait_for_cancel(true);
-  auto fut = stub.CallFuture(ctx, req);
-  for (int i = 0; i < 500 && env.service.running.load() == 0; ++i) std::this_thread::sleep_for(2ms);
+  auto fut = CallThatWaitsForACancel(env, stub, ctx);
   ASSERT_EQ(env.service.running.load(), 1);
   const auto t0 = std::chrono::steady_clock::now();
   ctx.Cancel();
@@ -355,6 +362,24 @@ TEST_P(RpcTest, CancelSendsCancelFrame) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
   for (int i = 0; i < 300 && env.service.saw_cancel.load() == 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(env.service.saw_cancel.load(), 1) << "the server's ServerContext was not marked cancelled";
+}
+
+// Shutdown cancels the calls in flight and answers them: a handler that
+// gives up on the cancel gets its client UNAVAILABLE "server shutting down"
+// (not a lost connection), and the server's handler saw the cancel.
+TEST_P(RpcTest, ShutdownAnswersTheCallsItCancels) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext ctx;
+  auto fut = CallThatWaitsForACancel(env, stub, ctx);
+  ASSERT_EQ(env.service.running.load(), 1);
+  env.server->Shutdown();
+  auto r = fut.WaitFor(5s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
+  EXPECT_EQ(r.status().message(), "server shutting down") << r.status().ToString();
+  EXPECT_EQ(env.service.saw_cancel.load(), 1);
 }
 
 // A deadline or a cancel reaches its own call when the calls in flight are

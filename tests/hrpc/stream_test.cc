@@ -416,6 +416,31 @@ TEST_P(StreamTest, ServerEndsTheStreamMidway) {
   });
 }
 
+// A server shutting down ends its open streams with a close that says so:
+// the client reads UNAVAILABLE "server shutting down", not a bare lost
+// connection, and the handler's own status does not hide it.
+TEST_P(StreamTest, AServerShuttingDownEndsItsStreamsWithAClose) {
+  Env env;
+  env.Start(GetParam());
+  streamtest::Streamer::Stub stub(env.channel.get());
+  std::thread shutdown;
+  env.OnWorker([&] {
+    ClientContext ctx;
+    auto chat = stub.Chat(ctx);
+    Chunk m, got;
+    IoBuf att;
+    ASSERT_TRUE(chat->Write(m));
+    ASSERT_TRUE(chat->Read(&got, &att));  // the handler runs
+    shutdown = std::thread([&] { env.server->Shutdown(); });
+    EXPECT_FALSE(chat->Read(&got, &att));
+    Status s = chat->Finish();
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+    EXPECT_NE(s.message().find("server shutting down"), std::string::npos) << s.ToString();
+  });
+  shutdown.join();
+  EXPECT_EQ(env.service.handlers_done.load(), 1);
+}
+
 // A handler that returns while the client is blocked in Write() (its window
 // full: the handler reads no more) ends the client's Write at once; the
 // client then reads what the handler wrote, and the handler's status.
