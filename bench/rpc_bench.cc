@@ -4,7 +4,7 @@
 // perftest beside it in the Soft-RoCE guest). One line per case:
 //   rpc_bench case=pingpong transport=rdma size=64 p50_us=… p99_us=… half_rtt_us=… iters=… cpu=…
 //   rpc_bench case=pull transport=rdma size=1048576 depth=8 MBps=… calls=… cpu=…
-// pingpong: a unary Echo call with a 64-byte inline attachment, timed with the
+// pingpong: a unary Echo call with a 64-byte (--ping-size) inline attachment, timed with the
 // cycle counter (in the guest a steady_clock read costs ~3 us); half_rtt_us is
 // comparable with ib_send_lat's one-way figure. pull: calls whose request
 // attachment the server pulls (RDMA READ; on TCP it is streamed), `depth`
@@ -48,6 +48,7 @@ struct Args {
   std::string sizes = "1048576,67108864";
   uint64_t depth = 8;
   uint64_t iters = 5000;
+  uint64_t ping_size = 64;  // pingpong: attachment bytes
   double seconds = 3.0;
   bool polling = true;
   int64_t spin_us = -1;  // idle spin before blocking; -1: 1000 with --polling, else 50
@@ -99,7 +100,7 @@ int Pingpong(const Args& a, hrpc::Runtime& client, hrpc::RpcChannel& channel) {
   const auto t0 = Clock::now();
   auto st = hrpc::coro::Async(client.scheduler(0), [&]() -> hrpc::Status {
     hrpc_examples::Echo::Stub stub(&channel);
-    hrpc::mempool::IoBuf payload = Payload(client.pool(0), 64);
+    hrpc::mempool::IoBuf payload = Payload(client.pool(0), a.ping_size);
     hrpc_examples::EchoRequest req;
     hrpc_examples::EchoResponse resp;
     const hrpc::coro::CycleClock& ticks = hrpc::coro::CycleClock::Get();
@@ -120,9 +121,10 @@ int Pingpong(const Args& a, hrpc::Runtime& client, hrpc::RpcChannel& channel) {
   const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
   const double cpu = static_cast<double>(hrpc::examples::SelfCpuNs() - cpu0) / 1e9 / wall;
   const double p50 = Pct(us, 0.5);
-  std::printf("rpc_bench case=pingpong transport=%s size=64 p50_us=%.2f p99_us=%.2f half_rtt_us=%.2f iters=%llu "
+  std::printf("rpc_bench case=pingpong transport=%s size=%llu p50_us=%.2f p99_us=%.2f half_rtt_us=%.2f iters=%llu "
               "cpu=%.2f tsc_mhz=%.0f pin=%s polling=%d\n",
-              a.transport.c_str(), p50, Pct(us, 0.99), p50 / 2, static_cast<unsigned long long>(a.iters), cpu,
+              a.transport.c_str(), static_cast<unsigned long long>(a.ping_size), p50, Pct(us, 0.99), p50 / 2,
+              static_cast<unsigned long long>(a.iters), cpu,
               hrpc::coro::CycleClock::Get().ticks_per_ns() * 1000, PinLabel(a).c_str(), a.polling ? 1 : 0);
   return 0;
 }
@@ -228,6 +230,8 @@ int main(int argc, char** argv) {
   app.add_option("--sizes", a.sizes, "pull: comma-separated attachment sizes in bytes")->capture_default_str();
   app.add_option("--depth", a.depth, "pull: calls in flight (1 above 16 MiB)")->capture_default_str();
   app.add_option("--iters", a.iters, "pingpong: timed round trips")->capture_default_str();
+  app.add_option("--ping-size", a.ping_size, "pingpong: attachment bytes (inline up to the eager threshold)")
+      ->capture_default_str();
   app.add_option("--seconds", a.seconds, "pull: seconds per size")->capture_default_str();
   app.add_flag("--polling", a.polling,
                "workers busy-poll (RDMA CQ polling mode) instead of blocking "
