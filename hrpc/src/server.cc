@@ -783,6 +783,14 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       }
       if (first) dedup_guard = DedupGuard(dedup.get(), h.request_id, std::move(entry));
     }
+    if (stopping.load()) {
+      // Shutting down: a call that has not started is refused without running
+      // (its client may send it elsewhere); a retry of one that ran got the
+      // first answer above.
+      Status s = UnavailableError("server shutting down");
+      SendError(*sc, h, s);
+      return finish(s);
+    }
     if (running.fetch_add(1) >= static_cast<int64_t>(options.max_concurrent_requests)) {
       running.fetch_sub(1);
       Status s = ResourceExhaustedError("server is at max_concurrent_requests (" +
@@ -825,12 +833,10 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       });
     }
     mark(ticks.handled);
-    // Shutdown cancels every call too: those are answered, with what the
-    // handler made of it or, when it gave up, UNAVAILABLE "server shutting
-    // down" (a client learns why, and may go elsewhere).
-    const bool shutting_down = stopping.load() && ctx.IsCancelled() && !ctx.DeadlineExpired();
-    const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired() && !shutting_down;
-    if (shutting_down && !status.ok()) status = UnavailableError("server shutting down");
+    // Shutdown cancels the calls running too: those are answered with what
+    // their handler made of it (the answer a retry then gets from the dedup
+    // window), not dropped like the calls their client cancelled.
+    const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired() && !stopping.load();
     if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     if (status.ok() && !writer.written) status = InternalError("handler returned OK without a response");
     if (handler_ran) {

@@ -364,22 +364,40 @@ TEST_P(RpcTest, CancelSendsCancelFrame) {
   EXPECT_EQ(env.service.saw_cancel.load(), 1) << "the server's ServerContext was not marked cancelled";
 }
 
-// Shutdown cancels the calls in flight and answers them: a handler that
-// gives up on the cancel gets its client UNAVAILABLE "server shutting down"
-// (not a lost connection), and the server's handler saw the cancel.
-TEST_P(RpcTest, ShutdownAnswersTheCallsItCancels) {
+// Shutdown cancels the calls in flight and answers them with what their
+// handlers made of it (not a lost connection); while it waits for the
+// handlers that do not stop at once, a new call is refused unrun with
+// UNAVAILABLE "server shutting down".
+TEST_P(RpcTest, ShutdownAnswersTheCallsItCancelsAndRefusesNewOnes) {
   Env env;
   env.Start(GetParam());
   rpctest::Test::Stub stub(env.channel.get());
   ClientContext ctx;
-  auto fut = CallThatWaitsForACancel(env, stub, ctx);
-  ASSERT_EQ(env.service.running.load(), 1);
-  env.server->Shutdown();
-  auto r = fut.WaitFor(5s);
+  auto gives_up = CallThatWaitsForACancel(env, stub, ctx);
+  ClientContext hold_ctx;
+  Req hold;
+  hold.set_hold_ms(1500);
+  auto holds = stub.CallFuture(hold_ctx, hold);
+  for (int i = 0; i < 500 && env.service.running.load() < 2; ++i) std::this_thread::sleep_for(2ms);
+  ASSERT_EQ(env.service.running.load(), 2);
+  std::thread shutdown([&] { env.server->Shutdown(); });
+  auto r = gives_up.WaitFor(5s);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
-  EXPECT_EQ(r.status().message(), "server shutting down") << r.status().ToString();
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().ToString();
+  EXPECT_EQ(r.status().message(), "handler saw the cancel") << r.status().ToString();
   EXPECT_EQ(env.service.saw_cancel.load(), 1);
+
+  const int calls = env.service.calls.load();
+  ClientContext late_ctx;
+  Resp resp;
+  hrpc::Status late = stub.Call(late_ctx, Req(), &resp);
+  EXPECT_EQ(late.code(), StatusCode::kUnavailable) << late.ToString();
+  EXPECT_EQ(late.message(), "server shutting down") << late.ToString();
+  EXPECT_EQ(env.service.calls.load(), calls) << "a call that came during shutdown ran";
+
+  auto held = holds.WaitFor(5s);
+  EXPECT_TRUE(held.ok()) << held.status().ToString();
+  shutdown.join();
 }
 
 // A deadline or a cancel reaches its own call when the calls in flight are

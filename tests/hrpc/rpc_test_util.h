@@ -89,6 +89,7 @@ class TestService final : public Test::Service {
         if (key.ok()) slices_in_pool.fetch_add(1);
       }
     }
+    if (req.hold_ms() > 0) hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(req.hold_ms()));
     for (uint32_t i = 0; i < req.sleep_ms(); ++i) {
       if (ctx.IsCancelled()) {
         saw_cancel.fetch_add(1);

@@ -94,9 +94,9 @@ struct ServerOptions {
   // What each stream lets its client have in flight to the handler.
   StreamWindowOptions stream_window;
   bool auto_pull = true;
-  // How long Shutdown() lets running handlers finish (they see IsCancelled();
-  // a call whose handler gives up is answered UNAVAILABLE "server shutting
-  // down", a stream gets a close saying so).
+  // How long Shutdown() lets running handlers finish (they see IsCancelled()
+  // and their answers are sent; a stream gets a close saying UNAVAILABLE
+  // "server shutting down", and so does a call that arrives meanwhile).
   std::chrono::milliseconds shutdown_grace{2000};
   // A response attachment exposed for the client to READ (RDMA, loopback:
   // the client offered too little room) stays exposed until the client
