@@ -203,6 +203,37 @@ uint32_t RandomSize(std::mt19937& rng, uint32_t max) {
   return 1 + rng() % max;
 }
 
+// Waits for `wg`. When it does not finish within `d`, closes `conn` (its
+// pending ops then fail at once) and waits for it anyway: no coroutine of
+// this side outlives the state on the caller's stack. DEADLINE_EXCEEDED then.
+Status WaitOrClose(coro::WaitGroup& wg, Connection& conn, std::chrono::seconds d) {
+  if (Status s = wg.WaitFor(d); !s.ok()) {
+    conn.Close();
+    wg.Wait().IgnoreError();
+    return DeadlineExceededError("side still running after " + std::to_string(d.count()) + " s: " + s.ToString());
+  }
+  return Status::Ok();
+}
+
+// The results of two sides run as coroutines on the connections' workers. A
+// side still running after `d` has both connections closed, on their workers,
+// and is waited for: a stuck test fails instead of leaving coroutines on
+// freed state.
+std::pair<Status, Status> JoinSides(coro::Future<void>& a, coro::Worker& wa, Connection& ca,
+                                    coro::Future<void>& b, coro::Worker& wb, Connection& cb,
+                                    std::chrono::seconds d) {
+  const auto until = std::chrono::steady_clock::now() + d;
+  Status sa = a.WaitUntil(until);
+  Status sb = b.WaitUntil(until);
+  if (a.valid() || b.valid()) {
+    On(wa, [&] { ca.Close(); });
+    On(wb, [&] { cb.Close(); });
+    if (a.valid()) sa = DeadlineExceededError("timed out; after its connection closed: " + a.Get().ToString());
+    if (b.valid()) sb = DeadlineExceededError("timed out; after its connection closed: " + b.Get().ToString());
+  }
+  return {sa, sb};
+}
+
 // One side: kWorkers coroutines doing Write-then-Read-back of random sizes to
 // their own slice of the peer's exposed region, plus a sender of kMessages
 // messages of random sizes, plus a receiver of the peer's kMessages messages.
@@ -271,7 +302,7 @@ Status RunSide(mempool::Pool& pool, Connection& conn, const RemoteDescriptor& pe
       break;
     }
   }
-  HRPC_TRY(wg.WaitFor(60s));
+  HRPC_TRY(WaitOrClose(wg, conn, 60s));
   if (failures.load() > 0) return DataLossError(std::to_string(failures.load()) + " failed ops; first: " + first_error);
   HRPC_TRY(recv_status);
   return conn.status();
@@ -289,8 +320,8 @@ TEST(TcpPrefetch, ConcurrentTrafficBothWays) {
                                  [&]() { return RunSide(env.pool(), env.server(), *cd, 11); });
   auto client_side = coro::Async(env.client_worker().scheduler(),
                                  [&]() { return RunSide(env.pool(), env.client(), *sd, 22); });
-  Status c = client_side.WaitFor(90s);
-  Status s = server_side.WaitFor(90s);
+  auto [c, s] = JoinSides(client_side, env.client_worker(), env.client(), server_side, env.server_worker(),
+                          env.server(), 180s);
   EXPECT_TRUE(c.ok()) << "client side: " << c.ToString();
   EXPECT_TRUE(s.ok()) << "server side: " << s.ToString();
 }
@@ -381,7 +412,7 @@ Status ShapedSide(mempool::Pool& pool, Connection& conn, const std::vector<Shape
       break;
     }
   }
-  HRPC_TRY(wg.WaitFor(90s));
+  HRPC_TRY(WaitOrClose(wg, conn, 90s));
   HRPC_TRY(send_status);
   HRPC_TRY(recv_status);
   return conn.status();
@@ -406,8 +437,7 @@ TEST(TcpPrefetch, PayloadMessagesArriveWholeThroughAChoppingRelay) {
                                  [&]() { return ShapedSide(env.pool(), **server, to_client, to_server); });
   auto client_side = coro::Async(env.client_worker().scheduler(),
                                  [&]() { return ShapedSide(env.pool(), **client, to_server, to_client); });
-  Status c = client_side.WaitFor(100s);
-  Status s = server_side.WaitFor(100s);
+  auto [c, s] = JoinSides(client_side, env.client_worker(), **client, server_side, env.server_worker(), **server, 200s);
   EXPECT_TRUE(c.ok()) << "client side: " << c.ToString();
   EXPECT_TRUE(s.ok()) << "server side: " << s.ToString();
   EXPECT_EQ(mempool::CopiedBytesTotal() - copied0, 0u);
