@@ -945,6 +945,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       auto svc_it = services_by_id.find(h.service_id);
       if (svc_it == services_by_id.end()) return UnimplementedError("unknown service id " + std::to_string(h.service_id));
       if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired before the stream was served");
+      // Opened during shutdown: refused without running, like a call.
+      if (stopping.load()) return UnavailableError("server shutting down");
       if (running.fetch_add(1) >= static_cast<int64_t>(options.max_concurrent_requests)) {
         running.fetch_sub(1);
         return ResourceExhaustedError("server is at max_concurrent_requests (" +

@@ -441,6 +441,46 @@ TEST_P(StreamTest, AServerShuttingDownEndsItsStreamsWithAClose) {
   EXPECT_EQ(env.service.handlers_done.load(), 1);
 }
 
+// A stream opened while shutdown waits for a handler is refused without
+// running: its close says UNAVAILABLE "server shutting down".
+TEST_P(StreamTest, AStreamOpenedDuringShutdownIsRefusedUnrun) {
+  Env env;
+  env.Start(GetParam());
+  streamtest::Streamer::Stub stub(env.channel.get());
+  std::thread shutdown;
+  env.OnWorker([&] {
+    // A handler that sleeps 1.5 s after its first message, not looking at
+    // the cancel: shutdown waits for it.
+    ClientContext slow_ctx;
+    Range range;
+    range.set_count(2);
+    range.set_interval_us(1'500'000);
+    auto slow = stub.Download(slow_ctx, range);
+    Chunk c;
+    IoBuf att;
+    ASSERT_TRUE(slow->Read(&c, &att));
+    shutdown = std::thread([&] { env.server->Shutdown(); });
+    // Shutdown has begun once a unary call is refused.
+    Chunk pong;
+    for (int i = 0; i < 5000; ++i) {
+      ClientContext pctx;
+      if (stub.Ping(pctx, Chunk(), &pong).code() == StatusCode::kUnavailable) break;
+      hrpc::coro::this_coro::SleepFor(1ms);
+    }
+    ClientContext ctx;
+    auto chat = stub.Chat(ctx);
+    Chunk m;
+    chat->Write(m);  // may fail once the close is in
+    EXPECT_FALSE(chat->Read(&m, &att));
+    Status s = chat->Finish();
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+    EXPECT_EQ(s.message(), "server shutting down") << s.ToString();
+    EXPECT_EQ(env.service.handlers_done.load(), 0) << "a stream opened during shutdown ran its handler";
+    slow_ctx.Cancel();
+  });
+  shutdown.join();
+}
+
 // A handler that returns while the client is blocked in Write() (its window
 // full: the handler reads no more) ends the client's Write at once; the
 // client then reads what the handler wrote, and the handler's status.

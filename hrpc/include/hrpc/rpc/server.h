@@ -96,7 +96,8 @@ struct ServerOptions {
   bool auto_pull = true;
   // How long Shutdown() lets running handlers finish (they see IsCancelled()
   // and their answers are sent; a stream gets a close saying UNAVAILABLE
-  // "server shutting down", and so does a call that arrives meanwhile).
+  // "server shutting down", and so does a call or stream that arrives
+  // meanwhile, without running).
   std::chrono::milliseconds shutdown_grace{2000};
   // A response attachment exposed for the client to READ (RDMA, loopback:
   // the client offered too little room) stays exposed until the client
