@@ -1121,7 +1121,10 @@ void Server::Shutdown() {
       for (auto& sc : im.conns[w]) {
         for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
         for (auto& [txn, ev] : sc->releases) ev->Set();
-        for (auto& [txn, core] : sc->streams) core->OnPeerGone(UnavailableError("server shutting down"));
+        // Ended for the handler only: what it already sent stays exposed for
+        // the client to read until it has (or the grace ends and the
+        // connections close).
+        for (auto& [txn, core] : sc->streams) core->End(UnavailableError("server shutting down"));
       }
       return Status::Ok();
     }).IgnoreError();

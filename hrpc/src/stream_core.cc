@@ -282,7 +282,10 @@ Result<bool> StreamCore::Read(google::protobuf::MessageLite* message, mempool::I
   // that memory exposed until it hears.
   if (pulled || consumed_messages_ - reported_messages_ >= std::max<uint32_t>(1, s_.receive_window.messages / 4) ||
       consumed_bytes_ - reported_bytes_ >= s_.receive_window.bytes / 4) {
-    if (Status s = SendWindow(); !s.ok()) {
+    // Once the peer has closed, nothing more comes: what is queued is still
+    // read when the update cannot go out (its connection closed behind the
+    // close, as a server shutting down does).
+    if (Status s = SendWindow(); !s.ok() && !peer_closed_) {
       End(Status(StatusCode::kUnavailable, "stream window update: " + s.ToString()));
       return end_;
     }

@@ -481,6 +481,58 @@ TEST_P(StreamTest, AStreamOpenedDuringShutdownIsRefusedUnrun) {
   shutdown.join();
 }
 
+// What a Download handler sent before shutdown stopped it is still read whole,
+// then the close. On loop the 64 KiB attachments are read while the server
+// waits, from its memory, which stays exposed until then. On TCP the 1 KiB
+// ones (small enough that everything sent has left the server before its
+// connections close) are read once Shutdown() has returned, from what arrived:
+// the client's window updates can no longer go out.
+TEST_P(StreamTest, MessagesSentBeforeShutdownAreStillRead) {
+  Env env;
+  env.Start(GetParam());
+  streamtest::Streamer::Stub stub(env.channel.get());
+  std::thread shutdown;
+  env.OnWorker([&] {
+    ClientContext ctx;
+    Range range;
+    range.set_forever(true);
+    range.set_attachment_bytes(GetParam() == "loop" ? 64 * 1024 : 1024);
+    auto reader = stub.Download(ctx, range);
+    Chunk c;
+    IoBuf att;
+    ASSERT_TRUE(reader->Read(&c, &att));
+    const auto until = Clock::now() + 5s;
+    while (env.service.downloads_written.load() < static_cast<int>(hrpc::wire::kInitialStreamWindowMessages) &&
+           Clock::now() < until) {
+      hrpc::coro::this_coro::SleepFor(1ms);
+    }
+    std::atomic<bool> shut{false};
+    shutdown = std::thread([&] {
+      env.server->Shutdown();
+      shut.store(true);
+    });
+    if (GetParam() == "loop") {
+      // Read while the server waits for it, its handler over.
+      while (env.service.handlers_done.load() == 0 && Clock::now() < until) hrpc::coro::this_coro::SleepFor(1ms);
+    } else {
+      // Read once the server is gone (this worker keeps receiving meanwhile).
+      while (!shut.load() && Clock::now() < until) hrpc::coro::this_coro::SleepFor(1ms);
+    }
+    int got = 1, bad = Matches(c, att) ? 0 : 1;
+    while (reader->Read(&c, &att)) {
+      ++got;
+      if (!Matches(c, att)) ++bad;
+    }
+    EXPECT_GE(got, env.service.downloads_written.load());
+    EXPECT_LE(got, env.service.downloads_written.load() + 1);
+    EXPECT_EQ(bad, 0);
+    Status s = reader->Finish();
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+    EXPECT_EQ(s.message(), "server shutting down") << s.ToString();
+  });
+  shutdown.join();
+}
+
 // A handler that returns while the client is blocked in Write() (its window
 // full: the handler reads no more) ends the client's Write at once; the
 // client then reads what the handler wrote, and the handler's status.
