@@ -492,6 +492,7 @@ TEST_P(StreamTest, MessagesSentBeforeShutdownAreStillRead) {
   env.Start(GetParam());
   streamtest::Streamer::Stub stub(env.channel.get());
   std::thread shutdown;
+  std::atomic<bool> shut{false};  // set by the shutdown thread, which may outlive the block below
   env.OnWorker([&] {
     ClientContext ctx;
     Range range;
@@ -506,7 +507,6 @@ TEST_P(StreamTest, MessagesSentBeforeShutdownAreStillRead) {
            Clock::now() < until) {
       hrpc::coro::this_coro::SleepFor(1ms);
     }
-    std::atomic<bool> shut{false};
     shutdown = std::thread([&] {
       env.server->Shutdown();
       shut.store(true);
