@@ -1120,19 +1120,27 @@ void Server::Shutdown() {
       for (auto& l : im.listeners[w]) l->Close();
       for (auto& sc : im.conns[w]) {
         for (auto& [txn, ctx] : sc->active) ctx->MarkCancelled();
-        for (auto& [txn, ev] : sc->releases) ev->Set();
         // Ended for the handler only: what it already sent stays exposed for
-        // the client to read until it has (or the grace ends and the
-        // connections close).
+        // the client to read until it has, and so does a response held for
+        // the client's READs (or the grace ends and the connections close).
         for (auto& [txn, core] : sc->streams) core->End(UnavailableError("server shutting down"));
       }
       return Status::Ok();
     }).IgnoreError();
   }
-  WaitFor([&im] { return im.running.load() == 0; }, Clock::now() + im.options.shutdown_grace);
+  const Clock::time_point grace_end = Clock::now() + im.options.shutdown_grace;
+  WaitFor([&im] { return im.running.load() == 0; }, grace_end);
   for (size_t w = 0; w < im.workers->size(); ++w) {
-    im.workers->RunOn(w, [&im, w] {
+    im.workers->RunOn(w, [&im, w, grace_end] {
       auto list = im.conns[w];
+      // Answers still queued for clients that have not taken them yet (TCP)
+      // go out first: Close() would drop them.
+      WaitFor(
+          [&list] {
+            return std::all_of(list.begin(), list.end(),
+                               [](const auto& sc) { return sc->closed || sc->conn->unsent_bytes() == 0; });
+          },
+          grace_end);
       for (auto& sc : list) im.CloseConn(sc);
       for (transport::Connection* c : im.authenticating[w]) c->Close();
       return Status::Ok();

@@ -18,6 +18,7 @@
 #include "hrpc/rpc/server.h"
 #include "pool_level_util.h"
 #include "rpc_test_util.h"
+#include "shutdown_check.h"
 #include "../transport/rdma_test_util.h"
 
 namespace {
@@ -184,6 +185,14 @@ TEST_F(RpcRdmaTest, ServerRestartedAtTheSameAddressIsReachedAgain) {
   env.server = std::move(*s);
   auto again = call("second life");
   EXPECT_TRUE(again.ok()) << again.ToString();
+}
+
+// What Shutdown() owes a client whose worker has not taken its answer yet,
+// over verbs.
+TEST_F(RpcRdmaTest, ShutdownDeliversAnAnswerTheClientHasNotTakenYet) {
+  RdmaEnv env;
+  env.Start();
+  rpctest::ExpectShutdownDeliversAnAnswerTheClientHasNotTakenYet(*env.server, *env.channel, env.service);
 }
 
 TEST_F(RpcRdmaTest, ManyConcurrentCalls) {

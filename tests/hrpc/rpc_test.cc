@@ -31,6 +31,7 @@
 #include "pool_level_util.h"
 #include "raw_peer_util.h"
 #include "rpc_test_util.h"
+#include "shutdown_check.h"
 #include "tcp_relay.h"
 
 namespace {
@@ -398,6 +399,12 @@ TEST_P(RpcTest, ShutdownAnswersTheCallsItCancelsAndRefusesNewOnes) {
   auto held = holds.WaitFor(5s);
   EXPECT_TRUE(held.ok()) << held.status().ToString();
   shutdown.join();
+}
+
+TEST_P(RpcTest, ShutdownDeliversAnAnswerTheClientHasNotTakenYet) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::ExpectShutdownDeliversAnAnswerTheClientHasNotTakenYet(*env.server, *env.channel, env.service);
 }
 
 // A deadline or a cancel reaches its own call when the calls in flight are

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -875,6 +876,37 @@ TEST(TcpPayload, DisabledOnEitherSideMeansUnimplemented) {
     return env.client().SendWithPayload(IoBuf(), IoBuf(Filled(env.pool(), 4096, 3)));
   });
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s.ToString();
+  env.DropConnections();
+}
+
+// unsent_bytes() counts what the socket has not taken yet (what Close()
+// would drop): non-zero while the peer's worker reads nothing, 0 once it has
+// read everything, and 0 on a closed connection.
+TEST(TcpPayload, UnsentBytesCountWhatTheSocketHasNotTakenYet) {
+  Env env(TcpKind());
+  env.ConnectPair();
+  constexpr size_t kPayload = 8u << 20;
+  std::atomic<bool> blocked{false}, release{false};
+  env.server_worker().scheduler().Post([&] {
+    blocked.store(true);
+    while (!release.load()) std::this_thread::sleep_for(1ms);
+  });
+  for (int i = 0; i < 500 && !blocked.load(); ++i) std::this_thread::sleep_for(2ms);
+  ASSERT_TRUE(blocked.load());
+  auto sent = On(env.client_worker(), [&]() -> Result<uint64_t> {
+    HRPC_TRY(env.client().SendWithPayload(IoBuf(Filled(env.pool(), 4096, 1)), IoBuf(Filled(env.pool(), kPayload, 3))));
+    return env.client().unsent_bytes();
+  });
+  release.store(true);
+  ASSERT_TRUE(sent.ok()) << sent.status().ToString();
+  EXPECT_GT(*sent, 0u) << "the loopback socket took 8 MiB at once";
+  EXPECT_LE(*sent, kPayload + 4096 + 64);
+  auto got = On(env.server_worker(), [&]() { return env.server().Recv(); });
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->size(), 4096 + kPayload);
+  EXPECT_EQ(On(env.client_worker(), [&]() { return env.client().unsent_bytes(); }), 0u);
+  On(env.client_worker(), [&]() { env.client().Close(); });
+  EXPECT_EQ(On(env.client_worker(), [&]() { return env.client().unsent_bytes(); }), 0u);
   env.DropConnections();
 }
 

@@ -1912,6 +1912,7 @@ class TcpConnection final : public Connection {
   void Close() override {
     if (c_ && !c_->closed()) c_->core->Fail(*c_, CancelledError("connection closed locally"));
   }
+  uint64_t unsent_bytes() const override { return c_->closed() ? 0 : c_->queued_bytes; }
   Status status() const override { return c_->closed() ? c_->status : Status::Ok(); }
   const Limits& limits() const override { return c_->limits; }
   std::string_view peer() const override { return c_->peer; }

@@ -97,7 +97,9 @@ struct ServerOptions {
   // How long Shutdown() lets running handlers finish (they see IsCancelled()
   // and their answers are sent; a stream gets a close saying UNAVAILABLE
   // "server shutting down", and so does a call or stream that arrives
-  // meanwhile, without running).
+  // meanwhile, without running) and clients take what was sent to them
+  // (READ exposed attachments, drain what TCP still queues) before the
+  // connections close.
   std::chrono::milliseconds shutdown_grace{2000};
   // A response attachment exposed for the client to READ (RDMA, loopback:
   // the client offered too little room) stays exposed until the client
@@ -176,8 +178,9 @@ class Server final {
 
   // Binds every listen URI on every worker and starts accepting.
   Status Start();
-  // Stops accepting, cancels running handlers (waits up to shutdown_grace for
-  // them), closes connections. Idempotent.
+  // Stops accepting, cancels running handlers, waits up to shutdown_grace for
+  // them and for their answers to reach the clients, closes connections.
+  // Idempotent.
   void Shutdown();
 
   // The bound URIs, one per configured URI ("tcp://0.0.0.0:41234").

@@ -247,6 +247,14 @@ class Connection {
   // nothing back. Does not suspend.
   virtual void Admit() {}
 
+  // Bytes of messages and payloads that Send()/SendWithPayload() queued and
+  // that have not left this side yet: TCP's send queue, which Close() drops
+  // (what the kernel already took still reaches the peer). 0 where a message
+  // has left when Send() returns (RDMA: posted to the NIC; loopback: in the
+  // peer's inbox or on its simulated wire) and once the connection failed. A
+  // graceful close waits for 0 before Close(). Does not suspend.
+  virtual uint64_t unsent_bytes() const { return 0; }
+
   // OK while usable; the first error otherwise.
   virtual Status status() const = 0;
   virtual const Limits& limits() const = 0;
