@@ -36,7 +36,10 @@ class RpcClientStream final : public ClientStreamBase {
     if (finished_) return;
     Run([this] {
       if (opened_.core) {
-        // Cancelled first: what the server may still READ lingers until its close.
+        // Ended first: unread messages whose attachments the server exposed
+        // are owed a release, also after the server's close. Cancelled then:
+        // what the server may still READ lingers until its close.
+        opened_.core->End(CancelledError("stream destroyed before Finish()"));
         peers().CancelStream(opened_.link, opened_.core->txn(), CancelledError("stream destroyed before Finish()"),
                              opened_.core);
         opened_.core->ReleaseExposures();

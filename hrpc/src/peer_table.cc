@@ -30,6 +30,7 @@ struct Link {
   // clock read on the call path.
   uint32_t idle_sweeps = 0;
   uint32_t pulling = 0;  // responses being READ from the server (PullResponse)
+  uint32_t starting = 0;  // calls that picked it and are not in `calls` yet (StartCall)
   // What calls that ended without the server's answer (deadline, cancel)
   // exposed: the server may still READ or WRITE it, and on RDMA revoking it
   // under such an op would fail this connection. Revoked when the server's
@@ -304,6 +305,10 @@ void PeerTable::Complete(Call* call, Status status, ReceivedFrame* rx) {
   if (status.ok() && rx != nullptr) status = FillResponse(*call, *rx, &bytes_in);
   if (call->link && call->txn != 0) call->link->info->finished.Add();
   if (call->stats != nullptr) call->stats->End(coro::SteadyNow() - call->start, status.code(), bytes_in, call->bytes_out);
+  FinishCall(call, std::move(status));
+}
+
+void FinishCall(Call* call, Status status) {
   DoneCallback done = std::move(call->done);
   std::shared_ptr<ChannelState> channel = std::move(call->channel);
   delete call;
@@ -416,6 +421,13 @@ void PeerTable::StartCall(Call* call) {
     return Complete(call, DeadlineExceededError("deadline expired while connecting"), nullptr);
   }
   std::shared_ptr<Link> link = std::move(*link_or);
+  // Not idle while the call is on its way to `calls` (exposing its
+  // attachment may suspend for the checksum).
+  ++link->starting;
+  struct Starting {
+    Link& link;
+    ~Starting() { --link.starting; }
+  } starting{*link};
   call->link = link;
   ctx.set_peer(link->peer);
   mempool::Pool& pool = workers_.pool(worker_);
@@ -696,7 +708,7 @@ void PeerTable::SweepIdle() {
     for (auto it = table_.begin(); it != table_.end();) {
       Entry& e = it->second;
       if (e.link && !e.link->dead) {
-        if (!e.link->calls.empty() || !e.link->streams.empty() || e.link->pulling > 0) {
+        if (!e.link->calls.empty() || !e.link->streams.empty() || e.link->pulling > 0 || e.link->starting > 0) {
           e.link->idle_sweeps = 0;
         } else if (++e.link->idle_sweeps >= kIdleSweeps) {
           expired.push_back(e.link);

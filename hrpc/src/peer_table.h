@@ -99,6 +99,11 @@ struct Call {
 // callback may destroy the channel: it then waits for the others only).
 bool CompletingCallOf(const ChannelState* channel) noexcept;
 
+// The end of every call: deletes `call`, runs its done callback with
+// `status`, then uncounts it from its channel's calls in flight (so the
+// callback may destroy the channel, CompletingCallOf).
+void FinishCall(Call* call, Status status);
+
 class PeerTable {
  public:
   PeerTable(WorkerSet& workers, size_t worker) : workers_(workers), worker_(worker) {}

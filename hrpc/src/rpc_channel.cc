@@ -60,10 +60,7 @@ class RpcChannel::Impl {
     if (!m.ok()) {
       call->ctx->request_attachment() = mempool::IoBuf();
       call->stats->End(coro::SteadyNow() - call->start, m.status().code(), 0, 0);
-      DoneCallback done = std::move(call->done);
-      delete call;
-      done(m.status());
-      state->in_flight.fetch_sub(1, std::memory_order_acq_rel);
+      internal::FinishCall(call, m.status());  // `this` may be gone after it
       return;
     }
     call->msg = std::move(*m);

@@ -407,6 +407,29 @@ TEST_P(RpcTest, ShutdownDeliversAnAnswerTheClientHasNotTakenYet) {
   rpctest::ExpectShutdownDeliversAnAnswerTheClientHasNotTakenYet(*env.server, *env.channel, env.service);
 }
 
+// The idle sweep does not close a connection under a call that picked it
+// and is still on its way (exposing a large attachment waits for its
+// checksum): with an idle_timeout of a few ms, calls that come after idle
+// pauses of about that length all succeed.
+TEST(RpcIdle, AConnectionIsNotClosedUnderACallOnItsWay) {
+  Env env;
+  hrpc::RpcChannelOptions co;
+  co.runtime.idle_timeout = 4ms;
+  env.Start("loop", {}, co);
+  rpctest::Test::Stub stub(env.channel.get());
+  for (int i = 0; i < 60; ++i) {
+    std::this_thread::sleep_for(std::chrono::microseconds(2000 + 250 * (i % 12)));
+    ClientContext ctx;
+    ctx.set_timeout(10s);
+    ctx.request_attachment() = rpctest::MakePayload(env.channel->pool(), 1u << 20, i);
+    Req req;
+    Resp resp;
+    auto s = stub.Call(ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << "call " << i << ": " << s.ToString();
+    EXPECT_EQ(resp.attachment_bytes(), 1u << 20);
+  }
+}
+
 // A deadline or a cancel reaches its own call when the calls in flight are
 // spread over several connections of the (one) worker: a call is found by
 // its txn alone.
@@ -1229,6 +1252,33 @@ TEST(RpcConnectionLost, ADoneCallbackThatDestroysItsChannelDoesNotWaitForTheNext
   for (const OneCall& c : calls) EXPECT_FALSE(c.status.ok());
   EXPECT_TRUE(fake.Get().ok());
   EXPECT_TRUE(fs.Stop().ok());
+}
+
+// The same for a call whose request cannot go out at all (larger than a frame
+// may be): its callback runs at once, on the caller's thread, and may destroy
+// the channel without waiting for the call it is the callback of.
+TEST(RpcConnectionLost, ADoneCallbackThatDestroysItsChannelAfterAnUnsendableRequestReturnsAtOnce) {
+  Env env;
+  env.Start("loop");
+  std::atomic<hrpc::RpcChannel*> holder{env.channel.release()};
+  rpctest::Test::Stub stub(holder.load());
+  ClientContext ctx;
+  Req req;
+  req.set_text(std::string((16u << 20) + 1, 'x'));
+  Resp resp;
+  hrpc::Status status;
+  std::atomic<bool> done{false};
+  const auto t0 = std::chrono::steady_clock::now();
+  stub.CallAsync(ctx, req, &resp, [&](hrpc::Status s) {
+    status = s;
+    delete holder.exchange(nullptr);
+    done.store(true);
+  });
+  while (!done.load() && std::chrono::steady_clock::now() - t0 < 20s) std::this_thread::sleep_for(1ms);
+  ASSERT_TRUE(done.load());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "the channel's destruction waited for its own call";
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted) << status.ToString();
+  EXPECT_EQ(env.service.calls.load(), 0);
 }
 
 // The client side of the same rule, against a hand-driven server: while a call

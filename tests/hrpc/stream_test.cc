@@ -533,6 +533,45 @@ TEST_P(StreamTest, MessagesSentBeforeShutdownAreStillRead) {
   shutdown.join();
 }
 
+// A reader destroyed without Finish() after the server's close, with messages
+// it did not read: the server hears of it and lets go of what it exposed for
+// them (on loop; TCP carries them in the stream) at once, not after
+// release_timeout.
+TEST_P(StreamTest, AStreamDestroyedAfterTheServersCloseReleasesWhatItDidNotRead) {
+  Env env;
+  hrpc::ServerOptions so;
+  so.release_timeout = 20s;  // what the server would otherwise hold them for
+  env.Start(GetParam(), so);
+  streamtest::Streamer::Stub stub(env.channel.get());
+  env.OnWorker([&] {
+    ClientContext ctx;
+    Range range;
+    range.set_count(3);
+    range.set_attachment_bytes(64 * 1024);
+    auto reader = stub.Download(ctx, range);
+    Chunk c;
+    IoBuf att;
+    ASSERT_TRUE(reader->Read(&c, &att));
+    EXPECT_TRUE(Matches(c, att));
+    const auto until = Clock::now() + 5s;
+    while (env.service.handlers_done.load() == 0 && Clock::now() < until) hrpc::coro::this_coro::SleepFor(1ms);
+    ASSERT_EQ(env.service.handlers_done.load(), 1);
+    hrpc::coro::this_coro::SleepFor(100ms);  // the server's close arrives
+    reader.reset();
+  });
+  auto ended = [&] {
+    uint64_t n = 0;
+    for (const auto& m : env.server->Stats()) {
+      if (m.method.find("Download") != std::string::npos) n += m.count;
+    }
+    return n;
+  };
+  const auto t0 = Clock::now();
+  while (ended() == 0 && Clock::now() - t0 < 10s) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(ended(), 1u);
+  EXPECT_LT(Clock::now() - t0, 5s) << "the server held the unread messages' attachments for release_timeout";
+}
+
 // A handler that returns while the client is blocked in Write() (its window
 // full: the handler reads no more) ends the client's Write at once; the
 // client then reads what the handler wrote, and the handler's status.
