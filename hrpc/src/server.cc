@@ -525,10 +525,12 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
                       wire::kStreamWindowSize);
           break;
         }
-        const uint64_t quota_bytes = h.kind == wire::FrameKind::kRequest ? RequestBytes(*rx) : 0;
-        if (h.kind == wire::FrameKind::kRequest && !AwaitQuota(*sc, quota_bytes)) break;
+        // Its deadline counts from here: a request that waits for the
+        // connection's quota keeps it.
         const Clock::time_point arrival = coro::SteadyNow();
         const uint64_t arrival_tick = rpcz.empty() ? 0 : clock->Now();
+        const uint64_t quota_bytes = h.kind == wire::FrameKind::kRequest ? RequestBytes(*rx) : 0;
+        if (h.kind == wire::FrameKind::kRequest && !AwaitQuota(*sc, quota_bytes)) break;
         sc->info->started.Add();
         if (h.kind == wire::FrameKind::kStreamOpen) {
           // The header and the window are kept, not the received block.
@@ -671,6 +673,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       s = e.status;
     } else if (!e.kept) {
       s = AbortedError("request already executed; its response is not kept (it had an attachment or was too large)");
+    } else {
+      s = ResponseFits(*sc.conn, wire::PrefixSize(0) + e.response.size());
     }
     if (!s.ok()) {
       SendError(sc, h, s);
@@ -693,6 +697,16 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     }
     if (!sc.closed) sc.conn->Send(std::move(*f)).IgnoreError();
     return Status::Ok();
+  }
+
+  // A response message travels as one control message: one larger than the
+  // connection takes is refused (the client's side of the rule: StartCall).
+  static Status ResponseFits(const transport::Connection& conn, size_t bytes) {
+    const size_t limit = conn.limits().max_message_bytes;
+    if (bytes <= limit) return Status::Ok();
+    return ResourceExhaustedError("response message of " + std::to_string(bytes) +
+                                  " bytes does not fit a control message of " + std::to_string(limit) +
+                                  " bytes: send bulk data as the response attachment");
   }
 
   void SendError(ServerConn& sc, const wire::FrameHeader& req, const Status& s) {
@@ -845,6 +859,9 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
                                              : std::string_view(),
                       ctx.response_attachment().size() > 0);
     }
+    // After the dedup window has the answer: a retry of the call meets the
+    // same refusal there, its handler not run again.
+    if (status.ok()) status = ResponseFits(*sc->conn, wire::PrefixSize(num_push) + writer.msg.message_len);
 
     internal::ResponseAttachment placed;
     if (status.ok()) {
@@ -965,7 +982,10 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
       ctx.set_pool(&workers->pool(sc->worker));
       if (Status s = core->SendInitialWindow(); !s.ok()) return s;
       HandlerStream stream(*core, ctx);
-      return services_by_id.at(h.service_id)->CallStream(h.method_id, ctx, stream);
+      // Generated services guard each handler themselves; this guards a
+      // service written by hand (an exception must not skip the stream's end).
+      Service* svc = svc_it->second;
+      return internal::GuardHandler(svc->service_name(), [&] { return svc->CallStream(h.method_id, ctx, stream); });
     }();
     // A stream that broke (cancelled, deadline, connection, a bad message)
     // ends with why, whatever the handler made of it.

@@ -189,6 +189,9 @@ class ThrowingService final : public hrpc::Service {
   hrpc::Status CallMethod(uint32_t, hrpc::ServerContext&, std::string_view, hrpc::ResponseWriter&) override {
     throw std::runtime_error("raw handler failed");
   }
+  hrpc::Status CallStream(uint32_t, hrpc::ServerContext&, hrpc::ServerStreamBase&) override {
+    throw std::runtime_error("raw stream handler failed");
+  }
 };
 
 TEST_P(RpcTest, ExceptionFromAHandWrittenServiceIsInternalAndTheConnectionKeepsServing) {
@@ -205,6 +208,32 @@ TEST_P(RpcTest, ExceptionFromAHandWrittenServiceIsInternalAndTheConnectionKeepsS
     ExpectEcho(stub, "after " + std::to_string(i));
   }
   EXPECT_EQ(env.server->num_connections(), 1u);
+}
+
+// The same for a stream: the client gets a close with INTERNAL (not its
+// deadline), and the stream leaves nothing counted behind (Shutdown does not
+// wait for it).
+TEST_P(RpcTest, ExceptionFromAHandWrittenStreamHandlerClosesTheStreamWithInternal) {
+  Env env;
+  ThrowingService throwing;
+  env.Start(GetParam(), {}, {}, [&](hrpc::Server& s) { ASSERT_TRUE(s.RegisterService(&throwing).ok()); });
+  rpctest::Test::Stub stub(env.channel.get());
+  const hrpc::MethodDescriptor method{"rpctest.Throwing", "S", "rpctest.Throwing.S", throwing.service_id(), 9};
+  for (int i = 0; i < 2; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(20s);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto stream = env.channel->OpenStream(method, ctx);
+    stream->WritesDone();
+    const hrpc::Status s = stream->Finish();
+    EXPECT_EQ(s.code(), StatusCode::kInternal) << s.ToString();
+    EXPECT_EQ(s.message(), "handler of rpctest.Throwing threw: raw stream handler failed");
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+    ExpectEcho(stub, "after " + std::to_string(i));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  env.server->Shutdown();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms) << "Shutdown waited for a stream that had ended";
 }
 
 // A handler runs on its connection's reader; one that blocks hands the
@@ -428,6 +457,61 @@ TEST(RpcIdle, AConnectionIsNotClosedUnderACallOnItsWay) {
     ASSERT_TRUE(s.ok()) << "call " << i << ": " << s.ToString();
     EXPECT_EQ(resp.attachment_bytes(), 1u << 20);
   }
+}
+
+// A response message larger than a control message (max_message_bytes) is
+// refused at once with RESOURCE_EXHAUSTED, not lost on the way (the client
+// used to wait for its deadline); a retry with the same request id gets the
+// same refusal from the dedup window without running the handler again; the
+// connection serves on.
+TEST_P(RpcTest, AResponseMessageTooLargeToSendIsRefused) {
+  Env env;
+  env.Start(GetParam());
+  rpctest::Test::Stub stub(env.channel.get());
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    ClientContext ctx;
+    ctx.set_timeout(20s);
+    ctx.set_request_id(0x5eed0001);
+    Req req;
+    req.set_response_text_bytes(100 * 1024);
+    Resp resp;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto s = stub.Call(ctx, req, &resp);
+    EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << "attempt " << attempt << ": " << s.ToString();
+    EXPECT_NE(s.message().find("does not fit a control message"), std::string::npos) << s.ToString();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  }
+  EXPECT_EQ(env.service.calls.load(), 1) << "the retry ran the handler again";
+  ClientContext ctx;
+  Req req;
+  req.set_response_text_bytes(1000);
+  Resp resp;
+  ASSERT_TRUE(stub.Call(ctx, req, &resp).ok());
+  EXPECT_EQ(resp.text().size(), 1000u);
+}
+
+// A request that waits for its connection's quota (max_requests_per_connection)
+// keeps its deadline: one whose deadline passed meanwhile is not run (its
+// client gave up on it long ago and its cancel is still unread behind it).
+TEST_P(RpcTest, TimeWaitingForTheConnectionsQuotaCountsAgainstTheDeadline) {
+  Env env;
+  hrpc::ServerOptions so;
+  so.max_requests_per_connection = 1;
+  hrpc::RpcChannelOptions co;
+  co.connections_per_worker = 1;
+  env.Start(GetParam(), so, co);
+  rpctest::Test::Stub stub(env.channel.get());
+  ClientContext first_ctx, second_ctx;
+  first_ctx.set_timeout(300ms);
+  second_ctx.set_timeout(300ms);
+  Req req;
+  req.set_hold_ms(600);  // holds the quota past both deadlines, the cancel unseen
+  auto first = stub.CallFuture(first_ctx, req);
+  auto second = stub.CallFuture(second_ctx, req);
+  EXPECT_EQ(first.WaitFor(5s).status().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(second.WaitFor(5s).status().code(), StatusCode::kDeadlineExceeded);
+  std::this_thread::sleep_for(1500ms);  // the second would have run by now
+  EXPECT_EQ(env.service.calls.load(), 1) << "a request whose deadline passed while it waited for the quota ran";
 }
 
 // A deadline or a cancel reaches its own call when the calls in flight are

@@ -75,7 +75,7 @@ class TestService final : public Test::Service {
       std::atomic<int>& r;
       ~Dec() { r.fetch_sub(1); }
     } dec{running};
-    resp->set_text(req.text());
+    resp->set_text(req.response_text_bytes() > 0 ? std::string(req.response_text_bytes(), 'r') : req.text());
     resp->set_peer(std::string(ctx.peer()));
     resp->set_coroutine(std::string(hrpc::coro::this_coro::Name()));
     resp->set_attachment_bytes(ctx.request_attachment().size());
