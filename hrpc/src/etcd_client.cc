@@ -362,6 +362,11 @@ Status EtcdClient::Watch(std::string_view prefix, int64_t start_revision, const 
   req.path = "/v3/watch";
   req.body = create.dump();
   req.set_header("Content-Type", "application/json");
+  // Require a leader (gRPC metadata "hasleader", through the gateway): a
+  // member cut off from the quorum ends the stream (no leader) instead of
+  // keeping it open with its own progress notifications, and the watcher
+  // lists again from another member.
+  req.set_header("Grpc-Metadata-Hasleader", "true");
   req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
     pending.append(data, len);
     size_t nl;

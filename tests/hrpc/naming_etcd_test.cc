@@ -433,6 +433,28 @@ TEST(EtcdFake, AMemberWithoutALeaderIsPassedOver) {
   (*w)->Stop();
 }
 
+// The watch asks for a leader (etcd's "hasleader" metadata, which its JSON
+// gateway takes as the Grpc-Metadata-Hasleader header): a member partitioned
+// from the quorum ends such a watch rather than keep it open and silent.
+TEST(EtcdFake, TheWatchRequiresALeader) {
+  std::atomic<int> watches{0}, with_leader{0};
+  FakeEtcd etcd({{"/v3/kv/range", &FakeEtcd::RangeWithOneServer},
+                 {"/v3/watch", [&](const httplib::Request& req, httplib::Response& res) {
+                    watches.fetch_add(1);
+                    if (req.get_header_value("Grpc-Metadata-Hasleader") == "true") with_leader.fetch_add(1);
+                    res.set_content(R"({"result":{"header":{"revision":"5"},"created":true}})" "\n", "application/json");
+                  }}});
+  auto w = hrpc::internal::MakeEtcdWatcher("etcd://" + etcd.Address() + "/f", FastRetry());
+  ASSERT_TRUE(w.ok());
+  Updates updates;
+  ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
+  EXPECT_TRUE(updates.WaitForServers({"tcp://127.0.0.1:7001"}, 0s));
+  for (int i = 0; i < 300 && watches.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_GE(watches.load(), 1);
+  EXPECT_EQ(with_leader.load(), watches.load());
+  (*w)->Stop();
+}
+
 // A server with ServerOptions::etcd_register on its own runtime.
 struct RegisteredServer {
   std::unique_ptr<hrpc::Runtime> runtime;
