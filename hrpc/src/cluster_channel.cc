@@ -30,8 +30,15 @@ uint64_t Mix64(uint64_t x) noexcept {
   return x ^ (x >> 31);
 }
 
+// Request ids come from here: seeded with 256 bits, so that two threads (of
+// any clients) that share a seed, and so a sequence of ids, are not a matter
+// of a 32-bit birthday.
 uint64_t RandomU64() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
+  thread_local std::mt19937_64 rng = [] {
+    std::random_device rd;
+    std::seed_seq seed{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64(seed);
+  }();
   return rng();
 }
 
