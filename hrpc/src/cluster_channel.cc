@@ -257,7 +257,15 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
     }
     if (lost_race) return;  // cancelled because the other attempt answered
     n.errors.fetch_add(1, std::memory_order_relaxed);
-    if (s.code() != StatusCode::kCancelled && s.code() != StatusCode::kDeadlineExceeded) {
+    if (s.code() == StatusCode::kDeadlineExceeded) {
+      // No answer within `took`: it would have taken longer. Weighed like an
+      // answer that took that long, so a server that takes calls and answers
+      // none does not keep the latency it had when it answered.
+      const double us = std::chrono::duration<double, std::micro>(took).count();
+      const double old = n.latency_us.load(std::memory_order_relaxed);
+      n.latency_us.store(old == 0 ? us : std::min(60e6, old * 0.8 + std::min(us, old * 10) * 0.2),
+                         std::memory_order_relaxed);
+    } else if (s.code() != StatusCode::kCancelled) {
       // A quick refusal must not make a server look fast to `la`: a failure
       // weighs like an answer ten times slower than its recent mean.
       // Capped (a minute): a server failing for long stays finite, and one

@@ -518,6 +518,29 @@ TEST(ClusterChannel, LeastLoadedAvoidsASlowServer) {
   EXPECT_GE(c.services[1]->calls.load(), 35) << "slow got " << c.services[0]->calls.load();
 }
 
+// A server that takes calls and answers none (hung, its connections up)
+// stops getting them: a call that runs out of its deadline there counts as
+// an answer that took that long.
+TEST(ClusterChannel, LeastLoadedAvoidsAServerThatAnswersNothing) {
+  Cluster c(3);
+  c.services[0]->delay_ms = 2000;
+  ClusterChannelOptions o;
+  o.load_balancer = "la";
+  auto ch = ClusterChannel::Create(*c.runtime, c.List(), o).value();
+  int timed_out = 0;
+  for (int i = 0; i < 40; ++i) {
+    ClientContext ctx;
+    ctx.set_timeout(100ms);
+    auto r = Call(*ch, ctx, "la");
+    if (!r.ok()) {
+      EXPECT_EQ(r.status().code(), StatusCode::kDeadlineExceeded) << r.status().ToString();
+      ++timed_out;
+    }
+  }
+  EXPECT_LE(timed_out, 2) << "the hung server kept getting calls";
+  EXPECT_LE(c.services[0]->calls.load(), 2);
+}
+
 // One answer of the fast server that took ten times the slow server's time
 // (a stall) does not send every later call to the slow one.
 TEST(ClusterChannel, LeastLoadedComesBackToAFastServerAfterOneStalledAnswer) {
