@@ -5,10 +5,12 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <condition_variable>
 #include <fstream>
@@ -161,6 +163,9 @@ class ListWatcher final : public NamingWatcher {
 // so is a Kubernetes ConfigMap volume (the file is a symlink through "..data",
 // which an update swaps by renaming a new "..data" into place). A directory
 // that does not exist (yet, or any more) is looked for again every second.
+// Where inotify cannot watch it (no instance or watch left, no permission),
+// the file is looked at every second instead (stat: identity, size, times)
+// and read again when that changed.
 class FileWatcher final : public ThreadedWatcher {
  public:
   explicit FileWatcher(std::string path) : path_(std::move(path)) {
@@ -177,8 +182,12 @@ class FileWatcher final : public ThreadedWatcher {
  protected:
   Status Prepare() override {
     ino_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (ino_ < 0) return ErrnoStatus(errno, "inotify_init1");
+    if (ino_ < 0) {
+      SPDLOG_WARN("hrpc naming: cannot watch {}: {}; looking at it every second", path_,
+                  ErrnoStatus(errno, "inotify_init1").ToString());
+    }
     Watch();  // a directory that is not there yet is watched once it is
+    seen_ = Look();
     return Status::Ok();
   }
 
@@ -194,7 +203,14 @@ class FileWatcher final : public ThreadedWatcher {
     while (!stopping()) {
       if (wd_ < 0) {
         if (!WaitFd(-1, std::chrono::seconds(1))) return false;
-        if (Watch()) return true;  // the directory is (back) there: read what it holds
+        const bool watched = Watch();
+        const Seen now = Look();
+        // The directory is (back) there and watched: read what it holds. Or
+        // it cannot be watched and the file changed.
+        if (watched || now != seen_) {
+          seen_ = now;
+          return true;
+        }
         continue;
       }
       if (!WaitFd(ino_, std::chrono::milliseconds(-1))) return false;
@@ -220,24 +236,51 @@ class FileWatcher final : public ThreadedWatcher {
           }
         }
       }
-      if (ours) return true;
+      if (ours) {
+        seen_ = Look();
+        return true;
+      }
     }
     return false;
   }
 
  private:
+  // What stat() says of the file (through symlinks): read again when it
+  // changes. All zero while it is not there.
+  struct Seen {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = 0;
+    int64_t mtime_ns = 0, ctime_ns = 0;
+    bool operator==(const Seen&) const = default;
+  };
+  Seen Look() const {
+    struct stat st;
+    if (stat(path_.c_str(), &st) != 0) return {};
+    return {st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec,
+            st.st_ctim.tv_sec * 1'000'000'000LL + st.st_ctim.tv_nsec};
+  }
+
   bool Watch() {
+    if (ino_ < 0) return false;
     // A file is read once it is complete: closed after writing, or renamed
     // into place; not on every write (a truncate would read as empty).
     wd_ = inotify_add_watch(ino_, dir_.c_str(),
                             IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF |
                                 IN_MOVE_SELF);
+    if (wd_ < 0 && errno != ENOENT && errno != ENOTDIR && !warned_) {
+      warned_ = true;
+      SPDLOG_WARN("hrpc naming: cannot watch {}: {}; looking at {} every second", dir_,
+                  ErrnoStatus(errno, "inotify_add_watch").ToString(), path_);
+    }
     return wd_ >= 0;
   }
 
   std::string path_, dir_, name_;
   int ino_ = -1;
   int wd_ = -1;
+  bool warned_ = false;
+  Seen seen_;
 };
 
 // dns://name:port: every address of the name, re-resolved every dns_refresh.

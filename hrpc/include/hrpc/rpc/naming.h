@@ -3,7 +3,8 @@
 // A naming URI picks the source:
 //   list://host:port,host:port        fixed; parsed once
 //   file:///path/to/servers           one server per line ('#' starts a comment),
-//                                     reloaded when the file changes (inotify)
+//                                     reloaded when the file changes (inotify;
+//                                     stat every second where it cannot watch)
 //   dns://name:port                   every address the name resolves to
 //                                     (c-ares, off the workers), re-resolved
 //                                     every NamingOptions::dns_refresh
