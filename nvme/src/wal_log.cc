@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -61,6 +62,7 @@ Status WalLog::Recover(const ReplayFn& replay) {
   so.read_slab_bytes = kRecoveryReadBytes;
   so.rules = opts_.rules;
   HRPC_ASSIGN_OR_RETURN(std::unique_ptr<Sink> reader, Sink::Open(so));
+  rules_ = reader->rules();
   if (reader->rules().logical_block > opts_.block_bytes) {
     return InvalidArgumentError(fmt::format("WalLog {}: block {} is smaller than the device's logical block {}",
                                             opts_.path, opts_.block_bytes, reader->rules().logical_block));
@@ -169,8 +171,34 @@ Status WalLog::AttachTo(coro::Scheduler& scheduler) {
   return sink_->AttachTo(scheduler);
 }
 
+namespace {
+// Whether `payload` may follow a head block (a first element that ends on a
+// page) in one O_DIRECT write under `rules`.
+bool CanFollowAHeadBlock(const mempool::IoBuf& payload, const DeviceRules& rules) {
+  std::vector<iovec> iov = payload.Iovecs();
+  // Any block that ends on a page stands for the head block here.
+  const uintptr_t head_end = uintptr_t{1} << 40;
+  iov.insert(iov.begin(), iovec{reinterpret_cast<void*>(head_end - rules.logical_block), rules.logical_block});
+  return !FindViolation(iov, 0, rules).has_value();
+}
+}  // namespace
+
 Result<mempool::IoBuf> WalLog::Encode(std::string_view request, mempool::IoBuf payload,
                                       std::optional<uint32_t> payload_crc, WalRecordInfo* info_out) {
+  if (!payload.empty() && payload.size() % rules_.logical_block == 0 && !CanFollowAHeadBlock(payload, rules_)) {
+    // Fresh pages, of the pool's largest class at most: each starts on a page
+    // and all but the last are whole pages.
+    const size_t piece = opts_.pool->options().max_class_bytes;
+    mempool::IoBuf placed;
+    for (size_t off = 0; off < payload.size(); off += piece) {
+      const size_t n = std::min(piece, payload.size() - off);
+      HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, opts_.pool->Allocate(n));
+      payload.CopyTo(b.data(), off, n);
+      placed.Append(b.Slice(0, n));
+    }
+    stats_.payload_bytes_copied += payload.size();
+    payload = std::move(placed);
+  }
   WalRecordInfo info;
   HRPC_ASSIGN_OR_RETURN(mempool::IoBuf record, EncodeWalRecord(*opts_.pool, next_sequence_, request,
                                                                std::move(payload), opts_.block_bytes,

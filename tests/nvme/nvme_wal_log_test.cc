@@ -135,6 +135,50 @@ TEST(NvmeWalLog, AppendsReplayInOrderAfterReopen) {
   EXPECT_EQ(got[5].sequence, 6u);
 }
 
+// A payload whose slice is legal on its own for O_DIRECT but does not start
+// on a page (an inline attachment's shape) cannot follow the head block in one
+// write (PRP): Encode() places it in fresh pages (counted), and the record
+// appends and replays, instead of failing at Append after it was handed on.
+TEST(NvmeWalLog, APayloadThatCannotFollowTheHeadBlockIsPlacedInFreshPages) {
+  TempDir dir;
+  HRPC_NVME_REQUIRE_ODIRECT(dir);
+  auto pool = SmallPool();
+  const std::string path = dir.File("inline.wal");
+  std::vector<Replayed> none;
+  auto log = OpenLog(path, *pool, &none);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  const int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  auto rules = QueryDeviceRules(fd);
+  close(fd);
+  ASSERT_TRUE(rules.ok()) << rules.status().ToString();
+  if (rules->mem_align >= rules->page || rules->logical_block > 4096) {
+    GTEST_SKIP() << "no O_DIRECT-aligned address off a page here (" << rules->ToString() << ")";
+  }
+  mempool::IoBuf src = PatternIoBuf(*pool, 8192, 8192, 7);
+  mempool::IoBuf payload(src.slice(0).Slice(rules->mem_align, 4096));
+  ASSERT_TRUE(CheckScatterList(payload.Iovecs(), 0, *rules).ok()) << "the slice is not legal on its own";
+  const uint32_t crc = payload.Crc32c();
+  mempool::ResetCopiedBytesThisThread();
+  auto rec = (*log)->Encode("inline", std::move(payload));
+  ASSERT_TRUE(rec.ok()) << rec.status().ToString();
+  EXPECT_EQ(mempool::CopiedBytesThisThread(), 4096u);
+  EXPECT_EQ((*log)->stats().payload_bytes_copied, 4096u);
+  const Status appended = (*log)->Append(*rec);
+  ASSERT_TRUE(appended.ok()) << appended.ToString();
+  // A payload that can follow the head block is still not copied.
+  AppendSome(**log, *pool, 1);
+  EXPECT_EQ((*log)->stats().payload_bytes_copied, 4096u);
+  log->reset();
+  std::vector<Replayed> got;
+  log = OpenLog(path, *pool, &got);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].request, "inline");
+  EXPECT_EQ(got[0].bytes, 4096u);
+  EXPECT_EQ(got[0].crc, crc);
+}
+
 // Appends grow the file ahead by fallocate; the zeroed space after the last
 // record is the log's end on reopen (truncated, not counted as cut).
 TEST(NvmeWalLog, PreallocatedSpaceIsTheEndNotACut) {

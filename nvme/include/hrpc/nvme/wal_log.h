@@ -24,7 +24,13 @@
 // Appending. Encode() builds the record's head block (meta, zero padding,
 // request) in a fresh pool page — the only bytes the CPU writes, counted in
 // stats().head_bytes_built — and returns head block + the payload's own
-// slices (never copied). Append() takes a record built here or by another
+// slices, not copied when they can follow the head block in one O_DIRECT
+// write: behind it, the payload's first slice must start on a page (PRP),
+// which a slice legal on its own (an inline attachment) may not. Such a
+// payload is copied into fresh pages (mempool::CountedCopy, counted in
+// stats().payload_bytes_copied), so a record Encode() returns is one the
+// log can write (no write that fails after the record was handed on, e.g.
+// to followers, for its memory's shape). Append() takes a record built here or by another
 // node's WalLog (a follower appends the leader's record as it arrived: meta,
 // lengths and the request CRC are checked, the payload CRC is left to the
 // transport and to recovery) and writes it at the tail as one O_DIRECT write.
@@ -143,6 +149,7 @@ class WalLog {
     uint64_t records = 0;           // appended since Open
     uint64_t bytes = 0;
     uint64_t head_bytes_built = 0;  // head blocks built by Encode
+    uint64_t payload_bytes_copied = 0;  // payloads Encode placed in fresh pages
     uint64_t failures = 0;
   };
   const Stats& stats() const noexcept { return stats_; }
@@ -159,6 +166,7 @@ class WalLog {
   Status RollBack(uint64_t off, uint64_t size, const Status& why);
 
   WalLogOptions opts_;
+  DeviceRules rules_;  // the log file's (found at Open)
   int fd_ = -1;  // plain fd for truncation
   std::unique_ptr<Sink> sink_;
   uint64_t tail_ = 0;
