@@ -868,6 +868,52 @@ TEST(TcpPayload, OverTheAgreedLimitIsRefusedLocally) {
   env.DropConnections();
 }
 
+// Sides with different max_payload_bytes agree on one limit, in whole pages
+// (none when one side's is under a page): a payload one side may send is one
+// the other takes.
+TEST(TcpPayload, SidesWithDifferentLimitsAgreeOnOne) {
+  Env env(TcpKind());  // the server side: the default limit
+  env.Listen();
+  for (const uint64_t mine : {uint64_t{5000}, uint64_t{1000}, uint64_t{3} << 20}) {
+    SCOPED_TRACE("client max_payload_bytes " + std::to_string(mine));
+    auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+    std::unique_ptr<Transport> transport;
+    std::unique_ptr<Connection> client;
+    ASSERT_TRUE(On(env.client_worker(), [&]() -> Status {
+                  TcpOptions o;
+                  o.common = TestOptions();
+                  o.max_payload_bytes = mine;
+                  HRPC_ASSIGN_OR_RETURN(transport, CreateTcpTransport(env.client_worker().scheduler(), env.pool(), o));
+                  HRPC_ASSIGN_OR_RETURN(client, transport->Connect(env.listener().uri()));
+                  return Status::Ok();
+                }).ok());
+    auto server = accepted.WaitFor(5s);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    const uint64_t agreed = mine / 4096 * 4096;
+    EXPECT_EQ(client->limits().max_payload_bytes, agreed);
+    EXPECT_EQ((*server)->limits().max_payload_bytes, agreed);
+    if (agreed > 0) {
+      Status sent = On(env.client_worker(), [&]() {
+        return client->SendWithPayload(IoBuf(Filled(env.pool(), 64, 1)), IoBuf(Filled(env.pool(), agreed, 2)));
+      });
+      ASSERT_TRUE(sent.ok()) << sent.ToString();
+      auto got = On(env.server_worker(), [&]() { return (*server)->Recv(); });
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      EXPECT_EQ(got->size(), 64 + agreed);
+    }
+    Status over = On(env.client_worker(), [&]() {
+      return client->SendWithPayload(IoBuf(Filled(env.pool(), 64, 1)), IoBuf(Filled(env.pool(), agreed + 500, 2)));
+    });
+    EXPECT_EQ(over.code(), agreed > 0 ? StatusCode::kInvalidArgument : StatusCode::kUnimplemented) << over.ToString();
+    EXPECT_TRUE(On(env.server_worker(), [&]() { return (*server)->status(); }).ok()) << "the server side failed";
+    On(env.server_worker(), [&]() { server->reset(); });
+    On(env.client_worker(), [&]() {
+      client.reset();
+      transport.reset();
+    });
+  }
+}
+
 TEST(TcpPayload, DisabledOnEitherSideMeansUnimplemented) {
   Env env(TcpWithPayloadLimit(0));
   env.ConnectPair();

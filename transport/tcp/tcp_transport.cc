@@ -1464,8 +1464,12 @@ void Core::OnHello(Conn& c, const tcp::Hello& hello) {
   c.limits.max_message_bytes = std::min(opt.common.max_message_bytes, hello.max_message_bytes);
   c.limits.recv_depth = std::min(opt.common.recv_depth, hello.recv_depth);
   c.checked = (hello.flags & tcp::kHelloChecked) != 0;
-  c.limits.max_payload_bytes =
-      (hello.flags & tcp::kHelloPayloads) != 0 ? std::min<uint64_t>(opt.max_payload_bytes, uint64_t{hello.max_payload_pages} * 4096) : 0;
+  // In whole pages, as both hellos offer it: both sides agree on the limit
+  // (none unless both offered payloads).
+  const uint64_t our_pages = std::min<uint64_t>(opt.max_payload_bytes / 4096, UINT32_MAX);
+  c.limits.max_payload_bytes = (hello.flags & tcp::kHelloPayloads) != 0 && our_pages > 0
+                                   ? std::min<uint64_t>(our_pages, hello.max_payload_pages) * 4096
+                                   : 0;
   c.credits.Open(c.limits.recv_depth);
   // Ping often enough for the peer's dead-peer timeout too.
   c.keepalive = std::min(opt.common.keepalive_interval, std::chrono::milliseconds(hello.dead_peer_ms / 3 + 1));

@@ -29,7 +29,8 @@ struct TcpOptions {
   // Largest in-stream payload (Connection::SendWithPayload) this side accepts:
   // the receiver allocates pool blocks for it as the bytes arrive (at most
   // 8 MiB ahead), up to this much for one message.
-  // 0 disables in-stream payloads (both sides use the smaller value).
+  // In whole 4 KiB pages (rounded down); under one page disables in-stream
+  // payloads. Both sides use the smaller value, none when either has none.
   uint64_t max_payload_bytes = 256u << 20;
   // Registrar slot of a TcpRegistrar already attached to the pool (e.g. once
   // per network group, shared by its workers' transports). When empty the
