@@ -61,10 +61,12 @@ std::vector<uint8_t> HelloFrame(uint16_t version = 3, uint32_t depth = 16, uint3
 
 class RawClient {
  public:
-  explicit RawClient(const std::string& uri) {
+  // rcvbuf > 0: the socket's receive buffer (SO_RCVBUF, set before connecting).
+  explicit RawClient(const std::string& uri, int rcvbuf = 0) {
     auto u = ParseUri(uri);
     EXPECT_TRUE(u.ok());
     fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (rcvbuf > 0) EXPECT_EQ(setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(u->port);
@@ -954,6 +956,55 @@ TEST(TcpPayload, UnsentBytesCountWhatTheSocketHasNotTakenYet) {
   On(env.client_worker(), [&]() { env.client().Close(); });
   EXPECT_EQ(On(env.client_worker(), [&]() { return env.client().unsent_bytes(); }), 0u);
   env.DropConnections();
+}
+
+// A Send parked on the send queue's high-water mark goes on once the kernel
+// has taken the queue below half of it, not only once the queue is empty (a
+// peer that reads slowly would otherwise hold it until its last byte).
+TEST(TcpSendQueue, AParkedSendGoesOnOnceTheQueueIsBelowHalfTheHighWater) {
+  Env env(TcpWith([](TcpOptions& o) {
+    o.send_queue_high_water = 4u << 20;
+    o.common.recv_depth = 256;  // credits for every message below: the peer returns none
+  }));
+  env.Listen();
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  RawClient raw(env.listener().uri(), /*rcvbuf=*/16 << 10);
+  raw.Write(HelloFrame(3, /*depth=*/256));
+  ASSERT_EQ(raw.Read(64).size(), 64u);
+  auto conn = accepted.WaitFor(5s);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  const auto& ctr = *env.server_transport().counters();
+  std::atomic<int64_t> unsent_when_resumed{-1};
+  // 160 messages of 60 KiB (one per slot): the kernel takes 1-2 MiB ahead on
+  // loopback and gives room back in steps of hundreds of KiB, so the queue
+  // is still well above 0 when it falls under half the high water.
+  constexpr int kMessages = 160;
+  auto sender = coro::Async(env.server_worker().scheduler(), [&]() -> Status {
+    for (int i = 0; i < kMessages; ++i) {
+      const uint64_t stalls = ctr.send_queue_stalls.Get();
+      HRPC_TRY((*conn)->Send(IoBuf(Filled(env.pool(), 60u << 10, i))));
+      if (ctr.send_queue_stalls.Get() != stalls && unsent_when_resumed.load() < 0) {
+        unsent_when_resumed.store(static_cast<int64_t>((*conn)->unsent_bytes()));
+      }
+    }
+    return Status::Ok();
+  });
+  // The peer reads 256 KiB every 2 ms.
+  size_t got = 0;
+  const auto until = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < until) {
+    const size_t n = raw.Read(256u << 10, 50ms).size();
+    got += n;
+    if (n == 0 && sender.IsReady()) break;
+    std::this_thread::sleep_for(2ms);
+  }
+  const Status sent = sender.WaitFor(5s);
+  ASSERT_TRUE(sent.ok()) << sent.ToString();
+  EXPECT_GT(got, size_t{kMessages} * (60u << 10));
+  ASSERT_GE(unsent_when_resumed.load(), 0) << "no Send was parked: the test proves nothing";
+  EXPECT_GT(unsent_when_resumed.load(), 0) << "the parked Send went on only once the queue was empty";
+  EXPECT_LE(unsent_when_resumed.load(), 2 << 20);
+  On(env.server_worker(), [&]() { conn->reset(); });
 }
 
 // Takes every block the pool has left, on the calling thread (a worker's

@@ -394,6 +394,7 @@ struct Core final : coro::Poller, std::enable_shared_from_this<Core> {
   // their bound (a peer that asks without reading); true then.
   bool TooManyAnswersQueued(Conn& c);
   void Flush(Conn& c);
+  void WakeDrainWaiters(Conn& c);
   void MarkDirty(Conn& c) {
     if (c.dirty || c.closed()) return;
     c.dirty = true;
@@ -775,6 +776,7 @@ void Core::Flush(Conn& c) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         SetEpollOut(c, true);
+        WakeDrainWaiters(c);
         return;
       }
       const int err = errno;
@@ -805,6 +807,12 @@ void Core::Flush(Conn& c) {
   }
   if (c.closed()) return;
   if (c.outq.empty()) SetEpollOut(c, false);
+  WakeDrainWaiters(c);
+}
+
+void Core::WakeDrainWaiters(Conn& c) {
+  // Senders parked on the high-water mark go on once the kernel has taken
+  // the queue below half of it (also while the socket is full again).
   if (!c.drain_waiters.empty() && c.queued_bytes <= opt.send_queue_high_water / 2) {
     for (auto* p : std::exchange(c.drain_waiters, {})) p->Finish(Status::Ok());
   }
