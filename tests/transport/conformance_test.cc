@@ -414,6 +414,41 @@ TEST_P(Conformance, AnOpWaitingForItsSlotEndsWhenTheConnectionCloses) {
       << r2.ToString();
 }
 
+// Op slots go to the callers in the order they asked: a caller that loops
+// over ops on a connection with one slot does not keep it from a caller that
+// asked meanwhile.
+TEST_P(Conformance, OpSlotsGoToCallersInTheOrderTheyAsked) {
+  TransportOptions o = TestOptions();
+  o.max_outstanding_ops = 1;
+  Env env(GetParam(), o);
+  env.ConnectPair();
+  Buffer target = Filled(env.pool(), 4096, 1);
+  const RemoteDescriptor d = ExposeOnServer(env, target, Access::kRead);
+  constexpr int kLoops = 100;
+  std::atomic<int> looped{0}, other_done_at{-1};
+  auto fut = coro::Async(env.client_worker().scheduler(), [&]() -> Status {
+    IoBuf dst(env.pool().Allocate(4096).value());
+    IoBuf other_dst(env.pool().Allocate(4096).value());
+    coro::LocalEvent other_done;
+    for (int i = 0; i < kLoops; ++i) {
+      HRPC_TRY(env.client().Read(d, dst));
+      looped.fetch_add(1);
+      if (i == 0) {
+        coro::Scheduler::Current()->Spawn([&] {
+          Status s = env.client().Read(d, other_dst);
+          other_done_at.store(s.ok() ? looped.load() : -2);
+          other_done.Set();
+        });
+      }
+    }
+    return other_done.Wait();
+  });
+  ASSERT_TRUE(fut.WaitFor(30s).ok());
+  EXPECT_EQ(looped.load(), kLoops);
+  EXPECT_GE(other_done_at.load(), 1) << "the other caller's Read failed";
+  EXPECT_LE(other_done_at.load(), 3) << "the looping caller kept the slot";
+}
+
 // ---------------------------------------------------------------- fault injection
 //
 // FaultOptions (transport.h): each fault costs what the contract says (one

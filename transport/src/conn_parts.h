@@ -79,7 +79,8 @@ class OpSlots {
   // wait); the connection's error once FailAll() ran (before the call, while
   // it waited, or after a Release() woke it and before it ran).
   Status Acquire(OwnerCounter& stalls);
-  // Gives a slot back and wakes the next waiter.
+  // Gives a slot back, or hands it to the oldest waiter (a caller that comes
+  // later does not take it first).
   void Release();
   // The connection failed: every waiter gets `s`.
   void FailAll(const Status& s);
