@@ -113,6 +113,8 @@ Status WalLog::Recover(const ReplayFn& replay) {
       problem = request.status().message();
       break;
     }
+    // `request` points into `head`, which the payload's trim may free: kept first.
+    const std::string req(*request);
     // The payload: what the first read already holds past the head block, then the rest.
     mempool::IoBuf payload = std::move(first);
     payload.TrimFront(hb);
@@ -126,8 +128,6 @@ Status WalLog::Recover(const ReplayFn& replay) {
       problem = s.message();
       break;
     }
-    // `request` points into `head`, which `payload` no longer shares: keep it.
-    const std::string req(*request);
     HRPC_TRY(replay(*info, req, std::move(payload)));
     ++recovery_.records;
     recovery_.last_sequence = std::max(recovery_.last_sequence, info->sequence);
