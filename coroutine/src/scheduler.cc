@@ -683,7 +683,7 @@ void SleepUntil(std::chrono::steady_clock::time_point tp) {
   s->SwitchOut(f);
 }
 
-void SleepFor(std::chrono::nanoseconds d) { SleepUntil(SteadyNow() + d); }
+void SleepFor(std::chrono::nanoseconds d) { SleepUntil(DeadlineAfter(SteadyNow(), d)); }
 
 bool InCoroutine() noexcept { return tls_fiber != nullptr; }
 

@@ -72,6 +72,30 @@ TEST(EventTest, WaitForTimesOutWithDeadlineExceeded) {
   EXPECT_EQ(ev.WaitFor(10ms).code(), StatusCode::kDeadlineExceeded);
 }
 
+// A wait "for ever" (the longest duration there is) waits: the deadline
+// saturates instead of wrapping into the past.
+TEST(EventTest, WaitForTheLongestDurationWaitsForTheSet) {
+  for (const bool in_coroutine : {true, false}) {
+    SCOPED_TRACE(in_coroutine ? "coroutine" : "plain thread");
+    Event ev;
+    std::thread later([&] {
+      std::this_thread::sleep_for(50ms);
+      ev.Set();
+    });
+    const auto t0 = Clock::now();
+    Status st;
+    if (in_coroutine) {
+      RunMain([&](Scheduler&) { st = ev.WaitFor(std::chrono::nanoseconds::max()); });
+    } else {
+      st = ev.WaitFor(std::chrono::nanoseconds::max());
+    }
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    EXPECT_GE(Clock::now() - t0, 40ms);
+    later.join();
+  }
+  EXPECT_EQ(DeadlineAfter(Clock::now(), std::chrono::nanoseconds::max()), Clock::time_point::max());
+}
+
 TEST(LocalEventTest, WaitParksUntilSetAndSetBeforeWaitDoesNotPark) {
   std::vector<int> order;
   RunMain([&](Scheduler& s) {

@@ -124,6 +124,15 @@ class Scheduler final {
   std::unique_ptr<Impl> impl_;
 };
 
+// `from + d`, saturated at time_point::max(): a wait "for ever"
+// (nanoseconds::max()) must not wrap into the past and end at once.
+inline std::chrono::steady_clock::time_point DeadlineAfter(std::chrono::steady_clock::time_point from,
+                                                           std::chrono::nanoseconds d) noexcept {
+  using TP = std::chrono::steady_clock::time_point;
+  if (d.count() > 0 && d > TP::max() - from) return TP::max();
+  return from + d;
+}
+
 namespace this_coro {
 // Inside a coroutine: let the other ready coroutines run. Outside: std::this_thread::yield().
 void Yield();

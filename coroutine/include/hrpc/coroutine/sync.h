@@ -122,7 +122,7 @@ class Event {
   void Reset();
   bool IsSet() const;
   Status Wait();
-  Status WaitFor(std::chrono::nanoseconds d) { return WaitUntil(Clock::now() + d); }
+  Status WaitFor(std::chrono::nanoseconds d) { return WaitUntil(DeadlineAfter(Clock::now(), d)); }
   Status WaitUntil(Clock::time_point tp);
 
  private:
@@ -189,7 +189,7 @@ class ConditionVariable {
   void Wait(Mutex& m, Pred pred) {
     while (!pred()) Wait(m);
   }
-  Status WaitFor(Mutex& m, std::chrono::nanoseconds d) { return WaitUntil(m, Clock::now() + d); }
+  Status WaitFor(Mutex& m, std::chrono::nanoseconds d) { return WaitUntil(m, DeadlineAfter(Clock::now(), d)); }
   Status WaitUntil(Mutex& m, Clock::time_point tp);
   void NotifyOne();
   void NotifyAll();
@@ -207,7 +207,7 @@ class Semaphore {
 
   void Acquire();
   bool TryAcquire();
-  Status AcquireFor(std::chrono::nanoseconds d) { return AcquireUntil(Clock::now() + d); }
+  Status AcquireFor(std::chrono::nanoseconds d) { return AcquireUntil(DeadlineAfter(Clock::now(), d)); }
   Status AcquireUntil(Clock::time_point tp);
   void Release(size_t n = 1);
   size_t count() const;
@@ -228,7 +228,7 @@ class WaitGroup {
   void Add(int64_t n = 1);
   void Done() { Add(-1); }
   Status Wait();
-  Status WaitFor(std::chrono::nanoseconds d) { return WaitUntil(Clock::now() + d); }
+  Status WaitFor(std::chrono::nanoseconds d) { return WaitUntil(DeadlineAfter(Clock::now(), d)); }
   Status WaitUntil(Clock::time_point tp);
   int64_t count() const;
 
@@ -314,7 +314,7 @@ class Future {
   bool IsReady() const { return state_ && state_->IsReady(); }
 
   FutureResult<T> Get() { return Finish(state_ ? state_->WaitReady(nullptr) : Invalid()); }
-  FutureResult<T> WaitFor(std::chrono::nanoseconds d) { return WaitUntil(Clock::now() + d); }
+  FutureResult<T> WaitFor(std::chrono::nanoseconds d) { return WaitUntil(DeadlineAfter(Clock::now(), d)); }
   FutureResult<T> WaitUntil(Clock::time_point tp) {
     return Finish(state_ ? state_->WaitReady(&tp) : Invalid());
   }
