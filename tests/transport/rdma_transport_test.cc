@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -911,6 +912,37 @@ TEST(RdmaExposure, MemoryWindowRevokeCutsThePeerOff) {
   EXPECT_EQ(Crc32c(big.data(), big.size()), before) << "a revoked window still let the write through";
   // Verbs semantics: the NAK put the RC QP in error; the connection is gone.
   EXPECT_EQ(env.client().status().code(), StatusCode::kUnavailable) << env.client().status().ToString();
+}
+
+// A revoked descriptor never becomes valid again: exposing the same buffer
+// over and over (one window, its 8-bit key moving on at each bind) never
+// hands out an rkey it handed out before, and a peer holding the first one
+// is refused while the 257th exposure of the same bytes is live.
+TEST(RdmaExposure, ARevokedDescriptorIsNeverHandedOutAgain) {
+  auto devs = ListRdmaDevices();
+  if (devs.empty() || !devs[0].mw_type2) GTEST_SKIP() << "device has no type-2 memory windows";
+  Env env(RdmaKind());
+  env.ConnectPair();
+  constexpr size_t kN = 4096;
+  Buffer buf = Filled(env.pool(), kN, 1);
+  std::vector<RemoteDescriptor> handed;
+  Status cycled = On(env.server_worker(), [&]() -> Status {
+    for (int i = 0; i < 600; ++i) {
+      HRPC_ASSIGN_OR_RETURN(RemoteDescriptor d, env.server().Expose(buf, Access::kRead));
+      handed.push_back(d);
+      if (i == 256) continue;  // the 257th stays exposed a while
+      HRPC_TRY(env.server().Revoke(d));
+    }
+    return Status::Ok();
+  });
+  ASSERT_TRUE(cycled.ok()) << cycled.ToString();
+  std::set<uint32_t> keys;
+  for (const RemoteDescriptor& d : handed) keys.insert(d.key);
+  EXPECT_EQ(keys.size(), handed.size()) << "an rkey was handed out twice";
+  ASSERT_EQ(handed[0].addr, handed[256].addr);
+  IoBuf dst = Msg(env.pool(), kN, 2);
+  Status r = On(env.client_worker(), [&]() { return env.client().Read(handed[0], dst); });
+  EXPECT_EQ(r.code(), StatusCode::kPermissionDenied) << "the first, revoked descriptor reached the 257th exposure";
 }
 
 TEST(RdmaExposure, WindowScopesRangeAndAccess) {

@@ -222,7 +222,17 @@ class Conn final : public CmTarget {
     Access access;
     mempool::Buffer hold;
     rdma::MwPtr mw;
+    uint32_t mw_binds = 0;  // binds of `mw` so far (its rkey's 8-bit key moved on each)
   };
+  // A memory window between exposures, and how often it was bound.
+  struct FreeMw {
+    rdma::MwPtr mw;
+    uint32_t binds = 0;
+  };
+  // A window is bound at most this often: each bind moves the 8-bit key of
+  // its rkey on by one, so the 257th would give back the first bind's rkey,
+  // and a peer holding that stale descriptor would reach the new exposure.
+  static constexpr uint32_t kMaxMwBinds = 256;
 
   bool CanTake(uint32_t n) const { return sq_used_ + n <= sq_cap_; }
   // Reserves n SQ slots for a one-sided op / bind / invalidate (FIFO among
@@ -247,7 +257,7 @@ class Conn final : public CmTarget {
   void CheckDrained();
 
   // Dependency order: memory windows, then the id + QP (destroyed first).
-  std::vector<rdma::MwPtr> free_mws_;
+  std::deque<FreeMw> free_mws_;  // oldest first: a key comes back as late as it can
   std::vector<Exposure> exposures_;
   std::vector<mempool::Buffer> rq_slots_;
  public:
@@ -1033,9 +1043,11 @@ Result<RemoteDescriptor> Conn::Expose(const mempool::Buffer& buf, Access access)
     return RemoteDescriptor{addr, len, key.rkey};
   }
   rdma::MwPtr mw;
+  uint32_t binds = 0;
   if (!free_mws_.empty()) {
-    mw = std::move(free_mws_.back());
-    free_mws_.pop_back();
+    mw = std::move(free_mws_.front().mw);
+    binds = free_mws_.front().binds;
+    free_mws_.pop_front();
   } else {
     mw.reset(ibv_alloc_mw(t_.domain_->pd(), IBV_MW_TYPE_2));
     if (!mw) return ErrnoStatus(errno, "ibv_alloc_mw(type 2)");
@@ -1060,7 +1072,7 @@ Result<RemoteDescriptor> Conn::Expose(const mempool::Buffer& buf, Access access)
   mw->rkey = rkey;
   ++stats_.mw_binds;
   t_.ctr().mw_binds.Add();
-  exposures_.push_back(Exposure{addr, len, rkey, access, buf, std::move(mw)});
+  exposures_.push_back(Exposure{addr, len, rkey, access, buf, std::move(mw), binds + 1});
   return RemoteDescriptor{addr, len, rkey};
 }
 
@@ -1092,7 +1104,9 @@ Status Conn::Revoke(const RemoteDescriptor& d) {
     return Status::Ok();
   }
   ++stats_.mw_invalidates;
-  free_mws_.push_back(std::move(e.mw));
+  // Worn out (its next bind would repeat an rkey it had): deallocated; the
+  // next exposure allocates a window with an index of its own.
+  if (e.mw_binds < kMaxMwBinds) free_mws_.push_back(FreeMw{std::move(e.mw), e.mw_binds});
   return Status::Ok();
 }
 
