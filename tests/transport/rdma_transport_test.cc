@@ -638,6 +638,23 @@ TEST(RdmaWire, AWriteWithImmediateIsNotAMessage) {
   On(env.server_worker(), [&]() { server->reset(); });
 }
 
+// A credit-only message carries no bytes: one that does breaks the protocol
+// (DATA_LOSS), and is not left to upset the receive slots' bookkeeping.
+TEST(RdmaWire, ACreditOnlyMessageWithBytesFailsItsConnection) {
+  Env env(RdmaKind());
+  env.Listen();
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  RawRdmaPeer peer;
+  Status c = peer.Connect(PortOfUri(env.listener().uri()), 8);
+  ASSERT_TRUE(c.ok()) << c.ToString();
+  auto server = accepted.WaitFor(10s);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  (void)peer.SendWithImm(1u << 24, 8);  // kind 1 (credit-only), no credits, 8 bytes
+  auto next = coro::Async(env.server_worker().scheduler(), [&]() { return (*server)->Recv(); }).WaitFor(10s);
+  EXPECT_EQ(next.status().code(), StatusCode::kDataLoss) << next.status().ToString();
+  On(env.server_worker(), [&]() { server->reset(); });
+}
+
 // A device may grant more SGEs than asked for (rxe: 32 with 512 bytes of
 // inline data); a SEND still gathers at most the 16 the transport asked for,
 // and a message with more slices than that is coalesced.

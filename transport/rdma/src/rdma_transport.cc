@@ -923,12 +923,13 @@ void Conn::OnRecvWc(const ibv_wc& wc, mempool::Buffer buf) {
     }
     WakeSqWaiters();
   }
-  if (kind == kKindCredit) return;
-  if (kind == kKindPing || kind == kKindPong) {
+  if (kind == kKindCredit || kind == kKindPing || kind == kKindPong) {
     if (wc.byte_len != 0) {
-      Fail(DataLossError("keepalive message with " + std::to_string(wc.byte_len) + " bytes"));
+      Fail(DataLossError(std::string(kind == kKindCredit ? "credit-only" : "keepalive") + " message with " +
+                         std::to_string(wc.byte_len) + " bytes"));
       return;
     }
+    if (kind == kKindCredit) return;
     if (kind == kKindPong) {
       ping_outstanding_ = false;
     } else {
