@@ -249,10 +249,13 @@ class Connection {
 
   // Bytes of messages and payloads that Send()/SendWithPayload() queued and
   // that have not left this side yet: TCP's send queue, which Close() drops
-  // (what the kernel already took still reaches the peer). 0 where a message
-  // has left when Send() returns (RDMA: posted to the NIC; loopback: in the
-  // peer's inbox or on its simulated wire) and once the connection failed. A
-  // graceful close waits for 0 before Close(). Does not suspend.
+  // (what the kernel already took still reaches the peer). A graceful close
+  // waits for 0 before Close(). 0 once the connection failed, and where the
+  // transport keeps no queue of its own: loopback (a message is in the
+  // peer's inbox, or on its simulated wire, when Send() returns) and RDMA,
+  // where a message is posted to the NIC (a Close() right after a post moves
+  // the QP to error, which flushes a SEND the NIC has not sent yet, e.g. one
+  // queued behind a large WRITE: not counted here). Does not suspend.
   virtual uint64_t unsent_bytes() const { return 0; }
 
   // OK while usable; the first error otherwise.
