@@ -260,10 +260,12 @@ class ClusterChannel::Impl : public std::enable_shared_from_this<Impl> {
     if (s.code() == StatusCode::kDeadlineExceeded) {
       // No answer within `took`: it would have taken longer. Weighed like an
       // answer that took that long, so a server that takes calls and answers
-      // none does not keep the latency it had when it answered.
+      // none does not keep the latency it had when it answered; never less
+      // than the mean (an attempt with little of the deadline left, or none,
+      // says nothing of a faster server).
       const double us = std::chrono::duration<double, std::micro>(took).count();
       const double old = n.latency_us.load(std::memory_order_relaxed);
-      n.latency_us.store(old == 0 ? us : std::min(60e6, old * 0.8 + std::min(us, old * 10) * 0.2),
+      n.latency_us.store(old == 0 ? us : std::min(60e6, old * 0.8 + std::min(std::max(us, old), old * 10) * 0.2),
                          std::memory_order_relaxed);
     } else if (s.code() != StatusCode::kCancelled) {
       // A quick refusal must not make a server look fast to `la`: a failure

@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -168,7 +169,7 @@ class ListWatcher final : public NamingWatcher {
 // and read again when that changed.
 class FileWatcher final : public ThreadedWatcher {
  public:
-  explicit FileWatcher(std::string path) : path_(std::move(path)) {
+  FileWatcher(std::string path, bool inotify) : path_(std::move(path)), inotify_(inotify) {
     const size_t slash = path_.rfind('/');
     dir_ = slash == 0 ? "/" : path_.substr(0, slash);
     name_ = path_.substr(slash + 1);
@@ -181,8 +182,8 @@ class FileWatcher final : public ThreadedWatcher {
 
  protected:
   Status Prepare() override {
-    ino_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (ino_ < 0) {
+    ino_ = inotify_ ? inotify_init1(IN_NONBLOCK | IN_CLOEXEC) : -1;
+    if (inotify_ && ino_ < 0) {
       SPDLOG_WARN("hrpc naming: cannot watch {}: {}; looking at it every second", path_,
                   ErrnoStatus(errno, "inotify_init1").ToString());
     }
@@ -205,11 +206,21 @@ class FileWatcher final : public ThreadedWatcher {
         if (!WaitFd(-1, std::chrono::seconds(1))) return false;
         const bool watched = Watch();
         const Seen now = Look();
-        // The directory is (back) there and watched: read what it holds. Or
-        // it cannot be watched and the file changed.
-        if (watched || now != seen_) {
+        if (watched) {  // the directory is (back) there and watched: read what it holds
           seen_ = now;
+          changing_.reset();
           return true;
+        }
+        // Not watched: read a change once the file looked the same twice
+        // in a row (a file rewritten in place may be half-written).
+        if (now == seen_) {
+          changing_.reset();
+        } else if (changing_ && *changing_ == now) {
+          seen_ = now;
+          changing_.reset();
+          return true;
+        } else {
+          changing_ = now;
         }
         continue;
       }
@@ -277,10 +288,12 @@ class FileWatcher final : public ThreadedWatcher {
   }
 
   std::string path_, dir_, name_;
+  bool inotify_;
   int ino_ = -1;
   int wd_ = -1;
   bool warned_ = false;
   Seen seen_;
+  std::optional<Seen> changing_;  // a change seen once, read when seen again
 };
 
 // dns://name:port: every address of the name, re-resolved every dns_refresh.
@@ -331,7 +344,7 @@ Result<std::unique_ptr<NamingWatcher>> MakeNamingWatcher(std::string_view uri, c
     if (rest.empty() || rest.front() != '/' || rest.back() == '/') {
       return InvalidArgumentError("naming URI '" + std::string(uri) + "': expected file:///absolute/path");
     }
-    return std::unique_ptr<NamingWatcher>(new FileWatcher(std::string(rest)));
+    return std::unique_ptr<NamingWatcher>(new FileWatcher(std::string(rest), options.file_inotify));
   }
   if (scheme == "dns") {
     const size_t colon = rest.rfind(':');

@@ -187,12 +187,14 @@ Result<mempool::IoBuf> WalLog::Encode(std::string_view request, mempool::IoBuf p
                                       std::optional<uint32_t> payload_crc, WalRecordInfo* info_out) {
   if (!payload.empty() && payload.size() % rules_.logical_block == 0 && !CanFollowAHeadBlock(payload, rules_)) {
     // Fresh pages, of the pool's largest class at most: each starts on a page
-    // and all but the last are whole pages.
+    // (a page class, also for a piece under a page) and all but the last are
+    // whole pages.
+    constexpr size_t kPage = mempool::Pool::kPageClassMin;
     const size_t piece = opts_.pool->options().max_class_bytes;
     mempool::IoBuf placed;
     for (size_t off = 0; off < payload.size(); off += piece) {
       const size_t n = std::min(piece, payload.size() - off);
-      HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, opts_.pool->Allocate(n));
+      HRPC_ASSIGN_OR_RETURN(mempool::Buffer b, opts_.pool->Allocate((n + kPage - 1) / kPage * kPage));
       payload.CopyTo(b.data(), off, n);
       placed.Append(b.Slice(0, n));
     }

@@ -2,9 +2,7 @@
 // backup requests, ejection, and the server's dedup window. Servers run in
 // this process on loop:// (and tcp:// where a real socket matters); the
 // failover test with killed server processes is tests/integration.
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -297,40 +295,27 @@ TEST(Naming, ADirectoryThatAppearsLaterIsWatched) {
   std::filesystem::remove_all(dir);
 }
 
-// Without inotify (here: no descriptor left for its instance when the
-// watcher starts) the file is still read, and read again when it changes.
-TEST(NamingDeathTest, AFileThatCannotBeWatchedIsStillReloaded) {
-  GTEST_FLAG_SET(death_test_style, "threadsafe");
+// Without inotify (NamingOptions::file_inotify = false, as where inotify
+// cannot watch) the file is looked at every second and read again once a
+// change stayed for a look.
+TEST(Naming, AFileLookedAtInsteadOfWatchedIsStillReloaded) {
   const std::string path = TempPath("unwatched");
-  EXPECT_EXIT(
-      {
-        std::ofstream(path) << "127.0.0.1:7001\n";
-        auto w = hrpc::MakeNamingWatcher("file://" + path);
-        if (!w.ok()) std::exit(2);
-        // The lowest free descriptor is the only one left: the watcher's
-        // eventfd takes it, and inotify_init1 (and the first read) find
-        // none (EMFILE).
-        const int probe = open("/dev/null", O_RDONLY);
-        close(probe);
-        rlimit old{};
-        getrlimit(RLIMIT_NOFILE, &old);
-        rlimit low = old;
-        low.rlim_cur = static_cast<rlim_t>(probe) + 1;
-        setrlimit(RLIMIT_NOFILE, &low);
-        Updates updates;
-        (*w)->Start(updates.Callback()).IgnoreError();
-        setrlimit(RLIMIT_NOFILE, &old);
-        auto servers = [&] {
-          std::lock_guard lock(updates.mu);
-          return !updates.got.empty() && updates.got.back().ok() ? updates.got.back()->servers.size() : size_t{0};
-        };
-        std::ofstream(path + ".tmp") << "127.0.0.1:7001\n127.0.0.1:7002\n";
-        std::filesystem::rename(path + ".tmp", path);
-        const bool seen = WaitFor([&] { return servers() == 2; }, 4s);
-        (*w)->Stop();
-        std::exit(seen ? 0 : 5);
-      },
-      ::testing::ExitedWithCode(0), "");
+  std::ofstream(path) << "127.0.0.1:7001\n";
+  hrpc::NamingOptions no;
+  no.file_inotify = false;
+  auto w = hrpc::MakeNamingWatcher("file://" + path, no);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  Updates updates;
+  ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
+  auto servers = [&] {
+    std::lock_guard lock(updates.mu);
+    return !updates.got.empty() && updates.got.back().ok() ? updates.got.back()->servers.size() : size_t{0};
+  };
+  EXPECT_EQ(servers(), 1u);
+  std::ofstream(path + ".tmp") << "127.0.0.1:7001\n127.0.0.1:7002\n";
+  std::filesystem::rename(path + ".tmp", path);
+  EXPECT_TRUE(WaitFor([&] { return servers() == 2; }, 6s)) << "the change was not read";
+  (*w)->Stop();
   std::filesystem::remove(path);
 }
 

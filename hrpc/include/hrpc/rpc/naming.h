@@ -60,6 +60,12 @@ struct NamingOptions {
   // after etcd failed or a watch broke.
   std::chrono::milliseconds etcd_timeout{2000};
   std::chrono::milliseconds etcd_retry{500};
+  // file://: false looks at the file every second (stat) instead of watching
+  // its directory with inotify: for a file system where inotify misses
+  // changes (NFS, changed from another client). The watcher does the same
+  // where inotify cannot watch. A change is read once the file looked the
+  // same twice in a row (not half-written).
+  bool file_inotify = true;
 };
 
 class NamingWatcher {
