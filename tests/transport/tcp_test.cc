@@ -66,7 +66,9 @@ class RawClient {
     auto u = ParseUri(uri);
     EXPECT_TRUE(u.ok());
     fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (rcvbuf > 0) EXPECT_EQ(setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    if (rcvbuf > 0) {
+      EXPECT_EQ(setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    }
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(u->port);
