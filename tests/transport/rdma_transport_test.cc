@@ -615,16 +615,21 @@ TEST(RdmaCredits, APeerSendingWithoutACreditLosesItsConnection) {
   On(env.server_worker(), [&]() { server->reset(); });
 }
 
+// `peer` connected (asking for `depth` receive slots) to env's listener, and
+// the server side's connection it was accepted as.
+Result<std::unique_ptr<Connection>> AcceptRawPeer(Env& env, RawRdmaPeer& peer, uint32_t depth) {
+  env.Listen();
+  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
+  HRPC_TRY(peer.Connect(PortOfUri(env.listener().uri()), depth));
+  return accepted.WaitFor(10s);
+}
+
 // An RDMA WRITE with immediate consumes a receive WQE without writing its
 // buffer: it is refused (DATA_LOSS), not delivered as a message.
 TEST(RdmaWire, AWriteWithImmediateIsNotAMessage) {
   Env env(RdmaKind());
-  env.Listen();
-  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
   RawRdmaPeer peer;
-  Status c = peer.Connect(PortOfUri(env.listener().uri()), 8);
-  ASSERT_TRUE(c.ok()) << c.ToString();
-  auto server = accepted.WaitFor(10s);
+  auto server = AcceptRawPeer(env, peer, 8);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   ASSERT_TRUE(peer.SendWithImm(0, 16).ok());  // a message, as a check of the raw peer
   auto got = On(env.server_worker(), [&]() { return (*server)->Recv(); });
@@ -642,12 +647,8 @@ TEST(RdmaWire, AWriteWithImmediateIsNotAMessage) {
 // (DATA_LOSS), and is not left to upset the receive slots' bookkeeping.
 TEST(RdmaWire, ACreditOnlyMessageWithBytesFailsItsConnection) {
   Env env(RdmaKind());
-  env.Listen();
-  auto accepted = coro::Async(env.server_worker().scheduler(), [&]() { return env.listener().Accept(); });
   RawRdmaPeer peer;
-  Status c = peer.Connect(PortOfUri(env.listener().uri()), 8);
-  ASSERT_TRUE(c.ok()) << c.ToString();
-  auto server = accepted.WaitFor(10s);
+  auto server = AcceptRawPeer(env, peer, 8);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   (void)peer.SendWithImm(1u << 24, 8);  // kind 1 (credit-only), no credits, 8 bytes
   auto next = coro::Async(env.server_worker().scheduler(), [&]() { return (*server)->Recv(); }).WaitFor(10s);
