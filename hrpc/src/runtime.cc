@@ -336,7 +336,18 @@ Result<transport::Transport*> WorkerSet::TransportFor(size_t i, std::string_view
 }
 
 Status WorkerSet::RunOn(size_t i, std::function<Status()> fn) {
+  if (CurrentIndex() == static_cast<int>(i) && !coro::this_coro::InCoroutine()) {
+    return FailedPreconditionError("worker " + std::to_string(i) +
+                                   " cannot wait for itself outside a coroutine (in a poller or callback)");
+  }
   return coro::Async(scheduler(i), std::move(fn), "hrpc-runon").Get();
+}
+
+Status WorkerSet::CheckMayBlock(std::string_view what) const {
+  if (CurrentIndex() < 0 || coro::this_coro::InCoroutine()) return Status::Ok();
+  return FailedPreconditionError(std::string(what) +
+                                 " would block a worker of its runtime outside a coroutine (in a poller or callback), "
+                                 "which may be the worker that has to finish it: use the async form there");
 }
 
 void WorkerSet::DestroyTransports() {

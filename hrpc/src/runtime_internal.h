@@ -91,8 +91,15 @@ class WorkerSet {
   Result<transport::Transport*> TransportFor(size_t i, std::string_view scheme);
 
   // Runs fn as a coroutine on worker i and waits for it (a coroutine caller
-  // is suspended, a plain thread blocks).
+  // is suspended, a plain thread blocks). FAILED_PRECONDITION, fn not run, on
+  // worker i's own thread outside a coroutine (it would wait for itself).
   Status RunOn(size_t i, std::function<Status()> fn);
+
+  // FAILED_PRECONDITION when this thread is one of the workers and not in a
+  // coroutine (a poller, an I/O completion callback): a blocking wait there
+  // stops a worker that may be the one to finish what it waits for. `what`
+  // names the operation refused.
+  Status CheckMayBlock(std::string_view what) const;
 
   // Round robin over the workers, for calls made off the workers.
   size_t NextWorker() noexcept { return next_worker_.fetch_add(1, std::memory_order_relaxed) % slots_.size(); }

@@ -1636,3 +1636,58 @@ TEST(RpcChannelWorker, ConnectAndCallFromOwnWorker) {
   hrpc::Status s = fut.WaitFor(20s);
   EXPECT_TRUE(s.ok()) << s.ToString();
 }
+
+// A poller (or an I/O completion callback) runs on a worker outside any
+// coroutine: a synchronous call there would block the worker that has to
+// finish it. It is refused at once; the async form works from there.
+TEST(RpcChannelWorker, ASynchronousCallInAPollerOfItsWorkerIsRefused) {
+  Env env;
+  env.Start("tcp");
+  struct Outcome {
+    hrpc::Status sync, connect;
+    std::atomic<int> async_code{-1};
+    std::atomic<bool> polled{false};
+    std::string async_text;
+    Req req;
+    Resp resp;
+    ClientContext sync_ctx, async_ctx;
+  } out;
+  rpctest::Test::Stub stub(env.channel.get());
+  struct CallingPoller final : hrpc::coro::Poller {
+    std::function<void()> once;
+    int Poll() override {
+      if (!once) return 0;
+      auto f = std::move(once);
+      once = nullptr;
+      f();
+      return 1;
+    }
+    int fd() const override { return -1; }
+  } poller;
+  poller.once = [&] {
+    Resp resp;
+    out.req.set_text("from a poller");
+    out.sync_ctx.set_timeout(5s);
+    out.sync = stub.Call(out.sync_ctx, out.req, &resp);
+    out.connect = env.channel->Connect();
+    out.async_ctx.set_timeout(5s);
+    stub.CallAsync(out.async_ctx, out.req, &out.resp, [&](hrpc::Status s) {
+      out.async_text = out.resp.text();
+      out.async_code.store(static_cast<int>(s.code()));
+    });
+    out.polled.store(true);
+  };
+  hrpc::coro::Scheduler& sched = env.channel->scheduler(0);
+  sched.Post([&] { hrpc::coro::Scheduler::Current()->AddPoller(&poller); });
+  for (int i = 0; i < 2500 && out.async_code.load() < 0; ++i) std::this_thread::sleep_for(2ms);
+  auto removed = hrpc::coro::Async(sched, [&] { hrpc::coro::Scheduler::Current()->RemovePoller(&poller); });
+  ASSERT_TRUE(removed.WaitFor(5s).ok());
+  ASSERT_TRUE(out.polled.load());
+  EXPECT_EQ(out.sync.code(), StatusCode::kFailedPrecondition) << out.sync.ToString();
+  EXPECT_NE(out.sync.message().find("async form"), std::string::npos) << out.sync.ToString();
+  EXPECT_EQ(out.connect.code(), StatusCode::kFailedPrecondition) << out.connect.ToString();
+  ASSERT_EQ(out.async_code.load(), static_cast<int>(StatusCode::kOk));
+  EXPECT_EQ(out.async_text, "from a poller");
+  // The worker was never blocked: a call from a coroutine of it works too.
+  ExpectEcho(stub, "after the poller");
+}

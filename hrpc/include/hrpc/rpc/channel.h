@@ -39,7 +39,10 @@ class Channel {
 
   // Synchronous form. Inside an hrpc coroutine it suspends only the calling
   // coroutine; on a plain thread it blocks the thread. Fills *response on OK;
-  // on error *response is unspecified.
+  // on error *response is unspecified. On a worker thread of the channel's
+  // runtime outside a coroutine (a poller, an I/O completion callback) it
+  // fails at once with FAILED_PRECONDITION: blocking there would stop the very
+  // worker that finishes the call. Use the async form there.
   virtual Status CallMethod(const MethodDescriptor& method, ClientContext& ctx,
                             const google::protobuf::MessageLite& request,
                             google::protobuf::MessageLite* response) = 0;

@@ -98,7 +98,8 @@ class RpcChannel final : public Channel {
 
   // Connects every connection now (otherwise they connect on first use). Any
   // thread may call it; from a coroutine (including one on this channel's own
-  // workers) it suspends the coroutine, from a plain thread it blocks.
+  // workers) it suspends the coroutine, from a plain thread it blocks. On a
+  // worker of the channel's runtime outside a coroutine: FAILED_PRECONDITION.
   Status Connect();
 
   // The resolved URI ("tcp://127.0.0.1:7000").
