@@ -17,6 +17,7 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <stop_token>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -118,6 +119,7 @@ class ThreadedWatcher : public NamingWatcher {
   Status Poll(bool force) {
     Result<NamingUpdate> u = Read();
     if (!u.ok()) {
+      if (stopping()) return u.status();  // cut short by Stop(): not the source's failure
       on_update_(u.status());
       have_last_ = false;
       return u.status();
@@ -304,11 +306,17 @@ class DnsWatcher final : public ThreadedWatcher {
       : host_(std::move(host)), port_(port), resolver_(std::move(resolver)), refresh_(refresh) {}
   ~DnsWatcher() override { Stop(); }
   std::string_view scheme() const override { return "dns"; }
+  // A resolve in progress (the DNS server may not answer for seconds) ends at once.
+  void Stop() override {
+    stop_resolve_.request_stop();
+    ThreadedWatcher::Stop();
+  }
 
  protected:
   Result<NamingUpdate> Read() override {
     HRPC_ASSIGN_OR_RETURN(auto addrs, resolver_->Resolve(host_, port_, AF_UNSPEC,
-                                                         std::chrono::steady_clock::now() + std::chrono::seconds(10)));
+                                                         std::chrono::steady_clock::now() + std::chrono::seconds(10),
+                                                         stop_resolve_.get_token()));
     NamingUpdate u;
     for (const auto& a : addrs) u.servers.push_back(ServerNode{a.ToString(), ""});
     Normalize(u);
@@ -321,6 +329,7 @@ class DnsWatcher final : public ThreadedWatcher {
   uint16_t port_;
   std::unique_ptr<transport::Resolver> resolver_;
   std::chrono::milliseconds refresh_;
+  std::stop_source stop_resolve_;
 };
 
 }  // namespace

@@ -422,9 +422,13 @@ class LocalDns {
     f << "127.0.0.1 ready.hrpc.test\n" << hosts_text;
   }
   void Reload() { kill(pid_, SIGHUP); }
+  // A stopped server takes queries in (its socket stays) and answers none.
+  void Pause() { kill(pid_, SIGSTOP); }
+  void Resume() { kill(pid_, SIGCONT); }
   std::string server() const { return "127.0.0.1:" + std::to_string(port_); }
   ~LocalDns() {
     if (pid_ > 0) {
+      Resume();
       kill(pid_, SIGTERM);
       waitpid(pid_, nullptr, 0);
     }
@@ -472,6 +476,37 @@ TEST(Naming, DnsNameIsResolvedAndRefreshed) {
   hrpc::Status first = (*missing)->Start([](hrpc::Result<hrpc::NamingUpdate>) {});
   EXPECT_EQ(first.code(), StatusCode::kUnavailable);
   EXPECT_NE(first.message().find("nowhere.hrpc.test"), std::string_view::npos) << first.ToString();
+}
+
+// A watcher whose DNS server stopped answering is inside a resolve that lasts
+// seconds (c-ares' timeouts and retries): Stop() cuts it short, and the
+// stopped watcher reports nothing.
+TEST(Naming, StopDoesNotWaitForADnsServerThatDoesNotAnswer) {
+  LocalDns dns;
+  std::string why;
+  if (!dns.Start("127.0.0.2 storage.hrpc.test\n", &why)) GTEST_SKIP() << why;
+  hrpc::NamingOptions no;
+  no.dns_servers = {dns.server()};
+  no.dns_refresh = 50ms;
+  auto w = hrpc::MakeNamingWatcher("dns://storage.hrpc.test:7000", no);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  Updates updates;
+  ASSERT_TRUE((*w)->Start(updates.Callback()).ok());
+  dns.Pause();
+  std::this_thread::sleep_for(300ms);  // a refresh has asked and waits (1 s per try, 2 tries)
+  size_t before = 0;
+  {
+    std::lock_guard lock(updates.mu);
+    before = updates.got.size();
+    for (const auto& u : updates.got) EXPECT_TRUE(u.ok()) << u.status().ToString();
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  (*w)->Stop();
+  const auto took = std::chrono::steady_clock::now() - t0;
+  dns.Resume();
+  EXPECT_LT(took, 500ms) << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  std::lock_guard lock(updates.mu);
+  EXPECT_EQ(updates.got.size(), before);
 }
 
 // The connect path resolves names through c-ares too: a channel to

@@ -262,7 +262,7 @@ Resolver::~Resolver() = default;
 uint64_t Resolver::queries() const noexcept { return impl_->queries(); }
 
 Result<std::vector<SocketAddress>> Resolver::Resolve(std::string_view host, uint16_t port, int family,
-                                                     Clock::time_point deadline) {
+                                                     Clock::time_point deadline, std::stop_token stop) {
   if (host.empty()) return InvalidArgumentError("cannot resolve an empty host name");
   if (auto numeric = NumericAddress(host, port, family); numeric.ok()) {
     return std::vector<SocketAddress>{*numeric};
@@ -272,9 +272,16 @@ Result<std::vector<SocketAddress>> Resolver::Resolve(std::string_view host, uint
   q->port = port;
   q->family = family;
   impl_->Submit(q);
-  if (!q->done.WaitUntil(deadline).ok() && !q->done.IsSet()) {
-    return DeadlineExceededError("resolving '" + q->host + "' took too long");
+  {
+    // The query stays with the resolver's thread (its callback holds it).
+    std::stop_callback wake(stop, [q] { q->done.Set(); });
+    if (!q->done.WaitUntil(deadline).ok() && !q->done.IsSet()) {
+      return DeadlineExceededError("resolving '" + q->host + "' took too long");
+    }
   }
+  // Stop was requested before the wake-up (or this one was its): the answer,
+  // if any, is not waited for nor read.
+  if (stop.stop_requested()) return CancelledError("resolving '" + q->host + "' was cancelled");
   HRPC_TRY(q->status);
   return std::move(q->out);
 }

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,10 +52,12 @@ class Resolver {
   Resolver& operator=(const Resolver&) = delete;
 
   // Every address of `host` (`family`: AF_UNSPEC, AF_INET or AF_INET6), in the
-  // order the resolver returned them, each with `port`.
+  // order the resolver returned them, each with `port`. DEADLINE_EXCEEDED at
+  // `deadline`; CANCELLED as soon as `stop` is requested (from any thread).
   Result<std::vector<SocketAddress>> Resolve(
       std::string_view host, uint16_t port, int family = AF_UNSPEC,
-      std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max());
+      std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max(),
+      std::stop_token stop = {});
 
   // Names resolved through c-ares (numeric ones are not counted).
   uint64_t queries() const noexcept;
