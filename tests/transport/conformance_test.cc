@@ -384,6 +384,47 @@ TEST_P(Conformance, CloseFailsEverythingOnBothSides) {
   On(env.client_worker(), [&]() { again->reset(); });
 }
 
+// A READ that a local Close() ends has stopped writing into its buffer when it
+// returns: the caller may reuse the memory at once (as after a flushed RDMA
+// work request). The local side is many slices, so a copying transport is
+// still at it when the close comes.
+TEST_P(Conformance, AReadEndedByCloseNoLongerWritesItsBuffer) {
+  Env env(GetParam());
+  env.ConnectPair();
+  constexpr size_t kSlice = 64u << 10, kSlices = 1024;
+  Buffer target = Filled(env.pool(), kSlice * kSlices, 5);
+  const RemoteDescriptor d = ExposeOnServer(env, target, Access::kRead);
+  IoBuf local;
+  std::vector<Buffer> slices;
+  for (size_t i = 0; i < kSlices; ++i) {
+    auto b = env.pool().Allocate(kSlice);
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    std::memset(b->data(), 0, kSlice);
+    slices.push_back(*b);
+    local.Append(std::move(*b));
+  }
+  const uint64_t copied0 = mempool::CopiedBytesTotal();
+  auto read = coro::Async(env.client_worker().scheduler(), [&]() { return env.client().Read(d, local); });
+  // A copying transport has started; the others have had a moment.
+  const auto until = std::chrono::steady_clock::now() + 2ms;
+  while (mempool::CopiedBytesTotal() == copied0 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  On(env.client_worker(), [&]() { env.client().Close(); });
+  Status r = read.WaitFor(10s);
+  ASSERT_NE(r.code(), StatusCode::kDeadlineExceeded) << "the READ never returned";
+  EXPECT_TRUE(r.ok() || r.code() == StatusCode::kCancelled) << r.ToString();
+  const uint64_t copied = mempool::CopiedBytesTotal();
+  for (Buffer& b : slices) std::memset(b.data(), 0xEE, kSlice);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(mempool::CopiedBytesTotal(), copied) << "bytes copied after the READ returned";
+  size_t changed = 0;
+  for (const Buffer& b : slices) {
+    const auto* p = reinterpret_cast<const unsigned char*>(b.data());
+    for (size_t i = 0; i < kSlice; ++i) changed += p[i] != 0xEE;
+  }
+  EXPECT_EQ(changed, 0u) << "bytes of the buffer written after the READ returned";
+  On(env.client_worker(), [&]() { local = IoBuf(); });
+}
+
 // An op waiting for one of the connection's op slots (max_outstanding_ops)
 // ends when the connection closes, also when the slot was handed to it just
 // before the close and it had not run yet.

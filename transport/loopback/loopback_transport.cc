@@ -113,6 +113,10 @@ struct Op {
   Parked parked;
 };
 
+// A one-sided op's copy on the peer's worker: not started, running, or over
+// (done, or never to start).
+enum class CopyState : uint8_t { kPending, kCopying, kOver };
+
 struct LoopEnd : std::enable_shared_from_this<LoopEnd> {
   std::shared_ptr<SchedRef> sched;
   mempool::Pool* pool = nullptr;
@@ -427,12 +431,19 @@ class LoopConnection final : public Connection {
     Op op;
     e->ops.Add(&op);
     auto buf = std::make_shared<mempool::IoBuf>(local.Share());
+    // The copy runs on the peer's worker. An op that ends without it (its
+    // connection closed here) returns only once the copy is over or can no
+    // longer start: its caller may reuse the buffer at once, as after a
+    // flushed RDMA work request.
+    auto copy = std::make_shared<std::atomic<CopyState>>(CopyState::kPending);
     const auto delay = e->Delay();
     std::weak_ptr<LoopEnd> req = e;
     const uint64_t id = op.id;
     const bool posted = p->sched->Post(
-        [p, req, buf, remote, is_read, delay, id] {
+        [p, req, buf, copy, remote, is_read, delay, id] {
           if (delay.count() > 0) coro::this_coro::SleepFor(delay);
+          CopyState pending = CopyState::kPending;
+          if (!copy->compare_exchange_strong(pending, CopyState::kCopying, std::memory_order_acq_rel)) return;
           Status s;
           if (p->closed) {
             s = p->status;
@@ -455,6 +466,7 @@ class LoopConnection final : public Connection {
               buf->CopyTo(hit->ptr, 0, buf->size());
             }
           }
+          copy->store(CopyState::kOver, std::memory_order_release);
           if (auto r = req.lock()) {
             r->sched->Post([r, id, s = std::move(s)]() mutable { r->CompleteOp(id, std::move(s)); }, "loop-op-done");
           }
@@ -462,6 +474,12 @@ class LoopConnection final : public Connection {
         is_read ? "loop-read" : "loop-write");
     if (!posted) e->CompleteOp(id, UnavailableError("loopback peer " + e->peer_name + ": its transport was destroyed"));
     Status done = op.parked.Wait();
+    if (CopyState pending = CopyState::kPending;
+        !copy->compare_exchange_strong(pending, CopyState::kOver, std::memory_order_acq_rel)) {
+      while (copy->load(std::memory_order_acquire) == CopyState::kCopying) {
+        coro::this_coro::SleepFor(std::chrono::microseconds(50));
+      }
+    }
     if (IsRefusal(done.code())) ctr.refused_by_peer.Add();
     e->op_slots.Release();
     return done;

@@ -229,7 +229,9 @@ class Connection {
   // One-sided READ: copy src.len bytes of the peer's exposed memory into
   // `dst` (dst.size() must equal src.len). Suspends until the bytes are in
   // `dst`. PERMISSION_DENIED (wrong/revoked key, no read access) or
-  // OUT_OF_RANGE (outside the exposed range) when the target refuses.
+  // OUT_OF_RANGE (outside the exposed range) when the target refuses. Once
+  // it has returned, with any status (CANCELLED by a Close() included), the
+  // transport no longer writes into `dst`.
   virtual Status Read(const RemoteDescriptor& src, const mempool::IoBuf& dst) = 0;
 
   // One-sided WRITE: place `src` (src.size() == dst.len) into the peer's
