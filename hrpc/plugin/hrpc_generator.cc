@@ -174,24 +174,58 @@ void AddGeneratedNames(const pb::Descriptor* message, std::map<std::string, std:
   }
 }
 
+// The namespace-level C++ names protobuf generates for `file`: messages,
+// nested ones flattened (Outer.Inner is Outer_Inner), and enums; each mapped
+// to what generates it.
+void AddFileNames(const pb::FileDescriptor* file, std::map<std::string, std::string>* taken) {
+  std::map<std::string, std::string> names;
+  for (int i = 0; i < file->message_type_count(); ++i) AddGeneratedNames(file->message_type(i), &names);
+  for (int i = 0; i < file->enum_type_count(); ++i) {
+    names.emplace(pb::compiler::cpp::ClassName(file->enum_type(i)), file->enum_type(i)->full_name());
+  }
+  for (auto& [cpp, proto] : names) taken->emplace(cpp, "protobuf also generates for " + proto + " in " + file->name());
+}
+
+// Files `file` imports, directly or not, that share its package: their
+// messages live in the same C++ namespace.
+void AddSamePackageImports(const pb::FileDescriptor* file, const std::string& package,
+                           std::set<const pb::FileDescriptor*>* seen, std::map<std::string, std::string>* taken) {
+  for (int i = 0; i < file->dependency_count(); ++i) {
+    const pb::FileDescriptor* dep = file->dependency(i);
+    if (!seen->insert(dep).second) continue;
+    if (dep->package() == package) AddFileNames(dep, taken);
+    AddSamePackageImports(dep, package, seen, taken);
+  }
+}
+
 void CheckFile(const pb::FileDescriptor* file, const std::vector<ServiceNames>& services,
                std::vector<std::string>* errors) {
   if (services.empty()) return;
-  // The namespace-level C++ names protobuf generates in this file: messages,
-  // nested ones flattened (Outer.Inner is Outer_Inner), and enums.
-  std::map<std::string, std::string> taken;  // C++ name -> proto full name
-  for (int i = 0; i < file->message_type_count(); ++i) AddGeneratedNames(file->message_type(i), &taken);
-  for (int i = 0; i < file->enum_type_count(); ++i) {
-    taken.emplace(pb::compiler::cpp::ClassName(file->enum_type(i)), file->enum_type(i)->full_name());
+  // C++ name in the services' namespace -> what else generates it there.
+  std::map<std::string, std::string> taken;
+  if (!file->options().cc_generic_services()) {  // else hrpc's classes go one namespace down
+    AddFileNames(file, &taken);
+    std::set<const pb::FileDescriptor*> seen{file};
+    AddSamePackageImports(file, file->package(), &seen, &taken);
   }
+  // The holder class of a service nests these: a service of that name would
+  // hold a member named like itself.
+  static const std::set<std::string> kHolderMembers = {"Service",     "StubInterface", "Stub",
+                                                       "kServiceName", "kServiceId",   "kMethods"};
   std::map<uint32_t, std::string> ids;
   for (const ServiceNames& s : services) {
+    if (kHolderMembers.count(s.cpp) != 0) {
+      errors->push_back("service " + s.service->full_name() + " generates the C++ class " + s.cpp +
+                        ", a name hrpc reserves for a member of each service's class; rename the service");
+    }
     for (const std::string* name : {&s.cpp, &s.mock}) {
       if (auto it = taken.find(*name); it != taken.end()) {
-        errors->push_back("service " + s.service->full_name() + " generates the C++ class " + *name +
-                          ", which protobuf also generates for " + it->second + " in " + file->name() +
-                          "; rename one");
+        errors->push_back("service " + s.service->full_name() + " generates the C++ class " + *name + ", which " +
+                          it->second + "; rename one");
       }
+    }
+    for (const std::string* name : {&s.cpp, &s.mock}) {
+      taken.emplace(*name, "service " + s.service->full_name() + " also generates");
     }
     auto [it, inserted] = ids.emplace(s.id, s.service->full_name());
     if (!inserted) {
