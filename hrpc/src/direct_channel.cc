@@ -28,10 +28,28 @@ Status DirectChannel::CallRaw(uint32_t service_id, uint32_t method_id, ClientCon
   server_ctx.set_peer("direct");
   server_ctx.request_attachment() = std::move(ctx.request_attachment());
   ctx.set_peer("direct");
+  // The hook points at this frame: it goes on every way out.
+  struct HookScope {
+    ClientContext& ctx;
+    ~HookScope() { ctx.ClearCancelHook(); }
+  } hook{ctx};
   ctx.SetCancelHook([&server_ctx] { server_ctx.MarkCancelled(); });
-  StringResponseWriter writer(response);
-  Status status = service.CallMethod(method_id, server_ctx, request, writer);
+  // As the server does: a service written by hand is guarded too, and OK
+  // needs a response.
+  struct Writer final : ResponseWriter {
+    StringResponseWriter out;
+    bool written = false;
+    explicit Writer(std::string* r) : out(r) {}
+    Status Write(const google::protobuf::MessageLite& m) override {
+      HRPC_TRY(out.Write(m));
+      written = true;
+      return Status::Ok();
+    }
+  } writer(response);
+  Status status = internal::GuardHandler(service.service_name(),
+                                         [&] { return service.CallMethod(method_id, server_ctx, request, writer); });
   ctx.ClearCancelHook();
+  if (status.ok() && !writer.written) status = InternalError("handler returned OK without a response");
 
   if (ctx.IsCancelled()) return CancelledError("call cancelled");
   if (ctx.DeadlineExpired()) return DeadlineExceededError("deadline expired during the call");

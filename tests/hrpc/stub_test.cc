@@ -338,6 +338,40 @@ TEST_F(StubTest, HandlerExceptionBecomesInternal) {
   EXPECT_NE(s.message().find("handler exploded"), std::string_view::npos) << s.ToString();
 }
 
+// A service written by hand (not generated) on a DirectChannel: what it
+// throws is INTERNAL, OK without a response is INTERNAL, as over a
+// transport, and the caller's context keeps no hook into the finished call.
+class RawService final : public hrpc::Service {
+ public:
+  std::string_view service_name() const noexcept override { return "hrpc_test.Raw"; }
+  uint32_t service_id() const noexcept override { return hrpc::ServiceIdOf(service_name()); }
+  std::span<const hrpc::MethodDescriptor> methods() const noexcept override { return {}; }
+  Status CallMethod(uint32_t method_id, ServerContext&, std::string_view, hrpc::ResponseWriter&) override {
+    if (method_id == 1) throw std::runtime_error("raw handler failed");
+    return Status::Ok();  // and no response
+  }
+  Status CallStream(uint32_t, ServerContext&, hrpc::ServerStreamBase&) override {
+    return UnimplementedError("no streams");
+  }
+};
+
+TEST(DirectChannelRaw, AHandWrittenServiceIsGuardedLikeOverATransport) {
+  RawService raw;
+  DirectChannel channel;
+  ASSERT_TRUE(channel.AddService(&raw).ok());
+  ClientContext ctx;
+  std::string out;
+  Status s = channel.CallRaw(raw.service_id(), 1, ctx, "", &out);
+  EXPECT_EQ(s.code(), StatusCode::kInternal) << s.ToString();
+  EXPECT_EQ(s.message(), "handler of hrpc_test.Raw threw: raw handler failed");
+  ctx.Cancel();  // nothing of the call is left for it to touch
+  EXPECT_TRUE(ctx.IsCancelled());
+  ClientContext ctx2;
+  s = channel.CallRaw(raw.service_id(), 2, ctx2, "", &out);
+  EXPECT_EQ(s.code(), StatusCode::kInternal) << s.ToString();
+  EXPECT_EQ(s.message(), "handler returned OK without a response");
+}
+
 TEST_F(StubTest, UnknownMethodIsUnimplemented) {
   using hrpc_test::echo::Echo;
   MethodDescriptor bogus{Echo::kServiceName, "Nope", "hrpc_test.echo.Echo.Nope", Echo::kServiceId,

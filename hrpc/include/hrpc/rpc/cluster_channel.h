@@ -25,8 +25,9 @@
 //             the set is unchanged, and adding one of N servers moves about
 //             1/(N+1) of the keys. Calls without a key go round robin.
 //
-// Retries. A call is idempotent when its method says so (the proto option
-// `option (hrpc.idempotent) = true;`, MethodDescriptor::idempotent) or its
+// Retries. A call is idempotent when its method says so (protobuf's method
+// option `option idempotency_level = IDEMPOTENT;` or NO_SIDE_EFFECTS,
+// MethodDescriptor::idempotent) or its
 // ClientContext does (set_idempotent). An idempotent call that fails with a
 // retryable code (RetryPolicy::retry_on: UNAVAILABLE and RESOURCE_EXHAUSTED
 // by default) is sent again to another server, up to max_attempts in all,

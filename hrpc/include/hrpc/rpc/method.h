@@ -38,8 +38,9 @@ struct MethodDescriptor {
   std::string_view full_name;     // "pkg.Service.Method", for messages and stats
   uint32_t service_id = 0;        // ServiceIdOf(service_name)
   uint32_t method_id = 0;         // MethodIdOf(method_name)
-  // The proto option (hrpc.idempotent): calling it twice has the effect of
-  // calling it once, so a cluster channel may retry it on another server.
+  // protobuf's method option `option idempotency_level = IDEMPOTENT;` (or
+  // NO_SIDE_EFFECTS): calling it twice has the effect of calling it once, so a
+  // cluster channel may retry it on another server.
   bool idempotent = false;
 };
 
