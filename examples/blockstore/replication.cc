@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <mutex>
 #include <optional>
+#include <random>
 
 #include "common/proc_cpu.h"
 #include "hrpc/coroutine/scheduler.h"
@@ -94,6 +95,9 @@ hrpc::Result<std::unique_ptr<Replication>> Replication::Create(hrpc::Runtime& ru
       }));
   HRPC_TRY(chunk->Flush());
   r->recovery_ = r->log_->recovery();
+  r->last_forwarded_ = r->recovery_.last_sequence;
+  std::random_device rd;
+  while (r->run_ == 0) r->run_ = (uint64_t{rd()} << 32) | rd();
 
   for (const std::string& uri : r->opts_.followers) {
     hrpc::RpcChannelOptions ch;
@@ -138,6 +142,9 @@ Status Replication::Write(hrpc::ServerContext& ctx, uint64_t offset, IoBuf data)
   WriteBlocksRequest req;
   req.set_offset(offset);
   hrpc::nvme::WalRecordInfo info;
+  // Numbered, reserved and forwarded one write at a time (Encode may wait for
+  // a CRC off the worker): the followers get the records in sequence order.
+  std::unique_lock forwarding(forward_mu_);
   HRPC_ASSIGN_OR_RETURN(IoBuf record, log->Encode(req.SerializeAsString(), std::move(data), std::nullopt, &info));
   // Room in the leader's own log first: a record it could not append must not
   // reach a follower, which would apply a write the client is told failed.
@@ -151,6 +158,8 @@ Status Replication::Write(hrpc::ServerContext& ctx, uint64_t offset, IoBuf data)
     call->ctx.set_deadline(deadline);
     call->ctx.request_attachment() = record.Share();
     call->req.set_sequence(info.sequence);
+    call->req.set_prev_sequence(last_forwarded_);
+    call->req.set_leader_run(run_);
     BlockReplica::Stub stub(f.channel.get());
     stub.ReplicateAsync(call->ctx, call->req, &call->resp,
                         [this, call, acks, uri = f.uri](Status s) {
@@ -170,6 +179,9 @@ Status Replication::Write(hrpc::ServerContext& ctx, uint64_t offset, IoBuf data)
                           acks->arrived.Release();
                         });
   }
+
+  last_forwarded_ = info.sequence;
+  forwarding.unlock();
 
   Status local = log->Append(record);
   if (local.ok()) {
@@ -222,6 +234,14 @@ Status Replication::Replicate(hrpc::ServerContext& ctx, const ReplicateRequest& 
     HRPC_TRY(CheckVolumeRange(VolumeBytes(*chunk, opts_.chunk.size_bytes), wr.offset(), info.payload_bytes,
                               chunk->rules().logical_block, "Replicate"));
   }
+  // From the turn to the Append nothing suspends: the log gets the records
+  // in the leader's order.
+  HRPC_TRY(TakeTurn(ctx, req, wr.offset(), info.payload_bytes));
+  struct TurnEnd {
+    Replication* r;
+    uint64_t sequence;
+    ~TurnEnd() { r->EndApply(sequence); }
+  } turn_end{this, info.sequence};
   if (opts_.copy_payload) {
     IoBuf payload = record.Share();
     payload.TrimFront(info.header_block_bytes());
@@ -232,9 +252,67 @@ Status Replication::Replicate(hrpc::ServerContext& ctx, const ReplicateRequest& 
   HRPC_TRY(log->Append(record));
   IoBuf payload = std::move(record);
   payload.TrimFront(info.header_block_bytes());
+  {
+    // An earlier record's chunk write to the same bytes goes first (the
+    // device may complete two writes in flight in either order).
+    const uint64_t begin = wr.offset(), end = wr.offset() + info.payload_bytes;
+    std::unique_lock lock(order_mu_);
+    order_cv_.Wait(order_mu_, [&] {
+      return std::none_of(applying_.begin(), applying_.end(), [&](const Applying& a) {
+        return a.sequence < info.sequence && a.begin < end && begin < a.end;
+      });
+    });
+  }
   HRPC_TRY(Apply(ctx, wr.offset(), std::move(payload)));
   resp->set_log_end(log->end_offset());
   return Status::Ok();
+}
+
+Status Replication::TakeTurn(hrpc::ServerContext& ctx, const ReplicateRequest& req, uint64_t offset, uint64_t len) {
+  std::unique_lock lock(order_mu_);
+  if (req.leader_run() != order_run_) {
+    // A leader's first record here since it (or this follower) started: its
+    // predecessor is taken to be here (the logs end alike).
+    order_run_ = req.leader_run();
+    order_last_ = req.prev_sequence();
+  }
+  const uint64_t seq = req.sequence();
+  auto overtaken = [&] {
+    order_refused_.fetch_add(1, std::memory_order_relaxed);
+    return hrpc::FailedPreconditionError("Replicate: record " + std::to_string(seq) + " arrived after record " +
+                                         std::to_string(order_last_) +
+                                         ", which the leader forwarded later: not applied over newer data");
+  };
+  if (seq <= order_last_) return overtaken();
+  if (req.prev_sequence() > order_last_) {
+    // Its predecessor is still on its way (a larger attachment, pulled
+    // slower): wait for it, up to half the call's time left (the rest is
+    // for this record's own append and write).
+    order_waits_.fetch_add(1, std::memory_order_relaxed);
+    const auto now = hrpc::coro::Clock::now();
+    const auto left = ctx.deadline() > now ? ctx.deadline() - now : hrpc::coro::Clock::duration::zero();
+    const auto until = now + std::min<hrpc::coro::Clock::duration>(left / 2, std::chrono::seconds(1));
+    while (order_last_ < req.prev_sequence()) {
+      if (!order_cv_.WaitUntil(order_mu_, until).ok() && hrpc::coro::Clock::now() >= until) break;
+    }
+    if (seq <= order_last_) return overtaken();
+    if (order_last_ < req.prev_sequence()) {
+      // It never came (it failed here, or the leader's call to this follower
+      // did): go on without it, as a follower that missed a write does.
+      order_gaps_.fetch_add(1, std::memory_order_relaxed);
+      SPDLOG_WARN("replication: record {} never arrived; taking {} after {}", req.prev_sequence(), seq, order_last_);
+    }
+  }
+  order_last_ = seq;
+  applying_.push_back({seq, offset, offset + len});
+  order_cv_.NotifyAll();
+  return Status::Ok();
+}
+
+void Replication::EndApply(uint64_t sequence) {
+  std::lock_guard lock(order_mu_);
+  std::erase_if(applying_, [&](const Applying& a) { return a.sequence == sequence; });
+  order_cv_.NotifyAll();
 }
 
 void Replication::FillStat(ReplicationStat* out) const {
@@ -251,6 +329,9 @@ void Replication::FillStat(ReplicationStat* out) const {
   out->set_applied_bytes(applied_bytes_.load(std::memory_order_relaxed));
   out->set_cpu_ns(hrpc::examples::SelfCpuNs() - cpu_at_start_);
   out->set_copy_payload(opts_.copy_payload);
+  out->set_order_waits(order_waits_.load(std::memory_order_relaxed));
+  out->set_order_gaps(order_gaps_.load(std::memory_order_relaxed));
+  out->set_order_refused(order_refused_.load(std::memory_order_relaxed));
 }
 
 }  // namespace hrpc_blockstore

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "blockstore/blockstore.hrpc.h"
+#include "hrpc/coroutine/sync.h"
 #include "hrpc/mempool/iobuf.h"
 #include "hrpc/mempool/pool.h"
 #include "hrpc/nvme/sink.h"
@@ -118,6 +119,10 @@ class Replication final : public BlockReplica::Service {
   hrpc::Result<hrpc::nvme::WalLog*> LogForThisWorker();
   hrpc::Result<hrpc::mempool::IoBuf> MaybeCopy(hrpc::mempool::IoBuf data);
   hrpc::Status Apply(hrpc::ServerContext& ctx, uint64_t offset, hrpc::mempool::IoBuf payload);
+  // Follower: waits for the record's turn (see Replicate); the turn is taken
+  // when OK. FAILED_PRECONDITION for a record that a later one overtook.
+  hrpc::Status TakeTurn(hrpc::ServerContext& ctx, const ReplicateRequest& req, uint64_t offset, uint64_t len);
+  void EndApply(uint64_t sequence);
 
   ReplicationOptions opts_;
   hrpc::mempool::Pool* pool_ = nullptr;
@@ -128,6 +133,23 @@ class Replication final : public BlockReplica::Service {
   hrpc::nvme::WalRecovery recovery_;
   uint64_t cpu_at_start_ = 0;
   std::atomic<uint64_t> applied_bytes_{0}, replicate_failures_{0};
+
+  // Leader: records are numbered, reserved and forwarded one write at a
+  // time, so they reach the followers in sequence order.
+  hrpc::coro::Mutex forward_mu_;
+  uint64_t run_ = 0;            // this process's leader run
+  uint64_t last_forwarded_ = 0;  // the sequence forwarded last
+
+  // Follower: the order of the current leader run, kept on the one worker.
+  hrpc::coro::Mutex order_mu_;
+  hrpc::coro::ConditionVariable order_cv_;
+  uint64_t order_run_ = 0;     // the leader run being followed (0: none yet)
+  uint64_t order_last_ = 0;    // the last record of that run taken
+  struct Applying {
+    uint64_t sequence, begin, end;  // chunk bytes [begin, end)
+  };
+  std::vector<Applying> applying_;  // records taken and not yet in the chunk file
+  std::atomic<uint64_t> order_waits_{0}, order_gaps_{0}, order_refused_{0};
 };
 
 std::string_view RoleName(Role r) noexcept;

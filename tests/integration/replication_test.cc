@@ -29,6 +29,7 @@
 #include <thread>
 
 #include "blockstore_test_util.h"
+#include "hrpc/nvme/wal.h"
 #ifdef REPLICATION_OVER_RDMA
 #include "hrpc/transport/rdma.h"
 #endif
@@ -356,6 +357,73 @@ TEST(REPLICATION_SUITE, LeaderKilledMidStreamAckedWritesSurvive) {
   }
   // The restarted leader takes writes again.
   EXPECT_TRUE(Write(*nodes[0], 0, 4096, 42).ok());
+}
+
+// A follower applies a leader's records in the order it forwarded them, not
+// in the order their calls happen to finish: a record whose predecessor is
+// still on its way waits for it, one that a later record overtook is refused
+// (never written over newer data), and one whose predecessor never comes goes
+// on without it. The test plays the leader.
+TEST(REPLICATION_SUITE, AFollowerAppliesRecordsInTheLeadersOrder) {
+  SKIP_UNLESS_RUNNABLE(true);
+  Cluster cluster("all");
+  if (const std::string why = cluster.ODirectProblem(); !why.empty()) GTEST_SKIP() << why;
+  ASSERT_TRUE(cluster.StartFollower(0, kDiskSize));
+  auto f = Connect(cluster.follower(0).uri);
+  ASSERT_NE(f, nullptr);
+  hrpc_blockstore::BlockReplica::Stub stub(f.get());
+  constexpr size_t kBlock = 4096;
+  struct Sent {
+    hrpc::ClientContext ctx;
+    hrpc_blockstore::ReplicateRequest req;
+    hrpc_blockstore::ReplicateResponse resp;
+  };
+  // Record `seq` writes pattern `seq` to block 0.
+  auto send = [&](uint64_t run, uint64_t seq, uint64_t prev, std::chrono::milliseconds timeout) {
+    auto s = std::make_shared<Sent>();
+    s->ctx.set_timeout(timeout);
+    auto buf = f->pool().Allocate(kBlock);
+    EXPECT_TRUE(buf.ok());
+    FillPattern(buf->data(), 0, kBlock, seq);
+    hrpc_blockstore::WriteBlocksRequest w;
+    w.set_offset(0);
+    auto record = hrpc::nvme::EncodeWalRecord(f->pool(), seq, w.SerializeAsString(),
+                                              hrpc::mempool::IoBuf(buf->Slice(0, kBlock)), 4096);
+    EXPECT_TRUE(record.ok()) << record.status().ToString();
+    s->ctx.request_attachment() = std::move(*record);
+    s->req.set_sequence(seq);
+    s->req.set_prev_sequence(prev);
+    s->req.set_leader_run(run);
+    return std::make_pair(s, stub.ReplicateFuture(s->ctx, s->req));
+  };
+  // 1; then 3 (after 2), which waits; then 2: both land, 3 last.
+  ASSERT_TRUE(send(77, 1, 0, 10s).second.Get().ok());
+  auto [s3, third] = send(77, 3, 2, 10s);
+  std::this_thread::sleep_for(200ms);
+  EXPECT_FALSE(third.IsReady()) << "record 3 did not wait for record 2";
+  auto second = send(77, 2, 1, 10s).second.Get();
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  auto r3 = third.WaitFor(10s);
+  ASSERT_TRUE(r3.ok()) << r3.status().ToString();
+  EXPECT_TRUE(ReadCheck(*f, 0, kBlock, 3).ok());
+  // 3 again, overtaken by itself: refused.
+  EXPECT_EQ(send(77, 3, 2, 10s).second.Get().status().code(), hrpc::StatusCode::kFailedPrecondition);
+  // Another leader run, whose record 7 arrives before its record 6: 6 is refused.
+  ASSERT_TRUE(send(88, 7, 6, 10s).second.Get().ok());
+  auto late = send(88, 6, 5, 10s).second.Get();
+  EXPECT_EQ(late.status().code(), hrpc::StatusCode::kFailedPrecondition) << late.status().ToString();
+  EXPECT_TRUE(ReadCheck(*f, 0, kBlock, 7).ok()) << "an older record was written over a newer one";
+  // 9 after an 8 that never comes: it goes on (within its deadline), and 10 right after it.
+  auto ninth = send(88, 9, 8, 2s).second.Get();
+  ASSERT_TRUE(ninth.ok()) << ninth.status().ToString();
+  ASSERT_TRUE(send(88, 10, 9, 10s).second.Get().ok());
+  EXPECT_TRUE(ReadCheck(*f, 0, kBlock, 10).ok());
+  auto st = Stat(*f);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->replication().order_waits(), 2u);
+  EXPECT_EQ(st->replication().order_gaps(), 1u);
+  EXPECT_EQ(st->replication().order_refused(), 2u);
+  EXPECT_EQ(st->replication().log_records(), 6u);
 }
 
 // A write outside the volume is refused before anything is logged (a record
