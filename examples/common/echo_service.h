@@ -25,6 +25,7 @@ class EchoServiceImpl final : public hrpc_examples::Echo::Service {
                     hrpc_examples::EchoResponse* resp) override {
     if (next_ != nullptr) {
       hrpc::ClientContext out;
+      out.set_deadline(ctx.deadline());  // the caller's: the relay gives up when it does
       if (req.echo_attachment()) out.set_response_attachment_capacity(ctx.request_attachment().size());
       out.request_attachment() = std::move(ctx.request_attachment());
       HRPC_TRY(hrpc_examples::Echo::Stub(next_).Echo(out, req, resp));
