@@ -28,6 +28,7 @@ uint64_t SelfCpuNs() {
 // WaitGroup::Done() when Wait() returns.
 struct LoadState {
   std::atomic<bool> stop{false}, measuring{false};
+  coro::Event stopped;  // set with `stop`: ends the paced coroutines' sleeps
   std::atomic<uint64_t> calls{0}, errors{0}, next_slot{0};
   std::mutex err_mu;
   std::string first_error;
@@ -61,7 +62,9 @@ LoadResult RunLoadOn(size_t workers, const std::function<coro::Scheduler&(size_t
           if (st->period.count() > 0) {
             const uint64_t slot = st->next_slot.fetch_add(1, std::memory_order_relaxed);
             const auto due = st->start + st->period * static_cast<int64_t>(slot);
-            if (due > Clock::now()) coro::this_coro::SleepUntil(due);
+            // A slot may lie up to coroutines/qps ahead: the wait ends with
+            // the run's window too.
+            if (due > Clock::now()) st->stopped.WaitUntil(due).IgnoreError();
             if (st->stop.load(std::memory_order_relaxed)) break;
           }
           ClientContext ctx;
@@ -114,6 +117,7 @@ LoadResult RunLoadOn(size_t workers, const std::function<coro::Scheduler&(size_t
   if (o.on_window_end) o.on_window_end();
   if (o.progress) std::fprintf(stderr, "\n");
   st->stop.store(true);
+  st->stopped.Set();
   st->wg.Wait().IgnoreError();
   {
     std::lock_guard lock(st->err_mu);

@@ -83,6 +83,25 @@ TEST(RunLoad, QpsPacesTheCalls) {
   EXPECT_LE(r.calls, 105u);
 }
 
+// Paced slowly with many coroutines, the slots they claim lie far ahead of
+// the clock (32 coroutines at 2 qps: 16 s): the run still ends with its window.
+TEST(RunLoad, APacedRunEndsWithItsWindow) {
+  Env env;
+  hrpc::LoadOptions o;
+  o.coroutines_per_worker = 32;
+  o.qps = 2;
+  o.warmup = std::chrono::milliseconds(0);
+  o.duration = std::chrono::seconds(1);
+  const auto t0 = std::chrono::steady_clock::now();
+  const hrpc::LoadResult r = hrpc::RunLoad(*env.channel, o, CallWith(*env.channel, {}));
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(r.errors, 0u) << r.first_error;
+  EXPECT_GE(r.calls, 1u);
+  EXPECT_LE(r.calls, 4u);
+  EXPECT_LT(took, std::chrono::milliseconds(1800))
+      << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+}
+
 TEST(RunLoad, FailedCallsAreCountedWithTheFirstError) {
   Env env;
   rpctest::Req req;
