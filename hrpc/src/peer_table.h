@@ -54,8 +54,9 @@ struct ChannelState {
 
   // The runtime's counters of the methods this channel called, found without
   // the registry's lock after the first call: slots are filled once (pointer,
-  // then key with release) and never change.
-  static constexpr size_t kCachedMethods = 8;
+  // then key with release) and never change. A channel calling more methods
+  // looks the others up under the lock (held briefly: not during scrapes).
+  static constexpr size_t kCachedMethods = 32;
   std::array<std::atomic<uint64_t>, kCachedMethods> method_keys{};  // (service << 32 | method) + 1; 0 = free
   std::array<std::atomic<MethodCounters*>, kCachedMethods> method_counters{};
   std::atomic<size_t> methods_cached{0};

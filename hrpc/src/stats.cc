@@ -127,11 +127,19 @@ MethodCounters& StatsRegistry::For(uint32_t service_id, uint32_t method_id, std:
   return *slot;
 }
 
+std::vector<const MethodCounters*> StatsRegistry::All() const {
+  std::vector<const MethodCounters*> all;
+  std::lock_guard lock(mu_);
+  all.reserve(methods_.size());
+  for (const auto& [key, m] : methods_) all.push_back(m.get());
+  return all;
+}
+
 std::vector<MethodStats> StatsRegistry::Snapshot() const {
   std::vector<MethodStats> out;
-  std::lock_guard lock(mu_);
-  out.reserve(methods_.size());
-  for (const auto& [key, m] : methods_) {
+  const std::vector<const MethodCounters*> all = All();
+  out.reserve(all.size());
+  for (const MethodCounters* m : all) {
     MethodStats s;
     s.method = m->name;
     s.count = m->count.load(std::memory_order_relaxed);
@@ -157,8 +165,7 @@ std::vector<MethodStats> StatsRegistry::Snapshot() const {
 }
 
 void StatsRegistry::ForEach(const std::function<void(const MethodCounters&)>& fn) const {
-  std::lock_guard lock(mu_);
-  for (const auto& [key, m] : methods_) fn(*m);
+  for (const MethodCounters* m : All()) fn(*m);
 }
 
 std::string FormatStatsTable(const std::vector<MethodStats>& stats) {

@@ -1529,6 +1529,28 @@ TEST(RpcStats, HistogramQuantiles) {
   }
 }
 
+// A scrape reads every method's counters (ForEach, Snapshot) for as long as
+// it likes: a call meanwhile that meets a method for the first time (For)
+// does not wait for it.
+TEST(RpcStats, AScrapeDoesNotHoldUpACallOfANewMethod) {
+  hrpc::StatsRegistry reg;
+  reg.For(1, 1, "svc.First");
+  std::atomic<bool> in_scrape{false};
+  std::thread scrape([&] {
+    reg.ForEach([&](const hrpc::MethodCounters&) {
+      in_scrape.store(true);
+      std::this_thread::sleep_for(300ms);
+    });
+  });
+  while (!in_scrape.load()) std::this_thread::yield();
+  const auto t0 = std::chrono::steady_clock::now();
+  reg.For(1, 2, "svc.Second").Begin();
+  const auto took = std::chrono::steady_clock::now() - t0;
+  scrape.join();
+  EXPECT_LT(took, 100ms) << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  EXPECT_EQ(reg.Snapshot().size(), 2u);
+}
+
 }  // namespace
 
 // A peer whose kernel accepts the TCP connection but that never answers the

@@ -5,8 +5,11 @@
 //
 // A StatsRegistry belongs to one Server or one RpcChannel (no process-wide
 // registry). Recording is thread-safe and lock-free after the first call of a
-// method (relaxed atomics: a snapshot taken while calls run is consistent per
-// counter, not across counters). Snapshot() may be called from any thread.
+// method (a channel keeps the counters of up to 32 methods at hand; past them
+// a call finds its method under the registry's lock, which a scrape does not
+// hold while it reads). Counters are relaxed atomics: a snapshot taken while
+// calls run is consistent per counter, not across counters. Snapshot() may be
+// called from any thread.
 #pragma once
 
 #include <array>
@@ -105,11 +108,16 @@ class StatsRegistry {
   // One entry per method seen so far, sorted by name; methods never called are
   // included when they were registered (count 0).
   std::vector<MethodStats> Snapshot() const;
-  // Calls fn on the live counters of every method (any order), under the
-  // registry's lock: for exporters that read histograms without copying them.
+  // Calls fn on the live counters of every method (any order): for exporters
+  // that read histograms without copying them. Neither this nor Snapshot()
+  // holds the registry's lock while it reads the counters (a call that meets
+  // a method for the first time does not wait for a scrape).
   void ForEach(const std::function<void(const MethodCounters&)>& fn) const;
 
  private:
+  // The counters made so far (they live as long as the registry).
+  std::vector<const MethodCounters*> All() const;
+
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, std::unique_ptr<MethodCounters>> methods_;
 };
