@@ -24,6 +24,9 @@ namespace hrpc::internal {
 namespace {
 constexpr unsigned kRequestThreads = 2;
 constexpr unsigned kMaxConnections = 64;
+// Per client address: a host that keeps connections busy (headers sent a
+// byte at a time restart the idle timeout) holds at most this many.
+constexpr unsigned kMaxConnectionsPerAddress = 8;
 constexpr size_t kConnectionMemory = 32 * 1024;
 constexpr unsigned kIdleSeconds = 5;
 }  // namespace
@@ -116,6 +119,7 @@ Result<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& lis
   impl->daemon = MHD_start_daemon(
       flags, 0, nullptr, nullptr, &Impl::Answer, impl, MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&sa),
       MHD_OPTION_THREAD_POOL_SIZE, kRequestThreads, MHD_OPTION_CONNECTION_LIMIT, kMaxConnections,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, kMaxConnectionsPerAddress,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, kConnectionMemory, MHD_OPTION_CONNECTION_TIMEOUT, kIdleSeconds,
       MHD_OPTION_END);
   if (impl->daemon == nullptr) {

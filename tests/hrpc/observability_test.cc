@@ -484,9 +484,16 @@ TEST(Observability, EndpointIsOffByDefault) {
 // A raw TCP client of the endpoint, for what an HTTP client library would not send.
 class RawHttpClient {
  public:
-  explicit RawHttpClient(const std::string& addr) {
+  // `from`: the source address (another loopback address, as another host).
+  explicit RawHttpClient(const std::string& addr, const char* from = nullptr) {
     auto [host, port] = HostPort(addr);
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (from != nullptr) {
+      sockaddr_in src{};
+      src.sin_family = AF_INET;
+      ::inet_pton(AF_INET, from, &src.sin_addr);
+      if (::bind(fd_, reinterpret_cast<sockaddr*>(&src), sizeof src) != 0) return;
+    }
     sockaddr_in sa{};
     sa.sin_family = AF_INET;
     sa.sin_port = htons(static_cast<uint16_t>(port));
@@ -592,6 +599,28 @@ TEST(Observability, SlowAndIdleClientsHoldBackNeitherScrapesNorShutdown) {
   const auto t0 = std::chrono::steady_clock::now();
   env.server->Shutdown();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "Shutdown() waited for the slow clients";
+}
+
+// One host that opens the endpoint's whole connection limit and sends its
+// headers a byte at a time (each byte restarts the idle timeout) holds at
+// most a few of them: a scrape from elsewhere is still answered.
+TEST(Observability, OneSlowHostCannotTakeEveryConnection) {
+  Env env;
+  env.Start("127.0.0.1:0");
+  const std::string addr = env.server->http_address();
+  std::vector<std::unique_ptr<RawHttpClient>> slow;
+  for (int i = 0; i < 64; ++i) {
+    slow.push_back(std::make_unique<RawHttpClient>(addr, "127.0.0.2"));
+    slow.back()->Send("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+  }
+  std::this_thread::sleep_for(300ms);  // accepted (up to the limits) and reading headers
+  for (auto& c : slow) c->Send("a");
+  auto [host, port] = HostPort(addr);
+  httplib::Client cli(host, port);
+  cli.set_read_timeout(2, 0);
+  auto res = cli.Get("/metrics");
+  ASSERT_TRUE(res) << "no answer to a scrape while one host holds 64 connections";
+  EXPECT_EQ(res->status, 200);
 }
 
 // /health says 200 only once Start() has bound every listener: a Start() that
