@@ -315,6 +315,23 @@ Status EtcdClient::KeepAlive(int64_t lease) {
   return Status::Ok();
 }
 
+Result<std::vector<std::string>> EtcdClient::LeaseKeys(int64_t lease) {
+  const json req = {{"ID", std::to_string(lease)}, {"keys", true}};
+  HRPC_ASSIGN_OR_RETURN(std::string body, Post("/v3/lease/timetolive", req.dump()));
+  HRPC_ASSIGN_OR_RETURN(json j, ParseObject("lease timetolive", body));
+  // TTL -1 once the lease is gone.
+  if (Int64(j, "TTL") <= 0) return NotFoundError("etcd lease " + std::to_string(lease) + " has expired");
+  std::vector<std::string> keys;
+  if (auto it = j.find("keys"); it != j.end() && it->is_array()) {
+    for (const json& k : *it) {
+      if (!k.is_string()) return InternalError("etcd lease timetolive: a key that is not a string");
+      HRPC_ASSIGN_OR_RETURN(std::string key, Base64Decode(k.get<std::string>()));
+      keys.push_back(std::move(key));
+    }
+  }
+  return keys;
+}
+
 Status EtcdClient::Revoke(int64_t lease) {
   const json req = {{"ID", std::to_string(lease)}};
   HRPC_ASSIGN_OR_RETURN(std::string body, Post("/v3/lease/revoke", req.dump()));

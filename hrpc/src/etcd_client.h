@@ -84,6 +84,8 @@ class EtcdClient {
   // Refreshes the lease; NOT_FOUND once it has expired or was revoked.
   Status KeepAlive(int64_t lease);
   Status Revoke(int64_t lease);
+  // The keys attached to `lease`; NOT_FOUND once it has expired or was revoked.
+  Result<std::vector<std::string>> LeaseKeys(int64_t lease);
 
   // Watches every key starting with `prefix` from `start_revision` (on the
   // member that answered last) and calls

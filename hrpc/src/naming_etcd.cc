@@ -229,6 +229,7 @@ class EtcdRegistrationImpl final : public EtcdRegistration {
       const int64_t id = lease_.id;
       lock.unlock();
       Status s = keepalive_client_.KeepAlive(id);
+      if (s.ok()) s = KeepKey(id);
       if (s.code() == StatusCode::kNotFound) {
         // Expired while etcd was out of reach: register again.
         SPDLOG_WARN("hrpc: etcd lease of {} expired; registering again", key_);
@@ -239,6 +240,16 @@ class EtcdRegistrationImpl final : public EtcdRegistration {
       }
       lock.lock();
     }
+  }
+
+  // The key may be gone while its lease lives (deleted by hand, or put under
+  // another lease by a second instance with the same address that then left):
+  // put it again under this lease.
+  Status KeepKey(int64_t id) {
+    HRPC_ASSIGN_OR_RETURN(std::vector<std::string> keys, keepalive_client_.LeaseKeys(id));
+    if (std::find(keys.begin(), keys.end(), key_) != keys.end()) return Status::Ok();
+    SPDLOG_WARN("hrpc: etcd key {} is no longer under its lease; putting it again", key_);
+    return keepalive_client_.Put(key_, value_, id);
   }
 
   Status RegisterAgain() {

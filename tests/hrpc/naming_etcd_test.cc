@@ -293,6 +293,32 @@ TEST_F(EtcdTest, RegistrationComesBackAfterItsLeaseIsGone) {
   EXPECT_NE((*reg)->lease(), first_lease);
 }
 
+// The key deleted while its lease lives (by hand, or by a second instance
+// with the same address that put it under its own lease and then left): the
+// registration puts it back.
+TEST_F(EtcdTest, ADeletedKeyIsPutBackWhileItsLeaseLives) {
+  hrpc::EtcdRegistrationOptions o;
+  o.etcd = etcd_->Uri("/gone");
+  o.address = "tcp://127.0.0.1:7300";
+  o.ttl = 3s;
+  auto reg = hrpc::EtcdRegistration::Create(o);
+  ASSERT_TRUE(reg.ok()) << reg.status().ToString();
+  auto client = ClientOf(*etcd_);
+  ASSERT_TRUE(client->Delete((*reg)->key()).ok());
+  ASSERT_TRUE(client->RangePrefix("/gone/")->kvs.empty());
+  // The next keepalive (every ttl/3 = 1 s) puts it back, under the same lease.
+  const auto until = Clock::now() + 5s;
+  size_t found = 0;
+  while (found == 0 && Clock::now() < until) {
+    std::this_thread::sleep_for(50ms);
+    found = client->RangePrefix("/gone/")->kvs.size();
+  }
+  ASSERT_EQ(found, 1u) << "the key did not come back within 5 s";
+  auto keys = client->LeaseKeys((*reg)->lease());
+  ASSERT_TRUE(keys.ok()) << keys.status().ToString();
+  EXPECT_EQ(*keys, std::vector<std::string>{(*reg)->key()});
+}
+
 TEST(EtcdRegistrationOptions, BadOptionsAndEtcdDown) {
   hrpc::EtcdRegistrationOptions o;
   o.etcd = "etcd://127.0.0.1:" + std::to_string(etcdtest::FreePort()) + "/p";
