@@ -1,5 +1,7 @@
 # cmake -P script: runs protoc with protoc-gen-hrpc on PROTO and passes only if
 # protoc fails AND its stderr contains EXPECT (texts separated by '|': all of them).
+# Fresh: what an earlier run (or an older plugin) wrote must not count.
+file(REMOVE_RECURSE ${OUT_DIR})
 file(MAKE_DIRECTORY ${OUT_DIR})
 execute_process(
   COMMAND ${PROTOC} -I${PROTO_DIR} --plugin=protoc-gen-hrpc=${PLUGIN} --hrpc_out=${OUT_DIR} ${PROTO}

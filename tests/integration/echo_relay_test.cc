@@ -16,12 +16,12 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Answers each Echo after 3 s.
+// Answers each Echo after 3 s (or once cancelled: Shutdown() ends it).
 class SlowEcho final : public hrpc_examples::Echo::Service {
  public:
-  hrpc::Status Echo(hrpc::ServerContext&, const hrpc_examples::EchoRequest& req,
+  hrpc::Status Echo(hrpc::ServerContext& ctx, const hrpc_examples::EchoRequest& req,
                     hrpc_examples::EchoResponse* resp) override {
-    hrpc::coro::this_coro::SleepFor(3s);
+    for (int i = 0; i < 300 && !ctx.IsCancelled(); ++i) hrpc::coro::this_coro::SleepFor(10ms);
     resp->set_text(req.text());
     return hrpc::Status::Ok();
   }
