@@ -24,7 +24,11 @@ std::pair<std::shared_ptr<DedupEntry>, bool> DedupWindow::Begin(uint64_t id, uin
 
 void DedupWindow::Finish(uint64_t id, const std::shared_ptr<DedupEntry>& e, Status status, std::string&& response,
                          bool had_attachment) {
-  if (status.code() == StatusCode::kUnavailable || status.code() == StatusCode::kResourceExhausted) {
+  // Answers that say the call did not (fully) run: the retry runs it. A
+  // handler's CANCELLED is one (it stopped at a cancel, which its deadline
+  // passing or its connection dropping also is), whoever caused it.
+  if (status.code() == StatusCode::kUnavailable || status.code() == StatusCode::kResourceExhausted ||
+      status.code() == StatusCode::kCancelled) {
     return Abandon(id, e);
   }
   {

@@ -851,14 +851,16 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     // their handler made of it (the answer a retry then gets from the dedup
     // window), not dropped like the calls their client cancelled.
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired() && !stopping.load();
-    if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     if (status.ok() && !writer.written) status = InternalError("handler returned OK without a response");
     if (handler_ran) {
+      // The handler's own answer, also when it came after the deadline: a
+      // retry gets what the call did, not that the first caller gave up.
       dedup_guard.Ran(status, writer.written ? std::string_view(writer.msg.buf.data() + writer.msg.room,
                                                                 writer.msg.message_len)
                                              : std::string_view(),
                       ctx.response_attachment().size() > 0);
     }
+    if (status.ok() && ctx.DeadlineExpired()) status = DeadlineExceededError("deadline expired while serving");
     // After the dedup window has the answer: a retry of the call meets the
     // same refusal there, its handler not run again.
     if (status.ok()) status = ResponseFits(*sc->conn, wire::PrefixSize(num_push) + writer.msg.message_len);

@@ -56,6 +56,8 @@ class NamedService final : public rpctest::Test::Service {
       std::lock_guard lock(mu);
       ran[req.text()]++;
     }
+    // hold_ms: a handler that does not look at IsCancelled().
+    if (req.hold_ms() > 0) hrpc::coro::this_coro::SleepFor(std::chrono::milliseconds(req.hold_ms()));
     const int delay = delay_ms.load() + static_cast<int>(req.sleep_ms()) + stall_next_ms.exchange(0);
     for (int i = 0; i < delay; ++i) {
       if (ctx.IsCancelled()) {
@@ -1066,6 +1068,48 @@ TEST(Dedup, AReusedIdWithOtherBytesIsAnotherCallAndRetryableErrorsAreNotKept) {
   e.c.services[0]->fail_code = 0;
   EXPECT_TRUE(CallWithId(*e.ch, 43, "flaky").ok());
   EXPECT_EQ(e.c.services[0]->Runs("flaky"), 2);
+}
+
+// A first run that stopped at its deadline (the handler saw IsCancelled()
+// and answered CANCELLED) did not happen: the retry, with a deadline of its
+// own, runs. One that finished after its caller gave up did happen: the
+// retry gets its answer, not the first caller's DEADLINE_EXCEEDED.
+TEST(Dedup, ARunCutShortIsRunAgainAndALateAnswerIsKept) {
+  DedupEnv e;
+  {
+    ClientContext ctx;
+    ctx.set_timeout(100ms);
+    ctx.set_request_id(91);
+    Req req;
+    req.set_text("cut-short");
+    req.set_sleep_ms(1000);
+    Resp resp;
+    EXPECT_EQ(rpctest::Test::Stub(e.ch.get()).Call(ctx, req, &resp).code(), StatusCode::kDeadlineExceeded);
+    ASSERT_TRUE(WaitFor([&] { return e.c.services[0]->cancelled.load() == 1; }, 3s));
+  }
+  auto again = CallWithId(*e.ch, 91, "cut-short", 1000);  // the same request
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(e.c.services[0]->Runs("cut-short"), 2);
+
+  // A handler that does not look at IsCancelled() and answers OK late.
+  {
+    ClientContext ctx;
+    ctx.set_timeout(100ms);
+    ctx.set_request_id(92);
+    Req req;
+    req.set_text("late");
+    req.set_hold_ms(300);
+    Resp resp;
+    EXPECT_EQ(rpctest::Test::Stub(e.ch.get()).Call(ctx, req, &resp).code(), StatusCode::kDeadlineExceeded);
+  }
+  std::this_thread::sleep_for(400ms);  // the first run has answered (too late)
+  Req req;
+  req.set_text("late");
+  req.set_hold_ms(300);
+  auto late = CallWithId(*e.ch, 92, req);
+  ASSERT_TRUE(late.ok()) << late.status().ToString();
+  EXPECT_EQ(late->text(), "late");
+  EXPECT_EQ(e.c.services[0]->Runs("late"), 1);
 }
 
 // The attachment is part of what a retry repeats: the same id and message with
