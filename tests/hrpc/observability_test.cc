@@ -623,6 +623,40 @@ TEST(Observability, OneSlowHostCannotTakeEveryConnection) {
   EXPECT_EQ(res->status, 200);
 }
 
+// A worker that does not come back (a handler that blocks its thread) makes
+// /health 503 within a second; later probes answer at once instead of each
+// holding one of the endpoint's two threads for a second, and /health is 200
+// again once the worker is back.
+TEST(Observability, HealthOfAStuckWorkerAnswersAtOnceAfterTheFirstSecond) {
+  Env env;
+  env.Start("127.0.0.1:0");
+  const std::string addr = env.server->http_address();
+  ASSERT_EQ(HttpGet(addr, "/health").status, 200);
+  std::atomic<bool> blocked{false};
+  env.channel->scheduler(0).Post([&] {
+    blocked.store(true);
+    std::this_thread::sleep_for(2500ms);  // the thread, not the coroutine
+  });
+  while (!blocked.load()) std::this_thread::yield();
+  const Get first = HttpGet(addr, "/health");
+  EXPECT_EQ(first.status, 503) << first.body;
+  EXPECT_NE(first.body.find("did not answer within 1 s"), std::string::npos) << first.body;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Get again = HttpGet(addr, "/health");
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(again.status, 503) << again.body;
+    EXPECT_LT(took, 300ms) << "probe " << i << " took "
+                           << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  }
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  int status = 0;
+  while ((status = HttpGet(addr, "/health").status) != 200 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(status, 200) << "the worker came back, /health did not";
+}
+
 // /health says 200 only once Start() has bound every listener: a Start() that
 // failed (its RPC port taken) leaves the endpoint answering 503.
 TEST(Observability, HealthIsNotOkWhenStartFailed) {
