@@ -142,8 +142,9 @@ Status Replication::Write(hrpc::ServerContext& ctx, uint64_t offset, IoBuf data)
   WriteBlocksRequest req;
   req.set_offset(offset);
   hrpc::nvme::WalRecordInfo info;
-  // Numbered, reserved and forwarded one write at a time (Encode may wait for
-  // a CRC off the worker): the followers get the records in sequence order.
+  // Numbered, reserved and forwarded under one lock: the followers get the
+  // records in sequence order (nothing here suspends today; the lock keeps it
+  // so should a step come to).
   std::unique_lock forwarding(forward_mu_);
   HRPC_ASSIGN_OR_RETURN(IoBuf record, log->Encode(req.SerializeAsString(), std::move(data), std::nullopt, &info));
   // Room in the leader's own log first: a record it could not append must not
@@ -236,12 +237,12 @@ Status Replication::Replicate(hrpc::ServerContext& ctx, const ReplicateRequest& 
   }
   // From the turn to the Append nothing suspends: the log gets the records
   // in the leader's order.
-  HRPC_TRY(TakeTurn(ctx, req, wr.offset(), info.payload_bytes));
+  HRPC_ASSIGN_OR_RETURN(const uint64_t ticket, TakeTurn(ctx, req, wr.offset(), info.payload_bytes));
   struct TurnEnd {
     Replication* r;
-    uint64_t sequence;
-    ~TurnEnd() { r->EndApply(sequence); }
-  } turn_end{this, info.sequence};
+    uint64_t ticket;
+    ~TurnEnd() { r->EndApply(ticket); }
+  } turn_end{this, ticket};
   if (opts_.copy_payload) {
     IoBuf payload = record.Share();
     payload.TrimFront(info.header_block_bytes());
@@ -259,7 +260,7 @@ Status Replication::Replicate(hrpc::ServerContext& ctx, const ReplicateRequest& 
     std::unique_lock lock(order_mu_);
     order_cv_.Wait(order_mu_, [&] {
       return std::none_of(applying_.begin(), applying_.end(), [&](const Applying& a) {
-        return a.sequence < info.sequence && a.begin < end && begin < a.end;
+        return a.ticket < ticket && a.begin < end && begin < a.end;
       });
     });
   }
@@ -268,7 +269,8 @@ Status Replication::Replicate(hrpc::ServerContext& ctx, const ReplicateRequest& 
   return Status::Ok();
 }
 
-Status Replication::TakeTurn(hrpc::ServerContext& ctx, const ReplicateRequest& req, uint64_t offset, uint64_t len) {
+hrpc::Result<uint64_t> Replication::TakeTurn(hrpc::ServerContext& ctx, const ReplicateRequest& req, uint64_t offset,
+                                             uint64_t len) {
   std::unique_lock lock(order_mu_);
   if (req.leader_run() != order_run_) {
     // A leader's first record here since it (or this follower) started: its
@@ -287,14 +289,21 @@ Status Replication::TakeTurn(hrpc::ServerContext& ctx, const ReplicateRequest& r
   if (req.prev_sequence() > order_last_) {
     // Its predecessor is still on its way (a larger attachment, pulled
     // slower): wait for it, up to half the call's time left (the rest is
-    // for this record's own append and write).
+    // for this record's own append and write) and at most kOrderWait.
     order_waits_.fetch_add(1, std::memory_order_relaxed);
     const auto now = hrpc::coro::Clock::now();
     const auto left = ctx.deadline() > now ? ctx.deadline() - now : hrpc::coro::Clock::duration::zero();
-    const auto until = now + std::min<hrpc::coro::Clock::duration>(left / 2, std::chrono::seconds(1));
-    while (order_last_ < req.prev_sequence()) {
+    const auto until = now + std::min<hrpc::coro::Clock::duration>(left / 2, kOrderWait);
+    while (order_last_ < req.prev_sequence() && req.leader_run() == order_run_ && !ctx.IsCancelled()) {
       if (!order_cv_.WaitUntil(order_mu_, until).ok() && hrpc::coro::Clock::now() >= until) break;
     }
+    if (req.leader_run() != order_run_) {
+      // The leader restarted meanwhile: this record's run is over.
+      order_refused_.fetch_add(1, std::memory_order_relaxed);
+      return hrpc::FailedPreconditionError("Replicate: record " + std::to_string(seq) +
+                                           " is of a leader run that a newer one replaced");
+    }
+    if (ctx.IsCancelled()) return hrpc::CancelledError("Replicate: the leader gave up on record " + std::to_string(seq));
     if (seq <= order_last_) return overtaken();
     if (order_last_ < req.prev_sequence()) {
       // It never came (it failed here, or the leader's call to this follower
@@ -304,14 +313,15 @@ Status Replication::TakeTurn(hrpc::ServerContext& ctx, const ReplicateRequest& r
     }
   }
   order_last_ = seq;
-  applying_.push_back({seq, offset, offset + len});
+  const uint64_t ticket = ++order_tickets_;
+  applying_.push_back({ticket, offset, offset + len});
   order_cv_.NotifyAll();
-  return Status::Ok();
+  return ticket;
 }
 
-void Replication::EndApply(uint64_t sequence) {
+void Replication::EndApply(uint64_t ticket) {
   std::lock_guard lock(order_mu_);
-  std::erase_if(applying_, [&](const Applying& a) { return a.sequence == sequence; });
+  std::erase_if(applying_, [&](const Applying& a) { return a.ticket == ticket; });
   order_cv_.NotifyAll();
 }
 

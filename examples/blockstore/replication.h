@@ -119,10 +119,15 @@ class Replication final : public BlockReplica::Service {
   hrpc::Result<hrpc::nvme::WalLog*> LogForThisWorker();
   hrpc::Result<hrpc::mempool::IoBuf> MaybeCopy(hrpc::mempool::IoBuf data);
   hrpc::Status Apply(hrpc::ServerContext& ctx, uint64_t offset, hrpc::mempool::IoBuf payload);
-  // Follower: waits for the record's turn (see Replicate); the turn is taken
-  // when OK. FAILED_PRECONDITION for a record that a later one overtook.
-  hrpc::Status TakeTurn(hrpc::ServerContext& ctx, const ReplicateRequest& req, uint64_t offset, uint64_t len);
-  void EndApply(uint64_t sequence);
+  // Follower: waits for the record's turn (see Replicate) and takes it: the
+  // ticket orders its chunk write after those of the records taken before.
+  // FAILED_PRECONDITION for a record that a later one overtook, or whose
+  // leader run a newer one replaced.
+  hrpc::Result<uint64_t> TakeTurn(hrpc::ServerContext& ctx, const ReplicateRequest& req, uint64_t offset,
+                                  uint64_t len);
+  void EndApply(uint64_t ticket);
+  // How long a record waits at most for the one forwarded before it.
+  static constexpr std::chrono::seconds kOrderWait{1};
 
   ReplicationOptions opts_;
   hrpc::mempool::Pool* pool_ = nullptr;
@@ -146,8 +151,9 @@ class Replication final : public BlockReplica::Service {
   uint64_t order_run_ = 0;     // the leader run being followed (0: none yet)
   uint64_t order_last_ = 0;    // the last record of that run taken
   struct Applying {
-    uint64_t sequence, begin, end;  // chunk bytes [begin, end)
+    uint64_t ticket, begin, end;  // in the order taken; chunk bytes [begin, end)
   };
+  uint64_t order_tickets_ = 0;
   std::vector<Applying> applying_;  // records taken and not yet in the chunk file
   std::atomic<uint64_t> order_waits_{0}, order_gaps_{0}, order_refused_{0};
 };

@@ -399,7 +399,7 @@ TEST(REPLICATION_SUITE, AFollowerAppliesRecordsInTheLeadersOrder) {
   // 1; then 3 (after 2), which waits; then 2: both land, 3 last.
   ASSERT_TRUE(send(77, 1, 0, 10s).second.Get().ok());
   auto [s3, third] = send(77, 3, 2, 10s);
-  std::this_thread::sleep_for(200ms);
+  std::this_thread::sleep_for(100ms);
   EXPECT_FALSE(third.IsReady()) << "record 3 did not wait for record 2";
   auto second = send(77, 2, 1, 10s).second.Get();
   ASSERT_TRUE(second.ok()) << second.status().ToString();
@@ -418,12 +418,21 @@ TEST(REPLICATION_SUITE, AFollowerAppliesRecordsInTheLeadersOrder) {
   ASSERT_TRUE(ninth.ok()) << ninth.status().ToString();
   ASSERT_TRUE(send(88, 10, 9, 10s).second.Get().ok());
   EXPECT_TRUE(ReadCheck(*f, 0, kBlock, 10).ok());
+  // A record waiting for its predecessor when the leader restarts (a new run
+  // starts at 31 after 30): its run is over, it is refused.
+  ASSERT_TRUE(send(99, 30, 29, 10s).second.Get().ok());
+  auto [s32, waiting] = send(99, 32, 31, 10s);
+  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(send(100, 31, 30, 10s).second.Get().ok());
+  auto stale = waiting.WaitFor(10s);
+  EXPECT_EQ(stale.status().code(), hrpc::StatusCode::kFailedPrecondition) << stale.status().ToString();
+  EXPECT_TRUE(ReadCheck(*f, 0, kBlock, 31).ok());
   auto st = Stat(*f);
   ASSERT_TRUE(st.ok());
-  EXPECT_EQ(st->replication().order_waits(), 2u);
+  EXPECT_EQ(st->replication().order_waits(), 3u);
   EXPECT_EQ(st->replication().order_gaps(), 1u);
-  EXPECT_EQ(st->replication().order_refused(), 2u);
-  EXPECT_EQ(st->replication().log_records(), 6u);
+  EXPECT_EQ(st->replication().order_refused(), 3u);
+  EXPECT_EQ(st->replication().log_records(), 8u);
 }
 
 // A write outside the volume is refused before anything is logged (a record
