@@ -85,6 +85,7 @@ class ThreadedWatcher : public NamingWatcher {
     if (stopped_) return;
     stopped_ = true;
     stop_.store(true, std::memory_order_release);
+    Interrupt();
     if (wake_fd_ >= 0) {
       const uint64_t one = 1;
       [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof one);
@@ -97,6 +98,8 @@ class ThreadedWatcher : public NamingWatcher {
  protected:
   // Set up what Run() waits on (before the first Poll()).
   virtual Status Prepare() { return Status::Ok(); }
+  // Cuts a Read() in progress short; Stop() calls it once stopping() holds.
+  virtual void Interrupt() {}
   // Reads the source once.
   virtual Result<NamingUpdate> Read() = 0;
   // Waits for the next reason to read, returns false when stopped.
@@ -306,11 +309,6 @@ class DnsWatcher final : public ThreadedWatcher {
       : host_(std::move(host)), port_(port), resolver_(std::move(resolver)), refresh_(refresh) {}
   ~DnsWatcher() override { Stop(); }
   std::string_view scheme() const override { return "dns"; }
-  // A resolve in progress (the DNS server may not answer for seconds) ends at once.
-  void Stop() override {
-    stop_resolve_.request_stop();
-    ThreadedWatcher::Stop();
-  }
 
  protected:
   Result<NamingUpdate> Read() override {
@@ -323,6 +321,8 @@ class DnsWatcher final : public ThreadedWatcher {
     return u;
   }
   bool WaitForChange() override { return WaitFd(-1, refresh_); }
+  // A resolve in progress (the DNS server may not answer for seconds) ends at once.
+  void Interrupt() override { stop_resolve_.request_stop(); }
 
  private:
   std::string host_;
