@@ -34,7 +34,7 @@ class RpcClientStream final : public ClientStreamBase {
 
   ~RpcClientStream() override {
     if (finished_) return;
-    Run([this] {
+    const Status ran = Run([this] {
       if (opened_.core) {
         // Ended first: unread messages whose attachments the server exposed
         // are owed a release, also after the server's close. Cancelled then:
@@ -45,7 +45,8 @@ class RpcClientStream final : public ClientStreamBase {
         opened_.core->ReleaseExposures();
       }
       return Status::Ok();
-    }).IgnoreError();
+    });
+    if (!ran.ok()) EndOnWorkerLater(CancelledError("stream destroyed before Finish()"));
     Done(CancelledError("stream destroyed before Finish()"));
   }
 
@@ -106,7 +107,7 @@ class RpcClientStream final : public ClientStreamBase {
       return final_;
     }
     Status s;
-    Run([&]() -> Status {
+    const Status ran = Run([&]() -> Status {
       StreamCore& core = *opened_.core;
       for (;;) {
         auto r = core.Read(nullptr, nullptr, ctx_.deadline());
@@ -121,7 +122,13 @@ class RpcClientStream final : public ClientStreamBase {
       peers().CancelStream(opened_.link, core.txn(), s, opened_.core);
       core.ReleaseExposures();
       return Status::Ok();
-    }).IgnoreError();
+    });
+    if (!ran.ok()) {
+      // Not waited for here (a worker's own thread outside a coroutine): the
+      // stream ends on its worker, and the caller hears why.
+      s = ran;
+      EndOnWorkerLater(s);
+    }
     Done(s);
     return final_;
   }
@@ -132,6 +139,19 @@ class RpcClientStream final : public ClientStreamBase {
   Status Run(const std::function<Status()>& fn) {
     if (workers_->CurrentIndex() == static_cast<int>(worker_) && coro::this_coro::InCoroutine()) return fn();
     return workers_->RunOn(worker_, fn);
+  }
+
+  // The end of Finish() or the destructor, posted to the stream's worker when
+  // they cannot wait for it there.
+  void EndOnWorkerLater(const Status& why) {
+    if (!opened_.core) return;
+    workers_->scheduler(worker_).Post(
+        [table = &peers(), link = opened_.link, core = opened_.core, why] {
+          core->End(why);
+          table->CancelStream(link, core->txn(), why, core);
+          core->ReleaseExposures();
+        },
+        "hrpc-stream-end");
   }
 
   // A failed operation ends the stream here and tells the server.

@@ -572,6 +572,53 @@ TEST_P(StreamTest, AStreamDestroyedAfterTheServersCloseReleasesWhatItDidNotRead)
   EXPECT_LT(Clock::now() - t0, 5s) << "the server held the unread messages' attachments for release_timeout";
 }
 
+// Finish() in a poller of the stream's worker (outside any coroutine) cannot
+// wait for the server there: it says so (FAILED_PRECONDITION), and the
+// stream still ends on its worker, the server's handler with it.
+TEST_P(StreamTest, FinishOnItsWorkerOutsideACoroutineIsRefusedAndStillEndsTheStream) {
+  Env env;
+  env.Start(GetParam());
+  streamtest::Streamer::Stub stub(env.channel.get());
+  ClientContext ctx;
+  decltype(stub.Chat(ctx)) chat;
+  env.OnWorker([&] {
+    chat = stub.Chat(ctx);
+    Chunk c;
+    c.set_text("hello");
+    ASSERT_TRUE(chat->Write(c, IoBuf()));
+    IoBuf att;
+    ASSERT_TRUE(chat->Read(&c, &att));
+  });
+  ASSERT_TRUE(chat);
+  struct FinishingPoller final : hrpc::coro::Poller {
+    std::function<void()> once;
+    int Poll() override {
+      if (!once) return 0;
+      auto f = std::move(once);
+      once = nullptr;
+      f();
+      return 1;
+    }
+    int fd() const override { return -1; }
+  } poller;
+  std::atomic<bool> done{false};
+  hrpc::Status finished;
+  poller.once = [&] {
+    finished = chat->Finish();
+    done.store(true);
+  };
+  hrpc::coro::Scheduler& sched = env.channel->scheduler(0);
+  sched.Post([&] { hrpc::coro::Scheduler::Current()->AddPoller(&poller); });
+  ASSERT_TRUE(Eventually([&] { return done.load(); }));
+  env.OnWorker([&] {
+    hrpc::coro::Scheduler::Current()->RemovePoller(&poller);
+    chat.reset();
+  });
+  EXPECT_EQ(finished.code(), StatusCode::kFailedPrecondition) << finished.ToString();
+  EXPECT_TRUE(Eventually([&] { return env.service.handlers_done.load() == 1; }, 3000ms))
+      << "the server's handler did not end";
+}
+
 // A handler that returns while the client is blocked in Write() (its window
 // full: the handler reads no more) ends the client's Write at once; the
 // client then reads what the handler wrote, and the handler's status.
