@@ -118,6 +118,7 @@ Result<EtcdKv> KvOf(const json& kv) {
   EtcdKv out;
   HRPC_ASSIGN_OR_RETURN(out.key, Base64Decode(Text(kv, "key")));
   HRPC_ASSIGN_OR_RETURN(out.value, Base64Decode(Text(kv, "value")));
+  out.lease = Int64(kv, "lease");
   return out;
 }
 
@@ -282,6 +283,17 @@ Result<EtcdRange> EtcdClient::RangePrefix(std::string_view prefix) {
   return out;
 }
 
+Result<std::optional<EtcdKv>> EtcdClient::Get(std::string_view key) {
+  const json req = {{"key", Base64Encode(key)}};
+  HRPC_ASSIGN_OR_RETURN(std::string body, Post("/v3/kv/range", req.dump()));
+  HRPC_ASSIGN_OR_RETURN(json j, ParseObject("range", body));
+  if (auto it = j.find("kvs"); it != j.end() && it->is_array() && !it->empty()) {
+    HRPC_ASSIGN_OR_RETURN(EtcdKv kv, KvOf(it->front()));
+    return std::optional<EtcdKv>(std::move(kv));
+  }
+  return std::optional<EtcdKv>();
+}
+
 Status EtcdClient::Put(std::string_view key, std::string_view value, int64_t lease) {
   json req = {{"key", Base64Encode(key)}, {"value", Base64Encode(value)}};
   if (lease != 0) req["lease"] = std::to_string(lease);
@@ -313,23 +325,6 @@ Status EtcdClient::KeepAlive(int64_t lease) {
     return NotFoundError("etcd lease " + std::to_string(lease) + " has expired");
   }
   return Status::Ok();
-}
-
-Result<std::vector<std::string>> EtcdClient::LeaseKeys(int64_t lease) {
-  const json req = {{"ID", std::to_string(lease)}, {"keys", true}};
-  HRPC_ASSIGN_OR_RETURN(std::string body, Post("/v3/lease/timetolive", req.dump()));
-  HRPC_ASSIGN_OR_RETURN(json j, ParseObject("lease timetolive", body));
-  // TTL -1 once the lease is gone.
-  if (Int64(j, "TTL") <= 0) return NotFoundError("etcd lease " + std::to_string(lease) + " has expired");
-  std::vector<std::string> keys;
-  if (auto it = j.find("keys"); it != j.end() && it->is_array()) {
-    for (const json& k : *it) {
-      if (!k.is_string()) return InternalError("etcd lease timetolive: a key that is not a string");
-      HRPC_ASSIGN_OR_RETURN(std::string key, Base64Decode(k.get<std::string>()));
-      keys.push_back(std::move(key));
-    }
-  }
-  return keys;
 }
 
 Status EtcdClient::Revoke(int64_t lease) {

@@ -22,6 +22,7 @@
 #include <functional>
 #include <mutex>
 #include <set>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +53,7 @@ Result<EtcdTarget> ParseEtcdUri(std::string_view uri);
 struct EtcdKv {
   std::string key;
   std::string value;
+  int64_t lease = 0;  // the lease the key is attached to (0: none)
 };
 
 struct EtcdRange {
@@ -78,14 +80,14 @@ class EtcdClient {
 
   // Every key that starts with `prefix`.
   Result<EtcdRange> RangePrefix(std::string_view prefix);
+  // `key` itself; nullopt when it does not exist.
+  Result<std::optional<EtcdKv>> Get(std::string_view key);
   Status Put(std::string_view key, std::string_view value, int64_t lease = 0);
   Status Delete(std::string_view key);
   Result<EtcdLease> GrantLease(std::chrono::seconds ttl);
   // Refreshes the lease; NOT_FOUND once it has expired or was revoked.
   Status KeepAlive(int64_t lease);
   Status Revoke(int64_t lease);
-  // The keys attached to `lease`; NOT_FOUND once it has expired or was revoked.
-  Result<std::vector<std::string>> LeaseKeys(int64_t lease);
 
   // Watches every key starting with `prefix` from `start_revision` (on the
   // member that answered last) and calls

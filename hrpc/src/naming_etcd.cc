@@ -242,13 +242,14 @@ class EtcdRegistrationImpl final : public EtcdRegistration {
     }
   }
 
-  // The key may be gone while its lease lives (deleted by hand, or put under
-  // another lease by a second instance with the same address that then left):
-  // put it again under this lease.
+  // The key may be gone while its lease lives (deleted by hand, or revoked
+  // with the lease of a second instance with the same address that had put
+  // it last): put it again under this lease. A key there under another
+  // lease (that second instance, alive) is left alone.
   Status KeepKey(int64_t id) {
-    HRPC_ASSIGN_OR_RETURN(std::vector<std::string> keys, keepalive_client_.LeaseKeys(id));
-    if (std::find(keys.begin(), keys.end(), key_) != keys.end()) return Status::Ok();
-    SPDLOG_WARN("hrpc: etcd key {} is no longer under its lease; putting it again", key_);
+    HRPC_ASSIGN_OR_RETURN(std::optional<internal::EtcdKv> kv, keepalive_client_.Get(key_));
+    if (kv) return Status::Ok();
+    SPDLOG_WARN("hrpc: etcd key {} is gone while its lease lives; putting it again", key_);
     return keepalive_client_.Put(key_, value_, id);
   }
 

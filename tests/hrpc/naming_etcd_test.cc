@@ -314,9 +314,10 @@ TEST_F(EtcdTest, ADeletedKeyIsPutBackWhileItsLeaseLives) {
     found = client->RangePrefix("/gone/")->kvs.size();
   }
   ASSERT_EQ(found, 1u) << "the key did not come back within 5 s";
-  auto keys = client->LeaseKeys((*reg)->lease());
-  ASSERT_TRUE(keys.ok()) << keys.status().ToString();
-  EXPECT_EQ(*keys, std::vector<std::string>{(*reg)->key()});
+  auto kv = client->Get((*reg)->key());
+  ASSERT_TRUE(kv.ok() && kv->has_value());
+  EXPECT_EQ((*kv)->value, "tcp://127.0.0.1:7300");
+  EXPECT_EQ((*kv)->lease, (*reg)->lease()) << "put back under another lease";
 }
 
 TEST(EtcdRegistrationOptions, BadOptionsAndEtcdDown) {
