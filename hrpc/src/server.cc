@@ -867,7 +867,8 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl>, public i
     mark(ticks.handled);
     // Shutdown cancels the calls running too: those are answered with what
     // their handler made of it (the answer a retry then gets from the dedup
-    // window), not dropped like the calls their client cancelled.
+    // window, but for a CANCELLED: that run did not happen), not dropped like
+    // the calls their client cancelled.
     const bool client_cancelled = ctx.IsCancelled() && !ctx.DeadlineExpired() && !stopping.load();
     if (status.ok() && !writer.written) status = InternalError("handler returned OK without a response");
     if (handler_ran) {
