@@ -28,6 +28,7 @@
 #include "hrpc/rpc/wire.h"
 #include "hrpc/transport/loopback.h"
 #include "hrpc/transport/tcp.h"
+#include "once_poller.h"
 #include "pool_level_util.h"
 #include "raw_peer_util.h"
 #include "rpc_test_util.h"
@@ -1675,17 +1676,7 @@ TEST(RpcChannelWorker, ASynchronousCallInAPollerOfItsWorkerIsRefused) {
     ClientContext sync_ctx, async_ctx;
   } out;
   rpctest::Test::Stub stub(env.channel.get());
-  struct CallingPoller final : hrpc::coro::Poller {
-    std::function<void()> once;
-    int Poll() override {
-      if (!once) return 0;
-      auto f = std::move(once);
-      once = nullptr;
-      f();
-      return 1;
-    }
-    int fd() const override { return -1; }
-  } poller;
+  rpctest::OncePoller poller;
   poller.once = [&] {
     Resp resp;
     out.req.set_text("from a poller");

@@ -31,6 +31,7 @@
 #include "stream_test.hrpc.h"
 #include "stream_test.hrpc.mock.h"
 #include "../mempool/pool_test_util.h"
+#include "once_poller.h"
 #include "raw_peer_util.h"
 #include "stream_test_util.h"
 
@@ -590,17 +591,7 @@ TEST_P(StreamTest, FinishOnItsWorkerOutsideACoroutineIsRefusedAndStillEndsTheStr
     ASSERT_TRUE(chat->Read(&c, &att));
   });
   ASSERT_TRUE(chat);
-  struct FinishingPoller final : hrpc::coro::Poller {
-    std::function<void()> once;
-    int Poll() override {
-      if (!once) return 0;
-      auto f = std::move(once);
-      once = nullptr;
-      f();
-      return 1;
-    }
-    int fd() const override { return -1; }
-  } poller;
+  rpctest::OncePoller poller;
   std::atomic<bool> done{false};
   hrpc::Status finished;
   poller.once = [&] {
