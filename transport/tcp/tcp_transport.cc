@@ -25,8 +25,10 @@
 // iovecs), after a TLS handshake that runs before HELLO (Phase::kTls).
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <linux/sockios.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -1924,7 +1926,20 @@ class TcpConnection final : public Connection {
   void Close() override {
     if (c_ && !c_->closed()) c_->core->Fail(*c_, CancelledError("connection closed locally"));
   }
-  uint64_t unsent_bytes() const override { return c_->closed() ? 0 : c_->queued_bytes; }
+  uint64_t unsent_bytes() const override {
+    const TcpConnectionStats st = Stats();
+    return st.queued_bytes + st.unacked_bytes;
+  }
+  TcpConnectionStats Stats() const {
+    TcpConnectionStats st;
+    if (c_->closed()) return st;
+    st.queued_bytes = c_->queued_bytes;
+    // What the kernel holds that the peer has not acknowledged: a close with
+    // unread input ends in a reset, which drops that too.
+    int unacked = 0;
+    if (c_->fd >= 0 && ioctl(c_->fd, SIOCOUTQ, &unacked) == 0 && unacked > 0) st.unacked_bytes = unacked;
+    return st;
+  }
   Status status() const override { return c_->closed() ? c_->status : Status::Ok(); }
   const Limits& limits() const override { return c_->limits; }
   std::string_view peer() const override { return c_->peer; }
@@ -2149,6 +2164,12 @@ class TcpTransport final : public Transport {
 };
 
 }  // namespace
+
+std::optional<TcpConnectionStats> TcpStatsOf(const Connection& c) {
+  const auto* t = dynamic_cast<const TcpConnection*>(&c);
+  if (t == nullptr) return std::nullopt;
+  return t->Stats();
+}
 
 std::unique_ptr<mempool::Registrar> MakeTcpRegistrar() { return std::make_unique<TcpKeyTable>(); }
 

@@ -81,6 +81,16 @@ class TlsContext;
 // cert_file/key_file.
 Result<std::shared_ptr<const TlsContext>> CreateTlsContext(const TlsOptions& options);
 
+// A TCP connection's send side, for tests and monitoring: bytes its send
+// queue holds (bounded by send_queue_high_water) and bytes the kernel holds
+// that the peer has not acknowledged. Their sum is unsent_bytes().
+struct TcpConnectionStats {
+  uint64_t queued_bytes = 0;
+  uint64_t unacked_bytes = 0;
+};
+// Stats of `c` when it is a TCP connection (0 once it failed), else nullopt.
+std::optional<TcpConnectionStats> TcpStatsOf(const Connection& c);
+
 // The TCP "registration": a key table of arenas. TCP needs no pinning, but
 // registering makes the transport's pool the only memory it will expose.
 std::unique_ptr<mempool::Registrar> MakeTcpRegistrar();

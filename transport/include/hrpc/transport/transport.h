@@ -250,9 +250,10 @@ class Connection {
   virtual void Admit() {}
 
   // Bytes of messages and payloads that Send()/SendWithPayload() queued and
-  // that have not left this side yet: TCP's send queue, which Close() drops
-  // (what the kernel already took still reaches the peer). A graceful close
-  // waits for 0 before Close(). 0 once the connection failed, and where the
+  // that have not reached the peer yet: TCP's send queue and what the kernel
+  // holds unacknowledged, which Close() may drop (a close with unread input
+  // ends in a reset). A graceful close waits for 0 before Close(). 0 once the
+  // connection failed, and where the
   // transport keeps no queue of its own: loopback (a message is in the
   // peer's inbox, or on its simulated wire, when Send() returns) and RDMA,
   // where a message is posted to the NIC (a Close() right after a post moves
