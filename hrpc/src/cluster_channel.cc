@@ -604,7 +604,7 @@ ClusterChannel::~ClusterChannel() { impl_->Close(); }
 
 Status ClusterChannel::CallMethod(const MethodDescriptor& method, ClientContext& ctx,
                                   const google::protobuf::MessageLite& request, google::protobuf::MessageLite* response) {
-  HRPC_TRY(impl_->workers->CheckMayBlock("synchronous call " + std::string(method.full_name)));
+  HRPC_TRY(impl_->workers->CheckMayBlock("synchronous call", method.full_name));
   struct Wait {
     coro::Event ev;
     Status status;

@@ -197,7 +197,7 @@ RpcChannel::~RpcChannel() {
 
 Status RpcChannel::CallMethod(const MethodDescriptor& method, ClientContext& ctx,
                               const google::protobuf::MessageLite& request, google::protobuf::MessageLite* response) {
-  HRPC_TRY(impl_->workers->CheckMayBlock("synchronous call " + std::string(method.full_name)));
+  HRPC_TRY(impl_->workers->CheckMayBlock("synchronous call", method.full_name));
   Call* call = impl_->NewCall(method.service_id, method.method_id, method.full_name, ctx);
   call->response = response;
   return impl_->CallSync(call, &request, {});
@@ -214,7 +214,7 @@ void RpcChannel::CallMethodAsync(const MethodDescriptor& method, ClientContext& 
 
 Status RpcChannel::CallRaw(uint32_t service_id, uint32_t method_id, std::string_view name, ClientContext& ctx,
                            std::string_view request, std::string* response) {
-  HRPC_TRY(impl_->workers->CheckMayBlock("synchronous call " + std::string(name)));
+  HRPC_TRY(impl_->workers->CheckMayBlock("synchronous call", name));
   Call* call = impl_->NewCall(service_id, method_id, name, ctx);
   call->raw_response = response;
   return impl_->CallSync(call, nullptr, request);

@@ -343,9 +343,9 @@ Status WorkerSet::RunOn(size_t i, std::function<Status()> fn) {
   return coro::Async(scheduler(i), std::move(fn), "hrpc-runon").Get();
 }
 
-Status WorkerSet::CheckMayBlock(std::string_view what) const {
-  if (CurrentIndex() < 0 || coro::this_coro::InCoroutine()) return Status::Ok();
-  return FailedPreconditionError(std::string(what) +
+Status WorkerSet::CheckMayBlock(std::string_view what, std::string_view name) const {
+  if (coro::this_coro::InCoroutine() || CurrentIndex() < 0) return Status::Ok();
+  return FailedPreconditionError(std::string(what) + (name.empty() ? "" : " ") + std::string(name) +
                                  " would block a worker of its runtime outside a coroutine (in a poller or callback), "
                                  "which may be the worker that has to finish it: use the async form there");
 }

@@ -98,8 +98,8 @@ class WorkerSet {
   // FAILED_PRECONDITION when this thread is one of the workers and not in a
   // coroutine (a poller, an I/O completion callback): a blocking wait there
   // stops a worker that may be the one to finish what it waits for. `what`
-  // names the operation refused.
-  Status CheckMayBlock(std::string_view what) const;
+  // and `name` name the operation refused (the message is built only then).
+  Status CheckMayBlock(std::string_view what, std::string_view name = {}) const;
 
   // Round robin over the workers, for calls made off the workers.
   size_t NextWorker() noexcept { return next_worker_.fetch_add(1, std::memory_order_relaxed) % slots_.size(); }
